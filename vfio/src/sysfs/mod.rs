@@ -1,0 +1,1 @@
+//! Host-side sysfs: device inventory, IOMMU groups, driver binding, SR-IOV.
