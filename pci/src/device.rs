@@ -64,3 +64,29 @@ pub trait PciDevice: Send {
     fn read_bar(&mut self, bar: BarIndex, offset: u64, data: &mut [u8]);
     fn write_bar(&mut self, bar: BarIndex, offset: u64, data: &[u8]);
 }
+
+/// A PCI function shared between the config-space path and its BAR slots.
+pub type SharedPciDevice = std::sync::Arc<std::sync::Mutex<dyn PciDevice>>;
+
+/// The bus entry for one BAR: forwards accesses (offset relative to the BAR) to the
+/// function, so the bus resolves the BAR with its range lookup and no per-access search.
+pub struct BarSlot {
+    device: SharedPciDevice,
+    bar: BarIndex,
+}
+
+impl BarSlot {
+    pub fn new(device: SharedPciDevice, bar: BarIndex) -> Self {
+        Self { device, bar }
+    }
+}
+
+impl crate::BusDevice for BarSlot {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        self.device.lock().unwrap_or_else(|e| e.into_inner()).read_bar(self.bar, offset, data);
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        self.device.lock().unwrap_or_else(|e| e.into_inner()).write_bar(self.bar, offset, data);
+    }
+}

@@ -4,10 +4,25 @@
 //! Pure model: no KVM, no VFIO, no ioctls. The VMM reaches it through the seams below
 //! ([`BusDevice`], [`PciDevice`], [`MsiVectors`]) so every behaviour is unit-testable.
 
+pub mod allocator;
+pub mod aml;
+pub mod bar;
+pub mod bdf;
+pub mod bridge;
 pub mod bus;
+pub mod capability;
+pub mod config_space;
 pub mod device;
+pub mod function;
 pub mod interrupt;
+pub mod intx;
+pub mod root;
 
+pub use bar::{BarError, Bars};
+pub use bdf::{Bdf, BdfError};
 pub use bus::{Bus, BusDevice, BusError, BusRange};
-pub use device::{BarIndex, BarKind, BarMove, BarRegion, ConfigEffects, PciDevice};
+pub use config_space::{ConfigSpace, DeviceIds, HeaderType};
+pub use device::{BarSlot, SharedPciDevice, BarIndex, BarKind, BarMove, BarRegion, ConfigEffects, PciDevice};
+pub use function::{BarSpec, EmulatedFunction, FunctionBackend, FunctionConfig, FunctionError, NoRegisters};
+pub use root::{BusRelocator, ConfigEffectsHandler, PciConfigIo, PciConfigMmio, PciRoot, RootError};
 pub use interrupt::{InterruptError, MsiMessage, MsiVectors, VectorIndex};

@@ -1,0 +1,283 @@
+//! Guest address allocation for BARs and root port windows, over vm-allocator.
+//!
+//! Three pools: the 32-bit MMIO hole, the 64-bit MMIO window above RAM (sized from the
+//! host's physical address bits, so a 64 GiB BAR fits), and I/O ports. Every BAR is
+//! naturally aligned. A root port's windows are sized to what sits behind it plus an
+//! optional reserve, and the BARs behind it are carved out of those windows.
+
+use vm_allocator::{AddressAllocator, AllocPolicy, RangeInclusive};
+
+use crate::bdf::Bdf;
+use crate::bridge::{BridgeWindows, Window, IO_WINDOW_GRANULE, MEM_WINDOW_GRANULE};
+use crate::device::{BarIndex, BarKind};
+
+/// Which pool a request is served from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pool {
+    Mmio32,
+    Mmio64,
+    Io,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AllocError {
+    #[error("PCI {pool:?} window {base:#x}+{size:#x} is invalid")]
+    CreatePool { pool: Pool, base: u64, size: u64, #[source] source: vm_allocator::Error },
+    #[error("{bdf}: no space for BAR {bar:?} ({size:#x} bytes, {kind:?}) in the {pool:?} window; \
+             give the VM a larger window or fewer/smaller devices")]
+    AllocateBar { bdf: Bdf, bar: BarIndex, kind: BarKind, size: u64, pool: Pool, #[source] source: vm_allocator::Error },
+    #[error("{port}: no space for a {size:#x}-byte {pool:?} bridge window")]
+    AllocateWindow { port: Bdf, pool: Pool, size: u64, #[source] source: vm_allocator::Error },
+    #[error("{bdf}: BAR {bar:?} size {size:#x} is not a power of two")]
+    BarSize { bdf: Bdf, bar: BarIndex, size: u64 },
+    #[error("{port}: the devices behind it need {size:#x} bytes of {pool:?} space, more than can be addressed")]
+    WindowSize { port: Bdf, pool: Pool, size: u64 },
+}
+
+/// The address windows the VMM gives the root complex.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PciWindows {
+    pub mmio32: Window,
+    pub mmio64: Window,
+    pub io: Window,
+}
+
+/// The 64-bit MMIO window: from `start` (after RAM) to the top of the guest physical
+/// address space the CPU can reach with `phys_bits` (CPUID 0x8000_0008 EAX[7:0]). Capped
+/// at 2^48 to stay inside 4-level paging's reach.
+pub fn mmio64_window(start: u64, phys_bits: u8) -> Window {
+    let top = 1u64 << phys_bits.clamp(32, 48);
+    Window { base: start, size: top.saturating_sub(start) }
+}
+
+/// One BAR to place.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BarRequest {
+    pub bdf: Bdf,
+    pub bar: BarIndex,
+    pub kind: BarKind,
+    pub size: u64,
+}
+
+/// Where a BAR went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BarPlacement {
+    pub bdf: Bdf,
+    pub bar: BarIndex,
+    pub addr: u64,
+}
+
+/// Extra space to leave in a root port's windows (e.g. for a device re-sizing its BARs).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WindowReserve {
+    pub mem: u64,
+    pub prefetch: u64,
+    pub io: u64,
+}
+
+/// A root port's windows and the BARs placed inside them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PortLayout {
+    pub windows: BridgeWindows,
+    pub bars: Vec<BarPlacement>,
+}
+
+/// Which pool and bridge window a BAR belongs in. 64-bit prefetchable BARs go high; a
+/// bridge's non-prefetchable window is 32-bit only, so every other memory BAR goes low
+/// (PCI-to-PCI bridge spec 4.1).
+fn pool_for(kind: BarKind) -> Pool {
+    match kind {
+        BarKind::Io => Pool::Io,
+        BarKind::Mem64 { prefetchable: true } => Pool::Mmio64,
+        _ => Pool::Mmio32,
+    }
+}
+
+pub struct BarAllocator {
+    mmio32: AddressAllocator,
+    mmio64: AddressAllocator,
+    io: AddressAllocator,
+}
+
+impl BarAllocator {
+    pub fn new(w: PciWindows) -> Result<Self, AllocError> {
+        let make = |pool, win: Window| {
+            AddressAllocator::new(win.base, win.size)
+                .map_err(|source| AllocError::CreatePool { pool, base: win.base, size: win.size, source })
+        };
+        Ok(Self { mmio32: make(Pool::Mmio32, w.mmio32)?, mmio64: make(Pool::Mmio64, w.mmio64)?, io: make(Pool::Io, w.io)? })
+    }
+
+    fn pool(&mut self, pool: Pool) -> &mut AddressAllocator {
+        match pool {
+            Pool::Mmio32 => &mut self.mmio32,
+            Pool::Mmio64 => &mut self.mmio64,
+            Pool::Io => &mut self.io,
+        }
+    }
+
+    /// Places a BAR of a function on bus 0, naturally aligned.
+    pub fn allocate_bar(&mut self, req: BarRequest) -> Result<u64, AllocError> {
+        if !req.size.is_power_of_two() {
+            return Err(AllocError::BarSize { bdf: req.bdf, bar: req.bar, size: req.size });
+        }
+        let pool = pool_for(req.kind);
+        self.pool(pool)
+            .allocate(req.size, req.size, AllocPolicy::FirstMatch)
+            .map(|r| r.start())
+            .map_err(|source| AllocError::AllocateBar {
+                bdf: req.bdf, bar: req.bar, kind: req.kind, size: req.size, pool, source,
+            })
+    }
+
+    /// Sizes and allocates a root port's windows for the BARs behind it (plus `reserve`)
+    /// and places those BARs inside them.
+    pub fn allocate_port(
+        &mut self,
+        port: Bdf,
+        bars: &[BarRequest],
+        reserve: WindowReserve,
+    ) -> Result<PortLayout, AllocError> {
+        let mut layout = PortLayout::default();
+        for (pool, granule, extra) in [
+            (Pool::Mmio32, MEM_WINDOW_GRANULE, reserve.mem),
+            (Pool::Mmio64, MEM_WINDOW_GRANULE, reserve.prefetch),
+            (Pool::Io, IO_WINDOW_GRANULE, reserve.io),
+        ] {
+            let mut group: Vec<&BarRequest> = bars.iter().filter(|b| pool_for(b.kind) == pool).collect();
+            if let Some(b) = group.iter().find(|b| !b.size.is_power_of_two()) {
+                return Err(AllocError::BarSize { bdf: b.bdf, bar: b.bar, size: b.size });
+            }
+            // Largest first: with power-of-two sizes every BAR then lands naturally
+            // aligned inside a window aligned to the largest one.
+            group.sort_by(|a, b| b.size.cmp(&a.size));
+            let total = group.iter().try_fold(extra, |acc, b| acc.checked_add(b.size));
+            let size = total
+                .and_then(|t| t.checked_next_multiple_of(granule))
+                .ok_or(AllocError::WindowSize { port, pool, size: u64::MAX })?;
+            if size == 0 {
+                continue;
+            }
+            let align = group.first().map_or(granule, |b| b.size.max(granule));
+            let range = self
+                .pool(pool)
+                .allocate(size, align, AllocPolicy::FirstMatch)
+                .map_err(|source| AllocError::AllocateWindow { port, pool, size, source })?;
+            let window = Window { base: range.start(), size };
+            let mut next = window.base;
+            for b in group {
+                layout.bars.push(BarPlacement { bdf: b.bdf, bar: b.bar, addr: next });
+                next += b.size;
+            }
+            match pool {
+                Pool::Mmio32 => layout.windows.mem = Some(window),
+                Pool::Mmio64 => layout.windows.prefetch = Some(window),
+                Pool::Io => layout.windows.io = Some(window),
+            }
+        }
+        Ok(layout)
+    }
+
+    /// Returns a BAR's or window's range to its pool (device detach).
+    pub fn free(&mut self, pool: Pool, window: Window) -> Result<(), vm_allocator::Error> {
+        let last = window.last().ok_or(vm_allocator::Error::InvalidSize(window.size))?;
+        let range = RangeInclusive::new(window.base, last)?;
+        self.pool(pool).free(&range)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GIB: u64 = 1 << 30;
+
+    fn windows() -> PciWindows {
+        PciWindows {
+            mmio32: Window { base: 0xc000_0000, size: 0x2000_0000 },
+            mmio64: mmio64_window(4 * GIB, 40),
+            io: Window { base: 0x1000, size: 0xf000 },
+        }
+    }
+
+    fn req(bus: u8, bar: u8, kind: BarKind, size: u64) -> BarRequest {
+        BarRequest { bdf: Bdf::from_devfn(0, bus, 0), bar: BarIndex(bar), kind, size }
+    }
+
+    #[test]
+    fn natural_alignment_on_bus0() {
+        let mut a = BarAllocator::new(windows()).unwrap();
+        let x = a.allocate_bar(req(0, 0, BarKind::Mem32 { prefetchable: false }, 0x1000)).unwrap();
+        let y = a.allocate_bar(req(0, 1, BarKind::Mem32 { prefetchable: false }, 0x10_0000)).unwrap();
+        assert_eq!(x, 0xc000_0000);
+        assert_eq!(y % 0x10_0000, 0);
+        let io = a.allocate_bar(req(0, 2, BarKind::Io, 0x20)).unwrap();
+        assert_eq!(io, 0x1000);
+        let hi = a.allocate_bar(req(0, 3, BarKind::Mem64 { prefetchable: true }, 64 * GIB)).unwrap();
+        assert_eq!(hi % (64 * GIB), 0);
+        assert!(hi >= 4 * GIB);
+    }
+
+    #[test]
+    fn port_with_a_64_gib_bar() {
+        let mut a = BarAllocator::new(windows()).unwrap();
+        let port: Bdf = "00:01.0".parse().unwrap();
+        let bars = [
+            req(1, 0, BarKind::Mem32 { prefetchable: false }, 0x4000),
+            req(1, 1, BarKind::Mem64 { prefetchable: true }, 64 * GIB),
+            req(1, 3, BarKind::Mem64 { prefetchable: true }, 32 << 20),
+            req(1, 5, BarKind::Io, 0x80),
+        ];
+        let l = a.allocate_port(port, &bars, WindowReserve::default()).unwrap();
+        let pref = l.windows.prefetch.unwrap();
+        assert_eq!(pref.size, 64 * GIB + (32 << 20));
+        assert_eq!(pref.base % (64 * GIB), 0);
+        assert_eq!(l.windows.mem.unwrap().size, MEM_WINDOW_GRANULE);
+        assert_eq!(l.windows.io.unwrap().size, IO_WINDOW_GRANULE);
+        for p in &l.bars {
+            let b = bars.iter().find(|b| b.bar == p.bar).unwrap();
+            assert_eq!(p.addr % b.size, 0, "{:?} naturally aligned", p.bar);
+            let w = match pool_for(b.kind) {
+                Pool::Mmio32 => l.windows.mem,
+                Pool::Mmio64 => l.windows.prefetch,
+                Pool::Io => l.windows.io,
+            }.unwrap();
+            assert!(w.contains(p.addr, b.size));
+        }
+        // A second port gets disjoint windows.
+        let l2 = a.allocate_port("00:02.0".parse().unwrap(), &bars[..1], WindowReserve { mem: 3 << 20, ..Default::default() }).unwrap();
+        assert_eq!(l2.windows.mem.unwrap().size, 4 << 20);
+        assert!(l2.windows.prefetch.is_none() && l2.windows.io.is_none());
+        assert_ne!(l2.windows.mem.unwrap().base, l.windows.mem.unwrap().base);
+    }
+
+    #[test]
+    fn clear_errors_when_full() {
+        let mut a = BarAllocator::new(windows()).unwrap();
+        let e = a.allocate_bar(req(3, 2, BarKind::Mem32 { prefetchable: false }, 1 << 30)).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("0000:03:00.0") && msg.contains("BarIndex(2)") && msg.contains("Mmio32"), "{msg}");
+        let e = a.allocate_bar(req(3, 2, BarKind::Io, 3)).unwrap_err();
+        assert!(matches!(e, AllocError::BarSize { .. }));
+        let small = PciWindows { mmio64: mmio64_window(4 * GIB, 36), ..windows() };
+        let mut a = BarAllocator::new(small).unwrap();
+        let e = a.allocate_port("00:01.0".parse().unwrap(), &[req(1, 0, BarKind::Mem64 { prefetchable: true }, 64 * GIB)], WindowReserve::default());
+        assert!(matches!(e, Err(AllocError::AllocateWindow { pool: Pool::Mmio64, .. })));
+    }
+
+    #[test]
+    fn mmio64_window_from_phys_bits() {
+        assert_eq!(mmio64_window(4 * GIB, 40), Window { base: 4 * GIB, size: (1 << 40) - 4 * GIB });
+        assert_eq!(mmio64_window(4 * GIB, 60).end(), 1 << 48);
+        assert_eq!(mmio64_window(1 << 40, 36).size, 0);
+    }
+
+    #[test]
+    fn free_returns_space() {
+        let mut a = BarAllocator::new(windows()).unwrap();
+        let x = a.allocate_bar(req(0, 0, BarKind::Mem32 { prefetchable: false }, 0x2000_0000)).unwrap();
+        assert!(a.allocate_bar(req(0, 1, BarKind::Mem32 { prefetchable: false }, 0x1000)).is_err());
+        a.free(Pool::Mmio32, Window { base: x, size: 0x2000_0000 }).unwrap();
+        assert!(a.allocate_bar(req(0, 1, BarKind::Mem32 { prefetchable: false }, 0x1000)).is_ok());
+    }
+}

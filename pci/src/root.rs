@@ -1,0 +1,533 @@
+//! The root complex: host bridge at 00:00.0, device slots on bus 0, PCIe root ports with
+//! one slot each behind them, and config access through ports 0xCF8/0xCFC and ECAM.
+//!
+//! Config writes return [`ConfigEffects`]; the root hands them to a
+//! [`ConfigEffectsHandler`] together with the function, outside the function's lock.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use crate::bdf::Bdf;
+use crate::bridge::{self, BridgeWindows, BusNumbers};
+use crate::bus::{Bus, BusError};
+use crate::capability::{pcie, CAP_ID_PCIE};
+use crate::device::{BarIndex, BarKind, BarSlot, ConfigEffects, SharedPciDevice};
+use crate::function::{EmulatedFunction, FunctionError, NoRegisters};
+use crate::BusDevice;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RootError {
+    #[error("PCI slot {bdf} is already occupied")]
+    SlotInUse { bdf: Bdf },
+    #[error("PCI device number {device} is out of range or reserved for the host bridge")]
+    InvalidSlot { device: u8 },
+    #[error("no root port at 0000:00:{device:02x}.0")]
+    NoSuchPort { device: u8 },
+    #[error("bus number {bus} is already used by another root port")]
+    BusInUse { bus: u8 },
+    #[error("creating {what} failed")]
+    CreateFunction { what: String, #[source] source: FunctionError },
+    #[error("{bdf}: mapping BAR {bar:?} at {addr:#x} on the bus failed")]
+    MapBar { bdf: Bdf, bar: BarIndex, addr: u64, #[source] source: BusError },
+}
+
+/// Receives what a guest config write asks for (BAR moves, decode changes).
+pub trait ConfigEffectsHandler: Send {
+    fn apply(&mut self, bdf: Bdf, device: &SharedPciDevice, effects: ConfigEffects);
+}
+
+/// Keeps each BAR's [`BarSlot`] on the MMIO or port I/O bus where the guest put it.
+/// Remembers where it mapped every BAR, so a move never touches another device's range.
+/// A move onto an occupied range is refused: the BAR is unmapped (reads all-ones) and a
+/// warning is logged, rather than corrupting the bus.
+pub struct BusRelocator {
+    mmio: Arc<Bus>,
+    pio: Arc<Bus>,
+    mapped: HashMap<(Bdf, BarIndex), u64>,
+}
+
+impl BusRelocator {
+    pub fn new(mmio: Arc<Bus>, pio: Arc<Bus>) -> Self {
+        Self { mmio, pio, mapped: HashMap::new() }
+    }
+
+    fn bus(&self, kind: BarKind) -> &Bus {
+        if kind == BarKind::Io { &self.pio } else { &self.mmio }
+    }
+
+    /// Maps every BAR of `device` where it currently sits (initial attach).
+    pub fn attach(&mut self, bdf: Bdf, device: &SharedPciDevice) -> Result<(), RootError> {
+        let regions = device.lock().unwrap_or_else(|e| e.into_inner()).bars();
+        for r in regions {
+            let slot = Arc::new(Mutex::new(BarSlot::new(device.clone(), r.index)));
+            self.bus(r.kind)
+                .insert(slot, r.addr, r.size)
+                .map_err(|source| RootError::MapBar { bdf, bar: r.index, addr: r.addr, source })?;
+            self.mapped.insert((bdf, r.index), r.addr);
+        }
+        Ok(())
+    }
+
+    /// Where BAR `bar` of `bdf` is mapped now, if anywhere.
+    pub fn mapped(&self, bdf: Bdf, bar: BarIndex) -> Option<u64> {
+        self.mapped.get(&(bdf, bar)).copied()
+    }
+}
+
+impl ConfigEffectsHandler for BusRelocator {
+    fn apply(&mut self, bdf: Bdf, device: &SharedPciDevice, effects: ConfigEffects) {
+        for m in effects.bar_moves {
+            let bus = if m.kind == BarKind::Io { &self.pio } else { &self.mmio };
+            let result = match self.mapped.get(&(bdf, m.index)) {
+                Some(&cur) => bus.relocate(cur, m.new_addr),
+                None => bus.insert(Arc::new(Mutex::new(BarSlot::new(device.clone(), m.index))), m.new_addr, m.size),
+            };
+            match result {
+                Ok(()) => {
+                    log::debug!("{bdf}: BAR {:?} now at {:#x}", m.index, m.new_addr);
+                    self.mapped.insert((bdf, m.index), m.new_addr);
+                }
+                Err(e) => {
+                    log::warn!("{bdf}: BAR {:?} move to {:#x} refused ({e}); BAR disabled", m.index, m.new_addr);
+                    if let Some(cur) = self.mapped.remove(&(bdf, m.index)) {
+                        let _ = bus.remove(cur);
+                    }
+                }
+            }
+        }
+    }
+}
+
+struct RootPort {
+    devfn: u8,
+    function: Arc<Mutex<EmulatedFunction<NoRegisters>>>,
+    pcie_offset: Option<usize>,
+    children: [Option<SharedPciDevice>; 8],
+}
+
+/// The PCI segment's topology and config-space router.
+pub struct PciRoot {
+    segment: u16,
+    bus0: BTreeMap<u8, SharedPciDevice>,
+    ports: Vec<RootPort>,
+    handler: Box<dyn ConfigEffectsHandler>,
+}
+
+impl PciRoot {
+    /// A root complex with the host bridge at 00:00.0.
+    pub fn new(segment: u16, handler: Box<dyn ConfigEffectsHandler>) -> Result<Self, RootError> {
+        let host = bridge::host_bridge()
+            .map_err(|source| RootError::CreateFunction { what: "the host bridge".into(), source })?;
+        let mut bus0: BTreeMap<u8, SharedPciDevice> = BTreeMap::new();
+        bus0.insert(0, Arc::new(Mutex::new(host)));
+        Ok(Self { segment, bus0, ports: Vec::new(), handler })
+    }
+
+    pub fn segment(&self) -> u16 {
+        self.segment
+    }
+
+    fn bus0_bdf(&self, device: u8, function: u8) -> Result<Bdf, RootError> {
+        if device == 0 || device > 31 || function > 7 {
+            return Err(RootError::InvalidSlot { device });
+        }
+        Ok(Bdf::from_devfn(self.segment, 0, (device << 3) | function))
+    }
+
+    /// Puts a function directly on bus 0 (a root complex integrated endpoint).
+    pub fn add_device(&mut self, device: u8, function: u8, dev: SharedPciDevice) -> Result<Bdf, RootError> {
+        let bdf = self.bus0_bdf(device, function)?;
+        if self.bus0.contains_key(&bdf.devfn()) {
+            return Err(RootError::SlotInUse { bdf });
+        }
+        self.bus0.insert(bdf.devfn(), dev);
+        Ok(bdf)
+    }
+
+    /// Adds a root port at 00:`device`.0 whose secondary bus is `secondary_bus`.
+    pub fn add_root_port(&mut self, device: u8, secondary_bus: u8) -> Result<Bdf, RootError> {
+        let bdf = self.bus0_bdf(device, 0)?;
+        if self.bus0.contains_key(&bdf.devfn()) {
+            return Err(RootError::SlotInUse { bdf });
+        }
+        if secondary_bus == 0 || self.ports.iter().any(|p| self.port_buses(p).secondary == secondary_bus) {
+            return Err(RootError::BusInUse { bus: secondary_bus });
+        }
+        let buses = BusNumbers { primary: 0, secondary: secondary_bus, subordinate: secondary_bus };
+        let port = bridge::root_port(&bdf.to_string(), device, buses)
+            .map_err(|source| RootError::CreateFunction { what: format!("root port {bdf}"), source })?;
+        let pcie_offset = port.config().capabilities().iter().find(|c| c.id == u16::from(CAP_ID_PCIE)).map(|c| c.offset);
+        let function = Arc::new(Mutex::new(port));
+        self.bus0.insert(bdf.devfn(), function.clone());
+        self.ports.push(RootPort { devfn: bdf.devfn(), function, pcie_offset, children: Default::default() });
+        Ok(bdf)
+    }
+
+    fn port(&self, device: u8) -> Result<&RootPort, RootError> {
+        self.ports.iter().find(|p| p.devfn == device << 3).ok_or(RootError::NoSuchPort { device })
+    }
+
+    fn port_buses(&self, p: &RootPort) -> BusNumbers {
+        bridge::read_bus_numbers(p.function.lock().unwrap_or_else(|e| e.into_inner()).config())
+    }
+
+    /// Puts `dev` behind the root port at 00:`port_device`.0 as function `function` of
+    /// device 0 on its secondary bus. Returns its address.
+    pub fn attach_to_port(&mut self, port_device: u8, function: u8, dev: SharedPciDevice) -> Result<Bdf, RootError> {
+        if function > 7 {
+            return Err(RootError::InvalidSlot { device: 0 });
+        }
+        let idx = self.ports.iter().position(|p| p.devfn == port_device << 3).ok_or(RootError::NoSuchPort { device: port_device })?;
+        let bus = self.port_buses(&self.ports[idx]).secondary;
+        let bdf = Bdf::from_devfn(self.segment, bus, function);
+        let port = &mut self.ports[idx];
+        if port.children[usize::from(function)].is_some() {
+            return Err(RootError::SlotInUse { bdf });
+        }
+        port.children[usize::from(function)] = Some(dev);
+        if let Some(off) = port.pcie_offset {
+            let mut f = port.function.lock().unwrap_or_else(|e| e.into_inner());
+            pcie::set_slot_occupied(f.config_mut(), off, true);
+        }
+        Ok(bdf)
+    }
+
+    /// Programs a root port's forwarding windows (firmware-time).
+    pub fn set_port_windows(&mut self, port_device: u8, windows: &BridgeWindows) -> Result<(), RootError> {
+        let port = self.port(port_device)?;
+        let mut f = port.function.lock().unwrap_or_else(|e| e.into_inner());
+        bridge::write_bridge_windows(f.config_mut(), windows);
+        Ok(())
+    }
+
+    /// The windows a root port forwards now (as the guest last programmed them).
+    pub fn port_windows(&self, port_device: u8) -> Result<BridgeWindows, RootError> {
+        let port = self.port(port_device)?;
+        let f = port.function.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(bridge::read_bridge_windows(f.config()))
+    }
+
+    /// The highest bus number any root port uses (for the `_CRS` bus range and MCFG).
+    pub fn last_bus(&self) -> u8 {
+        self.ports.iter().map(|p| self.port_buses(p).subordinate).max().unwrap_or(0)
+    }
+
+    /// The function at `bdf`, routed through the root ports' current bus numbers.
+    pub fn function(&self, bdf: Bdf) -> Option<SharedPciDevice> {
+        if bdf.segment() != self.segment {
+            return None;
+        }
+        if bdf.bus() == 0 {
+            return self.bus0.get(&bdf.devfn()).cloned();
+        }
+        // A PCIe link carries only device 0 (PCIe base spec 7.3.1).
+        if bdf.device() != 0 {
+            return None;
+        }
+        let port = self.ports.iter().find(|p| self.port_buses(p).secondary == bdf.bus())?;
+        port.children[usize::from(bdf.function())].clone()
+    }
+
+    /// Every function except root ports and the host bridge, at its current address.
+    pub fn endpoints(&self) -> Vec<(Bdf, SharedPciDevice)> {
+        let mut out: Vec<(Bdf, SharedPciDevice)> = self
+            .bus0
+            .iter()
+            .filter(|(devfn, _)| **devfn != 0 && !self.ports.iter().any(|p| p.devfn == **devfn))
+            .map(|(devfn, d)| (Bdf::from_devfn(self.segment, 0, *devfn), d.clone()))
+            .collect();
+        for p in &self.ports {
+            let bus = self.port_buses(p).secondary;
+            for (f, c) in p.children.iter().enumerate() {
+                if let Some(c) = c {
+                    out.push((Bdf::from_devfn(self.segment, bus, f as u8), c.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    /// Guest config read; absent functions read all-ones (PCI "master abort").
+    pub fn read_config(&self, bdf: Bdf, reg: usize) -> u32 {
+        match self.function(bdf) {
+            Some(d) => d.lock().unwrap_or_else(|e| e.into_inner()).read_config(reg),
+            None => u32::MAX,
+        }
+    }
+
+    /// Guest config write; writes to absent functions are dropped.
+    pub fn write_config(&mut self, bdf: Bdf, reg: usize, offset: u64, data: &[u8]) {
+        let Some(d) = self.function(bdf) else { return };
+        let effects = d.lock().unwrap_or_else(|e| e.into_inner()).write_config(reg, offset, data);
+        if !effects.is_empty() {
+            self.handler.apply(bdf, &d, effects);
+        }
+    }
+
+    /// Direct access to the effects handler (e.g. the [`BusRelocator`] for initial attach).
+    pub fn handler_mut(&mut self) -> &mut dyn ConfigEffectsHandler {
+        self.handler.as_mut()
+    }
+}
+
+fn lock(root: &Mutex<PciRoot>) -> std::sync::MutexGuard<'_, PciRoot> {
+    root.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Splits a config access of `len` bytes at byte `offset` into (dword, byte in dword);
+/// `None` if it is not 1, 2 or 4 bytes or straddles a dword.
+fn dword_access(offset: usize, len: usize) -> Option<(usize, u64)> {
+    let byte = offset % 4;
+    (matches!(len, 1 | 2 | 4) && byte + len <= 4).then_some((offset / 4, byte as u64))
+}
+
+fn read_bytes(root: &Mutex<PciRoot>, bdf: Bdf, offset: usize, data: &mut [u8]) {
+    let Some((reg, byte)) = dword_access(offset, data.len()) else {
+        data.fill(0xff);
+        return;
+    };
+    let v = lock(root).read_config(bdf, reg) >> (byte * 8);
+    for (i, b) in data.iter_mut().enumerate() {
+        *b = (v >> (i * 8)) as u8;
+    }
+}
+
+fn write_bytes(root: &Mutex<PciRoot>, bdf: Bdf, offset: usize, data: &[u8]) {
+    if let Some((reg, byte)) = dword_access(offset, data.len()) {
+        lock(root).write_config(bdf, reg, byte, data);
+    }
+}
+
+/// Configuration mechanism #1: address latch at 0xCF8, data window at 0xCFC..0xCFF.
+/// Insert it on the port I/O bus at 0xCF8 with length 8. Bits 27:24 of the address carry
+/// extended register bits 11:8 (the AMD convention Linux also uses), reaching the whole
+/// 4 KiB config space.
+pub struct PciConfigIo {
+    root: Arc<Mutex<PciRoot>>,
+    address: u32,
+}
+
+impl PciConfigIo {
+    pub fn new(root: Arc<Mutex<PciRoot>>) -> Self {
+        Self { root, address: 0 }
+    }
+
+    fn target(&self) -> Option<(Bdf, usize)> {
+        if self.address & 0x8000_0000 == 0 {
+            return None;
+        }
+        let segment = lock(&self.root).segment();
+        let bus = (self.address >> 16) as u8;
+        let devfn = (self.address >> 8) as u8;
+        let offset = (self.address & 0xfc) as usize | (((self.address >> 24) & 0xf) as usize) << 8;
+        Some((Bdf::from_devfn(segment, bus, devfn), offset))
+    }
+}
+
+impl BusDevice for PciConfigIo {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        match offset {
+            0 if data.len() == 4 => data.copy_from_slice(&self.address.to_le_bytes()),
+            4..=7 => match self.target() {
+                Some((bdf, reg_off)) => read_bytes(&self.root, bdf, reg_off + (offset as usize - 4), data),
+                None => data.fill(0xff),
+            },
+            _ => data.fill(0xff),
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        match offset {
+            // Only dword writes latch the address; byte writes to 0xCF8..0xCFB are other
+            // devices' registers on real chipsets (e.g. 0xCF9 reset control).
+            0 if data.len() == 4 => self.address = u32::from_le_bytes([data[0], data[1], data[2], data[3]]),
+            4..=7 => {
+                if let Some((bdf, reg_off)) = self.target() {
+                    write_bytes(&self.root, bdf, reg_off + (offset as usize - 4), data);
+                }
+            }
+            _ => log::debug!("PCI config port write of {} bytes at {offset} dropped", data.len()),
+        }
+    }
+}
+
+/// ECAM (PCIe enhanced configuration access, base spec 7.2.2): 4 KiB per function,
+/// bus << 20 | devfn << 12. Insert it on the MMIO bus at the window advertised in MCFG,
+/// `(last_bus + 1) << 20` bytes long.
+pub struct PciConfigMmio {
+    root: Arc<Mutex<PciRoot>>,
+}
+
+impl PciConfigMmio {
+    pub fn new(root: Arc<Mutex<PciRoot>>) -> Self {
+        Self { root }
+    }
+}
+
+impl BusDevice for PciConfigMmio {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        let segment = lock(&self.root).segment();
+        let (bdf, reg_off) = Bdf::from_ecam_offset(segment, offset);
+        if offset >> 28 != 0 {
+            data.fill(0xff);
+            return;
+        }
+        read_bytes(&self.root, bdf, reg_off, data);
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if offset >> 28 != 0 {
+            return;
+        }
+        let segment = lock(&self.root).segment();
+        let (bdf, reg_off) = Bdf::from_ecam_offset(segment, offset);
+        write_bytes(&self.root, bdf, reg_off, data);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::function::tests::{test_config, Scratch};
+    use crate::PciDevice;
+
+    struct Recorder(Arc<Mutex<Vec<(Bdf, ConfigEffects)>>>);
+    impl ConfigEffectsHandler for Recorder {
+        fn apply(&mut self, bdf: Bdf, _d: &SharedPciDevice, e: ConfigEffects) {
+            self.0.lock().unwrap().push((bdf, e));
+        }
+    }
+
+    fn endpoint() -> Arc<Mutex<EmulatedFunction<Scratch>>> {
+        Arc::new(Mutex::new(EmulatedFunction::new("ep", &test_config(), Scratch([0; 64])).unwrap()))
+    }
+
+    fn ecam_read(ecam: &mut PciConfigMmio, bdf: Bdf, off: u64) -> u32 {
+        let mut b = [0u8; 4];
+        ecam.read(bdf.ecam_offset() + off, &mut b);
+        u32::from_le_bytes(b)
+    }
+
+    #[test]
+    fn topology_through_ecam_and_cf8() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let mut root = PciRoot::new(0, Box::new(Recorder(log.clone()))).unwrap();
+        let rp = root.add_root_port(1, 1).unwrap();
+        let ep_bdf = root.attach_to_port(1, 0, endpoint()).unwrap();
+        let direct = root.add_device(3, 0, endpoint()).unwrap();
+        assert_eq!((rp.to_string(), ep_bdf.to_string(), direct.to_string()), ("0000:00:01.0".into(), "0000:01:00.0".into(), "0000:00:03.0".into()));
+        assert_eq!(root.last_bus(), 1);
+        assert_eq!(root.endpoints().len(), 2);
+        let root = Arc::new(Mutex::new(root));
+        let mut ecam = PciConfigMmio::new(root.clone());
+        let host: Bdf = "00:00.0".parse().unwrap();
+        assert_eq!(ecam_read(&mut ecam, host, 0), 0x0008_1b36);
+        assert_eq!(ecam_read(&mut ecam, rp, 0x08) >> 8, 0x060400);
+        assert_eq!(ecam_read(&mut ecam, rp, 0x18), 0x0001_0100);
+        assert_eq!(ecam_read(&mut ecam, ep_bdf, 0), 0x1041_1af4);
+        assert_eq!(ecam_read(&mut ecam, "01:01.0".parse().unwrap(), 0), u32::MAX, "only device 0 behind a port");
+        assert_eq!(ecam_read(&mut ecam, "02:00.0".parse().unwrap(), 0), u32::MAX);
+        assert_eq!(ecam_read(&mut ecam, "00:1f.7".parse().unwrap(), 0), u32::MAX);
+        // The root port's slot shows a device present.
+        let mut b = [0u8; 2];
+        ecam.read(rp.ecam_offset() + 0x40 + 0x1a, &mut b);
+        assert_eq!(u16::from_le_bytes(b) & 0x40, 0x40);
+        // Renumbering the port's secondary bus moves the device with it.
+        ecam.write(rp.ecam_offset() + 0x19, &[5]);
+        ecam.write(rp.ecam_offset() + 0x1a, &[5]);
+        assert_eq!(ecam_read(&mut ecam, ep_bdf, 0), u32::MAX);
+        assert_eq!(ecam_read(&mut ecam, "05:00.0".parse().unwrap(), 0), 0x1041_1af4);
+        // Mechanism #1 reaches the same functions.
+        let mut io = PciConfigIo::new(root.clone());
+        io.write(0, &0x8000_1800u32.to_le_bytes());
+        let mut w = [0u8; 4];
+        io.read(0, &mut w);
+        assert_eq!(u32::from_le_bytes(w), 0x8000_1800);
+        io.read(4, &mut w);
+        assert_eq!(u32::from_le_bytes(w), 0x1041_1af4);
+        let mut h = [0u8; 2];
+        io.read(6, &mut h);
+        assert_eq!(u16::from_le_bytes(h), 0x1041);
+        io.write(0, &0x0000_1800u32.to_le_bytes());
+        io.read(4, &mut w);
+        assert_eq!(w, [0xff; 4], "enable bit clear");
+        // A BAR write with decode on goes to the handler.
+        io.write(0, &0x8000_1804u32.to_le_bytes());
+        io.write(4, &2u16.to_le_bytes());
+        io.write(0, &0x8000_1810u32.to_le_bytes());
+        io.write(4, &0xc000_0000u32.to_le_bytes());
+        let effects = log.lock().unwrap();
+        assert_eq!(effects.len(), 2);
+        assert_eq!(effects[1].1.bar_moves[0].new_addr, 0xc000_0000);
+        assert_eq!(effects[1].0, "00:03.0".parse().unwrap());
+    }
+
+    #[test]
+    fn malformed_config_accesses() {
+        let root = Arc::new(Mutex::new(PciRoot::new(0, Box::new(Recorder(Default::default()))).unwrap()));
+        let mut ecam = PciConfigMmio::new(root.clone());
+        let mut b = [0u8; 4];
+        ecam.read(2, &mut b);
+        assert_eq!(b, [0xff; 4], "straddles a dword");
+        let mut q = [0u8; 8];
+        ecam.read(0, &mut q);
+        assert_eq!(q, [0xff; 8]);
+        ecam.read(1 << 28, &mut b);
+        assert_eq!(b, [0xff; 4]);
+        ecam.write(u64::MAX, &[1, 2, 3]);
+        let mut io = PciConfigIo::new(root);
+        io.write(1, &[0x80]);
+        io.read(0, &mut b);
+        assert_eq!(b, [0; 4], "byte write does not latch");
+        io.read(9, &mut b);
+    }
+
+    #[test]
+    fn slot_errors() {
+        let mut root = PciRoot::new(0, Box::new(Recorder(Default::default()))).unwrap();
+        assert!(matches!(root.add_device(0, 0, endpoint()), Err(RootError::InvalidSlot { .. })));
+        root.add_root_port(2, 1).unwrap();
+        assert!(matches!(root.add_root_port(3, 1), Err(RootError::BusInUse { bus: 1 })));
+        assert!(matches!(root.add_device(2, 0, endpoint()), Err(RootError::SlotInUse { .. })));
+        assert!(matches!(root.attach_to_port(4, 0, endpoint()), Err(RootError::NoSuchPort { device: 4 })));
+        root.attach_to_port(2, 0, endpoint()).unwrap();
+        assert!(matches!(root.attach_to_port(2, 0, endpoint()), Err(RootError::SlotInUse { .. })));
+    }
+
+    #[test]
+    fn relocator_moves_and_refuses_overlap() {
+        let mmio = Arc::new(Bus::new());
+        let pio = Arc::new(Bus::new());
+        let mut rel = BusRelocator::new(mmio.clone(), pio.clone());
+        let a = endpoint();
+        let b = endpoint();
+        a.lock().unwrap().place_bar(BarIndex(0), 0xc000_0000).unwrap();
+        a.lock().unwrap().place_bar(BarIndex(2), 0x1_0000_0000).unwrap();
+        b.lock().unwrap().place_bar(BarIndex(0), 0xc010_0000).unwrap();
+        b.lock().unwrap().place_bar(BarIndex(2), 0x1_0001_0000).unwrap();
+        let (abdf, bbdf): (Bdf, Bdf) = ("01:00.0".parse().unwrap(), "02:00.0".parse().unwrap());
+        let (ad, bd): (SharedPciDevice, SharedPciDevice) = (a.clone(), b.clone());
+        rel.attach(abdf, &ad).unwrap();
+        rel.attach(bbdf, &bd).unwrap();
+        assert!(matches!(rel.attach(abdf, &ad), Err(RootError::MapBar { .. })));
+        // The scratch register behind A's BAR 0 is reachable through the bus.
+        assert!(mmio.write(0xc000_0004, &[9]));
+        // Guest moves A's BAR 0 onto B's: refused, A's BAR disabled, B untouched.
+        let mut f = a.lock().unwrap();
+        f.write_config(1, 0, &[2]);
+        let e = f.write_config(4, 0, &0xc010_0000u32.to_le_bytes());
+        drop(f);
+        rel.apply(abdf, &ad, e);
+        assert_eq!(rel.mapped(abdf, BarIndex(0)), None);
+        let mut byte = [0u8; 1];
+        assert!(!mmio.read(0xc000_0004, &mut byte));
+        assert!(mmio.read(0xc010_0004, &mut byte));
+        assert_eq!(byte[0], 0, "B's register, not A's");
+        // Moving it to a free place maps it again.
+        let e = a.lock().unwrap().write_config(4, 0, &0xc020_0000u32.to_le_bytes());
+        rel.apply(abdf, &ad, e);
+        assert_eq!(rel.mapped(abdf, BarIndex(0)), Some(0xc020_0000));
+        assert!(mmio.read(0xc020_0004, &mut byte));
+        assert_eq!(byte[0], 9);
+    }
+}

@@ -1,0 +1,333 @@
+//! Command line -> typed, validated configuration. No device logic here.
+//!
+//! `--device`, `--disk` and `--net` are collected as [`DeviceSpec`]s (raw `key=value,...`
+//! lists, already split by [`OptionList`]); the device managers that own those devices parse
+//! their keys (see `device_manager`), so adding a device kind never touches this file.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+
+const EXAMPLES: &str = "\
+Examples:
+  viaduct --kernel bzImage --initramfs initrd.cpio.gz --cmdline 'console=ttyS0' \\
+          --memory 512M --cpus 2
+  viaduct --kernel bzImage --memory size=1G,hugepages=on --cpus boot=4 --serial file=/tmp/con
+  viaduct --kernel bzImage --device path=/sys/bus/pci/devices/0000:01:10.0
+
+Exit status: 0 when the guest powers off (or reboots with --on-reboot exit),
+128+N when stopped by signal N (SIGTERM/SIGINT), 1 on any error.";
+
+#[derive(Parser, Debug)]
+#[command(name = "viaduct", version, about, after_help = EXAMPLES)]
+pub struct Cli {
+    /// Guest kernel: a bzImage, or an ELF vmlinux with a PVH entry point.
+    /// Example: --kernel /boot/vmlinuz
+    #[arg(long, value_name = "PATH")]
+    pub kernel: PathBuf,
+
+    /// Initramfs (cpio, optionally compressed) loaded below the 32-bit hole.
+    /// Example: --initramfs initrd.cpio.gz
+    #[arg(long, value_name = "PATH")]
+    pub initramfs: Option<PathBuf>,
+
+    /// Kernel command line. Example: --cmdline 'console=ttyS0 quiet'
+    #[arg(long, value_name = "STR", default_value = "console=ttyS0")]
+    pub cmdline: String,
+
+    /// Guest RAM: size=SIZE[,hugepages=on][,shared=on]; a bare SIZE is accepted
+    /// (suffixes K, M, G). Example: --memory size=1G,hugepages=on  or  --memory 512M
+    #[arg(long, value_name = "SPEC", default_value = "size=512M")]
+    pub memory: String,
+
+    /// vCPUs: boot=N, or just N. Example: --cpus boot=2  or  --cpus 2
+    #[arg(long, value_name = "SPEC", default_value = "boot=1")]
+    pub cpus: String,
+
+    /// Where COM1 goes: stdio, file=PATH or off. Example: --serial file=/tmp/console.log
+    #[arg(long, value_name = "SPEC", default_value = "stdio")]
+    pub serial: String,
+
+    /// A host PCI device to pass through (repeatable). Example:
+    /// --device path=/sys/bus/pci/devices/0000:01:10.0
+    #[arg(long, value_name = "SPEC")]
+    pub device: Vec<String>,
+
+    /// A virtio block disk (repeatable). Example: --disk path=disk.img
+    #[arg(long, value_name = "SPEC")]
+    pub disk: Vec<String>,
+
+    /// A virtio network device (repeatable). Example: --net tap=tap0
+    #[arg(long, value_name = "SPEC")]
+    pub net: Vec<String>,
+
+    /// What a guest reboot does: restart the guest, or exit viaduct with status 0.
+    #[arg(long, value_enum, value_name = "ACTION", default_value = "exit")]
+    pub on_reboot: RebootAction,
+
+    /// Log level for messages on stderr: off, error, warn, info, debug, trace.
+    #[arg(long, value_name = "LEVEL", default_value = "warn")]
+    pub log_level: log::LevelFilter,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum RebootAction {
+    Restart,
+    Exit,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("--{flag}: '{item}' is not KEY=VALUE")]
+    ParseOption { flag: &'static str, item: String },
+    #[error("--{flag}: key '{key}' given twice")]
+    DuplicateKey { flag: &'static str, key: String },
+    #[error("--{flag}: unknown key '{key}' (known: {known})")]
+    UnknownKey { flag: &'static str, key: String, known: &'static str },
+    #[error("--{flag}: '{value}' is not a size (examples: 512M, 2G, 1048576)")]
+    ParseSize { flag: &'static str, value: String },
+    #[error("--{flag}: {key}='{value}' must be 'on' or 'off'")]
+    ParseToggle { flag: &'static str, key: String, value: String },
+    #[error("--{flag}: '{value}' is not a number")]
+    ParseNumber { flag: &'static str, value: String },
+    #[error("--memory: size {size} is out of range (minimum 64M, maximum 1T, multiple of 4K)")]
+    MemorySize { size: u64 },
+    #[error("--cpus: boot={count} is out of range (1..=254)")]
+    CpuCount { count: u64 },
+    #[error("--serial: '{0}' is not stdio, off or file=PATH")]
+    Serial(String),
+    #[error("--{flag}: missing required key '{key}'")]
+    MissingKey { flag: &'static str, key: &'static str },
+}
+
+/// A `key=value,key=value` list. A leading bare value is stored under `default_key`
+/// (so `--memory 512M` reads as `size=512M`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OptionList {
+    pub flag: &'static str,
+    values: BTreeMap<String, String>,
+}
+
+impl OptionList {
+    pub fn parse(flag: &'static str, spec: &str, default_key: Option<&str>) -> Result<Self, ConfigError> {
+        let mut values = BTreeMap::new();
+        for (i, item) in spec.split(',').enumerate() {
+            let (key, value) = match item.split_once('=') {
+                Some((k, v)) if !k.is_empty() => (k.to_string(), v.to_string()),
+                None if i == 0 && default_key.is_some() && !item.is_empty() => {
+                    (default_key.unwrap_or_default().to_string(), item.to_string())
+                }
+                _ => return Err(ConfigError::ParseOption { flag, item: item.to_string() }),
+            };
+            if values.insert(key.clone(), value).is_some() {
+                return Err(ConfigError::DuplicateKey { flag, key });
+            }
+        }
+        Ok(Self { flag, values })
+    }
+
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.values.get(key).map(String::as_str)
+    }
+
+    pub fn require(&self, key: &'static str) -> Result<&str, ConfigError> {
+        self.get(key).ok_or(ConfigError::MissingKey { flag: self.flag, key })
+    }
+
+    /// Refuses keys outside `known` (a comma-separated list, also used in the message).
+    pub fn check_keys(&self, known: &'static str) -> Result<(), ConfigError> {
+        match self.values.keys().find(|k| !known.split(',').any(|n| n == k.as_str())) {
+            Some(key) => Err(ConfigError::UnknownKey { flag: self.flag, key: key.clone(), known }),
+            None => Ok(()),
+        }
+    }
+
+    pub fn toggle(&self, key: &str) -> Result<bool, ConfigError> {
+        match self.get(key) {
+            None | Some("off") => Ok(false),
+            Some("on") => Ok(true),
+            Some(v) => Err(ConfigError::ParseToggle {
+                flag: self.flag,
+                key: key.to_string(),
+                value: v.to_string(),
+            }),
+        }
+    }
+}
+
+/// Parses `512M`, `2G`, `64K` or a plain byte count.
+pub fn parse_size(flag: &'static str, value: &str) -> Result<u64, ConfigError> {
+    let err = || ConfigError::ParseSize { flag, value: value.to_string() };
+    let (digits, shift) = match value.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&value[..i], 10),
+        Some((i, 'M' | 'm')) => (&value[..i], 20),
+        Some((i, 'G' | 'g')) => (&value[..i], 30),
+        Some((i, 'T' | 't')) => (&value[..i], 40),
+        _ => (value, 0),
+    };
+    let n: u64 = digits.parse().map_err(|_| err())?;
+    n.checked_mul(1u64 << shift).ok_or_else(err)
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemoryConfig {
+    pub size: u64,
+    pub hugepages: bool,
+    pub shared: bool,
+}
+
+impl MemoryConfig {
+    pub fn parse(spec: &str) -> Result<Self, ConfigError> {
+        let opts = OptionList::parse("memory", spec, Some("size"))?;
+        opts.check_keys("size,hugepages,shared")?;
+        let size = parse_size("memory", opts.require("size")?)?;
+        if !(64 << 20..=1 << 40).contains(&size) || size % 4096 != 0 {
+            return Err(ConfigError::MemorySize { size });
+        }
+        Ok(Self { size, hugepages: opts.toggle("hugepages")?, shared: opts.toggle("shared")? })
+    }
+}
+
+pub fn parse_cpus(spec: &str) -> Result<u8, ConfigError> {
+    let opts = OptionList::parse("cpus", spec, Some("boot"))?;
+    opts.check_keys("boot")?;
+    let value = opts.require("boot")?;
+    let count: u64 = value
+        .parse()
+        .map_err(|_| ConfigError::ParseNumber { flag: "cpus", value: value.to_string() })?;
+    // APIC IDs are 8 bits in the xAPIC MADT entries we emit; 255 is the broadcast ID.
+    match u8::try_from(count) {
+        Ok(n @ 1..=254) => Ok(n),
+        _ => Err(ConfigError::CpuCount { count }),
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SerialConfig {
+    Stdio,
+    File(PathBuf),
+    Off,
+}
+
+impl SerialConfig {
+    pub fn parse(spec: &str) -> Result<Self, ConfigError> {
+        match spec {
+            "stdio" | "tty" => Ok(Self::Stdio),
+            "off" | "null" => Ok(Self::Off),
+            _ => match spec.strip_prefix("file=") {
+                Some(p) if !p.is_empty() => Ok(Self::File(PathBuf::from(p))),
+                _ => Err(ConfigError::Serial(spec.to_string())),
+            },
+        }
+    }
+}
+
+/// One `--device`, `--disk` or `--net` occurrence; the owning device manager validates keys.
+pub type DeviceSpec = OptionList;
+
+#[derive(Clone, Debug)]
+pub struct VmConfig {
+    pub kernel: PathBuf,
+    pub initramfs: Option<PathBuf>,
+    pub cmdline: String,
+    pub memory: MemoryConfig,
+    pub vcpus: u8,
+    pub serial: SerialConfig,
+    pub devices: Vec<DeviceSpec>,
+    pub disks: Vec<DeviceSpec>,
+    pub nets: Vec<DeviceSpec>,
+    pub on_reboot: RebootAction,
+}
+
+impl TryFrom<&Cli> for VmConfig {
+    type Error = ConfigError;
+
+    fn try_from(cli: &Cli) -> Result<Self, ConfigError> {
+        let list = |flag: &'static str, specs: &[String], default_key: &str| {
+            specs
+                .iter()
+                .map(|s| OptionList::parse(flag, s, Some(default_key)))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        Ok(Self {
+            kernel: cli.kernel.clone(),
+            initramfs: cli.initramfs.clone(),
+            cmdline: cli.cmdline.clone(),
+            memory: MemoryConfig::parse(&cli.memory)?,
+            vcpus: parse_cpus(&cli.cpus)?,
+            serial: SerialConfig::parse(&cli.serial)?,
+            devices: list("device", &cli.device, "path")?,
+            disks: list("disk", &cli.disk, "path")?,
+            nets: list("net", &cli.net, "tap")?,
+            on_reboot: cli.on_reboot,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli(args: &[&str]) -> Result<VmConfig, String> {
+        let mut full = vec!["viaduct", "--kernel", "k"];
+        full.extend_from_slice(args);
+        let cli = Cli::try_parse_from(full).map_err(|e| e.to_string())?;
+        VmConfig::try_from(&cli).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults() {
+        let c = cli(&[]).unwrap();
+        assert_eq!(c.memory, MemoryConfig { size: 512 << 20, hugepages: false, shared: false });
+        assert_eq!(c.vcpus, 1);
+        assert_eq!(c.serial, SerialConfig::Stdio);
+        assert_eq!(c.on_reboot, RebootAction::Exit);
+    }
+
+    #[test]
+    fn shorthands_and_full_forms() {
+        let c = cli(&["--memory", "1G", "--cpus", "2"]).unwrap();
+        assert_eq!(c.memory.size, 1 << 30);
+        assert_eq!(c.vcpus, 2);
+        let c = cli(&["--memory", "size=256M,hugepages=on,shared=on", "--cpus", "boot=4"]).unwrap();
+        assert_eq!(c.memory, MemoryConfig { size: 256 << 20, hugepages: true, shared: true });
+        assert_eq!(c.vcpus, 4);
+        let c = cli(&["--serial", "file=/tmp/x", "--device", "/sys/x", "--device", "path=/y"]).unwrap();
+        assert_eq!(c.serial, SerialConfig::File("/tmp/x".into()));
+        assert_eq!(c.devices[0].get("path"), Some("/sys/x"));
+        assert_eq!(c.devices[1].get("path"), Some("/y"));
+    }
+
+    #[test]
+    fn bad_input_is_an_error_not_a_panic() {
+        for args in [
+            &["--memory", "lots"][..],
+            &["--memory", "size=1G,hugepages=maybe"],
+            &["--memory", "size=1G,color=red"],
+            &["--memory", "1"],
+            &["--memory", "99999999999999999999T"],
+            &["--memory", "size=1G,size=2G"],
+            &["--cpus", "0"],
+            &["--cpus", "255"],
+            &["--cpus", "-1"],
+            &["--cpus", "boot="],
+            &["--serial", "pty"],
+            &["--serial", "file="],
+            &["--memory", ",,"],
+            &["--on-reboot", "sometimes"],
+        ] {
+            assert!(cli(args).is_err(), "{args:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("m", "4096"), Ok(4096));
+        assert_eq!(parse_size("m", "2k"), Ok(2048));
+        assert_eq!(parse_size("m", "3G"), Ok(3 << 30));
+        assert!(parse_size("m", "").is_err());
+        assert!(parse_size("m", "G").is_err());
+        assert!(parse_size("m", "1é").is_err());
+    }
+}

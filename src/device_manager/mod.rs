@@ -1,0 +1,119 @@
+//! Wiring only: which device sits where on the buses, and which interrupt it raises.
+//! Sub-managers (legacy, pci, vfio, ...) each have one file.
+
+pub mod legacy;
+pub mod pci;
+pub mod vfio;
+
+use std::sync::{Arc, Mutex};
+
+use crate::devices::serial::{ConsoleOut, SerialDevice};
+use crate::irq::{GsiRouting, IrqChip};
+use crate::vstate::memory::GuestMemory;
+use crate::resources::Resources;
+use crate::stop::StopNotifier;
+use crate::vstate::vcpu::IoBuses;
+use crate::vstate::vm::Vm;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceManagerError {
+    #[error("placing {what} at {base:#x} on the bus failed")]
+    InsertDevice {
+        what: &'static str,
+        base: u64,
+        #[source]
+        source: ::pci::BusError,
+    },
+    #[error("creating an eventfd failed")]
+    CreateEventFd(#[source] std::io::Error),
+    #[error("KVM_IRQFD for {what} on GSI {gsi} failed")]
+    RegisterIrqfd {
+        what: &'static str,
+        gsi: u32,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error("--{flag} {spec} cannot be attached: this build has no {what} support yet")]
+    Unsupported { flag: &'static str, spec: String, what: &'static str },
+    #[error("PCI: {what} failed")]
+    Pci {
+        what: &'static str,
+        #[source]
+        source: ::pci::RootError,
+    },
+    #[error("PCI host bridge ACPI description: {0}")]
+    PciAml(String),
+    #[error(transparent)]
+    Vfio(#[from] vfio::VfioManagerError),
+    #[error(transparent)]
+    Resources(#[from] crate::resources::ResourceError),
+}
+
+/// Field order is drop order: assigned devices go (DMA unmapped, vectors off) before the
+/// routing table and the buses they hang off.
+pub struct DeviceManager {
+    pub vfio: Option<vfio::VfioManager>,
+    pub pci: pci::PciSegment,
+    pub routing: Arc<Mutex<GsiRouting>>,
+    pub buses: Arc<IoBuses>,
+    pub resources: Mutex<Resources>,
+    pub serial: Option<Arc<Mutex<SerialDevice>>>,
+}
+
+impl DeviceManager {
+    pub fn new(
+        vm: &Arc<Vm>,
+        ram_size: u64,
+        stop: &Arc<StopNotifier>,
+        console: Option<ConsoleOut>,
+    ) -> Result<Self, DeviceManagerError> {
+        let buses = Arc::new(IoBuses { pio: Arc::new(::pci::Bus::new()), mmio: Arc::new(::pci::Bus::new()) });
+        let legacy = legacy::attach(vm, &buses.pio, stop, console)?;
+        let pci = pci::PciSegment::new(&buses, ram_size)?;
+        let chip: Arc<dyn IrqChip> = vm.clone();
+        Ok(Self {
+            vfio: None,
+            pci,
+            routing: Arc::new(Mutex::new(GsiRouting::new(chip))),
+            buses,
+            resources: Mutex::new(Resources::new(ram_size)?),
+            serial: legacy.serial,
+        })
+    }
+}
+
+impl DeviceManager {
+    /// Attaches the devices named by `--device`, `--disk` and `--net`; each kind's
+    /// sub-manager (vfio.rs, ...) parses its own keys from the [`crate::config::DeviceSpec`]s.
+    /// Must run before the vCPUs start (DMA mappings, BAR placement).
+    pub fn attach_cli_devices(
+        &mut self,
+        vm: &Arc<Vm>,
+        memory: &GuestMemory,
+        cfg: &crate::config::VmConfig,
+    ) -> Result<(), DeviceManagerError> {
+        for (flag, specs, what) in [("disk", &cfg.disks, "virtio-blk"), ("net", &cfg.nets, "virtio-net")] {
+            if let Some(spec) = specs.first() {
+                return Err(DeviceManagerError::Unsupported { flag, spec: format!("{spec:?}"), what });
+            }
+        }
+        let specs = vfio::parse_cli(&cfg.devices)?;
+        if specs.is_empty() {
+            return Ok(());
+        }
+        let ctx = vfio::AttachContext {
+            vm,
+            memory,
+            resources: &self.resources,
+            buses: &self.buses,
+            routing: &self.routing,
+        };
+        let mgr = vfio::VfioManager::attach(&ctx, &specs)?;
+        for dev in &mgr.devices {
+            let bdf = self.pci.attach_pci_device(dev.shared(), &self.buses)?;
+            log::info!("{} (host {}) is guest {bdf}", dev.id, dev.bdf);
+        }
+        self.vfio = Some(mgr);
+        Ok(())
+    }
+}

@@ -1,0 +1,268 @@
+//! Wiring of assigned devices (`--device`): pre-flight checks, one VFIO container with the
+//! KVM-VFIO device, guest RAM DMA-mapped, then per device its vectors, INTx line, BAR
+//! addresses, memory slots and bus entries. The device logic itself lives in the `vfio` crate.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use kvm_bindings::{kvm_create_device, kvm_device_type_KVM_DEV_TYPE_VFIO};
+use pci::{BarKind, BarSlot, SharedPciDevice};
+use vfio::container::{preflight, Container, ContainerError, RamRange};
+use vfio::device::{DeviceParts, VfioPciDevice};
+use vfio::host::{HostDevice, IrqIndex};
+use vfio::regions::MemorySlots;
+use vfio::spec::{parse_devices, DeviceSpec, SpecError};
+use vfio::sysfs::PciHost;
+use vm_memory::{GuestMemoryBackend as _, GuestMemoryRegion as _};
+
+use crate::config::DeviceSpec as CliDeviceSpec;
+use crate::irq::{GsiRouting, IrqChip, KvmIntx, KvmMsiVectors};
+use crate::resources::Resources;
+use crate::vstate::memory::GuestMemory;
+use crate::vstate::vcpu::IoBuses;
+use crate::vstate::vm::{MemSlot, Vm};
+
+/// 64-bit BARs this large go above RAM (the 32-bit hole is too small for them).
+const HIGH_BAR_MIN: u64 = 256 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VfioManagerError {
+    #[error("--device: {0}")]
+    Spec(#[from] SpecError),
+    #[error("--device {key}=...: unknown key (path, id, rombar, romfile)")]
+    UnknownKey { key: String },
+    #[error(transparent)]
+    Container(#[from] ContainerError),
+    #[error("creating the KVM-VFIO device failed")]
+    CreateKvmVfio(#[source] kvm_ioctls::Error),
+    #[error("{id}: reading romfile {path}")]
+    ReadRomFile {
+        id: String,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{id}: allocating {what}")]
+    Allocate {
+        id: String,
+        what: &'static str,
+        #[source]
+        source: crate::resources::ResourceError,
+    },
+    #[error("{id}: creating interrupt eventfds")]
+    Eventfds {
+        id: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{id}: {source}")]
+    Device {
+        id: String,
+        #[source]
+        source: vfio::device::DeviceError,
+    },
+    #[error("{id}: BAR at {base:#x} on the bus")]
+    Bus {
+        id: String,
+        base: u64,
+        #[source]
+        source: pci::BusError,
+    },
+}
+
+/// Turns the generic `--device` option lists into vfio specs (the vfio crate owns the syntax).
+pub fn parse_cli(specs: &[CliDeviceSpec]) -> Result<Vec<DeviceSpec>, VfioManagerError> {
+    let mut texts = Vec::new();
+    for s in specs {
+        let mut parts = Vec::new();
+        for key in ["path", "id", "rombar", "romfile"] {
+            if let Some(v) = s.get(key) {
+                parts.push(format!("{key}={v}"));
+            }
+        }
+        if let Err(e) = s.check_keys("path,id,rombar,romfile") {
+            return Err(VfioManagerError::UnknownKey { key: e.to_string() });
+        }
+        texts.push(parts.join(","));
+    }
+    Ok(parse_devices(&texts)?)
+}
+
+/// KVM memory slots for one device's BAR mmaps.
+struct VmSlots {
+    vm: Arc<Vm>,
+    live: BTreeMap<u32, MemSlot>,
+}
+
+impl MemorySlots for VmSlots {
+    fn map_slot(&mut self, gpa: u64, size: u64, host_addr: u64) -> std::io::Result<u32> {
+        let slot = self.vm.map_memslot(gpa, size, host_addr, false).map_err(std::io::Error::other)?;
+        self.live.insert(slot.slot, slot);
+        Ok(slot.slot)
+    }
+
+    fn unmap_slot(&mut self, slot: u32) -> std::io::Result<()> {
+        let s = self.live.remove(&slot).ok_or_else(|| std::io::Error::from_raw_os_error(libc::ENOENT))?;
+        self.vm.unmap_memslot(s).map_err(std::io::Error::other)
+    }
+}
+
+/// One assigned device, ready for the PCI root to expose at a BDF.
+pub struct AssignedDevice {
+    pub id: String,
+    pub bdf: String,
+    pub device: Arc<Mutex<VfioPciDevice>>,
+    /// The legacy interrupt GSI the device's INTx pin raises (None: no INTx).
+    pub intx_gsi: Option<u32>,
+}
+
+impl AssignedDevice {
+    /// The handle the PCI root uses for config accesses.
+    pub fn shared(&self) -> SharedPciDevice {
+        self.device.clone()
+    }
+}
+
+/// Everything VFIO for the VM. Drop order matters: devices (reset, vectors off, slots out)
+/// before the container (DMA unmapped, groups released).
+pub struct VfioManager {
+    pub devices: Vec<AssignedDevice>,
+    container: Option<Container>,
+}
+
+impl Drop for VfioManager {
+    fn drop(&mut self) {
+        self.devices.clear();
+        self.container.take();
+    }
+}
+
+/// Context the attach step needs from the VMM.
+pub struct AttachContext<'a> {
+    pub vm: &'a Arc<Vm>,
+    pub memory: &'a GuestMemory,
+    pub resources: &'a Mutex<Resources>,
+    pub buses: &'a IoBuses,
+    pub routing: &'a Arc<Mutex<GsiRouting>>,
+}
+
+impl VfioManager {
+    /// Checks, opens and wires every `--device`; all-or-nothing (a failure drops what was set
+    /// up, which releases it). Must run before the first vCPU starts (DMA mapping).
+    pub fn attach(ctx: &AttachContext<'_>, specs: &[DeviceSpec]) -> Result<Self, VfioManagerError> {
+        let mut mgr = VfioManager { devices: Vec::new(), container: None };
+        if specs.is_empty() {
+            return Ok(mgr);
+        }
+        let ram: u64 = ctx.memory.iter().map(|r| r.len()).sum();
+        preflight(&PciHost::system(), specs, ram)?;
+
+        let mut kvm_dev = kvm_create_device { type_: kvm_device_type_KVM_DEV_TYPE_VFIO, fd: 0, flags: 0 };
+        let kvm_vfio = ctx.vm.fd.create_device(&mut kvm_dev).map_err(VfioManagerError::CreateKvmVfio)?;
+        let handle = Arc::new(vfio_ioctls::VfioDeviceFd::new_from_kvm(kvm_vfio));
+        let mut container = Container::open(Some(handle))?;
+        let hosts = specs
+            .iter()
+            .map(|s| container.open_device(s.bdf, &s.path))
+            .collect::<Result<Vec<_>, _>>()?;
+        let ranges: Vec<RamRange> = ctx
+            .memory
+            .iter()
+            .map(|r| RamRange {
+                gpa: r.start_addr().0,
+                size: r.len(),
+                host_addr: ctx.memory.get_host_address(r.start_addr()).map_or(0, |p| p as u64),
+            })
+            .collect();
+        // SAFETY: guest RAM is mapped for the VM's whole life and the container (dropped
+        // before the memory, see VfioManager's drop order) unmaps these IOVAs first.
+        unsafe { container.map_ram(&ranges)? };
+        mgr.container = Some(container);
+
+        for (spec, host) in specs.iter().zip(hosts) {
+            let dev = attach_one(ctx, spec, Arc::new(host))?;
+            mgr.devices.push(dev);
+        }
+        Ok(mgr)
+    }
+}
+
+fn attach_one(ctx: &AttachContext<'_>, spec: &DeviceSpec, host: Arc<dyn HostDevice>) -> Result<AssignedDevice, VfioManagerError> {
+    let id = spec.id.clone();
+    let romfile = match &spec.romfile {
+        Some(p) => Some(std::fs::read(p).map_err(|source| VfioManagerError::ReadRomFile {
+            id: id.clone(),
+            path: p.display().to_string(),
+            source,
+        })?),
+        None => None,
+    };
+    let alloc_err = |what| {
+        let id = id.clone();
+        move |source| VfioManagerError::Allocate { id, what, source }
+    };
+    let nvec = host.irq_count(IrqIndex::Msix).max(host.irq_count(IrqIndex::Msi)) as usize;
+    let gsis = {
+        let mut r = ctx.resources.lock().unwrap_or_else(|e| e.into_inner());
+        (0..nvec).map(|_| r.allocate_msi_gsi()).collect::<Result<Vec<_>, _>>().map_err(alloc_err("MSI GSIs"))?
+    };
+    let vectors = KvmMsiVectors::new(ctx.routing.clone(), &gsis)
+        .map_err(|source| VfioManagerError::Eventfds { id: id.clone(), source })?;
+    let chip: Arc<dyn IrqChip> = ctx.vm.clone();
+    let (intx, intx_gsi) = if host.irq_count(IrqIndex::Intx) > 0 {
+        let gsi = ctx.resources.lock().unwrap_or_else(|e| e.into_inner()).allocate_intx_gsi().map_err(alloc_err("INTx GSI"))?;
+        let line = KvmIntx::new(chip, gsi).map_err(|source| VfioManagerError::Eventfds { id: id.clone(), source })?;
+        (Some(Box::new(line) as Box<dyn vfio::interrupts::IntxLine>), Some(gsi))
+    } else {
+        (None, None)
+    };
+    let bdf = host.bdf().to_string();
+    let mut device = VfioPciDevice::new(DeviceParts {
+        host,
+        rombar: spec.rombar,
+        romfile,
+        vectors: Box::new(vectors),
+        intx,
+        slots: Box::new(VmSlots { vm: ctx.vm.clone(), live: BTreeMap::new() }),
+    })
+    .map_err(|source| VfioManagerError::Device { id: id.clone(), source })?;
+
+    let mut failed = None;
+    {
+        let mut res = ctx.resources.lock().unwrap_or_else(|e| e.into_inner());
+        let placed = device.place_bars(&mut |bar| {
+            let align = bar.size.max(4096);
+            let r = match bar.kind {
+                BarKind::Io => res.allocate_io(bar.size, bar.size.max(4)),
+                BarKind::Mem64 { .. } if bar.size >= HIGH_BAR_MIN => {
+                    res.allocate_mmio64(bar.size, align)
+                }
+                _ => res.allocate_mmio32(bar.size, align),
+            };
+            match r {
+                Ok(range) => Some(range.start()),
+                Err(e) => {
+                    failed = Some(e);
+                    None
+                }
+            }
+        });
+        if let Err(source) = placed {
+            if let Some(e) = failed.take() {
+                log::error!("{id}: {e}");
+            }
+            return Err(VfioManagerError::Device { id, source });
+        }
+    }
+    device.start().map_err(|source| VfioManagerError::Device { id: id.clone(), source })?;
+    let regions = pci::PciDevice::bars(&device);
+    let device = Arc::new(Mutex::new(device));
+    let shared: SharedPciDevice = device.clone();
+    for r in regions {
+        let bus = if r.kind == BarKind::Io { &ctx.buses.pio } else { &ctx.buses.mmio };
+        let slot = Arc::new(Mutex::new(BarSlot::new(shared.clone(), r.index)));
+        bus.insert(slot, r.addr, r.size).map_err(|source| VfioManagerError::Bus { id: id.clone(), base: r.addr, source })?;
+        log::info!("{id} ({bdf}): BAR{} {:?} at {:#x} ({:#x} bytes)", r.index.0, r.kind, r.addr, r.size);
+    }
+    Ok(AssignedDevice { id, bdf, device, intx_gsi })
+}

@@ -1,0 +1,131 @@
+//! The guest physical address map, in one place. Every other module asks here where things go.
+//!
+//! ```text
+//! 0x0000_0000 ..  0x0009_fc00  RAM (real-mode area; boot structures live here)
+//! 0x0009_fc00 ..  0x0010_0000  reserved (EBDA, VGA hole, BIOS area: ACPI tables at 0xe0000)
+//! 0x0010_0000 ..  LOW_RAM_END   RAM (kernel, initramfs at the top)
+//! 0xc000_0000 ..  0xe000_0000  32-bit PCI MMIO window (BARs below 4 GiB)
+//! 0xe000_0000 ..  0xf000_0000  PCIe ECAM (segment 0, buses 0..=255)
+//! 0xfec0_0000                  IOAPIC
+//! 0xfee0_0000                  LAPIC
+//! 0x1_0000_0000 .. +rest        RAM above 4 GiB (when the guest has more than 3 GiB)
+//! after RAM, 1 GiB aligned      64-bit PCI MMIO window (large / prefetchable BARs)
+//! ```
+
+/// One gibibyte, for readability.
+pub const GIB: u64 = 1 << 30;
+
+/// End of conventional low memory; the EBDA and BIOS area follow.
+pub const EBDA_START: u64 = 0x9_fc00;
+/// Start of "high" memory in the Linux boot protocol sense (the kernel loads here or above).
+pub const HIGH_RAM_START: u64 = 0x10_0000;
+
+// Boot structures in low RAM (below EBDA_START).
+pub const GDT_START: u64 = 0x500;
+pub const IDT_START: u64 = 0x520;
+/// PVH `hvm_start_info` and its memory map follow each other here.
+pub const PVH_INFO_START: u64 = 0x6000;
+pub const ZERO_PAGE_START: u64 = 0x7000;
+pub const BOOT_STACK_POINTER: u64 = 0x8ff0;
+pub const PML4_START: u64 = 0x9000;
+pub const PDPTE_START: u64 = 0xa000;
+/// Four page directories (2 MiB pages) identity-map the first 4 GiB.
+pub const PDE_START: u64 = 0xb000;
+pub const CMDLINE_START: u64 = 0x2_0000;
+pub const CMDLINE_MAX_SIZE: usize = 4096;
+
+/// ACPI tables live in the BIOS area, where Linux also scans for the RSDP.
+pub const ACPI_START: u64 = 0xe_0000;
+pub const ACPI_END: u64 = 0x10_0000;
+
+/// The 32-bit hole for MMIO starts here; RAM beyond this goes above 4 GiB.
+pub const MEM_32BIT_HOLE_START: u64 = 0xc000_0000;
+pub const MEM_32BIT_HOLE_END: u64 = 1 << 32;
+
+pub const PCI_MMIO32_START: u64 = 0xc000_0000;
+pub const PCI_MMIO32_SIZE: u64 = 0x2000_0000;
+
+pub const PCI_ECAM_START: u64 = 0xe000_0000;
+pub const PCI_ECAM_SIZE: u64 = 0x1000_0000;
+pub const PCI_ECAM_LAST_BUS: u8 = 0xff;
+
+pub const IOAPIC_START: u64 = 0xfec0_0000;
+pub const LAPIC_START: u64 = 0xfee0_0000;
+
+/// The 64-bit PCI window: how large it is. It starts at [`mmio64_start`].
+pub const PCI_MMIO64_SIZE: u64 = 64 * GIB;
+
+/// PCI I/O port window handed to the root complex (everything above the legacy ISA ports).
+pub const PCI_IO_START: u16 = 0x1000;
+pub const PCI_IO_END: u16 = 0xffff;
+
+// Legacy port I/O devices.
+pub const COM1_PORT: u64 = 0x3f8;
+pub const COM1_GSI: u32 = 4;
+pub const I8042_PORT: u64 = 0x60;
+pub const I8042_LEN: u64 = 5;
+pub const CMOS_PORT: u64 = 0x70;
+pub const CMOS_LEN: u64 = 2;
+/// ACPI sleep control / status and reset registers (hardware-reduced ACPI, one byte).
+pub const ACPI_SLEEP_CONTROL_PORT: u64 = 0x600;
+pub const ACPI_RESET_VALUE: u8 = 1;
+pub const PCI_CONFIG_IO_PORT: u64 = 0xcf8;
+pub const PCI_CONFIG_IO_LEN: u64 = 8;
+
+/// The S5 (soft-off) sleep type announced by the DSDT's `_S5_` package.
+pub const ACPI_S5_SLEEP_TYPE: u8 = 5;
+
+/// Guest RAM regions `(start, size)` for `ram_size` bytes: below the 32-bit hole first,
+/// the rest from 4 GiB up.
+pub fn ram_regions(ram_size: u64) -> Vec<(u64, u64)> {
+    if ram_size <= MEM_32BIT_HOLE_START {
+        vec![(0, ram_size)]
+    } else {
+        vec![
+            (0, MEM_32BIT_HOLE_START),
+            (MEM_32BIT_HOLE_END, ram_size - MEM_32BIT_HOLE_START),
+        ]
+    }
+}
+
+/// The end (exclusive) of RAM below the 32-bit hole.
+pub fn low_ram_end(ram_size: u64) -> u64 {
+    ram_size.min(MEM_32BIT_HOLE_START)
+}
+
+/// The 64-bit MMIO window starts after the last RAM byte, aligned to 1 GiB, never below 4 GiB.
+pub fn mmio64_start(ram_size: u64) -> u64 {
+    let ram_end = ram_regions(ram_size)
+        .last()
+        .map(|&(start, size)| start + size)
+        .unwrap_or(0);
+    ram_end.max(MEM_32BIT_HOLE_END).next_multiple_of(GIB)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_ram_is_one_region() {
+        assert_eq!(ram_regions(256 << 20), vec![(0, 256 << 20)]);
+        assert_eq!(mmio64_start(256 << 20), 4 * GIB);
+    }
+
+    #[test]
+    fn large_ram_splits_around_the_hole() {
+        let r = ram_regions(4 * GIB);
+        assert_eq!(r, vec![(0, 3 * GIB), (4 * GIB, GIB)]);
+        assert_eq!(mmio64_start(4 * GIB), 5 * GIB);
+        assert_eq!(low_ram_end(4 * GIB), 3 * GIB);
+    }
+
+    #[test]
+    fn fixed_areas_do_not_overlap() {
+        assert!(PCI_MMIO32_START + PCI_MMIO32_SIZE <= PCI_ECAM_START);
+        assert!(PCI_ECAM_START + PCI_ECAM_SIZE <= IOAPIC_START);
+        assert!(MEM_32BIT_HOLE_START <= PCI_MMIO32_START);
+        assert!(PDE_START + 4 * 0x1000 <= CMDLINE_START);
+        assert!(CMDLINE_START + CMDLINE_MAX_SIZE as u64 <= EBDA_START);
+    }
+}

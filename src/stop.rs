@@ -1,0 +1,81 @@
+//! Why the VM stops, and how any thread (vCPU, device, signal handler loop) asks it to.
+
+use std::sync::{Arc, Mutex};
+
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    /// The guest powered off (ACPI S5 or KVM system event).
+    PowerOff,
+    /// The guest asked for a reset (ACPI reset register, i8042, triple fault).
+    Reset,
+    /// The host asked us to stop (SIGTERM/SIGINT).
+    Signal(i32),
+    /// Something failed; the message is the one line the user sees.
+    Error(String),
+}
+
+/// First reason wins; the eventfd wakes the VMM's control loop.
+pub struct StopNotifier {
+    reason: Mutex<Option<StopReason>>,
+    evt: EventFd,
+}
+
+impl StopNotifier {
+    pub fn new() -> std::io::Result<Arc<Self>> {
+        Ok(Arc::new(Self { reason: Mutex::new(None), evt: EventFd::new(EFD_NONBLOCK)? }))
+    }
+
+    pub fn request(&self, reason: StopReason) {
+        let mut current = self.reason.lock().unwrap_or_else(|e| e.into_inner());
+        if current.is_none() {
+            log::debug!("stop requested: {reason:?}");
+            *current = Some(reason);
+        }
+        // A failed write can only mean the counter is saturated: a wake-up is pending anyway.
+        let _ = self.evt.write(1);
+    }
+
+    pub fn reason(&self) -> Option<StopReason> {
+        self.reason.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn is_requested(&self) -> bool {
+        self.reason().is_some()
+    }
+
+    pub fn eventfd(&self) -> &EventFd {
+        &self.evt
+    }
+}
+
+/// A vm-superio `Trigger` that requests a fixed stop reason (i8042 reset line).
+pub struct StopTrigger {
+    pub notifier: Arc<StopNotifier>,
+    pub reason: StopReason,
+}
+
+impl vm_superio::Trigger for StopTrigger {
+    type E = std::convert::Infallible;
+
+    fn trigger(&self) -> Result<(), Self::E> {
+        self.notifier.request(self.reason.clone());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_reason_wins() {
+        let n = StopNotifier::new().unwrap();
+        assert!(!n.is_requested());
+        n.request(StopReason::PowerOff);
+        n.request(StopReason::Reset);
+        assert_eq!(n.reason(), Some(StopReason::PowerOff));
+        assert_eq!(n.eventfd().read().unwrap(), 2);
+    }
+}

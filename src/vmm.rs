@@ -1,0 +1,229 @@
+//! The VMM: builds a VM from the config, runs its vCPUs, waits for a stop reason and tears
+//! everything down in order. A guest reset either rebuilds the VM or ends the run.
+
+use std::fs::File;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use kvm_bindings::CpuId;
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::signal::Killable;
+
+use crate::boot::{self, acpi::AcpiConfig, kernel::KernelConfig};
+use crate::config::{RebootAction, SerialConfig, VmConfig};
+use crate::device_manager::DeviceManager;
+use crate::devices::serial::{self, ConsoleOut, FlushingWriter, SerialDevice};
+use crate::signals;
+use crate::stop::{StopNotifier, StopReason};
+use crate::terminal::RawModeGuard;
+use crate::vstate::kvm::KvmSystem;
+use crate::vstate::memory::create_guest_memory;
+use crate::vstate::vcpu::Vcpu;
+use crate::vstate::vm::Vm;
+
+/// The serial device host input goes to; replaced on every (re)boot.
+type ConsoleInput = Arc<Mutex<Option<Arc<Mutex<SerialDevice>>>>>;
+
+/// Where guest console output goes, reopened for every boot.
+enum ConsoleSink {
+    Stdio,
+    File(File),
+    Off,
+}
+
+impl ConsoleSink {
+    fn open(cfg: &SerialConfig) -> anyhow::Result<Self> {
+        Ok(match cfg {
+            SerialConfig::Stdio => Self::Stdio,
+            SerialConfig::Off => Self::Off,
+            SerialConfig::File(path) => Self::File(
+                File::create(path).with_context(|| format!("creating serial output file {}", path.display()))?,
+            ),
+        })
+    }
+
+    fn writer(&self) -> anyhow::Result<Option<ConsoleOut>> {
+        Ok(match self {
+            Self::Stdio => Some(Box::new(FlushingWriter(std::io::stdout()))),
+            Self::File(f) => Some(Box::new(f.try_clone().context("duplicating the serial output file")?)),
+            Self::Off => None,
+        })
+    }
+}
+
+pub struct Vmm;
+
+impl Vmm {
+    /// Runs the guest until it powers off, is stopped by a signal, or fails.
+    pub fn run(cfg: &VmConfig) -> anyhow::Result<ExitCode> {
+        let signal_fd = signals::setup()?;
+        let kvm = KvmSystem::open()?;
+        let cpuid = kvm.supported_cpuid()?;
+        let sink = ConsoleSink::open(&cfg.serial)?;
+        let console_input: ConsoleInput = Arc::new(Mutex::new(None));
+        let _raw_mode = match cfg.serial {
+            SerialConfig::Stdio => {
+                let guard = RawModeGuard::enable_on_stdin();
+                spawn_stdin_forwarder(console_input.clone())?;
+                guard
+            }
+            _ => None,
+        };
+        loop {
+            let reason = boot_once(&kvm, &cpuid, cfg, &sink, &console_input, &signal_fd)?;
+            match reason {
+                StopReason::PowerOff => return Ok(ExitCode::SUCCESS),
+                StopReason::Reset if cfg.on_reboot == RebootAction::Restart => {
+                    log::info!("guest rebooted: restarting it");
+                }
+                StopReason::Reset => {
+                    log::info!("guest rebooted: exiting (--on-reboot exit)");
+                    return Ok(ExitCode::SUCCESS);
+                }
+                StopReason::Signal(n) => {
+                    log::info!("stopped by signal {n}");
+                    return Ok(ExitCode::from(128u8.saturating_add(n as u8)));
+                }
+                StopReason::Error(msg) => bail!(msg),
+            }
+        }
+    }
+}
+
+fn spawn_stdin_forwarder(target: ConsoleInput) -> anyhow::Result<()> {
+    // The forwarder feeds a proxy device slot; rebuilt VMs swap the device behind it.
+    serial::spawn_input_forwarder(std::io::stdin(), SerialProxy(target)).context("starting the console input thread")?;
+    Ok(())
+}
+
+/// Forwards input to whichever serial device is current.
+pub struct SerialProxy(ConsoleInput);
+
+impl serial::InputSink for SerialProxy {
+    fn enqueue_input(&mut self, bytes: &[u8]) -> usize {
+        let current = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        match current {
+            Some(dev) => dev.lock().unwrap_or_else(|e| e.into_inner()).enqueue_input(bytes),
+            // No guest yet (or between reboots): drop the input rather than block.
+            None => bytes.len(),
+        }
+    }
+}
+
+/// Builds one VM, runs it to a stop reason and tears it down.
+fn boot_once(
+    kvm: &KvmSystem,
+    cpuid: &CpuId,
+    cfg: &VmConfig,
+    sink: &ConsoleSink,
+    console_input: &ConsoleInput,
+    signal_fd: &OwnedFd,
+) -> anyhow::Result<StopReason> {
+    // Declared before the VM so it is dropped after it (KVM memslots point into it).
+    let ram = create_guest_memory(&cfg.memory).context("allocating guest memory")?;
+    let mem = &ram.mem;
+    let vm = Arc::new(Vm::create(kvm)?);
+    vm.map_guest_memory(mem)?;
+    let stop = StopNotifier::new().context("creating the stop eventfd")?;
+    let mut dm = DeviceManager::new(&vm, cfg.memory.size, &stop, sink.writer()?)?;
+    dm.attach_cli_devices(&vm, mem, cfg)?;
+    *console_input.lock().unwrap_or_else(|e| e.into_inner()) = dm.serial.clone();
+
+    let entry = boot::prepare(
+        mem,
+        KernelConfig {
+            kernel: &cfg.kernel,
+            initramfs: cfg.initramfs.as_deref(),
+            cmdline: &cfg.cmdline,
+            ram_size: cfg.memory.size,
+            rsdp_addr: 0,
+        },
+        &AcpiConfig { vcpus: cfg.vcpus, sb_aml: &[dm.pci.aml()] },
+    )?;
+
+    let mut vcpus = Vec::with_capacity(usize::from(cfg.vcpus));
+    for id in 0..cfg.vcpus {
+        let vcpu = Vcpu::new(&vm, id)?;
+        vcpu.configure(cpuid, cfg.vcpus, (id == 0).then_some(entry))?;
+        vcpus.push(vcpu);
+    }
+    log::info!(
+        "booting {} with {} vCPU(s) and {} MiB",
+        cfg.kernel.display(),
+        cfg.vcpus,
+        cfg.memory.size >> 20
+    );
+    let mut threads = Vec::with_capacity(vcpus.len());
+    for vcpu in vcpus {
+        let buses = dm.buses.clone();
+        let vcpu_stop = stop.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("vcpu{}", vcpu.id))
+            .spawn(move || vcpu.run(&buses, &vcpu_stop));
+        match handle {
+            Ok(h) => threads.push(h),
+            Err(e) => {
+                stop.request(StopReason::Error(format!("starting a vCPU thread failed: {e}")));
+                break;
+            }
+        }
+    }
+
+    wait_for_stop(&stop, signal_fd)?;
+    stop_vcpus(threads);
+    *console_input.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    stop.reason().ok_or_else(|| anyhow!("the VM stopped without a reason (internal error)"))
+}
+
+/// Blocks until a vCPU or device asks to stop, or a stop signal arrives.
+fn wait_for_stop(stop: &StopNotifier, signal_fd: &OwnedFd) -> anyhow::Result<()> {
+    const STOP_EVT: u64 = 0;
+    const SIGNAL: u64 = 1;
+    let epoll = Epoll::new().context("creating the control epoll")?;
+    epoll
+        .ctl(ControlOperation::Add, stop.eventfd().as_raw_fd(), EpollEvent::new(EventSet::IN, STOP_EVT))
+        .context("watching the stop eventfd")?;
+    epoll
+        .ctl(ControlOperation::Add, signal_fd.as_raw_fd(), EpollEvent::new(EventSet::IN, SIGNAL))
+        .context("watching the signalfd")?;
+    let mut events = vec![EpollEvent::default(); 4];
+    while !stop.is_requested() {
+        let n = match epoll.wait(-1, &mut events) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e).context("waiting on the control epoll"),
+        };
+        for ev in &events[..n] {
+            if ev.data() == SIGNAL {
+                while let Some(sig) = signals::read_signal(signal_fd) {
+                    stop.request(StopReason::Signal(sig));
+                }
+            } else {
+                let _ = stop.eventfd().read();
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Kicks every vCPU out of KVM_RUN until its thread has seen the stop request and ended.
+fn stop_vcpus(threads: Vec<JoinHandle<()>>) {
+    // A kick that lands just before KVM_RUN is lost, hence the retry loop.
+    while threads.iter().any(|t| !t.is_finished()) {
+        for t in threads.iter().filter(|t| !t.is_finished()) {
+            if let Err(e) = t.kill(signals::vcpu_kick_signal()) {
+                log::debug!("kicking a vCPU thread failed: {e}");
+            }
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    for t in threads {
+        if t.join().is_err() {
+            log::error!("a vCPU thread panicked");
+        }
+    }
+}

@@ -1,0 +1,231 @@
+//! One vCPU: its initial state (CPUID, MSRs, FPU, LAPIC, boot registers) and its KVM_RUN loop,
+//! which hands port I/O and MMIO exits to the `pci::Bus`es.
+
+use std::sync::Arc;
+
+use kvm_bindings::{kvm_fpu, kvm_msr_entry, CpuId, Msrs, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET,
+    KVM_SYSTEM_EVENT_SHUTDOWN};
+use kvm_ioctls::{VcpuExit, VcpuFd};
+
+use super::cpuid;
+use super::vm::Vm;
+use crate::boot::{cpu as boot_cpu, BootEntry};
+use crate::stop::{StopNotifier, StopReason};
+
+const MSR_IA32_SYSENTER_CS: u32 = 0x174;
+const MSR_IA32_SYSENTER_ESP: u32 = 0x175;
+const MSR_IA32_SYSENTER_EIP: u32 = 0x176;
+const MSR_IA32_MISC_ENABLE: u32 = 0x1a0;
+const MSR_MTRR_DEF_TYPE: u32 = 0x2ff;
+const MSR_STAR: u32 = 0xc000_0081;
+const MSR_LSTAR: u32 = 0xc000_0082;
+const MSR_CSTAR: u32 = 0xc000_0083;
+const MSR_SYSCALL_MASK: u32 = 0xc000_0084;
+const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
+const MISC_ENABLE_FAST_STRING: u64 = 1;
+/// MTRRs enabled, default type write-back: RAM is cacheable before the guest sets MTRRs.
+const MTRR_DEF_TYPE_ENABLED_WB: u64 = (1 << 11) | 6;
+
+const APIC_LVT_LINT0: usize = 0x350;
+const APIC_LVT_LINT1: usize = 0x360;
+const APIC_MODE_EXTINT: u32 = 0x7;
+const APIC_MODE_NMI: u32 = 0x4;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuError {
+    #[error("KVM_CREATE_VCPU {id} failed")]
+    Create {
+        id: u8,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error("vCPU {id}: {ioctl} failed")]
+    Setup {
+        id: u8,
+        ioctl: &'static str,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error("vCPU {id}: building the MSR list failed")]
+    MsrList { id: u8 },
+}
+
+/// Address spaces a vCPU dispatches its exits to.
+pub struct IoBuses {
+    pub pio: Arc<pci::Bus>,
+    pub mmio: Arc<pci::Bus>,
+}
+
+pub struct Vcpu {
+    pub id: u8,
+    fd: VcpuFd,
+}
+
+/// The TSC is left alone: KVM synchronises the vCPUs' TSCs at creation, and writing it per
+/// vCPU at different moments makes the guest mark the TSC unstable.
+fn boot_msrs() -> Vec<kvm_msr_entry> {
+    [
+        (MSR_IA32_SYSENTER_CS, 0),
+        (MSR_IA32_SYSENTER_ESP, 0),
+        (MSR_IA32_SYSENTER_EIP, 0),
+        (MSR_STAR, 0),
+        (MSR_CSTAR, 0),
+        (MSR_KERNEL_GS_BASE, 0),
+        (MSR_SYSCALL_MASK, 0),
+        (MSR_LSTAR, 0),
+        (MSR_IA32_MISC_ENABLE, MISC_ENABLE_FAST_STRING),
+        (MSR_MTRR_DEF_TYPE, MTRR_DEF_TYPE_ENABLED_WB),
+    ]
+    .into_iter()
+    .map(|(index, data)| kvm_msr_entry { index, data, ..Default::default() })
+    .collect()
+}
+
+fn set_lvt_mode(regs: &mut [std::os::raw::c_char], offset: usize, mode: u32) {
+    let mut raw = [0u8; 4];
+    for (i, b) in raw.iter_mut().enumerate() {
+        *b = regs[offset + i] as u8;
+    }
+    let value = (u32::from_le_bytes(raw) & !0x700) | (mode << 8);
+    for (i, b) in value.to_le_bytes().iter().enumerate() {
+        regs[offset + i] = *b as std::os::raw::c_char;
+    }
+}
+
+impl Vcpu {
+    pub fn new(vm: &Vm, id: u8) -> Result<Self, VcpuError> {
+        let fd = vm.fd.create_vcpu(u64::from(id)).map_err(|source| VcpuError::Create { id, source })?;
+        Ok(Self { id, fd })
+    }
+
+    fn setup_err(&self, ioctl: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VcpuError {
+        let id = self.id;
+        move |source| VcpuError::Setup { id, ioctl, source }
+    }
+
+    /// Architectural state every vCPU needs; the boot vCPU also gets `entry`'s registers.
+    pub fn configure(&self, supported_cpuid: &CpuId, vcpus: u8, entry: Option<BootEntry>) -> Result<(), VcpuError> {
+        let mut cpuid = supported_cpuid.clone();
+        cpuid::apply_topology(cpuid.as_mut_slice(), self.id, vcpus);
+        self.fd.set_cpuid2(&cpuid).map_err(self.setup_err("KVM_SET_CPUID2"))?;
+
+        let entries = boot_msrs();
+        let msrs = Msrs::from_entries(&entries).map_err(|_| VcpuError::MsrList { id: self.id })?;
+        let written = self.fd.set_msrs(&msrs).map_err(self.setup_err("KVM_SET_MSRS"))?;
+        if written != entries.len() {
+            // KVM stops at the first MSR it refuses; report which one and go on: none of
+            // these is needed to boot.
+            log::warn!("vCPU {}: KVM refused MSR {:#x}", self.id, entries[written].index);
+        }
+
+        // x87 control word and MXCSR reset values (SDM vol. 1, 8.1.5 and 10.2.3).
+        let fpu = kvm_fpu { fcw: 0x37f, mxcsr: 0x1f80, ..Default::default() };
+        self.fd.set_fpu(&fpu).map_err(self.setup_err("KVM_SET_FPU"))?;
+
+        // LINT0 delivers the PIC's ExtINT, LINT1 NMIs: what firmware leaves for the OS.
+        let mut lapic = self.fd.get_lapic().map_err(self.setup_err("KVM_GET_LAPIC"))?;
+        set_lvt_mode(&mut lapic.regs, APIC_LVT_LINT0, APIC_MODE_EXTINT);
+        set_lvt_mode(&mut lapic.regs, APIC_LVT_LINT1, APIC_MODE_NMI);
+        self.fd.set_lapic(&lapic).map_err(self.setup_err("KVM_SET_LAPIC"))?;
+
+        if let Some(entry) = entry {
+            let sregs = self.fd.get_sregs().map_err(self.setup_err("KVM_GET_SREGS"))?;
+            self.fd
+                .set_sregs(&boot_cpu::boot_sregs(sregs, entry))
+                .map_err(self.setup_err("KVM_SET_SREGS"))?;
+            self.fd
+                .set_regs(&boot_cpu::boot_regs(entry))
+                .map_err(self.setup_err("KVM_SET_REGS"))?;
+        }
+        Ok(())
+    }
+
+    /// Runs until the VM is asked to stop. Exits that end the VM are reported to `stop`.
+    pub fn run(mut self, buses: &IoBuses, stop: &StopNotifier) {
+        while !stop.is_requested() {
+            if let Some(reason) = self.run_once(buses) {
+                stop.request(reason);
+            }
+        }
+        log::debug!("vCPU {} stopped", self.id);
+    }
+
+    fn run_once(&mut self, buses: &IoBuses) -> Option<StopReason> {
+        let id = self.id;
+        match self.fd.run() {
+            Ok(VcpuExit::IoIn(port, data)) => {
+                if !buses.pio.read(u64::from(port), data) {
+                    log::trace!("vCPU {id}: unclaimed port read {port:#x}");
+                    data.fill(0xff);
+                }
+                None
+            }
+            Ok(VcpuExit::IoOut(port, data)) => {
+                if !buses.pio.write(u64::from(port), data) {
+                    log::trace!("vCPU {id}: unclaimed port write {port:#x} {data:x?}");
+                }
+                None
+            }
+            Ok(VcpuExit::MmioRead(addr, data)) => {
+                if !buses.mmio.read(addr, data) {
+                    log::debug!("vCPU {id}: unclaimed MMIO read {addr:#x} ({} bytes)", data.len());
+                    data.fill(0xff);
+                }
+                None
+            }
+            Ok(VcpuExit::MmioWrite(addr, data)) => {
+                if !buses.mmio.write(addr, data) {
+                    log::debug!("vCPU {id}: unclaimed MMIO write {addr:#x} {data:x?}");
+                }
+                None
+            }
+            Ok(VcpuExit::Hlt) => {
+                // With the in-kernel LAPIC, HLT only exits when the vCPU can never wake up.
+                log::info!("vCPU {id} halted with interrupts off");
+                Some(StopReason::PowerOff)
+            }
+            Ok(VcpuExit::Shutdown) => {
+                log::info!("vCPU {id}: triple fault (shutdown exit), treating as a reset");
+                Some(StopReason::Reset)
+            }
+            Ok(VcpuExit::SystemEvent(kind, _)) => match kind {
+                KVM_SYSTEM_EVENT_SHUTDOWN => Some(StopReason::PowerOff),
+                KVM_SYSTEM_EVENT_RESET => Some(StopReason::Reset),
+                KVM_SYSTEM_EVENT_CRASH => Some(StopReason::Error(format!("vCPU {id}: guest crashed"))),
+                other => Some(StopReason::Error(format!("vCPU {id}: unknown KVM system event {other}"))),
+            },
+            Ok(VcpuExit::FailEntry(reason, cpu)) => Some(StopReason::Error(format!(
+                "vCPU {id}: KVM_RUN failed to enter the guest (hardware reason {reason:#x}, cpu {cpu})"
+            ))),
+            Ok(VcpuExit::InternalError) => {
+                let rip = self.fd.get_regs().map(|r| r.rip).unwrap_or_default();
+                Some(StopReason::Error(format!(
+                    "vCPU {id}: KVM internal error (emulation failure?) at rip {rip:#x}"
+                )))
+            }
+            Ok(VcpuExit::Intr) => None,
+            Ok(other) => {
+                log::warn!("vCPU {id}: unexpected exit {other:?}, ignored");
+                None
+            }
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => None,
+            Err(e) => Some(StopReason::Error(format!("vCPU {id}: KVM_RUN failed: {e}"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lvt_mode_only_touches_delivery_mode() {
+        let mut regs = [0 as std::os::raw::c_char; 1024];
+        regs[APIC_LVT_LINT0] = 0x30;
+        regs[APIC_LVT_LINT0 + 2] = 0x01; // mask bit 16
+        set_lvt_mode(&mut regs, APIC_LVT_LINT0, APIC_MODE_EXTINT);
+        assert_eq!(regs[APIC_LVT_LINT0] as u8, 0x30);
+        assert_eq!(regs[APIC_LVT_LINT0 + 1] as u8, 0x07);
+        assert_eq!(regs[APIC_LVT_LINT0 + 2] as u8, 0x01);
+    }
+}

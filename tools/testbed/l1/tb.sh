@@ -1,0 +1,285 @@
+# Level-1 helper library for scenarios (busybox sh). Sourced for every scenario, with
+# TB_SCENARIO set to the scenario's name.
+#
+# Results travel to level 0 as marker lines on /dev/ttyS1 (its own serial port, written to
+# a file by QEMU), and are echoed on the console for humans:
+#   @@TB check SCENARIO NAME pass|fail|skip DETAIL...
+#   @@TB value SCENARIO KEY VALUE...
+#   @@TB skip SCENARIO REASON...
+# plus begin/end/timeout/boot/finished lines written by /init.
+
+TB_MARKS=${TB_MARKS:-/dev/ttyS1}
+TB_L2_KERNEL=/tb/l2/vmlinuz
+TB_L2_BASE=/tb/l2/base.cpio
+TB_L2_CMDLINE=${TB_L2_CMDLINE:-console=ttyS0 quiet panic=-1 no_timer_check}
+# Known testbed devices (tools/testbed/run puts them at these addresses every boot).
+TB_IGB_PF=0000:01:00.0
+TB_NVME=0000:02:00.0
+TB_NVME_SRIOV_PF=0000:03:00.0
+TB_NIC_L1=0000:04:00.0
+TB_NIC_PT=0000:05:00.0
+TB_IVSHMEM=0000:06:00.0
+TB_BRIDGE=0000:07:00.0
+
+tb_mark() {
+    local line="@@TB $*"
+    echo "$line" >"$TB_MARKS" 2>/dev/null
+    echo "$line"
+}
+
+# Marker fields are space separated: squeeze newlines out of free text.
+tb_oneline() { printf '%s' "$*" | tr '\n\r\t' '   '; }
+
+# tb_check NAME pass|fail [DETAIL...]
+tb_check() {
+    local name=$1 status=$2; shift 2
+    case "$status" in pass|fail|skip) ;; *) status=fail; set -- "bad status: $*" ;; esac
+    tb_mark check "${TB_SCENARIO:-adhoc}" "$name" "$status" "$(tb_oneline "$*")"
+}
+
+# tb_value KEY VALUE...
+tb_value() {
+    local key=$1; shift
+    tb_mark value "${TB_SCENARIO:-adhoc}" "$key" "$(tb_oneline "$*")"
+}
+
+# tb_skip REASON...: the scenario could not run here. Reported loudly as SKIPPED, never as
+# a pass.
+tb_skip() {
+    tb_mark skip "${TB_SCENARIO:-adhoc}" "$(tb_oneline "$*")"
+}
+
+# tb_expect NAME CMD...: pass if CMD exits 0; the failure detail is its last output line.
+tb_expect() {
+    local name=$1; shift
+    if "$@" >/tmp/tb_expect.out 2>&1; then tb_check "$name" pass "$*"
+    else tb_check "$name" fail "$* -> $(tail -n1 /tmp/tb_expect.out)"; fi
+}
+
+# tb_now_ms: milliseconds since L1 boot (10 ms resolution).
+tb_now_ms() { awk '{printf "%d\n", $1 * 1000}' /proc/uptime; }
+
+# tb_find_devs VENDOR DEVICE: BDFs of matching PCI functions (hex ids without 0x).
+tb_find_devs() {
+    local d
+    for d in /sys/bus/pci/devices/*; do
+        [ "$(cat "$d/vendor")" = "0x$1" ] && [ "$(cat "$d/device")" = "0x$2" ] && basename "$d"
+    done
+    return 0
+}
+
+# tb_driver BDF: the bound driver's name, or "none".
+tb_driver() {
+    local l=/sys/bus/pci/devices/$1/driver
+    if [ -e "$l" ]; then basename "$(readlink "$l")"; else echo none; fi
+}
+
+# tb_iommu_group BDF: the IOMMU group number (empty if none).
+tb_iommu_group() {
+    local l=/sys/bus/pci/devices/$1/iommu_group
+    [ -e "$l" ] && basename "$(readlink "$l")"
+}
+
+# tb_bind DRIVER BDF: rebind BDF to DRIVER via driver_override (also for vfio-pci).
+tb_bind() {
+    local drv=$1 bdf=$2 dev=/sys/bus/pci/devices/$2
+    [ -e "$dev" ] || { echo "tb_bind: no device $bdf" >&2; return 1; }
+    echo "$drv" >"$dev/driver_override"
+    [ -e "$dev/driver" ] && echo "$bdf" >"$dev/driver/unbind"
+    echo "$bdf" >/sys/bus/pci/drivers_probe
+    [ "$(tb_driver "$bdf")" = "$drv" ]
+}
+
+# tb_bind_vfio BDF: bind to vfio-pci, wait for /dev/vfio/GROUP, print GROUP.
+tb_bind_vfio() {
+    local g i=0
+    tb_bind vfio-pci "$1" || { echo "tb_bind_vfio: $1 did not bind to vfio-pci" >&2; return 1; }
+    g=$(tb_iommu_group "$1")
+    [ -n "$g" ] || { echo "tb_bind_vfio: $1 has no IOMMU group" >&2; return 1; }
+    while [ ! -e "/dev/vfio/$g" ]; do
+        i=$((i + 1)); [ "$i" -gt 50 ] && { echo "tb_bind_vfio: no /dev/vfio/$g" >&2; return 1; }
+        sleep 0.1
+    done
+    echo "$g"
+}
+
+# tb_unbind BDF: unbind from any driver and clear the override.
+tb_unbind() {
+    local dev=/sys/bus/pci/devices/$1
+    echo >"$dev/driver_override"
+    [ -e "$dev/driver" ] && echo "$1" >"$dev/driver/unbind"
+    return 0
+}
+
+# tb_create_vfs PF N [AUTOPROBE]: make PF have N VFs (0 first if it had others); print the
+# VF BDFs. AUTOPROBE (default 1) is written to sriov_drivers_autoprobe first.
+tb_create_vfs() {
+    local pf=/sys/bus/pci/devices/$1 n=$2 v
+    [ -e "$pf/sriov_totalvfs" ] || { echo "tb_create_vfs: $1 is not SR-IOV capable" >&2; return 1; }
+    echo "${3:-1}" >"$pf/sriov_drivers_autoprobe"
+    if [ "$(cat "$pf/sriov_numvfs")" != "$n" ]; then
+        echo 0 >"$pf/sriov_numvfs"
+        [ "$n" = 0 ] || echo "$n" >"$pf/sriov_numvfs" || return 1
+    fi
+    for v in $(ls -d "$pf"/virtfn* 2>/dev/null | sort -t n -k 2 -n); do
+        basename "$(readlink "$v")"
+    done
+}
+
+# tb_nvme_ctrl BDF: the nvme controller name (e.g. nvme1) of an NVMe function.
+tb_nvme_ctrl() {
+    local i=0
+    while [ ! -d "/sys/bus/pci/devices/$1/nvme" ] || [ -z "$(ls "/sys/bus/pci/devices/$1/nvme")" ]; do
+        i=$((i + 1)); [ "$i" -gt 100 ] && return 1
+        sleep 0.1
+    done
+    ls "/sys/bus/pci/devices/$1/nvme" | head -n1
+}
+
+# tb_nvme_sriov_vf: the testbed.md recipe: give secondary controller 1 of the SR-IOV NVMe
+# 2 flexible queues and 1 interrupt, create VF 0000:03:00.1 (no driver) and bring the
+# secondary controller online. Prints the VF's BDF.
+tb_nvme_sriov_vf() {
+    local pf=$TB_NVME_SRIOV_PF ctrl
+    ctrl=$(tb_nvme_ctrl "$pf") || { echo "tb_nvme_sriov_vf: no nvme controller on $pf" >&2; return 1; }
+    echo 0 >"/sys/bus/pci/devices/$pf/sriov_numvfs"
+    echo 0 >"/sys/bus/pci/devices/$pf/sriov_drivers_autoprobe"
+    nvme virt-mgmt "/dev/$ctrl" --cntlid=1 --rt=0 --act=8 --nr=2 >&2 || return 1
+    nvme virt-mgmt "/dev/$ctrl" --cntlid=1 --rt=1 --act=8 --nr=1 >&2 || return 1
+    echo 1 >"/sys/bus/pci/devices/$pf/sriov_numvfs" || return 1
+    nvme virt-mgmt "/dev/$ctrl" --cntlid=1 --act=9 >&2 || return 1
+    basename "$(readlink "/sys/bus/pci/devices/$pf/virtfn0")"
+}
+
+# tb_peak_rss_kb PID: the process's peak RSS so far (VmHWM, kB), empty once it is gone.
+tb_peak_rss_kb() {
+    awk '/^VmHWM:/ {print $2}' "/proc/$1/status" 2>/dev/null
+}
+
+# tb_msi_vectors BDF: MSI/MSI-X vectors the L1 driver allocated for BDF.
+tb_msi_vectors() {
+    ls "/sys/bus/pci/devices/$1/msi_irqs" 2>/dev/null | wc -l
+}
+
+# tb_dev_irq_count BDF: interrupts L1 received on all of BDF's MSI/MSI-X vectors.
+tb_dev_irq_count() {
+    local irqs
+    irqs=$(ls "/sys/bus/pci/devices/$1/msi_irqs" 2>/dev/null | tr '\n' ' ')
+    awk -v irqs=" $irqs" 'NR == 1 {ncpu = NF; next}
+        { n = $1; sub(/:$/, "", n) }
+        index(irqs, " " n " ") {for (i = 2; i <= ncpu + 1; i++) if ($i ~ /^[0-9]+$/) s += $i}
+        END {print s + 0}' /proc/interrupts
+}
+
+# tb_l2_initrd GUEST_SCRIPT OUT: the guest base initramfs plus GUEST_SCRIPT as /guest.sh.
+tb_l2_initrd() {
+    local d; d=$(mktemp -d)
+    cp "$1" "$d/guest.sh" || return 1
+    (cd "$d" && echo guest.sh | cpio -o -H newc 2>/dev/null) >"$d.cpio"
+    cat "$TB_L2_BASE" "$d.cpio" >"$2"
+    rm -rf "$d" "$d.cpio"
+}
+
+tb_running() {
+    local s
+    s=$(awk '/^State:/ {print $2}' "/proc/$1/status" 2>/dev/null)
+    [ -n "$s" ] && [ "$s" != Z ]
+}
+
+# tb_run_l2 RUN TIMEOUT GUEST_SCRIPT -- VMM ARGS...
+# Boots a guest with the given VMM command line and guest script. In the VMM's arguments
+# @KERNEL@, @INITRD@ and @CMDLINE@ are replaced by the guest kernel, the initramfs built for
+# this run and $TB_L2_CMDLINE. The VMM's stdout+stderr is the guest console: it is copied to
+# the L1 console prefixed "l2[RUN]| ", and the guest's markers become checks RUN/NAME and
+# values RUN/KEY. Always reported: checks RUN/boot (guest init ran) and RUN/done (guest
+# script finished with rc 0), values RUN/init_ms (VMM start to guest init, L1 clock),
+# RUN/guest_uptime_at_init, RUN/wall_ms, RUN/peak_rss_kb (VMM VmHWM), RUN/vmm_rc.
+# Returns 0 when the guest script finished with rc 0.
+tb_run_l2() {
+    local run=$1 timeout=$2 script=$3 dir a log pid t0 now init_ms="" done_ms="" rss=0 r rc
+    shift 3; [ "$1" = "--" ] && shift
+    dir=/tmp/l2/$run; mkdir -p "$dir"; log=$dir/console.log
+    tb_l2_initrd "$script" "$dir/initrd.cpio" || { tb_check "$run/boot" fail "cannot build the guest initramfs"; return 1; }
+    # Rebuild the argument list with the placeholders replaced (positional params are the
+    # only array busybox sh has).
+    local n=$#
+    while [ "$n" -gt 0 ]; do
+        a=$1; shift; n=$((n - 1))
+        a=${a//@KERNEL@/$TB_L2_KERNEL}; a=${a//@INITRD@/$dir/initrd.cpio}; a=${a//@CMDLINE@/$TB_L2_CMDLINE}
+        set -- "$@" "$a"
+    done
+    echo "tb: l2[$run] $*"
+    t0=$(tb_now_ms)
+    "$@" >"$log" 2>&1 </dev/null &
+    pid=$!
+    while tb_running "$pid"; do
+        now=$(tb_now_ms)
+        r=$(tb_peak_rss_kb "$pid"); [ -n "$r" ] && [ "$r" -gt "$rss" ] && rss=$r
+        if [ -z "$init_ms" ] && grep -q '@@G init' "$log"; then init_ms=$((now - t0)); fi
+        if [ -z "$done_ms" ] && grep -q '@@G done' "$log"; then done_ms=$now; fi
+        # The guest said it is done: give the VMM a moment to exit on its own.
+        if [ -n "$done_ms" ] && [ $((now - done_ms)) -gt 5000 ]; then
+            echo "tb: l2[$run] VMM still running 5 s after the guest finished: stopping it"
+            kill "$pid"; sleep 1; kill -KILL "$pid" 2>/dev/null
+            break
+        fi
+        if [ $((now - t0)) -gt $((timeout * 1000)) ]; then
+            echo "tb: l2[$run] timed out after ${timeout}s: killing the VMM"
+            tb_check "$run/timeout" fail "guest did not finish within ${timeout}s"
+            kill -KILL "$pid" 2>/dev/null
+            break
+        fi
+        # Fine polling until the guest's init shows up (that is the boot-time number).
+        if [ -z "$init_ms" ]; then sleep 0.05; else sleep 0.25; fi
+    done
+    wait "$pid"; rc=$?
+    now=$(tb_now_ms)
+    sed "s/^/l2[$run]| /" "$log"
+    tb_value "$run/vmm_rc" "$rc"
+    tb_value "$run/wall_ms" "$((now - t0))"
+    tb_value "$run/peak_rss_kb" "$rss"
+    if [ -n "$init_ms" ]; then
+        tb_check "$run/boot" pass "guest init after ${init_ms} ms"
+        tb_value "$run/init_ms" "$init_ms"
+    else
+        tb_check "$run/boot" fail "no '@@G init' on the guest console (see l2[$run] lines)"
+    fi
+    # The guest's own markers; \r from the serial line is dropped.
+    tr -d '\r' <"$log" | sed -n 's/.*@@G \(check\|value\|init\|done\) \(.*\)$/\1 \2/p' >"$dir/markers"
+    local kind k s rest grc=""
+    while read -r kind k s rest; do
+        case "$kind" in
+        check) tb_check "$run/$k" "$s" "$rest" ;;
+        value) tb_value "$run/$k" "$s${rest:+ $rest}" ;;
+        init) tb_value "$run/guest_uptime_at_init" "${k#uptime=}" ;;
+        done) grc=${k#rc=} ;;
+        esac
+    done <"$dir/markers"
+    if [ "$grc" = 0 ]; then
+        tb_check "$run/done" pass "guest script finished"
+        return 0
+    fi
+    tb_check "$run/done" fail "guest script ${grc:+exited rc=$grc}${grc:-did not finish}"
+    return 1
+}
+
+# tb_qemu_l2 RUN TIMEOUT GUEST_SCRIPT [BDF...] [-- EXTRA QEMU ARGS]: tb_run_l2 with QEMU 10
+# as the reference VMM and each BDF passed through with vfio-pci (bind them first). Needs
+# `# tb-needs: qemu` in the scenario's header.
+tb_qemu_l2() {
+    local run=$1 timeout=$2 script=$3 devs="" b
+    shift 3
+    while [ $# -gt 0 ] && [ "$1" != "--" ]; do devs="$devs $1"; shift; done
+    [ "$1" = "--" ] && shift
+    command -v qemu-system-x86_64 >/dev/null || {
+        tb_check "$run/boot" fail "no QEMU in L1: add '# tb-needs: qemu' to the scenario header"
+        return 1
+    }
+    local extra="$*"
+    set --
+    for b in $devs; do set -- "$@" -device "vfio-pci,host=$b"; done
+    # shellcheck disable=SC2086 # extra args are split on purpose
+    tb_run_l2 "$run" "$timeout" "$script" -- qemu-system-x86_64 -M q35 -accel kvm -cpu host \
+        -m "${TB_L2_MEM:-256M}" -smp 1 -nodefaults -display none -no-reboot -serial stdio \
+        -kernel @KERNEL@ -initrd @INITRD@ -append @CMDLINE@ "$@" $extra
+}

@@ -1,0 +1,77 @@
+# Guest-side (L2) helpers, sourced before the scenario's guest script. busybox sh.
+# Markers go to the console; tb_run_l2 in L1 turns `@@G check NAME ...` into the L1 check
+# RUN/NAME and `@@G value KEY ...` into the L1 value RUN/KEY.
+
+# g_check NAME pass|fail [DETAIL...]
+g_check() {
+    local name=$1 status=$2; shift 2
+    echo "@@G check $name $status $*"
+}
+
+# g_value KEY VALUE...
+g_value() {
+    local key=$1; shift
+    echo "@@G value $key $*"
+}
+
+# g_expect NAME CMD...: pass if CMD exits 0.
+g_expect() {
+    local name=$1; shift
+    if "$@" >/tmp/g_expect.out 2>&1; then g_check "$name" pass "$*"
+    else g_check "$name" fail "$* -> $(tail -n1 /tmp/g_expect.out)"; fi
+}
+
+# g_find_devs VENDOR DEVICE: BDFs of matching PCI functions (hex ids without 0x).
+g_find_devs() {
+    local d
+    for d in /sys/bus/pci/devices/*; do
+        [ "$(cat "$d/vendor")" = "0x$1" ] && [ "$(cat "$d/device")" = "0x$2" ] && basename "$d"
+    done
+    return 0
+}
+
+# g_driver BDF: the bound driver's name, or "none".
+g_driver() {
+    local l=/sys/bus/pci/devices/$1/driver
+    if [ -e "$l" ]; then basename "$(readlink "$l")"; else echo none; fi
+}
+
+# g_wait_for PATH SECONDS: wait until PATH exists.
+g_wait_for() {
+    local i=0
+    while [ ! -e "$1" ]; do
+        i=$((i + 1)); [ "$i" -gt $(($2 * 10)) ] && return 1
+        sleep 0.1
+    done
+}
+
+# g_irq_count PATTERN: sum over all CPUs of /proc/interrupts lines matching PATTERN.
+g_irq_count() {
+    awk -v pat="$1" 'NR == 1 {ncpu = NF; next}
+        $0 ~ pat {for (i = 2; i <= ncpu + 1; i++) if ($i ~ /^[0-9]+$/) s += $i}
+        END {print s + 0}' /proc/interrupts
+}
+
+# g_lspci: one line per function: BDF vendor:device class driver.
+g_lspci() {
+    local d b
+    for d in /sys/bus/pci/devices/*; do
+        b=$(basename "$d")
+        echo "$b $(cut -c3- "$d/vendor"):$(cut -c3- "$d/device") class=$(cut -c3- "$d/class") driver=$(g_driver "$b")"
+    done
+}
+
+# g_msi_vectors BDF: how many MSI/MSI-X vectors the guest driver allocated for BDF.
+g_msi_vectors() {
+    ls "/sys/bus/pci/devices/$1/msi_irqs" 2>/dev/null | wc -l
+}
+
+# g_dev_irq_count BDF: interrupts received on all of BDF's MSI/MSI-X vectors, all CPUs.
+g_dev_irq_count() {
+    local irqs
+    irqs=$(ls "/sys/bus/pci/devices/$1/msi_irqs" 2>/dev/null | tr '\n' ' ')
+    awk -v irqs=" $irqs" 'NR == 1 {ncpu = NF; next}
+        { n = $1; sub(/:$/, "", n) }
+        index(irqs, " " n " ") {for (i = 2; i <= ncpu + 1; i++) if ($i ~ /^[0-9]+$/) s += $i}
+        END {print s + 0}' /proc/interrupts
+}

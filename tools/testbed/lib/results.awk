@@ -1,0 +1,91 @@
+# Turns the L1 marker log into results.json. Variables: out (output dir), want (space
+# separated scenario names expected in this run), booted/finished are derived here.
+# Input lines: "@@TB KIND ..." (see tools/testbed/README.md); anything else is ignored.
+function esc(s) {
+    gsub(/\\/, "\\\\", s); gsub(/"/, "\\\"", s); gsub(/\t/, " ", s)
+    gsub(/[\001-\037]/, "", s)
+    return s
+}
+function rest(from,   i, s) {
+    s = ""
+    for (i = from; i <= NF; i++) s = s (i > from ? " " : "") $i
+    return s
+}
+BEGIN { nscen = split(want, order, " ") }
+{ sub(/\r$/, "") }
+$1 != "@@TB" { next }
+$2 == "boot" { booted = 1; for (i = 3; i <= NF; i++) { split($i, kv, "="); bootinfo[kv[1]] = kv[2] } next }
+$2 == "finished" { finished = 1; next }
+$2 == "begin" { began[$3] = 1; if (!($3 in known)) { known[$3] = 1; if (!inwant($3)) order[++nscen] = $3 } next }
+$2 == "end" {
+    ended[$3] = 1
+    for (i = 4; i <= NF; i++) { split($i, kv, "="); if (kv[1] == "rc") rc[$3] = kv[2]; if (kv[1] == "ms") ms[$3] = kv[2] }
+    next
+}
+$2 == "timeout" { timedout[$3] = $4; next }
+$2 == "skip" { skipped[$3] = rest(4); next }
+$2 == "check" {
+    s = $3; n = ++nchecks[s]
+    cname[s, n] = $4; cstat[s, n] = $5; cdet[s, n] = rest(6)
+    if ($5 == "fail") nfail[s]++
+    next
+}
+$2 == "value" { s = $3; k = $4; if (!((s, k) in val)) vkeys[s] = vkeys[s] SUBSEP k; val[s, k] = rest(5); next }
+function inwant(n,   i) { for (i = 1; i <= nscen; i++) if (order[i] == n) return 1; return 0 }
+function status(s) {
+    if (!(s in began)) return "missing"
+    if (s in timedout) return "timeout"
+    if (!(s in ended)) return "missing"
+    if (nfail[s] > 0) return "fail"
+    if (s in skipped) return "skipped"
+    if (rc[s] != 0) return "fail"
+    if (nchecks[s] == 0) return "fail"
+    return "pass"
+}
+function reason(s) {
+    if (!(s in began)) return booted ? "scenario never started (L1 stopped early?)" : "level 1 never reached its init"
+    if (s in timedout) return "timed out after " timedout[s] " s in L1"
+    if (!(s in ended)) return "scenario did not end (L1 crashed or the global timeout hit)"
+    if (nfail[s] > 0) return nfail[s] " check(s) failed"
+    if (s in skipped) return "skipped: " skipped[s]
+    if (rc[s] != 0) return "scenario script exited rc=" rc[s]
+    if (nchecks[s] == 0) return "scenario emitted no checks"
+    return ""
+}
+END {
+    if (fmt == "text") { text(); exit }
+    printf "{\n  \"out_dir\": \"%s\",\n  \"console_log\": \"%s/console.log\",\n", esc(out), esc(out)
+    printf "  \"booted\": %s,\n  \"finished\": %s,\n", booted ? "true" : "false", finished ? "true" : "false"
+    printf "  \"l1_boot_uptime\": \"%s\",\n  \"scenarios\": {", esc(bootinfo["uptime"])
+    for (i = 1; i <= nscen; i++) {
+        s = order[i]
+        printf "%s\n    \"%s\": {\n", (i > 1 ? "," : ""), esc(s)
+        printf "      \"status\": \"%s\",\n      \"reason\": \"%s\",\n", status(s), esc(reason(s))
+        printf "      \"rc\": %s,\n      \"ms\": %s,\n", (s in rc ? rc[s] + 0 : "null"), (s in ms ? ms[s] + 0 : "null")
+        printf "      \"log\": \"%s/scenarios/%s.log\",\n      \"checks\": [", esc(out), esc(s)
+        for (n = 1; n <= nchecks[s]; n++)
+            printf "%s\n        {\"name\": \"%s\", \"status\": \"%s\", \"detail\": \"%s\"}", (n > 1 ? "," : ""), esc(cname[s, n]), esc(cstat[s, n]), esc(cdet[s, n])
+        printf "%s],\n      \"values\": {", (nchecks[s] ? "\n      " : "")
+        nk = split(substr(vkeys[s], 2), ks, SUBSEP)
+        for (n = 1; n <= nk; n++)
+            printf "%s\n        \"%s\": \"%s\"", (n > 1 ? "," : ""), esc(ks[n]), esc(val[s, ks[n]])
+        printf "%s}\n    }", (nk ? "\n      " : "")
+    }
+    printf "\n  }\n}\n"
+}
+# The human summary (fmt=text): one line per scenario, failing checks named with the log.
+function text(   i, s, st, n, line, fails) {
+    np = nf = nsk = 0
+    printf "testbed results: %s\n", out
+    if (!booted) printf "  level 1 never reached its init: see %s/console.log\n", out
+    for (i = 1; i <= nscen; i++) {
+        s = order[i]; st = status(s)
+        if (st == "pass") { np++; printf "  PASS     %-26s %d checks, %.1f s\n", s, nchecks[s], ms[s] / 1000; continue }
+        if (st == "skipped") { nsk++; printf "  SKIPPED  %-26s %s\n", s, skipped[s]; continue }
+        nf++
+        printf "  %-8s %-26s %s; log: %s/scenarios/%s.log\n", toupper(st), s, reason(s), out, s
+        for (n = 1; n <= nchecks[s]; n++)
+            if (cstat[s, n] == "fail") printf "           failed check %s/%s: %s\n", s, cname[s, n], cdet[s, n]
+    }
+    printf "RESULT: %d passed, %d failed, %d SKIPPED (%s)\n", np, nf, nsk, (nf ? "FAIL" : "ok")
+}

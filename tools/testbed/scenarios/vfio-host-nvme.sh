@@ -1,0 +1,80 @@
+# tb-description: vfio crate host side on real VFIO, no guest: NVMe Identify + LBA 0 read by DMA with MSI-X, and the pre-flight errors
+# tb-timeout: 240
+# tb-devices: ivshmem
+# Needs the probe built from vfio/examples/nvme_probe.rs (tests/vfio_host.rs embeds it into
+# a --script run; a suite run skips unless level 1 has it as /usr/bin/vfio-nvme-probe).
+
+probe=${TB_VFIO_PROBE:-/usr/bin/vfio-nvme-probe}
+if [ ! -x "$probe" ]; then
+    tb_skip "no $probe in level 1 (run via tests/vfio_host.rs)"
+else
+    # Pre-flight: the NVMe still bound to the nvme driver must be refused with the bind hint.
+    tb_bind nvme "$TB_NVME" >/dev/null 2>&1
+    out=$("$probe" "$TB_NVME" 2>&1); rc=$?
+    case "$out" in
+        *"not vfio-pci"*drivers_probe*) [ $rc != 0 ] && tb_check preflight-not-bound pass "$(echo "$out" | grep '@@ERROR' | head -n1)" ;;
+        *) tb_check preflight-not-bound fail "rc=$rc $out" ;;
+    esac
+    out=$("$probe" 0000:0f:00.0 2>&1); rc=$?
+    case "$out" in *"no such PCI device"*) tb_check preflight-missing pass "$(echo "$out" | grep '@@ERROR')" ;;
+        *) tb_check preflight-missing fail "rc=$rc $out" ;; esac
+    out=$("$probe" "$TB_NVME,path=/sys/bus/pci/devices/$TB_NVME" 2>&1); rc=$?
+    case "$out" in *"given twice"*) tb_check preflight-twice pass "$(echo "$out" | grep '@@ERROR')" ;;
+        *) tb_check preflight-twice fail "rc=$rc $out" ;; esac
+
+    g=$(tb_bind_vfio "$TB_NVME")
+    tb_value nvme_group "$g"
+    sig=$(echo "$TB_SIG_NVME" | cut -c1-40)
+    for round in 1 2; do
+        t0=$(tb_now_ms)
+        "$probe" "$TB_NVME" "$sig" >/tmp/probe.out 2>/tmp/probe.err; rc=$?
+        tb_value "probe${round}_ms" $(($(tb_now_ms) - t0))
+        cat /tmp/probe.out /tmp/probe.err
+        grep '^@@CHECK' /tmp/probe.out | while read -r _ name status detail; do
+            tb_check "r${round}-$name" "$status" "$detail"
+        done
+        grep -q '^@@ERROR' /tmp/probe.out && tb_check "r${round}-probe" fail "$(grep '^@@ERROR' /tmp/probe.out)"
+        [ $rc = 0 ] && tb_check "r${round}-probe-rc" pass "rc 0" || tb_check "r${round}-probe-rc" fail "rc $rc: $(tail -n2 /tmp/probe.err)"
+    done
+    # The device is assignable again after a SIGKILLed user.
+    "$probe" "$TB_NVME" "$sig" >/tmp/probe.out 2>&1 &
+    p=$!; sleep 0.3; kill -KILL $p 2>/dev/null; wait $p 2>/dev/null
+    "$probe" "$TB_NVME" "$sig" >/tmp/probe.out 2>&1; rc=$?
+    [ $rc = 0 ] && tb_check after-sigkill pass "probe ran again after kill -9" || tb_check after-sigkill fail "rc $rc: $(grep '@@' /tmp/probe.out | tail -n3)"
+    tb_bind nvme "$TB_NVME" >/dev/null 2>&1
+    [ "$(tb_driver "$TB_NVME")" = nvme ] && tb_check nvme-back pass "nvme driver rebound" || tb_check nvme-back fail "driver $(tb_driver "$TB_NVME")"
+fi
+true
+
+# The same probe on an SR-IOV VF with a data path (the NVMe VF), an igb VF, and a large
+# 64-bit BAR (ivshmem, when this boot has it).
+if [ -x "$probe" ]; then
+    if nvf=$(tb_nvme_sriov_vf) && g=$(tb_bind_vfio "$nvf"); then
+        sig=$(echo "$TB_SIG_SRIOV" | cut -c1-40)
+        "$probe" "$nvf" "$sig" >/tmp/probe.out 2>&1; rc=$?
+        grep '^@@CHECK' /tmp/probe.out | while read -r _ name status detail; do tb_check "nvmevf-$name" "$status" "$detail"; done
+        [ $rc = 0 ] && tb_check nvmevf-probe-rc pass "$nvf group $g" || tb_check nvmevf-probe-rc fail "rc $rc: $(grep '@@' /tmp/probe.out | tail -n2)"
+        tb_unbind "$nvf"
+    else
+        tb_check nvmevf-setup fail "NVMe SR-IOV VF recipe or vfio bind failed"
+    fi
+    echo 0 >/sys/bus/pci/devices/$TB_NVME_SRIOV_PF/sriov_numvfs
+    vf=$(tb_create_vfs "$TB_IGB_PF" 1 0 | head -n1)
+    if [ -n "$vf" ] && tb_bind_vfio "$vf" >/dev/null; then
+        "$probe" --info "$vf" >/tmp/probe.out 2>&1; rc=$?
+        grep '^@@CHECK' /tmp/probe.out | while read -r _ name status detail; do tb_check "igbvf-$name" "$status" "$detail"; done
+        [ $rc = 0 ] && tb_check igbvf-probe-rc pass "$vf" || tb_check igbvf-probe-rc fail "rc $rc: $(grep '@@' /tmp/probe.out | tail -n2)"
+        tb_unbind "$vf"
+    else
+        tb_check igbvf-setup fail "no igb VF bound to vfio-pci"
+    fi
+    tb_create_vfs "$TB_IGB_PF" 0 >/dev/null
+    if [ -e /sys/bus/pci/devices/$TB_IVSHMEM ] && tb_bind_vfio "$TB_IVSHMEM" >/dev/null; then
+        size=$(( $(stat -c %s /sys/bus/pci/devices/$TB_IVSHMEM/resource2) ))
+        "$probe" --bar "$TB_IVSHMEM" 2 0 $((size / 2)) $((size - 4096)) >/tmp/probe.out 2>&1; rc=$?
+        grep '^@@CHECK' /tmp/probe.out | while read -r _ name status detail; do tb_check "ivshmem-$name" "$status" "$detail"; done
+        [ $rc = 0 ] && tb_check ivshmem-probe-rc pass "BAR2 $size bytes" || tb_check ivshmem-probe-rc fail "rc $rc: $(grep '@@' /tmp/probe.out | tail -n2)"
+        tb_unbind "$TB_IVSHMEM"
+    fi
+fi
+true

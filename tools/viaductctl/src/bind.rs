@@ -1,0 +1,206 @@
+//! `viaductctl bind`, `unbind`, `restore`: moving devices to vfio-pci and back.
+
+use anyhow::Context;
+use serde::Serialize;
+use vfio::sysfs::{Bdf, BindError, BindOutcome, Binder, RestoreOutcome};
+
+use crate::output::emit;
+use crate::table::{opt, render};
+
+#[derive(clap::Args, Debug)]
+pub struct BindArgs {
+    /// Device: BDF or the name of one of its network interfaces.
+    device: String,
+    /// Also bind every other member of its IOMMU group (bridges excepted), as VFIO needs.
+    #[arg(long)]
+    group: bool,
+    /// One JSON document on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct UnbindArgs {
+    /// Device: BDF or the name of one of its network interfaces.
+    device: String,
+    /// One JSON document on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RestoreArgs {
+    /// Devices to restore; none: every device in the state file.
+    devices: Vec<String>,
+    /// One JSON document on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Serialize)]
+struct ResultDoc {
+    bdf: String,
+    /// bound, already-bound, restored, released, nothing-to-do, gone, failed
+    action: &'static str,
+    /// The driver it had before (bind) or was given back (restore).
+    previous_driver: Option<String>,
+    /// The driver now bound.
+    driver: Option<String>,
+    error: Option<String>,
+}
+
+#[derive(Serialize)]
+struct ResultsDoc {
+    results: Vec<ResultDoc>,
+}
+
+fn text(results: &[ResultDoc]) -> String {
+    let rows: Vec<Vec<String>> = results
+        .iter()
+        .map(|r| {
+            vec![
+                r.bdf.clone(),
+                r.action.to_string(),
+                opt(r.previous_driver.as_deref()),
+                opt(r.driver.as_deref()),
+                opt(r.error.as_deref()),
+            ]
+        })
+        .collect();
+    render(&["BDF", "ACTION", "BEFORE", "NOW", "ERROR"], &rows)
+}
+
+fn bind_doc(binder: &Binder, bdf: Bdf, o: &BindOutcome) -> ResultDoc {
+    let (action, previous) = match o {
+        BindOutcome::AlreadyBound => ("already-bound", Some("vfio-pci".to_string())),
+        BindOutcome::Bound { previous } => ("bound", previous.clone()),
+    };
+    ResultDoc {
+        bdf: bdf.to_string(),
+        action,
+        previous_driver: previous,
+        driver: binder.host().driver(bdf),
+        error: None,
+    }
+}
+
+fn restore_doc(binder: &Binder, bdf: Bdf, r: &Result<RestoreOutcome, BindError>) -> ResultDoc {
+    let (action, error) = match r {
+        Ok(RestoreOutcome::Restored { .. }) => ("restored", None),
+        Ok(RestoreOutcome::Released { .. }) => ("released", None),
+        Ok(RestoreOutcome::NothingToDo { .. }) => ("nothing-to-do", None),
+        Ok(RestoreOutcome::Gone) => ("gone", None),
+        Err(e) => ("failed", Some(error_chain(e))),
+    };
+    let previous = match r {
+        Ok(RestoreOutcome::Restored { driver }) => driver.clone(),
+        _ => None,
+    };
+    ResultDoc {
+        bdf: bdf.to_string(),
+        action,
+        previous_driver: previous,
+        driver: binder.host().driver(bdf),
+        error,
+    }
+}
+
+/// An error with its causes on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        src = s.source();
+    }
+    msg
+}
+
+fn resolve(binder: &Binder, spec: &str) -> anyhow::Result<Bdf> {
+    Ok(binder.host().resolve_device(spec)?)
+}
+
+pub fn run_bind(binder: &Binder, args: &BindArgs) -> anyhow::Result<()> {
+    let bdf = resolve(binder, &args.device)?;
+    let results: Vec<ResultDoc> = if args.group {
+        binder
+            .bind_group(bdf)
+            .with_context(|| {
+                format!("binding the IOMMU group of {bdf} to vfio-pci (nothing was changed)")
+            })?
+            .iter()
+            .map(|(b, o)| bind_doc(binder, *b, o))
+            .collect()
+    } else {
+        let o = binder
+            .bind(bdf)
+            .with_context(|| format!("binding {bdf} to vfio-pci (nothing was changed)"))?;
+        // VFIO opens only viable groups: say so now rather than at VM start.
+        for f in binder.host().check_device(bdf) {
+            if f.check == "group-viability" && f.severity == vfio::sysfs::Severity::Block {
+                log::warn!(
+                    "{bdf}: {}; VFIO will refuse its group: {}",
+                    f.message,
+                    f.fix.unwrap_or_default()
+                );
+            }
+        }
+        vec![bind_doc(binder, bdf, &o)]
+    };
+    let doc = ResultsDoc { results };
+    emit(args.json, &doc, || text(&doc.results))
+}
+
+pub fn run_unbind(binder: &Binder, args: &UnbindArgs) -> anyhow::Result<()> {
+    let bdf = resolve(binder, &args.device)?;
+    let r = binder.unbind(bdf);
+    let doc = ResultsDoc {
+        results: vec![restore_doc(binder, bdf, &r)],
+    };
+    r.with_context(|| format!("unbinding {bdf}"))?;
+    emit(args.json, &doc, || text(&doc.results))
+}
+
+/// Restores the named devices or all recorded ones; fails if any device failed, after
+/// trying them all.
+pub fn run_restore(binder: &Binder, args: &RestoreArgs) -> anyhow::Result<()> {
+    let results: Vec<(Bdf, Result<RestoreOutcome, BindError>)> = if args.devices.is_empty() {
+        binder.restore_all().context("reading the binding state")?
+    } else {
+        let mut v = Vec::new();
+        for spec in &args.devices {
+            // A device that is gone can still have a record; take the BDF as written then.
+            let bdf = match spec.parse::<Bdf>() {
+                Ok(b) => b,
+                Err(_) => resolve(binder, spec)?,
+            };
+            v.push((bdf, binder.restore(bdf)));
+        }
+        v
+    };
+    let failed: Vec<String> = results
+        .iter()
+        .filter(|(_, r)| r.is_err())
+        .map(|(b, _)| b.to_string())
+        .collect();
+    let doc = ResultsDoc {
+        results: results
+            .iter()
+            .map(|(b, r)| restore_doc(binder, *b, r))
+            .collect(),
+    };
+    if !failed.is_empty() {
+        for r in doc.results.iter().filter_map(|r| r.error.as_deref()) {
+            log::error!("{r}");
+        }
+        anyhow::bail!("restoring {} failed; the state file keeps their records, so `viaductctl restore` can retry", failed.join(", "));
+    }
+    emit(args.json, &doc, || {
+        if doc.results.is_empty() {
+            "nothing recorded: no device to restore\n".into()
+        } else {
+            text(&doc.results)
+        }
+    })
+}

@@ -1,0 +1,417 @@
+//! `VfioPciDevice`: an assigned PCI function as the guest's bus sees it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use pci::{BarIndex, BarKind, BarRegion, ConfigEffects, MsiVectors, PciDevice};
+
+use crate::config::{BarInfo, ConfigError, RomOptions, VirtConfig, CONFIG_DWORDS};
+use crate::host::{HostDevice, HostError, CONFIG_REGION, ROM_REGION};
+use crate::interrupts::{IntxLine, Interrupts, InterruptsError};
+use crate::regions::{BarMappings, MemorySlots, RegionsError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error("{bdf}: reading the device's config space failed")]
+    ReadConfig {
+        bdf: String,
+        #[source]
+        source: HostError,
+    },
+    #[error(transparent)]
+    ParseConfig(#[from] ConfigError),
+    #[error("{bdf}: reading ROM file {path}")]
+    ReadRomFile {
+        bdf: String,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{bdf}: no guest address for BAR{bar} ({size:#x} bytes)")]
+    PlaceBar { bdf: String, bar: u8, size: u64 },
+    #[error(transparent)]
+    Regions(#[from] RegionsError),
+    #[error(transparent)]
+    Interrupts(#[from] InterruptsError),
+    #[error("{bdf}: device reset failed")]
+    Reset {
+        bdf: String,
+        #[source]
+        source: HostError,
+    },
+}
+
+/// What the VMM hands a new assigned device.
+pub struct DeviceParts {
+    pub host: Arc<dyn HostDevice>,
+    pub rombar: bool,
+    /// Contents of `romfile=`, replacing the device's own ROM.
+    pub romfile: Option<Vec<u8>>,
+    pub vectors: Box<dyn MsiVectors>,
+    pub intx: Option<Box<dyn IntxLine>>,
+    pub slots: Box<dyn MemorySlots>,
+}
+
+pub struct VfioPciDevice {
+    bdf: String,
+    host: Arc<dyn HostDevice>,
+    cfg: VirtConfig,
+    irq: Interrupts,
+    maps: BarMappings,
+    slots: Box<dyn MemorySlots>,
+    romfile: Option<Vec<u8>>,
+    /// Guest accesses that trapped to the VMM, per BAR (index 6 = ROM).
+    traps: [AtomicU64; 7],
+    warned_io: bool,
+}
+
+impl VfioPciDevice {
+    /// Reads and virtualizes the device's config space, resets it, mmaps its BARs.
+    /// BARs get guest addresses with [`Self::place_bars`]; the guest sees them once it turns
+    /// decode on.
+    pub fn new(parts: DeviceParts) -> Result<Self, DeviceError> {
+        let host = parts.host;
+        let bdf = host.bdf().to_string();
+        let cfg_size = host.region_info(CONFIG_REGION).map_or(256, |i| i.size.min(4096) as usize);
+        let mut config = vec![0u8; cfg_size];
+        host.region_read(CONFIG_REGION, 0, &mut config)
+            .map_err(|source| DeviceError::ReadConfig { bdf: bdf.clone(), source })?;
+        let mut sizes = [0u64; 7];
+        for (i, s) in sizes.iter_mut().enumerate() {
+            *s = host.region_info(i as u32).map_or(0, |r| r.size);
+        }
+        let rom = RomOptions { hidden: !parts.rombar, file_size: parts.romfile.as_ref().map_or(0, |r| r.len() as u64) };
+        let cfg = VirtConfig::new(&bdf, &config, sizes, rom)?;
+        match host.reset() {
+            Ok(true) => log::info!("{bdf}: device reset"),
+            Ok(false) => log::info!("{bdf}: device has no reset method; starting as is"),
+            Err(source) => return Err(DeviceError::Reset { bdf, source }),
+        }
+        let irq = Interrupts::new(&bdf, &cfg, parts.vectors, parts.intx);
+        let maps = BarMappings::new(host.as_ref(), cfg.bar_infos(), cfg.msix_info())?;
+        for (bar, off, size) in maps.areas() {
+            log::debug!("{bdf}: BAR{} +{off:#x} {size:#x} bytes mmapped", bar.0);
+        }
+        Ok(Self {
+            bdf,
+            host,
+            cfg,
+            irq,
+            maps,
+            slots: parts.slots,
+            romfile: parts.romfile,
+            traps: Default::default(),
+            warned_io: false,
+        })
+    }
+
+    pub fn bdf(&self) -> &str {
+        &self.bdf
+    }
+
+    /// The BARs to place, with kind and size.
+    pub fn bar_infos(&self) -> Vec<BarInfo> {
+        self.cfg.bar_infos().collect()
+    }
+
+    /// Gives every BAR a guest address from `alloc(bar)`; `None` fails the set-up.
+    pub fn place_bars(&mut self, alloc: &mut dyn FnMut(&BarInfo) -> Option<u64>) -> Result<(), DeviceError> {
+        for bar in self.bar_infos() {
+            let addr = alloc(&bar).ok_or(DeviceError::PlaceBar { bdf: self.bdf.clone(), bar: bar.index.0, size: bar.size })?;
+            self.cfg.place_bar(bar.index, addr);
+        }
+        Ok(())
+    }
+
+    /// Last set-up step before vCPUs run: INTx on (the guest may never use MSI).
+    pub fn start(&mut self) -> Result<(), DeviceError> {
+        self.irq.enable_intx(self.host.as_ref(), &self.cfg)?;
+        Ok(())
+    }
+
+    /// Guest reboot: reset the device and our emulation to power-on state.
+    pub fn reset(&mut self) -> Result<(), DeviceError> {
+        self.maps.unmap_all(self.slots.as_mut());
+        self.irq.reset(self.host.as_ref(), &self.cfg)?;
+        self.cfg.reset();
+        self.host.reset().map_err(|source| DeviceError::Reset { bdf: self.bdf.clone(), source })?;
+        Ok(())
+    }
+
+    /// Guest accesses that trapped to the VMM per BAR (index 6 = ROM): the data path should
+    /// have none beyond MSI-X table writes.
+    pub fn trap_counts(&self) -> [u64; 7] {
+        std::array::from_fn(|i| self.traps[i].load(Ordering::Relaxed))
+    }
+
+    pub fn mapped_areas(&self) -> usize {
+        self.maps.mapped_count()
+    }
+
+    pub fn interrupt_mode(&self) -> crate::interrupts::Mode {
+        self.irq.mode()
+    }
+
+    fn count_trap(&self, bar: BarIndex) {
+        if let Some(c) = self.traps.get(bar.0 as usize) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn apply_effects(&mut self, effects: &ConfigEffects) {
+        for m in &effects.bar_moves {
+            self.maps.unmap_bar(self.slots.as_mut(), m.index);
+            if self.cfg.bar_decodes(m.index) {
+                self.map_bar(m.index, m.new_addr);
+            }
+        }
+        match effects.mem_decode {
+            Some(true) => {
+                for r in self.cfg.bar_regions() {
+                    if !matches!(r.kind, BarKind::Io | BarKind::Rom) {
+                        self.map_bar(r.index, r.addr);
+                    }
+                }
+            }
+            Some(false) => self.maps.unmap_all(self.slots.as_mut()),
+            None => {}
+        }
+    }
+
+    fn map_bar(&mut self, bar: BarIndex, addr: u64) {
+        if let Err(e) = self.maps.map_bar(self.slots.as_mut(), bar, addr) {
+            // The BAR stays trapped: slower, still correct.
+            log::error!("{}: {e}; accesses to BAR{} stay trapped", self.bdf, bar.0);
+        }
+    }
+
+    /// Which part of a BAR an access falls in.
+    fn msix_part(&self, bar: BarIndex, offset: u64, len: usize) -> Option<MsixPart> {
+        let m = self.irq.msix_info()?;
+        let table_len = u64::from(m.table_size) * 16;
+        let pba_len = u64::from(m.table_size).div_ceil(64) * 8;
+        let end = offset.checked_add(len as u64)?;
+        if bar == m.table_bar && offset >= m.table_offset && end <= m.table_offset + table_len {
+            return Some(MsixPart::Table(offset - m.table_offset));
+        }
+        if bar == m.pba_bar && offset >= m.pba_offset && end <= m.pba_offset + pba_len {
+            return Some(MsixPart::Pba(offset - m.pba_offset));
+        }
+        None
+    }
+
+    fn io_error(&mut self, what: &str, e: HostError) {
+        if !self.warned_io {
+            log::warn!("{}: {what}: {e} (further BAR access errors not logged)", self.bdf);
+            self.warned_io = true;
+        }
+    }
+
+    fn read_rom(&mut self, offset: u64, data: &mut [u8]) {
+        if let Some(rom) = &self.romfile {
+            for (i, b) in data.iter_mut().enumerate() {
+                let pos = offset.checked_add(i as u64).and_then(|p| usize::try_from(p).ok());
+                *b = pos.and_then(|p| rom.get(p)).copied().unwrap_or(0xff);
+            }
+            return;
+        }
+        if let Err(e) = self.host.region_read(ROM_REGION, offset, data) {
+            data.fill(0xff);
+            self.io_error("ROM read", e);
+        }
+    }
+}
+
+enum MsixPart {
+    Table(u64),
+    Pba(u64),
+}
+
+impl PciDevice for VfioPciDevice {
+    fn bars(&self) -> Vec<BarRegion> {
+        self.cfg.bar_regions()
+    }
+
+    fn read_config(&mut self, reg: usize) -> u32 {
+        if reg >= CONFIG_DWORDS {
+            return u32::MAX;
+        }
+        let mut host_value = 0;
+        if self.cfg.passthrough_mask(reg) != 0 {
+            let mut b = [0u8; 4];
+            match self.host.region_read(CONFIG_REGION, reg as u64 * 4, &mut b) {
+                Ok(()) => host_value = u32::from_le_bytes(b),
+                Err(e) => {
+                    self.io_error("config read", e);
+                    host_value = u32::MAX;
+                }
+            }
+        }
+        self.cfg.read(reg, host_value)
+    }
+
+    fn write_config(&mut self, reg: usize, offset: u64, data: &[u8]) -> ConfigEffects {
+        let w = self.cfg.write(reg, offset, data);
+        for (off, bytes) in &w.host_writes {
+            if let Err(e) = self.host.region_write(CONFIG_REGION, *off, bytes) {
+                self.io_error("config write", e);
+            }
+        }
+        if w.msi_changed {
+            if let Err(e) = self.irq.update_msi(self.host.as_ref(), &self.cfg) {
+                log::error!("{}: MSI update: {e}", self.bdf);
+            }
+        }
+        if w.msix_changed {
+            if let Err(e) = self.irq.update_msix_control(self.host.as_ref(), &self.cfg) {
+                log::error!("{}: MSI-X update: {e}", self.bdf);
+            }
+        }
+        self.apply_effects(&w.effects);
+        w.effects
+    }
+
+    fn read_bar(&mut self, bar: BarIndex, offset: u64, data: &mut [u8]) {
+        self.count_trap(bar);
+        if !self.cfg.bar_decodes(bar) {
+            data.fill(0xff);
+            return;
+        }
+        if bar == BarIndex::ROM {
+            return self.read_rom(offset, data);
+        }
+        match self.msix_part(bar, offset, data.len()) {
+            Some(MsixPart::Table(off)) => self.irq.read_table(off, data),
+            Some(MsixPart::Pba(off)) => self.irq.read_pba(off, data),
+            None => {
+                if let Err(e) = self.host.region_read(u32::from(bar.0), offset, data) {
+                    data.fill(0xff);
+                    self.io_error("BAR read", e);
+                }
+            }
+        }
+    }
+
+    fn write_bar(&mut self, bar: BarIndex, offset: u64, data: &[u8]) {
+        self.count_trap(bar);
+        if !self.cfg.bar_decodes(bar) || bar == BarIndex::ROM {
+            return;
+        }
+        match self.msix_part(bar, offset, data.len()) {
+            Some(MsixPart::Table(off)) => self.irq.write_table(self.host.as_ref(), off, data),
+            Some(MsixPart::Pba(_)) => {}
+            None => {
+                if let Err(e) = self.host.region_write(u32::from(bar.0), offset, data) {
+                    self.io_error("BAR write", e);
+                }
+            }
+        }
+    }
+}
+
+impl Drop for VfioPciDevice {
+    /// Leaves the device as we found it: no interrupts, no slots, reset, so the next VMM can
+    /// take it at once (the fds close after this; the kernel does the rest).
+    fn drop(&mut self) {
+        self.maps.unmap_all(self.slots.as_mut());
+        self.irq.shutdown(self.host.as_ref());
+        if let Err(e) = self.host.reset() {
+            log::warn!("{}: reset at release: {e}", self.bdf);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::tests::{sample_config, sample_sizes};
+    use crate::host::{FakeHost, IrqCall, IrqIndex};
+    use crate::interrupts::tests::{FakeVectors, Recorder};
+    use crate::regions::tests::FakeSlots;
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+
+    /// Slots shared with the test so it can look at them after the device took ownership.
+    #[derive(Clone, Default)]
+    struct SharedSlots(Arc<Mutex<FakeSlots>>);
+    impl MemorySlots for SharedSlots {
+        fn map_slot(&mut self, gpa: u64, size: u64, host_addr: u64) -> std::io::Result<u32> {
+            self.0.lock().unwrap().map_slot(gpa, size, host_addr)
+        }
+        fn unmap_slot(&mut self, slot: u32) -> std::io::Result<()> {
+            self.0.lock().unwrap().unmap_slot(slot)
+        }
+    }
+
+    fn device() -> (Arc<FakeHost>, VfioPciDevice, SharedSlots, Recorder) {
+        let host = Arc::new(FakeHost::new(&sample_config(), sample_sizes(), [1, 8, 4]));
+        let slots = SharedSlots::default();
+        let rec = Recorder::default();
+        let mut dev = VfioPciDevice::new(DeviceParts {
+            host: host.clone(),
+            rombar: true,
+            romfile: None,
+            vectors: Box::new(FakeVectors::new(8, rec.clone())),
+            intx: None,
+            slots: Box::new(slots.clone()),
+        })
+        .unwrap();
+        let mut next = 0xe000_0000u64;
+        dev.place_bars(&mut |b| {
+            let a = next;
+            next += b.size.max(0x1000);
+            Some(a)
+        })
+        .unwrap();
+        dev.start().unwrap();
+        (host, dev, slots, rec)
+    }
+
+    fn live(slots: &SharedSlots) -> BTreeMap<u32, (u64, u64)> {
+        slots.0.lock().unwrap().live.clone()
+    }
+
+    #[test]
+    fn decode_controls_slots_and_traps() {
+        let (host, mut dev, slots, _) = device();
+        assert_eq!(*host.resets.lock().unwrap(), 1);
+        assert!(live(&slots).is_empty(), "decode off: nothing mapped");
+        let mut b = [0u8; 4];
+        dev.read_bar(BarIndex(0), 0, &mut b);
+        assert_eq!(b, [0xff; 4], "decode off reads all-ones");
+        let fx = dev.write_config(1, 0, &[0x06]);
+        assert_eq!(fx.mem_decode, Some(true));
+        assert_eq!(live(&slots).values().copied().collect::<Vec<_>>(), vec![(0xe000_0000, 0x2000)]);
+        // Move BAR0 while decoding: slots follow.
+        let fx = dev.write_config(4, 0, &0xd000_0004u32.to_le_bytes());
+        assert_eq!(fx.bar_moves.len(), 1);
+        assert_eq!(live(&slots).values().copied().collect::<Vec<_>>(), vec![(0xd000_0000, 0x2000)]);
+        // Trapped register write reaches the device.
+        dev.write_bar(BarIndex(0), 0x10, &[1, 2, 3, 4]);
+        assert_eq!(&host.region_bytes(0)[0x10..0x14], &[1, 2, 3, 4]);
+        dev.write_config(1, 0, &[0x04]);
+        assert!(live(&slots).is_empty());
+        assert_eq!(dev.trap_counts()[0], 2);
+        // Config the guest wrote never moved the device's own BAR register.
+        assert_eq!(&host.region_bytes(CONFIG_REGION)[0x10..0x14], &sample_config()[0x10..0x14]);
+    }
+
+    #[test]
+    fn msix_through_the_bar() {
+        let (host, mut dev, _, rec) = device();
+        dev.write_config(1, 0, &[0x06]);
+        dev.write_config(0x70 / 4, 2, &[0x00, 0x80]);
+        let e: Vec<u8> = [0xfee0_0000u32, 0, 0x45, 0].iter().flat_map(|w| w.to_le_bytes()).collect();
+        dev.write_bar(BarIndex(0), 0x2000, &e);
+        assert!(host.irq_calls.lock().unwrap().iter().any(|c| matches!(c, IrqCall::Set { index: IrqIndex::Msix, .. })));
+        assert!(rec.routes.lock().unwrap().iter().any(|(v, m)| *v == 0 && m.is_some_and(|m| m.data == 0x45)));
+        let mut b = [0u8; 4];
+        dev.read_bar(BarIndex(0), 0x2008, &mut b);
+        assert_eq!(u32::from_le_bytes(b), 0x45);
+        dev.read_bar(BarIndex(0), 0x3000, &mut b);
+        assert_eq!(b, [0; 4]);
+        drop(dev);
+        assert!(host.irq_calls.lock().unwrap().contains(&IrqCall::Disable(IrqIndex::Msix)));
+        assert_eq!(*host.resets.lock().unwrap(), 2, "reset on release");
+    }
+}

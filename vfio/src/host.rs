@@ -1,0 +1,470 @@
+//! The seam between Viaduct and `/dev/vfio`: everything that touches a VFIO device fd.
+//!
+//! [`HostDevice`] is implemented by [`VfioHost`] (a real `vfio_ioctls::VfioDevice`) and by
+//! [`FakeHost`] (captured config-space bytes plus in-memory BARs) for unit tests and fuzzing.
+
+use std::os::unix::io::{AsRawFd, RawFd};
+use std::sync::Mutex;
+
+use vfio_bindings::bindings::vfio::{
+    vfio_irq_set, VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_ACTION_UNMASK,
+    VFIO_IRQ_SET_DATA_EVENTFD, VFIO_IRQ_SET_DATA_NONE, VFIO_PCI_CONFIG_REGION_INDEX,
+    VFIO_PCI_ROM_REGION_INDEX, VFIO_REGION_INFO_FLAG_MMAP, VFIO_REGION_INFO_FLAG_READ,
+    VFIO_REGION_INFO_FLAG_WRITE,
+};
+use vfio_ioctls::{VfioDevice, VfioRegionInfoCap};
+
+/// VFIO region index of the config space.
+pub const CONFIG_REGION: u32 = VFIO_PCI_CONFIG_REGION_INDEX;
+/// VFIO region index of the expansion ROM.
+pub const ROM_REGION: u32 = VFIO_PCI_ROM_REGION_INDEX;
+
+/// The VFIO interrupt index (VFIO_PCI_*_IRQ_INDEX).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum IrqIndex {
+    Intx = 0,
+    Msi = 1,
+    Msix = 2,
+}
+
+/// A part of a region that may be mmapped (VFIO sparse mmap capability).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MmapArea {
+    pub offset: u64,
+    pub size: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RegionInfo {
+    pub size: u64,
+    pub readable: bool,
+    pub writable: bool,
+    /// The areas that may be mmapped. Empty when the region is not mmappable at all.
+    pub mmap_areas: Vec<MmapArea>,
+    /// VFIO_REGION_INFO_CAP_MSIX_MAPPABLE: the MSI-X table may be mmapped too.
+    pub msix_mappable: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    #[error("{bdf}: region {region} has no {len} bytes at offset {offset:#x}")]
+    RegionBounds { bdf: String, region: u32, offset: u64, len: usize },
+    #[error("{bdf}: reading region {region} at {offset:#x} failed")]
+    RegionRead {
+        bdf: String,
+        region: u32,
+        offset: u64,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{bdf}: writing region {region} at {offset:#x} failed")]
+    RegionWrite {
+        bdf: String,
+        region: u32,
+        offset: u64,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{bdf}: VFIO_DEVICE_SET_IRQS {index:?} start {start} count {count} failed")]
+    SetIrqs {
+        bdf: String,
+        index: IrqIndex,
+        start: u32,
+        count: u32,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{bdf}: VFIO_DEVICE_RESET failed")]
+    Reset {
+        bdf: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{bdf}: mmap of region {region} area {offset:#x}+{size:#x} failed")]
+    Mmap {
+        bdf: String,
+        region: u32,
+        offset: u64,
+        size: u64,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A host memory mapping of part of a device region. Unmapped on drop.
+#[derive(Debug)]
+pub struct RegionMapping {
+    addr: *mut u8,
+    size: usize,
+    /// Fake mappings own their memory instead (tests).
+    owned: Option<Vec<u8>>,
+}
+
+// SAFETY: the mapping is plain shared memory of the device; the pointer is only handed to KVM
+// as a memslot backing and never dereferenced by Rust code.
+unsafe impl Send for RegionMapping {}
+// SAFETY: as above; no interior state besides the immutable pointer.
+unsafe impl Sync for RegionMapping {}
+
+impl RegionMapping {
+    pub fn host_addr(&self) -> *mut u8 {
+        self.addr
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size as u64
+    }
+
+    fn owned(size: usize) -> Self {
+        let mut buf = vec![0u8; size];
+        Self { addr: buf.as_mut_ptr(), size, owned: Some(buf) }
+    }
+}
+
+impl Drop for RegionMapping {
+    fn drop(&mut self) {
+        if self.owned.is_none() {
+            // SAFETY: addr/size come from a successful mmap in `VfioHost::map_region`, and
+            // KVM's memslot over it was removed by the owner before the mapping is dropped.
+            unsafe { libc::munmap(self.addr.cast(), self.size) };
+        }
+    }
+}
+
+/// Everything Viaduct does with an assigned device's VFIO fd.
+pub trait HostDevice: Send + Sync {
+    /// The device's name (its BDF), for logs and errors.
+    fn bdf(&self) -> &str;
+    fn region_info(&self, region: u32) -> Option<RegionInfo>;
+    /// Number of interrupts the device offers under `index` (0 = none).
+    fn irq_count(&self, index: IrqIndex) -> u32;
+    fn region_read(&self, region: u32, offset: u64, data: &mut [u8]) -> Result<(), HostError>;
+    fn region_write(&self, region: u32, offset: u64, data: &[u8]) -> Result<(), HostError>;
+    /// VFIO_DEVICE_SET_IRQS with DATA_EVENTFD for vectors `start..start + fds.len()`;
+    /// `None` de-assigns a vector's eventfd (fd -1) without freeing the host vector.
+    fn set_irqs(&self, index: IrqIndex, start: u32, fds: &[Option<RawFd>]) -> Result<(), HostError>;
+    /// Disables every vector of `index` (count 0, DATA_NONE).
+    fn disable_irqs(&self, index: IrqIndex) -> Result<(), HostError>;
+    /// INTx: VFIO unmasks the line when `fd` (KVM's resample eventfd) is signalled.
+    fn set_intx_unmask_fd(&self, fd: RawFd) -> Result<(), HostError>;
+    /// Resets the device; `Ok(false)` when it offers no reset method.
+    fn reset(&self) -> Result<bool, HostError>;
+    /// Maps `area` of a region into the VMM (for a KVM memslot).
+    fn map_region(&self, region: u32, area: MmapArea) -> Result<RegionMapping, HostError>;
+}
+
+// Our own VFIO_DEVICE_SET_IRQS: vfio-ioctls' enable_irq always starts at vector 0 and has no
+// way to leave a vector unassigned, which per-vector lazy enabling needs.
+vmm_sys_util::ioctl_io_nr!(VFIO_DEVICE_SET_IRQS, 0x3b, 100 + 10);
+vmm_sys_util::ioctl_io_nr!(VFIO_DEVICE_RESET, 0x3b, 100 + 11);
+
+/// A real VFIO device.
+pub struct VfioHost {
+    bdf: String,
+    device: VfioDevice,
+}
+
+impl VfioHost {
+    pub fn new(bdf: String, device: VfioDevice) -> Self {
+        Self { bdf, device }
+    }
+
+    pub fn device(&self) -> &VfioDevice {
+        &self.device
+    }
+
+    fn check_bounds(&self, region: u32, offset: u64, len: usize) -> Result<u64, HostError> {
+        let size = self.device.get_region_size(region);
+        let end = offset.checked_add(len as u64);
+        match end {
+            Some(end) if end <= size => Ok(self.device.get_region_offset(region) + offset),
+            _ => Err(HostError::RegionBounds { bdf: self.bdf.clone(), region, offset, len }),
+        }
+    }
+
+    fn irq_set_ioctl(&self, flags: u32, index: IrqIndex, start: u32, fds: &[RawFd]) -> Result<(), HostError> {
+        // vfio_irq_set is followed by `count` u32 eventfds; build it in a u32 buffer so the
+        // alignment is right.
+        let header_words = std::mem::size_of::<vfio_irq_set>() / 4;
+        let mut buf = vec![0u32; header_words + fds.len()];
+        let argsz = (buf.len() * 4) as u32;
+        buf[0] = argsz;
+        buf[1] = flags;
+        buf[2] = index as u32;
+        buf[3] = start;
+        buf[4] = fds.len() as u32;
+        for (slot, fd) in buf[header_words..].iter_mut().zip(fds) {
+            *slot = *fd as u32;
+        }
+        // SAFETY: buf holds a complete vfio_irq_set header followed by `count` fds, argsz
+        // says so, and the kernel only reads it.
+        let ret = unsafe {
+            vmm_sys_util::ioctl::ioctl_with_ptr(&self.device, VFIO_DEVICE_SET_IRQS(), buf.as_ptr())
+        };
+        if ret < 0 {
+            return Err(HostError::SetIrqs {
+                bdf: self.bdf.clone(),
+                index,
+                start,
+                count: fds.len() as u32,
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl HostDevice for VfioHost {
+    fn bdf(&self) -> &str {
+        &self.bdf
+    }
+
+    fn region_info(&self, region: u32) -> Option<RegionInfo> {
+        let size = self.device.get_region_size(region);
+        if size == 0 {
+            return None;
+        }
+        let flags = self.device.get_region_flags(region);
+        let caps = self.device.get_region_caps(region);
+        let mut info = RegionInfo {
+            size,
+            readable: flags & VFIO_REGION_INFO_FLAG_READ != 0,
+            writable: flags & VFIO_REGION_INFO_FLAG_WRITE != 0,
+            mmap_areas: Vec::new(),
+            msix_mappable: caps.iter().any(|c| matches!(c, VfioRegionInfoCap::MsixMappable)),
+        };
+        if flags & VFIO_REGION_INFO_FLAG_MMAP != 0 {
+            let sparse = caps.iter().find_map(|c| match c {
+                VfioRegionInfoCap::SparseMmap(s) => Some(s),
+                _ => None,
+            });
+            info.mmap_areas = match sparse {
+                Some(s) => s.areas.iter().map(|a| MmapArea { offset: a.offset, size: a.size }).collect(),
+                None => vec![MmapArea { offset: 0, size }],
+            };
+        }
+        Some(info)
+    }
+
+    fn irq_count(&self, index: IrqIndex) -> u32 {
+        self.device.get_irq_info(index as u32).map_or(0, |i| i.count)
+    }
+
+    fn region_read(&self, region: u32, offset: u64, data: &mut [u8]) -> Result<(), HostError> {
+        let pos = self.check_bounds(region, offset, data.len())?;
+        // SAFETY: pread into a live, correctly sized buffer on a valid fd.
+        let n = unsafe {
+            libc::pread(self.device.as_raw_fd(), data.as_mut_ptr().cast(), data.len(), pos as libc::off_t)
+        };
+        if n != data.len() as isize {
+            let source = if n < 0 {
+                std::io::Error::last_os_error()
+            } else {
+                std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "short read")
+            };
+            return Err(HostError::RegionRead { bdf: self.bdf.clone(), region, offset, source });
+        }
+        Ok(())
+    }
+
+    fn region_write(&self, region: u32, offset: u64, data: &[u8]) -> Result<(), HostError> {
+        let pos = self.check_bounds(region, offset, data.len())?;
+        // SAFETY: pwrite from a live buffer on a valid fd.
+        let n = unsafe {
+            libc::pwrite(self.device.as_raw_fd(), data.as_ptr().cast(), data.len(), pos as libc::off_t)
+        };
+        if n != data.len() as isize {
+            let source = if n < 0 {
+                std::io::Error::last_os_error()
+            } else {
+                std::io::Error::new(std::io::ErrorKind::WriteZero, "short write")
+            };
+            return Err(HostError::RegionWrite { bdf: self.bdf.clone(), region, offset, source });
+        }
+        Ok(())
+    }
+
+    fn set_irqs(&self, index: IrqIndex, start: u32, fds: &[Option<RawFd>]) -> Result<(), HostError> {
+        let raw: Vec<RawFd> = fds.iter().map(|f| f.unwrap_or(-1)).collect();
+        self.irq_set_ioctl(VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER, index, start, &raw)
+    }
+
+    fn disable_irqs(&self, index: IrqIndex) -> Result<(), HostError> {
+        self.irq_set_ioctl(VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_TRIGGER, index, 0, &[])
+    }
+
+    fn set_intx_unmask_fd(&self, fd: RawFd) -> Result<(), HostError> {
+        self.irq_set_ioctl(VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_UNMASK, IrqIndex::Intx, 0, &[fd])
+    }
+
+    fn reset(&self) -> Result<bool, HostError> {
+        // vfio-ioctls' reset() swallows the result; we want to know.
+        // SAFETY: argument-less ioctl on a valid VFIO device fd.
+        let ret = unsafe { vmm_sys_util::ioctl::ioctl(&self.device, VFIO_DEVICE_RESET()) };
+        if ret < 0 {
+            let err = std::io::Error::last_os_error();
+            // ENOTTY/EINVAL: the device has no reset method.
+            if matches!(err.raw_os_error(), Some(libc::ENOTTY) | Some(libc::EINVAL)) {
+                return Ok(false);
+            }
+            return Err(HostError::Reset { bdf: self.bdf.clone(), source: err });
+        }
+        Ok(true)
+    }
+
+    fn map_region(&self, region: u32, area: MmapArea) -> Result<RegionMapping, HostError> {
+        let pos = self.check_bounds(region, area.offset, area.size as usize)?;
+        let err = |source| HostError::Mmap { bdf: self.bdf.clone(), region, offset: area.offset, size: area.size, source };
+        let size = usize::try_from(area.size)
+            .map_err(|_| err(std::io::Error::from_raw_os_error(libc::EOVERFLOW)))?;
+        // SAFETY: a fresh shared mapping of the device fd at a kernel-described offset; the
+        // result is checked and owned by RegionMapping, which unmaps it.
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                size,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                self.device.as_raw_fd(),
+                pos as libc::off_t,
+            )
+        };
+        if addr == libc::MAP_FAILED {
+            return Err(err(std::io::Error::last_os_error()));
+        }
+        Ok(RegionMapping { addr: addr.cast(), size, owned: None })
+    }
+}
+
+/// One recorded VFIO_DEVICE_SET_IRQS call of a [`FakeHost`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IrqCall {
+    Set { index: IrqIndex, start: u32, fds: Vec<Option<RawFd>> },
+    Disable(IrqIndex),
+    IntxUnmaskFd(RawFd),
+}
+
+/// An in-memory device: config space from a captured dump, BARs as byte arrays.
+pub struct FakeHost {
+    bdf: String,
+    /// Index 0..=6 BARs + ROM, 7 config space.
+    regions: Mutex<Vec<Vec<u8>>>,
+    infos: Vec<Option<RegionInfo>>,
+    irq_counts: [u32; 3],
+    pub irq_calls: Mutex<Vec<IrqCall>>,
+    pub resets: Mutex<u32>,
+}
+
+impl FakeHost {
+    /// `config` is a config-space dump (256 or 4096 bytes); `bars[i]` the size of BAR i
+    /// (0 = absent), described as fully mmappable.
+    pub fn new(config: &[u8], bars: [u64; 7], irq_counts: [u32; 3]) -> Self {
+        let mut cfg = config.to_vec();
+        cfg.resize(4096, 0);
+        let mut regions = Vec::new();
+        let mut infos = Vec::new();
+        for size in bars {
+            regions.push(vec![0u8; size.min(1 << 20) as usize]);
+            infos.push((size != 0).then(|| RegionInfo {
+                size,
+                readable: true,
+                writable: true,
+                mmap_areas: vec![MmapArea { offset: 0, size }],
+                msix_mappable: false,
+            }));
+        }
+        regions.push(cfg);
+        infos.push(Some(RegionInfo { size: 4096, readable: true, writable: true, ..Default::default() }));
+        Self {
+            bdf: "0000:00:00.0".into(),
+            regions: Mutex::new(regions),
+            infos,
+            irq_counts,
+            irq_calls: Mutex::new(Vec::new()),
+            resets: Mutex::new(0),
+        }
+    }
+
+    pub fn set_region_info(&mut self, region: u32, info: RegionInfo) {
+        if let Some(slot) = self.infos.get_mut(region as usize) {
+            *slot = Some(info);
+        }
+    }
+
+    /// Raw bytes of a region as the device holds them now.
+    pub fn region_bytes(&self, region: u32) -> Vec<u8> {
+        let regions = self.regions.lock().unwrap_or_else(|e| e.into_inner());
+        regions.get(region as usize).cloned().unwrap_or_default()
+    }
+
+    fn with_region<R>(&self, region: u32, offset: u64, len: usize, f: impl FnOnce(&mut [u8]) -> R) -> Result<R, HostError> {
+        let mut regions = self.regions.lock().unwrap_or_else(|e| e.into_inner());
+        let bounds = || HostError::RegionBounds { bdf: self.bdf.clone(), region, offset, len };
+        let bytes = regions.get_mut(region as usize).ok_or_else(bounds)?;
+        let start = usize::try_from(offset).map_err(|_| bounds())?;
+        let end = start.checked_add(len).ok_or_else(bounds)?;
+        let slice = bytes.get_mut(start..end).ok_or_else(bounds)?;
+        Ok(f(slice))
+    }
+}
+
+impl HostDevice for FakeHost {
+    fn bdf(&self) -> &str {
+        &self.bdf
+    }
+
+    fn region_info(&self, region: u32) -> Option<RegionInfo> {
+        self.infos.get(region as usize).cloned().flatten()
+    }
+
+    fn irq_count(&self, index: IrqIndex) -> u32 {
+        self.irq_counts[index as usize]
+    }
+
+    fn region_read(&self, region: u32, offset: u64, data: &mut [u8]) -> Result<(), HostError> {
+        self.with_region(region, offset, data.len(), |s| data.copy_from_slice(s))
+    }
+
+    fn region_write(&self, region: u32, offset: u64, data: &[u8]) -> Result<(), HostError> {
+        self.with_region(region, offset, data.len(), |s| s.copy_from_slice(data))
+    }
+
+    fn set_irqs(&self, index: IrqIndex, start: u32, fds: &[Option<RawFd>]) -> Result<(), HostError> {
+        let end = start as u64 + fds.len() as u64;
+        if end > self.irq_count(index) as u64 {
+            return Err(HostError::SetIrqs {
+                bdf: self.bdf.clone(),
+                index,
+                start,
+                count: fds.len() as u32,
+                source: std::io::Error::from_raw_os_error(libc::EINVAL),
+            });
+        }
+        self.irq_calls.lock().unwrap_or_else(|e| e.into_inner()).push(IrqCall::Set { index, start, fds: fds.to_vec() });
+        Ok(())
+    }
+
+    fn disable_irqs(&self, index: IrqIndex) -> Result<(), HostError> {
+        self.irq_calls.lock().unwrap_or_else(|e| e.into_inner()).push(IrqCall::Disable(index));
+        Ok(())
+    }
+
+    fn set_intx_unmask_fd(&self, fd: RawFd) -> Result<(), HostError> {
+        self.irq_calls.lock().unwrap_or_else(|e| e.into_inner()).push(IrqCall::IntxUnmaskFd(fd));
+        Ok(())
+    }
+
+    fn reset(&self) -> Result<bool, HostError> {
+        *self.resets.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        Ok(true)
+    }
+
+    fn map_region(&self, region: u32, area: MmapArea) -> Result<RegionMapping, HostError> {
+        let info = self.region_info(region);
+        let fits = info.is_some_and(|i| area.offset.checked_add(area.size).is_some_and(|e| e <= i.size));
+        if !fits {
+            return Err(HostError::RegionBounds { bdf: self.bdf.clone(), region, offset: area.offset, len: area.size as usize });
+        }
+        Ok(RegionMapping::owned(area.size.min(1 << 20) as usize))
+    }
+}

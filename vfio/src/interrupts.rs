@@ -1,0 +1,488 @@
+//! Interrupts of an assigned device: the emulated MSI-X table, MSI, and INTx.
+//!
+//! Each guest vector is an eventfd from [`MsiVectors`] that the VMM wired to a KVM irqfd;
+//! VFIO signals it directly, so after set-up no interrupt wakes the VMM. Host vectors are
+//! enabled lazily: the first unmask enables MSI-X on the host for the whole table (with -1
+//! for vectors not yet in use, so Linux 6.1, which cannot grow an enabled MSI-X block,
+//! allocates every host vector once); later unmasks only attach one eventfd. Guest masking
+//! only detaches the KVM route (irqfd): host vectors are never freed on mask/unmask, and an
+//! interrupt that arrives while masked stays in the eventfd until the route returns.
+
+use std::os::unix::io::{AsRawFd, RawFd};
+
+use pci::capability::msix::{MsixChange, Table};
+use pci::{InterruptError, MsiMessage, MsiVectors, VectorIndex};
+
+use crate::config::{MsiState, MsixInfo, VirtConfig};
+use crate::host::{HostDevice, HostError, IrqIndex};
+
+/// pci's table model takes accesses of at most 8 bytes; wider ones are split.
+const MAX_ACCESS: usize = 8;
+
+#[derive(Debug, thiserror::Error)]
+pub enum InterruptsError {
+    #[error("enabling host interrupts failed")]
+    EnableHost(#[source] HostError),
+    #[error("{bdf}: updating guest interrupt routes failed")]
+    Route {
+        bdf: String,
+        #[source]
+        source: InterruptError,
+    },
+    #[error("{bdf}: vector {vector} has no eventfd (the VMM created {have} vectors)")]
+    NoIrqfd { bdf: String, vector: u32, have: usize },
+}
+
+/// The INTx line's eventfds: `trigger` raises the guest's level-triggered GSI, `resample`
+/// is signalled by KVM when the guest EOIs it (then VFIO unmasks the host line).
+pub trait IntxLine: Send {
+    fn trigger_fd(&self) -> RawFd;
+    fn resample_fd(&self) -> RawFd;
+}
+
+/// Which interrupt mode the host device is in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    None,
+    Intx,
+    Msi(u32),
+    Msix,
+}
+
+pub struct Interrupts {
+    bdf: String,
+    vectors: Box<dyn MsiVectors>,
+    intx: Option<Box<dyn IntxLine>>,
+    msix: Option<MsixInfo>,
+    /// The guest's vector table (pure model from the pci crate: path B of the architecture).
+    table: Option<Table>,
+    /// Whether vector v has its eventfd attached on the host.
+    wired: Vec<bool>,
+    /// The route last given to the VMM for vector v.
+    routes: Vec<Option<MsiMessage>>,
+    mode: Mode,
+    /// Host vectors enabled (MSI-X: table size, MSI: vector count).
+    host_msix_count: u32,
+    /// Guest-caused host errors are logged once per kind, not per access.
+    warned: bool,
+}
+
+impl Interrupts {
+    pub fn new(bdf: &str, cfg: &VirtConfig, vectors: Box<dyn MsiVectors>, intx: Option<Box<dyn IntxLine>>) -> Self {
+        let msix = cfg.msix_info();
+        let table = msix.and_then(|m| Table::new(m.table_size).ok());
+        let n = table.as_ref().map_or(0, |t| t.len());
+        let slots = n.max(cfg.msi_info().map_or(0, |m| 1usize << m.max_log2));
+        Self {
+            bdf: bdf.into(),
+            vectors,
+            intx,
+            msix,
+            table,
+            wired: vec![false; n],
+            routes: vec![None; slots],
+            mode: Mode::None,
+            host_msix_count: 0,
+            warned: false,
+        }
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// Number of vectors the VMM must provide in [`MsiVectors`] for this device.
+    pub fn vectors_needed(cfg: &VirtConfig) -> usize {
+        let msix = cfg.msix_info().map_or(0, |m| m.table_size as usize);
+        msix.max(cfg.msi_info().map_or(0, |m| 1usize << m.max_log2))
+    }
+
+    fn fd(&self, v: u32) -> Result<RawFd, InterruptsError> {
+        self.vectors.irqfd(VectorIndex(v as u16)).map(|e| e.as_raw_fd()).ok_or(InterruptsError::NoIrqfd {
+            bdf: self.bdf.clone(),
+            vector: v,
+            have: self.vectors.len(),
+        })
+    }
+
+    fn route_err(&self) -> impl Fn(InterruptError) -> InterruptsError + '_ {
+        move |source| InterruptsError::Route { bdf: self.bdf.clone(), source }
+    }
+
+    /// Enables INTx on the host (device start and after MSI/MSI-X is turned off).
+    pub fn enable_intx(&mut self, host: &dyn HostDevice, cfg: &VirtConfig) -> Result<(), InterruptsError> {
+        let Some(line) = self.intx.as_ref() else { return Ok(()) };
+        if cfg.interrupt_pin() == 0 || host.irq_count(IrqIndex::Intx) == 0 {
+            return Ok(());
+        }
+        host.set_irqs(IrqIndex::Intx, 0, &[Some(line.trigger_fd())]).map_err(InterruptsError::EnableHost)?;
+        host.set_intx_unmask_fd(line.resample_fd()).map_err(InterruptsError::EnableHost)?;
+        self.mode = Mode::Intx;
+        Ok(())
+    }
+
+    /// VFIO refuses MSI/MSI-X while INTx is enabled: leave the current mode first.
+    fn leave_mode(&mut self, host: &dyn HostDevice) -> Result<(), InterruptsError> {
+        match self.mode {
+            Mode::None => {}
+            Mode::Intx => host.disable_irqs(IrqIndex::Intx).map_err(InterruptsError::EnableHost)?,
+            Mode::Msi(_) => host.disable_irqs(IrqIndex::Msi).map_err(InterruptsError::EnableHost)?,
+            Mode::Msix => {
+                host.disable_irqs(IrqIndex::Msix).map_err(InterruptsError::EnableHost)?;
+                self.wired.iter_mut().for_each(|w| *w = false);
+                self.host_msix_count = 0;
+            }
+        }
+        self.mode = Mode::None;
+        Ok(())
+    }
+
+    fn set_route(&mut self, v: u32, msg: Option<MsiMessage>) -> Result<bool, InterruptsError> {
+        let Some(slot) = self.routes.get_mut(v as usize) else { return Ok(false) };
+        if *slot == msg {
+            return Ok(false);
+        }
+        *slot = msg;
+        self.vectors.set_route(VectorIndex(v as u16), msg).map_err(|source| InterruptsError::Route {
+            bdf: self.bdf.clone(),
+            source,
+        })?;
+        Ok(true)
+    }
+
+    fn clear_routes(&mut self) -> Result<(), InterruptsError> {
+        let mut changed = false;
+        for v in 0..self.routes.len() as u32 {
+            changed |= self.set_route(v, None)?;
+        }
+        if changed {
+            self.vectors.commit().map_err(self.route_err())?;
+        }
+        Ok(())
+    }
+
+    /// The guest changed the MSI capability.
+    pub fn update_msi(&mut self, host: &dyn HostDevice, cfg: &VirtConfig) -> Result<(), InterruptsError> {
+        let Some(state) = cfg.msi_state() else { return Ok(()) };
+        if matches!(self.mode, Mode::Msix) {
+            return Ok(());
+        }
+        let MsiState { enabled, vectors, address, data, mask } = state;
+        let vectors = vectors.min(host.irq_count(IrqIndex::Msi).max(1)).min(self.routes.len() as u32);
+        if !enabled {
+            if let Mode::Msi(_) = self.mode {
+                self.clear_routes()?;
+                self.leave_mode(host)?;
+                self.enable_intx(host, cfg)?;
+            }
+            return Ok(());
+        }
+        // Routes first, so the first interrupt after enabling lands.
+        let mut changed = false;
+        for v in 0..self.routes.len() as u32 {
+            let msg = (v < vectors && mask & (1 << v) == 0).then(|| MsiMessage {
+                address,
+                // Multiple Message: the device ORs the vector number into the low data bits.
+                data: u32::from(data & !((vectors - 1) as u16)) | v,
+            });
+            changed |= self.set_route(v, msg)?;
+        }
+        if changed {
+            self.vectors.commit().map_err(self.route_err())?;
+        }
+        if self.mode != Mode::Msi(vectors) {
+            self.leave_mode(host)?;
+            let fds = (0..vectors).map(|v| self.fd(v).map(Some)).collect::<Result<Vec<_>, _>>()?;
+            host.set_irqs(IrqIndex::Msi, 0, &fds).map_err(InterruptsError::EnableHost)?;
+            self.mode = Mode::Msi(vectors);
+        }
+        Ok(())
+    }
+
+    /// The guest changed the MSI-X control register (enable, function mask).
+    pub fn update_msix_control(&mut self, host: &dyn HostDevice, cfg: &VirtConfig) -> Result<(), InterruptsError> {
+        let Some((enabled, function_mask)) = cfg.msix_control() else { return Ok(()) };
+        if !enabled && self.mode == Mode::Msix {
+            if let Some(t) = self.table.as_mut() {
+                t.set_control(false, function_mask);
+            }
+            self.clear_routes()?;
+            self.leave_mode(host)?;
+            return self.enable_intx(host, cfg);
+        }
+        if enabled && self.mode != Mode::Msix {
+            if let Mode::Msi(_) = self.mode {
+                self.clear_routes()?;
+            }
+            self.leave_mode(host)?;
+            self.mode = Mode::Msix;
+        }
+        let change = match self.table.as_mut() {
+            Some(t) => t.set_control(enabled, function_mask),
+            None => return Ok(()),
+        };
+        self.apply(host, change)
+    }
+
+    /// Applies a table change: routes (one commit), host eventfds for first unmasks, and a
+    /// one-shot signal for vectors unmasked with their pending bit set.
+    fn apply(&mut self, host: &dyn HostDevice, change: MsixChange) -> Result<(), InterruptsError> {
+        if self.mode != Mode::Msix || change.is_empty() {
+            return Ok(());
+        }
+        let mut changed = false;
+        let mut to_wire = Vec::new();
+        for (v, msg) in change.routes {
+            let v = u32::from(v.0);
+            changed |= self.set_route(v, msg)?;
+            if msg.is_some() && !self.wired.get(v as usize).copied().unwrap_or(true) {
+                to_wire.push(v);
+            }
+        }
+        if changed {
+            self.vectors.commit().map_err(self.route_err())?;
+        }
+        for v in to_wire {
+            self.wire(host, v)?;
+        }
+        for v in change.fire {
+            self.vectors.trigger(v).map_err(self.route_err())?;
+        }
+        Ok(())
+    }
+
+    /// Attaches vector v's eventfd on the host (first unmask of v).
+    fn wire(&mut self, host: &dyn HostDevice, v: u32) -> Result<(), InterruptsError> {
+        let fd = self.fd(v)?;
+        if self.host_msix_count == 0 {
+            let count = (self.wired.len() as u32).min(host.irq_count(IrqIndex::Msix));
+            let mut fds = vec![None; count as usize];
+            if let Some(slot) = fds.get_mut(v as usize) {
+                *slot = Some(fd);
+            }
+            host.set_irqs(IrqIndex::Msix, 0, &fds).map_err(InterruptsError::EnableHost)?;
+            self.host_msix_count = count;
+        } else {
+            host.set_irqs(IrqIndex::Msix, v, &[Some(fd)]).map_err(InterruptsError::EnableHost)?;
+        }
+        log::debug!("{}: MSI-X vector {v} enabled on the host", self.bdf);
+        if let Some(w) = self.wired.get_mut(v as usize) {
+            *w = true;
+        }
+        Ok(())
+    }
+
+    /// Guest read of the MSI-X table at `offset` (relative to the table start).
+    pub fn read_table(&self, offset: u64, data: &mut [u8]) {
+        data.fill(0xff);
+        let Some(t) = self.table.as_ref() else { return };
+        for (i, chunk) in data.chunks_mut(MAX_ACCESS).enumerate() {
+            if let Some(off) = offset.checked_add((i * MAX_ACCESS) as u64) {
+                t.read(off, chunk);
+            }
+        }
+    }
+
+    /// Guest write to the MSI-X table; out-of-range accesses are dropped (pci's Table checks
+    /// every bound), wider-than-qword ones split.
+    pub fn write_table(&mut self, host: &dyn HostDevice, offset: u64, data: &[u8]) {
+        let mut total = MsixChange::default();
+        let Some(t) = self.table.as_mut() else { return };
+        for (i, chunk) in data.chunks(MAX_ACCESS).enumerate() {
+            let Some(off) = offset.checked_add((i * MAX_ACCESS) as u64) else { break };
+            let c = t.write(off, chunk);
+            total.routes.extend(c.routes);
+            total.fire.extend(c.fire);
+        }
+        if let Err(e) = self.apply(host, total) {
+            self.warn_once(format_args!("MSI-X update failed: {e}"));
+        }
+    }
+
+    /// Guest read of the PBA. Host vectors are never masked at the device (masking detaches
+    /// KVM's irqfd instead), so pending interrupts wait in their eventfds, not in the PBA.
+    pub fn read_pba(&self, offset: u64, data: &mut [u8]) {
+        match self.table.as_ref() {
+            Some(t) => t.read_pba(offset, data),
+            None => data.fill(0xff),
+        }
+    }
+
+    fn warn_once(&mut self, args: std::fmt::Arguments<'_>) {
+        if !self.warned {
+            log::warn!("{}: {args} (further guest-caused interrupt errors not logged)", self.bdf);
+            self.warned = true;
+        }
+    }
+
+    /// Guest reset: everything off, entries masked, INTx back on.
+    pub fn reset(&mut self, host: &dyn HostDevice, cfg: &VirtConfig) -> Result<(), InterruptsError> {
+        self.clear_routes()?;
+        self.leave_mode(host)?;
+        self.table = self.msix.and_then(|m| Table::new(m.table_size).ok());
+        self.enable_intx(host, cfg)
+    }
+
+    /// Releases the host vectors (device teardown).
+    pub fn shutdown(&mut self, host: &dyn HostDevice) {
+        let _ = self.clear_routes();
+        if let Err(e) = self.leave_mode(host) {
+            log::warn!("{}: disabling interrupts at teardown: {e}", self.bdf);
+        }
+    }
+
+    pub fn msix_info(&self) -> Option<MsixInfo> {
+        self.msix
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::config::tests::{sample_config, sample_sizes};
+    use crate::config::RomOptions;
+    use crate::host::{FakeHost, IrqCall};
+    use std::sync::{Arc, Mutex};
+    use vmm_sys_util::eventfd::EventFd;
+
+    /// Records routes and commits like the KVM implementation would see them.
+    #[derive(Clone, Default)]
+    pub struct Recorder {
+        pub routes: Arc<Mutex<Vec<(u16, Option<MsiMessage>)>>>,
+        pub commits: Arc<Mutex<u32>>,
+    }
+
+    pub struct FakeVectors {
+        fds: Vec<EventFd>,
+        rec: Recorder,
+    }
+
+    impl FakeVectors {
+        pub fn new(n: usize, rec: Recorder) -> Self {
+            Self { fds: (0..n).map(|_| EventFd::new(0).unwrap()).collect(), rec }
+        }
+    }
+
+    impl MsiVectors for FakeVectors {
+        fn len(&self) -> usize {
+            self.fds.len()
+        }
+        fn irqfd(&self, v: VectorIndex) -> Option<&EventFd> {
+            self.fds.get(v.0 as usize)
+        }
+        fn set_route(&mut self, v: VectorIndex, msg: Option<MsiMessage>) -> Result<(), InterruptError> {
+            if v.0 as usize >= self.fds.len() {
+                return Err(InterruptError::NoSuchVector(v));
+            }
+            self.rec.routes.lock().unwrap().push((v.0, msg));
+            Ok(())
+        }
+        fn commit(&mut self) -> Result<(), InterruptError> {
+            *self.rec.commits.lock().unwrap() += 1;
+            Ok(())
+        }
+    }
+
+    struct Line(EventFd, EventFd);
+    impl IntxLine for Line {
+        fn trigger_fd(&self) -> RawFd {
+            self.0.as_raw_fd()
+        }
+        fn resample_fd(&self) -> RawFd {
+            self.1.as_raw_fd()
+        }
+    }
+
+    fn setup() -> (FakeHost, VirtConfig, Interrupts, Recorder) {
+        let host = FakeHost::new(&sample_config(), sample_sizes(), [1, 8, 4]);
+        let cfg = VirtConfig::new("t", &sample_config(), sample_sizes(), RomOptions::default()).unwrap();
+        let rec = Recorder::default();
+        let n = Interrupts::vectors_needed(&cfg);
+        let line = Line(EventFd::new(0).unwrap(), EventFd::new(0).unwrap());
+        let irq = Interrupts::new("t", &cfg, Box::new(FakeVectors::new(n, rec.clone())), Some(Box::new(line)));
+        (host, cfg, irq, rec)
+    }
+
+    fn entry(addr: u32, data: u32, masked: bool) -> Vec<u8> {
+        [addr, 0, data, masked as u32].iter().flat_map(|w| w.to_le_bytes()).collect()
+    }
+
+    fn set_irq_calls(host: &FakeHost) -> Vec<IrqCall> {
+        host.irq_calls.lock().unwrap().clone()
+    }
+
+    #[test]
+    fn msix_lazy_enable_and_mask_storm() {
+        let (host, mut cfg, mut irq, rec) = setup();
+        irq.enable_intx(&host, &cfg).unwrap();
+        cfg.write(0x70 / 4, 2, &[0x00, 0x80]);
+        irq.update_msix_control(&host, &cfg).unwrap();
+        assert_eq!(set_irq_calls(&host)[2], IrqCall::Disable(IrqIndex::Intx));
+        assert_eq!(set_irq_calls(&host).len(), 3, "no host vectors before any unmask");
+        irq.write_table(&host, 16, &entry(0xfee0_0000, 0x31, false));
+        let calls = set_irq_calls(&host);
+        match &calls[3] {
+            IrqCall::Set { index: IrqIndex::Msix, start: 0, fds } => {
+                assert_eq!(fds.len(), 4);
+                assert!(fds[0].is_none() && fds[1].is_some() && fds[2].is_none());
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(rec.routes.lock().unwrap().last(), Some(&(1, Some(MsiMessage { address: 0xfee0_0000, data: 0x31 }))));
+        // 1000 mask/unmask cycles: routes follow, the host is not touched again.
+        for i in 0..1000 {
+            irq.write_table(&host, 16 + 12, &[(i % 2 == 0) as u8, 0, 0, 0]);
+        }
+        assert_eq!(set_irq_calls(&host).len(), 4);
+        assert_eq!(rec.routes.lock().unwrap().last().unwrap().1.is_some(), true);
+        // Second vector: one more single-vector attach.
+        irq.write_table(&host, 32, &entry(0xfee0_0000, 0x32, false));
+        assert_eq!(set_irq_calls(&host)[4], IrqCall::Set { index: IrqIndex::Msix, start: 2, fds: vec![irq.vectors.irqfd(VectorIndex(2)).map(|e| e.as_raw_fd())] });
+        // Function mask routes everything off without touching the host.
+        cfg.write(0x70 / 4, 3, &[0xc0]);
+        irq.update_msix_control(&host, &cfg).unwrap();
+        assert!(irq.routes.iter().all(|r| r.is_none()));
+        assert_eq!(set_irq_calls(&host).len(), 5);
+        // Disable: host MSI-X off, INTx back.
+        cfg.write(0x70 / 4, 3, &[0x00]);
+        irq.update_msix_control(&host, &cfg).unwrap();
+        let calls = set_irq_calls(&host);
+        assert_eq!(calls[5], IrqCall::Disable(IrqIndex::Msix));
+        assert!(matches!(calls[6], IrqCall::Set { index: IrqIndex::Intx, .. }));
+        assert_eq!(irq.mode(), Mode::Intx);
+    }
+
+    #[test]
+    fn table_bounds() {
+        let (host, _cfg, mut irq, _) = setup();
+        irq.write_table(&host, 63, &[1, 2]);
+        irq.write_table(&host, u64::MAX, &[1]);
+        let mut b = [0u8; 8];
+        irq.read_table(60, &mut b[..4]);
+        assert_eq!(&b[..4], &[1, 0, 0, 0]);
+        irq.read_table(60, &mut b);
+        assert_eq!(b, [0xff; 8], "a read running off the table end is all-ones");
+        irq.read_table(u64::MAX - 2, &mut b);
+        assert_eq!(b, [0xff; 8]);
+        irq.read_table(12, &mut b[..4]);
+        assert_eq!(&b[..4], &[1, 0, 0, 0], "entries start masked");
+    }
+
+    #[test]
+    fn msi_multi_message() {
+        let (host, mut cfg, mut irq, rec) = setup();
+        cfg.write(0x54 / 4, 0, &0xfee0_2000u32.to_le_bytes());
+        cfg.write(0x5c / 4, 0, &[0x40, 0x00]);
+        cfg.write(0x60 / 4, 0, &[0x02, 0, 0, 0]); // mask vector 1
+        cfg.write(0x50 / 4, 2, &[0x21, 0x00]);
+        irq.update_msi(&host, &cfg).unwrap();
+        assert_eq!(irq.mode(), Mode::Msi(4));
+        let routes = rec.routes.lock().unwrap().clone();
+        assert!(routes.contains(&(3, Some(MsiMessage { address: 0xfee0_2000, data: 0x43 }))));
+        assert!(!routes.iter().any(|(v, m)| *v == 1 && m.is_some()));
+        assert!(matches!(&set_irq_calls(&host)[..], [IrqCall::Set { index: IrqIndex::Msi, start: 0, fds }] if fds.len() == 4));
+        cfg.write(0x50 / 4, 2, &[0x00]);
+        irq.update_msi(&host, &cfg).unwrap();
+        assert_eq!(set_irq_calls(&host)[1], IrqCall::Disable(IrqIndex::Msi));
+    }
+}

@@ -1,0 +1,156 @@
+//! `--device` argument: `path=/sys/bus/pci/devices/BDF[,id=NAME][,rombar=on|off][,romfile=PATH]`
+//! or a bare BDF.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use crate::sysfs::Bdf;
+
+const SYSFS_DEVICES: &str = "/sys/bus/pci/devices/";
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SpecError {
+    #[error("--device '{spec}': {reason}")]
+    Parse { spec: String, reason: String },
+}
+
+/// One device the user asked to assign.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceSpec {
+    pub bdf: Bdf,
+    /// The sysfs directory (`/sys/bus/pci/devices/BDF`).
+    pub path: PathBuf,
+    pub id: String,
+    pub rombar: bool,
+    pub romfile: Option<PathBuf>,
+}
+
+impl FromStr for DeviceSpec {
+    type Err = SpecError;
+
+    fn from_str(spec: &str) -> Result<Self, SpecError> {
+        let err = |reason: String| SpecError::Parse { spec: spec.to_string(), reason };
+        let mut bdf = None;
+        let mut id = None;
+        let mut rombar = true;
+        let mut romfile = None;
+        for (i, part) in spec.split(',').enumerate() {
+            let (key, value) = match part.split_once('=') {
+                Some(kv) => kv,
+                // A bare BDF is accepted as the first item.
+                None if i == 0 => ("host", part),
+                None => return Err(err(format!("'{part}' is not key=value"))),
+            };
+            match key {
+                "path" | "host" | "bdf" => {
+                    if bdf.is_some() {
+                        return Err(err("the device is given twice".into()));
+                    }
+                    let text = value.trim_end_matches('/');
+                    let text = text.strip_prefix(SYSFS_DEVICES).unwrap_or(text);
+                    if text.contains('/') {
+                        return Err(err(format!("'{value}' is not {SYSFS_DEVICES}BDF")));
+                    }
+                    bdf = Some(Bdf::from_str(text).map_err(|e| err(e.to_string()))?);
+                }
+                "id" => {
+                    let ok = !value.is_empty()
+                        && value.len() <= 64
+                        && value.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+                    if !ok {
+                        return Err(err("id must be 1-64 characters of [A-Za-z0-9_-]".into()));
+                    }
+                    id = Some(value.to_string());
+                }
+                "rombar" => {
+                    rombar = match value {
+                        "on" => true,
+                        "off" => false,
+                        _ => return Err(err(format!("rombar={value}: use on or off"))),
+                    }
+                }
+                "romfile" => {
+                    if value.is_empty() {
+                        return Err(err("romfile= needs a path".into()));
+                    }
+                    romfile = Some(PathBuf::from(value));
+                }
+                other => return Err(err(format!("unknown key '{other}' (path, id, rombar, romfile)"))),
+            }
+        }
+        let bdf = bdf.ok_or_else(|| err("no device: give path=/sys/bus/pci/devices/BDF or a BDF".into()))?;
+        if romfile.is_some() && !rombar {
+            return Err(err("romfile= with rombar=off: the ROM would be invisible".into()));
+        }
+        Ok(DeviceSpec {
+            bdf,
+            path: PathBuf::from(format!("{SYSFS_DEVICES}{bdf}")),
+            id: id.unwrap_or_else(|| format!("vfio-{bdf}").replace(':', "_")),
+            rombar,
+            romfile,
+        })
+    }
+}
+
+/// Parses every `--device` value and refuses the same device (or id) twice.
+pub fn parse_devices<S: AsRef<str>>(specs: &[S]) -> Result<Vec<DeviceSpec>, SpecError> {
+    let mut out: Vec<DeviceSpec> = Vec::new();
+    for s in specs {
+        let spec: DeviceSpec = s.as_ref().parse()?;
+        if let Some(prev) = out.iter().find(|p| p.bdf == spec.bdf) {
+            return Err(SpecError::Parse {
+                spec: s.as_ref().into(),
+                reason: format!("{} is already assigned by --device {}", spec.bdf, prev.id),
+            });
+        }
+        if out.iter().any(|p| p.id == spec.id) {
+            return Err(SpecError::Parse { spec: s.as_ref().into(), reason: format!("id {} is used twice", spec.id) });
+        }
+        out.push(spec);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forms() {
+        let d: DeviceSpec = "path=/sys/bus/pci/devices/0000:02:00.0,id=nvme0,rombar=off".parse().unwrap();
+        assert_eq!(d.bdf, Bdf::new(0, 2, 0, 0));
+        assert_eq!(d.id, "nvme0");
+        assert!(!d.rombar);
+        assert_eq!(d.path, PathBuf::from("/sys/bus/pci/devices/0000:02:00.0"));
+        let d: DeviceSpec = "01:10.0".parse().unwrap();
+        assert_eq!(d.bdf, Bdf::new(0, 1, 0x10, 0));
+        assert!(d.rombar && d.romfile.is_none());
+        let d: DeviceSpec = "0000:01:10.2,romfile=/tmp/x.rom".parse().unwrap();
+        assert_eq!(d.romfile, Some(PathBuf::from("/tmp/x.rom")));
+    }
+
+    #[test]
+    fn errors() {
+        for bad in [
+            "",
+            "path=/sys/bus/pci/devices/../../etc/passwd",
+            "path=/dev/vfio/3",
+            "0000:02:00.0,rombar=maybe",
+            "0000:02:00.0,foo=1",
+            "0000:02:00.0,id=a b",
+            "0000:02:00.0,0000:03:00.0",
+            "id=x",
+            "0000:02:00.0,rombar=off,romfile=/x",
+            "0000:02:20.0",
+        ] {
+            assert!(bad.parse::<DeviceSpec>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn same_device_twice() {
+        let e = parse_devices(&["0000:02:00.0", "path=/sys/bus/pci/devices/0000:02:00.0"]).unwrap_err();
+        assert!(e.to_string().contains("already assigned"), "{e}");
+        assert_eq!(parse_devices(&["02:00.0", "01:10.0"]).unwrap().len(), 2);
+    }
+}

@@ -1,0 +1,593 @@
+//! Moving devices to vfio-pci and back.
+//!
+//! Binding uses `driver_override` + `drivers_probe`, never `new_id`: new_id binds every
+//! device with that id (other VFs too) and lingers after we are gone. The original driver is
+//! recorded in the [`StateFile`] before anything changes, so a crash at any point leaves a
+//! record `restore` can act on.
+
+use super::state::{BindingRecord, StateError, StateFile, StateLock};
+use super::{Bdf, PciHost};
+
+/// The VFIO PCI driver's name in sysfs.
+pub const VFIO_PCI: &str = "vfio-pci";
+
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error("no PCI device {bdf} on this host (see `viaductctl list`)")]
+    UnknownDevice { bdf: Bdf },
+    #[error(
+        "{bdf}: vfio-pci is not loaded; run `modprobe vfio-pci` (or `viaductctl check --fix`)"
+    )]
+    VfioPciMissing { bdf: Bdf },
+    #[error(
+        "{bdf} is a PCI bridge; vfio-pci does not drive bridges (they may stay with pcieport)"
+    )]
+    Bridge { bdf: Bdf },
+    #[error("{bdf} is an SR-IOV PF with {num_vfs} VFs: unbinding its driver would remove them; remove them first (viaductctl sriov {bdf} --num-vfs 0)")]
+    PfHasVfs { bdf: Bdf, num_vfs: u32 },
+    #[error("{bdf} has no IOMMU group: is the IOMMU on? (see `viaductctl check`)")]
+    NoIommuGroup { bdf: Bdf },
+    #[error("{bdf}: writing {attr}")]
+    WriteAttribute {
+        bdf: Bdf,
+        attr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{bdf}: expected driver {expected} after probing, found {}", found.as_deref().unwrap_or("none"))]
+    Probe {
+        bdf: Bdf,
+        expected: String,
+        found: Option<String>,
+    },
+    #[error("{bdf}: binding state")]
+    State {
+        bdf: Bdf,
+        #[source]
+        source: StateError,
+    },
+}
+
+/// What `bind` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BindOutcome {
+    /// It was on vfio-pci already; nothing changed and nothing was recorded.
+    AlreadyBound,
+    /// Moved from `previous` (None: no driver) to vfio-pci and recorded.
+    Bound { previous: Option<String> },
+}
+
+/// What `restore` / `unbind` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RestoreOutcome {
+    /// Put back on its recorded driver (None: left without a driver, as it was).
+    Restored { driver: Option<String> },
+    /// No record and not on vfio-pci: nothing to do.
+    NothingToDo { driver: Option<String> },
+    /// Released from vfio-pci without a record; the kernel's own choice of driver took it.
+    Released { driver: Option<String> },
+    /// The recorded device no longer exists (e.g. a VF that was removed); record dropped.
+    Gone,
+}
+
+/// One device's restore result in a batch.
+pub type DeviceRestore = (Bdf, Result<RestoreOutcome, BindError>);
+
+/// Binds and restores devices, recording under `owner` in a state file.
+#[derive(Debug, Clone)]
+pub struct Binder {
+    host: PciHost,
+    state: StateFile,
+    owner: String,
+}
+
+impl Binder {
+    /// `owner` names who holds the binding: `viaductctl`, or `viaduct[PID]` for managed
+    /// devices (restored by that process at exit, or by `viaductctl restore` after a crash).
+    pub fn new(host: PciHost, state: StateFile, owner: impl Into<String>) -> Self {
+        Self {
+            host,
+            state,
+            owner: owner.into(),
+        }
+    }
+
+    pub fn host(&self) -> &PciHost {
+        &self.host
+    }
+
+    pub fn state(&self) -> &StateFile {
+        &self.state
+    }
+
+    fn write(&self, bdf: Bdf, path: std::path::PathBuf, value: &str) -> Result<(), BindError> {
+        self.host
+            .write_attr(&path, value)
+            .map_err(|source| BindError::WriteAttribute {
+                bdf,
+                attr: path
+                    .strip_prefix(self.host.root())
+                    .unwrap_or(&path)
+                    .display()
+                    .to_string(),
+                source,
+            })
+    }
+
+    fn state_err(bdf: Bdf) -> impl Fn(StateError) -> BindError {
+        move |source| BindError::State { bdf, source }
+    }
+
+    /// Checks that `bind` can work, without changing anything.
+    fn check_bindable(&self, bdf: Bdf) -> Result<(), BindError> {
+        let f = self
+            .host
+            .function(bdf)
+            .map_err(|_| BindError::UnknownDevice { bdf })?;
+        if f.is_bridge {
+            return Err(BindError::Bridge { bdf });
+        }
+        if f.iommu_group.is_none() {
+            return Err(BindError::NoIommuGroup { bdf });
+        }
+        if let Some(s) = f
+            .sriov
+            .as_ref()
+            .filter(|s| s.num_vfs > 0 && f.driver.as_deref() != Some(VFIO_PCI))
+        {
+            return Err(BindError::PfHasVfs {
+                bdf,
+                num_vfs: s.num_vfs,
+            });
+        }
+        if !self.host.driver_loaded(VFIO_PCI) {
+            return Err(BindError::VfioPciMissing { bdf });
+        }
+        Ok(())
+    }
+
+    /// Moves one device to vfio-pci. Idempotent.
+    pub fn bind(&self, bdf: Bdf) -> Result<BindOutcome, BindError> {
+        self.check_bindable(bdf)?;
+        let lock = self.state.lock().map_err(Self::state_err(bdf))?;
+        self.bind_locked(bdf, &lock)
+    }
+
+    fn bind_locked(&self, bdf: Bdf, lock: &StateLock) -> Result<BindOutcome, BindError> {
+        let previous = self.host.driver(bdf);
+        if previous.as_deref() == Some(VFIO_PCI) {
+            log::info!("{bdf}: already bound to vfio-pci");
+            return Ok(BindOutcome::AlreadyBound);
+        }
+        let rec = BindingRecord {
+            bdf,
+            driver: previous.clone(),
+            driver_override: self.host.driver_override(bdf),
+            owner: self.owner.clone(),
+        };
+        self.state.add(rec, lock).map_err(Self::state_err(bdf))?;
+        let dir = self.host.device_dir(bdf);
+        let result = (|| {
+            self.write(bdf, dir.join("driver_override"), VFIO_PCI)?;
+            if let Some(drv) = &previous {
+                self.write(
+                    bdf,
+                    self.host.driver_dir(drv).join("unbind"),
+                    &bdf.to_string(),
+                )?;
+            }
+            // The probe's own result is in the driver link; its errno (e.g. a probe that
+            // failed inside vfio-pci) is reported through the check below.
+            if let Err(e) = self.write(
+                bdf,
+                self.host.path("sys/bus/pci/drivers_probe"),
+                &bdf.to_string(),
+            ) {
+                log::warn!("{e}");
+            }
+            let now = self.host.driver(bdf);
+            if now.as_deref() != Some(VFIO_PCI) {
+                return Err(BindError::Probe {
+                    bdf,
+                    expected: VFIO_PCI.into(),
+                    found: now,
+                });
+            }
+            Ok(())
+        })();
+        match result {
+            Ok(()) => {
+                log::info!(
+                    "{bdf}: bound to vfio-pci (was {})",
+                    previous.as_deref().unwrap_or("no driver")
+                );
+                Ok(BindOutcome::Bound { previous })
+            }
+            Err(e) => {
+                // Put the device back the way it was, so a failed bind changes nothing.
+                if let Err(re) = self.restore_locked(bdf, lock) {
+                    log::error!("{bdf}: restoring after a failed bind: {re}");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Moves a device and every other non-bridge member of its IOMMU group to vfio-pci: VFIO
+    /// only opens a group whose every device is on vfio-pci, has no driver, or is a bridge.
+    /// All-or-nothing: on failure, the members bound by this call are restored.
+    pub fn bind_group(&self, bdf: Bdf) -> Result<Vec<(Bdf, BindOutcome)>, BindError> {
+        self.check_bindable(bdf)?;
+        let group = self
+            .host
+            .iommu_group(bdf)
+            .ok_or(BindError::NoIommuGroup { bdf })?;
+        let members: Vec<Bdf> = self
+            .host
+            .iommu_group_members(group)
+            .into_iter()
+            .filter(|m| {
+                self.host
+                    .function(*m)
+                    .map(|f| !f.is_bridge)
+                    .unwrap_or(false)
+            })
+            .collect();
+        let lock = self.state.lock().map_err(Self::state_err(bdf))?;
+        let mut done = Vec::new();
+        for m in members {
+            match self.bind_locked(m, &lock) {
+                Ok(o) => done.push((m, o)),
+                Err(e) => {
+                    for (b, o) in done.iter().rev() {
+                        if matches!(o, BindOutcome::Bound { .. }) {
+                            if let Err(re) = self.restore_locked(*b, &lock) {
+                                log::error!("{b}: rolling back group bind: {re}");
+                            }
+                        }
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(done)
+    }
+
+    /// Gives a recorded device back to its original driver and drops the record. Without a
+    /// record nothing is changed. Idempotent.
+    pub fn restore(&self, bdf: Bdf) -> Result<RestoreOutcome, BindError> {
+        let lock = self.state.lock().map_err(Self::state_err(bdf))?;
+        self.restore_locked(bdf, &lock)
+    }
+
+    fn restore_locked(&self, bdf: Bdf, lock: &StateLock) -> Result<RestoreOutcome, BindError> {
+        let Some(rec) = self.state.record(bdf).map_err(Self::state_err(bdf))? else {
+            return Ok(RestoreOutcome::NothingToDo {
+                driver: self.host.driver(bdf),
+            });
+        };
+        if !self.host.device_exists(bdf) {
+            log::info!("{bdf}: gone; dropping its binding record");
+            self.state.remove(bdf, lock).map_err(Self::state_err(bdf))?;
+            return Ok(RestoreOutcome::Gone);
+        }
+        let dir = self.host.device_dir(bdf);
+        // Clearing the override first: otherwise the probe below would pick vfio-pci again.
+        self.write(
+            bdf,
+            dir.join("driver_override"),
+            rec.driver_override.as_deref().unwrap_or("\n"),
+        )?;
+        let current = self.host.driver(bdf);
+        if current.is_some() && current != rec.driver {
+            if current.as_deref() == Some(VFIO_PCI) {
+                self.write(
+                    bdf,
+                    self.host.driver_dir(VFIO_PCI).join("unbind"),
+                    &bdf.to_string(),
+                )?;
+            } else {
+                log::warn!(
+                    "{bdf}: now on {}, not vfio-pci; leaving it there",
+                    current.as_deref().unwrap_or("-")
+                );
+                self.state.remove(bdf, lock).map_err(Self::state_err(bdf))?;
+                return Ok(RestoreOutcome::Restored { driver: current });
+            }
+        }
+        if let Some(orig) = &rec.driver {
+            if self.host.driver(bdf).is_none() {
+                if let Err(e) = self.write(
+                    bdf,
+                    self.host.path("sys/bus/pci/drivers_probe"),
+                    &bdf.to_string(),
+                ) {
+                    log::warn!("{e}");
+                }
+            }
+            // The kernel's choice may differ from the recorded driver (it was bound by hand):
+            // bind it explicitly then.
+            if self.host.driver(bdf).is_none() && self.host.driver_loaded(orig) {
+                self.write(
+                    bdf,
+                    self.host.driver_dir(orig).join("bind"),
+                    &bdf.to_string(),
+                )?;
+            }
+            let now = self.host.driver(bdf);
+            if now.as_ref() != Some(orig) {
+                return Err(BindError::Probe {
+                    bdf,
+                    expected: orig.clone(),
+                    found: now,
+                });
+            }
+        }
+        self.state.remove(bdf, lock).map_err(Self::state_err(bdf))?;
+        log::info!(
+            "{bdf}: restored to {}",
+            rec.driver.as_deref().unwrap_or("no driver")
+        );
+        Ok(RestoreOutcome::Restored { driver: rec.driver })
+    }
+
+    /// Restores every recorded device (of any owner). Each device's result is reported; one
+    /// failure does not stop the others.
+    pub fn restore_all(&self) -> Result<Vec<DeviceRestore>, StateError> {
+        let lock = self.state.lock()?;
+        Ok(self
+            .state
+            .records()?
+            .into_iter()
+            .map(|r| (r.bdf, self.restore_locked(r.bdf, &lock)))
+            .collect())
+    }
+
+    /// Restores the devices this binder's owner recorded (a VMM's exit path).
+    pub fn restore_owned(&self) -> Result<Vec<DeviceRestore>, StateError> {
+        let lock = self.state.lock()?;
+        Ok(self
+            .state
+            .records()?
+            .into_iter()
+            .filter(|r| r.owner == self.owner)
+            .map(|r| (r.bdf, self.restore_locked(r.bdf, &lock)))
+            .collect())
+    }
+
+    /// Takes a device off vfio-pci: back to its recorded driver if there is a record, else
+    /// to whatever driver the kernel picks for it. Idempotent.
+    pub fn unbind(&self, bdf: Bdf) -> Result<RestoreOutcome, BindError> {
+        if !self.host.device_exists(bdf) {
+            return Err(BindError::UnknownDevice { bdf });
+        }
+        let lock = self.state.lock().map_err(Self::state_err(bdf))?;
+        if self
+            .state
+            .record(bdf)
+            .map_err(Self::state_err(bdf))?
+            .is_some()
+        {
+            return self.restore_locked(bdf, &lock);
+        }
+        let current = self.host.driver(bdf);
+        if current.as_deref() != Some(VFIO_PCI) {
+            return Ok(RestoreOutcome::NothingToDo { driver: current });
+        }
+        let dir = self.host.device_dir(bdf);
+        if self.host.driver_override(bdf).as_deref() == Some(VFIO_PCI) {
+            self.write(bdf, dir.join("driver_override"), "\n")?;
+        }
+        self.write(
+            bdf,
+            self.host.driver_dir(VFIO_PCI).join("unbind"),
+            &bdf.to_string(),
+        )?;
+        if let Err(e) = self.write(
+            bdf,
+            self.host.path("sys/bus/pci/drivers_probe"),
+            &bdf.to_string(),
+        ) {
+            log::warn!("{e}");
+        }
+        Ok(RestoreOutcome::Released {
+            driver: self.host.driver(bdf),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fake::{temp_root, testbed_like, FakeDevice, FakeSysfs};
+    use super::*;
+    use crate::sysfs::pci_address;
+
+    const PF: Bdf = pci_address(0, 1, 0, 0);
+    const NVME: Bdf = pci_address(0, 2, 0, 0);
+
+    fn setup(tag: &str) -> (FakeSysfs, Binder) {
+        let f = testbed_like(temp_root(tag).unwrap()).unwrap();
+        let h = f.live_host();
+        let b = Binder::new(h.clone(), StateFile::for_host(&h), "viaductctl");
+        (f, b)
+    }
+
+    #[test]
+    fn bind_then_restore_round_trips_the_driver() {
+        let (f, b) = setup("bind");
+        assert_eq!(
+            b.bind(PF).unwrap(),
+            BindOutcome::Bound {
+                previous: Some("igb".into())
+            }
+        );
+        assert_eq!(b.host().driver(PF).as_deref(), Some("vfio-pci"));
+        assert_eq!(b.host().driver_override(PF).as_deref(), Some("vfio-pci"));
+        let rec = b.state().record(PF).unwrap().unwrap();
+        assert_eq!(rec.driver.as_deref(), Some("igb"));
+        // Repeating is harmless and keeps the original record.
+        assert_eq!(b.bind(PF).unwrap(), BindOutcome::AlreadyBound);
+        assert_eq!(b.state().records().unwrap().len(), 1);
+        assert_eq!(
+            b.restore(PF).unwrap(),
+            RestoreOutcome::Restored {
+                driver: Some("igb".into())
+            }
+        );
+        assert_eq!(b.host().driver(PF).as_deref(), Some("igb"));
+        assert_eq!(b.host().driver_override(PF), None);
+        assert!(b.state().records().unwrap().is_empty());
+        assert_eq!(
+            b.restore(PF).unwrap(),
+            RestoreOutcome::NothingToDo {
+                driver: Some("igb".into())
+            }
+        );
+        std::fs::remove_dir_all(f.root()).unwrap();
+    }
+
+    #[test]
+    fn a_driverless_device_goes_back_to_no_driver() {
+        let (f, b) = setup("nodrv");
+        f.unbind(NVME).unwrap();
+        assert_eq!(b.bind(NVME).unwrap(), BindOutcome::Bound { previous: None });
+        assert_eq!(b.host().driver(NVME).as_deref(), Some("vfio-pci"));
+        assert_eq!(
+            b.unbind(NVME).unwrap(),
+            RestoreOutcome::Restored { driver: None }
+        );
+        assert_eq!(b.host().driver(NVME), None);
+        std::fs::remove_dir_all(f.root()).unwrap();
+    }
+
+    #[test]
+    fn unbind_without_record_hands_the_device_to_its_native_driver() {
+        let (f, b) = setup("unbind");
+        f.unbind(NVME).unwrap();
+        f.bind(NVME, "vfio-pci").unwrap();
+        assert_eq!(
+            b.unbind(NVME).unwrap(),
+            RestoreOutcome::Released {
+                driver: Some("nvme".into())
+            }
+        );
+        assert_eq!(
+            b.unbind(NVME).unwrap(),
+            RestoreOutcome::NothingToDo {
+                driver: Some("nvme".into())
+            }
+        );
+        std::fs::remove_dir_all(f.root()).unwrap();
+    }
+
+    #[test]
+    fn restore_all_after_a_killed_owner() {
+        let (f, b) = setup("killed");
+        let vmm = Binder::new(b.host().clone(), b.state().clone(), "viaduct[42]");
+        vmm.bind(PF).unwrap();
+        b.bind(NVME).unwrap();
+        // The VMM restores only its own devices.
+        let r = vmm.restore_owned().unwrap();
+        assert_eq!(r.len(), 1);
+        assert_eq!(b.host().driver(PF).as_deref(), Some("igb"));
+        assert_eq!(b.host().driver(NVME).as_deref(), Some("vfio-pci"));
+        let r = b.restore_all().unwrap();
+        assert_eq!(r.len(), 1);
+        assert!(r[0].1.is_ok());
+        assert_eq!(b.host().driver(NVME).as_deref(), Some("nvme"));
+        std::fs::remove_dir_all(f.root()).unwrap();
+    }
+
+    #[test]
+    fn bad_input_changes_nothing() {
+        let (f, b) = setup("bad");
+        assert!(matches!(
+            b.bind(pci_address(0, 9, 0, 0)),
+            Err(BindError::UnknownDevice { .. })
+        ));
+        assert!(matches!(
+            b.bind(pci_address(0, 0, 1, 0)),
+            Err(BindError::Bridge { .. })
+        ));
+        let h = f.live_host();
+        h.set_num_vfs(PF, 1, crate::sysfs::SriovOptions::default())
+            .unwrap();
+        assert!(matches!(
+            b.bind(PF),
+            Err(BindError::PfHasVfs { num_vfs: 1, .. })
+        ));
+        h.set_num_vfs(PF, 0, crate::sysfs::SriovOptions::default())
+            .unwrap();
+        std::fs::remove_dir_all(f.path("sys/bus/pci/drivers/vfio-pci")).unwrap();
+        assert!(matches!(b.bind(PF), Err(BindError::VfioPciMissing { .. })));
+        assert_eq!(b.host().driver(PF).as_deref(), Some("igb"));
+        assert!(b.state().records().unwrap().is_empty());
+        std::fs::remove_dir_all(f.root()).unwrap();
+    }
+
+    #[test]
+    fn a_failed_probe_rolls_back() {
+        let (f, b) = setup("rollback");
+        // A device vfio-pci will not take: the fake kernel binds the override only if that
+        // driver exists, so point the override at a name and remove vfio-pci after the check.
+        let h = f.host();
+        let me = f.clone();
+        let mut live = h.clone();
+        live.kernel = Some(std::sync::Arc::new(
+            move |_h: &PciHost, p: &std::path::Path, v: &str| {
+                if p.ends_with("drivers_probe")
+                    && me
+                        .path("sys/bus/pci/devices/0000:01:00.0/driver_override")
+                        .exists()
+                    && std::fs::read_to_string(
+                        me.path("sys/bus/pci/devices/0000:01:00.0/driver_override"),
+                    )
+                    .unwrap_or_default()
+                    .trim()
+                        == "vfio-pci"
+                {
+                    return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+                }
+                me.kernel_write(p, v)
+            },
+        ));
+        let b = Binder::new(live, b.state().clone(), "viaductctl");
+        match b.bind(PF) {
+            Err(BindError::Probe { found: None, .. }) => {}
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(b.host().driver(PF).as_deref(), Some("igb"));
+        assert_eq!(b.host().driver_override(PF), None);
+        assert!(b.state().records().unwrap().is_empty());
+        std::fs::remove_dir_all(f.root()).unwrap();
+    }
+
+    #[test]
+    fn group_bind_takes_every_non_bridge_member() {
+        let f = FakeSysfs::new(temp_root("group").unwrap()).unwrap();
+        for d in ["vfio-pci", "e1000e", "pcieport"] {
+            f.add_driver(d).unwrap();
+        }
+        let mut a = FakeDevice::new(pci_address(0, 3, 0, 0), 0x8086, 0x10d3, 0x020000);
+        a.iommu_group = Some(3);
+        a.native_driver = Some("e1000e".into());
+        let mut c = a.clone();
+        c.bdf = pci_address(0, 3, 0, 1);
+        let mut br = FakeDevice::new(pci_address(0, 0, 2, 0), 0x1b36, 0xc, 0x060400);
+        br.iommu_group = Some(3);
+        br.native_driver = Some("pcieport".into());
+        for d in [&a, &c, &br] {
+            f.add_device(d).unwrap();
+        }
+        let h = f.live_host();
+        let b = Binder::new(h.clone(), StateFile::for_host(&h), "viaductctl");
+        let done = b.bind_group(a.bdf).unwrap();
+        assert_eq!(done.len(), 2);
+        assert_eq!(h.driver(c.bdf).as_deref(), Some("vfio-pci"));
+        assert_eq!(h.driver(br.bdf).as_deref(), Some("pcieport"));
+        assert_eq!(b.restore_all().unwrap().len(), 2);
+        assert_eq!(h.driver(a.bdf).as_deref(), Some("e1000e"));
+        assert_eq!(h.driver(c.bdf).as_deref(), Some("e1000e"));
+        std::fs::remove_dir_all(f.root()).unwrap();
+    }
+}
