@@ -102,6 +102,16 @@ pub fn mmio64_start(ram_size: u64) -> u64 {
     ram_end.max(MEM_32BIT_HOLE_END).next_multiple_of(GIB)
 }
 
+// The fixed areas must not overlap: checked at compile time.
+const _: () = {
+    assert!(PCI_MMIO32_START + PCI_MMIO32_SIZE <= PCI_ECAM_START);
+    assert!(PCI_ECAM_START + PCI_ECAM_SIZE <= IOAPIC_START);
+    assert!(MEM_32BIT_HOLE_START <= PCI_MMIO32_START);
+    assert!(PDE_START + 4 * 0x1000 <= CMDLINE_START);
+    assert!(CMDLINE_START + CMDLINE_MAX_SIZE as u64 <= EBDA_START);
+    assert!(ZERO_PAGE_START + 0x1000 <= BOOT_STACK_POINTER);
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,14 +128,5 @@ mod tests {
         assert_eq!(r, vec![(0, 3 * GIB), (4 * GIB, GIB)]);
         assert_eq!(mmio64_start(4 * GIB), 5 * GIB);
         assert_eq!(low_ram_end(4 * GIB), 3 * GIB);
-    }
-
-    #[test]
-    fn fixed_areas_do_not_overlap() {
-        assert!(PCI_MMIO32_START + PCI_MMIO32_SIZE <= PCI_ECAM_START);
-        assert!(PCI_ECAM_START + PCI_ECAM_SIZE <= IOAPIC_START);
-        assert!(MEM_32BIT_HOLE_START <= PCI_MMIO32_START);
-        assert!(PDE_START + 4 * 0x1000 <= CMDLINE_START);
-        assert!(CMDLINE_START + CMDLINE_MAX_SIZE as u64 <= EBDA_START);
     }
 }

@@ -17,8 +17,32 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// Clap's own message, squeezed to one line (no usage block), for the one-line error rule.
+fn one_line(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    text.lines()
+        .map(str::trim)
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+        .trim_start_matches("error: ")
+        .to_string()
+}
+
 fn main() -> ExitCode {
-    let cli = config::Cli::parse();
+    let cli = match config::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help and --version: print as clap formats them, exit 0.
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("viaduct: error: {} (see --help)", one_line(&e));
+            return ExitCode::FAILURE;
+        }
+    };
     env_logger::Builder::new()
         .filter_level(cli.log_level)
         .format_target(false)

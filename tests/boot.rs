@@ -64,5 +64,18 @@ fn guest_poweroff_ends_viaduct_with_status_zero() {
             s.log.display()
         );
     }
+    s.assert_check("viaduct-reboot/reboot-exit");
+    let rc = s.value_u64("viaduct-reboot/vmm_rc").expect("vmm_rc");
+    assert_eq!(rc, 0, "viaduct exited with {rc} after the guest's reboot (--on-reboot exit)");
     s.assert_passed();
+}
+
+#[test]
+fn guest_finds_the_pci_root_complex() {
+    let s = common::scenario("boot-linux").expect("boot-linux results");
+    for (run, _) in RUNS {
+        s.assert_check(&format!("{run}/pci-host-bridge"));
+        let devices = s.value(&format!("{run}/pci_devices")).unwrap_or("");
+        assert!(devices.split_whitespace().any(|d| d == "0000:00:00.0"), "{run}: PCI devices {devices:?}");
+    }
 }

@@ -100,10 +100,11 @@ fn require_kvm() {
 }
 
 fn spawn(kernel: &Path, extra: &[&str]) -> Child {
+    let memory: &[&str] = if extra.contains(&"--memory") { &[] } else { &["--memory", "64M"] };
     Command::new(VIADUCT)
         .arg("--kernel")
         .arg(kernel)
-        .args(["--memory", "64M"])
+        .args(memory)
         .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -208,7 +209,9 @@ fn sigterm_stops_a_running_guest_in_order() {
 #[test]
 fn errors_are_one_clear_line_and_non_zero() {
     let k = write_kernel("garbage", b"this is not a kernel");
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 7] = [
+        (&[], "the following required arguments were not provided: --kernel <PATH>"),
+        (&["--kernel", "k", "--frobnicate"], "unexpected argument '--frobnicate'"),
         (&["--kernel", "/nonexistent/vmlinuz"], "opening kernel image /nonexistent/vmlinuz"),
         (&["--kernel", k.to_str().unwrap()], "loading kernel image"),
         (&["--kernel", "k", "--cpus", "0"], "--cpus: boot=0 is out of range"),

@@ -155,6 +155,10 @@ fn vf_sets_mac_and_vlan_and_the_pf_reports_them() {
         dmesg.contains("02:00:00:00:00:aa"),
         "igb did not log the MAC: {dmesg}"
     );
+    assert!(
+        dmesg.contains("setting vlan 100, qos 0x0 on vf 0"),
+        "igb did not log the VLAN: {dmesg}"
+    );
 }
 
 #[test]
@@ -359,4 +363,25 @@ fn check_names_missing_vfio_modules_and_fix_loads_them() {
     assert_eq!(rc(&s, "check_fix"), 0);
     assert_eq!(doc(&s, "check_fix_json")["ok"], true);
     assert_eq!(s.value("check_fix_vfio_loaded"), Some("yes"));
+}
+
+#[test]
+fn a_device_the_host_uses_is_refused() {
+    let s = scenario();
+    let iface = s.value("pf_if").unwrap();
+    assert_eq!(rc(&s, "bind_inuse"), 1);
+    let err = doc(&s, "bind_inuse_json");
+    let causes = err["error"]["causes"].to_string();
+    assert!(
+        causes.contains(&format!("interface {iface} is up")),
+        "{err}"
+    );
+    assert_eq!(s.value("bind_inuse_driver"), Some("igb"));
+    let c = doc(&s, "check_inuse_json");
+    let f = c["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["check"] == "in-use");
+    assert_eq!(f.map(|f| f["severity"].as_str()), Some(Some("warn")), "{c}");
 }

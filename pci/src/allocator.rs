@@ -22,12 +22,34 @@ pub enum Pool {
 #[derive(Debug, thiserror::Error)]
 pub enum AllocError {
     #[error("PCI {pool:?} window {base:#x}+{size:#x} is invalid")]
-    CreatePool { pool: Pool, base: u64, size: u64, #[source] source: vm_allocator::Error },
-    #[error("{bdf}: no space for BAR {bar:?} ({size:#x} bytes, {kind:?}) in the {pool:?} window; \
-             give the VM a larger window or fewer/smaller devices")]
-    AllocateBar { bdf: Bdf, bar: BarIndex, kind: BarKind, size: u64, pool: Pool, #[source] source: vm_allocator::Error },
+    CreatePool {
+        pool: Pool,
+        base: u64,
+        size: u64,
+        #[source]
+        source: vm_allocator::Error,
+    },
+    #[error(
+        "{bdf}: no space for BAR {bar:?} ({size:#x} bytes, {kind:?}) in the {pool:?} window; \
+             give the VM a larger window or fewer/smaller devices"
+    )]
+    AllocateBar {
+        bdf: Bdf,
+        bar: BarIndex,
+        kind: BarKind,
+        size: u64,
+        pool: Pool,
+        #[source]
+        source: vm_allocator::Error,
+    },
     #[error("{port}: no space for a {size:#x}-byte {pool:?} bridge window")]
-    AllocateWindow { port: Bdf, pool: Pool, size: u64, #[source] source: vm_allocator::Error },
+    AllocateWindow {
+        port: Bdf,
+        pool: Pool,
+        size: u64,
+        #[source]
+        source: vm_allocator::Error,
+    },
     #[error("{bdf}: BAR {bar:?} size {size:#x} is not a power of two")]
     BarSize { bdf: Bdf, bar: BarIndex, size: u64 },
     #[error("{port}: the devices behind it need {size:#x} bytes of {pool:?} space, more than can be addressed")]
@@ -47,7 +69,10 @@ pub struct PciWindows {
 /// at 2^48 to stay inside 4-level paging's reach.
 pub fn mmio64_window(start: u64, phys_bits: u8) -> Window {
     let top = 1u64 << phys_bits.clamp(32, 48);
-    Window { base: start, size: top.saturating_sub(start) }
+    Window {
+        base: start,
+        size: top.saturating_sub(start),
+    }
 }
 
 /// One BAR to place.
@@ -102,10 +127,18 @@ pub struct BarAllocator {
 impl BarAllocator {
     pub fn new(w: PciWindows) -> Result<Self, AllocError> {
         let make = |pool, win: Window| {
-            AddressAllocator::new(win.base, win.size)
-                .map_err(|source| AllocError::CreatePool { pool, base: win.base, size: win.size, source })
+            AddressAllocator::new(win.base, win.size).map_err(|source| AllocError::CreatePool {
+                pool,
+                base: win.base,
+                size: win.size,
+                source,
+            })
         };
-        Ok(Self { mmio32: make(Pool::Mmio32, w.mmio32)?, mmio64: make(Pool::Mmio64, w.mmio64)?, io: make(Pool::Io, w.io)? })
+        Ok(Self {
+            mmio32: make(Pool::Mmio32, w.mmio32)?,
+            mmio64: make(Pool::Mmio64, w.mmio64)?,
+            io: make(Pool::Io, w.io)?,
+        })
     }
 
     fn pool(&mut self, pool: Pool) -> &mut AddressAllocator {
@@ -119,14 +152,23 @@ impl BarAllocator {
     /// Places a BAR of a function on bus 0, naturally aligned.
     pub fn allocate_bar(&mut self, req: BarRequest) -> Result<u64, AllocError> {
         if !req.size.is_power_of_two() {
-            return Err(AllocError::BarSize { bdf: req.bdf, bar: req.bar, size: req.size });
+            return Err(AllocError::BarSize {
+                bdf: req.bdf,
+                bar: req.bar,
+                size: req.size,
+            });
         }
         let pool = pool_for(req.kind);
         self.pool(pool)
             .allocate(req.size, req.size, AllocPolicy::FirstMatch)
             .map(|r| r.start())
             .map_err(|source| AllocError::AllocateBar {
-                bdf: req.bdf, bar: req.bar, kind: req.kind, size: req.size, pool, source,
+                bdf: req.bdf,
+                bar: req.bar,
+                kind: req.kind,
+                size: req.size,
+                pool,
+                source,
             })
     }
 
@@ -144,17 +186,28 @@ impl BarAllocator {
             (Pool::Mmio64, MEM_WINDOW_GRANULE, reserve.prefetch),
             (Pool::Io, IO_WINDOW_GRANULE, reserve.io),
         ] {
-            let mut group: Vec<&BarRequest> = bars.iter().filter(|b| pool_for(b.kind) == pool).collect();
+            let mut group: Vec<&BarRequest> =
+                bars.iter().filter(|b| pool_for(b.kind) == pool).collect();
             if let Some(b) = group.iter().find(|b| !b.size.is_power_of_two()) {
-                return Err(AllocError::BarSize { bdf: b.bdf, bar: b.bar, size: b.size });
+                return Err(AllocError::BarSize {
+                    bdf: b.bdf,
+                    bar: b.bar,
+                    size: b.size,
+                });
             }
             // Largest first: with power-of-two sizes every BAR then lands naturally
             // aligned inside a window aligned to the largest one.
-            group.sort_by(|a, b| b.size.cmp(&a.size));
-            let total = group.iter().try_fold(extra, |acc, b| acc.checked_add(b.size));
+            group.sort_by_key(|b| std::cmp::Reverse(b.size));
+            let total = group
+                .iter()
+                .try_fold(extra, |acc, b| acc.checked_add(b.size));
             let size = total
                 .and_then(|t| t.checked_next_multiple_of(granule))
-                .ok_or(AllocError::WindowSize { port, pool, size: u64::MAX })?;
+                .ok_or(AllocError::WindowSize {
+                    port,
+                    pool,
+                    size: u64::MAX,
+                })?;
             if size == 0 {
                 continue;
             }
@@ -162,11 +215,23 @@ impl BarAllocator {
             let range = self
                 .pool(pool)
                 .allocate(size, align, AllocPolicy::FirstMatch)
-                .map_err(|source| AllocError::AllocateWindow { port, pool, size, source })?;
-            let window = Window { base: range.start(), size };
+                .map_err(|source| AllocError::AllocateWindow {
+                    port,
+                    pool,
+                    size,
+                    source,
+                })?;
+            let window = Window {
+                base: range.start(),
+                size,
+            };
             let mut next = window.base;
             for b in group {
-                layout.bars.push(BarPlacement { bdf: b.bdf, bar: b.bar, addr: next });
+                layout.bars.push(BarPlacement {
+                    bdf: b.bdf,
+                    bar: b.bar,
+                    addr: next,
+                });
                 next += b.size;
             }
             match pool {
@@ -180,7 +245,9 @@ impl BarAllocator {
 
     /// Returns a BAR's or window's range to its pool (device detach).
     pub fn free(&mut self, pool: Pool, window: Window) -> Result<(), vm_allocator::Error> {
-        let last = window.last().ok_or(vm_allocator::Error::InvalidSize(window.size))?;
+        let last = window
+            .last()
+            .ok_or(vm_allocator::Error::InvalidSize(window.size))?;
         let range = RangeInclusive::new(window.base, last)?;
         self.pool(pool).free(&range)
     }
@@ -194,26 +261,57 @@ mod tests {
 
     fn windows() -> PciWindows {
         PciWindows {
-            mmio32: Window { base: 0xc000_0000, size: 0x2000_0000 },
+            mmio32: Window {
+                base: 0xc000_0000,
+                size: 0x2000_0000,
+            },
             mmio64: mmio64_window(4 * GIB, 40),
-            io: Window { base: 0x1000, size: 0xf000 },
+            io: Window {
+                base: 0x1000,
+                size: 0xf000,
+            },
         }
     }
 
     fn req(bus: u8, bar: u8, kind: BarKind, size: u64) -> BarRequest {
-        BarRequest { bdf: Bdf::from_devfn(0, bus, 0), bar: BarIndex(bar), kind, size }
+        BarRequest {
+            bdf: Bdf::from_devfn(0, bus, 0),
+            bar: BarIndex(bar),
+            kind,
+            size,
+        }
     }
 
     #[test]
     fn natural_alignment_on_bus0() {
         let mut a = BarAllocator::new(windows()).unwrap();
-        let x = a.allocate_bar(req(0, 0, BarKind::Mem32 { prefetchable: false }, 0x1000)).unwrap();
-        let y = a.allocate_bar(req(0, 1, BarKind::Mem32 { prefetchable: false }, 0x10_0000)).unwrap();
+        let x = a
+            .allocate_bar(req(
+                0,
+                0,
+                BarKind::Mem32 {
+                    prefetchable: false,
+                },
+                0x1000,
+            ))
+            .unwrap();
+        let y = a
+            .allocate_bar(req(
+                0,
+                1,
+                BarKind::Mem32 {
+                    prefetchable: false,
+                },
+                0x10_0000,
+            ))
+            .unwrap();
         assert_eq!(x, 0xc000_0000);
         assert_eq!(y % 0x10_0000, 0);
         let io = a.allocate_bar(req(0, 2, BarKind::Io, 0x20)).unwrap();
         assert_eq!(io, 0x1000);
-        let hi = a.allocate_bar(req(0, 3, BarKind::Mem64 { prefetchable: true }, 64 * GIB)).unwrap();
+        let hi = a
+            .allocate_bar(req(0, 3, BarKind::Mem64 { prefetchable: true }, 64 * GIB))
+            .unwrap();
         assert_eq!(hi % (64 * GIB), 0);
         assert!(hi >= 4 * GIB);
     }
@@ -223,12 +321,21 @@ mod tests {
         let mut a = BarAllocator::new(windows()).unwrap();
         let port: Bdf = "00:01.0".parse().unwrap();
         let bars = [
-            req(1, 0, BarKind::Mem32 { prefetchable: false }, 0x4000),
+            req(
+                1,
+                0,
+                BarKind::Mem32 {
+                    prefetchable: false,
+                },
+                0x4000,
+            ),
             req(1, 1, BarKind::Mem64 { prefetchable: true }, 64 * GIB),
             req(1, 3, BarKind::Mem64 { prefetchable: true }, 32 << 20),
             req(1, 5, BarKind::Io, 0x80),
         ];
-        let l = a.allocate_port(port, &bars, WindowReserve::default()).unwrap();
+        let l = a
+            .allocate_port(port, &bars, WindowReserve::default())
+            .unwrap();
         let pref = l.windows.prefetch.unwrap();
         assert_eq!(pref.size, 64 * GIB + (32 << 20));
         assert_eq!(pref.base % (64 * GIB), 0);
@@ -241,11 +348,21 @@ mod tests {
                 Pool::Mmio32 => l.windows.mem,
                 Pool::Mmio64 => l.windows.prefetch,
                 Pool::Io => l.windows.io,
-            }.unwrap();
+            }
+            .unwrap();
             assert!(w.contains(p.addr, b.size));
         }
         // A second port gets disjoint windows.
-        let l2 = a.allocate_port("00:02.0".parse().unwrap(), &bars[..1], WindowReserve { mem: 3 << 20, ..Default::default() }).unwrap();
+        let l2 = a
+            .allocate_port(
+                "00:02.0".parse().unwrap(),
+                &bars[..1],
+                WindowReserve {
+                    mem: 3 << 20,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
         assert_eq!(l2.windows.mem.unwrap().size, 4 << 20);
         assert!(l2.windows.prefetch.is_none() && l2.windows.io.is_none());
         assert_ne!(l2.windows.mem.unwrap().base, l.windows.mem.unwrap().base);
@@ -254,20 +371,51 @@ mod tests {
     #[test]
     fn clear_errors_when_full() {
         let mut a = BarAllocator::new(windows()).unwrap();
-        let e = a.allocate_bar(req(3, 2, BarKind::Mem32 { prefetchable: false }, 1 << 30)).unwrap_err();
+        let e = a
+            .allocate_bar(req(
+                3,
+                2,
+                BarKind::Mem32 {
+                    prefetchable: false,
+                },
+                1 << 30,
+            ))
+            .unwrap_err();
         let msg = e.to_string();
-        assert!(msg.contains("0000:03:00.0") && msg.contains("BarIndex(2)") && msg.contains("Mmio32"), "{msg}");
+        assert!(
+            msg.contains("0000:03:00.0") && msg.contains("BarIndex(2)") && msg.contains("Mmio32"),
+            "{msg}"
+        );
         let e = a.allocate_bar(req(3, 2, BarKind::Io, 3)).unwrap_err();
         assert!(matches!(e, AllocError::BarSize { .. }));
-        let small = PciWindows { mmio64: mmio64_window(4 * GIB, 36), ..windows() };
+        let small = PciWindows {
+            mmio64: mmio64_window(4 * GIB, 36),
+            ..windows()
+        };
         let mut a = BarAllocator::new(small).unwrap();
-        let e = a.allocate_port("00:01.0".parse().unwrap(), &[req(1, 0, BarKind::Mem64 { prefetchable: true }, 64 * GIB)], WindowReserve::default());
-        assert!(matches!(e, Err(AllocError::AllocateWindow { pool: Pool::Mmio64, .. })));
+        let e = a.allocate_port(
+            "00:01.0".parse().unwrap(),
+            &[req(1, 0, BarKind::Mem64 { prefetchable: true }, 64 * GIB)],
+            WindowReserve::default(),
+        );
+        assert!(matches!(
+            e,
+            Err(AllocError::AllocateWindow {
+                pool: Pool::Mmio64,
+                ..
+            })
+        ));
     }
 
     #[test]
     fn mmio64_window_from_phys_bits() {
-        assert_eq!(mmio64_window(4 * GIB, 40), Window { base: 4 * GIB, size: (1 << 40) - 4 * GIB });
+        assert_eq!(
+            mmio64_window(4 * GIB, 40),
+            Window {
+                base: 4 * GIB,
+                size: (1 << 40) - 4 * GIB
+            }
+        );
         assert_eq!(mmio64_window(4 * GIB, 60).end(), 1 << 48);
         assert_eq!(mmio64_window(1 << 40, 36).size, 0);
     }
@@ -275,9 +423,43 @@ mod tests {
     #[test]
     fn free_returns_space() {
         let mut a = BarAllocator::new(windows()).unwrap();
-        let x = a.allocate_bar(req(0, 0, BarKind::Mem32 { prefetchable: false }, 0x2000_0000)).unwrap();
-        assert!(a.allocate_bar(req(0, 1, BarKind::Mem32 { prefetchable: false }, 0x1000)).is_err());
-        a.free(Pool::Mmio32, Window { base: x, size: 0x2000_0000 }).unwrap();
-        assert!(a.allocate_bar(req(0, 1, BarKind::Mem32 { prefetchable: false }, 0x1000)).is_ok());
+        let x = a
+            .allocate_bar(req(
+                0,
+                0,
+                BarKind::Mem32 {
+                    prefetchable: false,
+                },
+                0x2000_0000,
+            ))
+            .unwrap();
+        assert!(a
+            .allocate_bar(req(
+                0,
+                1,
+                BarKind::Mem32 {
+                    prefetchable: false
+                },
+                0x1000
+            ))
+            .is_err());
+        a.free(
+            Pool::Mmio32,
+            Window {
+                base: x,
+                size: 0x2000_0000,
+            },
+        )
+        .unwrap();
+        assert!(a
+            .allocate_bar(req(
+                0,
+                1,
+                BarKind::Mem32 {
+                    prefetchable: false
+                },
+                0x1000
+            ))
+            .is_ok());
     }
 }

@@ -147,7 +147,8 @@ impl ConfigSpace {
         cs.write_mask[REG_INTERRUPT] = 0xff;
         match header {
             HeaderType::Endpoint => {
-                cs.regs[11] = u32::from(ids.subsystem_vendor_id) | (u32::from(ids.subsystem_id) << 16);
+                cs.regs[11] =
+                    u32::from(ids.subsystem_vendor_id) | (u32::from(ids.subsystem_id) << 16);
             }
             HeaderType::Bridge => {
                 cs.write_mask[REG_BRIDGE_BUSES] = 0x00ff_ffff;
@@ -197,7 +198,10 @@ impl ConfigSpace {
     /// accesses are dropped.
     pub fn write(&mut self, reg: usize, offset: u64, data: &[u8]) {
         let Some((value, bytes)) = merge_bytes(offset, data) else {
-            log::debug!("config write of {} bytes at {reg:#x}+{offset} dropped", data.len());
+            log::debug!(
+                "config write of {} bytes at {reg:#x}+{offset} dropped",
+                data.len()
+            );
             return;
         };
         if !self.reg_implemented(reg) {
@@ -399,7 +403,11 @@ pub fn walk_capabilities(read: impl Fn(usize) -> u32) -> Vec<CapabilityRef> {
     let mut ptr = (read(REG_CAPABILITIES_PTR) & 0xfc) as usize;
     while ptr >= 0x40 && out.len() < 48 && seen.insert(ptr) {
         let header = read(ptr / 4);
-        out.push(CapabilityRef { id: (header & 0xff) as u16, offset: ptr, version: 0 });
+        out.push(CapabilityRef {
+            id: (header & 0xff) as u16,
+            offset: ptr,
+            version: 0,
+        });
         ptr = ((header >> 8) & 0xfc) as usize;
     }
     out
@@ -411,7 +419,7 @@ pub fn walk_extended_capabilities(read: impl Fn(usize) -> u32) -> Vec<Capability
     let mut out = Vec::new();
     let mut seen = HashSet::new();
     let mut ptr = EXTENDED_CAPS_START;
-    while ptr >= EXTENDED_CAPS_START && ptr < CONFIG_SPACE_DWORDS * 4 && seen.insert(ptr) {
+    while (EXTENDED_CAPS_START..CONFIG_SPACE_DWORDS * 4).contains(&ptr) && seen.insert(ptr) {
         let header = read(ptr / 4);
         if header == 0 || header == u32::MAX {
             break;
@@ -461,7 +469,11 @@ mod tests {
         cs.write(1, 0, &[0xff, 0xff]);
         assert_eq!(cs.command(), 0x0547);
         cs.write(1, 0, &[0x02]);
-        assert_eq!(cs.command(), 0x0502, "byte write leaves the other byte alone");
+        assert_eq!(
+            cs.command(),
+            0x0502,
+            "byte write leaves the other byte alone"
+        );
         cs.write(1, 1, &[0x00]);
         assert_eq!(cs.command(), 0x0002);
     }
@@ -544,7 +556,10 @@ mod tests {
         // A capability that would run past 0x100 is refused.
         assert_eq!(
             cs.add_capability(0x11, &[0; 0x100]),
-            Err(ConfigSpaceError::AddCapability { id: 0x11, len: 0x102 })
+            Err(ConfigSpaceError::AddCapability {
+                id: 0x11,
+                len: 0x102
+            })
         );
         // The guest cannot rewire the list.
         cs.write(13, 0, &[0x80]);
@@ -561,7 +576,10 @@ mod tests {
         assert_eq!((a, b), (0x100, 0x148));
         let caps = cs.extended_capabilities();
         assert_eq!(caps.len(), 2);
-        assert_eq!((caps[1].id, caps[1].offset, caps[1].version), (0xe, 0x148, 1));
+        assert_eq!(
+            (caps[1].id, caps[1].offset, caps[1].version),
+            (0xe, 0x148, 1)
+        );
         let mut conv = ConfigSpace::new(ids(), HeaderType::Endpoint, false);
         assert_eq!(
             conv.add_extended_capability(1, 1, &[]),

@@ -55,19 +55,52 @@ pub struct FunctionConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum FunctionError {
     #[error("{name}: defining BAR failed")]
-    DefineBar { name: String, #[source] source: BarError },
+    DefineBar {
+        name: String,
+        #[source]
+        source: BarError,
+    },
     #[error("{name}: placing BAR {bar:?} at {addr:#x} failed")]
-    PlaceBar { name: String, bar: BarIndex, addr: u64, #[source] source: BarError },
+    PlaceBar {
+        name: String,
+        bar: BarIndex,
+        addr: u64,
+        #[source]
+        source: BarError,
+    },
     #[error("{name}: adding a capability failed")]
-    AddCapability { name: String, #[source] source: ConfigSpaceError },
+    AddCapability {
+        name: String,
+        #[source]
+        source: ConfigSpaceError,
+    },
     #[error("{name}: adding the MSI capability failed")]
-    AddMsi { name: String, #[source] source: MsiError },
+    AddMsi {
+        name: String,
+        #[source]
+        source: MsiError,
+    },
     #[error("{name}: adding the MSI-X capability failed")]
-    AddMsix { name: String, #[source] source: MsixError },
+    AddMsix {
+        name: String,
+        #[source]
+        source: MsixError,
+    },
     #[error("{name}: MSI-X {what} ({bytes:#x} bytes at {offset:#x}) does not fit in BAR {bar:?}")]
-    MsixPlacement { name: String, what: &'static str, bar: BarIndex, offset: u64, bytes: u64 },
+    MsixPlacement {
+        name: String,
+        what: &'static str,
+        bar: BarIndex,
+        offset: u64,
+        bytes: u64,
+    },
     #[error("{name}: raising vector {vector:?} failed")]
-    Raise { name: String, vector: VectorIndex, #[source] source: InterruptError },
+    Raise {
+        name: String,
+        vector: VectorIndex,
+        #[source]
+        source: InterruptError,
+    },
 }
 
 /// An emulated function. `name` prefixes its log lines (e.g. its BDF).
@@ -82,11 +115,18 @@ pub struct EmulatedFunction<B> {
 }
 
 impl<B: FunctionBackend> EmulatedFunction<B> {
-    pub fn new(name: impl Into<String>, cfg: &FunctionConfig, backend: B) -> Result<Self, FunctionError> {
+    pub fn new(
+        name: impl Into<String>,
+        cfg: &FunctionConfig,
+        backend: B,
+    ) -> Result<Self, FunctionError> {
         let name = name.into();
         let mut config = ConfigSpace::new(cfg.ids, cfg.header, cfg.pcie.is_some());
         config.set_interrupt_pin(cfg.interrupt_pin);
-        let cap_err = |source| FunctionError::AddCapability { name: name.clone(), source };
+        let cap_err = |source| FunctionError::AddCapability {
+            name: name.clone(),
+            source,
+        };
         if let Some(p) = cfg.pcie {
             add_pcie_capability(&mut config, p).map_err(cap_err)?;
         }
@@ -96,19 +136,31 @@ impl<B: FunctionBackend> EmulatedFunction<B> {
         let mut bars = Bars::new(cfg.header);
         for b in &cfg.bars {
             bars.add(b.index, b.kind, b.size)
-                .map_err(|source| FunctionError::DefineBar { name: name.clone(), source })?;
+                .map_err(|source| FunctionError::DefineBar {
+                    name: name.clone(),
+                    source,
+                })?;
         }
         let msi = cfg
             .msi
             .map(|m| MsiCapability::add(&mut config, m))
             .transpose()
-            .map_err(|source| FunctionError::AddMsi { name: name.clone(), source })?;
+            .map_err(|source| FunctionError::AddMsi {
+                name: name.clone(),
+                source,
+            })?;
         let msix = match cfg.msix {
             Some(m) => {
-                let cap = MsixCapability::add(&mut config, m)
-                    .map_err(|source| FunctionError::AddMsix { name: name.clone(), source })?;
-                let table = Table::new(m.vectors)
-                    .map_err(|source| FunctionError::AddMsix { name: name.clone(), source })?;
+                let cap = MsixCapability::add(&mut config, m).map_err(|source| {
+                    FunctionError::AddMsix {
+                        name: name.clone(),
+                        source,
+                    }
+                })?;
+                let table = Table::new(m.vectors).map_err(|source| FunctionError::AddMsix {
+                    name: name.clone(),
+                    source,
+                })?;
                 for (what, bar, offset, bytes) in [
                     ("table", m.table_bar, m.table_offset, table.table_bytes()),
                     ("PBA", m.pba_bar, m.pba_offset, table.pba_bytes()),
@@ -116,20 +168,41 @@ impl<B: FunctionBackend> EmulatedFunction<B> {
                     let offset = u64::from(offset);
                     let fits = bars.size(bar).is_some_and(|size| offset + bytes <= size);
                     if !fits || bar == BarIndex::ROM {
-                        return Err(FunctionError::MsixPlacement { name, what, bar, offset, bytes });
+                        return Err(FunctionError::MsixPlacement {
+                            name,
+                            what,
+                            bar,
+                            offset,
+                            bytes,
+                        });
                     }
                 }
                 let (t, p) = (u64::from(m.table_offset), u64::from(m.pba_offset));
-                if m.table_bar == m.pba_bar && t < p + table.pba_bytes() && p < t + table.table_bytes() {
+                if m.table_bar == m.pba_bar
+                    && t < p + table.pba_bytes()
+                    && p < t + table.table_bytes()
+                {
                     return Err(FunctionError::MsixPlacement {
-                        name, what: "PBA (overlaps the table)", bar: m.pba_bar, offset: p, bytes: table.pba_bytes(),
+                        name,
+                        what: "PBA (overlaps the table)",
+                        bar: m.pba_bar,
+                        offset: p,
+                        bytes: table.pba_bytes(),
                     });
                 }
                 Some((cap, table))
             }
             None => None,
         };
-        Ok(Self { name, config, bars, msi, msix, vectors: None, backend })
+        Ok(Self {
+            name,
+            config,
+            bars,
+            msi,
+            msix,
+            vectors: None,
+            backend,
+        })
     }
 
     /// Hands the function its interrupt vectors (one per MSI or MSI-X vector).
@@ -141,7 +214,12 @@ impl<B: FunctionBackend> EmulatedFunction<B> {
     pub fn place_bar(&mut self, bar: BarIndex, addr: u64) -> Result<(), FunctionError> {
         self.bars
             .place(bar, addr)
-            .map_err(|source| FunctionError::PlaceBar { name: self.name.clone(), bar, addr, source })
+            .map_err(|source| FunctionError::PlaceBar {
+                name: self.name.clone(),
+                bar,
+                addr,
+                source,
+            })
     }
 
     pub fn name(&self) -> &str {
@@ -179,7 +257,12 @@ impl<B: FunctionBackend> EmulatedFunction<B> {
         let deliver = if let Some((_, table)) = self.msix.as_mut().filter(|(_, t)| t.enabled()) {
             table.notify(v)
         } else if let Some(msi) = self.msi {
-            let routed = msi.routes(&self.config).get(usize::from(v.0)).copied().flatten().is_some();
+            let routed = msi
+                .routes(&self.config)
+                .get(usize::from(v.0))
+                .copied()
+                .flatten()
+                .is_some();
             if !routed && msi.enabled(&self.config) {
                 msi.set_pending(&mut self.config, v, true);
             }
@@ -189,9 +272,11 @@ impl<B: FunctionBackend> EmulatedFunction<B> {
         };
         if deliver {
             if let Some(vectors) = &self.vectors {
-                vectors
-                    .trigger(v)
-                    .map_err(|source| FunctionError::Raise { name: self.name.clone(), vector: v, source })?;
+                vectors.trigger(v).map_err(|source| FunctionError::Raise {
+                    name: self.name.clone(),
+                    vector: v,
+                    source,
+                })?;
             }
         }
         Ok(deliver)
@@ -286,7 +371,10 @@ impl<B: FunctionBackend> PciDevice for EmulatedFunction<B> {
     fn read_bar(&mut self, bar: BarIndex, offset: u64, data: &mut [u8]) {
         match self.msix_target(bar, offset) {
             Some((true, rel)) => self.msix.as_ref().map_or((), |(_, t)| t.read(rel, data)),
-            Some((false, rel)) => self.msix.as_ref().map_or((), |(_, t)| t.read_pba(rel, data)),
+            Some((false, rel)) => self
+                .msix
+                .as_ref()
+                .map_or((), |(_, t)| t.read_pba(rel, data)),
             None => self.backend.read_bar(bar, offset, data),
         }
     }
@@ -322,8 +410,16 @@ pub(crate) mod tests {
     impl RecordingVectors {
         pub(crate) fn new(n: usize) -> (Self, Arc<Mutex<Vec<String>>>) {
             let log = Arc::new(Mutex::new(Vec::new()));
-            let fds = (0..n).map(|_| EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).unwrap()).collect();
-            (Self { fds, log: log.clone() }, log)
+            let fds = (0..n)
+                .map(|_| EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).unwrap())
+                .collect();
+            (
+                Self {
+                    fds,
+                    log: log.clone(),
+                },
+                log,
+            )
         }
     }
 
@@ -334,7 +430,11 @@ pub(crate) mod tests {
         fn irqfd(&self, v: VectorIndex) -> Option<&EventFd> {
             self.fds.get(usize::from(v.0))
         }
-        fn set_route(&mut self, v: VectorIndex, msg: Option<MsiMessage>) -> Result<(), InterruptError> {
+        fn set_route(
+            &mut self,
+            v: VectorIndex,
+            msg: Option<MsiMessage>,
+        ) -> Result<(), InterruptError> {
             let entry = match msg {
                 Some(m) => format!("route {} {:#x}/{:#x}", v.0, m.address, m.data),
                 None => format!("mask {}", v.0),
@@ -371,16 +471,47 @@ pub(crate) mod tests {
 
     pub(crate) fn test_config() -> FunctionConfig {
         FunctionConfig {
-            ids: DeviceIds { vendor_id: 0x1af4, device_id: 0x1041, class_code: 0x020000, revision: 1, subsystem_vendor_id: 0x1af4, subsystem_id: 1 },
+            ids: DeviceIds {
+                vendor_id: 0x1af4,
+                device_id: 0x1041,
+                class_code: 0x020000,
+                revision: 1,
+                subsystem_vendor_id: 0x1af4,
+                subsystem_id: 1,
+            },
             header: HeaderType::Endpoint,
-            pcie: Some(PcieCapabilityConfig { port_type: PciePortType::Endpoint, port_number: 0, slot_occupied: false }),
+            pcie: Some(PcieCapabilityConfig {
+                port_type: PciePortType::Endpoint,
+                port_number: 0,
+                slot_occupied: false,
+            }),
             power_management: true,
             bars: vec![
-                BarSpec { index: BarIndex(0), kind: BarKind::Mem32 { prefetchable: false }, size: 0x1000 },
-                BarSpec { index: BarIndex(2), kind: BarKind::Mem64 { prefetchable: true }, size: 0x4000 },
+                BarSpec {
+                    index: BarIndex(0),
+                    kind: BarKind::Mem32 {
+                        prefetchable: false,
+                    },
+                    size: 0x1000,
+                },
+                BarSpec {
+                    index: BarIndex(2),
+                    kind: BarKind::Mem64 { prefetchable: true },
+                    size: 0x4000,
+                },
             ],
-            msi: Some(MsiConfig { vectors: 2, address_64bit: true, per_vector_mask: true }),
-            msix: Some(MsixConfig { vectors: 4, table_bar: BarIndex(2), table_offset: 0, pba_bar: BarIndex(2), pba_offset: 0x2000 }),
+            msi: Some(MsiConfig {
+                vectors: 2,
+                address_64bit: true,
+                per_vector_mask: true,
+            }),
+            msix: Some(MsixConfig {
+                vectors: 4,
+                table_bar: BarIndex(2),
+                table_offset: 0,
+                pba_bar: BarIndex(2),
+                pba_offset: 0x2000,
+            }),
             interrupt_pin: 1,
         }
     }
@@ -414,12 +545,21 @@ pub(crate) mod tests {
         let e = w32(&mut f, 1, u32::from(COMMAND_MEMORY));
         assert_eq!(e.mem_decode, Some(true));
         assert_eq!(e.bar_moves.len(), 1);
-        assert_eq!((e.bar_moves[0].old_addr, e.bar_moves[0].new_addr), (0xc000_0000, 0xc010_0000));
+        assert_eq!(
+            (e.bar_moves[0].old_addr, e.bar_moves[0].new_addr),
+            (0xc000_0000, 0xc010_0000)
+        );
         let e = w32(&mut f, 4, 0xc020_0000);
-        assert_eq!(e.bar_moves[0].new_addr, 0xc020_0000, "32-bit BAR moves with decode on");
+        assert_eq!(
+            e.bar_moves[0].new_addr, 0xc020_0000,
+            "32-bit BAR moves with decode on"
+        );
         assert_eq!(e.mem_decode, None);
         let regions = f.bars();
-        assert_eq!(regions.iter().map(|r| r.addr).collect::<Vec<_>>(), vec![0xc020_0000, 0x1_0000_0000]);
+        assert_eq!(
+            regions.iter().map(|r| r.addr).collect::<Vec<_>>(),
+            vec![0xc020_0000, 0x1_0000_0000]
+        );
         let e = w32(&mut f, 1, 0);
         assert_eq!(e.mem_decode, Some(false));
     }
@@ -439,7 +579,10 @@ pub(crate) mod tests {
         f.read_bar(BarIndex(2), 0x2000, &mut pba);
         assert_eq!(pba[0], 2, "PBA is read-only");
         f.write_bar(BarIndex(2), 28, &0u32.to_le_bytes());
-        assert_eq!(*log.lock().unwrap(), vec!["route 1 0xfee00000/0x31", "commit", "fire 1"]);
+        assert_eq!(
+            *log.lock().unwrap(),
+            vec!["route 1 0xfee00000/0x31", "commit", "fire 1"]
+        );
         assert!(f.raise(VectorIndex(1)).unwrap());
         // Non-MSI-X BAR bytes reach the backend.
         f.write_bar(BarIndex(0), 4, &[7]);
@@ -457,7 +600,11 @@ pub(crate) mod tests {
         f.write_config(cap / 4, 2, &[0x11]);
         assert_eq!(
             *log.lock().unwrap(),
-            vec!["route 0 0xfee00000/0x40", "route 1 0xfee00000/0x41", "commit"]
+            vec![
+                "route 0 0xfee00000/0x40",
+                "route 1 0xfee00000/0x41",
+                "commit"
+            ]
         );
         w32(&mut f, cap / 4 + 4, 1);
         assert_eq!(log.lock().unwrap()[3], "mask 0");
@@ -468,11 +615,38 @@ pub(crate) mod tests {
     #[test]
     fn bad_msix_placement_refused() {
         let mut cfg = test_config();
-        cfg.msix = Some(MsixConfig { vectors: 4, table_bar: BarIndex(2), table_offset: 0x3ff8, pba_bar: BarIndex(2), pba_offset: 0x2000 });
-        assert!(matches!(EmulatedFunction::new("x", &cfg, NoRegisters), Err(FunctionError::MsixPlacement { .. })));
-        cfg.msix = Some(MsixConfig { vectors: 4, table_bar: BarIndex(0), table_offset: 0, pba_bar: BarIndex(0), pba_offset: 0x20 });
-        assert!(matches!(EmulatedFunction::new("x", &cfg, NoRegisters), Err(FunctionError::MsixPlacement { .. })));
-        cfg.msix = Some(MsixConfig { vectors: 4, table_bar: BarIndex(4), table_offset: 0, pba_bar: BarIndex(0), pba_offset: 0x20 });
-        assert!(matches!(EmulatedFunction::new("x", &cfg, NoRegisters), Err(FunctionError::MsixPlacement { .. })));
+        cfg.msix = Some(MsixConfig {
+            vectors: 4,
+            table_bar: BarIndex(2),
+            table_offset: 0x3ff8,
+            pba_bar: BarIndex(2),
+            pba_offset: 0x2000,
+        });
+        assert!(matches!(
+            EmulatedFunction::new("x", &cfg, NoRegisters),
+            Err(FunctionError::MsixPlacement { .. })
+        ));
+        cfg.msix = Some(MsixConfig {
+            vectors: 4,
+            table_bar: BarIndex(0),
+            table_offset: 0,
+            pba_bar: BarIndex(0),
+            pba_offset: 0x20,
+        });
+        assert!(matches!(
+            EmulatedFunction::new("x", &cfg, NoRegisters),
+            Err(FunctionError::MsixPlacement { .. })
+        ));
+        cfg.msix = Some(MsixConfig {
+            vectors: 4,
+            table_bar: BarIndex(4),
+            table_offset: 0,
+            pba_bar: BarIndex(0),
+            pba_offset: 0x20,
+        });
+        assert!(matches!(
+            EmulatedFunction::new("x", &cfg, NoRegisters),
+            Err(FunctionError::MsixPlacement { .. })
+        ));
     }
 }

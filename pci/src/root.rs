@@ -26,9 +26,19 @@ pub enum RootError {
     #[error("bus number {bus} is already used by another root port")]
     BusInUse { bus: u8 },
     #[error("creating {what} failed")]
-    CreateFunction { what: String, #[source] source: FunctionError },
+    CreateFunction {
+        what: String,
+        #[source]
+        source: FunctionError,
+    },
     #[error("{bdf}: mapping BAR {bar:?} at {addr:#x} on the bus failed")]
-    MapBar { bdf: Bdf, bar: BarIndex, addr: u64, #[source] source: BusError },
+    MapBar {
+        bdf: Bdf,
+        bar: BarIndex,
+        addr: u64,
+        #[source]
+        source: BusError,
+    },
 }
 
 /// Receives what a guest config write asks for (BAR moves, decode changes).
@@ -37,59 +47,98 @@ pub trait ConfigEffectsHandler: Send {
 }
 
 /// Keeps each BAR's [`BarSlot`] on the MMIO or port I/O bus where the guest put it.
-/// Remembers where it mapped every BAR, so a move never touches another device's range.
-/// A move onto an occupied range is refused: the BAR is unmapped (reads all-ones) and a
-/// warning is logged, rather than corrupting the bus.
+/// Remembers where it mapped every BAR of every function (by function identity, since the
+/// guest may renumber buses and so change a function's BDF), so a move never touches
+/// another device's range. A move onto an occupied range is refused: the BAR is unmapped
+/// (reads all-ones) and a warning is logged, rather than corrupting the bus.
 pub struct BusRelocator {
     mmio: Arc<Bus>,
     pio: Arc<Bus>,
-    mapped: HashMap<(Bdf, BarIndex), u64>,
+    mapped: HashMap<(usize, BarIndex), u64>,
+    /// The last BDF each function was seen at.
+    functions: HashMap<Bdf, usize>,
+}
+
+/// A function's identity: the address of its shared allocation.
+fn identity(device: &SharedPciDevice) -> usize {
+    Arc::as_ptr(device) as *const () as usize
 }
 
 impl BusRelocator {
     pub fn new(mmio: Arc<Bus>, pio: Arc<Bus>) -> Self {
-        Self { mmio, pio, mapped: HashMap::new() }
+        Self {
+            mmio,
+            pio,
+            mapped: HashMap::new(),
+            functions: HashMap::new(),
+        }
     }
 
     fn bus(&self, kind: BarKind) -> &Bus {
-        if kind == BarKind::Io { &self.pio } else { &self.mmio }
+        if kind == BarKind::Io {
+            &self.pio
+        } else {
+            &self.mmio
+        }
     }
 
     /// Maps every BAR of `device` where it currently sits (initial attach).
     pub fn attach(&mut self, bdf: Bdf, device: &SharedPciDevice) -> Result<(), RootError> {
+        let id = identity(device);
+        self.functions.insert(bdf, id);
         let regions = device.lock().unwrap_or_else(|e| e.into_inner()).bars();
         for r in regions {
             let slot = Arc::new(Mutex::new(BarSlot::new(device.clone(), r.index)));
             self.bus(r.kind)
                 .insert(slot, r.addr, r.size)
-                .map_err(|source| RootError::MapBar { bdf, bar: r.index, addr: r.addr, source })?;
-            self.mapped.insert((bdf, r.index), r.addr);
+                .map_err(|source| RootError::MapBar {
+                    bdf,
+                    bar: r.index,
+                    addr: r.addr,
+                    source,
+                })?;
+            self.mapped.insert((id, r.index), r.addr);
         }
         Ok(())
     }
 
-    /// Where BAR `bar` of `bdf` is mapped now, if anywhere.
+    /// Where BAR `bar` of the function last seen at `bdf` is mapped now, if anywhere.
     pub fn mapped(&self, bdf: Bdf, bar: BarIndex) -> Option<u64> {
-        self.mapped.get(&(bdf, bar)).copied()
+        let id = self.functions.get(&bdf)?;
+        self.mapped.get(&(*id, bar)).copied()
     }
 }
 
 impl ConfigEffectsHandler for BusRelocator {
     fn apply(&mut self, bdf: Bdf, device: &SharedPciDevice, effects: ConfigEffects) {
+        let id = identity(device);
+        self.functions.insert(bdf, id);
         for m in effects.bar_moves {
-            let bus = if m.kind == BarKind::Io { &self.pio } else { &self.mmio };
-            let result = match self.mapped.get(&(bdf, m.index)) {
+            let bus = if m.kind == BarKind::Io {
+                &self.pio
+            } else {
+                &self.mmio
+            };
+            let result = match self.mapped.get(&(id, m.index)) {
                 Some(&cur) => bus.relocate(cur, m.new_addr),
-                None => bus.insert(Arc::new(Mutex::new(BarSlot::new(device.clone(), m.index))), m.new_addr, m.size),
+                None => bus.insert(
+                    Arc::new(Mutex::new(BarSlot::new(device.clone(), m.index))),
+                    m.new_addr,
+                    m.size,
+                ),
             };
             match result {
                 Ok(()) => {
                     log::debug!("{bdf}: BAR {:?} now at {:#x}", m.index, m.new_addr);
-                    self.mapped.insert((bdf, m.index), m.new_addr);
+                    self.mapped.insert((id, m.index), m.new_addr);
                 }
                 Err(e) => {
-                    log::warn!("{bdf}: BAR {:?} move to {:#x} refused ({e}); BAR disabled", m.index, m.new_addr);
-                    if let Some(cur) = self.mapped.remove(&(bdf, m.index)) {
+                    log::warn!(
+                        "{bdf}: BAR {:?} move to {:#x} refused ({e}); BAR disabled",
+                        m.index,
+                        m.new_addr
+                    );
+                    if let Some(cur) = self.mapped.remove(&(id, m.index)) {
                         let _ = bus.remove(cur);
                     }
                 }
@@ -116,11 +165,18 @@ pub struct PciRoot {
 impl PciRoot {
     /// A root complex with the host bridge at 00:00.0.
     pub fn new(segment: u16, handler: Box<dyn ConfigEffectsHandler>) -> Result<Self, RootError> {
-        let host = bridge::host_bridge()
-            .map_err(|source| RootError::CreateFunction { what: "the host bridge".into(), source })?;
+        let host = bridge::host_bridge().map_err(|source| RootError::CreateFunction {
+            what: "the host bridge".into(),
+            source,
+        })?;
         let mut bus0: BTreeMap<u8, SharedPciDevice> = BTreeMap::new();
         bus0.insert(0, Arc::new(Mutex::new(host)));
-        Ok(Self { segment, bus0, ports: Vec::new(), handler })
+        Ok(Self {
+            segment,
+            bus0,
+            ports: Vec::new(),
+            handler,
+        })
     }
 
     pub fn segment(&self) -> u16 {
@@ -135,7 +191,12 @@ impl PciRoot {
     }
 
     /// Puts a function directly on bus 0 (a root complex integrated endpoint).
-    pub fn add_device(&mut self, device: u8, function: u8, dev: SharedPciDevice) -> Result<Bdf, RootError> {
+    pub fn add_device(
+        &mut self,
+        device: u8,
+        function: u8,
+        dev: SharedPciDevice,
+    ) -> Result<Bdf, RootError> {
         let bdf = self.bus0_bdf(device, function)?;
         if self.bus0.contains_key(&bdf.devfn()) {
             return Err(RootError::SlotInUse { bdf });
@@ -150,34 +211,76 @@ impl PciRoot {
         if self.bus0.contains_key(&bdf.devfn()) {
             return Err(RootError::SlotInUse { bdf });
         }
-        if secondary_bus == 0 || self.ports.iter().any(|p| self.port_buses(p).secondary == secondary_bus) {
+        if secondary_bus == 0
+            || self
+                .ports
+                .iter()
+                .any(|p| self.port_buses(p).secondary == secondary_bus)
+        {
             return Err(RootError::BusInUse { bus: secondary_bus });
         }
-        let buses = BusNumbers { primary: 0, secondary: secondary_bus, subordinate: secondary_bus };
-        let port = bridge::root_port(&bdf.to_string(), device, buses)
-            .map_err(|source| RootError::CreateFunction { what: format!("root port {bdf}"), source })?;
-        let pcie_offset = port.config().capabilities().iter().find(|c| c.id == u16::from(CAP_ID_PCIE)).map(|c| c.offset);
+        let buses = BusNumbers {
+            primary: 0,
+            secondary: secondary_bus,
+            subordinate: secondary_bus,
+        };
+        let port = bridge::root_port(&bdf.to_string(), device, buses).map_err(|source| {
+            RootError::CreateFunction {
+                what: format!("root port {bdf}"),
+                source,
+            }
+        })?;
+        let pcie_offset = port
+            .config()
+            .capabilities()
+            .iter()
+            .find(|c| c.id == u16::from(CAP_ID_PCIE))
+            .map(|c| c.offset);
         let function = Arc::new(Mutex::new(port));
         self.bus0.insert(bdf.devfn(), function.clone());
-        self.ports.push(RootPort { devfn: bdf.devfn(), function, pcie_offset, children: Default::default() });
+        self.ports.push(RootPort {
+            devfn: bdf.devfn(),
+            function,
+            pcie_offset,
+            children: Default::default(),
+        });
         Ok(bdf)
     }
 
     fn port(&self, device: u8) -> Result<&RootPort, RootError> {
-        self.ports.iter().find(|p| p.devfn == device << 3).ok_or(RootError::NoSuchPort { device })
+        self.ports
+            .iter()
+            .find(|p| p.devfn == device << 3)
+            .ok_or(RootError::NoSuchPort { device })
     }
 
     fn port_buses(&self, p: &RootPort) -> BusNumbers {
-        bridge::read_bus_numbers(p.function.lock().unwrap_or_else(|e| e.into_inner()).config())
+        bridge::read_bus_numbers(
+            p.function
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .config(),
+        )
     }
 
     /// Puts `dev` behind the root port at 00:`port_device`.0 as function `function` of
     /// device 0 on its secondary bus. Returns its address.
-    pub fn attach_to_port(&mut self, port_device: u8, function: u8, dev: SharedPciDevice) -> Result<Bdf, RootError> {
+    pub fn attach_to_port(
+        &mut self,
+        port_device: u8,
+        function: u8,
+        dev: SharedPciDevice,
+    ) -> Result<Bdf, RootError> {
         if function > 7 {
             return Err(RootError::InvalidSlot { device: 0 });
         }
-        let idx = self.ports.iter().position(|p| p.devfn == port_device << 3).ok_or(RootError::NoSuchPort { device: port_device })?;
+        let idx = self
+            .ports
+            .iter()
+            .position(|p| p.devfn == port_device << 3)
+            .ok_or(RootError::NoSuchPort {
+                device: port_device,
+            })?;
         let bus = self.port_buses(&self.ports[idx]).secondary;
         let bdf = Bdf::from_devfn(self.segment, bus, function);
         let port = &mut self.ports[idx];
@@ -193,7 +296,11 @@ impl PciRoot {
     }
 
     /// Programs a root port's forwarding windows (firmware-time).
-    pub fn set_port_windows(&mut self, port_device: u8, windows: &BridgeWindows) -> Result<(), RootError> {
+    pub fn set_port_windows(
+        &mut self,
+        port_device: u8,
+        windows: &BridgeWindows,
+    ) -> Result<(), RootError> {
         let port = self.port(port_device)?;
         let mut f = port.function.lock().unwrap_or_else(|e| e.into_inner());
         bridge::write_bridge_windows(f.config_mut(), windows);
@@ -209,7 +316,11 @@ impl PciRoot {
 
     /// The highest bus number any root port uses (for the `_CRS` bus range and MCFG).
     pub fn last_bus(&self) -> u8 {
-        self.ports.iter().map(|p| self.port_buses(p).subordinate).max().unwrap_or(0)
+        self.ports
+            .iter()
+            .map(|p| self.port_buses(p).subordinate)
+            .max()
+            .unwrap_or(0)
     }
 
     /// The function at `bdf`, routed through the root ports' current bus numbers.
@@ -224,7 +335,10 @@ impl PciRoot {
         if bdf.device() != 0 {
             return None;
         }
-        let port = self.ports.iter().find(|p| self.port_buses(p).secondary == bdf.bus())?;
+        let port = self
+            .ports
+            .iter()
+            .find(|p| self.port_buses(p).secondary == bdf.bus())?;
         port.children[usize::from(bdf.function())].clone()
     }
 
@@ -258,7 +372,10 @@ impl PciRoot {
     /// Guest config write; writes to absent functions are dropped.
     pub fn write_config(&mut self, bdf: Bdf, reg: usize, offset: u64, data: &[u8]) {
         let Some(d) = self.function(bdf) else { return };
-        let effects = d.lock().unwrap_or_else(|e| e.into_inner()).write_config(reg, offset, data);
+        let effects = d
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .write_config(reg, offset, data);
         if !effects.is_empty() {
             self.handler.apply(bdf, &d, effects);
         }
@@ -329,7 +446,9 @@ impl BusDevice for PciConfigIo {
         match offset {
             0 if data.len() == 4 => data.copy_from_slice(&self.address.to_le_bytes()),
             4..=7 => match self.target() {
-                Some((bdf, reg_off)) => read_bytes(&self.root, bdf, reg_off + (offset as usize - 4), data),
+                Some((bdf, reg_off)) => {
+                    read_bytes(&self.root, bdf, reg_off + (offset as usize - 4), data)
+                }
                 None => data.fill(0xff),
             },
             _ => data.fill(0xff),
@@ -340,13 +459,18 @@ impl BusDevice for PciConfigIo {
         match offset {
             // Only dword writes latch the address; byte writes to 0xCF8..0xCFB are other
             // devices' registers on real chipsets (e.g. 0xCF9 reset control).
-            0 if data.len() == 4 => self.address = u32::from_le_bytes([data[0], data[1], data[2], data[3]]),
+            0 if data.len() == 4 => {
+                self.address = u32::from_le_bytes([data[0], data[1], data[2], data[3]])
+            }
             4..=7 => {
                 if let Some((bdf, reg_off)) = self.target() {
                     write_bytes(&self.root, bdf, reg_off + (offset as usize - 4), data);
                 }
             }
-            _ => log::debug!("PCI config port write of {} bytes at {offset} dropped", data.len()),
+            _ => log::debug!(
+                "PCI config port write of {} bytes at {offset} dropped",
+                data.len()
+            ),
         }
     }
 }
@@ -356,22 +480,23 @@ impl BusDevice for PciConfigIo {
 /// `(last_bus + 1) << 20` bytes long.
 pub struct PciConfigMmio {
     root: Arc<Mutex<PciRoot>>,
+    segment: u16,
 }
 
 impl PciConfigMmio {
     pub fn new(root: Arc<Mutex<PciRoot>>) -> Self {
-        Self { root }
+        let segment = lock(&root).segment();
+        Self { root, segment }
     }
 }
 
 impl BusDevice for PciConfigMmio {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
-        let segment = lock(&self.root).segment();
-        let (bdf, reg_off) = Bdf::from_ecam_offset(segment, offset);
         if offset >> 28 != 0 {
             data.fill(0xff);
             return;
         }
+        let (bdf, reg_off) = Bdf::from_ecam_offset(self.segment, offset);
         read_bytes(&self.root, bdf, reg_off, data);
     }
 
@@ -379,8 +504,7 @@ impl BusDevice for PciConfigMmio {
         if offset >> 28 != 0 {
             return;
         }
-        let segment = lock(&self.root).segment();
-        let (bdf, reg_off) = Bdf::from_ecam_offset(segment, offset);
+        let (bdf, reg_off) = Bdf::from_ecam_offset(self.segment, offset);
         write_bytes(&self.root, bdf, reg_off, data);
     }
 }
@@ -399,7 +523,9 @@ mod tests {
     }
 
     fn endpoint() -> Arc<Mutex<EmulatedFunction<Scratch>>> {
-        Arc::new(Mutex::new(EmulatedFunction::new("ep", &test_config(), Scratch([0; 64])).unwrap()))
+        Arc::new(Mutex::new(
+            EmulatedFunction::new("ep", &test_config(), Scratch([0; 64])).unwrap(),
+        ))
     }
 
     fn ecam_read(ecam: &mut PciConfigMmio, bdf: Bdf, off: u64) -> u32 {
@@ -415,7 +541,14 @@ mod tests {
         let rp = root.add_root_port(1, 1).unwrap();
         let ep_bdf = root.attach_to_port(1, 0, endpoint()).unwrap();
         let direct = root.add_device(3, 0, endpoint()).unwrap();
-        assert_eq!((rp.to_string(), ep_bdf.to_string(), direct.to_string()), ("0000:00:01.0".into(), "0000:01:00.0".into(), "0000:00:03.0".into()));
+        assert_eq!(
+            (rp.to_string(), ep_bdf.to_string(), direct.to_string()),
+            (
+                "0000:00:01.0".into(),
+                "0000:01:00.0".into(),
+                "0000:00:03.0".into()
+            )
+        );
         assert_eq!(root.last_bus(), 1);
         assert_eq!(root.endpoints().len(), 2);
         let root = Arc::new(Mutex::new(root));
@@ -425,9 +558,19 @@ mod tests {
         assert_eq!(ecam_read(&mut ecam, rp, 0x08) >> 8, 0x060400);
         assert_eq!(ecam_read(&mut ecam, rp, 0x18), 0x0001_0100);
         assert_eq!(ecam_read(&mut ecam, ep_bdf, 0), 0x1041_1af4);
-        assert_eq!(ecam_read(&mut ecam, "01:01.0".parse().unwrap(), 0), u32::MAX, "only device 0 behind a port");
-        assert_eq!(ecam_read(&mut ecam, "02:00.0".parse().unwrap(), 0), u32::MAX);
-        assert_eq!(ecam_read(&mut ecam, "00:1f.7".parse().unwrap(), 0), u32::MAX);
+        assert_eq!(
+            ecam_read(&mut ecam, "01:01.0".parse().unwrap(), 0),
+            u32::MAX,
+            "only device 0 behind a port"
+        );
+        assert_eq!(
+            ecam_read(&mut ecam, "02:00.0".parse().unwrap(), 0),
+            u32::MAX
+        );
+        assert_eq!(
+            ecam_read(&mut ecam, "00:1f.7".parse().unwrap(), 0),
+            u32::MAX
+        );
         // The root port's slot shows a device present.
         let mut b = [0u8; 2];
         ecam.read(rp.ecam_offset() + 0x40 + 0x1a, &mut b);
@@ -436,7 +579,10 @@ mod tests {
         ecam.write(rp.ecam_offset() + 0x19, &[5]);
         ecam.write(rp.ecam_offset() + 0x1a, &[5]);
         assert_eq!(ecam_read(&mut ecam, ep_bdf, 0), u32::MAX);
-        assert_eq!(ecam_read(&mut ecam, "05:00.0".parse().unwrap(), 0), 0x1041_1af4);
+        assert_eq!(
+            ecam_read(&mut ecam, "05:00.0".parse().unwrap(), 0),
+            0x1041_1af4
+        );
         // Mechanism #1 reaches the same functions.
         let mut io = PciConfigIo::new(root.clone());
         io.write(0, &0x8000_1800u32.to_le_bytes());
@@ -464,7 +610,9 @@ mod tests {
 
     #[test]
     fn malformed_config_accesses() {
-        let root = Arc::new(Mutex::new(PciRoot::new(0, Box::new(Recorder(Default::default()))).unwrap()));
+        let root = Arc::new(Mutex::new(
+            PciRoot::new(0, Box::new(Recorder(Default::default()))).unwrap(),
+        ));
         let mut ecam = PciConfigMmio::new(root.clone());
         let mut b = [0u8; 4];
         ecam.read(2, &mut b);
@@ -485,13 +633,28 @@ mod tests {
     #[test]
     fn slot_errors() {
         let mut root = PciRoot::new(0, Box::new(Recorder(Default::default()))).unwrap();
-        assert!(matches!(root.add_device(0, 0, endpoint()), Err(RootError::InvalidSlot { .. })));
+        assert!(matches!(
+            root.add_device(0, 0, endpoint()),
+            Err(RootError::InvalidSlot { .. })
+        ));
         root.add_root_port(2, 1).unwrap();
-        assert!(matches!(root.add_root_port(3, 1), Err(RootError::BusInUse { bus: 1 })));
-        assert!(matches!(root.add_device(2, 0, endpoint()), Err(RootError::SlotInUse { .. })));
-        assert!(matches!(root.attach_to_port(4, 0, endpoint()), Err(RootError::NoSuchPort { device: 4 })));
+        assert!(matches!(
+            root.add_root_port(3, 1),
+            Err(RootError::BusInUse { bus: 1 })
+        ));
+        assert!(matches!(
+            root.add_device(2, 0, endpoint()),
+            Err(RootError::SlotInUse { .. })
+        ));
+        assert!(matches!(
+            root.attach_to_port(4, 0, endpoint()),
+            Err(RootError::NoSuchPort { device: 4 })
+        ));
         root.attach_to_port(2, 0, endpoint()).unwrap();
-        assert!(matches!(root.attach_to_port(2, 0, endpoint()), Err(RootError::SlotInUse { .. })));
+        assert!(matches!(
+            root.attach_to_port(2, 0, endpoint()),
+            Err(RootError::SlotInUse { .. })
+        ));
     }
 
     #[test]
@@ -501,15 +664,30 @@ mod tests {
         let mut rel = BusRelocator::new(mmio.clone(), pio.clone());
         let a = endpoint();
         let b = endpoint();
-        a.lock().unwrap().place_bar(BarIndex(0), 0xc000_0000).unwrap();
-        a.lock().unwrap().place_bar(BarIndex(2), 0x1_0000_0000).unwrap();
-        b.lock().unwrap().place_bar(BarIndex(0), 0xc010_0000).unwrap();
-        b.lock().unwrap().place_bar(BarIndex(2), 0x1_0001_0000).unwrap();
+        a.lock()
+            .unwrap()
+            .place_bar(BarIndex(0), 0xc000_0000)
+            .unwrap();
+        a.lock()
+            .unwrap()
+            .place_bar(BarIndex(2), 0x1_0000_0000)
+            .unwrap();
+        b.lock()
+            .unwrap()
+            .place_bar(BarIndex(0), 0xc010_0000)
+            .unwrap();
+        b.lock()
+            .unwrap()
+            .place_bar(BarIndex(2), 0x1_0001_0000)
+            .unwrap();
         let (abdf, bbdf): (Bdf, Bdf) = ("01:00.0".parse().unwrap(), "02:00.0".parse().unwrap());
         let (ad, bd): (SharedPciDevice, SharedPciDevice) = (a.clone(), b.clone());
         rel.attach(abdf, &ad).unwrap();
         rel.attach(bbdf, &bd).unwrap();
-        assert!(matches!(rel.attach(abdf, &ad), Err(RootError::MapBar { .. })));
+        assert!(matches!(
+            rel.attach(abdf, &ad),
+            Err(RootError::MapBar { .. })
+        ));
         // The scratch register behind A's BAR 0 is reachable through the bus.
         assert!(mmio.write(0xc000_0004, &[9]));
         // Guest moves A's BAR 0 onto B's: refused, A's BAR disabled, B untouched.
@@ -524,10 +702,24 @@ mod tests {
         assert!(mmio.read(0xc010_0004, &mut byte));
         assert_eq!(byte[0], 0, "B's register, not A's");
         // Moving it to a free place maps it again.
-        let e = a.lock().unwrap().write_config(4, 0, &0xc020_0000u32.to_le_bytes());
+        let e = a
+            .lock()
+            .unwrap()
+            .write_config(4, 0, &0xc020_0000u32.to_le_bytes());
         rel.apply(abdf, &ad, e);
         assert_eq!(rel.mapped(abdf, BarIndex(0)), Some(0xc020_0000));
         assert!(mmio.read(0xc020_0004, &mut byte));
         assert_eq!(byte[0], 9);
+        // The guest renumbered A's bus: the next move still finds A's mapping.
+        let renumbered: Bdf = "05:00.0".parse().unwrap();
+        let e = a
+            .lock()
+            .unwrap()
+            .write_config(4, 0, &0xc030_0000u32.to_le_bytes());
+        rel.apply(renumbered, &ad, e);
+        assert_eq!(rel.mapped(renumbered, BarIndex(0)), Some(0xc030_0000));
+        assert_eq!(rel.mapped(abdf, BarIndex(0)), Some(0xc030_0000));
+        assert!(!mmio.read(0xc020_0004, &mut byte), "old range gone");
+        assert!(mmio.read(0xc030_0004, &mut byte));
     }
 }

@@ -111,6 +111,9 @@ impl DeviceManager {
         let mgr = vfio::VfioManager::attach(&ctx, &specs)?;
         for dev in &mgr.devices {
             let bdf = self.pci.attach_pci_device(dev.shared(), &self.buses)?;
+            if let Some(pin) = ::pci::intx::IntxPin::from_register(dev.interrupt_pin()) {
+                dev.connect_intx(self.pci.intx_gsi(bdf, pin))?;
+            }
             log::info!("{} (host {}) is guest {bdf}", dev.id, dev.bdf);
         }
         self.vfio = Some(mgr);

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use pci::aml::{HostBridgeResources, PciHostBridgeAml};
 use pci::bridge::Window;
-use pci::intx::IntxRouting;
+use pci::intx::{IntxPin, IntxRouting};
 use pci::{BarKind, Bdf, BusRelocator, ConfigEffects, ConfigEffectsHandler, PciConfigIo, PciConfigMmio, PciRoot, SharedPciDevice};
 
 use super::DeviceManagerError;
@@ -27,6 +27,7 @@ pub struct PciSegment {
     pub root: Arc<Mutex<PciRoot>>,
     relocator: Arc<Mutex<BusRelocator>>,
     aml: PciHostBridgeAml,
+    intx: IntxRouting,
     /// Next free device number on bus 0 (00:00.0 is the host bridge).
     next_slot: u8,
 }
@@ -69,7 +70,12 @@ impl PciSegment {
             intx,
         };
         let aml = PciHostBridgeAml::new(res).map_err(|e| DeviceManagerError::PciAml(e.to_string()))?;
-        Ok(Self { root, relocator, aml, next_slot: 1 })
+        Ok(Self { root, relocator, aml, intx, next_slot: 1 })
+    }
+
+    /// The GSI the DSDT's `_PRT` gives INTx `pin` of the bus-0 function `bdf`.
+    pub fn intx_gsi(&self, bdf: Bdf, pin: IntxPin) -> u32 {
+        self.intx.slot_gsi(bdf.device(), pin)
     }
 
     /// `Device (PCI0)` (with `_CRS`, `_PRT`) and the ECAM reservation, for `\_SB`.

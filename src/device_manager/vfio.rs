@@ -16,7 +16,7 @@ use vfio::sysfs::PciHost;
 use vm_memory::{GuestMemoryBackend as _, GuestMemoryRegion as _};
 
 use crate::config::DeviceSpec as CliDeviceSpec;
-use crate::irq::{GsiRouting, IrqChip, KvmIntx, KvmMsiVectors};
+use crate::irq::{GsiRouting, IntxHandle, IrqChip, KvmIntx, KvmMsiVectors};
 use crate::resources::Resources;
 use crate::vstate::memory::GuestMemory;
 use crate::vstate::vcpu::IoBuses;
@@ -60,6 +60,13 @@ pub enum VfioManagerError {
         id: String,
         #[source]
         source: vfio::device::DeviceError,
+    },
+    #[error("{id}: wiring INTx to GSI {gsi}")]
+    ConnectIntx {
+        id: String,
+        gsi: u32,
+        #[source]
+        source: std::io::Error,
     },
     #[error("{id}: BAR at {base:#x} on the bus")]
     Bus {
@@ -112,14 +119,33 @@ pub struct AssignedDevice {
     pub id: String,
     pub bdf: String,
     pub device: Arc<Mutex<VfioPciDevice>>,
-    /// The legacy interrupt GSI the device's INTx pin raises (None: no INTx).
-    pub intx_gsi: Option<u32>,
+    /// The device's INTx line (None: the device has no INTx); wire it with
+    /// [`Self::connect_intx`] once the device's slot, and so its `_PRT` GSI, is known.
+    intx: Option<Arc<KvmIntx>>,
 }
 
 impl AssignedDevice {
     /// The handle the PCI root uses for config accesses.
     pub fn shared(&self) -> SharedPciDevice {
         self.device.clone()
+    }
+
+    /// Routes the device's INTx to `gsi` (the `_PRT` entry of its slot and pin); a no-op for
+    /// devices without INTx. Until then an INTx-only guest driver gets no interrupts.
+    pub fn connect_intx(&self, gsi: u32) -> Result<(), VfioManagerError> {
+        match &self.intx {
+            Some(line) => line.connect(gsi).map_err(|source| VfioManagerError::ConnectIntx { id: self.id.clone(), gsi, source }),
+            None => Ok(()),
+        }
+    }
+
+    /// The interrupt pin the guest sees (1 = INTA .. 4 = INTD, 0 = none).
+    pub fn interrupt_pin(&self) -> u8 {
+        if self.intx.is_none() {
+            return 0;
+        }
+        let pin = pci::PciDevice::read_config(&mut *self.device.lock().unwrap_or_else(|e| e.into_inner()), 0x3c / 4) >> 8;
+        pin as u8
     }
 }
 
@@ -209,12 +235,10 @@ fn attach_one(ctx: &AttachContext<'_>, spec: &DeviceSpec, host: Arc<dyn HostDevi
     let vectors = KvmMsiVectors::new(ctx.routing.clone(), &gsis)
         .map_err(|source| VfioManagerError::Eventfds { id: id.clone(), source })?;
     let chip: Arc<dyn IrqChip> = ctx.vm.clone();
-    let (intx, intx_gsi) = if host.irq_count(IrqIndex::Intx) > 0 {
-        let gsi = ctx.resources.lock().unwrap_or_else(|e| e.into_inner()).allocate_intx_gsi().map_err(alloc_err("INTx GSI"))?;
-        let line = KvmIntx::new(chip, gsi).map_err(|source| VfioManagerError::Eventfds { id: id.clone(), source })?;
-        (Some(Box::new(line) as Box<dyn vfio::interrupts::IntxLine>), Some(gsi))
+    let intx = if host.irq_count(IrqIndex::Intx) > 0 {
+        Some(KvmIntx::new(chip).map_err(|source| VfioManagerError::Eventfds { id: id.clone(), source })?)
     } else {
-        (None, None)
+        None
     };
     let bdf = host.bdf().to_string();
     let mut device = VfioPciDevice::new(DeviceParts {
@@ -222,7 +246,7 @@ fn attach_one(ctx: &AttachContext<'_>, spec: &DeviceSpec, host: Arc<dyn HostDevi
         rombar: spec.rombar,
         romfile,
         vectors: Box::new(vectors),
-        intx,
+        intx: intx.clone().map(|l| Box::new(IntxHandle(l)) as Box<dyn vfio::interrupts::IntxLine>),
         slots: Box::new(VmSlots { vm: ctx.vm.clone(), live: BTreeMap::new() }),
     })
     .map_err(|source| VfioManagerError::Device { id: id.clone(), source })?;
@@ -264,5 +288,5 @@ fn attach_one(ctx: &AttachContext<'_>, spec: &DeviceSpec, host: Arc<dyn HostDevi
         bus.insert(slot, r.addr, r.size).map_err(|source| VfioManagerError::Bus { id: id.clone(), base: r.addr, source })?;
         log::info!("{id} ({bdf}): BAR{} {:?} at {:#x} ({:#x} bytes)", r.index.0, r.kind, r.addr, r.size);
     }
-    Ok(AssignedDevice { id, bdf, device, intx_gsi })
+    Ok(AssignedDevice { id, bdf, device, intx })
 }

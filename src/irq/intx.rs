@@ -2,10 +2,15 @@
 //! masks the host line when it fires (VFIO_IRQ_INFO_AUTOMASKED); when the guest EOIs, KVM
 //! de-asserts the GSI and signals the resample eventfd, on which VFIO unmasks the host line
 //! (VFIO_IRQ_SET_ACTION_UNMASK with that eventfd). If the device still asserts, it fires
-//! again: level semantics, and safe for a line shared in the guest.
+//! again: level semantics, and safe for a line shared in the guest (KVM keeps one resampler
+//! per GSI for all irqfds on it).
+//!
+//! The eventfds exist from the start (VFIO gets them when the device starts); the GSI is
+//! known only once the device has its slot (the `_PRT` entry), so [`KvmIntx::connect`]
+//! registers the irqfd then.
 
 use std::os::unix::io::{AsRawFd, RawFd};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -13,38 +18,59 @@ use super::IrqChip;
 
 pub struct KvmIntx {
     chip: Arc<dyn IrqChip>,
-    gsi: u32,
+    gsi: Mutex<Option<u32>>,
     trigger: EventFd,
     resample: EventFd,
 }
 
 impl KvmIntx {
-    pub fn new(chip: Arc<dyn IrqChip>, gsi: u32) -> std::io::Result<Self> {
-        let trigger = EventFd::new(EFD_NONBLOCK)?;
-        let resample = EventFd::new(EFD_NONBLOCK)?;
-        chip.register_irqfd_with_resample(&trigger, &resample, gsi)?;
-        Ok(Self { chip, gsi, trigger, resample })
+    pub fn new(chip: Arc<dyn IrqChip>) -> std::io::Result<Arc<Self>> {
+        Ok(Arc::new(Self {
+            chip,
+            gsi: Mutex::new(None),
+            trigger: EventFd::new(EFD_NONBLOCK)?,
+            resample: EventFd::new(EFD_NONBLOCK)?,
+        }))
     }
 
-    pub fn gsi(&self) -> u32 {
-        self.gsi
+    /// Wires the line to `gsi` (level-triggered, with resample); moves it if already wired.
+    pub fn connect(&self, gsi: u32) -> std::io::Result<()> {
+        let mut cur = self.gsi.lock().unwrap_or_else(|e| e.into_inner());
+        if *cur == Some(gsi) {
+            return Ok(());
+        }
+        if let Some(old) = cur.take() {
+            self.chip.unregister_irqfd(&self.trigger, old)?;
+        }
+        self.chip.register_irqfd_with_resample(&self.trigger, &self.resample, gsi)?;
+        *cur = Some(gsi);
+        Ok(())
+    }
+
+    pub fn gsi(&self) -> Option<u32> {
+        *self.gsi.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
-impl vfio::interrupts::IntxLine for KvmIntx {
+/// The device's side of the line (what VFIO signals and listens on).
+pub struct IntxHandle(pub Arc<KvmIntx>);
+
+impl vfio::interrupts::IntxLine for IntxHandle {
     fn trigger_fd(&self) -> RawFd {
-        self.trigger.as_raw_fd()
+        self.0.trigger.as_raw_fd()
     }
 
     fn resample_fd(&self) -> RawFd {
-        self.resample.as_raw_fd()
+        self.0.resample.as_raw_fd()
     }
 }
 
 impl Drop for KvmIntx {
     fn drop(&mut self) {
-        if let Err(e) = self.chip.unregister_irqfd(&self.trigger, self.gsi) {
-            log::warn!("unregistering INTx irqfd on GSI {}: {e}", self.gsi);
+        if let Some(gsi) = self.gsi() {
+            if let Err(e) = self.chip.unregister_irqfd(&self.trigger, gsi) {
+                log::warn!("unregistering INTx irqfd on GSI {gsi}: {e}");
+            }
         }
     }
 }
@@ -55,11 +81,17 @@ mod tests {
     use crate::irq::fake::{Call, FakeChip};
 
     #[test]
-    fn registers_with_resample_and_unregisters() {
+    fn connects_with_resample_moves_and_unregisters() {
         let chip = Arc::new(FakeChip::default());
-        let line = KvmIntx::new(chip.clone(), 18).unwrap();
-        assert_eq!(line.gsi(), 18);
+        let line = KvmIntx::new(chip.clone()).unwrap();
+        assert_eq!(line.gsi(), None);
+        line.connect(18).unwrap();
+        line.connect(18).unwrap();
+        line.connect(19).unwrap();
         drop(line);
-        assert_eq!(*chip.calls.lock().unwrap(), vec![Call::RegisterResample(18), Call::Unregister(18)]);
+        assert_eq!(
+            *chip.calls.lock().unwrap(),
+            vec![Call::RegisterResample(18), Call::Unregister(18), Call::RegisterResample(19), Call::Unregister(19)]
+        );
     }
 }

@@ -8,7 +8,7 @@ pub mod msi;
 use vmm_sys_util::eventfd::EventFd;
 
 pub use gsi::{GsiRouting, Route};
-pub use intx::KvmIntx;
+pub use intx::{IntxHandle, KvmIntx};
 pub use msi::KvmMsiVectors;
 
 /// The KVM calls interrupt wiring needs. Implemented for [`crate::vstate::vm::Vm`]; tests use a

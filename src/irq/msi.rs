@@ -36,10 +36,6 @@ impl KvmMsiVectors {
             .collect::<std::io::Result<Vec<_>>>()?;
         Ok(Self { routing, vectors })
     }
-
-    pub fn gsis(&self) -> Vec<u32> {
-        self.vectors.iter().map(|v| v.gsi).collect()
-    }
 }
 
 fn routing_err(e: super::gsi::GsiError) -> InterruptError {

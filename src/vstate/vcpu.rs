@@ -180,9 +180,8 @@ impl Vcpu {
                 None
             }
             Ok(VcpuExit::Hlt) => {
-                // With the in-kernel LAPIC, HLT only exits when the vCPU can never wake up.
-                log::info!("vCPU {id} halted with interrupts off");
-                Some(StopReason::PowerOff)
+                // The in-kernel LAPIC handles HLT; an exit means KVM gave up on this vCPU.
+                Some(StopReason::Error(format!("vCPU {id}: unexpected HLT exit to userspace")))
             }
             Ok(VcpuExit::Shutdown) => {
                 log::info!("vCPU {id}: triple fault (shutdown exit), treating as a reset");

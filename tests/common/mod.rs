@@ -175,7 +175,8 @@ pub fn suite_dir() -> Option<PathBuf> {
         .map(PathBuf::from)
 }
 
-fn parse_results(dir: &Path) -> Result<HashMap<String, Scenario>> {
+/// Every scenario in `DIR/results.json`, by name.
+pub fn load_results(dir: &Path) -> Result<HashMap<String, Scenario>> {
     let path = dir.join("results.json");
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("read {} (did the testbed run finish?)", path.display()))?;
@@ -226,19 +227,19 @@ fn parse_results(dir: &Path) -> Result<HashMap<String, Scenario>> {
     Ok(map)
 }
 
-/// Runs `tools/testbed/run` for one scenario into target/testbed/test-NAME.
-fn run_scenario(name: &str) -> Result<PathBuf> {
-    let out = repo_root()
-        .join("target/testbed")
-        .join(format!("test-{name}"));
+/// Boots level 1 once: `tools/testbed/run --out OUT ARGS...` (e.g. `["--script", path]`,
+/// `["--bin", probe]`, scenario names; `VIADUCT_TESTBED_RUN_ARGS` is added too), and returns
+/// every scenario of that run. A failing scenario is a result, not an error; an error means
+/// the run wrote no results (the message names OUT, which holds console.log).
+pub fn run_testbed(out: &Path, args: &[&str]) -> Result<HashMap<String, Scenario>> {
     let mut cmd = Command::new(repo_root().join("tools/testbed/run"));
-    cmd.arg("--out").arg(&out);
+    cmd.arg("--out").arg(out);
     if let Ok(extra) = std::env::var(RUN_ARGS_ENV) {
         cmd.args(extra.split_whitespace());
     }
-    cmd.arg(name);
-    eprintln!("testbed: {RESULTS_ENV} unset: running {cmd:?} (one level-1 boot)");
-    // A failing scenario exits 1 too: its results.json still says which check failed.
+    cmd.args(args);
+    eprintln!("testbed: running {cmd:?} (one level-1 boot)");
+    // A run with a failing scenario exits 1 too: its results.json says which check failed.
     let status = cmd.status().with_context(|| format!("run {cmd:?}"))?;
     if !out.join("results.json").exists() {
         bail!(
@@ -246,6 +247,16 @@ fn run_scenario(name: &str) -> Result<PathBuf> {
             out.display()
         );
     }
+    load_results(out)
+}
+
+/// Runs `tools/testbed/run` for one scenario into target/testbed/test-NAME.
+fn run_scenario(name: &str) -> Result<PathBuf> {
+    let out = repo_root()
+        .join("target/testbed")
+        .join(format!("test-{name}"));
+    eprintln!("testbed: {RESULTS_ENV} unset: running scenario {name} alone");
+    run_testbed(&out, &[name])?;
     Ok(out)
 }
 
@@ -262,7 +273,7 @@ pub fn scenario(name: &str) -> Result<Scenario> {
         Some(dir) => dir,
         None => run_scenario(name)?,
     };
-    let mut all = parse_results(&dir)?;
+    let mut all = load_results(&dir)?;
     let s = all.remove(name).ok_or_else(|| {
         anyhow!(
             "scenario {name} is not in {}/results.json (was it run?)",

@@ -4,6 +4,7 @@
 //!     nvme_probe BDF [EXPECTED_SECTOR0_PREFIX]
 //!     nvme_probe --bar BDF BAR OFFSET...   # any device: text at OFFSETs of a BAR, by mmap
 //!     nvme_probe --info BDF                # any device: ids, capabilities, BARs, vectors
+//!     nvme_probe --dma-bench BDF MIB...    # time DMA-mapping MIB of 4 KiB and 2 MiB pages
 //!
 //! Pre-flight checks, container + group + device, a 2 MiB buffer DMA-mapped as "guest RAM"
 //! (IOVA = its pretend guest address), config space through the virtualization layer, BAR0
@@ -160,14 +161,21 @@ fn submit(dev: &mut VfioPciDevice, ram: &Ram, vec: &EventFd, q: &mut Queue, cmd:
     let slot = q.tail;
     q.tail += 1;
     wr32(dev, 0x1000 + q.qid * 8, q.tail);
-    if !wait_fd(vec, Duration::from_secs(10)) {
-        return Err(format!("no MSI-X interrupt on vector {} within 10 s", q.vector));
+    // Both must be seen: the interrupt on the eventfd and the completion entry. A level-
+    // triggered INTx may re-fire once for an older completion, so wait on for the entry.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (mut irq, mut dw3) = (false, 0);
+    while Instant::now() < deadline && !(irq && dw3 & (1 << 16) != 0) {
+        irq |= wait_fd(vec, Duration::from_millis(50));
+        let cqe = ram.read(q.cq + u64::from(slot) * 16, 16);
+        dw3 = u32::from_le_bytes([cqe[12], cqe[13], cqe[14], cqe[15]]);
     }
-    let cqe = ram.read(q.cq + u64::from(slot) * 16, 16);
-    let dw3 = u32::from_le_bytes([cqe[12], cqe[13], cqe[14], cqe[15]]);
     wr32(dev, 0x1000 + q.qid * 8 + 4, slot + 1);
+    if !irq {
+        return Err(format!("no interrupt on vector {} within 10 s", q.vector));
+    }
     if dw3 & (1 << 16) == 0 {
-        return Err("completion entry without phase bit".into());
+        return Err("interrupt but no completion entry within 10 s".into());
     }
     Ok(dw3 >> 17)
 }
@@ -281,7 +289,10 @@ fn run(bdf_arg: &str, expect: Option<&str>) -> Result<bool, String> {
         dev.write_bar(tbar, toff + u64::from(v) * 16, &e);
     }
     let r = routes.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    ok &= check("msix-routes", r.iter().filter(|(_, m)| m.is_some()).count() == 2, format!("{r:x?}"));
+    // An SR-IOV VF may have a single vector (the NVMe VF here): then I/O shares vector 0.
+    let io_vector = usize::from(n_msix >= 2);
+    let want_routes = if n_msix >= 2 { 2 } else { 1 };
+    ok &= check("msix-routes", r.iter().filter(|(_, m)| m.is_some()).count() == want_routes, format!("{n_msix} host vectors: {r:x?}"));
 
     // NVMe bring-up by DMA.
     wr32(&mut dev, 0x14, 0);
@@ -309,7 +320,7 @@ fn run(bdf_arg: &str, expect: Option<&str>) -> Result<bool, String> {
     cq[0] = 0x05 | (2 << 16);
     cq[6] = (RAM_GPA + IOCQ) as u32;
     cq[10] = (15 << 16) | 1;
-    cq[11] = (1 << 16) | 0b11; // IV 1, interrupts enabled, physically contiguous
+    cq[11] = ((io_vector as u32) << 16) | 0b11; // IV, interrupts enabled, physically contiguous
     let st_cq = submit(&mut dev, &ram, &fds[0], &mut admin, cq)?;
     let mut sq = [0u32; 16];
     sq[0] = 0x01 | (3 << 16);
@@ -318,17 +329,27 @@ fn run(bdf_arg: &str, expect: Option<&str>) -> Result<bool, String> {
     sq[11] = (1 << 16) | 1; // CQID 1, contiguous
     let st_sq = submit(&mut dev, &ram, &fds[0], &mut admin, sq)?;
     ok &= check("nvme-io-queues", st_cq == 0 && st_sq == 0, format!("create cq {st_cq} sq {st_sq}"));
-    let mut io = Queue { sq: IOSQ, cq: IOCQ, qid: 1, tail: 0, vector: 1 };
+    let mut io = Queue { sq: IOSQ, cq: IOCQ, qid: 1, tail: 0, vector: io_vector };
     let mut read = [0u32; 16];
     read[0] = 0x02 | (4 << 16);
     read[1] = 1;
     read[6] = (RAM_GPA + DATA) as u32;
     read[12] = 0; // one block
-    let st = submit(&mut dev, &ram, &fds[1], &mut io, read)?;
+    let st = submit(&mut dev, &ram, &fds[io_vector], &mut io, read)?;
     let sector = ram.read(DATA, 512);
     let line = String::from_utf8_lossy(&sector).split('\n').next().unwrap_or("").to_string();
     let matched = expect.is_none_or(|e| line.starts_with(e));
     ok &= check("nvme-read-lba0-dma", st == 0 && matched, format!("status {st} '{line}'"));
+    if host.irq_count(vfio::host::IrqIndex::Intx) == 0 {
+        // SR-IOV VFs have no INTx (PCIe SR-IOV 1.1, 3.4.1.14): nothing to test, and not a pass.
+        println!("@@CHECK nvme-read-intx skip the device has no INTx (an SR-IOV VF)");
+        ok &= check("trap-counts", true, format!("{:?}", dev.trap_counts()));
+        wr32(&mut dev, 0x14, 0);
+        drop(dev);
+        drop(container);
+        check("release", true, "device reset, DMA unmapped, fds closed");
+        return Ok(ok);
+    }
     // INTx: MSI-X off (INTx comes back on the host), controller interrupts unmasked, a read
     // completes on the level-triggered line; "EOI" through the resample eventfd re-arms it.
     dev.write_config(msix_cap / 4, 2, &[0x00, 0x00]);
@@ -439,12 +460,50 @@ fn info_mode(args: &[String]) -> Result<bool, String> {
     Ok(true)
 }
 
+fn dma_bench(args: &[String]) -> Result<bool, String> {
+    let [bdf, sizes @ ..] = args else { return Err("usage: --dma-bench BDF MIB...".into()) };
+    let specs = parse_devices(&[bdf.as_str()]).map_err(|e| e.to_string())?;
+    let sysfs = PciHost::system();
+    let mut ok = true;
+    for mib in sizes {
+        let mib: u64 = mib.parse().map_err(|_| "sizes are MiB numbers")?;
+        let size = mib << 20;
+        for (pages, flags) in [("4k", 0), ("2m", libc::MAP_HUGETLB)] {
+            preflight(&sysfs, &specs, size).map_err(|e| e.to_string())?;
+            // SAFETY: a fresh anonymous mapping, checked, unmapped below after the container.
+            let ptr = unsafe {
+                libc::mmap(std::ptr::null_mut(), size as usize, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | flags, -1, 0)
+            };
+            if ptr == libc::MAP_FAILED {
+                check(&format!("dma-map-{mib}m-{pages}"), pages == "2m", "no memory of this page size (hugepages not reserved?)");
+                ok &= pages == "2m";
+                continue;
+            }
+            let mut container = Container::open(None).map_err(|e| e.to_string())?;
+            let _host = container.open_device(specs[0].bdf, &specs[0].path).map_err(|e| e.to_string())?;
+            let t = Instant::now();
+            // SAFETY: ptr..ptr+size stays mapped until after the container is dropped.
+            let r = unsafe { container.map_ram(&[RamRange { gpa: 0, size, host_addr: ptr as u64 }]) };
+            let map = t.elapsed();
+            let t = Instant::now();
+            drop(_host);
+            drop(container);
+            let unmap = t.elapsed();
+            // SAFETY: the mapping made above, no longer used by the IOMMU.
+            unsafe { libc::munmap(ptr, size as usize) };
+            ok &= check(&format!("dma-map-{mib}m-{pages}"), r.is_ok(), format!("map_ms {} unmap_ms {} {}", map.as_millis(), unmap.as_millis(), r.err().map(|e| e.to_string()).unwrap_or_default()));
+        }
+    }
+    Ok(ok)
+}
+
 fn main() {
     env_logger_init();
     let args: Vec<String> = std::env::args().collect();
     let mode = match args.get(1).map(String::as_str) {
         Some("--bar") => Some(bar_mode(&args[2..])),
         Some("--info") => Some(info_mode(&args[2..])),
+        Some("--dma-bench") => Some(dma_bench(&args[2..])),
         _ => None,
     };
     if let Some(r) = mode {

@@ -6,7 +6,9 @@ use libfuzzer_sys::fuzz_target;
 use pci::Bdf;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(s) = std::str::from_utf8(data) else { return };
+    let Ok(s) = std::str::from_utf8(data) else {
+        return;
+    };
     if let Ok(b) = s.parse::<Bdf>() {
         let again: Bdf = b.to_string().parse().expect("display output parses");
         assert_eq!(again, b);

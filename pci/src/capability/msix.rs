@@ -21,7 +21,11 @@ pub enum MsixError {
     #[error("MSI-X supports 1..=2048 vectors, not {0}")]
     VectorCount(u16),
     #[error("MSI-X {what} offset {offset:#x} in BAR {bar:?} is not 8-byte aligned")]
-    Unaligned { what: &'static str, bar: BarIndex, offset: u32 },
+    Unaligned {
+        what: &'static str,
+        bar: BarIndex,
+        offset: u32,
+    },
     #[error("adding the MSI-X capability failed")]
     AddCapability(#[source] ConfigSpaceError),
 }
@@ -36,7 +40,12 @@ pub struct TableEntry {
 }
 
 impl TableEntry {
-    const MASKED: TableEntry = TableEntry { address_lo: 0, address_hi: 0, data: 0, control: ENTRY_MASKED };
+    const MASKED: TableEntry = TableEntry {
+        address_lo: 0,
+        address_hi: 0,
+        data: 0,
+        control: ENTRY_MASKED,
+    };
 
     pub fn masked(&self) -> bool {
         self.control & ENTRY_MASKED != 0
@@ -147,7 +156,9 @@ impl Table {
 
     pub fn is_pending(&self, v: VectorIndex) -> bool {
         let i = usize::from(v.0);
-        self.pending.get(i / 64).is_some_and(|q| q & (1 << (i % 64)) != 0)
+        self.pending
+            .get(i / 64)
+            .is_some_and(|q| q & (1 << (i % 64)) != 0)
     }
 
     /// Sets or clears a pending bit (the device side: an assigned device's PBA, or an
@@ -180,7 +191,9 @@ impl Table {
     /// straddling reads return all-ones).
     pub fn read(&self, offset: u64, data: &mut [u8]) {
         data.fill(0xff);
-        let Some(end) = offset.checked_add(data.len() as u64) else { return };
+        let Some(end) = offset.checked_add(data.len() as u64) else {
+            return;
+        };
         if data.len() > 8 || end > self.table_bytes() {
             return;
         }
@@ -193,14 +206,21 @@ impl Table {
 
     /// A guest write to the table at byte `offset`; returns the route changes.
     pub fn write(&mut self, offset: u64, data: &[u8]) -> MsixChange {
-        let Some(end) = offset.checked_add(data.len() as u64) else { return MsixChange::default() };
+        let Some(end) = offset.checked_add(data.len() as u64) else {
+            return MsixChange::default();
+        };
         if data.is_empty() || data.len() > 8 || end > self.table_bytes() {
-            log::debug!("MSI-X table write of {} bytes at {offset:#x} dropped", data.len());
+            log::debug!(
+                "MSI-X table write of {} bytes at {offset:#x} dropped",
+                data.len()
+            );
             return MsixChange::default();
         }
         let first = (offset / ENTRY_SIZE) as usize;
         let last = ((end - 1) / ENTRY_SIZE) as usize;
-        let before: Vec<_> = (first..=last).map(|v| self.route(VectorIndex(v as u16))).collect();
+        let before: Vec<_> = (first..=last)
+            .map(|v| self.route(VectorIndex(v as u16)))
+            .collect();
         for (i, b) in data.iter().enumerate() {
             let at = offset + i as u64;
             let e = &mut self.entries[(at / ENTRY_SIZE) as usize];
@@ -219,7 +239,9 @@ impl Table {
     /// PBA reads (the PBA is read-only; guest writes to it are dropped by the caller).
     pub fn read_pba(&self, offset: u64, data: &mut [u8]) {
         data.fill(0xff);
-        let Some(end) = offset.checked_add(data.len() as u64) else { return };
+        let Some(end) = offset.checked_add(data.len() as u64) else {
+            return;
+        };
         if data.len() > 8 || end > self.pba_bytes() {
             return;
         }
@@ -231,7 +253,9 @@ impl Table {
 
     /// The capability's Message Control was written: enable and function mask.
     pub fn set_control(&mut self, enabled: bool, function_mask: bool) -> MsixChange {
-        let before: Vec<_> = (0..self.entries.len()).map(|v| self.route(VectorIndex(v as u16))).collect();
+        let before: Vec<_> = (0..self.entries.len())
+            .map(|v| self.route(VectorIndex(v as u16)))
+            .collect();
         self.enabled = enabled;
         self.function_mask = function_mask;
         let mut change = MsixChange::default();
@@ -286,10 +310,18 @@ impl MsixCapability {
         }
         let mut body = [0u8; 10];
         body[..2].copy_from_slice(&(config.vectors - 1).to_le_bytes());
-        body[2..6].copy_from_slice(&(config.table_offset | u32::from(config.table_bar.0 & 7)).to_le_bytes());
-        body[6..].copy_from_slice(&(config.pba_offset | u32::from(config.pba_bar.0 & 7)).to_le_bytes());
-        let offset = cs.add_capability(CAP_ID_MSIX, &body).map_err(MsixError::AddCapability)?;
-        cs.set_write_mask(offset / 4, u32::from(CONTROL_ENABLE | CONTROL_FUNCTION_MASK) << 16);
+        body[2..6].copy_from_slice(
+            &(config.table_offset | u32::from(config.table_bar.0 & 7)).to_le_bytes(),
+        );
+        body[6..]
+            .copy_from_slice(&(config.pba_offset | u32::from(config.pba_bar.0 & 7)).to_le_bytes());
+        let offset = cs
+            .add_capability(CAP_ID_MSIX, &body)
+            .map_err(MsixError::AddCapability)?;
+        cs.set_write_mask(
+            offset / 4,
+            u32::from(CONTROL_ENABLE | CONTROL_FUNCTION_MASK) << 16,
+        );
         Ok(Self { offset, config })
     }
 
@@ -317,7 +349,10 @@ impl MsixCapability {
 mod tests {
     use super::*;
 
-    const MSG: MsiMessage = MsiMessage { address: 0xfee0_0000, data: 0x41 };
+    const MSG: MsiMessage = MsiMessage {
+        address: 0xfee0_0000,
+        data: 0x41,
+    };
 
     fn program(t: &mut Table, v: u16, msg: MsiMessage) -> MsixChange {
         let base = u64::from(v) * ENTRY_SIZE;
@@ -344,7 +379,10 @@ mod tests {
     fn unmask_routes_and_mask_unroutes() {
         let mut t = Table::new(4).unwrap();
         assert!(t.set_control(true, false).is_empty(), "all entries masked");
-        assert!(program(&mut t, 2, MSG).is_empty(), "programming a masked entry");
+        assert!(
+            program(&mut t, 2, MSG).is_empty(),
+            "programming a masked entry"
+        );
         let c = t.write(2 * 16 + 12, &0u32.to_le_bytes());
         assert_eq!(c.routes, vec![(VectorIndex(2), Some(MSG))]);
         assert!(c.fire.is_empty());
@@ -367,7 +405,10 @@ mod tests {
         let c = t.set_control(true, false);
         assert_eq!(c.routes.len(), 2);
         let c = t.set_control(false, false);
-        assert_eq!(c.routes, vec![(VectorIndex(0), None), (VectorIndex(1), None)]);
+        assert_eq!(
+            c.routes,
+            vec![(VectorIndex(0), None), (VectorIndex(1), None)]
+        );
     }
 
     #[test]
@@ -403,7 +444,10 @@ mod tests {
         assert_eq!(u32::from_le_bytes(b), 1);
         // A qword write across two dwords of one entry, then bytes.
         t.write(16, &0x0000_0001_fee0_0000u64.to_le_bytes());
-        assert_eq!(t.entry(VectorIndex(1)).map(|e| e.message().address), Some(0x1_fee0_0000));
+        assert_eq!(
+            t.entry(VectorIndex(1)).map(|e| e.message().address),
+            Some(0x1_fee0_0000)
+        );
         t.write(24, &[0x11]);
         t.write(25, &[0x22]);
         assert_eq!(t.entry(VectorIndex(1)).map(|e| e.data), Some(0x2211));
@@ -424,21 +468,44 @@ mod tests {
     #[test]
     fn capability_registers() {
         use crate::config_space::{DeviceIds, HeaderType};
-        let ids = DeviceIds { vendor_id: 1, device_id: 2, class_code: 0, revision: 0, subsystem_vendor_id: 0, subsystem_id: 0 };
+        let ids = DeviceIds {
+            vendor_id: 1,
+            device_id: 2,
+            class_code: 0,
+            revision: 0,
+            subsystem_vendor_id: 0,
+            subsystem_id: 0,
+        };
         let mut cs = ConfigSpace::new(ids, HeaderType::Endpoint, true);
-        let cfg = MsixConfig { vectors: 5, table_bar: BarIndex(2), table_offset: 0x2000, pba_bar: BarIndex(2), pba_offset: 0x3000 };
+        let cfg = MsixConfig {
+            vectors: 5,
+            table_bar: BarIndex(2),
+            table_offset: 0x2000,
+            pba_bar: BarIndex(2),
+            pba_offset: 0x3000,
+        };
         let cap = MsixCapability::add(&mut cs, cfg).unwrap();
         let o = cap.offset();
         assert_eq!(cs.read(o / 4), 0x0004_0011);
         assert_eq!(cs.read(o / 4 + 1), 0x2002);
         assert_eq!(cs.read(o / 4 + 2), 0x3002);
         cs.write(o / 4, 0, &[0xff; 4]);
-        assert_eq!(cs.read(o / 4), 0xc004_0011, "only enable and function mask writable");
+        assert_eq!(
+            cs.read(o / 4),
+            0xc004_0011,
+            "only enable and function mask writable"
+        );
         assert_eq!(cap.control(&cs), (true, true));
         cs.write(o / 4 + 1, 0, &[0; 4]);
         assert_eq!(cs.read(o / 4 + 1), 0x2002);
         assert!(cap.covers(o / 4) && !cap.covers(o / 4 + 1));
-        let bad = MsixConfig { table_offset: 0x2004, ..cfg };
-        assert!(matches!(MsixCapability::add(&mut cs, bad), Err(MsixError::Unaligned { .. })));
+        let bad = MsixConfig {
+            table_offset: 0x2004,
+            ..cfg
+        };
+        assert!(matches!(
+            MsixCapability::add(&mut cs, bad),
+            Err(MsixError::Unaligned { .. })
+        ));
     }
 }

@@ -34,7 +34,8 @@ pub fn add_pcie_capability(
     let has_link = cfg.port_type != PciePortType::RootComplexIntegratedEndpoint;
     let mut b = [0u8; BODY_LEN];
     // `b[n]` is the byte at capability offset n + 2.
-    let mut put = |cap_off: usize, v: &[u8]| b[cap_off - 2..cap_off - 2 + v.len()].copy_from_slice(v);
+    let mut put =
+        |cap_off: usize, v: &[u8]| b[cap_off - 2..cap_off - 2 + v.len()].copy_from_slice(v);
     let caps: u16 = 2 | ((cfg.port_type as u16) << 4) | (u16::from(root) << 8);
     put(0x02, &caps.to_le_bytes());
     // Device capabilities: 128 B max payload, role-based error reporting.
@@ -97,14 +98,25 @@ mod tests {
     use crate::config_space::{DeviceIds, HeaderType};
 
     fn cs() -> ConfigSpace {
-        let ids = DeviceIds { vendor_id: 1, device_id: 2, class_code: 0x060400, revision: 0, subsystem_vendor_id: 0, subsystem_id: 0 };
+        let ids = DeviceIds {
+            vendor_id: 1,
+            device_id: 2,
+            class_code: 0x060400,
+            revision: 0,
+            subsystem_vendor_id: 0,
+            subsystem_id: 0,
+        };
         ConfigSpace::new(ids, HeaderType::Bridge, true)
     }
 
     #[test]
     fn root_port_layout_and_masks() {
         let mut c = cs();
-        let cfg = PcieCapabilityConfig { port_type: PciePortType::RootPort, port_number: 3, slot_occupied: true };
+        let cfg = PcieCapabilityConfig {
+            port_type: PciePortType::RootPort,
+            port_number: 3,
+            slot_occupied: true,
+        };
         let off = add_pcie_capability(&mut c, cfg).unwrap();
         let r = off / 4;
         assert_eq!(c.read(r), 0x0142_0010, "v2, root port, slot implemented");
@@ -130,7 +142,11 @@ mod tests {
     #[test]
     fn integrated_endpoint_has_no_link() {
         let mut c = cs();
-        let cfg = PcieCapabilityConfig { port_type: PciePortType::RootComplexIntegratedEndpoint, port_number: 0, slot_occupied: false };
+        let cfg = PcieCapabilityConfig {
+            port_type: PciePortType::RootComplexIntegratedEndpoint,
+            port_number: 0,
+            slot_occupied: false,
+        };
         let off = add_pcie_capability(&mut c, cfg).unwrap();
         assert_eq!(c.read(off / 4 + 3), 0);
         c.write(off / 4 + 4, 0, &[0xff; 4]);

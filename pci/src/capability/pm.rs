@@ -34,7 +34,14 @@ mod tests {
 
     #[test]
     fn pmcsr_masks() {
-        let ids = DeviceIds { vendor_id: 1, device_id: 2, class_code: 0, revision: 0, subsystem_vendor_id: 0, subsystem_id: 0 };
+        let ids = DeviceIds {
+            vendor_id: 1,
+            device_id: 2,
+            class_code: 0,
+            revision: 0,
+            subsystem_vendor_id: 0,
+            subsystem_id: 0,
+        };
         let mut cs = ConfigSpace::new(ids, HeaderType::Endpoint, false);
         let off = add_pm_capability(&mut cs).unwrap();
         assert_eq!(cs.read(off / 4), 0x0003_0001);

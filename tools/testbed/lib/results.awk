@@ -1,8 +1,12 @@
 # Turns the L1 marker log into results.json. Variables: out (output dir), want (space
 # separated scenario names expected in this run), booted/finished are derived here.
 # Input lines: "@@TB KIND ..." (see tools/testbed/README.md); anything else is ignored.
-function esc(s) {
-    gsub(/\\/, "\\\\", s); gsub(/"/, "\\\"", s); gsub(/\t/, " ", s)
+function esc(s,   n, i, parts, r) {
+    # Backslashes by split/join: gsub's replacement-string escapes differ between awks.
+    n = split(s, parts, /\\/); r = parts[1]
+    for (i = 2; i <= n; i++) r = r "\\\\" parts[i]
+    s = r
+    gsub(/"/, "\\\"", s); gsub(/\t/, " ", s)
     gsub(/[\001-\037]/, "", s)
     return s
 }

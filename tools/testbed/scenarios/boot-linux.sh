@@ -61,4 +61,20 @@ GUEST
     tb_run_l2 "$run" 180 /tmp/boot-guest-$n.sh -- viaduct --kernel @KERNEL@ --initramfs @INITRD@ \
         --cmdline "@CMDLINE@" --cpus "$n" --memory "${mem_mib}M" --log-level info
 done
+
+# Reboot: with --on-reboot exit, a guest `reboot -f` (ACPI reset register) ends viaduct with 0.
+cat >/tmp/boot-guest-reboot.sh <<'GUEST'
+g_check reboot-requested pass "calling reboot -f"
+echo "@@G done rc=0"
+sync
+reboot -f
+sleep 30
+GUEST
+tb_run_l2 viaduct-reboot 180 /tmp/boot-guest-reboot.sh -- viaduct --kernel @KERNEL@ --initramfs @INITRD@ \
+    --cmdline "@CMDLINE@" --memory "${mem_mib}M" --on-reboot exit --log-level info
+if grep -q "guest rebooted: exiting" /tmp/l2/viaduct-reboot/console.log; then
+    tb_check viaduct-reboot/reboot-exit pass "viaduct saw the reset and exited"
+else
+    tb_check viaduct-reboot/reboot-exit fail "no 'guest rebooted' in viaduct's log"
+fi
 true

@@ -78,3 +78,15 @@ if [ -x "$probe" ]; then
     fi
 fi
 true
+
+# DMA-map cost of guest RAM, 4 KiB and 2 MiB pages (values: dma-map-SIZE-PAGES map_ms ...).
+if [ -x "$probe" ] && tb_bind_vfio "$TB_NVME" >/dev/null; then
+    echo 300 >/proc/sys/vm/nr_hugepages 2>/dev/null
+    tb_value hugepages_reserved "$(cat /proc/sys/vm/nr_hugepages)"
+    "$probe" --dma-bench "$TB_NVME" 256 512 >/tmp/probe.out 2>&1; rc=$?
+    grep '^@@CHECK' /tmp/probe.out | while read -r _ name status detail; do tb_check "bench-$name" "$status" "$detail"; done
+    [ $rc = 0 ] && tb_check bench-dma-rc pass "rc 0" || tb_check bench-dma-rc fail "rc $rc: $(grep '@@' /tmp/probe.out | tail -n2)"
+    echo 0 >/proc/sys/vm/nr_hugepages 2>/dev/null
+    tb_bind nvme "$TB_NVME" >/dev/null 2>&1
+fi
+true

@@ -29,11 +29,14 @@ run() {
     return "$(cat /tmp/$name.rc)"
 }
 
+# Leftovers of earlier scenarios in this boot (records in the state file) go back first, so
+# the counts below are this scenario's own.
+run preflight_restore restore --json
+
 # Start from no VFs.
 echo 0 >/sys/bus/pci/devices/$PF/sriov_numvfs
 IF=$(ls /sys/bus/pci/devices/$PF/net 2>/dev/null | head -n1)
 tb_value pf_if "$IF"
-ip link set "$IF" up 2>/dev/null
 tb_value pf_group "$(tb_iommu_group $PF)"
 tb_value nvme_group "$(tb_iommu_group $NVME)"
 
@@ -69,7 +72,8 @@ run list_vfs list $VF0 $VF1 --json
 $C list $PF $VF0 $VF1
 
 # --- vf settings through rtnetlink ---
-dmesg -c >/dev/null
+# Not `dmesg -c`: later scenarios may read the boot messages.
+DMESG_START=$(dmesg | wc -l)
 if run vf_set vf $PF 0 --mac 02:00:00:00:00:aa --vlan 100 --json; then
     tb_check vf-set pass "$(cat /tmp/vf_set.out | tr '\n' ' ')"
 else
@@ -80,7 +84,7 @@ run vf_set1 vf "$IF" 1 --mac 02:00:00:00:00:bb --trust on --spoofchk off --json
 run vf_show vf $PF --json
 $C vf $PF
 # The driver's own account of what it was asked to do.
-tb_value vf_dmesg "$(dmesg | grep -i 'vf' | tail -n 8)"
+tb_value vf_dmesg "$(dmesg | tail -n +$((DMESG_START + 1)) | grep -i -e 'on VF' -e 'VF [0-9]' | head -n 30)"
 ip link show "$IF" >/tmp/iplink.txt 2>&1
 tb_value vf_iplink "$(cat /tmp/iplink.txt)"
 
@@ -183,4 +187,13 @@ modprobe vfio-pci 2>/dev/null
 # --- clean up: no VFs ---
 run sriov_remove sriov $PF --num-vfs 0 --json
 tb_value vfs_after_remove "$(ls -d /sys/bus/pci/devices/$PF/virtfn* 2>/dev/null | wc -l)"
+
+# --- a device the host uses is refused: the PF with its interface up ---
+IF_FLAGS=$(cat /sys/class/net/$IF/flags)
+ip link set "$IF" up
+tb_value inuse_flags "$(cat /sys/class/net/$IF/flags)"
+run bind_inuse bind $PF --json
+tb_value bind_inuse_driver "$(tb_driver $PF)"
+run check_inuse check $PF --json
+[ $((IF_FLAGS & 1)) = 0 ] && ip link set "$IF" down
 true

@@ -14,6 +14,9 @@ pub struct BindArgs {
     /// Also bind every other member of its IOMMU group (bridges excepted), as VFIO needs.
     #[arg(long)]
     group: bool,
+    /// Bind even if the host uses the device (an interface up, a filesystem mounted).
+    #[arg(long)]
+    force: bool,
     /// One JSON document on stdout.
     #[arg(long)]
     pub json: bool,
@@ -122,6 +125,7 @@ fn resolve(binder: &Binder, spec: &str) -> anyhow::Result<Bdf> {
 }
 
 pub fn run_bind(binder: &Binder, args: &BindArgs) -> anyhow::Result<()> {
+    let binder = &binder.clone().with_force(args.force);
     let bdf = resolve(binder, &args.device)?;
     let results: Vec<ResultDoc> = if args.group {
         binder

@@ -25,6 +25,8 @@ pub enum BindError {
     Bridge { bdf: Bdf },
     #[error("{bdf} is an SR-IOV PF with {num_vfs} VFs: unbinding its driver would remove them; remove them first (viaductctl sriov {bdf} --num-vfs 0)")]
     PfHasVfs { bdf: Bdf, num_vfs: u32 },
+    #[error("{bdf} is in use by the host: {uses}; stop using it first (or force the bind)")]
+    InUse { bdf: Bdf, uses: String },
     #[error("{bdf} has no IOMMU group: is the IOMMU on? (see `viaductctl check`)")]
     NoIommuGroup { bdf: Bdf },
     #[error("{bdf}: writing {attr}")]
@@ -79,6 +81,8 @@ pub struct Binder {
     host: PciHost,
     state: StateFile,
     owner: String,
+    /// Bind even devices the host uses (an interface up, a filesystem mounted).
+    force: bool,
 }
 
 impl Binder {
@@ -89,7 +93,14 @@ impl Binder {
             host,
             state,
             owner: owner.into(),
+            force: false,
         }
+    }
+
+    /// Whether to take devices the host is using (see [`PciHost::host_uses`]).
+    pub fn with_force(mut self, force: bool) -> Self {
+        self.force = force;
+        self
     }
 
     pub fn host(&self) -> &PciHost {
@@ -143,7 +154,20 @@ impl Binder {
         if !self.host.driver_loaded(VFIO_PCI) {
             return Err(BindError::VfioPciMissing { bdf });
         }
-        Ok(())
+        self.check_unused(bdf)
+    }
+
+    fn check_unused(&self, bdf: Bdf) -> Result<(), BindError> {
+        let uses = self.host.host_uses(bdf);
+        if uses.is_empty() || self.force {
+            return Ok(());
+        }
+        let uses = uses
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        Err(BindError::InUse { bdf, uses })
     }
 
     /// Moves one device to vfio-pci. Idempotent.
@@ -233,6 +257,9 @@ impl Binder {
                     .unwrap_or(false)
             })
             .collect();
+        for m in &members {
+            self.check_unused(*m)?;
+        }
         let lock = self.state.lock().map_err(Self::state_err(bdf))?;
         let mut done = Vec::new();
         for m in members {
@@ -509,6 +536,14 @@ mod tests {
             b.bind(pci_address(0, 0, 1, 0)),
             Err(BindError::Bridge { .. })
         ));
+        std::fs::write(f.path("sys/class/net/eth0/flags"), "0x1003\n").unwrap();
+        match b.bind(PF) {
+            Err(BindError::InUse { uses, .. }) => assert_eq!(uses, "interface eth0 is up"),
+            other => panic!("{other:?}"),
+        }
+        assert!(b.clone().with_force(true).bind(PF).is_ok());
+        assert!(b.restore(PF).is_ok());
+        std::fs::write(f.path("sys/class/net/eth0/flags"), "0x1002\n").unwrap();
         let h = f.live_host();
         h.set_num_vfs(PF, 1, crate::sysfs::SriovOptions::default())
             .unwrap();

@@ -44,7 +44,7 @@ impl Severity {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Finding {
     /// Stable check id: iommu, interrupt-remapping, vfio-modules, memlock, device,
-    /// iommu-group, group-viability, reset.
+    /// iommu-group, group-viability, in-use, reset.
     pub check: &'static str,
     /// The device it is about, for per-device checks.
     pub device: Option<Bdf>,
@@ -373,6 +373,23 @@ impl PciHost {
                     Some(&format!(
                         "bind the whole group: viaductctl bind {bdf} --group"
                     )),
+                )
+                .on(bdf),
+            );
+        }
+        let uses = self.host_uses(bdf);
+        if !uses.is_empty() {
+            let list = uses
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ");
+            v.push(
+                Finding::new(
+                    "in-use",
+                    Severity::Warn,
+                    format!("the host uses it: {list}"),
+                    Some("take the interface down / unmount first; `viaductctl bind` refuses it otherwise (--force overrides)"),
                 )
                 .on(bdf),
             );

@@ -13,6 +13,7 @@ mod inventory;
 mod managed;
 mod sriov;
 mod state;
+mod usage;
 mod vf;
 
 pub use bdf::{pci_address, Bdf, BdfError};
@@ -25,4 +26,5 @@ pub use inventory::{
 pub use managed::ManagedDevices;
 pub use sriov::{SriovError, SriovOptions};
 pub use state::{BindingRecord, StateError, StateFile, StateLock};
+pub use usage::HostUse;
 pub use vf::{MacAddr, PfNetdev, Rtnetlink, VfError, VfLinkState, VfSettings, VfStatus};

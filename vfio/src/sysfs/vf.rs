@@ -4,6 +4,7 @@
 
 use std::fmt;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::str::FromStr;
 
 use netlink_packet_core::{
@@ -248,6 +249,8 @@ impl PciHost {
     }
 }
 
+const REPLY_TIMEOUT_SECS: libc::time_t = 5;
+
 /// A synchronous rtnetlink connection for VF requests.
 pub struct Rtnetlink {
     socket: Socket,
@@ -262,6 +265,24 @@ impl Rtnetlink {
         socket
             .connect(&SocketAddr::new(0, 0))
             .map_err(VfError::OpenSocket)?;
+        // A reply that never comes must not hang the tool: bound every receive.
+        let tv = libc::timeval {
+            tv_sec: REPLY_TIMEOUT_SECS,
+            tv_usec: 0,
+        };
+        // SAFETY: setsockopt on a socket we own, with a pointer to a live timeval and its size.
+        let rc = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(VfError::OpenSocket(io::Error::last_os_error()));
+        }
         // Replies with per-VF stats of many VFs outgrow a page; the kernel caps one message
         // at 32 KiB unless asked, so 64 KiB holds any single reply.
         Ok(Self {
@@ -496,9 +517,8 @@ fn parse_vf(position: u32, info: LinkVfInfo) -> VfStatus {
                 s.vlan = u16::try_from(v.vlan_id).ok();
                 s.qos = u8::try_from(v.qos).ok();
             }
-            // The kernel sends u32 -1 for "not supported"; the crate maps any non-zero to true,
-            // so only trust these when the driver is known to fill them (it always does for
-            // drivers that implement ndo_get_vf_config, which is what reports VFs at all).
+            // The kernel sends u32 -1 when the driver does not fill these; the crate reads -1
+            // as false, so such a driver's VFs show "off".
             VfInfo::SpoofCheck(c) => s.spoofchk = Some(c.enabled),
             VfInfo::Trust(t) => s.trust = Some(t.enabled),
             VfInfo::LinkState(l) => s.link_state = VfLinkState::from_nl(l.state),
