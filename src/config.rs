@@ -62,6 +62,10 @@ pub struct Cli {
     #[arg(long, value_name = "SPEC")]
     pub net: Vec<String>,
 
+    /// A virtio-rng entropy device fed from the host's /dev/urandom.
+    #[arg(long)]
+    pub rng: bool,
+
     /// What a guest reboot does: restart the guest, or exit viaduct with status 0.
     #[arg(long, value_enum, value_name = "ACTION", default_value = "exit")]
     pub on_reboot: RebootAction,
@@ -237,6 +241,7 @@ pub struct VmConfig {
     pub devices: Vec<DeviceSpec>,
     pub disks: Vec<DeviceSpec>,
     pub nets: Vec<DeviceSpec>,
+    pub rng: bool,
     pub on_reboot: RebootAction,
 }
 
@@ -260,6 +265,7 @@ impl TryFrom<&Cli> for VmConfig {
             devices: list("device", &cli.device, "path")?,
             disks: list("disk", &cli.disk, "path")?,
             nets: list("net", &cli.net, "tap")?,
+            rng: cli.rng,
             on_reboot: cli.on_reboot,
         })
     }

@@ -33,12 +33,10 @@ pub enum KernelError {
         #[source]
         source: std::io::Error,
     },
-    #[error("loading kernel image {path} failed (neither a bzImage nor an ELF vmlinux with a PVH note?)")]
-    LoadKernel {
-        path: PathBuf,
-        #[source]
-        source: loader::Error,
-    },
+    /// `reason` is the loader's innermost message: linux-loader's errors repeat their
+    /// sources in their own text, so chaining them would print it three times.
+    #[error("loading kernel image {path} failed: {reason} (is it a bzImage, or an ELF vmlinux with a PVH note?)")]
+    LoadKernel { path: PathBuf, reason: String },
     #[error("kernel {path} is an ELF image without a PVH entry point (XEN_ELFNOTE_PHYS32_ENTRY); use a bzImage")]
     NoPvhEntry { path: PathBuf },
     #[error("kernel {path} does not support the 64-bit boot protocol (XLF_KERNEL_64)")]
@@ -85,7 +83,13 @@ fn is_elf(path: &Path) -> Result<bool, KernelError> {
 /// Loads the kernel and returns how to enter it plus the loader's view of the image.
 fn load_kernel(mem: &GuestMemory, path: &Path) -> Result<(BootEntry, KernelLoaderResult), KernelError> {
     let mut file = File::open(path).map_err(|source| KernelError::OpenKernel { path: path.into(), source })?;
-    let load_err = |source| KernelError::LoadKernel { path: path.into(), source };
+    let load_err = |e: loader::Error| {
+        let mut inner: &dyn std::error::Error = &e;
+        while let Some(next) = inner.source() {
+            inner = next;
+        }
+        KernelError::LoadKernel { path: path.into(), reason: inner.to_string() }
+    };
     if is_elf(path)? {
         let result = Elf::load(mem, None, &mut file, Some(GuestAddress(layout::HIGH_RAM_START)))
             .map_err(load_err)?;

@@ -4,6 +4,7 @@
 pub mod legacy;
 pub mod pci;
 pub mod vfio;
+pub mod virtio;
 
 use std::sync::{Arc, Mutex};
 
@@ -45,6 +46,8 @@ pub enum DeviceManagerError {
     PciAml(String),
     #[error(transparent)]
     Vfio(#[from] vfio::VfioManagerError),
+    #[error(transparent)]
+    Virtio(#[from] virtio::VirtioManagerError),
     #[error(transparent)]
     Resources(#[from] crate::resources::ResourceError),
 }
@@ -92,12 +95,19 @@ impl DeviceManager {
         memory: &GuestMemory,
         cfg: &crate::config::VmConfig,
     ) -> Result<(), DeviceManagerError> {
-        for (flag, specs, what) in [("disk", &cfg.disks, "virtio-blk"), ("net", &cfg.nets, "virtio-net")] {
+        for (flag, specs, what) in [("net", &cfg.nets, "virtio-net")] {
             if let Some(spec) = specs.first() {
                 return Err(DeviceManagerError::Unsupported { flag, spec: format!("{spec:?}"), what });
             }
         }
+        let disks = virtio::parse_disks(&cfg.disks)?;
         let specs = vfio::parse_cli(&cfg.devices)?;
+        let vctx = virtio::AttachContext { vm, memory, resources: &self.resources, routing: &self.routing };
+        for dev in virtio::create_devices(&vctx, &disks, cfg.rng)? {
+            let name = dev.lock().unwrap_or_else(|e| e.into_inner()).name().to_string();
+            let bdf = self.pci.attach_pci_device(dev, &self.buses)?;
+            log::info!("{name} is guest {bdf}");
+        }
         if specs.is_empty() {
             return Ok(());
         }

@@ -29,8 +29,10 @@ impl pci::BusDevice for AcpiPm {
 
     fn write(&mut self, _offset: u64, data: &[u8]) {
         let [value] = data else {
+            log::debug!("ACPI sleep/reset register: {}-byte write ignored", data.len());
             return;
         };
+        log::debug!("ACPI sleep/reset register write {value:#x}");
         if *value == layout::ACPI_RESET_VALUE {
             log::info!("guest requested a reset through the ACPI reset register");
             self.stop.request(StopReason::Reset);

@@ -24,6 +24,7 @@ impl pci::BusDevice for I8042 {
 
     fn write(&mut self, offset: u64, data: &[u8]) {
         if let (Ok(off), [value]) = (u8::try_from(offset), data) {
+            log::trace!("i8042: write {value:#x} at offset {off}");
             // The trigger is infallible.
             let _ = self.dev.write(off, *value);
         }

@@ -5,3 +5,4 @@ pub mod acpi_pm;
 pub mod cmos;
 pub mod i8042;
 pub mod serial;
+pub mod virtio;

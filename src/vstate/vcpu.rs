@@ -147,7 +147,10 @@ impl Vcpu {
                 stop.request(reason);
             }
         }
-        log::debug!("vCPU {} stopped", self.id);
+        match self.fd.get_regs() {
+            Ok(r) => log::debug!("vCPU {} stopped at rip {:#x}", self.id, r.rip),
+            Err(_) => log::debug!("vCPU {} stopped", self.id),
+        }
     }
 
     fn run_once(&mut self, buses: &IoBuses) -> Option<StopReason> {

@@ -44,7 +44,7 @@ GUEST
 run_viaduct() {
     set --
     for b in $devs; do set -- "$@" --device "path=/sys/bus/pci/devices/$b"; done
-    tb_run_l2 viaduct 180 /tmp/demo-guest.sh -- viaduct --kernel @KERNEL@ --initramfs @INITRD@ \
+    tb_run_l2 viaduct 120 /tmp/demo-guest.sh -- viaduct --kernel @KERNEL@ --initramfs @INITRD@ \
         --cmdline "@CMDLINE@" --memory 256M "$@"
 }
 run_qemu() { tb_qemu_l2 qemu 180 /tmp/demo-guest.sh $devs; }

@@ -23,7 +23,12 @@ TB_BRIDGE=0000:07:00.0
 
 tb_mark() {
     local line="@@TB $*"
-    echo "$line" >"$TB_MARKS" 2>/dev/null
+    # fd 7 is the marker port opened by /init (see there why it must not be reopened).
+    if [ "${TB_MARKS_FD:-}" = 7 ]; then
+        echo "$line" >&7
+    else
+        echo "$line" >>"$TB_MARKS"
+    fi
     echo "$line"
 }
 

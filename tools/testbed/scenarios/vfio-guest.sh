@@ -37,10 +37,14 @@ printf 'VIADUCT-GUEST-WROTE %s\n' "$sig" | dd of=/dev/nvme0n1 bs=512 seek=2048 c
 back=$(dd if=/dev/nvme0n1 bs=512 skip=2048 count=1 iflag=direct 2>/dev/null | head -n1)
 [ "$back" = "VIADUCT-GUEST-WROTE $sig" ] && g_check nvme-write pass "LBA 2048" || g_check nvme-write fail "read back '$back'"
 sync
+# MSI-X: the device's msi_irqs; INTx (pci=nomsi): the IO-APIC line the nvme queues share.
 c=$(g_dev_irq_count $nv)
+kind=msi
+[ "${c:-0}" -gt 0 ] || { c=$(g_irq_count 'IO-APIC.*nvme'); kind=intx; }
 g_value nvme_irqs "$c"
+g_value nvme_irq_kind "$kind"
 g_value nvme_msi_vectors "$(g_msi_vectors $nv)"
-[ "${c:-0}" -gt 0 ] && g_check nvme-interrupts pass "$c interrupts, $(g_msi_vectors $nv) MSI vectors" || g_check nvme-interrupts fail "no interrupts"
+[ "${c:-0}" -gt 0 ] && g_check nvme-interrupts pass "$c $kind interrupts, $(g_msi_vectors $nv) MSI vectors" || g_check nvme-interrupts fail "no interrupts"
 grep -i nvme /proc/interrupts
 GUEST
 }

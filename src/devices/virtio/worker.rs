@@ -1,0 +1,156 @@
+//! The I/O thread of one virtio device: waits (epoll) on the queues' ioeventfds, runs the
+//! device's [`QueueHandler`] and raises the queue's MSI-X vector by signalling its irqfd, so
+//! neither a notification nor an interrupt goes through a vCPU thread or the device lock.
+
+use std::thread::JoinHandle;
+
+use virtio_queue::{Queue, QueueT};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::registers::QueueConfig;
+use super::{QueueHandler, VirtioError};
+use crate::vstate::memory::GuestMemory;
+
+const KILL_TOKEN: u64 = u64::MAX;
+
+/// One queue handed to the thread.
+pub struct ActiveQueue {
+    pub index: usize,
+    pub queue: Queue,
+    /// The queue's notification eventfd (a clone of the one KVM signals).
+    pub notify: EventFd,
+    /// The irqfd of the queue's MSI-X vector; `None` when the driver gave it no vector.
+    pub interrupt: Option<EventFd>,
+}
+
+/// Builds a virtio-queue `Queue` from the driver's settings; `None` (logged) when the rings
+/// do not fit in guest memory or are misaligned, so such a queue is never served.
+pub fn build_queue(name: &str, index: usize, cfg: &QueueConfig, mem: &GuestMemory) -> Option<Queue> {
+    if !cfg.ready {
+        return None;
+    }
+    let mut q = Queue::new(cfg.max_size).ok()?;
+    q.set_size(cfg.size);
+    let split = |a: u64| (Some(a as u32), Some((a >> 32) as u32));
+    let (lo, hi) = split(cfg.desc);
+    q.set_desc_table_address(lo, hi);
+    let (lo, hi) = split(cfg.avail);
+    q.set_avail_ring_address(lo, hi);
+    let (lo, hi) = split(cfg.used);
+    q.set_used_ring_address(lo, hi);
+    q.set_ready(true);
+    if !q.is_valid(mem) {
+        log::warn!("{name}: queue {index} rings are outside guest memory or misaligned: not served");
+        return None;
+    }
+    Some(q)
+}
+
+pub struct Worker {
+    kill: EventFd,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Worker {
+    pub fn spawn(
+        name: String,
+        mem: GuestMemory,
+        queues: Vec<ActiveQueue>,
+        handler: Box<dyn QueueHandler>,
+    ) -> Result<Self, VirtioError> {
+        let evt_err = |name: &str| {
+            let name = name.to_string();
+            move |source| VirtioError::EventFd { name, source }
+        };
+        let kill = EventFd::new(EFD_NONBLOCK).map_err(evt_err(&name))?;
+        let epoll = Epoll::new().map_err(evt_err(&name))?;
+        let add = |fd: i32, token: u64| epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(EventSet::IN, token));
+        use std::os::fd::AsRawFd;
+        add(kill.as_raw_fd(), KILL_TOKEN).map_err(evt_err(&name))?;
+        for (i, q) in queues.iter().enumerate() {
+            add(q.notify.as_raw_fd(), i as u64).map_err(evt_err(&name))?;
+        }
+        let kill_clone = kill.try_clone().map_err(evt_err(&name))?;
+        let thread_name = format!("virtio-{}", name.chars().filter(|c| c.is_ascii_alphanumeric()).collect::<String>());
+        let thread = std::thread::Builder::new()
+            .name(thread_name)
+            .spawn({
+                let name = name.clone();
+                move || run(&name, &epoll, &kill_clone, &mem, queues, handler)
+            })
+            .map_err(|source| VirtioError::SpawnWorker { name, source })?;
+        Ok(Self { kill, thread: Some(thread) })
+    }
+
+    /// Stops the thread and waits for it (device reset, VM teardown).
+    pub fn stop(&mut self) {
+        if let Some(t) = self.thread.take() {
+            if let Err(e) = self.kill.write(1) {
+                log::error!("stopping a virtio I/O thread: {e}");
+                return;
+            }
+            if t.join().is_err() {
+                log::error!("a virtio I/O thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn run(
+    name: &str,
+    epoll: &Epoll,
+    kill: &EventFd,
+    mem: &GuestMemory,
+    mut queues: Vec<ActiveQueue>,
+    mut handler: Box<dyn QueueHandler>,
+) {
+    log::debug!("{name}: I/O thread serving {} queue(s)", queues.len());
+    // Buffers the driver made available before DRIVER_OK (or before a notification was
+    // registered) would otherwise wait for the next kick.
+    for q in &mut queues {
+        serve(name, q, mem, handler.as_mut());
+    }
+    let mut events = vec![EpollEvent::default(); queues.len() + 1];
+    loop {
+        let n = match epoll.wait(-1, &mut events) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                log::error!("{name}: epoll_wait failed, I/O thread stops: {e}");
+                return;
+            }
+        };
+        for ev in events.iter().take(n) {
+            let token = ev.data();
+            if token == KILL_TOKEN {
+                let _ = kill.read();
+                log::debug!("{name}: I/O thread stopped");
+                return;
+            }
+            let Some(q) = usize::try_from(token).ok().and_then(|i| queues.get_mut(i)) else { continue };
+            // EAGAIN: another wake-up already consumed it; serving again is harmless.
+            let _ = q.notify.read();
+            serve(name, q, mem, handler.as_mut());
+        }
+    }
+}
+
+fn serve(name: &str, q: &mut ActiveQueue, mem: &GuestMemory, handler: &mut dyn QueueHandler) {
+    if !handler.process(q.index, &mut q.queue, mem) {
+        return;
+    }
+    // Without EVENT_IDX this honours the driver's VRING_AVAIL_F_NO_INTERRUPT.
+    let notify = q.queue.needs_notification(mem).unwrap_or(true);
+    if let (true, Some(irq)) = (notify, &q.interrupt) {
+        if let Err(e) = irq.write(1) {
+            log::warn!("{name}: raising queue {} interrupt: {e}", q.index);
+        }
+    }
+}

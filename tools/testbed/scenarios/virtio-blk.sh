@@ -1,0 +1,144 @@
+# tb-description: viaduct gives a Linux guest two virtio-blk disks (read-write, read-only) and virtio-rng; bytes cross both ways, the read-only disk refuses writes, /dev/hwrng gives data
+# tb-timeout: 300
+# Level 1 writes a signature into two raw images, viaduct boots the guest with
+# --disk (rw + readonly=on) and --rng; the guest checks the virtio-pci functions, reads the
+# signatures, writes a line at LBA 2048 of the rw disk, tries to write the read-only disk at
+# the device level (blockdev --setrw + O_DIRECT), and reads /dev/hwrng. Level 1 then checks
+# the images. tests/virtio.rs asserts on these checks.
+
+command -v viaduct >/dev/null || { tb_skip "viaduct is not in level 1 (build failed?)"; exit 0; }
+
+run=viaduct-virtio
+rw=/tmp/virtio-rw.img
+ro=/tmp/virtio-ro.img
+token="$TB_RUN_ID-$(date +%s)-$$"
+sig_rw="VIADUCT-VIRTIO-RW-SIGNATURE $token"
+sig_ro="VIADUCT-VIRTIO-RO-SIGNATURE $token"
+rm -f $rw $ro
+dd if=/dev/zero of=$rw bs=1M count=8 2>/dev/null
+dd if=/dev/zero of=$ro bs=1M count=2 2>/dev/null
+printf '%s\n' "$sig_rw" | dd of=$rw conv=notrunc 2>/dev/null
+printf '%s\n' "$sig_ro" | dd of=$ro conv=notrunc 2>/dev/null
+ro_sum_before=$(md5sum $ro | cut -d' ' -f1)
+tb_value $run/token "$token"
+
+cat >/tmp/virtio-guest.sh <<GUEST
+SIG_RW="$sig_rw"
+SIG_RO="$sig_ro"
+TOKEN="$token"
+GUEST
+cat >>/tmp/virtio-guest.sh <<'GUEST'
+g_lspci
+# The functions: 1af4:1042 (block, twice) and 1af4:1044 (entropy), bound to virtio-pci.
+blks=$(g_find_devs 1af4 1042 | tr '\n' ' ')
+rngs=$(g_find_devs 1af4 1044 | tr '\n' ' ')
+g_value virtio_blk_functions "$blks"
+g_value virtio_rng_functions "$rngs"
+set -- $blks
+[ $# -eq 2 ] && g_check blk-functions pass "$blks" || g_check blk-functions fail "want 2 virtio-blk functions, saw '$blks'"
+nbound=0
+for b in $blks $rngs; do
+    [ "$(g_driver $b)" = virtio-pci ] && nbound=$((nbound + 1))
+    g_value "msix_vectors_$b" "$(g_msi_vectors $b)"
+done
+[ "$nbound" -eq 3 ] && g_check virtio-pci-bound pass "3 functions on virtio-pci" || g_check virtio-pci-bound fail "$nbound of 3 functions bound to virtio-pci"
+
+# Disks by serial number (the --disk id).
+disk_by_serial() {
+    for d in /sys/block/vd*; do
+        [ -e "$d" ] || continue
+        [ "$(cat $d/serial 2>/dev/null)" = "$1" ] && basename $d
+    done
+    return 0
+}
+i=0
+while [ -z "$(disk_by_serial vro0)" ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+rwd=$(disk_by_serial vrw0)
+rod=$(disk_by_serial vro0)
+g_value disks "$(ls /sys/block | tr '\n' ' ') rw=$rwd ro=$rod"
+[ -n "$rwd" ] && [ -n "$rod" ] && g_check disk-serials pass "vrw0=$rwd vro0=$rod" || g_check disk-serials fail "serials: $(cat /sys/block/vd*/serial 2>/dev/null | tr '\n' ' ')"
+[ -n "$rwd" ] || rwd=vda
+[ -n "$rod" ] || rod=vdb
+g_value rw_sectors "$(cat /sys/block/$rwd/size)"
+g_value ro_sectors "$(cat /sys/block/$rod/size)"
+[ "$(cat /sys/block/$rwd/size)" = 16384 ] && [ "$(cat /sys/block/$rod/size)" = 4096 ] &&
+    g_check disk-capacity pass "8 MiB and 2 MiB" || g_check disk-capacity fail "sizes $(cat /sys/block/$rwd/size) $(cat /sys/block/$rod/size) sectors"
+
+got=$(dd if=/dev/$rwd bs=512 count=1 2>/dev/null | head -n1)
+[ "$got" = "$SIG_RW" ] && g_check read-rw-signature pass "$got" || g_check read-rw-signature fail "read '$got', want '$SIG_RW'"
+got=$(dd if=/dev/$rod bs=512 count=1 2>/dev/null | head -n1)
+[ "$got" = "$SIG_RO" ] && g_check read-ro-signature pass "$got" || g_check read-ro-signature fail "read '$got', want '$SIG_RO'"
+
+# A 1 MiB pattern read back through the device (many requests, several segments each).
+dd if=/dev/urandom of=/tmp/pattern bs=64k count=16 2>/dev/null
+if dd if=/tmp/pattern of=/dev/$rwd bs=64k seek=32 oflag=direct conv=fsync 2>/tmp/dd.err &&
+    dd if=/dev/$rwd of=/tmp/back bs=64k skip=32 count=16 iflag=direct 2>/dev/null &&
+    cmp -s /tmp/pattern /tmp/back; then
+    g_check rw-pattern pass "1 MiB at offset 2 MiB written and read back (O_DIRECT)"
+else
+    g_check rw-pattern fail "$(cat /tmp/dd.err | tail -n1)"
+fi
+g_value pattern_md5 "$(md5sum /tmp/pattern | cut -d' ' -f1)"
+
+# The line level 1 looks for at LBA 2048.
+printf 'VIADUCT-GUEST-WROTE %s\n' "$TOKEN" > /tmp/line
+if dd if=/tmp/line of=/dev/$rwd bs=512 seek=2048 conv=sync,fsync 2>/tmp/dd.err; then
+    g_check write-rw pass "LBA 2048"
+else
+    g_check write-rw fail "$(tail -n1 /tmp/dd.err)"
+fi
+
+# Read-only: the kernel sees it (VIRTIO_BLK_F_RO) ...
+[ "$(cat /sys/block/$rod/ro)" = 1 ] && g_check ro-flag pass "/sys/block/$rod/ro = 1" || g_check ro-flag fail "/sys/block/$rod/ro = $(cat /sys/block/$rod/ro)"
+# ... and the device itself refuses a write the kernel lets through.
+blockdev --setrw /dev/$rod 2>/dev/null
+g_value ro_after_setrw "$(cat /sys/block/$rod/ro)"
+if dd if=/tmp/line of=/dev/$rod bs=512 seek=8 count=1 conv=sync,fsync oflag=direct 2>/tmp/dd.err; then
+    g_check ro-write-refused fail "a write to the read-only disk succeeded"
+else
+    g_check ro-write-refused pass "$(grep -m1 "dd:" /tmp/dd.err)"
+fi
+g_value ro_dmesg "$(dmesg | grep -i -m1 "$rod" | tr -s ' ')"
+
+# Entropy.
+g_value hwrng_current "$(cat /sys/class/misc/hw_random/rng_current 2>/dev/null)"
+case "$(cat /sys/class/misc/hw_random/rng_current 2>/dev/null)" in
+    virtio_rng*) g_check hwrng-virtio pass "$(cat /sys/class/misc/hw_random/rng_current)" ;;
+    *) g_check hwrng-virtio fail "rng_current '$(cat /sys/class/misc/hw_random/rng_current 2>/dev/null)'" ;;
+esac
+a=$(dd if=/dev/hwrng bs=64 count=1 2>/dev/null | md5sum | cut -d' ' -f1)
+n=$(dd if=/dev/hwrng bs=4096 count=4 2>/dev/null | wc -c)
+b=$(dd if=/dev/hwrng bs=64 count=1 2>/dev/null | md5sum | cut -d' ' -f1)
+z=$(dd if=/dev/zero bs=64 count=1 2>/dev/null | md5sum | cut -d' ' -f1)
+g_value hwrng_bytes "$n"
+if [ "$n" -eq 16384 ] && [ "$a" != "$b" ] && [ "$a" != "$z" ]; then
+    g_check hwrng-data pass "16384 bytes, two 64-byte reads differ"
+else
+    g_check hwrng-data fail "read $n bytes, md5 $a / $b"
+fi
+
+# Interrupts arrived on the MSI-X vectors (irqfd path).
+for b in $blks $rngs; do
+    g_value "irqs_$b" "$(g_dev_irq_count $b)"
+done
+n=0
+for b in $blks; do [ "$(g_dev_irq_count $b)" -gt 0 ] && n=$((n + 1)); done
+[ "$n" -eq 2 ] && g_check blk-msix-interrupts pass "both disks" || g_check blk-msix-interrupts fail "$n of 2 disks had MSI-X interrupts"
+sync
+GUEST
+
+tb_run_l2 "$run" 200 /tmp/virtio-guest.sh -- viaduct --kernel @KERNEL@ --initramfs @INITRD@ \
+    --cmdline "@CMDLINE@" --memory 256M \
+    --disk path=$rw,id=vrw0 --disk path=$ro,readonly=on,id=vro0 --rng --log-level info
+
+# Level 1 looks at the images after viaduct exited.
+line=$(dd if=$rw bs=512 skip=2048 count=1 2>/dev/null | head -n1)
+want="VIADUCT-GUEST-WROTE $token"
+[ "$line" = "$want" ] && tb_check $run/l1-sees-guest-write pass "$line" || tb_check $run/l1-sees-guest-write fail "LBA 2048 holds '$line', want '$want'"
+tb_value $run/l1_pattern_md5 "$(dd if=$rw bs=64k skip=32 count=16 2>/dev/null | md5sum | cut -d' ' -f1)"
+ro_sum_after=$(md5sum $ro | cut -d' ' -f1)
+[ "$ro_sum_before" = "$ro_sum_after" ] && tb_check $run/l1-ro-image-unchanged pass "$ro_sum_after" ||
+    tb_check $run/l1-ro-image-unchanged fail "md5 $ro_sum_before -> $ro_sum_after"
+grep -E "virtio|panicked|ERROR" /tmp/l2/$run/console.log 2>/dev/null | grep -v "^l2" | head -n 20
+rm -f $rw $ro
+true
