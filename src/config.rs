@@ -32,6 +32,12 @@ pub struct Cli {
     #[arg(long, value_name = "PATH")]
     pub initramfs: Option<PathBuf>,
 
+    /// Where the kernel extracted from an xz bzImage is cached, so the guest skips its own
+    /// decompressor and is entered through PVH (no KASLR); 'off' boots the bzImage as is.
+    /// Default: /var/cache/viaduct (root) or ~/.cache/viaduct. Example: --kernel-cache off
+    #[arg(long, value_name = "DIR|off", default_value = "default", hide_default_value = true)]
+    pub kernel_cache: String,
+
     /// Kernel command line. Example: --cmdline 'console=ttyS0 quiet'
     #[arg(long, value_name = "STR", default_value = "console=ttyS0")]
     pub cmdline: String,
@@ -62,17 +68,46 @@ pub struct Cli {
     #[arg(long, value_name = "SPEC")]
     pub net: Vec<String>,
 
-    /// A virtio-rng entropy device fed from the host's /dev/urandom.
+    /// A virtio-rng entropy device fed from the host's /dev/urandom. Example: --rng
     #[arg(long)]
     pub rng: bool,
 
+    /// A synthetic PCI test function (1b36:0005, like QEMU's pci-testdev; repeatable), for
+    /// checking enumeration and window sizing: barN=KIND:SIZE (KIND mem32, mem32-pf, mem64,
+    /// mem64-pf, io), rom=SIZE, msix=VECTORS, port=on|off (own PCIe root port, default on).
+    /// Example: --pci-synthetic bar0=mem32:16K,bar2=mem64-pf:64G,msix=4
+    #[arg(long, value_name = "SPEC")]
+    pub pci_synthetic: Vec<String>,
+
     /// What a guest reboot does: restart the guest, or exit viaduct with status 0.
+    /// Example: --on-reboot restart
     #[arg(long, value_enum, value_name = "ACTION", default_value = "exit")]
     pub on_reboot: RebootAction,
 
     /// Log level for messages on stderr: off, error, warn, info, debug, trace.
+    /// Example: --log-level info
     #[arg(long, value_name = "LEVEL", default_value = "warn")]
     pub log_level: log::LevelFilter,
+}
+
+/// `--kernel-cache`: where extracted kernels go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KernelCache {
+    /// The per-user default (see `boot::vmlinux_cache::default_dir`).
+    Default,
+    Dir(PathBuf),
+    Off,
+}
+
+impl KernelCache {
+    pub fn parse(spec: &str) -> Result<Self, ConfigError> {
+        match spec {
+            "default" => Ok(Self::Default),
+            "off" => Ok(Self::Off),
+            "" => Err(ConfigError::KernelCache),
+            dir => Ok(Self::Dir(PathBuf::from(dir))),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -101,6 +136,8 @@ pub enum ConfigError {
     CpuCount { count: u64 },
     #[error("--serial: '{0}' is not stdio, off or file=PATH")]
     Serial(String),
+    #[error("--kernel-cache: give a directory or 'off'")]
+    KernelCache,
     #[error("--{flag}: missing required key '{key}'")]
     MissingKey { flag: &'static str, key: &'static str },
 }
@@ -234,6 +271,7 @@ pub type DeviceSpec = OptionList;
 pub struct VmConfig {
     pub kernel: PathBuf,
     pub initramfs: Option<PathBuf>,
+    pub kernel_cache: KernelCache,
     pub cmdline: String,
     pub memory: MemoryConfig,
     pub vcpus: u8,
@@ -242,6 +280,8 @@ pub struct VmConfig {
     pub disks: Vec<DeviceSpec>,
     pub nets: Vec<DeviceSpec>,
     pub rng: bool,
+    /// `--pci-synthetic` specs, parsed by device_manager::testdev.
+    pub pci_synthetic: Vec<String>,
     pub on_reboot: RebootAction,
 }
 
@@ -258,6 +298,7 @@ impl TryFrom<&Cli> for VmConfig {
         Ok(Self {
             kernel: cli.kernel.clone(),
             initramfs: cli.initramfs.clone(),
+            kernel_cache: KernelCache::parse(&cli.kernel_cache)?,
             cmdline: cli.cmdline.clone(),
             memory: MemoryConfig::parse(&cli.memory)?,
             vcpus: parse_cpus(&cli.cpus)?,
@@ -266,6 +307,7 @@ impl TryFrom<&Cli> for VmConfig {
             disks: list("disk", &cli.disk, "path")?,
             nets: list("net", &cli.net, "tap")?,
             rng: cli.rng,
+            pci_synthetic: cli.pci_synthetic.clone(),
             on_reboot: cli.on_reboot,
         })
     }
@@ -289,6 +331,10 @@ mod tests {
         assert_eq!(c.vcpus, 1);
         assert_eq!(c.serial, SerialConfig::Stdio);
         assert_eq!(c.on_reboot, RebootAction::Exit);
+        assert_eq!(c.kernel_cache, KernelCache::Default);
+        assert_eq!(cli(&["--kernel-cache", "off"]).unwrap().kernel_cache, KernelCache::Off);
+        assert_eq!(cli(&["--kernel-cache", "/c"]).unwrap().kernel_cache, KernelCache::Dir("/c".into()));
+        assert!(cli(&["--kernel-cache", ""]).is_err());
     }
 
     #[test]

@@ -36,7 +36,10 @@ pub const CMDLINE_MAX_SIZE: usize = 4096;
 
 /// ACPI tables live in the BIOS area, where Linux also scans for the RSDP.
 pub const ACPI_START: u64 = 0xe_0000;
-pub const ACPI_END: u64 = 0x10_0000;
+pub const ACPI_END: u64 = RESET_VECTOR;
+/// Where an x86 CPU starts after reset (F000:FFF0), and where Linux's BIOS reboot method
+/// jumps: we put a tiny reset stub there (see `boot::reset_vector`).
+pub const RESET_VECTOR: u64 = 0xf_fff0;
 
 /// The 32-bit hole for MMIO starts here; RAM beyond this goes above 4 GiB.
 pub const MEM_32BIT_HOLE_START: u64 = 0xc000_0000;
@@ -110,6 +113,7 @@ const _: () = {
     assert!(PDE_START + 4 * 0x1000 <= CMDLINE_START);
     assert!(CMDLINE_START + CMDLINE_MAX_SIZE as u64 <= EBDA_START);
     assert!(ZERO_PAGE_START + 0x1000 <= BOOT_STACK_POINTER);
+    assert!(ACPI_END <= RESET_VECTOR && RESET_VECTOR + 16 <= HIGH_RAM_START);
 };
 
 #[cfg(test)]

@@ -53,8 +53,47 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("viaduct: error: {e:#}");
+            eprintln!("viaduct: error: {}", error_line(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The error and its causes on one line. A cause whose text an outer message already
+/// contains is left out: some library errors print their source themselves.
+fn error_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        if text.is_empty() || line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer failed: inner broke")]
+    struct Repeats(#[source] Inner);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("inner broke")]
+    struct Inner;
+
+    #[test]
+    fn error_line_is_one_line_without_repeats() {
+        let e = anyhow::Error::new(Repeats(Inner)).context("starting\nthe VM");
+        assert_eq!(error_line(&e), "starting the VM: outer failed: inner broke");
+        let e = anyhow::Error::new(Inner).context("loading");
+        assert_eq!(error_line(&e), "loading: inner broke");
     }
 }

@@ -2,6 +2,7 @@
 //! everything down in order. A guest reset either rebuilds the VM or ends the run.
 
 use std::fs::File;
+use std::path::{Path, PathBuf};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
@@ -14,8 +15,9 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::signal::Killable;
 
 use crate::boot::{self, acpi::AcpiConfig, kernel::KernelConfig};
-use crate::config::{RebootAction, SerialConfig, VmConfig};
+use crate::config::{KernelCache, RebootAction, SerialConfig, VmConfig};
 use crate::device_manager::DeviceManager;
+use crate::devices::cmos::Cmos;
 use crate::devices::serial::{self, ConsoleOut, FlushingWriter, SerialDevice};
 use crate::signals;
 use crate::stop::{StopNotifier, StopReason};
@@ -60,11 +62,15 @@ pub struct Vmm;
 impl Vmm {
     /// Runs the guest until it powers off, is stopped by a signal, or fails.
     pub fn run(cfg: &VmConfig) -> anyhow::Result<ExitCode> {
+        preflight(cfg)?;
         let signal_fd = signals::setup()?;
         let kvm = KvmSystem::open()?;
         let cpuid = kvm.supported_cpuid()?;
         let sink = ConsoleSink::open(&cfg.serial)?;
         let console_input: ConsoleInput = Arc::new(Mutex::new(None));
+        // Kept across guest resets (its NVRAM and clock offset survive a reboot, as on a PC).
+        let cmos = Arc::new(Mutex::new(Cmos::new()));
+        let kernel = kernel_to_boot(cfg)?;
         let _raw_mode = match cfg.serial {
             SerialConfig::Stdio => {
                 let guard = RawModeGuard::enable_on_stdin();
@@ -74,7 +80,8 @@ impl Vmm {
             _ => None,
         };
         loop {
-            let reason = boot_once(&kvm, &cpuid, cfg, &sink, &console_input, &signal_fd)?;
+            let platform = Platform { sink: &sink, console_input: &console_input, cmos: &cmos };
+            let reason = boot_once(&kvm, &cpuid, cfg, &kernel, &platform, &signal_fd)?;
             match reason {
                 StopReason::PowerOff => return Ok(ExitCode::SUCCESS),
                 StopReason::Reset if cfg.on_reboot == RebootAction::Restart => {
@@ -91,6 +98,35 @@ impl Vmm {
                 StopReason::Error(msg) => bail!(msg),
             }
         }
+    }
+}
+
+/// What can be refused without touching KVM is checked first: a typo costs nothing and gets
+/// the same one-line error on every host (also one without /dev/kvm).
+fn preflight(cfg: &VmConfig) -> anyhow::Result<()> {
+    boot::kernel::check_readable(&cfg.kernel, cfg.initramfs.as_deref())?;
+    crate::device_manager::vfio::parse_cli(&cfg.devices)?;
+    crate::device_manager::virtio::parse_disks(&cfg.disks)?;
+    Ok(())
+}
+
+/// The kernel image to load on every boot: an extracted PVH vmlinux for an xz bzImage (see
+/// `boot::vmlinux_cache`), else the image given.
+fn kernel_to_boot(cfg: &VmConfig) -> anyhow::Result<PathBuf> {
+    let dir = match &cfg.kernel_cache {
+        KernelCache::Off => None,
+        KernelCache::Dir(d) => Some(d.clone()),
+        KernelCache::Default => boot::vmlinux_cache::default_dir(),
+    };
+    let Some(dir) = dir else { return Ok(cfg.kernel.clone()) };
+    match boot::vmlinux_cache::resolve(&cfg.kernel, &dir) {
+        Ok(path) => Ok(path),
+        // The default cache is a convenience: when it cannot be used, boot the bzImage.
+        Err(e) if cfg.kernel_cache == KernelCache::Default => {
+            log::warn!("{:#}; booting the bzImage as is", anyhow::Error::from(e));
+            Ok(cfg.kernel.clone())
+        }
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -114,36 +150,55 @@ impl serial::InputSink for SerialProxy {
     }
 }
 
+/// What outlives one boot of the guest: the console and the CMOS.
+struct Platform<'a> {
+    sink: &'a ConsoleSink,
+    console_input: &'a ConsoleInput,
+    cmos: &'a Arc<Mutex<Cmos>>,
+}
+
 /// Builds one VM, runs it to a stop reason and tears it down.
 fn boot_once(
     kvm: &KvmSystem,
     cpuid: &CpuId,
     cfg: &VmConfig,
-    sink: &ConsoleSink,
-    console_input: &ConsoleInput,
+    kernel: &Path,
+    platform: &Platform,
     signal_fd: &OwnedFd,
 ) -> anyhow::Result<StopReason> {
+    let Platform { sink, console_input, cmos } = platform;
     // Declared before the VM so it is dropped after it (KVM memslots point into it).
     let ram = create_guest_memory(&cfg.memory).context("allocating guest memory")?;
     let mem = &ram.mem;
     let vm = Arc::new(Vm::create(kvm)?);
     vm.map_guest_memory(mem)?;
     let stop = StopNotifier::new().context("creating the stop eventfd")?;
-    let mut dm = DeviceManager::new(&vm, cfg.memory.size, &stop, sink.writer()?)?;
+    let mut dm = DeviceManager::new(&vm, cfg.memory.size, &stop, sink.writer()?, Arc::clone(cmos))?;
     dm.attach_cli_devices(&vm, mem, cfg)?;
     *console_input.lock().unwrap_or_else(|e| e.into_inner()) = dm.serial.clone();
 
-    let entry = boot::prepare(
-        mem,
-        KernelConfig {
-            kernel: &cfg.kernel,
+    let aml: [&dyn acpi_tables::Aml; 1] = [dm.pci.aml()];
+    let acpi = AcpiConfig { vcpus: cfg.vcpus, sb_aml: &aml };
+    let prepare = |kernel: &Path| {
+        let kcfg = KernelConfig {
+            kernel,
             initramfs: cfg.initramfs.as_deref(),
             cmdline: &cfg.cmdline,
             ram_size: cfg.memory.size,
             rsdp_addr: 0,
-        },
-        &AcpiConfig { vcpus: cfg.vcpus, sb_aml: &[dm.pci.aml()] },
-    )?;
+        };
+        boot::prepare(mem, kcfg, &acpi)
+    };
+    let entry = match prepare(kernel) {
+        Ok(entry) => entry,
+        // An extracted vmlinux needs room for its whole image and bss; the bzImage
+        // decompresses itself wherever it fits. Everything is rewritten by the second try.
+        Err(e) if kernel != cfg.kernel.as_path() => {
+            log::warn!("{:#}; booting the bzImage {} instead", anyhow::Error::from(e), cfg.kernel.display());
+            prepare(&cfg.kernel)?
+        }
+        Err(e) => return Err(e.into()),
+    };
 
     let mut vcpus = Vec::with_capacity(usize::from(cfg.vcpus));
     for id in 0..cfg.vcpus {

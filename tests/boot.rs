@@ -1,7 +1,9 @@
 #![cfg(feature = "testbed")]
 //! viaduct boots a Linux guest in the nested testbed (scenario boot-linux): the Debian kernel
 //! with a busybox initramfs, 1 and 2 vCPUs. The guest checks what it sees (CPU count, RAM,
-//! RTC date) and powers off; viaduct must then exit by itself with status 0.
+//! RTC date) and powers off; viaduct must then exit by itself with status 0. Also: guest RAM
+//! on huge pages and shared, the error when no huge pages are free, reboot with
+//! `--on-reboot exit` and `restart`, `--serial file=` and `off`.
 
 mod common;
 
@@ -64,10 +66,51 @@ fn guest_poweroff_ends_viaduct_with_status_zero() {
             s.log.display()
         );
     }
+    s.assert_passed();
+}
+
+#[test]
+fn guest_reboot_exits_with_on_reboot_exit() {
+    let s = common::scenario("boot-linux").expect("boot-linux results");
     s.assert_check("viaduct-reboot/reboot-exit");
     let rc = s.value_u64("viaduct-reboot/vmm_rc").expect("vmm_rc");
     assert_eq!(rc, 0, "viaduct exited with {rc} after the guest's reboot (--on-reboot exit)");
-    s.assert_passed();
+    assert!(s.check("viaduct-reboot/timeout").is_none(), "viaduct hung after the guest's reboot");
+}
+
+#[test]
+fn guest_reboot_restarts_the_guest_with_on_reboot_restart() {
+    let s = common::scenario("boot-linux").expect("boot-linux results");
+    // The first boot marks CMOS NVRAM and reboots; the restarted guest finds the mark
+    // (so it really is a second boot of the same VM) and powers off.
+    s.assert_check("viaduct-restart/first-boot");
+    s.assert_check("viaduct-restart/second-boot");
+    s.assert_check("viaduct-restart/restarted");
+    let boots = s.value_u64("viaduct-restart/boots").expect("boots");
+    assert_eq!(boots, 2, "guest booted {boots} times with --on-reboot restart; log: {}", s.log.display());
+    let rc = s.value_u64("viaduct-restart/vmm_rc").expect("vmm_rc");
+    assert_eq!(rc, 0, "viaduct exited with {rc} after the restarted guest powered off");
+}
+
+#[test]
+fn guest_ram_on_hugepages_and_shared() {
+    let s = common::scenario("boot-linux").expect("boot-linux results");
+    s.assert_check("viaduct-1cpu/hugepages");
+    let used = s.value_u64("viaduct-1cpu/hugepages_used_peak").expect("hugepages_used_peak");
+    assert!(used >= 8, "only {used} huge pages were used by a hugepages=on guest");
+    s.assert_check("viaduct-2cpu/shared-memory");
+    s.assert_check("hugepages-none/error");
+    let rc = s.value_u64("hugepages-none/vmm_rc").expect("vmm_rc");
+    assert_eq!(rc, 1, "hugepages=on with no free huge pages exited with {rc}");
+}
+
+#[test]
+fn serial_console_to_a_file_or_off() {
+    let s = common::scenario("boot-linux").expect("boot-linux results");
+    s.assert_check("viaduct-reboot/serial-file");
+    s.assert_check("serial-off/quiet-poweroff");
+    let rc = s.value_u64("serial-off/vmm_rc").expect("vmm_rc");
+    assert_eq!(rc, 0, "--serial off: viaduct exited with {rc}");
 }
 
 #[test]

@@ -1,9 +1,11 @@
 #![cfg(feature = "testbed")]
 //! virtio devices under viaduct in the nested testbed (scenario virtio-blk): a Linux guest
-//! with two virtio-blk disks (read-write and read-only, raw image files in level 1) and
+//! with three virtio-blk disks (read-write and read-only raw image files in level 1, and level
+//! 1's NVMe namespace as a block device, whose backing file disk.img lives on level 0) and
 //! virtio-rng. Bytes level 1 wrote are read by the guest, bytes the guest wrote are found by
-//! level 1 in the image, the read-only disk refuses writes and stays unchanged, /dev/hwrng
-//! gives data, and completions arrive as MSI-X interrupts.
+//! level 1 in the image and by this test in disk.img itself, flushes reach the device, the
+//! read-only disk refuses writes and stays unchanged, /dev/hwrng gives data, and completions
+//! arrive as MSI-X interrupts.
 
 mod common;
 
@@ -17,6 +19,7 @@ fn results() -> common::Scenario {
 fn guest_sees_virtio_pci_functions_bound_to_virtio_pci() {
     let s = results();
     s.assert_check(&format!("{RUN}/boot"));
+    s.assert_check(&format!("{RUN}/l1-nvme-blockdev"));
     s.assert_check(&format!("{RUN}/blk-functions"));
     s.assert_check(&format!("{RUN}/virtio-pci-bound"));
     s.assert_check(&format!("{RUN}/disk-serials"));
@@ -24,6 +27,7 @@ fn guest_sees_virtio_pci_functions_bound_to_virtio_pci() {
     assert_eq!(s.value_u64(&format!("{RUN}/rw_sectors")).expect("rw_sectors"), 16384);
     assert_eq!(s.value_u64(&format!("{RUN}/ro_sectors")).expect("ro_sectors"), 4096);
     let blks = s.value(&format!("{RUN}/virtio_blk_functions")).unwrap_or("").to_string();
+    assert_eq!(blks.split_whitespace().count(), 3, "virtio-blk functions: {blks}");
     for bdf in blks.split_whitespace() {
         // One vector per queue plus the configuration vector.
         let v = s.value_u64(&format!("{RUN}/msix_vectors_{bdf}")).expect("msix vectors");
@@ -45,6 +49,38 @@ fn bytes_cross_between_level1_image_and_guest() {
     let guest = s.value(&format!("{RUN}/pattern_md5")).expect("guest pattern md5");
     let host = s.value(&format!("{RUN}/l1_pattern_md5")).expect("L1 pattern md5");
     assert_eq!(guest, host, "the 1 MiB the guest wrote differs in the image; log: {}", s.log.display());
+}
+
+#[test]
+fn guest_write_through_virtio_blk_is_in_the_level0_image() {
+    let s = results();
+    s.assert_check(&format!("{RUN}/nvme-disk-signature"));
+    s.assert_check(&format!("{RUN}/nvme-disk-write"));
+    s.assert_check(&format!("{RUN}/l1-sees-nvme-write"));
+    // The NVMe's first sector (the signature the guest read through virtio-blk) and the line
+    // the guest wrote, in the image file on this machine.
+    let sig = s.signature("disk.img").expect("disk.img signature");
+    assert_eq!(s.sector_line("disk.img", 0).expect("disk.img LBA 0"), sig);
+    let lba = s.value_u64(&format!("{RUN}/nvme_lba")).expect("nvme_lba");
+    let token = s.value(&format!("{RUN}/token")).expect("token");
+    assert_eq!(
+        s.sector_line("disk.img", lba).expect("disk.img guest LBA"),
+        format!("VIADUCT-VIRTIO-WROTE {token}"),
+        "the guest's write through virtio-blk is not in {}",
+        s.out_dir().join("disk.img").display()
+    );
+    // The rest of that sector is the zero padding dd's conv=sync wrote.
+    let sector = s.read_file_at("disk.img", lba * 512, 512).expect("sector");
+    let text_len = format!("VIADUCT-VIRTIO-WROTE {token}\n").len();
+    assert!(sector[text_len..].iter().all(|&b| b == 0), "sector tail not zero-padded");
+}
+
+#[test]
+fn flush_reaches_the_device() {
+    let s = results();
+    s.assert_check(&format!("{RUN}/flush"));
+    assert_eq!(s.value(&format!("{RUN}/rw_write_cache")), Some("write back"));
+    assert!(s.value_u64(&format!("{RUN}/rw_flushes")).expect("rw_flushes") > 0);
 }
 
 #[test]

@@ -5,8 +5,9 @@ use std::hint::black_box;
 use std::sync::{Arc, Mutex};
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use pci::synthetic::{synthetic_function, SyntheticSpec};
 use pci::{
-    BarIndex, BarKind, BarSpec, Bdf, Bus, BusDevice, ConfigEffects, ConfigEffectsHandler,
+    BarIndex, BarKind, BarSlot, BarSpec, Bdf, Bus, BusDevice, ConfigEffects, ConfigEffectsHandler,
     DeviceIds, EmulatedFunction, FunctionConfig, HeaderType, NoRegisters, PciConfigMmio, PciDevice,
     PciRoot, SharedPciDevice,
 };
@@ -92,6 +93,21 @@ fn benches(c: &mut Criterion) {
     });
     c.bench_function("MMIO dispatch (Bus::write, 4 bytes, 64 ranges)", |b| {
         b.iter(|| black_box(bus.write(black_box(0xc002_a010), &[1, 0, 0, 0])))
+    });
+
+    // The whole emulated-BAR path: Bus lookup -> BarSlot -> function lock -> BAR register.
+    let spec: SyntheticSpec = "bar0=mem32:16K".parse().expect("spec");
+    let mut synth = synthetic_function("bench", &spec).expect("synthetic function");
+    synth.place_bar(BarIndex(0), 0xd000_0000).expect("place");
+    let shared: SharedPciDevice = Arc::new(Mutex::new(synth));
+    bus.insert(
+        Arc::new(Mutex::new(BarSlot::new(shared, BarIndex(0)))),
+        0xd000_0000,
+        0x4000,
+    )
+    .expect("insert BAR");
+    c.bench_function("BAR write (Bus -> BarSlot -> function, 4 bytes)", |b| {
+        b.iter(|| black_box(bus.write(black_box(0xd000_0010), &[1, 2, 3, 4])))
     });
 }
 

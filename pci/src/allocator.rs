@@ -110,11 +110,107 @@ pub struct PortLayout {
 /// Which pool and bridge window a BAR belongs in. 64-bit prefetchable BARs go high; a
 /// bridge's non-prefetchable window is 32-bit only, so every other memory BAR goes low
 /// (PCI-to-PCI bridge spec 4.1).
-fn pool_for(kind: BarKind) -> Pool {
+pub fn pool_for(kind: BarKind) -> Pool {
     match kind {
         BarKind::Io => Pool::Io,
         BarKind::Mem64 { prefetchable: true } => Pool::Mmio64,
         _ => Pool::Mmio32,
+    }
+}
+
+/// One bridge window a root port needs: its pool, size, alignment, and where each BAR
+/// behind the port sits inside it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WindowPlan {
+    pub pool: Pool,
+    pub size: u64,
+    pub align: u64,
+    /// (request, offset from the window base)
+    pub bars: Vec<(BarRequest, u64)>,
+}
+
+/// A root port's windows, sized before any address is known, so the VMM can carve them
+/// from whichever allocator owns its address space ([`BarAllocator`] or its own).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PortPlan {
+    pub windows: Vec<WindowPlan>,
+}
+
+impl PortPlan {
+    /// Sizes the windows for `bars` plus `reserve`: each window holds its BARs largest
+    /// first, so with power-of-two sizes every BAR is naturally aligned inside a window
+    /// aligned to the largest one; sizes round up to the bridge's window granule.
+    pub fn new(port: Bdf, bars: &[BarRequest], reserve: WindowReserve) -> Result<Self, AllocError> {
+        let mut windows = Vec::new();
+        for (pool, granule, extra) in [
+            (Pool::Mmio32, MEM_WINDOW_GRANULE, reserve.mem),
+            (Pool::Mmio64, MEM_WINDOW_GRANULE, reserve.prefetch),
+            (Pool::Io, IO_WINDOW_GRANULE, reserve.io),
+        ] {
+            let mut group: Vec<BarRequest> = bars
+                .iter()
+                .filter(|b| pool_for(b.kind) == pool)
+                .copied()
+                .collect();
+            if let Some(b) = group.iter().find(|b| !b.size.is_power_of_two()) {
+                return Err(AllocError::BarSize {
+                    bdf: b.bdf,
+                    bar: b.bar,
+                    size: b.size,
+                });
+            }
+            group.sort_by_key(|b| std::cmp::Reverse(b.size));
+            let too_big = AllocError::WindowSize {
+                port,
+                pool,
+                size: u64::MAX,
+            };
+            let total = group
+                .iter()
+                .try_fold(extra, |acc, b| acc.checked_add(b.size));
+            let size = total
+                .and_then(|t| t.checked_next_multiple_of(granule))
+                .ok_or(too_big)?;
+            if size == 0 {
+                continue;
+            }
+            let align = group.first().map_or(granule, |b| b.size.max(granule));
+            let mut offset = 0;
+            let mut placed = Vec::with_capacity(group.len());
+            for b in group {
+                placed.push((b, offset));
+                offset += b.size;
+            }
+            windows.push(WindowPlan {
+                pool,
+                size,
+                align,
+                bars: placed,
+            });
+        }
+        Ok(Self { windows })
+    }
+
+    /// The layout once window `i` of [`Self::windows`] starts at `bases[i]` (a missing base
+    /// leaves that window closed and its BARs unplaced).
+    pub fn place(&self, bases: &[u64]) -> PortLayout {
+        let mut layout = PortLayout::default();
+        for (w, &base) in self.windows.iter().zip(bases) {
+            let window = Window { base, size: w.size };
+            for (b, off) in &w.bars {
+                layout.bars.push(BarPlacement {
+                    bdf: b.bdf,
+                    bar: b.bar,
+                    addr: base.saturating_add(*off),
+                });
+            }
+            match w.pool {
+                Pool::Mmio32 => layout.windows.mem = Some(window),
+                Pool::Mmio64 => layout.windows.prefetch = Some(window),
+                Pool::Io => layout.windows.io = Some(window),
+            }
+        }
+        layout
     }
 }
 
@@ -180,67 +276,21 @@ impl BarAllocator {
         bars: &[BarRequest],
         reserve: WindowReserve,
     ) -> Result<PortLayout, AllocError> {
-        let mut layout = PortLayout::default();
-        for (pool, granule, extra) in [
-            (Pool::Mmio32, MEM_WINDOW_GRANULE, reserve.mem),
-            (Pool::Mmio64, MEM_WINDOW_GRANULE, reserve.prefetch),
-            (Pool::Io, IO_WINDOW_GRANULE, reserve.io),
-        ] {
-            let mut group: Vec<&BarRequest> =
-                bars.iter().filter(|b| pool_for(b.kind) == pool).collect();
-            if let Some(b) = group.iter().find(|b| !b.size.is_power_of_two()) {
-                return Err(AllocError::BarSize {
-                    bdf: b.bdf,
-                    bar: b.bar,
-                    size: b.size,
-                });
-            }
-            // Largest first: with power-of-two sizes every BAR then lands naturally
-            // aligned inside a window aligned to the largest one.
-            group.sort_by_key(|b| std::cmp::Reverse(b.size));
-            let total = group
-                .iter()
-                .try_fold(extra, |acc, b| acc.checked_add(b.size));
-            let size = total
-                .and_then(|t| t.checked_next_multiple_of(granule))
-                .ok_or(AllocError::WindowSize {
-                    port,
-                    pool,
-                    size: u64::MAX,
-                })?;
-            if size == 0 {
-                continue;
-            }
-            let align = group.first().map_or(granule, |b| b.size.max(granule));
+        let plan = PortPlan::new(port, bars, reserve)?;
+        let mut bases = Vec::with_capacity(plan.windows.len());
+        for w in &plan.windows {
             let range = self
-                .pool(pool)
-                .allocate(size, align, AllocPolicy::FirstMatch)
+                .pool(w.pool)
+                .allocate(w.size, w.align, AllocPolicy::FirstMatch)
                 .map_err(|source| AllocError::AllocateWindow {
                     port,
-                    pool,
-                    size,
+                    pool: w.pool,
+                    size: w.size,
                     source,
                 })?;
-            let window = Window {
-                base: range.start(),
-                size,
-            };
-            let mut next = window.base;
-            for b in group {
-                layout.bars.push(BarPlacement {
-                    bdf: b.bdf,
-                    bar: b.bar,
-                    addr: next,
-                });
-                next += b.size;
-            }
-            match pool {
-                Pool::Mmio32 => layout.windows.mem = Some(window),
-                Pool::Mmio64 => layout.windows.prefetch = Some(window),
-                Pool::Io => layout.windows.io = Some(window),
-            }
+            bases.push(range.start());
         }
-        Ok(layout)
+        Ok(plan.place(&bases))
     }
 
     /// Returns a BAR's or window's range to its pool (device detach).

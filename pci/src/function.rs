@@ -649,4 +649,65 @@ pub(crate) mod tests {
             Err(FunctionError::MsixPlacement { .. })
         ));
     }
+
+    /// Every config write, of any size at any offset of any register, to an endpoint (MSI,
+    /// MSI-X, PCIe, PM) and to a root port: read-only bits never change, write-1-to-clear
+    /// bits only clear, registers past 4 KiB read all-ones. BAR registers have their own
+    /// property test in bar.rs.
+    fn masks_hold<B: FunctionBackend>(
+        f: &mut EmulatedFunction<B>,
+        writes: &[(usize, u64, Vec<u8>)],
+    ) -> Result<(), proptest::test_runner::TestCaseError> {
+        let masks = f.config().clone();
+        for (reg, offset, data) in writes {
+            let reg = *reg;
+            if f.bars.is_bar_reg(reg) {
+                continue;
+            }
+            let before = f.read_config(reg);
+            f.write_config(reg, *offset, data);
+            let after = f.read_config(reg);
+            let (wm, c) = (masks.write_mask(reg), masks.w1c_mask(reg));
+            proptest::prop_assert_eq!(
+                (after ^ before) & !(wm | c),
+                0,
+                "RO bits of reg {:#x} changed: {:#x} -> {:#x}",
+                reg,
+                before,
+                after
+            );
+            proptest::prop_assert_eq!(after & !before & c, 0, "RW1C bit set in reg {:#x}", reg);
+            if reg >= 1024 {
+                proptest::prop_assert_eq!(after, u32::MAX);
+            }
+        }
+        Ok(())
+    }
+
+    fn any_writes() -> impl proptest::strategy::Strategy<Value = Vec<(usize, u64, Vec<u8>)>> {
+        use proptest::prelude::*;
+        proptest::collection::vec(
+            (
+                prop_oneof![0usize..64, 0usize..1100],
+                0u64..6,
+                proptest::collection::vec(any::<u8>(), 0..6),
+            ),
+            0..48,
+        )
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn endpoint_config_writes_respect_masks(writes in any_writes()) {
+            let (mut f, _) = function();
+            masks_hold(&mut f, &writes)?;
+        }
+
+        #[test]
+        fn root_port_config_writes_respect_masks(writes in any_writes()) {
+            let buses = crate::bridge::BusNumbers { primary: 0, secondary: 1, subordinate: 1 };
+            let mut port = crate::bridge::root_port("rp", 1, buses).unwrap();
+            masks_hold(&mut port, &writes)?;
+        }
+    }
 }

@@ -11,7 +11,7 @@ use crate::bdf::Bdf;
 use crate::bridge::{self, BridgeWindows, BusNumbers};
 use crate::bus::{Bus, BusError};
 use crate::capability::{pcie, CAP_ID_PCIE};
-use crate::device::{BarIndex, BarKind, BarSlot, ConfigEffects, SharedPciDevice};
+use crate::device::{BarIndex, BarKind, BarMove, BarSlot, ConfigEffects, SharedPciDevice};
 use crate::function::{EmulatedFunction, FunctionError, NoRegisters};
 use crate::BusDevice;
 
@@ -50,11 +50,15 @@ pub trait ConfigEffectsHandler: Send {
 /// Remembers where it mapped every BAR of every function (by function identity, since the
 /// guest may renumber buses and so change a function's BDF), so a move never touches
 /// another device's range. A move onto an occupied range is refused: the BAR is unmapped
-/// (reads all-ones) and a warning is logged, rather than corrupting the bus.
+/// (reads all-ones) and a warning is logged, rather than corrupting the bus. The refused
+/// move is kept and retried after every later change, because a guest rebalancing BARs
+/// moves them one register at a time: A onto B's old range first, B away a moment later.
 pub struct BusRelocator {
     mmio: Arc<Bus>,
     pio: Arc<Bus>,
     mapped: HashMap<(usize, BarIndex), u64>,
+    /// Refused moves, by function identity and BAR: the function and where it wants to be.
+    pending: HashMap<(usize, BarIndex), (Bdf, SharedPciDevice, BarMove)>,
     /// The last BDF each function was seen at.
     functions: HashMap<Bdf, usize>,
 }
@@ -70,6 +74,7 @@ impl BusRelocator {
             mmio,
             pio,
             mapped: HashMap::new(),
+            pending: HashMap::new(),
             functions: HashMap::new(),
         }
     }
@@ -107,42 +112,78 @@ impl BusRelocator {
         let id = self.functions.get(&bdf)?;
         self.mapped.get(&(*id, bar)).copied()
     }
+
+    /// Maps BAR `m.index` of `device` at `m.new_addr`, moving its current mapping if any.
+    /// On a clash the BAR ends up unmapped and the move is remembered for a retry.
+    fn map(&mut self, bdf: Bdf, device: &SharedPciDevice, m: BarMove) -> Result<(), BusError> {
+        let id = identity(device);
+        self.pending.remove(&(id, m.index));
+        let bus = if m.kind == BarKind::Io {
+            self.pio.clone()
+        } else {
+            self.mmio.clone()
+        };
+        let result = match self.mapped.get(&(id, m.index)) {
+            Some(&cur) => bus.relocate(cur, m.new_addr),
+            None => bus.insert(
+                Arc::new(Mutex::new(BarSlot::new(device.clone(), m.index))),
+                m.new_addr,
+                m.size,
+            ),
+        };
+        match result {
+            Ok(()) => {
+                log::debug!("{bdf}: BAR {:?} now at {:#x}", m.index, m.new_addr);
+                self.mapped.insert((id, m.index), m.new_addr);
+            }
+            Err(_) => {
+                if let Some(cur) = self.mapped.remove(&(id, m.index)) {
+                    let _ = bus.remove(cur);
+                }
+                self.pending.insert((id, m.index), (bdf, device.clone(), m));
+            }
+        }
+        result
+    }
+
+    /// Retries refused moves until a round maps none; a round that progresses maps at
+    /// least one, so this ends within as many rounds as there are pending moves.
+    fn retry_pending(&mut self) {
+        loop {
+            let waiting: Vec<_> = self.pending.values().cloned().collect();
+            let mut progressed = false;
+            for (bdf, device, m) in waiting {
+                if self.map(bdf, &device, m).is_ok() {
+                    log::info!(
+                        "{bdf}: BAR {:?} mapped at {:#x} now that the range is free",
+                        m.index,
+                        m.new_addr
+                    );
+                    progressed = true;
+                }
+            }
+            if !progressed {
+                return;
+            }
+        }
+    }
 }
 
 impl ConfigEffectsHandler for BusRelocator {
     fn apply(&mut self, bdf: Bdf, device: &SharedPciDevice, effects: ConfigEffects) {
-        let id = identity(device);
-        self.functions.insert(bdf, id);
+        self.functions.insert(bdf, identity(device));
+        let moved = !effects.bar_moves.is_empty();
         for m in effects.bar_moves {
-            let bus = if m.kind == BarKind::Io {
-                &self.pio
-            } else {
-                &self.mmio
-            };
-            let result = match self.mapped.get(&(id, m.index)) {
-                Some(&cur) => bus.relocate(cur, m.new_addr),
-                None => bus.insert(
-                    Arc::new(Mutex::new(BarSlot::new(device.clone(), m.index))),
-                    m.new_addr,
-                    m.size,
-                ),
-            };
-            match result {
-                Ok(()) => {
-                    log::debug!("{bdf}: BAR {:?} now at {:#x}", m.index, m.new_addr);
-                    self.mapped.insert((id, m.index), m.new_addr);
-                }
-                Err(e) => {
-                    log::warn!(
-                        "{bdf}: BAR {:?} move to {:#x} refused ({e}); BAR disabled",
-                        m.index,
-                        m.new_addr
-                    );
-                    if let Some(cur) = self.mapped.remove(&(id, m.index)) {
-                        let _ = bus.remove(cur);
-                    }
-                }
+            if let Err(e) = self.map(bdf, device, m) {
+                log::warn!(
+                    "{bdf}: BAR {:?} move to {:#x} refused ({e}); BAR disabled until the range is free",
+                    m.index,
+                    m.new_addr
+                );
             }
+        }
+        if moved && !self.pending.is_empty() {
+            self.retry_pending();
         }
     }
 }
@@ -312,6 +353,24 @@ impl PciRoot {
         let port = self.port(port_device)?;
         let f = port.function.lock().unwrap_or_else(|e| e.into_inner());
         Ok(bridge::read_bridge_windows(f.config()))
+    }
+
+    /// The highest free device number on bus 0. Late additions (test devices) take
+    /// slots from the top so a VMM handing out slots upwards from 1 never collides.
+    pub fn highest_free_slot(&self) -> Option<u8> {
+        (1..=31u8)
+            .rev()
+            .find(|d| !self.bus0.contains_key(&(d << 3)))
+    }
+
+    /// The lowest bus number no root port uses as its secondary bus yet.
+    pub fn lowest_free_bus(&self) -> Option<u8> {
+        (1..=255u8).find(|b| {
+            !self
+                .ports
+                .iter()
+                .any(|p| self.port_buses(p).secondary == *b)
+        })
     }
 
     /// The highest bus number any root port uses (for the `_CRS` bus range and MCFG).
@@ -535,6 +594,22 @@ mod tests {
     }
 
     #[test]
+    fn free_slots_and_buses_run_out_cleanly() {
+        let mut root = PciRoot::new(0, Box::new(Recorder(Default::default()))).unwrap();
+        for d in (1..=31u8).rev() {
+            assert_eq!(root.highest_free_slot(), Some(d));
+            let bus = root.lowest_free_bus().unwrap();
+            assert_eq!(bus, 32 - d);
+            root.add_root_port(d, bus).unwrap();
+        }
+        assert_eq!(root.highest_free_slot(), None);
+        assert!(matches!(
+            root.add_root_port(0, 40),
+            Err(RootError::InvalidSlot { device: 0 })
+        ));
+    }
+
+    #[test]
     fn topology_through_ecam_and_cf8() {
         let log = Arc::new(Mutex::new(Vec::new()));
         let mut root = PciRoot::new(0, Box::new(Recorder(log.clone()))).unwrap();
@@ -551,6 +626,8 @@ mod tests {
         );
         assert_eq!(root.last_bus(), 1);
         assert_eq!(root.endpoints().len(), 2);
+        assert_eq!(root.highest_free_slot(), Some(31));
+        assert_eq!(root.lowest_free_bus(), Some(2));
         let root = Arc::new(Mutex::new(root));
         let mut ecam = PciConfigMmio::new(root.clone());
         let host: Bdf = "00:00.0".parse().unwrap();
@@ -721,5 +798,59 @@ mod tests {
         assert_eq!(rel.mapped(abdf, BarIndex(0)), Some(0xc030_0000));
         assert!(!mmio.read(0xc020_0004, &mut byte), "old range gone");
         assert!(mmio.read(0xc030_0004, &mut byte));
+    }
+
+    #[test]
+    fn relocator_retries_a_refused_move_once_the_range_is_free() {
+        let mmio = Arc::new(Bus::new());
+        let mut rel = BusRelocator::new(mmio.clone(), Arc::new(Bus::new()));
+        let (a, b) = (endpoint(), endpoint());
+        a.lock()
+            .unwrap()
+            .place_bar(BarIndex(0), 0xc000_0000)
+            .unwrap();
+        b.lock()
+            .unwrap()
+            .place_bar(BarIndex(0), 0xc010_0000)
+            .unwrap();
+        let (abdf, bbdf): (Bdf, Bdf) = ("01:00.0".parse().unwrap(), "02:00.0".parse().unwrap());
+        let (ad, bd): (SharedPciDevice, SharedPciDevice) = (a.clone(), b.clone());
+        rel.attach(abdf, &ad).unwrap();
+        rel.attach(bbdf, &bd).unwrap();
+        a.lock().unwrap().write_config(1, 0, &[2]);
+        b.lock().unwrap().write_config(1, 0, &[2]);
+        assert!(mmio.write(0xc000_0004, &[0xa]));
+        assert!(mmio.write(0xc010_0004, &[0xb]));
+        // The guest swaps the two BARs, one register at a time.
+        let e = a
+            .lock()
+            .unwrap()
+            .write_config(4, 0, &0xc010_0000u32.to_le_bytes());
+        rel.apply(abdf, &ad, e);
+        assert_eq!(
+            rel.mapped(abdf, BarIndex(0)),
+            None,
+            "refused while B is there"
+        );
+        let e = b
+            .lock()
+            .unwrap()
+            .write_config(4, 0, &0xc000_0000u32.to_le_bytes());
+        rel.apply(bbdf, &bd, e);
+        assert_eq!(rel.mapped(bbdf, BarIndex(0)), Some(0xc000_0000));
+        assert_eq!(rel.mapped(abdf, BarIndex(0)), Some(0xc010_0000), "retried");
+        let mut byte = [0u8; 1];
+        assert!(mmio.read(0xc010_0004, &mut byte));
+        assert_eq!(byte[0], 0xa, "A's register at A's new address");
+        assert!(mmio.read(0xc000_0004, &mut byte));
+        assert_eq!(byte[0], 0xb);
+        // A later move of A supersedes its pending one; nothing stays pending.
+        let e = a
+            .lock()
+            .unwrap()
+            .write_config(4, 0, &0xc020_0000u32.to_le_bytes());
+        rel.apply(abdf, &ad, e);
+        assert_eq!(rel.mapped(abdf, BarIndex(0)), Some(0xc020_0000));
+        assert!(rel.pending.is_empty());
     }
 }

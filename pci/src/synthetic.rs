@@ -6,7 +6,8 @@
 //!
 //! Spec syntax (comma-separated): `barN=KIND:SIZE` with KIND `mem32`, `mem32-pf`, `mem64`,
 //! `mem64-pf` or `io`, `rom=SIZE`, `msix=VECTORS` (table and PBA in their own 64-bit BAR
-//! after the others), e.g. `bar0=mem32:16K,bar2=mem64-pf:64G,msix=4`. Sizes take K, M, G.
+//! after the others), `port=on|off` (behind a PCIe root port of its own, the default, or
+//! directly on bus 0), e.g. `bar0=mem32:16K,bar2=mem64-pf:64G,msix=4`. Sizes take K, M, G.
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
@@ -32,6 +33,8 @@ pub enum SyntheticError {
 pub struct SyntheticSpec {
     pub bars: Vec<BarSpec>,
     pub msix_vectors: Option<u16>,
+    /// Behind a root port of its own (host bridge -> root port -> function), else on bus 0.
+    pub behind_port: bool,
 }
 
 fn parse_size(s: &str) -> Option<u64> {
@@ -54,10 +57,16 @@ impl FromStr for SyntheticSpec {
         };
         let mut bars = BTreeMap::new();
         let mut msix_vectors = None;
+        let mut behind_port = true;
+        let mut seen = Vec::new();
         for item in spec.split(',').filter(|s| !s.is_empty()) {
             let (key, value) = item
                 .split_once('=')
                 .ok_or_else(|| err(format!("{item:?} is not key=value")))?;
+            if seen.contains(&key) {
+                return Err(err(format!("{key} given twice")));
+            }
+            seen.push(key);
             match key {
                 "rom" => {
                     let size =
@@ -77,13 +86,20 @@ impl FromStr for SyntheticSpec {
                         .map_err(|_| err(format!("bad vector count {value:?}")))?;
                     msix_vectors = Some(n);
                 }
+                "port" => {
+                    behind_port = match value {
+                        "on" => true,
+                        "off" => false,
+                        _ => return Err(err(format!("port={value:?}: use on or off"))),
+                    };
+                }
                 _ => {
                     let index = key
                         .strip_prefix("bar")
                         .and_then(|n| n.parse::<u8>().ok())
                         .filter(|n| *n < 6)
                         .ok_or_else(|| {
-                            err(format!("unknown key {key:?} (bar0..bar5, rom, msix)"))
+                            err(format!("unknown key {key:?} (bar0..bar5, rom, msix, port)"))
                         })?;
                     let (kind, size) = value
                         .split_once(':')
@@ -115,6 +131,7 @@ impl FromStr for SyntheticSpec {
         Ok(Self {
             bars: bars.into_values().collect(),
             msix_vectors,
+            behind_port,
         })
     }
 }
@@ -244,6 +261,9 @@ mod tests {
         );
         assert_eq!(s.bars[3].index, BarIndex::ROM);
         assert_eq!(s.msix_vectors, Some(4));
+        assert!(s.behind_port);
+        let s: SyntheticSpec = "bar0=io:32,port=off".parse().unwrap();
+        assert!(!s.behind_port);
         for bad in [
             "bar6=mem32:4K",
             "bar0=mem16:4K",
@@ -253,6 +273,8 @@ mod tests {
             "bar0",
             "msix=-1",
             "bar0=mem32:99999999999G",
+            "port=maybe",
+            "bar0=mem32:4K,bar0=mem32:8K",
         ] {
             assert!(bad.parse::<SyntheticSpec>().is_err(), "{bad}");
         }

@@ -12,7 +12,7 @@ use crate::allocator::{
 use crate::aml::{AmlError, HostBridgeResources, PciHostBridgeAml};
 use crate::bar::{REG_BAR0, REG_ROM_ENDPOINT};
 use crate::bdf::Bdf;
-use crate::bridge::Window;
+use crate::bridge::{BridgeWindows, Window};
 use crate::bus::Bus;
 use crate::config_space::{
     COMMAND_BUS_MASTER, COMMAND_IO, COMMAND_MEMORY, REG_BIST_HEADER, REG_INTERRUPT,
@@ -169,13 +169,9 @@ impl PciTopology {
                 what: name.to_string(),
                 source,
             })?;
-        root.set_port_windows(slot, &layout.windows)
-            .map_err(attach_err)?;
-        // Firmware leaves bridges forwarding and bus-mastering.
-        let command = COMMAND_MEMORY | COMMAND_IO | COMMAND_BUS_MASTER;
-        root.write_config(port, 1, 0, &command.to_le_bytes());
+        program_root_port(&mut root, slot, &layout.windows).map_err(attach_err)?;
+        program_bars(&mut root, bdf, &dev, &layout.bars);
         drop(root);
-        self.program(bdf, &dev, &layout.bars);
         self.paths.push((bdf, vec![slot, 0]));
         log::info!(
             "{bdf}: {name} behind root port {port}, windows {:x?}",
@@ -216,33 +212,15 @@ impl PciTopology {
                 addr,
             });
         }
-        self.program(bdf, &dev, &placed);
+        program_bars(
+            &mut self.root.lock().unwrap_or_else(|e| e.into_inner()),
+            bdf,
+            &dev,
+            &placed,
+        );
         self.paths.push((bdf, vec![slot]));
         log::info!("{bdf}: {name} on bus 0");
         Ok(bdf)
-    }
-
-    /// Writes the BAR registers like firmware and enables decode; the resulting moves map
-    /// the BARs on the buses (through the root's effects handler).
-    fn program(&mut self, bdf: Bdf, dev: &SharedPciDevice, placed: &[BarPlacement]) {
-        let mut root = self.root.lock().unwrap_or_else(|e| e.into_inner());
-        let kinds: Vec<_> = dev.lock().unwrap_or_else(|e| e.into_inner()).bars();
-        for p in placed {
-            let Some(kind) = kinds.iter().find(|r| r.index == p.bar).map(|r| r.kind) else {
-                continue;
-            };
-            if p.bar == BarIndex::ROM {
-                root.write_config(bdf, REG_ROM_ENDPOINT, 0, &(p.addr as u32).to_le_bytes());
-                continue;
-            }
-            let reg = REG_BAR0 + usize::from(p.bar.0);
-            root.write_config(bdf, reg, 0, &(p.addr as u32).to_le_bytes());
-            if matches!(kind, BarKind::Mem64 { .. }) {
-                root.write_config(bdf, reg + 1, 0, &((p.addr >> 32) as u32).to_le_bytes());
-            }
-        }
-        let command = COMMAND_MEMORY | COMMAND_IO;
-        root.write_config(bdf, 1, 0, &command.to_le_bytes());
     }
 
     pub fn root(&self) -> Arc<Mutex<PciRoot>> {
@@ -301,6 +279,42 @@ impl PciTopology {
     }
 }
 
+/// Firmware-time set-up of the root port at 00:`port_device`.0: its forwarding windows,
+/// then memory / I/O forwarding and bus mastering on, as firmware leaves bridges.
+pub fn program_root_port(
+    root: &mut PciRoot,
+    port_device: u8,
+    windows: &BridgeWindows,
+) -> Result<(), RootError> {
+    root.set_port_windows(port_device, windows)?;
+    let port = Bdf::from_devfn(root.segment(), 0, port_device << 3);
+    let command = COMMAND_MEMORY | COMMAND_IO | COMMAND_BUS_MASTER;
+    root.write_config(port, 1, 0, &command.to_le_bytes());
+    Ok(())
+}
+
+/// Writes a function's BAR registers like firmware and enables decode, through the root,
+/// so the resulting BAR moves reach the root's effects handler (which maps the BARs).
+pub fn program_bars(root: &mut PciRoot, bdf: Bdf, dev: &SharedPciDevice, placed: &[BarPlacement]) {
+    let kinds: Vec<_> = dev.lock().unwrap_or_else(|e| e.into_inner()).bars();
+    for p in placed {
+        let Some(kind) = kinds.iter().find(|r| r.index == p.bar).map(|r| r.kind) else {
+            continue;
+        };
+        if p.bar == BarIndex::ROM {
+            root.write_config(bdf, REG_ROM_ENDPOINT, 0, &(p.addr as u32).to_le_bytes());
+            continue;
+        }
+        let reg = REG_BAR0 + usize::from(p.bar.0);
+        root.write_config(bdf, reg, 0, &(p.addr as u32).to_le_bytes());
+        if matches!(kind, BarKind::Mem64 { .. }) {
+            root.write_config(bdf, reg + 1, 0, &((p.addr >> 32) as u32).to_le_bytes());
+        }
+    }
+    let command = COMMAND_MEMORY | COMMAND_IO;
+    root.write_config(bdf, 1, 0, &command.to_le_bytes());
+}
+
 fn check_endpoint(name: &str, dev: &SharedPciDevice) -> Result<(), TopologyError> {
     let header = dev
         .lock()
@@ -314,7 +328,8 @@ fn check_endpoint(name: &str, dev: &SharedPciDevice) -> Result<(), TopologyError
     Ok(())
 }
 
-fn bar_requests(bdf: Bdf, dev: &SharedPciDevice) -> Vec<BarRequest> {
+/// One allocation request per BAR of `dev` (address `bdf`, for error messages).
+pub fn bar_requests(bdf: Bdf, dev: &SharedPciDevice) -> Vec<BarRequest> {
     let d = dev.lock().unwrap_or_else(|e| e.into_inner());
     d.bars()
         .into_iter()

@@ -73,6 +73,23 @@ struct Initramfs {
     size: u64,
 }
 
+/// Refuses a kernel or initramfs that cannot be opened (missing, unreadable, a directory)
+/// before any VM resource exists.
+pub fn check_readable(kernel: &Path, initramfs: Option<&Path>) -> Result<(), KernelError> {
+    let open = |path: &Path| -> std::io::Result<()> {
+        let f = File::open(path)?;
+        if f.metadata()?.is_dir() {
+            return Err(std::io::Error::other("it is a directory"));
+        }
+        Ok(())
+    };
+    open(kernel).map_err(|source| KernelError::OpenKernel { path: kernel.into(), source })?;
+    if let Some(p) = initramfs {
+        open(p).map_err(|source| KernelError::OpenInitramfs { path: p.into(), source })?;
+    }
+    Ok(())
+}
+
 fn is_elf(path: &Path) -> Result<bool, KernelError> {
     use std::io::Read;
     let mut magic = [0u8; 4];

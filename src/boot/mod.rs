@@ -5,6 +5,8 @@ pub mod acpi;
 pub mod cpu;
 pub mod e820;
 pub mod kernel;
+pub mod reset_vector;
+pub mod vmlinux_cache;
 
 pub use cpu::BootEntry;
 
@@ -16,6 +18,8 @@ pub enum BootError {
     Acpi(#[from] acpi::AcpiError),
     #[error(transparent)]
     Cpu(#[from] cpu::CpuSetupError),
+    #[error(transparent)]
+    ResetVector(#[from] reset_vector::ResetVectorError),
 }
 
 /// Writes everything the guest finds in memory at power-on; returns the boot vCPU's entry.
@@ -25,6 +29,7 @@ pub fn prepare(
     acpi_cfg: &acpi::AcpiConfig,
 ) -> Result<BootEntry, BootError> {
     let rsdp_addr = acpi::write_tables(mem, acpi_cfg)?;
+    reset_vector::write(mem)?;
     let entry = kernel::load(mem, &kernel::KernelConfig { rsdp_addr, ..kernel_cfg })?;
     cpu::write_boot_structures(mem, entry)?;
     Ok(entry)

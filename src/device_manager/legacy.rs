@@ -28,11 +28,13 @@ fn insert(
 }
 
 /// Puts COM1 (when `console` is given), i8042, CMOS and the ACPI sleep/reset port on `pio`.
+/// The CMOS is passed in because it outlives a guest reset, like a battery-backed one.
 pub fn attach(
     vm: &Vm,
     pio: &pci::Bus,
     stop: &Arc<StopNotifier>,
     console: Option<ConsoleOut>,
+    cmos: Arc<Mutex<Cmos>>,
 ) -> Result<LegacyDevices, DeviceManagerError> {
     let serial = match console {
         Some(out) => {
@@ -48,7 +50,7 @@ pub fn attach(
     };
     let reset = StopTrigger { notifier: stop.clone(), reason: StopReason::Reset };
     insert(pio, "i8042", Arc::new(Mutex::new(I8042::new(reset))), layout::I8042_PORT, layout::I8042_LEN)?;
-    insert(pio, "CMOS RTC", Arc::new(Mutex::new(Cmos::new())), layout::CMOS_PORT, layout::CMOS_LEN)?;
+    insert(pio, "CMOS RTC", cmos, layout::CMOS_PORT, layout::CMOS_LEN)?;
     insert(
         pio,
         "ACPI sleep/reset",

@@ -3,11 +3,13 @@
 
 pub mod legacy;
 pub mod pci;
+pub mod testdev;
 pub mod vfio;
 pub mod virtio;
 
 use std::sync::{Arc, Mutex};
 
+use crate::devices::cmos::Cmos;
 use crate::devices::serial::{ConsoleOut, SerialDevice};
 use crate::irq::{GsiRouting, IrqChip};
 use crate::vstate::memory::GuestMemory;
@@ -34,8 +36,6 @@ pub enum DeviceManagerError {
         #[source]
         source: kvm_ioctls::Error,
     },
-    #[error("--{flag} {spec} cannot be attached: this build has no {what} support yet")]
-    Unsupported { flag: &'static str, spec: String, what: &'static str },
     #[error("PCI: {what} failed")]
     Pci {
         what: &'static str,
@@ -50,6 +50,8 @@ pub enum DeviceManagerError {
     Virtio(#[from] virtio::VirtioManagerError),
     #[error(transparent)]
     Resources(#[from] crate::resources::ResourceError),
+    #[error(transparent)]
+    TestDev(#[from] testdev::TestDevError),
 }
 
 /// Field order is drop order: assigned devices go (DMA unmapped, vectors off) before the
@@ -69,9 +71,10 @@ impl DeviceManager {
         ram_size: u64,
         stop: &Arc<StopNotifier>,
         console: Option<ConsoleOut>,
+        cmos: Arc<Mutex<Cmos>>,
     ) -> Result<Self, DeviceManagerError> {
         let buses = Arc::new(IoBuses { pio: Arc::new(::pci::Bus::new()), mmio: Arc::new(::pci::Bus::new()) });
-        let legacy = legacy::attach(vm, &buses.pio, stop, console)?;
+        let legacy = legacy::attach(vm, &buses.pio, stop, console, cmos)?;
         let pci = pci::PciSegment::new(&buses, ram_size)?;
         let chip: Arc<dyn IrqChip> = vm.clone();
         Ok(Self {
@@ -95,18 +98,18 @@ impl DeviceManager {
         memory: &GuestMemory,
         cfg: &crate::config::VmConfig,
     ) -> Result<(), DeviceManagerError> {
-        for (flag, specs, what) in [("net", &cfg.nets, "virtio-net")] {
-            if let Some(spec) = specs.first() {
-                return Err(DeviceManagerError::Unsupported { flag, spec: format!("{spec:?}"), what });
-            }
-        }
         let disks = virtio::parse_disks(&cfg.disks)?;
+        let nets = virtio::parse_nets(&cfg.nets)?;
         let specs = vfio::parse_cli(&cfg.devices)?;
         let vctx = virtio::AttachContext { vm, memory, resources: &self.resources, routing: &self.routing };
-        for dev in virtio::create_devices(&vctx, &disks, cfg.rng)? {
+        for dev in virtio::create_devices(&vctx, &disks, &nets, cfg.rng)? {
             let name = dev.lock().unwrap_or_else(|e| e.into_inner()).name().to_string();
             let bdf = self.pci.attach_pci_device(dev, &self.buses)?;
             log::info!("{name} is guest {bdf}");
+        }
+        let tctx = testdev::AttachContext { buses: &self.buses, resources: &self.resources };
+        for (i, spec) in cfg.pci_synthetic.iter().enumerate() {
+            testdev::attach(&tctx, &mut self.pci, i, spec)?;
         }
         if specs.is_empty() {
             return Ok(());

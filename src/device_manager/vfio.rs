@@ -6,13 +6,13 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use kvm_bindings::{kvm_create_device, kvm_device_type_KVM_DEV_TYPE_VFIO};
-use pci::{BarKind, BarSlot, SharedPciDevice};
+use pci::{BarIndex, BarKind, BarRegion, BarSlot, ConfigEffects, PciDevice, SharedPciDevice};
 use vfio::container::{preflight, Container, ContainerError, RamRange};
 use vfio::device::{DeviceParts, VfioPciDevice};
-use vfio::host::{HostDevice, IrqIndex};
+use vfio::host::{HostDevice, HostError, IrqIndex, MmapArea, RegionInfo, RegionMapping, VfioHost};
 use vfio::regions::MemorySlots;
 use vfio::spec::{parse_devices, DeviceSpec, SpecError};
-use vfio::sysfs::PciHost;
+use vfio::sysfs::{BindError, ManagedDevices, PciHost};
 use vm_memory::{GuestMemoryBackend as _, GuestMemoryRegion as _};
 
 use crate::config::DeviceSpec as CliDeviceSpec;
@@ -29,8 +29,15 @@ const HIGH_BAR_MIN: u64 = 256 << 20;
 pub enum VfioManagerError {
     #[error("--device: {0}")]
     Spec(#[from] SpecError),
-    #[error("--device {key}=...: unknown key (path, id, rombar, romfile)")]
+    #[error("--device {key}=...: unknown key (path, id, rombar, romfile, managed)")]
     UnknownKey { key: String },
+    #[error("{id}: binding {bdf} and its IOMMU group to vfio-pci (managed=on)")]
+    Managed {
+        id: String,
+        bdf: vfio::sysfs::Bdf,
+        #[source]
+        source: BindError,
+    },
     #[error(transparent)]
     Container(#[from] ContainerError),
     #[error("creating the KVM-VFIO device failed")]
@@ -82,12 +89,12 @@ pub fn parse_cli(specs: &[CliDeviceSpec]) -> Result<Vec<DeviceSpec>, VfioManager
     let mut texts = Vec::new();
     for s in specs {
         let mut parts = Vec::new();
-        for key in ["path", "id", "rombar", "romfile"] {
+        for key in vfio::spec::DEVICE_KEYS {
             if let Some(v) = s.get(key) {
                 parts.push(format!("{key}={v}"));
             }
         }
-        if let Err(e) = s.check_keys("path,id,rombar,romfile") {
+        if let Err(e) = s.check_keys("path,id,rombar,romfile,managed") {
             return Err(VfioManagerError::UnknownKey { key: e.to_string() });
         }
         texts.push(parts.join(","));
@@ -114,11 +121,55 @@ impl MemorySlots for VmSlots {
     }
 }
 
+/// An assigned device as the PCI root and its BAR slots hold it.
+///
+/// The root, the relocator and the buses reference each other, so they can outlive the VM;
+/// [`VfioManager`] therefore takes the device out on teardown. With it go the device fd, the
+/// BAR mmaps, the vectors, the memory slots and their references to the VM, so the VM is
+/// destroyed, KVM drops its hold on the VFIO group and the device can be opened again at once
+/// (a guest reboot with `--on-reboot restart` builds a new VM in the same process). After
+/// that the guest (there is none left) would read all-ones.
+pub struct AssignedFunction(Option<VfioPciDevice>);
+
+impl AssignedFunction {
+    /// Resets and releases the device (VfioPciDevice's drop), now.
+    fn release(&mut self) {
+        self.0.take();
+    }
+}
+
+impl PciDevice for AssignedFunction {
+    fn bars(&self) -> Vec<BarRegion> {
+        self.0.as_ref().map_or_else(Vec::new, |d| d.bars())
+    }
+
+    fn read_config(&mut self, reg: usize) -> u32 {
+        self.0.as_mut().map_or(u32::MAX, |d| d.read_config(reg))
+    }
+
+    fn write_config(&mut self, reg: usize, offset: u64, data: &[u8]) -> ConfigEffects {
+        self.0.as_mut().map_or_else(ConfigEffects::default, |d| d.write_config(reg, offset, data))
+    }
+
+    fn read_bar(&mut self, bar: BarIndex, offset: u64, data: &mut [u8]) {
+        match self.0.as_mut() {
+            Some(d) => d.read_bar(bar, offset, data),
+            None => data.fill(0xff),
+        }
+    }
+
+    fn write_bar(&mut self, bar: BarIndex, offset: u64, data: &[u8]) {
+        if let Some(d) = self.0.as_mut() {
+            d.write_bar(bar, offset, data);
+        }
+    }
+}
+
 /// One assigned device, ready for the PCI root to expose at a BDF.
 pub struct AssignedDevice {
     pub id: String,
     pub bdf: String,
-    pub device: Arc<Mutex<VfioPciDevice>>,
+    pub device: Arc<Mutex<AssignedFunction>>,
     /// The device's INTx line (None: the device has no INTx); wire it with
     /// [`Self::connect_intx`] once the device's slot, and so its `_PRT` GSI, is known.
     intx: Option<Arc<KvmIntx>>,
@@ -144,20 +195,27 @@ impl AssignedDevice {
         if self.intx.is_none() {
             return 0;
         }
-        let pin = pci::PciDevice::read_config(&mut *self.device.lock().unwrap_or_else(|e| e.into_inner()), 0x3c / 4) >> 8;
+        let pin = self.device.lock().unwrap_or_else(|e| e.into_inner()).read_config(0x3c / 4) >> 8;
         pin as u8
     }
 }
 
 /// Everything VFIO for the VM. Drop order matters: devices (reset, vectors off, slots out)
-/// before the container (DMA unmapped, groups released).
+/// before the container (DMA unmapped, groups released), and `managed` last: the devices it
+/// bound go back to their drivers only once no VFIO fd of them is open (see [`ManagedHost`]).
 pub struct VfioManager {
     pub devices: Vec<AssignedDevice>,
     container: Option<Container>,
+    managed: Option<Arc<ManagedDevices>>,
 }
 
 impl Drop for VfioManager {
     fn drop(&mut self) {
+        // Release each device even though the bus may still hold its slot (see
+        // AssignedFunction); then its INTx irqfd (AssignedDevice.intx), then the container.
+        for d in &self.devices {
+            d.device.lock().unwrap_or_else(|e| e.into_inner()).release();
+        }
         self.devices.clear();
         self.container.take();
     }
@@ -176,10 +234,11 @@ impl VfioManager {
     /// Checks, opens and wires every `--device`; all-or-nothing (a failure drops what was set
     /// up, which releases it). Must run before the first vCPU starts (DMA mapping).
     pub fn attach(ctx: &AttachContext<'_>, specs: &[DeviceSpec]) -> Result<Self, VfioManagerError> {
-        let mut mgr = VfioManager { devices: Vec::new(), container: None };
+        let mut mgr = VfioManager { devices: Vec::new(), container: None, managed: None };
         if specs.is_empty() {
             return Ok(mgr);
         }
+        mgr.managed = bind_managed(specs)?;
         let ram: u64 = ctx.memory.iter().map(|r| r.len()).sum();
         preflight(&PciHost::system(), specs, ram)?;
 
@@ -189,8 +248,14 @@ impl VfioManager {
         let mut container = Container::open(Some(handle))?;
         let hosts = specs
             .iter()
-            .map(|s| container.open_device(s.bdf, &s.path))
-            .collect::<Result<Vec<_>, _>>()?;
+            .map(|s| {
+                let host = container.open_device(s.bdf, &s.path)?;
+                Ok(match &mgr.managed {
+                    Some(m) => Arc::new(ManagedHost { host, _managed: m.clone() }) as Arc<dyn HostDevice>,
+                    None => Arc::new(host) as Arc<dyn HostDevice>,
+                })
+            })
+            .collect::<Result<Vec<_>, ContainerError>>()?;
         let ranges: Vec<RamRange> = ctx
             .memory
             .iter()
@@ -206,10 +271,69 @@ impl VfioManager {
         mgr.container = Some(container);
 
         for (spec, host) in specs.iter().zip(hosts) {
-            let dev = attach_one(ctx, spec, Arc::new(host))?;
+            let dev = attach_one(ctx, spec, host)?;
             mgr.devices.push(dev);
         }
         Ok(mgr)
+    }
+}
+
+/// `managed=on`: binds those devices (and the rest of their groups) to vfio-pci before the
+/// pre-flight looks at them. On an error the devices bound so far go back at once.
+fn bind_managed(specs: &[DeviceSpec]) -> Result<Option<Arc<ManagedDevices>>, VfioManagerError> {
+    if !specs.iter().any(|s| s.managed) {
+        return Ok(None);
+    }
+    let mut managed = ManagedDevices::new(PciHost::system());
+    for s in specs.iter().filter(|s| s.managed) {
+        managed
+            .attach(s.bdf)
+            .map_err(|source| VfioManagerError::Managed { id: s.id.clone(), bdf: s.bdf, source })?;
+    }
+    Ok(Some(Arc::new(managed)))
+}
+
+/// A managed device's VFIO device, holding the VMM's managed bindings alive. vfio-pci's
+/// unbind waits until every fd of the device is closed, so the bindings may only be given
+/// back after the last `VfioHost` is gone; the device Arcs are shared with the PCI root and
+/// the buses, so that moment is not VfioManager's drop. Fields drop in declaration order:
+/// `host` (device fd closed, group out of the container and the KVM-VFIO device) first,
+/// then this reference; the last reference restores the drivers ([`ManagedDevices`]' Drop).
+struct ManagedHost {
+    host: VfioHost,
+    _managed: Arc<ManagedDevices>,
+}
+
+impl HostDevice for ManagedHost {
+    fn bdf(&self) -> &str {
+        self.host.bdf()
+    }
+    fn region_info(&self, region: u32) -> Option<RegionInfo> {
+        self.host.region_info(region)
+    }
+    fn irq_count(&self, index: IrqIndex) -> u32 {
+        self.host.irq_count(index)
+    }
+    fn region_read(&self, region: u32, offset: u64, data: &mut [u8]) -> Result<(), HostError> {
+        self.host.region_read(region, offset, data)
+    }
+    fn region_write(&self, region: u32, offset: u64, data: &[u8]) -> Result<(), HostError> {
+        self.host.region_write(region, offset, data)
+    }
+    fn set_irqs(&self, index: IrqIndex, start: u32, fds: &[Option<std::os::unix::io::RawFd>]) -> Result<(), HostError> {
+        self.host.set_irqs(index, start, fds)
+    }
+    fn disable_irqs(&self, index: IrqIndex) -> Result<(), HostError> {
+        self.host.disable_irqs(index)
+    }
+    fn set_intx_unmask_fd(&self, fd: std::os::unix::io::RawFd) -> Result<(), HostError> {
+        self.host.set_intx_unmask_fd(fd)
+    }
+    fn reset(&self) -> Result<bool, HostError> {
+        self.host.reset()
+    }
+    fn map_region(&self, region: u32, area: MmapArea) -> Result<RegionMapping, HostError> {
+        self.host.map_region(region, area)
     }
 }
 
@@ -279,8 +403,8 @@ fn attach_one(ctx: &AttachContext<'_>, spec: &DeviceSpec, host: Arc<dyn HostDevi
         }
     }
     device.start().map_err(|source| VfioManagerError::Device { id: id.clone(), source })?;
-    let regions = pci::PciDevice::bars(&device);
-    let device = Arc::new(Mutex::new(device));
+    let regions = device.bars();
+    let device = Arc::new(Mutex::new(AssignedFunction(Some(device))));
     let shared: SharedPciDevice = device.clone();
     for r in regions {
         let bus = if r.kind == BarKind::Io { &ctx.buses.pio } else { &ctx.buses.mmio };

@@ -1,4 +1,4 @@
-//! Wiring of virtio devices: `--disk` and `--rng` to virtio-pci functions with MSI-X vectors
+//! Wiring of virtio devices: `--disk`, `--net` and `--rng` to virtio-pci functions with MSI-X vectors
 //! (GSIs from the VM's MSI range) and BARs in the 32-bit PCI window. The PCI segment then
 //! puts them on bus 0 (see `mod.rs`).
 
@@ -9,6 +9,7 @@ use pci::PciDevice;
 
 use crate::config::{ConfigError, DeviceSpec};
 use crate::devices::virtio::block::{Block, DiskConfig};
+use crate::devices::virtio::net::{Net, NetConfig};
 use crate::devices::virtio::pci::{NotifyRegistry, VirtioPciDevice, VirtioPciParts};
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::{VirtioDevice, VirtioError};
@@ -19,12 +20,36 @@ use crate::vstate::vm::Vm;
 
 const DISK_KEYS: &str = "path,readonly,id";
 
+/// Queue notifications become KVM ioeventfds on the notify area.
+impl NotifyRegistry for Vm {
+    fn register(&self, fd: &vmm_sys_util::eventfd::EventFd, addr: u64) -> std::io::Result<()> {
+        use kvm_ioctls::{IoEventAddress, NoDatamatch};
+        self.fd
+            .register_ioevent(fd, &IoEventAddress::Mmio(addr), NoDatamatch)
+            .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+    }
+    fn unregister(&self, fd: &vmm_sys_util::eventfd::EventFd, addr: u64) -> std::io::Result<()> {
+        use kvm_ioctls::{IoEventAddress, NoDatamatch};
+        self.fd
+            .unregister_ioevent(fd, &IoEventAddress::Mmio(addr), NoDatamatch)
+            .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum VirtioManagerError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error("--disk id={0} is given twice")]
     DuplicateId(String),
+    #[error("--net id={0} is given twice")]
+    DuplicateNetId(String),
+    #[error("--net tap={0} is given twice (one tap per device)")]
+    DuplicateTap(String),
+    #[error("--net mac={0}: want six hex bytes like 52:54:00:12:34:56, unicast (first byte even)")]
+    BadMac(String),
+    #[error("--net tap={0}: not a valid interface name (1-15 characters, no '/', ':' or spaces)")]
+    BadTapName(String),
     #[error("{id}: {what}")]
     Device {
         id: String,
@@ -71,6 +96,62 @@ pub fn parse_disks(specs: &[DeviceSpec]) -> Result<Vec<DiskSpec>, VirtioManagerE
     Ok(out)
 }
 
+/// One `--net`, validated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetSpec {
+    pub id: String,
+    pub config: NetConfig,
+}
+
+const NET_KEYS: &str = "tap,mac,id";
+
+fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in &mut mac {
+        let p = parts.next()?;
+        if p.len() != 2 {
+            return None;
+        }
+        *b = u8::from_str_radix(p, 16).ok()?;
+    }
+    (parts.next().is_none() && mac[0] & 1 == 0).then_some(mac)
+}
+
+/// A stable, locally administered address for a tap (QEMU's 52:54:00 prefix), so a guest
+/// keeps its MAC from one run to the next.
+fn default_mac(tap: &str) -> [u8; 6] {
+    // FNV-1a over the tap name.
+    let h = tap.bytes().fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193));
+    let [a, b, c, _] = h.to_le_bytes();
+    [0x52, 0x54, 0x00, a, b, c]
+}
+
+/// `--net tap=NAME[,mac=M][,id=NAME]`: the id defaults to `netN`.
+pub fn parse_nets(specs: &[DeviceSpec]) -> Result<Vec<NetSpec>, VirtioManagerError> {
+    let mut out: Vec<NetSpec> = Vec::new();
+    for (i, spec) in specs.iter().enumerate() {
+        spec.check_keys(NET_KEYS)?;
+        let tap = spec.require("tap")?.to_string();
+        if !crate::devices::virtio::net::tap::valid_name(&tap) {
+            return Err(VirtioManagerError::BadTapName(tap));
+        }
+        let mac = match spec.get("mac") {
+            Some(m) => parse_mac(m).ok_or_else(|| VirtioManagerError::BadMac(m.to_string()))?,
+            None => default_mac(&tap),
+        };
+        let id = spec.get("id").map_or_else(|| format!("net{i}"), str::to_string);
+        if out.iter().any(|n| n.id == id) {
+            return Err(VirtioManagerError::DuplicateNetId(id));
+        }
+        if out.iter().any(|n| n.config.tap == tap) {
+            return Err(VirtioManagerError::DuplicateTap(tap));
+        }
+        out.push(NetSpec { id, config: NetConfig { tap, mac } });
+    }
+    Ok(out)
+}
+
 pub struct AttachContext<'a> {
     pub vm: &'a Arc<Vm>,
     pub memory: &'a GuestMemory,
@@ -78,10 +159,11 @@ pub struct AttachContext<'a> {
     pub routing: &'a Arc<Mutex<GsiRouting>>,
 }
 
-/// Builds the virtio functions for `disks` (and a virtio-rng when `rng`), BARs placed.
+/// Builds the virtio functions for `disks`, `nets` (and a virtio-rng when `rng`), BARs placed.
 pub fn create_devices(
     ctx: &AttachContext<'_>,
     disks: &[DiskSpec],
+    nets: &[NetSpec],
     rng: bool,
 ) -> Result<Vec<Arc<Mutex<VirtioPciDevice>>>, VirtioManagerError> {
     let mut out = Vec::new();
@@ -99,6 +181,22 @@ pub fn create_devices(
             if d.config.readonly { ", read-only" } else { "" }
         );
         out.push(create_one(ctx, &d.id, Box::new(block))?);
+    }
+    for n in nets {
+        let net = Net::open(&n.config).map_err(|source| VirtioManagerError::Device {
+            id: n.id.clone(),
+            what: "opening the tap",
+            source: Box::new(source),
+        })?;
+        let m = n.config.mac;
+        log::info!(
+            "{}: virtio-net on tap {} mac {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}{}",
+            n.id,
+            n.config.tap,
+            m[0], m[1], m[2], m[3], m[4], m[5],
+            if net.offloads() { ", checksum/TSO offloads" } else { "" }
+        );
+        out.push(create_one(ctx, &n.id, Box::new(net))?);
     }
     if rng {
         let id = "rng0".to_string();
@@ -157,6 +255,31 @@ mod tests {
 
     fn spec(s: &str) -> DeviceSpec {
         OptionList::parse("disk", s, Some("path")).unwrap()
+    }
+
+    fn net_spec(s: &str) -> DeviceSpec {
+        OptionList::parse("net", s, Some("tap")).unwrap()
+    }
+
+    #[test]
+    fn net_options() {
+        let n = parse_nets(&[net_spec("tap0"), net_spec("tap=vt1,mac=02:00:00:aa:bb:cc,id=mgmt")]).unwrap();
+        assert_eq!(n[0].id, "net0");
+        assert_eq!(n[0].config.tap, "tap0");
+        assert_eq!(n[0].config.mac, default_mac("tap0"));
+        assert_eq!(&n[0].config.mac[..3], &[0x52, 0x54, 0x00]);
+        assert_ne!(default_mac("tap0"), default_mac("tap1"));
+        assert_eq!(n[1], NetSpec { id: "mgmt".into(), config: NetConfig { tap: "vt1".into(), mac: [2, 0, 0, 0xaa, 0xbb, 0xcc] } });
+        for bad in ["tap=t,mac=01:00:00:00:00:01", "tap=t,mac=02:00:00:00:00", "tap=t,mac=zz:00:00:00:00:00", "tap=t,mac=02:00:00:00:00:00:00"] {
+            assert!(matches!(parse_nets(&[net_spec(bad)]), Err(VirtioManagerError::BadMac(_))), "{bad}");
+        }
+        assert!(matches!(parse_nets(&[net_spec("tap=a/b")]), Err(VirtioManagerError::BadTapName(_))));
+        assert!(parse_nets(&[net_spec("tap=t,queues=2")]).is_err());
+        assert!(matches!(parse_nets(&[net_spec("t"), net_spec("t")]), Err(VirtioManagerError::DuplicateTap(_))));
+        assert!(matches!(
+            parse_nets(&[net_spec("tap=a,id=x"), net_spec("tap=b,id=x")]),
+            Err(VirtioManagerError::DuplicateNetId(_))
+        ));
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! `--device` argument: `path=/sys/bus/pci/devices/BDF[,id=NAME][,rombar=on|off][,romfile=PATH]`
+//! `--device` argument:
+//! `path=/sys/bus/pci/devices/BDF[,id=NAME][,rombar=on|off][,romfile=PATH][,managed=on|off]`
 //! or a bare BDF.
 
 use std::path::PathBuf;
@@ -23,6 +24,20 @@ pub struct DeviceSpec {
     pub id: String,
     pub rombar: bool,
     pub romfile: Option<PathBuf>,
+    /// `managed=on`: the VMM binds the device (and its IOMMU group) to vfio-pci itself and
+    /// gives it back to its original driver at exit ([`crate::sysfs::ManagedDevices`]).
+    pub managed: bool,
+}
+
+/// The keys `--device` takes, for the VMM's generic option parser.
+pub const DEVICE_KEYS: &[&str] = &["path", "id", "rombar", "romfile", "managed"];
+
+fn on_off(key: &str, value: &str) -> Result<bool, String> {
+    match value {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("{key}={value}: use on or off")),
+    }
 }
 
 impl FromStr for DeviceSpec {
@@ -34,6 +49,7 @@ impl FromStr for DeviceSpec {
         let mut id = None;
         let mut rombar = true;
         let mut romfile = None;
+        let mut managed = false;
         for (i, part) in spec.split(',').enumerate() {
             let (key, value) = match part.split_once('=') {
                 Some(kv) => kv,
@@ -62,20 +78,15 @@ impl FromStr for DeviceSpec {
                     }
                     id = Some(value.to_string());
                 }
-                "rombar" => {
-                    rombar = match value {
-                        "on" => true,
-                        "off" => false,
-                        _ => return Err(err(format!("rombar={value}: use on or off"))),
-                    }
-                }
+                "rombar" => rombar = on_off(key, value).map_err(err)?,
+                "managed" => managed = on_off(key, value).map_err(err)?,
                 "romfile" => {
                     if value.is_empty() {
                         return Err(err("romfile= needs a path".into()));
                     }
                     romfile = Some(PathBuf::from(value));
                 }
-                other => return Err(err(format!("unknown key '{other}' (path, id, rombar, romfile)"))),
+                other => return Err(err(format!("unknown key '{other}' ({})", DEVICE_KEYS.join(", ")))),
             }
         }
         let bdf = bdf.ok_or_else(|| err("no device: give path=/sys/bus/pci/devices/BDF or a BDF".into()))?;
@@ -88,6 +99,7 @@ impl FromStr for DeviceSpec {
             id: id.unwrap_or_else(|| format!("vfio-{bdf}").replace(':', "_")),
             rombar,
             romfile,
+            managed,
         })
     }
 }
@@ -127,6 +139,11 @@ mod tests {
         assert!(d.rombar && d.romfile.is_none());
         let d: DeviceSpec = "0000:01:10.2,romfile=/tmp/x.rom".parse().unwrap();
         assert_eq!(d.romfile, Some(PathBuf::from("/tmp/x.rom")));
+        assert!(!d.managed);
+        let d: DeviceSpec = "path=/sys/bus/pci/devices/0000:01:10.0,managed=on".parse().unwrap();
+        assert!(d.managed);
+        let d: DeviceSpec = "0000:01:10.0,managed=off".parse().unwrap();
+        assert!(!d.managed);
     }
 
     #[test]
@@ -142,6 +159,8 @@ mod tests {
             "id=x",
             "0000:02:00.0,rombar=off,romfile=/x",
             "0000:02:20.0",
+            "0000:02:00.0,managed=yes",
+            "0000:02:00.0,managed",
         ] {
             assert!(bad.parse::<DeviceSpec>().is_err(), "{bad}");
         }

@@ -2,7 +2,7 @@
 //! (GET_ID). A read-only disk offers VIRTIO_BLK_F_RO and fails writes with IOERR.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -48,7 +48,9 @@ impl Block {
             .write(!config.readonly)
             .open(&config.path)
             .map_err(|source| VirtioError::OpenDisk { path: path.clone(), source })?;
-        let bytes = file.metadata().map_err(|source| VirtioError::DiskSize { path, source })?.len();
+        // Seeking to the end sizes regular files and block devices alike (a block device's
+        // metadata length is 0), so `--disk path=/dev/nvme0n1` works too.
+        let bytes = (&file).seek(SeekFrom::End(0)).map_err(|source| VirtioError::DiskSize { path, source })?;
         let capacity_sectors = bytes / SECTOR_SIZE;
         if bytes % SECTOR_SIZE != 0 {
             log::warn!("{}: size {bytes} is not a multiple of 512; the last partial sector is hidden", config.path.display());
@@ -232,7 +234,7 @@ impl BlockHandler {
 impl QueueHandler for BlockHandler {
     fn process(&mut self, _index: usize, queue: &mut Queue, mem: &GuestMemory) -> bool {
         let mut used = false;
-        while let Some(chain) = queue.pop_descriptor_chain(mem) {
+        while let Some(chain) = super::next_chain(queue, mem) {
             let head = chain.head_index();
             let len = self.serve(chain, mem);
             if let Err(e) = queue.add_used(mem, head, len) {

@@ -43,21 +43,6 @@ pub trait NotifyRegistry: Send + Sync {
     fn unregister(&self, fd: &EventFd, addr: u64) -> std::io::Result<()>;
 }
 
-impl NotifyRegistry for crate::vstate::vm::Vm {
-    fn register(&self, fd: &EventFd, addr: u64) -> std::io::Result<()> {
-        use kvm_ioctls::{IoEventAddress, NoDatamatch};
-        self.fd
-            .register_ioevent(fd, &IoEventAddress::Mmio(addr), NoDatamatch)
-            .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
-    }
-    fn unregister(&self, fd: &EventFd, addr: u64) -> std::io::Result<()> {
-        use kvm_ioctls::{IoEventAddress, NoDatamatch};
-        self.fd
-            .unregister_ioevent(fd, &IoEventAddress::Mmio(addr), NoDatamatch)
-            .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
-    }
-}
-
 /// Everything a transport is built from.
 pub struct VirtioPciParts {
     /// Prefix of log lines (e.g. "virtio-blk disk0").
@@ -231,7 +216,8 @@ impl VirtioPciDevice {
         let regs = self.function.backend();
         let mut queues = Vec::new();
         for (i, cfg) in regs.queues().iter().enumerate() {
-            let Some(queue) = build_queue(&self.name, i, cfg, &self.mem) else { continue };
+            let event_idx = acked & (1 << super::VIRTIO_RING_F_EVENT_IDX) != 0;
+            let Some(queue) = build_queue(&self.name, i, cfg, event_idx, &self.mem) else { continue };
             let Some(evt) = regs.queue_evts().get(i) else { continue };
             let interrupt = match self.irqfds.get(usize::from(cfg.vector)) {
                 Some(fd) => Some(fd.try_clone().map_err(evt_err(&self.name))?),

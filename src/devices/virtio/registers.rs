@@ -6,7 +6,7 @@
 use pci::{BarIndex, FunctionBackend};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_RING_F_INDIRECT_DESC};
+use super::{VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 
 /// BAR 0 layout: one 4 KiB page per structure.
 pub const COMMON_OFFSET: u64 = 0x0000;
@@ -100,7 +100,10 @@ impl VirtioRegisters {
     }
 
     pub fn device_features(&self) -> u64 {
-        self.device.features() | (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_RING_F_INDIRECT_DESC)
+        self.device.features()
+            | (1 << VIRTIO_F_VERSION_1)
+            | (1 << VIRTIO_RING_F_INDIRECT_DESC)
+            | (1 << VIRTIO_RING_F_EVENT_IDX)
     }
 
     pub fn driver_features(&self) -> u64 {

@@ -83,7 +83,7 @@ impl RngHandler {
 impl QueueHandler for RngHandler {
     fn process(&mut self, _index: usize, queue: &mut Queue, mem: &GuestMemory) -> bool {
         let mut used = false;
-        while let Some(chain) = queue.pop_descriptor_chain(mem) {
+        while let Some(chain) = super::next_chain(queue, mem) {
             let head = chain.head_index();
             let len = self.fill(chain, mem);
             if let Err(e) = queue.add_used(mem, head, len) {

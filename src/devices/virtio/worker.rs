@@ -9,10 +9,12 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::registers::QueueConfig;
-use super::{QueueHandler, VirtioError};
+use super::{needs_interrupt, QueueHandler, VirtioError};
 use crate::vstate::memory::GuestMemory;
 
 const KILL_TOKEN: u64 = u64::MAX;
+/// Tokens of the handler's extra fds start here (queue tokens are queue positions).
+const EXTRA_TOKEN_BASE: u64 = 1 << 32;
 
 /// One queue handed to the thread.
 pub struct ActiveQueue {
@@ -26,7 +28,7 @@ pub struct ActiveQueue {
 
 /// Builds a virtio-queue `Queue` from the driver's settings; `None` (logged) when the rings
 /// do not fit in guest memory or are misaligned, so such a queue is never served.
-pub fn build_queue(name: &str, index: usize, cfg: &QueueConfig, mem: &GuestMemory) -> Option<Queue> {
+pub fn build_queue(name: &str, index: usize, cfg: &QueueConfig, event_idx: bool, mem: &GuestMemory) -> Option<Queue> {
     if !cfg.ready {
         return None;
     }
@@ -40,6 +42,7 @@ pub fn build_queue(name: &str, index: usize, cfg: &QueueConfig, mem: &GuestMemor
     let (lo, hi) = split(cfg.used);
     q.set_used_ring_address(lo, hi);
     q.set_ready(true);
+    q.set_event_idx(event_idx);
     if !q.is_valid(mem) {
         log::warn!("{name}: queue {index} rings are outside guest memory or misaligned: not served");
         return None;
@@ -71,13 +74,24 @@ impl Worker {
         for (i, q) in queues.iter().enumerate() {
             add(q.notify.as_raw_fd(), i as u64).map_err(evt_err(&name))?;
         }
+        // Edge-triggered: the handler reads such an fd until it would block (or until the
+        // queue it feeds is full, and then again on that queue's next notification).
+        let mut extra = Vec::new();
+        for (n, (fd, queue_index)) in handler.extra_fds().into_iter().enumerate() {
+            let Some(pos) = queues.iter().position(|q| q.index == queue_index) else { continue };
+            let events = EventSet::IN | EventSet::EDGE_TRIGGERED;
+            epoll
+                .ctl(ControlOperation::Add, fd, EpollEvent::new(events, EXTRA_TOKEN_BASE + n as u64))
+                .map_err(evt_err(&name))?;
+            extra.push(pos);
+        }
         let kill_clone = kill.try_clone().map_err(evt_err(&name))?;
         let thread_name = format!("virtio-{}", name.chars().filter(|c| c.is_ascii_alphanumeric()).collect::<String>());
         let thread = std::thread::Builder::new()
             .name(thread_name)
             .spawn({
                 let name = name.clone();
-                move || run(&name, &epoll, &kill_clone, &mem, queues, handler)
+                move || run(&name, &epoll, &kill_clone, &mem, queues, &extra, handler)
             })
             .map_err(|source| VirtioError::SpawnWorker { name, source })?;
         Ok(Self { kill, thread: Some(thread) })
@@ -109,6 +123,7 @@ fn run(
     kill: &EventFd,
     mem: &GuestMemory,
     mut queues: Vec<ActiveQueue>,
+    extra: &[usize],
     mut handler: Box<dyn QueueHandler>,
 ) {
     log::debug!("{name}: I/O thread serving {} queue(s)", queues.len());
@@ -117,7 +132,7 @@ fn run(
     for q in &mut queues {
         serve(name, q, mem, handler.as_mut());
     }
-    let mut events = vec![EpollEvent::default(); queues.len() + 1];
+    let mut events = vec![EpollEvent::default(); queues.len() + extra.len() + 1];
     loop {
         let n = match epoll.wait(-1, &mut events) {
             Ok(n) => n,
@@ -134,6 +149,13 @@ fn run(
                 log::debug!("{name}: I/O thread stopped");
                 return;
             }
+            if token >= EXTRA_TOKEN_BASE {
+                let pos = usize::try_from(token - EXTRA_TOKEN_BASE).ok().and_then(|n| extra.get(n));
+                if let Some(q) = pos.and_then(|&p| queues.get_mut(p)) {
+                    serve(name, q, mem, handler.as_mut());
+                }
+                continue;
+            }
             let Some(q) = usize::try_from(token).ok().and_then(|i| queues.get_mut(i)) else { continue };
             // EAGAIN: another wake-up already consumed it; serving again is harmless.
             let _ = q.notify.read();
@@ -143,12 +165,11 @@ fn run(
 }
 
 fn serve(name: &str, q: &mut ActiveQueue, mem: &GuestMemory, handler: &mut dyn QueueHandler) {
+    let old_used = q.queue.next_used();
     if !handler.process(q.index, &mut q.queue, mem) {
         return;
     }
-    // Without EVENT_IDX this honours the driver's VRING_AVAIL_F_NO_INTERRUPT.
-    let notify = q.queue.needs_notification(mem).unwrap_or(true);
-    if let (true, Some(irq)) = (notify, &q.interrupt) {
+    if let (true, Some(irq)) = (needs_interrupt(&q.queue, mem, old_used), &q.interrupt) {
         if let Err(e) = irq.write(1) {
             log::warn!("{name}: raising queue {} interrupt: {e}", q.index);
         }

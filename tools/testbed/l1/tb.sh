@@ -48,6 +48,16 @@ tb_value() {
     tb_mark value "${TB_SCENARIO:-adhoc}" "$key" "$(tb_oneline "$*")"
 }
 
+# tb_bench METRIC VMM VALUE: one benchmark sample (README "Benchmarks"): METRIC ends in its
+# unit (boot_ms, overhead_kb, read_mbps), VMM is viaduct or qemu. A malformed sample becomes a
+# failed check rather than a silently missing table row.
+tb_bench() {
+    case "$1" in ''|*[!a-z0-9_]*) tb_check "bench-$1" fail "tb_bench: bad metric name '$1'"; return 1 ;; esac
+    case "$2" in viaduct|qemu) ;; *) tb_check "bench-$1" fail "tb_bench: VMM must be viaduct or qemu, got '$2'"; return 1 ;; esac
+    case "$3" in ''|*[!0-9.]*|*.*.*) tb_check "bench-$1-$2" fail "tb_bench: value '$3' is not a number"; return 1 ;; esac
+    tb_value "bench/$1/$2" "$3"
+}
+
 # tb_skip REASON...: the scenario could not run here. Reported loudly as SKIPPED, never as
 # a pass.
 tb_skip() {
@@ -199,7 +209,8 @@ tb_running() {
 # values RUN/KEY. Always reported: checks RUN/boot (guest init ran) and RUN/done (guest
 # script finished with rc 0), values RUN/init_ms (VMM start to guest init, L1 clock),
 # RUN/guest_uptime_at_init, RUN/wall_ms, RUN/peak_rss_kb (VMM VmHWM), RUN/vmm_rc.
-# Returns 0 when the guest script finished with rc 0.
+# Returns 0 when the guest script finished with rc 0. Also sets TB_L2_INIT_MS (empty when the
+# guest's init never showed), TB_L2_WALL_MS and TB_L2_PEAK_RSS_KB for `tb_bench`.
 tb_run_l2() {
     local run=$1 timeout=$2 script=$3 dir a log pid t0 now init_ms="" done_ms="" rss=0 r rc
     shift 3; [ "$1" = "--" ] && shift
@@ -239,6 +250,7 @@ tb_run_l2() {
     done
     wait "$pid"; rc=$?
     now=$(tb_now_ms)
+    TB_L2_INIT_MS=$init_ms TB_L2_WALL_MS=$((now - t0)) TB_L2_PEAK_RSS_KB=$rss
     sed "s/^/l2[$run]| /" "$log"
     tb_value "$run/vmm_rc" "$rc"
     tb_value "$run/wall_ms" "$((now - t0))"
@@ -287,4 +299,67 @@ tb_qemu_l2() {
     tb_run_l2 "$run" "$timeout" "$script" -- qemu-system-x86_64 -M q35 -accel kvm -cpu host \
         -m "${TB_L2_MEM:-256M}" -smp 1 -nodefaults -display none -no-reboot -serial stdio \
         -kernel @KERNEL@ -initrd @INITRD@ -append @CMDLINE@ "$@" $extra
+}
+
+# --- Keeping scenarios independent (called by /init around every scenario) ---
+# Level 1's modules, and every PCI function's driver as it was after boot.
+TB_L1_MODULES="kvm_amd vfio_pci vfio_iommu_type1 igb nvme e1000e"
+TB_L1_BASELINE=/tmp/tb.baseline
+
+# tb_l1_snapshot: record which driver every PCI function had (run once, after boot).
+tb_l1_snapshot() {
+    local d
+    for d in /sys/bus/pci/devices/*; do echo "$(basename "$d") $(tb_driver "$(basename "$d")")"; done >"$TB_L1_BASELINE"
+}
+
+# tb_pgrp_alive PGID: PIDs still in process group PGID (field 5 of /proc/PID/stat; the
+# command name in field 2 has no spaces in what runs here).
+tb_pgrp_alive() {
+    local s
+    for s in /proc/[0-9]*/stat; do
+        awk -v g="$1" '$5 == g && $3 != "Z" {print $1}' "$s" 2>/dev/null
+    done
+}
+
+# tb_l1_restore NAME: put level 1 back as it booted after scenario NAME, so that no scenario
+# depends on what ran before it: leftover processes of its session killed, missing modules
+# loaded again (e.g. after an rmmod vfio_pci), VFs removed, every function back on its boot
+# driver with driver_override cleared. What had to be done is printed and reported as value
+# NAME/l1_restored, so the scenario's owner sees what it left behind.
+tb_l1_restore() {
+    local name=$1 pgid=$2 did="" p m d bdf want have ov
+    p=$(tb_pgrp_alive "$pgid" | tr '\n' ' '); p=${p% }
+    if [ -n "$p" ]; then
+        kill -KILL -"$pgid" 2>/dev/null; sleep 0.5
+        did="$did killed-leftover-processes($p)"
+    fi
+    for m in $TB_L1_MODULES; do
+        [ -d "/sys/module/$m" ] && continue
+        modprobe "$m" 2>/dev/null && did="$did reloaded-$m" || did="$did reload-$m-FAILED"
+    done
+    for p in /sys/bus/pci/devices/*/sriov_numvfs; do
+        d=${p%/sriov_numvfs}
+        [ "$(cat "$d/sriov_drivers_autoprobe" 2>/dev/null)" = 1 ] || echo 1 >"$d/sriov_drivers_autoprobe"
+        [ "$(cat "$p")" = 0 ] && continue
+        echo 0 >"$p" 2>/dev/null && did="$did $(basename "$d"):vfs->0" || did="$did $(basename "$d"):vfs->0-FAILED"
+    done
+    [ -f "$TB_L1_BASELINE" ] || return 0
+    while read -r bdf want; do
+        d=/sys/bus/pci/devices/$bdf
+        [ -e "$d" ] || continue
+        have=$(tb_driver "$bdf") ov=$(cat "$d/driver_override" 2>/dev/null)
+        # An unset override reads "(null)".
+        if { [ -n "$ov" ] && [ "$ov" != "(null)" ]; } || [ "$have" != "$want" ]; then
+            echo >"$d/driver_override"
+            [ -e "$d/driver" ] && echo "$bdf" >"$d/driver/unbind"
+            [ "$want" = none ] || echo "$bdf" >/sys/bus/pci/drivers_probe
+            have=$(tb_driver "$bdf")
+            [ "$have" = "$want" ] && did="$did $bdf->$want" || did="$did $bdf->$want-FAILED($have)"
+        fi
+    done <"$TB_L1_BASELINE"
+    if [ -n "$did" ]; then
+        echo "tb: after $name, level 1 restored:$did"
+        TB_SCENARIO=$name tb_value l1_restored "$did"
+    fi
+    return 0
 }

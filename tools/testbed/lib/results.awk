@@ -1,5 +1,6 @@
 # Turns the L1 marker log into results.json. Variables: out (output dir), want (space
-# separated scenario names expected in this run), booted/finished are derived here.
+# separated scenario names expected in this run), global_timeout (seconds, set when the L0
+# QEMU was killed by run's global timeout), booted/finished are derived here.
 # Input lines: "@@TB KIND ..." (see tools/testbed/README.md); anything else is ignored.
 function esc(s,   n, i, parts, r) {
     # Backslashes by split/join: gsub's replacement-string escapes differ between awks.
@@ -39,7 +40,7 @@ function inwant(n,   i) { for (i = 1; i <= nscen; i++) if (order[i] == n) return
 function status(s) {
     if (!(s in began)) return "missing"
     if (s in timedout) return "timeout"
-    if (!(s in ended)) return "missing"
+    if (!(s in ended)) return global_timeout ? "timeout" : "missing"
     if (nfail[s] > 0) return "fail"
     if (s in skipped) return "skipped"
     if (rc[s] != 0) return "fail"
@@ -49,7 +50,8 @@ function status(s) {
 function reason(s) {
     if (!(s in began)) return booted ? "scenario never started (L1 stopped early?)" : "level 1 never reached its init"
     if (s in timedout) return "timed out after " timedout[s] " s in L1"
-    if (!(s in ended)) return "scenario did not end (L1 crashed or the global timeout hit)"
+    if (!(s in ended) && global_timeout) return "still running when level 1 hit the global timeout (" global_timeout " s)"
+    if (!(s in ended)) return "scenario did not end (level 1 crashed?)"
     if (nfail[s] > 0) return nfail[s] " check(s) failed"
     if (s in skipped) return "skipped: " skipped[s]
     if (rc[s] != 0) return "scenario script exited rc=" rc[s]
@@ -87,7 +89,7 @@ function text(   i, s, st, n, line, fails) {
         if (st == "pass") { np++; printf "  PASS     %-26s %d checks, %.1f s\n", s, nchecks[s], ms[s] / 1000; continue }
         if (st == "skipped") { nsk++; printf "  SKIPPED  %-26s %s\n", s, skipped[s]; continue }
         nf++
-        printf "  %-8s %-26s %s; log: %s/scenarios/%s.log\n", toupper(st), s, reason(s), out, s
+        printf "  %-8s %-26s %s%s; log: %s/scenarios/%s.log\n", toupper(st), s, reason(s), (s in ms ? sprintf(" (%.1f s)", ms[s] / 1000) : ""), out, s
         for (n = 1; n <= nchecks[s]; n++)
             if (cstat[s, n] == "fail") printf "           failed check %s/%s: %s\n", s, cname[s, n], cdet[s, n]
     }

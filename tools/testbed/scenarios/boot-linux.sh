@@ -1,11 +1,62 @@
-# tb-description: viaduct boots the Debian kernel + busybox initramfs with 1 and 2 vCPUs; the guest sees CPUs, RAM, RTC date; poweroff exits 0
-# tb-timeout: 420
-# Runs viaduct as the L2 VMM (no devices passed through). For each vCPU count the guest checks
-# what it sees and powers off; tests/boot.rs asserts RUN/vmm_rc is 0 (poweroff ends viaduct).
+# tb-description: viaduct boots the Debian kernel + busybox initramfs with 1 and 2 vCPUs (hugepages=on, shared=on); the guest sees CPUs, RAM, RTC date; poweroff exits 0; reboot exits or restarts; --serial file/off
+# tb-timeout: 720
+# Runs viaduct as the L2 VMM (no devices passed through). tests/boot.rs asserts the results:
+#   viaduct-1cpu    --memory size=256M,hugepages=on: guest checks, L1 sees huge pages in use
+#   viaduct-2cpu    --memory size=256M,shared=on: guest checks, L1 sees RAM mapped shared (memfd)
+#   hugepages-none  hugepages=on with no free huge pages: one-line error, status 1, no boot
+#   viaduct-reboot  --on-reboot exit --serial file=F: guest `reboot -f` ends viaduct with 0;
+#                   the guest console is in F, not on stdout
+#   viaduct-restart --on-reboot restart, 2 vCPUs: the guest leaves a mark in CMOS NVRAM and
+#                   reboots; the restarted guest finds it and powers off: two boots, status 0
+#   serial-off      --serial off: the guest boots and powers off, nothing on stdout, status 0
 
 command -v viaduct >/dev/null || { tb_skip "viaduct is not in level 1 (build failed?)"; exit 0; }
 
 mem_mib=256
+hp_sysctl=/proc/sys/vm/nr_hugepages
+
+# sample_vmm: every 0.2 s until killed, "HUGEPAGES_FREE SHARED_MAPS" where SHARED_MAPS counts
+# the running viaduct's guest-RAM memfd mappings that are shared (rw-s).
+sample_vmm() {
+    local p hp m
+    while :; do
+        p=$(pidof viaduct | cut -d' ' -f1)
+        hp=$(awk '/^HugePages_Free:/ {print $2}' /proc/meminfo)
+        m=0
+        [ -n "$p" ] && m=$(grep -c 'rw-s.*memfd:viaduct-guest-ram' "/proc/$p/maps" 2>/dev/null)
+        echo "$hp ${m:-0}"
+        sleep 0.2
+    done
+}
+
+# boot_direct RUN TIMEOUT GUEST_SCRIPT VIADUCT_ARGS...: like tb_run_l2, but viaduct's stdout
+# and stderr are kept apart (for --serial file=/off). Sets BOOT_RC.
+boot_direct() {
+    local run=$1 timeout=$2 script=$3 dir pid t0
+    shift 3
+    dir=/tmp/l2/$run; mkdir -p "$dir"
+    tb_l2_initrd "$script" "$dir/initrd.cpio" || { tb_check "$run/boot" fail "cannot build the guest initramfs"; return 1; }
+    echo "tb: l2[$run] viaduct $*"
+    t0=$(tb_now_ms)
+    viaduct --kernel "$TB_L2_KERNEL" --initramfs "$dir/initrd.cpio" --cmdline "$TB_L2_CMDLINE" "$@" \
+        >"$dir/stdout" 2>"$dir/stderr" </dev/null &
+    pid=$!
+    while tb_running "$pid"; do
+        if [ $(($(tb_now_ms) - t0)) -gt $((timeout * 1000)) ]; then
+            echo "tb: l2[$run] timed out after ${timeout}s: killing viaduct"
+            tb_check "$run/timeout" fail "viaduct still running after ${timeout}s"
+            kill -KILL "$pid"
+            break
+        fi
+        sleep 0.25
+    done
+    wait "$pid"; BOOT_RC=$?
+    sed "s/^/l2[$run] stdout| /" "$dir/stdout"
+    sed "s/^/l2[$run] stderr| /" "$dir/stderr"
+    tb_value "$run/vmm_rc" "$BOOT_RC"
+    tb_value "$run/wall_ms" "$(($(tb_now_ms) - t0))"
+}
+
 for n in 1 2; do
     run=viaduct-${n}cpu
     now=$(date +%s)
@@ -58,23 +109,117 @@ g_value pci_ecam "$(dmesg | grep -m1 -o 'MMCONFIG for domain.*')"
 g_value kernel "$(uname -r)"
 g_value acpi "$(ls /sys/firmware/acpi/tables 2>/dev/null | tr '\n' ' ')"
 GUEST
+    if [ "$n" = 1 ]; then
+        # 128 pages back 256 MiB; a few spare. L1 may not find that many contiguous pages.
+        echo $((mem_mib / 2 + 8)) >$hp_sysctl
+        hp_before=$(awk '/^HugePages_Free:/ {print $2}' /proc/meminfo)
+        tb_value "$run/hugepages_free_before" "$hp_before"
+        memopt="size=${mem_mib}M,hugepages=on"
+    else
+        memopt="size=${mem_mib}M,shared=on"
+    fi
+    sample_vmm >/tmp/boot-samples-$n &
+    sampler=$!
     tb_run_l2 "$run" 180 /tmp/boot-guest-$n.sh -- viaduct --kernel @KERNEL@ --initramfs @INITRD@ \
-        --cmdline "@CMDLINE@" --cpus "$n" --memory "${mem_mib}M" --log-level info
+        --cmdline "@CMDLINE@" --cpus "$n" --memory "$memopt" --log-level info
+    kill "$sampler"; wait "$sampler" 2>/dev/null
+    if [ "$n" = 1 ]; then
+        hp_min=$(awk 'NR == 1 || $1 < m {m = $1} END {print m}' /tmp/boot-samples-$n)
+        used=$((hp_before - hp_min))
+        tb_value "$run/hugepages_used_peak" "$used"
+        # The guest touches a good part of its RAM while booting (kernel, initramfs, page tables).
+        if [ "$hp_before" -ge $((mem_mib / 2)) ] && [ "$used" -ge 8 ]; then
+            tb_check "$run/hugepages" pass "up to $used of $hp_before free 2 MiB huge pages used by the guest"
+        else
+            tb_check "$run/hugepages" fail "free huge pages before $hp_before, lowest during the run $hp_min"
+        fi
+    else
+        shared=$(awk '$2 > m {m = $2} END {print m + 0}' /tmp/boot-samples-$n)
+        tb_value "$run/shared_ram_mappings" "$shared"
+        if [ "$shared" -ge 1 ]; then
+            tb_check "$run/shared-memory" pass "guest RAM mapped MAP_SHARED from the viaduct-guest-ram memfd"
+        else
+            tb_check "$run/shared-memory" fail "no rw-s memfd:viaduct-guest-ram mapping seen in viaduct's maps"
+        fi
+    fi
 done
 
-# Reboot: with --on-reboot exit, a guest `reboot -f` (ACPI reset register) ends viaduct with 0.
+# hugepages=on with none free: refused before anything runs, one clear line, status 1.
+echo 0 >$hp_sysctl
+viaduct --kernel "$TB_L2_KERNEL" --memory "size=${mem_mib}M,hugepages=on" >/tmp/hp-none.out 2>/tmp/hp-none.err </dev/null
+rc=$?
+sed 's/^/hugepages-none stderr| /' /tmp/hp-none.err
+tb_value hugepages-none/vmm_rc "$rc"
+lines=$(wc -l </tmp/hp-none.err)
+if [ "$rc" = 1 ] && [ "$lines" = 1 ] && grep -q '^viaduct: error: .*nr_hugepages' /tmp/hp-none.err \
+    && ! grep -q panick /tmp/hp-none.err; then
+    tb_check hugepages-none/error pass "$(cat /tmp/hp-none.err)"
+else
+    tb_check hugepages-none/error fail "rc=$rc, $lines stderr lines: $(head -c 300 /tmp/hp-none.err)"
+fi
+
+# Reboot with --on-reboot exit and the console in a file: viaduct ends with 0 on its own.
 cat >/tmp/boot-guest-reboot.sh <<'GUEST'
-g_check reboot-requested pass "calling reboot -f"
-echo "@@G done rc=0"
+echo "@@G check reboot-requested pass calling reboot -f"
 sync
 reboot -f
 sleep 30
 GUEST
-tb_run_l2 viaduct-reboot 180 /tmp/boot-guest-reboot.sh -- viaduct --kernel @KERNEL@ --initramfs @INITRD@ \
-    --cmdline "@CMDLINE@" --memory "${mem_mib}M" --on-reboot exit --log-level info
-if grep -q "guest rebooted: exiting" /tmp/l2/viaduct-reboot/console.log; then
-    tb_check viaduct-reboot/reboot-exit pass "viaduct saw the reset and exited"
+boot_direct viaduct-reboot 180 /tmp/boot-guest-reboot.sh --memory "${mem_mib}M" --on-reboot exit \
+    --serial file=/tmp/l2/viaduct-reboot/serial.log --log-level info
+d=/tmp/l2/viaduct-reboot
+sed "s/^/l2[viaduct-reboot] serial.log| /" $d/serial.log
+if [ "$BOOT_RC" = 0 ] && grep -q "guest rebooted: exiting" $d/stderr; then
+    tb_check viaduct-reboot/reboot-exit pass "viaduct saw the reset and exited with 0"
 else
-    tb_check viaduct-reboot/reboot-exit fail "no 'guest rebooted' in viaduct's log"
+    tb_check viaduct-reboot/reboot-exit fail "rc=$BOOT_RC; no 'guest rebooted: exiting' in viaduct's log"
 fi
+if grep -q '@@G init' $d/serial.log && grep -q 'reboot-requested' $d/serial.log && [ ! -s $d/stdout ]; then
+    tb_check viaduct-reboot/serial-file pass "guest console in the file ($(wc -c <$d/serial.log) bytes), stdout empty"
+else
+    tb_check viaduct-reboot/serial-file fail "serial.log $(wc -c <$d/serial.log 2>/dev/null) bytes, stdout $(wc -c <$d/stdout) bytes"
+fi
+
+# Reboot with --on-reboot restart: CMOS NVRAM survives the reset (battery-backed, as on a
+# PC), so the guest tells its boots apart: the first leaves a mark and reboots, the second
+# finds it and powers off.
+cat >/tmp/boot-guest-restart.sh <<'GUEST'
+nv=$(ls /sys/bus/nvmem/devices/cmos_nvram*/nvmem 2>/dev/null | head -n1)
+[ -n "$nv" ] || { g_check nvram fail "no cmos_nvram nvmem device"; exit 1; }
+mark=$(dd if="$nv" bs=1 count=1 2>/dev/null | od -An -tx1 | tr -d ' 
+')
+if [ "$mark" = a5 ]; then
+    g_check second-boot pass "CMOS mark from the first boot found after the restart"
+    printf '\000' | dd of="$nv" bs=1 count=1 conv=notrunc 2>/dev/null
+else
+    printf '\245' | dd of="$nv" bs=1 count=1 conv=notrunc 2>/dev/null
+    g_check first-boot pass "mark '$mark' -> a5 in CMOS NVRAM, calling reboot -f"
+    sync
+    reboot -f
+    sleep 30
+fi
+GUEST
+tb_run_l2 viaduct-restart 300 /tmp/boot-guest-restart.sh -- viaduct --kernel @KERNEL@ --initramfs @INITRD@ \
+    --cmdline "@CMDLINE@" --cpus 2 --memory "${mem_mib}M" --on-reboot restart --log-level info
+log=/tmp/l2/viaduct-restart/console.log
+boots=$(grep -c '@@G init' $log)
+tb_value viaduct-restart/boots "$boots"
+if [ "$boots" = 2 ] && grep -q "guest rebooted: restarting it" $log; then
+    tb_check viaduct-restart/restarted pass "viaduct restarted the guest once ($boots boots)"
+else
+    tb_check viaduct-restart/restarted fail "$boots guest boots; 'guest rebooted: restarting it' $(grep -c 'restarting it' $log) times"
+fi
+
+# --serial off: the guest runs (and powers off), nothing reaches stdout.
+cat >/tmp/boot-guest-off.sh <<'GUEST'
+true
+GUEST
+boot_direct serial-off 180 /tmp/boot-guest-off.sh --memory "${mem_mib}M" --serial off --log-level info
+d=/tmp/l2/serial-off
+if [ "$BOOT_RC" = 0 ] && [ ! -s $d/stdout ] && grep -q 'guest powered off' $d/stderr && ! grep -q '@@G' $d/stderr; then
+    tb_check serial-off/quiet-poweroff pass "guest powered off, stdout empty"
+else
+    tb_check serial-off/quiet-poweroff fail "rc=$BOOT_RC, stdout $(wc -c <$d/stdout) bytes"
+fi
+echo 0 >$hp_sysctl
 true

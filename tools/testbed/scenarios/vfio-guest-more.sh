@@ -10,6 +10,7 @@ VIADUCT="viaduct --kernel @KERNEL@ --initramfs @INITRD@ --memory 256M"
 l1if=$(ls /sys/bus/pci/devices/$TB_NIC_L1/net 2>/dev/null | head -n1)
 ip addr add 192.168.78.1/24 dev "$l1if"; ip link set "$l1if" up
 rx0=$(cat /sys/class/net/$l1if/statistics/rx_packets)
+tx0=$(cat /sys/class/net/$l1if/statistics/tx_packets)
 g=$(tb_bind_vfio "$TB_NIC_PT") && tb_check nic-vfio-bind pass "group $g" || tb_check nic-vfio-bind fail "driver $(tb_driver $TB_NIC_PT)"
 cat >/tmp/vg-nic.sh <<'GUEST'
 nic=$(g_find_devs 8086 10d3)
@@ -20,13 +21,22 @@ i=0; while [ "$(cat /sys/class/net/$ifc/carrier 2>/dev/null)" != 1 ] && [ $i -lt
 got=$(ping -c 5 -W 3 192.168.78.1 | sed -n 's/.* \([0-9]*\) packets received.*/\1/p')
 g_value ping_received "${got:-0}"
 [ "${got:-0}" -ge 4 ] && g_check ping-l1 pass "$got of 5 replies from L1" || g_check ping-l1 fail "${got:-0} of 5 replies from L1"
+# Both directions at the device: the guest's NIC sent and received frames.
+tx=$(cat /sys/class/net/$ifc/statistics/tx_packets); rx=$(cat /sys/class/net/$ifc/statistics/rx_packets)
+g_value guest_tx_packets "$tx"
+g_value guest_rx_packets "$rx"
+[ "${tx:-0}" -ge 5 ] && [ "${rx:-0}" -ge 4 ] && g_check nic-both-ways pass "guest NIC tx=$tx rx=$rx" || g_check nic-both-ways fail "guest NIC tx=$tx rx=$rx"
 c=$(g_dev_irq_count $nic)
 g_value nic_irqs "$c"
 [ "${c:-0}" -gt 0 ] && g_check nic-msix pass "$c interrupts on $(g_msi_vectors $nic) vectors" || g_check nic-msix fail "no MSI-X interrupts"
 GUEST
 tb_run_l2 vnic 180 /tmp/vg-nic.sh -- $VIADUCT --cmdline "@CMDLINE@" --device "$TB_NIC_PT"
 rx=$(( $(cat /sys/class/net/$l1if/statistics/rx_packets) - rx0 ))
-[ "$rx" -gt 0 ] && tb_check nic-l1-received pass "$rx packets reached L1" || tb_check nic-l1-received fail "L1 received nothing"
+tx=$(( $(cat /sys/class/net/$l1if/statistics/tx_packets) - tx0 ))
+tb_value nic_l1_rx_packets "$rx"
+tb_value nic_l1_tx_packets "$tx"
+[ "$rx" -ge 5 ] && tb_check nic-l1-received pass "$rx packets reached L1" || tb_check nic-l1-received fail "L1 received $rx packets (5 echo requests sent)"
+[ "$tx" -ge 4 ] && tb_check nic-l1-sent pass "L1 sent $tx packets to the guest" || tb_check nic-l1-sent fail "L1 sent $tx packets"
 tb_unbind "$TB_NIC_PT"; tb_bind e1000e "$TB_NIC_PT"; ip addr flush dev "$l1if"
 
 # 2. An SR-IOV VF with a data path: the NVMe VF reads and writes sriov.img.
@@ -47,6 +57,8 @@ back=$(dd if=/dev/nvme0n1 bs=512 skip=2048 count=1 iflag=direct 2>/dev/null | he
 sync
 c=$(g_dev_irq_count $nv)
 [ "${c:-0}" -gt 0 ] && g_check msix pass "$c interrupts" || g_check msix fail "no MSI-X interrupts"
+t=$(dmesg | grep -ci 'nvme.*timeout')
+[ "$t" = 0 ] && g_check no-timeouts pass "no nvme command timed out" || g_check no-timeouts fail "$t timeouts: $(dmesg | grep -i 'nvme.*timeout' | head -n2 | tr '\n' '|')"
 GUEST
     tb_run_l2 vnvmevf 180 /tmp/vg-vf.sh -- $VIADUCT --cmdline "@CMDLINE@" --device "$nvf"
     tb_unbind "$nvf"
@@ -57,7 +69,8 @@ echo 0 >/sys/bus/pci/devices/$TB_NVME_SRIOV_PF/sriov_numvfs
 
 # 3. A 4 GiB 64-bit BAR: the guest reads what level 0 wrote into ivshmem's backing file.
 if g=$(tb_bind_vfio "$TB_IVSHMEM"); then
-    cat >/tmp/vg-ivshmem.sh <<'GUEST'
+    echo "RUN_ID='$TB_RUN_ID'" >/tmp/vg-ivshmem.sh
+    cat >>/tmp/vg-ivshmem.sh <<'GUEST'
 d=$(g_find_devs 1af4 1110)
 g_value ivshmem_bdf "$d"
 line=$(sed -n 3p /sys/bus/pci/devices/$d/resource)
@@ -75,10 +88,12 @@ rd() {
     done
     echo "$s"
 }
-for off in 0 $((size / 2)) $((size - 4096)); do
+# The testbed's four signatures: 0, 1 GiB, 2 GiB and 4 GiB - 4 KiB (above 2 GiB a 32-bit
+# offset into the BAR would wrap; the last one needs all 32 bits of the BAR's size).
+for off in 0 $((size / 4)) $((size / 2)) $((size - 4096)); do
     t=$(rd $((start + off)))
     want=$(printf 'VIADUCT-IVSHMEM@0x%x' $off)
-    case "$t" in "$want "*) g_check "read-$want" pass "$t" ;; *) g_check "read-$want" fail "read '$t'" ;; esac
+    [ "$t" = "$want run=$RUN_ID" ] && g_check "read-$want" pass "$t" || g_check "read-$want" fail "read '$t'"
 done
 GUEST
     tb_run_l2 vivshmem 180 /tmp/vg-ivshmem.sh -- $VIADUCT --cmdline "@CMDLINE@" --device "$TB_IVSHMEM"
@@ -104,6 +119,11 @@ cat >>/tmp/vg-again.sh <<'GUEST'
 g_wait_for /dev/nvme0n1 30
 sig=$(dd if=/dev/nvme0n1 bs=512 count=1 2>/dev/null | head -n1)
 [ "$sig" = "$SIG" ] && g_check read-signature pass "$sig" || g_check read-signature fail "read '$sig'"
+nv=$(g_find_devs 1b36 0010)
+c=$(g_dev_irq_count $nv)
+[ "${c:-0}" -gt 0 ] && g_check msix pass "$c interrupts" || g_check msix fail "no MSI-X interrupts"
+t=$(dmesg | grep -ci 'nvme.*timeout')
+[ "$t" = 0 ] && g_check no-timeouts pass "no nvme command timed out" || g_check no-timeouts fail "$t timeouts"
 GUEST
 tb_run_l2 vafterkill 180 /tmp/vg-again.sh -- $VIADUCT --cmdline "@CMDLINE@" --device "$TB_NVME"
 tb_unbind "$TB_NVME"; tb_bind nvme "$TB_NVME"

@@ -1,12 +1,15 @@
-# tb-description: vfio crate host side on real VFIO, no guest: NVMe Identify + LBA 0 read by DMA with MSI-X, and the pre-flight errors
+# tb-description: vfio crate host side on real VFIO, no guest: NVMe Identify + LBA 0 read by DMA with MSI-X and INTx, NVMe VF, igb VF, 4 GiB BAR, pre-flight errors
 # tb-timeout: 240
 # tb-devices: ivshmem
-# Needs the probe built from vfio/examples/nvme_probe.rs (tests/vfio_host.rs embeds it into
-# a --script run; a suite run skips unless level 1 has it as /usr/bin/vfio-nvme-probe).
+# tb-cargo: --release -p vfio --example nvme_probe
+# tb-bin: release/examples/nvme_probe:/usr/bin/vfio-nvme-probe
+# The probe (vfio/examples/nvme_probe.rs) drives the devices through the vfio crate itself;
+# `run` builds it (tb-cargo) and puts it into level 1 (tb-bin). tests/vfio_host.rs asserts.
 
 probe=${TB_VFIO_PROBE:-/usr/bin/vfio-nvme-probe}
 if [ ! -x "$probe" ]; then
-    tb_skip "no $probe in level 1 (run via tests/vfio_host.rs)"
+    # Not a skip: the run builds the probe unless told --no-build; without it nothing here ran.
+    tb_check probe-present fail "no $probe in level 1: cargo build --release -p vfio --example nvme_probe failed or was not run (--no-build)"
 else
     # Pre-flight: the NVMe still bound to the nvme driver must be refused with the bind hint.
     tb_bind nvme "$TB_NVME" >/dev/null 2>&1
@@ -71,7 +74,7 @@ if [ -x "$probe" ]; then
     tb_create_vfs "$TB_IGB_PF" 0 >/dev/null
     if [ -e /sys/bus/pci/devices/$TB_IVSHMEM ] && tb_bind_vfio "$TB_IVSHMEM" >/dev/null; then
         size=$(( $(stat -c %s /sys/bus/pci/devices/$TB_IVSHMEM/resource2) ))
-        "$probe" --bar "$TB_IVSHMEM" 2 0 $((size / 2)) $((size - 4096)) >/tmp/probe.out 2>&1; rc=$?
+        "$probe" --bar "$TB_IVSHMEM" 2 0 $((size / 4)) $((size / 2)) $((size - 4096)) >/tmp/probe.out 2>&1; rc=$?
         grep '^@@CHECK' /tmp/probe.out | while read -r _ name status detail; do tb_check "ivshmem-$name" "$status" "$detail"; done
         [ $rc = 0 ] && tb_check ivshmem-probe-rc pass "BAR2 $size bytes" || tb_check ivshmem-probe-rc fail "rc $rc: $(grep '@@' /tmp/probe.out | tail -n2)"
         tb_unbind "$TB_IVSHMEM"

@@ -89,7 +89,7 @@ impl Drop for ManagedDevices {
 mod tests {
     use super::super::fake::{temp_root, testbed_like};
     use super::*;
-    use crate::sysfs::pci_address;
+    use crate::sysfs::{pci_address, RestoreOutcome};
 
     #[test]
     fn attach_and_release_round_trip_and_leave_others_alone() {
@@ -120,6 +120,56 @@ mod tests {
         assert_eq!(h.driver(vfs[0]), None);
         assert_eq!(h.driver(vfs[1]).as_deref(), Some("vfio-pci"));
         assert!(state.records().unwrap().is_empty());
+        std::fs::remove_dir_all(f.root()).unwrap();
+    }
+
+    /// The VMM attaches its managed devices one by one; when one fails (here: no IOMMU
+    /// group), dropping the ManagedDevices gives back those already bound, so a failed start
+    /// leaves every device where it was.
+    #[test]
+    fn a_failed_attach_then_drop_puts_the_earlier_devices_back() {
+        use super::super::fake::FakeDevice;
+        let f = testbed_like(temp_root("managed-fail").unwrap()).unwrap();
+        let h = f.live_host();
+        let nvme = pci_address(0, 2, 0, 0);
+        let lonely = pci_address(0, 0x0b, 0, 0);
+        let mut d = FakeDevice::new(lonely, 0x1234, 0x11e8, 0x00ff00);
+        d.iommu_group = None;
+        f.add_device(&d).unwrap();
+        let state = StateFile::for_host(&h);
+        {
+            let mut m = ManagedDevices::with_state(h.clone(), state.clone());
+            assert_eq!(m.attach(nvme).unwrap(), vec![nvme]);
+            assert_eq!(h.driver(nvme).as_deref(), Some("vfio-pci"));
+            let e = m.attach(lonely).unwrap_err();
+            assert!(matches!(e, BindError::NoIommuGroup { .. }), "{e}");
+            assert_eq!(h.driver(lonely), None);
+            assert_eq!(m.bound(), &[nvme]);
+        }
+        assert_eq!(h.driver(nvme).as_deref(), Some("nvme"));
+        assert_eq!(h.driver_override(nvme), None);
+        assert!(state.records().unwrap().is_empty());
+        std::fs::remove_dir_all(f.root()).unwrap();
+    }
+
+    /// `release` is what the VMM's exit path runs; afterwards Drop has nothing left to do.
+    #[test]
+    fn release_restores_newest_first_and_only_once() {
+        let f = testbed_like(temp_root("managed-release").unwrap()).unwrap();
+        let h = f.live_host();
+        let nvme = pci_address(0, 2, 0, 0);
+        let state = StateFile::for_host(&h);
+        let mut m = ManagedDevices::with_state(h.clone(), state.clone());
+        m.attach(nvme).unwrap();
+        let rec = state.record(nvme).unwrap().unwrap();
+        assert_eq!(rec.driver.as_deref(), Some("nvme"));
+        let out = m.release();
+        assert_eq!(out.len(), 1);
+        assert!(matches!(out[0], (b, Ok(RestoreOutcome::Restored { .. })) if b == nvme), "{out:?}");
+        assert!(m.bound().is_empty());
+        assert!(m.release().is_empty());
+        drop(m);
+        assert_eq!(h.driver(nvme).as_deref(), Some("nvme"));
         std::fs::remove_dir_all(f.root()).unwrap();
     }
 }

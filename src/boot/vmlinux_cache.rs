@@ -1,0 +1,275 @@
+//! Boot a bzImage's kernel without its in-guest decompressor: the xz payload is unpacked once
+//! on the host into a cache, and the resulting ELF vmlinux is entered through PVH.
+//!
+//! Why: a bzImage decompresses itself inside the guest, which in a nested or emulated setting
+//! is one of the largest parts of the time to init (Debian's 8 MiB bzImage holds a 64 MiB
+//! xz-compressed vmlinux) and is repeated on every boot. Unpacked once and cached, later boots
+//! just copy the ELF segments. Trade-off: a PVH-entered kernel runs at its link address (no
+//! KASLR from the decompressor), as with every VMM that boots a vmlinux; `--kernel-cache off`
+//! keeps the bzImage path. Only xz payloads are handled (Debian's and Ubuntu's default); any
+//! other bzImage boots as is.
+
+use std::fs;
+use std::hash::Hasher;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// bzImage header fields (Documentation/arch/x86/boot.rst).
+const SETUP_SECTS: usize = 0x1f1;
+const HEADER_MAGIC: usize = 0x202;
+const VERSION: usize = 0x206;
+const PAYLOAD_OFFSET: usize = 0x248;
+const PAYLOAD_LENGTH: usize = 0x24c;
+/// payload_offset/payload_length exist from boot protocol 2.08 on.
+const MIN_VERSION: u16 = 0x0208;
+const XZ_MAGIC: [u8; 6] = [0xfd, b'7', b'z', b'X', b'Z', 0];
+/// A PVH entry note: namesz 4, descsz 4 (or 8: x86-64 kernels emit the address with
+/// _ASM_PTR), type XEN_ELFNOTE_PHYS32_ENTRY (18), name "Xen".
+const PVH_NOTE: [u8; 16] = [4, 0, 0, 0, 4, 0, 0, 0, 18, 0, 0, 0, b'X', b'e', b'n', 0];
+const PVH_NOTE_DESC8: [u8; 16] = [4, 0, 0, 0, 8, 0, 0, 0, 18, 0, 0, 0, b'X', b'e', b'n', 0];
+/// Refuse absurd sizes from a corrupt header before allocating.
+const MAX_VMLINUX: usize = 1 << 30;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmlinuxCacheError {
+    #[error("reading kernel image {path} failed")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("kernel {path}: its xz payload does not decompress")]
+    Decompress {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("kernel {path}: decompressed {got} bytes, the bzImage says {want}")]
+    SizeMismatch { path: PathBuf, got: usize, want: usize },
+    #[error("writing the extracted kernel to {path} failed (use --kernel-cache off to skip it)")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The xz stream of a bzImage's payload and the vmlinux size appended after it, if `image`
+/// is an xz bzImage.
+fn xz_payload(image: &[u8]) -> Option<(&[u8], usize)> {
+    let u16_at = |o: usize| image.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+    let u32_at = |o: usize| image.get(o..o + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+    if image.get(HEADER_MAGIC..HEADER_MAGIC + 4) != Some(b"HdrS") || u16_at(VERSION)? < MIN_VERSION {
+        return None;
+    }
+    let setup_sects = match *image.get(SETUP_SECTS)? {
+        0 => 4,
+        n => usize::from(n),
+    };
+    let start = (setup_sects + 1)
+        .checked_mul(512)?
+        .checked_add(usize::try_from(u32_at(PAYLOAD_OFFSET)?).ok()?)?;
+    let len = usize::try_from(u32_at(PAYLOAD_LENGTH)?).ok()?;
+    let payload = image.get(start..start.checked_add(len)?)?;
+    if !payload.starts_with(&XZ_MAGIC) || payload.len() < 4 {
+        return None;
+    }
+    // The kernel build appends the uncompressed size, little-endian (scripts/Makefile.lib,
+    // size_append), after the xz stream.
+    let tail = payload.get(payload.len() - 4..)?;
+    let size = usize::try_from(u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]])).ok()?;
+    let stream = payload.get(..payload.len() - 4)?;
+    (size <= MAX_VMLINUX).then_some((stream, size))
+}
+
+fn decompress(path: &Path, stream: &[u8], size: usize) -> Result<Vec<u8>, VmlinuxCacheError> {
+    let fail = |source: std::io::Error| VmlinuxCacheError::Decompress { path: path.into(), source };
+    let mut xz = xz2::stream::Stream::new_stream_decoder(u64::MAX, 0).map_err(|e| fail(e.into()))?;
+    // One byte of room beyond the announced size, so a longer output shows as a mismatch.
+    let mut out = Vec::with_capacity(size + 1);
+    let status = xz.process_vec(stream, &mut out, xz2::stream::Action::Finish).map_err(|e| fail(e.into()))?;
+    if status != xz2::stream::Status::StreamEnd || out.len() != size {
+        return Err(VmlinuxCacheError::SizeMismatch { path: path.into(), got: out.len(), want: size });
+    }
+    Ok(out)
+}
+
+fn is_pvh_elf(vmlinux: &[u8]) -> bool {
+    vmlinux.starts_with(b"\x7fELF\x02")
+        && vmlinux.windows(PVH_NOTE.len()).any(|w| w == PVH_NOTE || w == PVH_NOTE_DESC8)
+}
+
+/// Content key: size and a 64-bit hash of every byte, so a rebuilt kernel at the same path
+/// never boots a stale extraction.
+fn cache_key(image: &[u8]) -> String {
+    // SipHash with fixed keys: stable for a given toolchain; a change only costs a re-extraction.
+    #[allow(deprecated)]
+    let mut h = std::hash::SipHasher::new();
+    h.write(image);
+    format!("{}-{:016x}", image.len(), h.finish())
+}
+
+/// The default cache: /var/cache/viaduct for root, else $XDG_CACHE_HOME/viaduct or
+/// ~/.cache/viaduct; None when there is nowhere to put it.
+pub fn default_dir() -> Option<PathBuf> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return Some(PathBuf::from("/var/cache/viaduct"));
+    }
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .map(|d| d.join("viaduct"))
+}
+
+/// The kernel to boot for `kernel`: a cached PVH vmlinux extracted from it when it is an xz
+/// bzImage whose kernel has a PVH entry, else `kernel` itself.
+pub fn resolve(kernel: &Path, cache_dir: &Path) -> Result<PathBuf, VmlinuxCacheError> {
+    let image = fs::read(kernel).map_err(|source| VmlinuxCacheError::Read { path: kernel.into(), source })?;
+    let Some((payload, size)) = xz_payload(&image) else {
+        log::debug!("{}: not an xz bzImage, booting it as is", kernel.display());
+        return Ok(kernel.to_path_buf());
+    };
+    let key = cache_key(&image);
+    let cached = cache_dir.join(format!("vmlinux-{key}"));
+    let no_pvh = cache_dir.join(format!("vmlinux-{key}.no-pvh"));
+    if cached.is_file() {
+        log::info!("booting {} through PVH from the extracted kernel {}", kernel.display(), cached.display());
+        return Ok(cached);
+    }
+    if no_pvh.exists() {
+        return Ok(kernel.to_path_buf());
+    }
+    let vmlinux = decompress(kernel, payload, size)?;
+    let write_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| VmlinuxCacheError::Write { path, source }
+    };
+    fs::create_dir_all(cache_dir).map_err(write_err(cache_dir))?;
+    if !is_pvh_elf(&vmlinux) {
+        // Remember it, so later boots skip the decompression and boot the bzImage at once.
+        log::info!("{}: the kernel has no PVH entry, booting the bzImage", kernel.display());
+        fs::write(&no_pvh, b"").map_err(write_err(&no_pvh))?;
+        return Ok(kernel.to_path_buf());
+    }
+    // Write then rename: a concurrent viaduct never sees a partial file.
+    let tmp = cache_dir.join(format!(".vmlinux-{key}.{}", std::process::id()));
+    let mut f = fs::File::create(&tmp).map_err(write_err(&tmp))?;
+    f.write_all(&vmlinux).map_err(write_err(&tmp))?;
+    drop(f);
+    fs::rename(&tmp, &cached).map_err(write_err(&cached))?;
+    log::info!("extracted the kernel of {} to {}; booting it through PVH", kernel.display(), cached.display());
+    Ok(cached)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A minimal bzImage header around `payload` (setup_sects 1, payload right after setup).
+    fn bzimage(payload: &[u8]) -> Vec<u8> {
+        let mut img = vec![0u8; 1024];
+        img[SETUP_SECTS] = 1;
+        img[HEADER_MAGIC..HEADER_MAGIC + 4].copy_from_slice(b"HdrS");
+        img[VERSION..VERSION + 2].copy_from_slice(&0x020fu16.to_le_bytes());
+        img[PAYLOAD_OFFSET..PAYLOAD_OFFSET + 4].copy_from_slice(&0u32.to_le_bytes());
+        img[PAYLOAD_LENGTH..PAYLOAD_LENGTH + 4].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+        img.extend_from_slice(payload);
+        img
+    }
+
+    fn xz_with_size(data: &[u8]) -> Vec<u8> {
+        let mut enc = xz2::write::XzEncoder::new(Vec::new(), 1);
+        enc.write_all(data).unwrap();
+        let mut out = enc.finish().unwrap();
+        out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        out
+    }
+
+    fn fake_vmlinux(pvh: bool) -> Vec<u8> {
+        let mut v = b"\x7fELF\x02\x01\x01".to_vec();
+        v.resize(4096, 0x90);
+        if pvh {
+            v.extend_from_slice(&PVH_NOTE);
+            v.extend_from_slice(&0x100_0000u32.to_le_bytes());
+        }
+        v
+    }
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("viaduct-vmlinux-{}-{name}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn extracts_once_then_reuses_the_cache() {
+        let dir = temp_dir("once");
+        let vmlinux = fake_vmlinux(true);
+        let kernel = dir.join("bzImage");
+        fs::write(&kernel, bzimage(&xz_with_size(&vmlinux))).unwrap();
+        let cache = dir.join("cache");
+        let got = resolve(&kernel, &cache).unwrap();
+        assert_ne!(got, kernel);
+        assert_eq!(fs::read(&got).unwrap(), vmlinux);
+        // A second resolve finds the same file (no temp files left behind).
+        assert_eq!(resolve(&kernel, &cache).unwrap(), got);
+        assert_eq!(fs::read_dir(&cache).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_changed_kernel_gets_a_new_extraction() {
+        let dir = temp_dir("changed");
+        let kernel = dir.join("bzImage");
+        let cache = dir.join("cache");
+        fs::write(&kernel, bzimage(&xz_with_size(&fake_vmlinux(true)))).unwrap();
+        let first = resolve(&kernel, &cache).unwrap();
+        let mut other = fake_vmlinux(true);
+        other[100] = 1;
+        fs::write(&kernel, bzimage(&xz_with_size(&other))).unwrap();
+        let second = resolve(&kernel, &cache).unwrap();
+        assert_ne!(first, second);
+        assert_eq!(fs::read(&second).unwrap(), other);
+    }
+
+    #[test]
+    fn other_images_boot_as_they_are() {
+        let dir = temp_dir("other");
+        let cache = dir.join("cache");
+        // Not a bzImage; a bzImage with a gzip payload; one whose kernel has no PVH note.
+        let elf = dir.join("vmlinux");
+        fs::write(&elf, fake_vmlinux(true)).unwrap();
+        assert_eq!(resolve(&elf, &cache).unwrap(), elf);
+        let gz = dir.join("gz");
+        fs::write(&gz, bzimage(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0])).unwrap();
+        assert_eq!(resolve(&gz, &cache).unwrap(), gz);
+        let nopvh = dir.join("nopvh");
+        fs::write(&nopvh, bzimage(&xz_with_size(&fake_vmlinux(false)))).unwrap();
+        assert_eq!(resolve(&nopvh, &cache).unwrap(), nopvh);
+        assert_eq!(resolve(&nopvh, &cache).unwrap(), nopvh);
+    }
+
+    #[test]
+    fn corrupt_payloads_are_errors_not_panics() {
+        let dir = temp_dir("corrupt");
+        let cache = dir.join("cache");
+        let mut payload = xz_with_size(&fake_vmlinux(true));
+        let n = payload.len();
+        payload[n / 2] ^= 0xff;
+        let k = dir.join("bad");
+        fs::write(&k, bzimage(&payload)).unwrap();
+        assert!(resolve(&k, &cache).is_err());
+        // Wrong appended size.
+        let mut payload = xz_with_size(&fake_vmlinux(true));
+        let n = payload.len();
+        payload[n - 4..].copy_from_slice(&7u32.to_le_bytes());
+        fs::write(&k, bzimage(&payload)).unwrap();
+        assert!(matches!(resolve(&k, &cache), Err(VmlinuxCacheError::SizeMismatch { .. })));
+        // Truncated header fields never index out of bounds.
+        for len in [0, 0x203, 0x249, 0x24e, 1030] {
+            let img = bzimage(&xz_with_size(b"x"));
+            assert!(xz_payload(&img[..len.min(img.len())]).is_none() || len >= img.len());
+        }
+    }
+}

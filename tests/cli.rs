@@ -1,0 +1,153 @@
+//! The viaduct binary with bad command lines: every mistake ends with one `viaduct: error:`
+//! line on stderr naming what is wrong, nothing on stdout, status 1, never a panic. These
+//! are refused before /dev/kvm is opened, so they run on any host. Also: `--help` documents
+//! every option with an example.
+
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStringExt;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+
+const VIADUCT: &str = env!("CARGO_BIN_EXE_viaduct");
+
+fn run<I, S>(args: I) -> Output
+where
+    I: IntoIterator<Item = S>,
+    S: Into<OsString>,
+{
+    Command::new(VIADUCT)
+        .args(args.into_iter().map(Into::into))
+        .stdin(Stdio::null())
+        .output()
+        .expect("running viaduct")
+}
+
+/// A readable file to stand in for a kernel where the kernel is not what is being tested.
+fn some_file() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("viaduct-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("kernel");
+    std::fs::write(&path, b"not a kernel").expect("writing a temp file");
+    path
+}
+
+#[track_caller]
+fn assert_refused(args: &[OsString], want: &str) {
+    let out = run(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let shown = format!("{args:?} -> status {:?}, stderr {stderr:?}", out.status.code());
+    assert_eq!(out.status.code(), Some(1), "{shown}");
+    assert!(out.stdout.is_empty(), "{shown}; stdout {:?}", String::from_utf8_lossy(&out.stdout));
+    assert!(!stderr.contains("panicked"), "{shown}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "want exactly one line: {shown}");
+    assert!(lines[0].starts_with("viaduct: error: "), "{shown}");
+    assert!(lines[0].contains(want), "want {want:?} in the message: {shown}");
+}
+
+fn args(list: &[&str]) -> Vec<OsString> {
+    list.iter().map(OsString::from).collect()
+}
+
+fn with_kernel(list: &[&str]) -> Vec<OsString> {
+    let mut v = vec![OsString::from("--kernel"), some_file().into_os_string()];
+    v.extend(args(list));
+    v
+}
+
+#[test]
+fn missing_or_unreadable_files() {
+    assert_refused(&args(&[]), "--kernel");
+    assert_refused(&args(&["--kernel", "/nonexistent/vmlinuz"]), "opening kernel image /nonexistent/vmlinuz failed: No such file");
+    assert_refused(&args(&["--kernel", "/"]), "opening kernel image / failed: it is a directory");
+    assert_refused(&with_kernel(&["--initramfs", "/nonexistent/initrd"]), "opening initramfs /nonexistent/initrd failed");
+    assert_refused(&args(&["--kernel"]), "--kernel");
+}
+
+#[test]
+fn bad_memory() {
+    for (value, want) in [
+        ("lots", "'lots' is not a size"),
+        ("1", "out of range"),
+        ("4T", "out of range"),
+        ("99999999999999999999T", "is not a size"),
+        ("size=1G,hugepages=maybe", "hugepages='maybe' must be 'on' or 'off'"),
+        ("size=1G,colour=red", "unknown key 'colour'"),
+        ("size=1G,size=2G", "key 'size' given twice"),
+        ("hugepages=on", "missing required key 'size'"),
+        (",,", "is not KEY=VALUE"),
+        ("", "is not KEY=VALUE"),
+    ] {
+        assert_refused(&with_kernel(&["--memory", value]), want);
+    }
+}
+
+#[test]
+fn bad_cpus() {
+    for (value, want) in [
+        ("0", "boot=0 is out of range"),
+        ("255", "boot=255 is out of range"),
+        ("100000000000000000000", "is not a number"),
+        ("-1", "'-1'"),
+        ("two", "'two' is not a number"),
+        ("boot=", "'' is not a number"),
+        ("boot=2,max=4", "unknown key 'max'"),
+    ] {
+        assert_refused(&with_kernel(&["--cpus", value]), want);
+    }
+}
+
+#[test]
+fn unknown_options_and_values() {
+    assert_refused(&with_kernel(&["--frobnicate"]), "unexpected argument '--frobnicate'");
+    assert_refused(&with_kernel(&["--on-reboot", "sometimes"]), "sometimes");
+    assert_refused(&with_kernel(&["--log-level", "loud"]), "loud");
+    assert_refused(&with_kernel(&["--serial", "pty"]), "'pty' is not stdio, off or file=PATH");
+    assert_refused(&with_kernel(&["--serial", "file="]), "is not stdio, off or file=PATH");
+    assert_refused(&with_kernel(&["stray"]), "unexpected argument 'stray'");
+    // An argument that is not UTF-8 is an error, not a panic.
+    let mut bad = with_kernel(&["--cmdline"]);
+    bad.push(OsString::from_vec(vec![0x66, 0xff, 0xfe]));
+    assert_refused(&bad, "UTF-8");
+}
+
+#[test]
+fn bad_device_specs() {
+    assert_refused(&with_kernel(&["--device", ",,"]), "--device: '' is not KEY=VALUE");
+    assert_refused(&with_kernel(&["--device", "colour=red"]), "colour");
+    assert_refused(&with_kernel(&["--device", "path=zz"]), "'zz' is not a PCI address");
+    assert_refused(&with_kernel(&["--device", "0000:01:10.0,rombar=maybe"]), "rombar");
+    assert_refused(&with_kernel(&["--disk", "readonly=on"]), "--disk: missing required key 'path'");
+    assert_refused(&with_kernel(&["--disk", "path=a.img,speed=fast"]), "speed");
+}
+
+#[test]
+fn help_documents_every_option_with_an_example() {
+    let out = run(["--help"]);
+    assert_eq!(out.status.code(), Some(0));
+    let help = String::from_utf8_lossy(&out.stdout);
+    // Option blocks: from an option line (indented at most 6 columns) to the next one;
+    // wrapped description lines are indented further.
+    let options = help.split("\nOptions:\n").nth(1).expect("an Options section").split("\n\n").next().unwrap_or("");
+    let mut blocks: Vec<String> = Vec::new();
+    for line in options.lines() {
+        let t = line.trim_start();
+        if line.len() - t.len() <= 6 && t.starts_with('-') {
+            blocks.push(t.to_string());
+        } else if let Some(b) = blocks.last_mut() {
+            b.push(' ');
+            b.push_str(t);
+        }
+    }
+    let documented: Vec<&str> = blocks.iter().filter_map(|b| b.split_whitespace().find(|w| w.starts_with("--"))).collect();
+    for want in [
+        "--kernel", "--initramfs", "--cmdline", "--memory", "--cpus", "--serial", "--device", "--disk", "--net",
+        "--rng", "--on-reboot", "--log-level",
+    ] {
+        assert!(documented.contains(&want), "{want} missing from --help: {documented:?}");
+    }
+    for b in blocks.iter().filter(|b| !b.contains("--help") && !b.contains("--version")) {
+        assert!(b.contains("Example: --"), "no example in --help for: {b}");
+    }
+    assert!(help.contains("Exit status"), "--help says nothing about exit statuses");
+}

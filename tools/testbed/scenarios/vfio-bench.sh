@@ -1,0 +1,162 @@
+# tb-description: benchmark: passthrough guest start (igb VF + NVMe) to drivers bound, memory overhead, VM exits during NVMe I/O (viaduct vs QEMU); viaduct's DMA-map time 256 MiB-2 GiB
+# tb-timeout: 1200
+# tb-needs: qemu
+# tb-suite: bench
+# tb-bench-target: start_to_bound_ms <= 0.5
+# tb-bench-target: overhead_kb <= 0.25
+# Per VMM and round, the same guest (1 vCPU, 256 MiB, the igb VF and the NVMe passed through):
+# - start_to_bound_ms: VMM start to the guest having igbvf and nvme bound and /dev/nvme0n1
+#   (L1 clock to the guest's init line, plus the guest's own uptime from init to that point);
+# - overhead_kb: the VMM's peak RSS minus guest RAM (all guest RAM is pinned for DMA, so
+#   both VMMs have it resident);
+# - idle_exits_per_s / io_exits_per_s / io_mmio_exits_per_s: KVM's exit counters in L1
+#   (debugfs kvm/exits, kvm/mmio_exits) over 3 s idle and over an O_DIRECT read of the whole
+#   64 MiB NVMe; read_mbps: that read's speed;
+# - viaduct only: data_traps_count: trapped BAR accesses outside the MSI-X table/PBA over the
+#   whole run (viaduct logs its per-BAR trap counters at exit).
+# Then viaduct alone: dma_map_SIZE_PAGES_ms, the time to DMA-map guest RAM of 256 MiB..2 GiB
+# with 4 KiB and 2 MiB pages (viaduct's own log line; QEMU has no such number to compare).
+
+command -v viaduct >/dev/null || { tb_skip "viaduct is not in level 1"; exit 0; }
+command -v qemu-system-x86_64 >/dev/null || { tb_skip "QEMU is not in level 1"; exit 0; }
+mem_mib=256
+export TB_L2_MEM=${mem_mib}M
+tb_value guest_ram_kb $((mem_mib * 1024))
+grep -q " /sys/kernel/debug " /proc/mounts || mount -t debugfs debugfs /sys/kernel/debug
+kvm_stat() { cat "/sys/kernel/debug/kvm/$1" 2>/dev/null || echo 0; }
+[ -r /sys/kernel/debug/kvm/exits ] && tb_check kvm-exit-counters pass "debugfs kvm/exits" ||
+    tb_check kvm-exit-counters fail "no /sys/kernel/debug/kvm/exits in level 1"
+
+igb_vf=$(tb_create_vfs "$TB_IGB_PF" 1 0 | head -n1)
+devs=""
+for b in $igb_vf $TB_NVME; do
+    if g=$(tb_bind_vfio "$b"); then devs="$devs $b"; tb_check "vfio-bind-$b" pass "group $g"
+    else tb_check "vfio-bind-$b" fail "driver=$(tb_driver $b)"; fi
+done
+
+cat >/tmp/bench-vfio-guest.sh <<'GUEST'
+vf=$(g_find_devs 8086 10ca); nv=$(g_find_devs 1b36 0010)
+i=0
+until [ "$(g_driver "$vf")" = igbvf ] && [ "$(g_driver "$nv")" = nvme ] && [ -e /dev/nvme0n1 ]; do
+    i=$((i + 1)); [ $i -gt 1200 ] && break
+    sleep 0.05
+done
+g_value bound_uptime "$(cut -d' ' -f1 /proc/uptime)"
+[ $i -le 1200 ] && g_check drivers-bound pass "igbvf $vf, nvme $nv" || g_check drivers-bound fail "igbvf '$(g_driver "$vf")' nvme '$(g_driver "$nv")'"
+# Phases for L1, which samples KVM's counters when it sees these lines.
+echo "@@G phase idle-start"; sleep 3; echo "@@G phase idle-end"
+echo "@@G phase io-start"
+t0=$(cut -d' ' -f1 /proc/uptime)
+dd if=/dev/nvme0n1 of=/dev/null bs=1M count=64 iflag=direct 2>/dev/null
+t1=$(cut -d' ' -f1 /proc/uptime)
+echo "@@G phase io-end"
+g_value read_ms "$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%d", (b - a) * 1000}')"
+g_value irqs "$(g_dev_irq_count "$nv")"
+GUEST
+
+# watch_phases LOG OUT: until /tmp/bench-stop exists, on each "@@G phase P" line in LOG
+# append "P ms exits mmio_exits" to OUT (L1 clock, KVM's global counters: one VM runs).
+watch_phases() {
+    local seen=0 n p
+    : >"$2"
+    while [ ! -e /tmp/bench-stop ]; do
+        n=$(grep -c '@@G phase' "$1" 2>/dev/null); n=${n:-0}
+        if [ "$n" -gt "$seen" ]; then
+            for p in $(grep '@@G phase' "$1" | tr -d '\r' | sed -n "$((seen + 1)),${n}p" | awk '{print $3}'); do
+                echo "$p $(tb_now_ms) $(kvm_stat exits) $(kvm_stat mmio_exits)" >>"$2"
+            done
+            seen=$n
+        fi
+        sleep 0.05
+    done
+}
+
+# rate OUT FROM TO COLUMN: counter COLUMN (3 exits, 4 mmio) per second between phases.
+rate() {
+    awk -v a="$2" -v b="$3" -v c="$4" '$1 == a {t0 = $2; v0 = $c} $1 == b {t1 = $2; v1 = $c}
+        END {if (t1 > t0) printf "%d", (v1 - v0) * 1000 / (t1 - t0)}' "$1"
+}
+
+bench_round() { # bench_round VMM RUN: one guest, then its numbers
+    local vmm=$1 run=$2 log=/tmp/l2/$2/console.log phases=/tmp/bench-$2.phases
+    rm -f /tmp/bench-stop; mkdir -p "/tmp/l2/$run"; : >"$log"
+    watch_phases "$log" "$phases" &
+    local watcher=$!
+    if [ "$vmm" = viaduct ]; then
+        dev_args=""; for b in $devs; do dev_args="$dev_args --device $b"; done
+        tb_run_l2 "$run" 240 /tmp/bench-vfio-guest.sh -- viaduct --kernel @KERNEL@ --initramfs @INITRD@ \
+            --cmdline "@CMDLINE@" --cpus 1 --memory ${mem_mib}M --log-level info $dev_args
+    else
+        tb_qemu_l2 "$run" 240 /tmp/bench-vfio-guest.sh $devs
+    fi
+    touch /tmp/bench-stop; wait "$watcher"
+    cat "$phases"
+    local bound init
+    bound=$(tr -d '\r' <"$log" | sed -n 's/.*@@G value bound_uptime \([0-9.]*\).*/\1/p' | head -n1)
+    init=$(tr -d '\r' <"$log" | sed -n 's/.*@@G init uptime=\([0-9.]*\).*/\1/p' | head -n1)
+    if [ -n "$TB_L2_INIT_MS" ] && [ -n "$bound" ] && [ -n "$init" ]; then
+        tb_bench start_to_bound_ms "$vmm" "$(awk -v i="$TB_L2_INIT_MS" -v b="$bound" -v g="$init" 'BEGIN {printf "%d", i + (b - g) * 1000}')"
+    fi
+    [ -n "$TB_L2_PEAK_RSS_KB" ] && [ "$TB_L2_PEAK_RSS_KB" -gt 0 ] &&
+        tb_bench overhead_kb "$vmm" "$((TB_L2_PEAK_RSS_KB - mem_mib * 1024))"
+    local r
+    r=$(rate "$phases" idle-start idle-end 3); [ -n "$r" ] && tb_bench idle_exits_per_s "$vmm" "$r"
+    r=$(rate "$phases" io-start io-end 3); [ -n "$r" ] && tb_bench io_exits_per_s "$vmm" "$r"
+    r=$(rate "$phases" io-start io-end 4); [ -n "$r" ] && tb_bench io_mmio_exits_per_s "$vmm" "$r"
+    r=$(tr -d '\r' <"$log" | sed -n 's/.*@@G value read_ms \([0-9]*\).*/\1/p' | head -n1)
+    [ -n "$r" ] && [ "$r" -gt 0 ] && tb_bench read_mbps "$vmm" "$(awk -v ms="$r" 'BEGIN {printf "%.1f", 64 * 1.048576 * 1000 / ms}')"
+    if [ "$vmm" = viaduct ]; then
+        # "BDF: trapped guest accesses: BAR0=.. ... total=T msix=M", one line per device.
+        r=$(sed -n 's/.*trapped guest accesses:.* total=\([0-9]*\) msix=\([0-9]*\).*/\1 \2/p' "$log" |
+            awk '{s += $1 - $2; n++} END {if (n) print s}')
+        grep 'trapped guest accesses' "$log"
+        [ -n "$r" ] && tb_bench data_traps_count viaduct "$r" ||
+            tb_check "$run/trap-counters" fail "no 'trapped guest accesses' line in viaduct's log"
+    fi
+}
+
+for round in 1 2; do
+    bench_round viaduct "viaduct-r$round"
+    bench_round qemu "qemu-r$round"
+done
+
+# DMA-map time: viaduct with the NVMe and growing RAM, stopped as soon as it logged the map.
+# dma_map MIB PAGES MEMORY-OPTION
+dma_map() {
+    local mib=$1 pages=$2 log=/tmp/bench-dma.log us="" i=0 pid
+    viaduct --kernel "$TB_L2_KERNEL" --memory "$3" --log-level info --serial off --device "$TB_NVME" >"$log" 2>&1 </dev/null &
+    pid=$!
+    while [ $i -lt 1200 ] && tb_running "$pid"; do
+        us=$(sed -n 's/.*DMA-mapped guest RAM: [0-9]* MiB in \([0-9]*\) us.*/\1/p' "$log")
+        [ -n "$us" ] && break
+        sleep 0.1; i=$((i + 1))
+    done
+    kill -TERM "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
+    if [ -n "$us" ]; then
+        tb_bench "dma_map_${mib}m_${pages}_ms" viaduct "$(awk -v u="$us" 'BEGIN {printf "%.1f", u / 1000}')"
+    else
+        tb_check "dma-map-${mib}m-$pages" fail "no DMA-map line: $(tail -n2 "$log" | tr '\n' ' ')"
+    fi
+}
+avail_mib=$(( $(awk '/^MemAvailable:/ {print $2}' /proc/meminfo) / 1024 ))
+tb_value l1_mem_available_mib "$avail_mib"
+for mib in 256 512 1024 2048; do
+    if [ $((mib + 256)) -gt "$avail_mib" ]; then
+        tb_value "dma_map_${mib}m" "not measured: level 1 has only $avail_mib MiB available"
+        continue
+    fi
+    dma_map "$mib" 4k "${mib}M"
+    echo $((mib / 2)) >/proc/sys/vm/nr_hugepages
+    got=$(cat /proc/sys/vm/nr_hugepages)
+    if [ "$got" -ge $((mib / 2)) ]; then
+        dma_map "$mib" 2m "size=${mib}M,hugepages=on"
+    else
+        tb_value "dma_map_${mib}m_2m" "not measured: level 1 reserved only $got of $((mib / 2)) huge pages"
+    fi
+    echo 0 >/proc/sys/vm/nr_hugepages
+done
+
+for b in $devs; do tb_unbind "$b"; done
+tb_bind nvme "$TB_NVME"
+tb_create_vfs "$TB_IGB_PF" 0 >/dev/null
+true
