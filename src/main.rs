@@ -46,6 +46,7 @@ fn main() -> ExitCode {
     env_logger::Builder::new()
         .filter_level(cli.log_level)
         .format_target(false)
+        .format_timestamp_millis()
         .init();
     let result = config::VmConfig::try_from(&cli)
         .map_err(anyhow::Error::from)

@@ -5,7 +5,8 @@ use vm_allocator::{AddressAllocator, AllocPolicy, IdAllocator, RangeInclusive};
 
 use crate::layout;
 
-/// IOAPIC pins 16..=23 carry PCI INTx (the ISA IRQs 0..=15 stay legacy).
+/// IOAPIC pins 16..=23 carry PCI INTx (the ISA IRQs 0..=15 stay legacy). They are not
+/// allocated: the `_PRT` routing (`pci::intx`) maps each slot's pins onto them.
 pub const INTX_GSI_FIRST: u32 = 16;
 pub const INTX_GSI_LAST: u32 = 23;
 /// MSI / MSI-X routes start after the IOAPIC's 24 pins.
@@ -41,7 +42,6 @@ pub struct Resources {
     mmio32: AddressAllocator,
     mmio64: AddressAllocator,
     io: AddressAllocator,
-    intx_gsi: IdAllocator,
     msi_gsi: IdAllocator,
 }
 
@@ -58,7 +58,6 @@ impl Resources {
                 u64::from(layout::PCI_IO_END - layout::PCI_IO_START) + 1,
             )
             .map_err(create("I/O port"))?,
-            intx_gsi: IdAllocator::new(INTX_GSI_FIRST, INTX_GSI_LAST).map_err(create("INTx GSI"))?,
             msi_gsi: IdAllocator::new(MSI_GSI_FIRST, MSI_GSI_LAST).map_err(create("MSI GSI"))?,
         })
     }
@@ -80,18 +79,8 @@ impl Resources {
         Self::range(&mut self.io, "I/O port", size, align)
     }
 
-    pub fn allocate_intx_gsi(&mut self) -> Result<u32, ResourceError> {
-        self.intx_gsi.allocate_id().map_err(|source| ResourceError::AllocateGsi { what: "INTx", source })
-    }
-
     pub fn allocate_msi_gsi(&mut self) -> Result<u32, ResourceError> {
         self.msi_gsi.allocate_id().map_err(|source| ResourceError::AllocateGsi { what: "MSI", source })
-    }
-
-    pub fn free_msi_gsi(&mut self, gsi: u32) {
-        if let Err(e) = self.msi_gsi.free_id(gsi) {
-            log::warn!("freeing MSI GSI {gsi} failed: {e}");
-        }
     }
 }
 
@@ -108,10 +97,10 @@ mod tests {
         assert_eq!(b.start(), 4 << 30);
         assert_eq!(r.allocate_msi_gsi().unwrap(), MSI_GSI_FIRST);
         assert_eq!(r.allocate_msi_gsi().unwrap(), MSI_GSI_FIRST + 1);
-        for _ in INTX_GSI_FIRST..=INTX_GSI_LAST {
-            r.allocate_intx_gsi().unwrap();
+        for _ in MSI_GSI_FIRST + 2..=MSI_GSI_LAST {
+            r.allocate_msi_gsi().unwrap();
         }
-        assert!(r.allocate_intx_gsi().is_err());
+        assert!(r.allocate_msi_gsi().is_err());
         assert!(r.allocate_mmio32(layout::PCI_MMIO32_SIZE, 4096).is_err());
     }
 }

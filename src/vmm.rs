@@ -7,7 +7,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use kvm_bindings::CpuId;
@@ -150,6 +150,37 @@ impl serial::InputSink for SerialProxy {
     }
 }
 
+/// How long each VM set-up stage took, for the one "booting" log line (where start-up time
+/// goes matters: it is part of every boot).
+struct StartupTiming {
+    last: Instant,
+    start: Instant,
+    stages: Vec<(&'static str, Duration)>,
+}
+
+impl StartupTiming {
+    fn new() -> Self {
+        let now = Instant::now();
+        Self { last: now, start: now, stages: Vec::new() }
+    }
+
+    fn mark(&mut self, stage: &'static str) {
+        let now = Instant::now();
+        self.stages.push((stage, now - self.last));
+        self.last = now;
+    }
+}
+
+impl std::fmt::Display for StartupTiming {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ms:", (self.last - self.start).as_millis())?;
+        for (stage, d) in &self.stages {
+            write!(f, " {stage} {}", d.as_millis())?;
+        }
+        Ok(())
+    }
+}
+
 /// What outlives one boot of the guest: the console and the CMOS.
 struct Platform<'a> {
     sink: &'a ConsoleSink,
@@ -167,15 +198,18 @@ fn boot_once(
     signal_fd: &OwnedFd,
 ) -> anyhow::Result<StopReason> {
     let Platform { sink, console_input, cmos } = platform;
+    let mut timing = StartupTiming::new();
     // Declared before the VM so it is dropped after it (KVM memslots point into it).
     let ram = create_guest_memory(&cfg.memory).context("allocating guest memory")?;
     let mem = &ram.mem;
     let vm = Arc::new(Vm::create(kvm)?);
     vm.map_guest_memory(mem)?;
+    timing.mark("memory");
     let stop = StopNotifier::new().context("creating the stop eventfd")?;
     let mut dm = DeviceManager::new(&vm, cfg.memory.size, &stop, sink.writer()?, Arc::clone(cmos))?;
     dm.attach_cli_devices(&vm, mem, cfg)?;
     *console_input.lock().unwrap_or_else(|e| e.into_inner()) = dm.serial.clone();
+    timing.mark("devices");
 
     let aml: [&dyn acpi_tables::Aml; 1] = [dm.pci.aml()];
     let acpi = AcpiConfig { vcpus: cfg.vcpus, sb_aml: &aml };
@@ -199,6 +233,7 @@ fn boot_once(
         }
         Err(e) => return Err(e.into()),
     };
+    timing.mark("kernel");
 
     let mut vcpus = Vec::with_capacity(usize::from(cfg.vcpus));
     for id in 0..cfg.vcpus {
@@ -206,11 +241,13 @@ fn boot_once(
         vcpu.configure(cpuid, cfg.vcpus, (id == 0).then_some(entry))?;
         vcpus.push(vcpu);
     }
+    timing.mark("vcpus");
     log::info!(
-        "booting {} with {} vCPU(s) and {} MiB",
+        "booting {} with {} vCPU(s) and {} MiB (set up in {})",
         cfg.kernel.display(),
         cfg.vcpus,
-        cfg.memory.size >> 20
+        cfg.memory.size >> 20,
+        timing
     );
     let mut threads = Vec::with_capacity(vcpus.len());
     for vcpu in vcpus {

@@ -244,3 +244,43 @@ fn hugepages_back_guest_ram_or_fail_clearly() {
         assert_eq!(r.stderr.lines().count(), 1, "not one line: {}", r.stderr);
     }
 }
+
+/// A bzImage whose xz payload is `vmlinux` (with the size appended, as the kernel build does)
+/// and whose own 64-bit entry runs `code`.
+fn xz_bzimage(code: &[u8], vmlinux: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut f = bzimage(code);
+    let setup_end = (usize::from(f[0x1f1]) + 1) * 512;
+    let mut enc = xz2::write::XzEncoder::new(Vec::new(), 1);
+    enc.write_all(vmlinux).unwrap();
+    let mut payload = enc.finish().unwrap();
+    payload.extend_from_slice(&(vmlinux.len() as u32).to_le_bytes());
+    let payload_offset = (f.len() - setup_end) as u32;
+    f[0x248..0x24c].copy_from_slice(&payload_offset.to_le_bytes());
+    f[0x24c..0x250].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+    f.extend_from_slice(&payload);
+    f
+}
+
+#[test]
+fn xz_bzimage_boots_its_extracted_kernel_through_pvh() {
+    require_kvm();
+    let vmlinux = pvh_elf(&print_then("extracted-pvh\n", POWEROFF));
+    let k = write_kernel("xz-bz", &xz_bzimage(&print_then("bzimage-path\n", POWEROFF), &vmlinux));
+    let cache = k.with_extension("cache");
+    let _ = std::fs::remove_dir_all(&cache);
+    let cache_arg = cache.to_str().unwrap();
+    // Cold: extracted into the cache, then booted through PVH.
+    let r = wait(spawn(&k, &["--kernel-cache", cache_arg, "--log-level", "info"]), Duration::from_secs(60));
+    assert_eq!((r.code, r.stdout.as_str()), (Some(0), "extracted-pvh\n"), "stderr: {}", r.stderr);
+    let files: Vec<_> = std::fs::read_dir(&cache).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert_eq!(std::fs::read(&files[0]).unwrap(), vmlinux);
+    // Warm: straight from the cache.
+    let r = wait(spawn(&k, &["--kernel-cache", cache_arg, "--log-level", "info"]), Duration::from_secs(60));
+    assert_eq!((r.code, r.stdout.as_str()), (Some(0), "extracted-pvh\n"), "stderr: {}", r.stderr);
+    assert!(r.stderr.contains("from the extracted kernel"), "stderr: {}", r.stderr);
+    // Off: the bzImage's own entry runs.
+    let r = wait(spawn(&k, &["--kernel-cache", "off"]), Duration::from_secs(60));
+    assert_eq!((r.code, r.stdout.as_str()), (Some(0), "bzimage-path\n"), "stderr: {}", r.stderr);
+}

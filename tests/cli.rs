@@ -105,6 +105,7 @@ fn unknown_options_and_values() {
     assert_refused(&with_kernel(&["--serial", "pty"]), "'pty' is not stdio, off or file=PATH");
     assert_refused(&with_kernel(&["--serial", "file="]), "is not stdio, off or file=PATH");
     assert_refused(&with_kernel(&["stray"]), "unexpected argument 'stray'");
+    assert_refused(&with_kernel(&["--kernel-cache", ""]), "--kernel-cache: give a directory or 'off'");
     // An argument that is not UTF-8 is an error, not a panic.
     let mut bad = with_kernel(&["--cmdline"]);
     bad.push(OsString::from_vec(vec![0x66, 0xff, 0xfe]));
@@ -142,7 +143,7 @@ fn help_documents_every_option_with_an_example() {
     let documented: Vec<&str> = blocks.iter().filter_map(|b| b.split_whitespace().find(|w| w.starts_with("--"))).collect();
     for want in [
         "--kernel", "--initramfs", "--cmdline", "--memory", "--cpus", "--serial", "--device", "--disk", "--net",
-        "--rng", "--on-reboot", "--log-level",
+        "--rng", "--on-reboot", "--log-level", "--kernel-cache",
     ] {
         assert!(documented.contains(&want), "{want} missing from --help: {documented:?}");
     }

@@ -419,6 +419,52 @@ mod tests {
     }
 
     #[test]
+    fn port_plan_places_bars_at_any_window_base() {
+        let port: Bdf = "00:1f.0".parse().unwrap();
+        let mem32 = BarKind::Mem32 {
+            prefetchable: false,
+        };
+        let bars = [
+            req(1, 0, mem32, 0x4000),
+            req(1, 1, BarKind::Io, 0x100),
+            req(1, 2, BarKind::Mem64 { prefetchable: true }, 16 * GIB),
+            req(1, 4, mem32, 0x10_0000),
+        ];
+        let plan = PortPlan::new(port, &bars, WindowReserve::default()).unwrap();
+        let shape: Vec<_> = plan
+            .windows
+            .iter()
+            .map(|w| (w.pool, w.size, w.align))
+            .collect();
+        assert_eq!(
+            shape,
+            vec![
+                (Pool::Mmio32, 2 << 20, 1 << 20),
+                (Pool::Mmio64, 16 * GIB, 16 * GIB),
+                (Pool::Io, IO_WINDOW_GRANULE, IO_WINDOW_GRANULE),
+            ]
+        );
+        let layout = plan.place(&[0xc040_0000, 16 * GIB, 0x3000]);
+        let at = |bar: u8| layout.bars.iter().find(|p| p.bar.0 == bar).unwrap().addr;
+        // Largest first inside each window.
+        assert_eq!(
+            (at(4), at(0), at(2), at(1)),
+            (0xc040_0000, 0xc050_0000, 16 * GIB, 0x3000)
+        );
+        assert_eq!(layout.windows.mem.unwrap().size, 2 << 20);
+        // Fewer bases than windows: the rest stay closed and their BARs unplaced.
+        let partial = plan.place(&[0xc040_0000]);
+        assert!(partial.windows.prefetch.is_none() && partial.windows.io.is_none());
+        assert_eq!(partial.bars.len(), 2);
+        // Sizes that overflow are an error, not a wrap.
+        let huge = [req(1, 0, BarKind::Mem64 { prefetchable: true }, 1 << 63); 2];
+        assert!(matches!(
+            PortPlan::new(port, &huge, WindowReserve::default()),
+            Err(AllocError::WindowSize { .. })
+        ));
+    }
+
+    #[test]
     fn clear_errors_when_full() {
         let mut a = BarAllocator::new(windows()).unwrap();
         let e = a

@@ -36,7 +36,7 @@ pub enum BarError {
         min: u64,
         max: u64,
     },
-    #[error("BAR {index:?} does not exist in a {header:?} header")]
+    #[error("BAR {index:?} does not exist (or a 64-bit BAR would run past the last BAR register) in this {header:?} header")]
     NoSuchBar { index: BarIndex, header: HeaderType },
     #[error("BAR {index:?} overlaps a BAR already defined in the same registers")]
     RegisterInUse { index: BarIndex },

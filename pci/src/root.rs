@@ -805,14 +805,14 @@ mod tests {
         let mmio = Arc::new(Bus::new());
         let mut rel = BusRelocator::new(mmio.clone(), Arc::new(Bus::new()));
         let (a, b) = (endpoint(), endpoint());
-        a.lock()
-            .unwrap()
-            .place_bar(BarIndex(0), 0xc000_0000)
-            .unwrap();
-        b.lock()
-            .unwrap()
-            .place_bar(BarIndex(0), 0xc010_0000)
-            .unwrap();
+        for (f, low, high) in [
+            (&a, 0xc000_0000, 0x1_0000_0000),
+            (&b, 0xc010_0000, 0x1_0001_0000),
+        ] {
+            let mut f = f.lock().unwrap();
+            f.place_bar(BarIndex(0), low).unwrap();
+            f.place_bar(BarIndex(2), high).unwrap();
+        }
         let (abdf, bbdf): (Bdf, Bdf) = ("01:00.0".parse().unwrap(), "02:00.0".parse().unwrap());
         let (ad, bd): (SharedPciDevice, SharedPciDevice) = (a.clone(), b.clone());
         rel.attach(abdf, &ad).unwrap();

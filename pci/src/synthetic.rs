@@ -128,8 +128,14 @@ impl FromStr for SyntheticSpec {
                 }
             }
         }
+        let bars: Vec<BarSpec> = bars.into_values().collect();
+        if msix_vectors.is_some() && msix_bar(&bars).is_none() {
+            return Err(err(
+                "msix needs two free BAR registers in a row for its 64-bit table BAR".into(),
+            ));
+        }
         Ok(Self {
-            bars: bars.into_values().collect(),
+            bars,
             msix_vectors,
             behind_port,
         })
@@ -170,6 +176,16 @@ impl FunctionBackend for ScratchRegisters {
     }
 }
 
+/// Where the MSI-X table and PBA go: their own 64-bit BAR in the first free register pair.
+fn msix_bar(bars: &[BarSpec]) -> Option<BarIndex> {
+    let used = |i: u8| {
+        bars.iter().any(|b| {
+            b.index.0 == i || (matches!(b.kind, BarKind::Mem64 { .. }) && b.index.0 + 1 == i)
+        })
+    };
+    (0..5u8).find(|i| !used(*i) && !used(i + 1)).map(BarIndex)
+}
+
 /// Builds the function; `name` prefixes its logs.
 pub fn synthetic_function(
     name: &str,
@@ -178,17 +194,9 @@ pub fn synthetic_function(
     let mut bars = spec.bars.clone();
     let msix = match spec.msix_vectors {
         Some(n) => {
-            // The table and PBA get their own 64-bit BAR in the first free register pair.
-            let used = |i: u8| {
-                bars.iter().any(|b| {
-                    b.index.0 == i
-                        || (matches!(b.kind, BarKind::Mem64 { .. }) && b.index.0 + 1 == i)
-                })
-            };
-            let index = (0..5u8)
-                .find(|i| !used(*i) && !used(i + 1))
-                .map(BarIndex)
-                .unwrap_or(BarIndex(5));
+            // A spec that did not come through `parse` may have no free pair: BAR 5 then
+            // fails cleanly in `EmulatedFunction::new`.
+            let index = msix_bar(&bars).unwrap_or(BarIndex(5));
             let table = u64::from(n) * 16;
             let pba_offset = table.next_multiple_of(4096);
             let size = (pba_offset + u64::from(n).div_ceil(64) * 8)
@@ -247,12 +255,13 @@ mod tests {
 
     #[test]
     fn parse_spec() {
-        let s: SyntheticSpec = "bar0=mem32:16K,bar2=mem64-pf:64G,bar4=io:256,rom=64K,msix=4"
+        let s: SyntheticSpec = "bar0=mem32:16K,bar2=mem64-pf:64G,bar1=io:256,rom=64K,msix=4"
             .parse()
             .unwrap();
         assert_eq!(s.bars.len(), 4);
+        assert_eq!(s.bars[1].kind, BarKind::Io);
         assert_eq!(
-            s.bars[1],
+            s.bars[2],
             BarSpec {
                 index: BarIndex(2),
                 kind: BarKind::Mem64 { prefetchable: true },
@@ -260,6 +269,7 @@ mod tests {
             }
         );
         assert_eq!(s.bars[3].index, BarIndex::ROM);
+        assert_eq!(msix_bar(&s.bars), Some(BarIndex(4)));
         assert_eq!(s.msix_vectors, Some(4));
         assert!(s.behind_port);
         let s: SyntheticSpec = "bar0=io:32,port=off".parse().unwrap();
@@ -275,6 +285,7 @@ mod tests {
             "bar0=mem32:99999999999G",
             "port=maybe",
             "bar0=mem32:4K,bar0=mem32:8K",
+            "bar0=mem64:4K,bar2=mem64:4K,bar4=io:4,msix=1",
         ] {
             assert!(bad.parse::<SyntheticSpec>().is_err(), "{bad}");
         }

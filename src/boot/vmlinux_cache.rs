@@ -10,7 +10,7 @@
 //! other bzImage boots as is.
 
 use std::fs;
-use std::hash::Hasher;
+use std::hash::Hasher as _;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -82,31 +82,73 @@ fn xz_payload(image: &[u8]) -> Option<(&[u8], usize)> {
     (size <= MAX_VMLINUX).then_some((stream, size))
 }
 
-fn decompress(path: &Path, stream: &[u8], size: usize) -> Result<Vec<u8>, VmlinuxCacheError> {
+/// What the decompressed kernel turned out to be, seen while it streamed to the cache file.
+struct Extracted {
+    elf64: bool,
+    pvh: bool,
+}
+
+fn has_pvh_note(bytes: &[u8]) -> bool {
+    bytes.windows(PVH_NOTE.len()).any(|w| w == PVH_NOTE || w == PVH_NOTE_DESC8)
+}
+
+/// Decompresses `stream` into `out` in 1 MiB pieces (the VMM never holds the whole vmlinux)
+/// and checks the result is `size` bytes long.
+fn extract_to(path: &Path, stream: &[u8], size: usize, out: &mut impl Write, out_path: &Path) -> Result<Extracted, VmlinuxCacheError> {
+    use xz2::stream::{Action, Status, Stream};
+    const CHUNK: usize = 1 << 20;
     let fail = |source: std::io::Error| VmlinuxCacheError::Decompress { path: path.into(), source };
-    let mut xz = xz2::stream::Stream::new_stream_decoder(u64::MAX, 0).map_err(|e| fail(e.into()))?;
-    // One byte of room beyond the announced size, so a longer output shows as a mismatch.
-    let mut out = Vec::with_capacity(size + 1);
-    let status = xz.process_vec(stream, &mut out, xz2::stream::Action::Finish).map_err(|e| fail(e.into()))?;
-    if status != xz2::stream::Status::StreamEnd || out.len() != size {
-        return Err(VmlinuxCacheError::SizeMismatch { path: path.into(), got: out.len(), want: size });
+    let mismatch = |got| VmlinuxCacheError::SizeMismatch { path: path.into(), got, want: size };
+    let mut xz = Stream::new_stream_decoder(u64::MAX, 0).map_err(|e| fail(e.into()))?;
+    let mut buf = Vec::with_capacity(CHUNK);
+    // The end of the previous piece, so a note split across two pieces is still found.
+    let mut carry: Vec<u8> = Vec::new();
+    let mut found = Extracted { elf64: false, pvh: false };
+    let mut total = 0usize;
+    loop {
+        buf.clear();
+        let consumed = usize::try_from(xz.total_in()).unwrap_or(usize::MAX);
+        let input = stream.get(consumed..).unwrap_or_default();
+        let status = xz.process_vec(input, &mut buf, Action::Finish).map_err(|e| fail(e.into()))?;
+        if total == 0 {
+            found.elf64 = buf.starts_with(b"\x7fELF\x02");
+        }
+        total += buf.len();
+        if total > size {
+            return Err(mismatch(total));
+        }
+        if !found.pvh {
+            carry.extend_from_slice(&buf[..buf.len().min(PVH_NOTE.len())]);
+            found.pvh = has_pvh_note(&carry) || has_pvh_note(&buf);
+            carry = buf[buf.len().saturating_sub(PVH_NOTE.len())..].to_vec();
+        }
+        out.write_all(&buf).map_err(|source| VmlinuxCacheError::Write { path: out_path.into(), source })?;
+        let progressed = !buf.is_empty() || usize::try_from(xz.total_in()).unwrap_or(usize::MAX) != consumed;
+        match status {
+            Status::StreamEnd => break,
+            // A truncated stream stops making progress before its end.
+            _ if !progressed => return Err(mismatch(total)),
+            _ => {}
+        }
     }
-    Ok(out)
+    if total != size {
+        return Err(mismatch(total));
+    }
+    Ok(found)
 }
 
-fn is_pvh_elf(vmlinux: &[u8]) -> bool {
-    vmlinux.starts_with(b"\x7fELF\x02")
-        && vmlinux.windows(PVH_NOTE.len()).any(|w| w == PVH_NOTE || w == PVH_NOTE_DESC8)
-}
-
-/// Content key: size and a 64-bit hash of every byte, so a rebuilt kernel at the same path
-/// never boots a stale extraction.
-fn cache_key(image: &[u8]) -> String {
-    // SipHash with fixed keys: stable for a given toolchain; a change only costs a re-extraction.
-    #[allow(deprecated)]
-    let mut h = std::hash::SipHasher::new();
-    h.write(image);
-    format!("{}-{:016x}", image.len(), h.finish())
+/// Cache key from the bzImage's identity (device, inode, size, modification time), so a warm
+/// boot never reads or hashes the image: a rebuilt or replaced kernel gets a new mtime or
+/// inode and with it a new extraction.
+fn cache_key(meta: &fs::Metadata) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let mut h = std::hash::DefaultHasher::new();
+    for v in [meta.dev(), meta.ino(), meta.size()] {
+        h.write_u64(v);
+    }
+    h.write_i64(meta.mtime());
+    h.write_i64(meta.mtime_nsec());
+    format!("{}-{:016x}", meta.size(), h.finish())
 }
 
 /// The default cache: /var/cache/viaduct for root, else $XDG_CACHE_HOME/viaduct or
@@ -125,13 +167,11 @@ pub fn default_dir() -> Option<PathBuf> {
 /// The kernel to boot for `kernel`: a cached PVH vmlinux extracted from it when it is an xz
 /// bzImage whose kernel has a PVH entry, else `kernel` itself.
 pub fn resolve(kernel: &Path, cache_dir: &Path) -> Result<PathBuf, VmlinuxCacheError> {
-    let image = fs::read(kernel).map_err(|source| VmlinuxCacheError::Read { path: kernel.into(), source })?;
-    let Some((payload, size)) = xz_payload(&image) else {
-        log::debug!("{}: not an xz bzImage, booting it as is", kernel.display());
-        return Ok(kernel.to_path_buf());
-    };
-    let key = cache_key(&image);
+    let read_err = |source| VmlinuxCacheError::Read { path: kernel.into(), source };
+    let meta = fs::metadata(kernel).map_err(read_err)?;
+    let key = cache_key(&meta);
     let cached = cache_dir.join(format!("vmlinux-{key}"));
+    // Marks a bzImage that cannot be extracted (not xz, or no PVH entry): boot it as is.
     let no_pvh = cache_dir.join(format!("vmlinux-{key}.no-pvh"));
     if cached.is_file() {
         log::info!("booting {} through PVH from the extracted kernel {}", kernel.display(), cached.display());
@@ -140,23 +180,50 @@ pub fn resolve(kernel: &Path, cache_dir: &Path) -> Result<PathBuf, VmlinuxCacheE
     if no_pvh.exists() {
         return Ok(kernel.to_path_buf());
     }
-    let vmlinux = decompress(kernel, payload, size)?;
+    // Only the header first: an ELF vmlinux (tens of MiB) is not read for nothing.
+    let mut header = [0u8; PAYLOAD_LENGTH + 4];
+    let is_bzimage = fs::File::open(kernel)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut header))
+        .is_ok()
+        && &header[HEADER_MAGIC..HEADER_MAGIC + 4] == b"HdrS";
+    if !is_bzimage {
+        log::debug!("{}: not a bzImage, booting it as is", kernel.display());
+        return Ok(kernel.to_path_buf());
+    }
     let write_err = |path: &Path| {
         let path = path.to_path_buf();
         move |source| VmlinuxCacheError::Write { path, source }
     };
+    let image = fs::read(kernel).map_err(read_err)?;
+    let Some((payload, size)) = xz_payload(&image) else {
+        log::info!("{}: not an xz-compressed bzImage, booting it as is", kernel.display());
+        fs::create_dir_all(cache_dir).map_err(write_err(cache_dir))?;
+        fs::write(&no_pvh, b"").map_err(write_err(&no_pvh))?;
+        return Ok(kernel.to_path_buf());
+    };
     fs::create_dir_all(cache_dir).map_err(write_err(cache_dir))?;
-    if !is_pvh_elf(&vmlinux) {
+    // Write then rename: a concurrent viaduct never sees a partial file.
+    let tmp = cache_dir.join(format!(".vmlinux-{key}.{}", std::process::id()));
+    let mut f = std::io::BufWriter::new(fs::File::create(&tmp).map_err(write_err(&tmp))?);
+    let extracted = extract_to(kernel, payload, size, &mut f, &tmp).and_then(|found| {
+        f.flush().map_err(write_err(&tmp))?;
+        Ok(found)
+    });
+    drop(f);
+    let found = match extracted {
+        Ok(found) => found,
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+    };
+    if !(found.elf64 && found.pvh) {
+        let _ = fs::remove_file(&tmp);
         // Remember it, so later boots skip the decompression and boot the bzImage at once.
         log::info!("{}: the kernel has no PVH entry, booting the bzImage", kernel.display());
         fs::write(&no_pvh, b"").map_err(write_err(&no_pvh))?;
         return Ok(kernel.to_path_buf());
     }
-    // Write then rename: a concurrent viaduct never sees a partial file.
-    let tmp = cache_dir.join(format!(".vmlinux-{key}.{}", std::process::id()));
-    let mut f = fs::File::create(&tmp).map_err(write_err(&tmp))?;
-    f.write_all(&vmlinux).map_err(write_err(&tmp))?;
-    drop(f);
     fs::rename(&tmp, &cached).map_err(write_err(&cached))?;
     log::info!("extracted the kernel of {} to {}; booting it through PVH", kernel.display(), cached.display());
     Ok(cached)
@@ -219,6 +286,27 @@ mod tests {
     }
 
     #[test]
+    fn a_note_across_piece_boundaries_is_found() {
+        let dir = temp_dir("split");
+        let mut vmlinux = b"\x7fELF\x02\x01\x01".to_vec();
+        // Pseudo-random filler (compresses poorly, so pieces really are 1 MiB of output).
+        let mut x = 0x2545_f491u32;
+        while vmlinux.len() < (1 << 20) - 7 {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            vmlinux.push(x as u8 | 1);
+        }
+        vmlinux.extend_from_slice(&PVH_NOTE_DESC8);
+        vmlinux.resize(3 << 20, 0);
+        let kernel = dir.join("bzImage");
+        fs::write(&kernel, bzimage(&xz_with_size(&vmlinux))).unwrap();
+        let got = resolve(&kernel, &dir.join("cache")).unwrap();
+        assert_ne!(got, kernel, "the note straddling the 1 MiB boundary was missed");
+        assert_eq!(fs::read(&got).unwrap(), vmlinux);
+    }
+
+    #[test]
     fn a_changed_kernel_gets_a_new_extraction() {
         let dir = temp_dir("changed");
         let kernel = dir.join("bzImage");
@@ -266,6 +354,8 @@ mod tests {
         payload[n - 4..].copy_from_slice(&7u32.to_le_bytes());
         fs::write(&k, bzimage(&payload)).unwrap();
         assert!(matches!(resolve(&k, &cache), Err(VmlinuxCacheError::SizeMismatch { .. })));
+        // Failed extractions leave nothing behind.
+        assert_eq!(fs::read_dir(&cache).map(|d| d.count()).unwrap_or(0), 0);
         // Truncated header fields never index out of bounds.
         for len in [0, 0x203, 0x249, 0x24e, 1030] {
             let img = bzimage(&xz_with_size(b"x"));

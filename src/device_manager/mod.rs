@@ -51,7 +51,7 @@ pub enum DeviceManagerError {
     #[error(transparent)]
     Resources(#[from] crate::resources::ResourceError),
     #[error(transparent)]
-    TestDev(#[from] testdev::TestDevError),
+    TestDev(#[from] Box<testdev::TestDevError>),
 }
 
 /// Field order is drop order: assigned devices go (DMA unmapped, vectors off) before the

@@ -87,18 +87,21 @@ pub fn attach(
     index: usize,
     spec_text: &str,
 ) -> Result<Bdf, super::DeviceManagerError> {
-    let spec: SyntheticSpec = spec_text.parse().map_err(TestDevError::ParseSpec)?;
+    let spec: SyntheticSpec = spec_text
+        .parse()
+        .map_err(|e| Box::new(TestDevError::ParseSpec(e)))?;
     let name = format!("pci-synthetic#{index}");
-    let mut func =
-        synthetic_function(&name, &spec).map_err(|source| TestDevError::CreateFunction {
+    let mut func = synthetic_function(&name, &spec).map_err(|source| {
+        Box::new(TestDevError::CreateFunction {
             spec: spec_text.to_string(),
             source,
-        })?;
+        })
+    })?;
     let bdf = if spec.behind_port {
         let dev: SharedPciDevice = Arc::new(Mutex::new(func));
-        attach_behind_port(ctx, segment, spec_text, &dev)?
+        attach_behind_port(ctx, segment, spec_text, &dev).map_err(Box::new)?
     } else {
-        place_on_bus0(ctx, spec_text, &mut func)?;
+        place_on_bus0(ctx, spec_text, &mut func).map_err(Box::new)?;
         segment.attach_pci_device(Arc::new(Mutex::new(func)), ctx.buses)?
     };
     log::info!("{bdf}: {name} ({spec_text})");

@@ -4,11 +4,13 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 
 use kvm_bindings::{kvm_create_device, kvm_device_type_KVM_DEV_TYPE_VFIO};
 use pci::{BarIndex, BarKind, BarRegion, BarSlot, ConfigEffects, PciDevice, SharedPciDevice};
 use vfio::container::{preflight, Container, ContainerError, RamRange};
 use vfio::device::{DeviceParts, VfioPciDevice};
+use vfio::dma::{DmaError, DmaMapping};
 use vfio::host::{HostDevice, HostError, IrqIndex, MmapArea, RegionInfo, RegionMapping, VfioHost};
 use vfio::regions::MemorySlots;
 use vfio::spec::{parse_devices, DeviceSpec, SpecError};
@@ -27,10 +29,12 @@ const HIGH_BAR_MIN: u64 = 256 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VfioManagerError {
-    #[error("--device: {0}")]
+    /// The spec error already names `--device` and the value.
+    #[error(transparent)]
     Spec(#[from] SpecError),
-    #[error("--device {key}=...: unknown key (path, id, rombar, romfile, managed)")]
-    UnknownKey { key: String },
+    /// An unknown key: the option parser's message names it and the known ones.
+    #[error(transparent)]
+    UnknownKey(crate::config::ConfigError),
     #[error("{id}: binding {bdf} and its IOMMU group to vfio-pci (managed=on)")]
     Managed {
         id: String,
@@ -40,6 +44,8 @@ pub enum VfioManagerError {
     },
     #[error(transparent)]
     Container(#[from] ContainerError),
+    #[error(transparent)]
+    Dma(#[from] DmaError),
     #[error("creating the KVM-VFIO device failed")]
     CreateKvmVfio(#[source] kvm_ioctls::Error),
     #[error("{id}: reading romfile {path}")]
@@ -95,7 +101,7 @@ pub fn parse_cli(specs: &[CliDeviceSpec]) -> Result<Vec<DeviceSpec>, VfioManager
             }
         }
         if let Err(e) = s.check_keys("path,id,rombar,romfile,managed") {
-            return Err(VfioManagerError::UnknownKey { key: e.to_string() });
+            return Err(VfioManagerError::UnknownKey(e));
         }
         texts.push(parts.join(","));
     }
@@ -205,7 +211,8 @@ impl AssignedDevice {
 /// bound go back to their drivers only once no VFIO fd of them is open (see [`ManagedHost`]).
 pub struct VfioManager {
     pub devices: Vec<AssignedDevice>,
-    container: Option<Container>,
+    /// The thread DMA-mapping guest RAM; it gives the container back when joined.
+    dma: Option<JoinHandle<Container>>,
     managed: Option<Arc<ManagedDevices>>,
 }
 
@@ -217,7 +224,13 @@ impl Drop for VfioManager {
             d.device.lock().unwrap_or_else(|e| e.into_inner()).release();
         }
         self.devices.clear();
-        self.container.take();
+        // A mapping still running is waited for: its pages must not be unmapped under it.
+        if let Some(t) = self.dma.take() {
+            match t.join() {
+                Ok(container) => drop(container),
+                Err(_) => log::error!("the DMA-mapping thread panicked"),
+            }
+        }
     }
 }
 
@@ -232,9 +245,11 @@ pub struct AttachContext<'a> {
 
 impl VfioManager {
     /// Checks, opens and wires every `--device`; all-or-nothing (a failure drops what was set
-    /// up, which releases it). Must run before the first vCPU starts (DMA mapping).
+    /// up, which releases it). Must run before the first vCPU starts. Guest RAM is DMA-mapped
+    /// on a thread of its own meanwhile; each device's Bus Master enable waits for it (see
+    /// `vfio::dma`), so the guest boots while the IOMMU is programmed.
     pub fn attach(ctx: &AttachContext<'_>, specs: &[DeviceSpec]) -> Result<Self, VfioManagerError> {
-        let mut mgr = VfioManager { devices: Vec::new(), container: None, managed: None };
+        let mut mgr = VfioManager { devices: Vec::new(), dma: None, managed: None };
         if specs.is_empty() {
             return Ok(mgr);
         }
@@ -245,7 +260,7 @@ impl VfioManager {
         let mut kvm_dev = kvm_create_device { type_: kvm_device_type_KVM_DEV_TYPE_VFIO, fd: 0, flags: 0 };
         let kvm_vfio = ctx.vm.fd.create_device(&mut kvm_dev).map_err(VfioManagerError::CreateKvmVfio)?;
         let handle = Arc::new(vfio_ioctls::VfioDeviceFd::new_from_kvm(kvm_vfio));
-        let mut container = Container::open(Some(handle))?;
+        let container = Container::open(Some(handle))?;
         let hosts = specs
             .iter()
             .map(|s| {
@@ -265,13 +280,13 @@ impl VfioManager {
                 host_addr: ctx.memory.get_host_address(r.start_addr()).map_or(0, |p| p as u64),
             })
             .collect();
-        // SAFETY: guest RAM is mapped for the VM's whole life and the container (dropped
-        // before the memory, see VfioManager's drop order) unmaps these IOVAs first.
-        unsafe { container.map_ram(&ranges)? };
-        mgr.container = Some(container);
+        // SAFETY: guest RAM is mapped for the VM's whole life; VfioManager joins the thread
+        // and drops the container (which unmaps these IOVAs) before the memory goes.
+        let (mapping, thread) = unsafe { DmaMapping::start(container, ranges) }?;
+        mgr.dma = Some(thread);
 
         for (spec, host) in specs.iter().zip(hosts) {
-            let dev = attach_one(ctx, spec, host)?;
+            let dev = attach_one(ctx, spec, host, &mapping)?;
             mgr.devices.push(dev);
         }
         Ok(mgr)
@@ -337,7 +352,12 @@ impl HostDevice for ManagedHost {
     }
 }
 
-fn attach_one(ctx: &AttachContext<'_>, spec: &DeviceSpec, host: Arc<dyn HostDevice>) -> Result<AssignedDevice, VfioManagerError> {
+fn attach_one(
+    ctx: &AttachContext<'_>,
+    spec: &DeviceSpec,
+    host: Arc<dyn HostDevice>,
+    dma: &Arc<DmaMapping>,
+) -> Result<AssignedDevice, VfioManagerError> {
     let id = spec.id.clone();
     let romfile = match &spec.romfile {
         Some(p) => Some(std::fs::read(p).map_err(|source| VfioManagerError::ReadRomFile {
@@ -402,6 +422,7 @@ fn attach_one(ctx: &AttachContext<'_>, spec: &DeviceSpec, host: Arc<dyn HostDevi
             return Err(VfioManagerError::Device { id, source });
         }
     }
+    device.gate_bus_master(dma.clone());
     device.start().map_err(|source| VfioManagerError::Device { id: id.clone(), source })?;
     let regions = device.bars();
     let device = Arc::new(Mutex::new(AssignedFunction(Some(device))));

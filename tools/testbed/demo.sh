@@ -9,23 +9,24 @@ vmm=${DEMO_VMM:-viaduct}
 say() { echo "DEMO: $*"; }
 
 igb_vf=$(tb_create_vfs "$TB_IGB_PF" 2 0 | head -n1)
-nvme_vf=$(tb_nvme_sriov_vf 2>/dev/null)
+nvme_vf=""
+[ "$vmm" = viaduct ] || nvme_vf=$(tb_nvme_sriov_vf 2>/dev/null)
 say "Level 1 (the host): Linux $(uname -r) under QEMU TCG with an emulated Intel IOMMU ($(ls /sys/kernel/iommu_groups | wc -l) IOMMU groups), /dev/kvm from kvm_amd (nested SVM)"
 say "  igb NIC PF $TB_IGB_PF: $(cat /sys/bus/pci/devices/$TB_IGB_PF/sriov_numvfs) SR-IOV VFs created, VF $igb_vf goes to the guest"
 say "  NVMe controller $TB_NVME goes to the guest whole"
-say "  NVMe SR-IOV PF $TB_NVME_SRIOV_PF: VF ${nvme_vf:-(none: nvme virt-mgmt failed)} goes to the guest"
+[ "$vmm" = viaduct ] || say "  NVMe SR-IOV PF $TB_NVME_SRIOV_PF: VF ${nvme_vf:-(none: nvme virt-mgmt failed)} goes to the guest"
 devs=""
 for b in $igb_vf $TB_NVME $nvme_vf; do
     if g=$(tb_bind_vfio "$b"); then devs="$devs $b"; say "  $b bound to vfio-pci, IOMMU group $g (/dev/vfio/$g)"
     else say "  !!! $b did not bind to vfio-pci (driver: $(tb_driver "$b"))"; fi
 done
-ndev=$(echo $devs | wc -w)
 
-{
+# guest_script NDEV: what the guest shows (DEMO: lines) and checks, for NDEV assigned devices.
+guest_script() {
     cat <<GUEST
 SIG_NVME='$TB_SIG_NVME'
 SIG_SRIOV='$TB_SIG_SRIOV'
-NDEV=$ndev
+NDEV=$1
 GUEST
     cat <<'GUEST'
 say() { echo "DEMO: $*"; }
@@ -38,7 +39,8 @@ for p in /sys/bus/pci/devices/*; do
     case "$id" in
     8086:10ca) what="Intel 82576 SR-IOV Virtual Function (igb VF)" ;;
     1b36:0010) what="NVMe controller" ;;
-    *) what="class $(cut -c3- $p/class) (the VMM's own)" ;;
+    *) case "$(cut -c3-6 $p/class)" in 0600) what="PCI host bridge (emulated by the VMM)" ;;
+       *) what="class $(cut -c3- $p/class) (emulated by the VMM)" ;; esac ;;
     esac
     drv=$(g_driver "$b"); extra=""
     if [ -d "$p/msi_irqs" ]; then
@@ -51,13 +53,14 @@ for p in /sys/bus/pci/devices/*; do
     say "  $b [$id] $what -> driver: $drv$extra"
     case "$id" in 8086:10ca|1b36:0010) [ "$drv" != none ] && bound=$((bound + 1)) ;; esac
 done
+[ -n "$(g_find_devs 8086 10ca)" ] && say "  (the igb VF is probed and bound but moves no packets in this emulation: a QEMU igb-model limit, tools/testbed/README.md)"
 g_value assigned_bound "$bound"
 [ "$bound" = "$NDEV" ] && g_check devices-bound pass "$bound of $NDEV assigned devices have their driver" ||
     g_check devices-bound fail "$bound of $NDEV assigned devices have their driver"
 
 say ""
 say "NVMe reads and writes by DMA through two IOMMUs (sector 0 was written by level 0 into its image file):"
-g_wait_for /dev/nvme0n1 20; [ "$NDEV" -ge 3 ] && g_wait_for /dev/nvme1n1 10
+g_wait_for /dev/nvme0n1 20; [ "$(g_find_devs 1b36 0010 | wc -l)" -ge 2 ] && g_wait_for /dev/nvme1n1 10
 nread=0
 for d in /dev/nvme0n1 /dev/nvme1n1; do
     [ -b "$d" ] || continue
@@ -89,32 +92,44 @@ for p in /sys/bus/pci/devices/*; do
     [ -d "$p/msi_irqs" ] && say "  $b $(g_driver $b): $(g_dev_irq_count $b) interrupts on $(g_msi_vectors $b) vectors"
 done
 GUEST
-} >/tmp/demo-guest.sh
-
-run_viaduct() {
-    set --
-    for b in $devs; do set -- "$@" --device "path=/sys/bus/pci/devices/$b"; done
-    tb_run_l2 viaduct 240 /tmp/demo-guest.sh -- viaduct --kernel @KERNEL@ --initramfs @INITRD@ \
-        --cmdline "@CMDLINE@" --memory 256M "$@"
 }
-run_qemu() { tb_qemu_l2 qemu 240 /tmp/demo-guest.sh $devs; }
+
+# viaduct_guest RUN BDF...: one guest under viaduct with these devices.
+viaduct_guest() {
+    local run=$1; shift
+    guest_script $# >/tmp/demo-$run.sh
+    set -- $(for b in "$@"; do echo --device "path=/sys/bus/pci/devices/$b"; done)
+    tb_run_l2 "$run" 240 /tmp/demo-$run.sh -- viaduct --kernel @KERNEL@ --initramfs @INITRD@ \
+        --cmdline "@CMDLINE@" --memory 256M "$@"
+    boot_line viaduct
+}
+# Under viaduct the guest gets the igb VF and the whole NVMe controller; the NVMe SR-IOV VF is
+# left out (README known limits, experiments/nvme-vf-pair.sh).
+run_viaduct() {
+    local first="" b
+    for b in $devs; do [ "$b" = "$nvme_vf" ] || first="$first $b"; done
+    say "The guest under viaduct gets the igb VF and the whole NVMe controller."
+    say "(The NVMe SR-IOV VF is left out under viaduct: its MSI-X interrupts do not reach the guest reliably yet, admin commands time out; DEMO_VMM=qemu shows it.)"
+    viaduct_guest viaduct $first
+}
+run_qemu() { guest_script "$(echo $devs | wc -w)" >/tmp/demo-qemu.sh; tb_qemu_l2 qemu 240 /tmp/demo-qemu.sh $devs; boot_line QEMU; }
 boot_line() { say ""; say "$1 started the guest; its init ran ${TB_L2_INIT_MS:-?} ms after the VMM started (L1 clock, TCG)"; }
 
 case "$vmm" in
 viaduct)
     say "VMM: $(viaduct --version 2>/dev/null | head -n1)"
-    run_viaduct; boot_line viaduct ;;
+    run_viaduct ;;
 qemu)
     say "VMM: QEMU $(qemu-system-x86_64 --version | head -n1 | awk '{print $4}') (the reference VMM, as asked with DEMO_VMM=qemu)"
-    run_qemu; boot_line QEMU ;;
+    run_qemu ;;
 *)
     if command -v viaduct >/dev/null && say "VMM: viaduct" && run_viaduct &&
         grep -q '@@G check devices-bound pass' /tmp/l2/viaduct/console.log; then
-        boot_line viaduct
+        :
     else
         say "!!! viaduct could not show the passed-through devices (see the lines above);"
         say "!!! showing the same guest with QEMU $(qemu-system-x86_64 --version | head -n1 | awk '{print $4}') as the VMM instead"
-        run_qemu; boot_line QEMU
+        run_qemu
     fi
     ;;
 esac

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use pci::{BarIndex, BarKind, BarRegion, ConfigEffects, MsiVectors, PciDevice};
 
 use crate::config::{BarInfo, ConfigError, RomOptions, VirtConfig, CONFIG_DWORDS};
+use crate::dma::DmaMapping;
 use crate::host::{HostDevice, HostError, CONFIG_REGION, ROM_REGION};
 use crate::interrupts::{IntxLine, Interrupts, InterruptsError};
 use crate::regions::{BarMappings, MemorySlots, RegionsError};
@@ -52,6 +53,10 @@ pub struct DeviceParts {
     pub slots: Box<dyn MemorySlots>,
 }
 
+/// The command register's dword and its Bus Master Enable bit (PCI Local Bus 3.0, 6.2.2).
+const COMMAND_DWORD: usize = 1;
+const CMD_BUS_MASTER: u8 = 0x04;
+
 pub struct VfioPciDevice {
     bdf: String,
     cfg: VirtConfig,
@@ -64,6 +69,8 @@ pub struct VfioPciDevice {
     /// Of those, the accesses to the MSI-X table and PBA (expected: the guest programs them).
     msix_traps: AtomicU64,
     warned_io: bool,
+    /// While guest RAM is still being DMA-mapped: the guest's Bus Master enable waits for it.
+    dma_gate: Option<Arc<DmaMapping>>,
     /// Last, so it is dropped last: the BAR mmaps (`maps`) keep the device file open in the
     /// kernel, and vfio-ioctls takes the group out of the container when the host device
     /// drops, which fails with EBUSY while the device is still open.
@@ -108,6 +115,7 @@ impl VfioPciDevice {
             traps: Default::default(),
             msix_traps: AtomicU64::new(0),
             warned_io: false,
+            dma_gate: None,
         })
     }
 
@@ -127,6 +135,31 @@ impl VfioPciDevice {
             self.cfg.place_bar(bar.index, addr);
         }
         Ok(())
+    }
+
+    /// Holds the guest's first Bus Master enable until `mapping` is complete (see
+    /// [`crate::dma`]); if the mapping failed, Bus Master stays off on the device.
+    pub fn gate_bus_master(&mut self, mapping: Arc<DmaMapping>) {
+        self.dma_gate = Some(mapping);
+    }
+
+    /// Whether the device may master the bus: waits for a pending DMA mapping.
+    fn dma_ready(&mut self) -> bool {
+        let Some(gate) = &self.dma_gate else { return true };
+        match gate.wait() {
+            Ok(()) => {
+                self.dma_gate = None;
+                true
+            }
+            Err(e) => {
+                // Guest-triggered: logged once (the failure itself was logged when it happened).
+                if !self.warned_io {
+                    log::error!("{}: {e}: Bus Master stays off (further BAR/config errors not logged)", self.bdf);
+                    self.warned_io = true;
+                }
+                false
+            }
+        }
     }
 
     /// Last set-up step before vCPUs run: INTx on (the guest may never use MSI).
@@ -262,6 +295,14 @@ impl PciDevice for VfioPciDevice {
     }
 
     fn write_config(&mut self, reg: usize, offset: u64, data: &[u8]) -> ConfigEffects {
+        let mut masked = [0u8; 4];
+        let mut data = data;
+        if reg == COMMAND_DWORD && offset == 0 && data.first().is_some_and(|b| b & CMD_BUS_MASTER != 0) && !self.dma_ready() {
+            let n = data.len().min(4);
+            masked[..n].copy_from_slice(&data[..n]);
+            masked[0] &= !CMD_BUS_MASTER;
+            data = &masked[..n];
+        }
         let w = self.cfg.write(reg, offset, data);
         for (off, bytes) in &w.host_writes {
             if let Err(e) = self.host.region_write(CONFIG_REGION, *off, bytes) {
@@ -432,6 +473,33 @@ mod tests {
         assert_eq!(dev.trap_counts()[0], 2);
         // Config the guest wrote never moved the device's own BAR register.
         assert_eq!(&host.region_bytes(CONFIG_REGION)[0x10..0x14], &sample_config()[0x10..0x14]);
+    }
+
+    #[test]
+    fn bus_master_waits_for_the_dma_mapping() {
+        let (host, mut dev, _, _) = device();
+        let m = DmaMapping::pending();
+        dev.gate_bus_master(m.clone());
+        dev.write_config(1, 0, &[0x02]);
+        assert_eq!(host.region_bytes(CONFIG_REGION)[4] & 0x04, 0, "no Bus Master asked: no wait");
+        let m2 = m.clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            m2.finish(Ok(()));
+        });
+        let started = std::time::Instant::now();
+        dev.write_config(1, 0, &[0x06, 0x00]);
+        assert!(started.elapsed() >= std::time::Duration::from_millis(40), "Bus Master waited for the mapping");
+        assert_eq!(host.region_bytes(CONFIG_REGION)[4] & 0x04, 0x04, "then reached the device");
+        t.join().unwrap();
+
+        let (host, mut dev, _, _) = device();
+        let failed = DmaMapping::pending();
+        failed.finish(Err(crate::container::ContainerError::NoVfio));
+        dev.gate_bus_master(failed);
+        dev.write_config(1, 0, &[0x06, 0x00, 0x00, 0x00]);
+        assert_eq!(host.region_bytes(CONFIG_REGION)[4] & 0x04, 0, "failed mapping: Bus Master stays off");
+        assert_eq!(dev.read_config(1) & 0x2, 0x2, "the rest of the write still applies");
     }
 
     #[test]

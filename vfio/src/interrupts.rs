@@ -128,7 +128,12 @@ impl Interrupts {
             Mode::Intx => host.disable_irqs(IrqIndex::Intx).map_err(InterruptsError::EnableHost)?,
             Mode::Msi(_) => host.disable_irqs(IrqIndex::Msi).map_err(InterruptsError::EnableHost)?,
             Mode::Msix => {
-                host.disable_irqs(IrqIndex::Msix).map_err(InterruptsError::EnableHost)?;
+                // Host MSI-X is enabled only at the first unmask (see `wire`): a guest that
+                // enabled MSI-X but never unmasked a vector left it off, and VFIO refuses to
+                // disable what is not enabled (EINVAL).
+                if self.host_msix_count > 0 {
+                    host.disable_irqs(IrqIndex::Msix).map_err(InterruptsError::EnableHost)?;
+                }
                 self.wired.iter_mut().for_each(|w| *w = false);
                 self.host_msix_count = 0;
             }
@@ -450,6 +455,20 @@ pub(crate) mod tests {
         assert_eq!(calls[5], IrqCall::Disable(IrqIndex::Msix));
         assert!(matches!(calls[6], IrqCall::Set { index: IrqIndex::Intx, .. }));
         assert_eq!(irq.mode(), Mode::Intx);
+    }
+
+    #[test]
+    fn msix_enabled_but_never_unmasked_is_not_disabled_on_the_host() {
+        let (host, mut cfg, mut irq, _) = setup();
+        cfg.write(0x70 / 4, 2, &[0x00, 0x80]);
+        irq.update_msix_control(&host, &cfg).unwrap();
+        assert_eq!(irq.mode(), Mode::Msix);
+        irq.shutdown(&host);
+        assert!(
+            !set_irq_calls(&host).contains(&IrqCall::Disable(IrqIndex::Msix)),
+            "host MSI-X was never enabled: nothing to disable (VFIO would say EINVAL)"
+        );
+        assert_eq!(irq.mode(), Mode::None);
     }
 
     #[test]

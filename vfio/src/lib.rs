@@ -4,6 +4,7 @@
 pub mod config;
 pub mod container;
 pub mod device;
+pub mod dma;
 #[doc(hidden)]
 pub mod fuzz_support;
 pub mod host;

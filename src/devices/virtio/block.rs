@@ -3,6 +3,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -13,6 +14,7 @@ use virtio_bindings::virtio_blk::{
 };
 use virtio_queue::{DescriptorChain, Queue, QueueT, Reader, Writer};
 
+use super::iov::{self, IoVecs};
 use super::{QueueHandler, VirtioDevice, VirtioError};
 use crate::vstate::memory::GuestMemory;
 
@@ -146,7 +148,13 @@ impl BlockHandler {
     }
 
     /// Runs one request; returns its status and the bytes written into the data buffers.
-    fn execute(&mut self, header: RequestHeader, reader: &mut Reader<'_>, data: &mut Writer<'_>) -> (u32, usize) {
+    fn execute(
+        &mut self,
+        header: RequestHeader,
+        reader: &mut Reader<'_>,
+        data: &mut Writer<'_>,
+        iovs: Option<(IoVecs, IoVecs)>,
+    ) -> (u32, usize) {
         let kind = u32::from_le(header.request_type);
         let sector = u64::from_le(header.sector);
         match kind {
@@ -156,6 +164,24 @@ impl BlockHandler {
                     log::debug!("{}: read of {len} bytes at sector {sector} outside the disk", self.name);
                     return (VIRTIO_BLK_S_IOERR, 0);
                 };
+                // Straight into guest memory when the buffers allow (the data buffers are
+                // the writable ones minus the status byte).
+                if let Some((_, mut buffers)) = iovs {
+                    buffers.trim_back(1);
+                    if buffers.len() == len {
+                        return match iov::read_at(self.file.as_raw_fd(), buffers, offset) {
+                            Ok(n) if n == len => (VIRTIO_BLK_S_OK, len),
+                            Ok(n) => {
+                                log::warn!("{}: short read at {offset:#x}: {n} of {len} bytes", self.name);
+                                (VIRTIO_BLK_S_IOERR, n)
+                            }
+                            Err(e) => {
+                                log::warn!("{}: read at {offset:#x}: {e}", self.name);
+                                (VIRTIO_BLK_S_IOERR, 0)
+                            }
+                        };
+                    }
+                }
                 self.buf.resize(len, 0);
                 if let Err(e) = self.file.read_exact_at(&mut self.buf, offset) {
                     log::warn!("{}: read at {offset:#x}: {e}", self.name);
@@ -175,6 +201,22 @@ impl BlockHandler {
                     log::debug!("{}: write of {len} bytes at sector {sector} outside the disk", self.name);
                     return (VIRTIO_BLK_S_IOERR, 0);
                 };
+                if let Some((mut buffers, _)) = iovs {
+                    buffers.skip_front(std::mem::size_of::<RequestHeader>());
+                    if buffers.len() == len {
+                        return match iov::write_at(self.file.as_raw_fd(), buffers, offset) {
+                            Ok(n) if n == len => (VIRTIO_BLK_S_OK, 0),
+                            Ok(n) => {
+                                log::warn!("{}: short write at {offset:#x}: {n} of {len} bytes", self.name);
+                                (VIRTIO_BLK_S_IOERR, 0)
+                            }
+                            Err(e) => {
+                                log::warn!("{}: write at {offset:#x}: {e}", self.name);
+                                (VIRTIO_BLK_S_IOERR, 0)
+                            }
+                        };
+                    }
+                }
                 self.buf.resize(len, 0);
                 if reader.read_exact(&mut self.buf).is_err() {
                     return (VIRTIO_BLK_S_IOERR, 0);
@@ -207,6 +249,7 @@ impl BlockHandler {
 
     /// Serves one chain; returns the used length (bytes the device wrote, status included).
     fn serve(&mut self, chain: DescriptorChain<&GuestMemory>, mem: &GuestMemory) -> u32 {
+        let iovs = iov::chain_iovecs(&chain, mem);
         let (mut reader, mut writer) = match (chain.clone().reader(mem), chain.writer(mem)) {
             (Ok(r), Ok(w)) => (r, w),
             (Err(e), _) | (_, Err(e)) => {
@@ -221,7 +264,7 @@ impl BlockHandler {
         };
         let Ok(mut status_writer) = writer.split_at(data_len) else { return 0 };
         let (status, written) = match reader.read_obj::<RequestHeader>() {
-            Ok(header) => self.execute(header, &mut reader, &mut writer),
+            Ok(header) => self.execute(header, &mut reader, &mut writer, iovs),
             Err(_) => (VIRTIO_BLK_S_IOERR, 0),
         };
         if status_writer.write_all(&[status as u8]).is_err() {

@@ -5,6 +5,7 @@
 //! queue size.
 
 pub mod block;
+pub mod iov;
 pub mod net;
 pub mod pci;
 pub mod registers;

@@ -49,12 +49,13 @@ tb_value() {
 }
 
 # tb_bench METRIC VMM VALUE: one benchmark sample (README "Benchmarks"): METRIC ends in its
-# unit (boot_ms, overhead_kb, read_mbps), VMM is viaduct or qemu. A malformed sample becomes a
+# unit (boot_ms, overhead_kb, read_mbps), VMM is viaduct or qemu, VALUE a decimal number
+# (negative allowed: a difference can be). A malformed sample becomes a
 # failed check rather than a silently missing table row.
 tb_bench() {
     case "$1" in ''|*[!a-z0-9_]*) tb_check "bench-$1" fail "tb_bench: bad metric name '$1'"; return 1 ;; esac
     case "$2" in viaduct|qemu) ;; *) tb_check "bench-$1" fail "tb_bench: VMM must be viaduct or qemu, got '$2'"; return 1 ;; esac
-    case "$3" in ''|*[!0-9.]*|*.*.*) tb_check "bench-$1-$2" fail "tb_bench: value '$3' is not a number"; return 1 ;; esac
+    case "${3#-}" in ''|*[!0-9.]*|*.*.*|.) tb_check "bench-$1-$2" fail "tb_bench: value '$3' is not a number"; return 1 ;; esac
     tb_value "bench/$1/$2" "$3"
 }
 

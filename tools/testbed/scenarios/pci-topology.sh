@@ -102,6 +102,8 @@ if [ -n "$d2" ]; then
     esac
 fi
 g_value iomem "$(grep -i -E 'pci|1b36' /proc/iomem | tr -s ' ' | tr '\n' ';' | head -c 1500)"
+# The 64-bit window must stay below what the guest CPU can address.
+g_value cpu_address_sizes "$(grep -m1 'address sizes' /proc/cpuinfo | cut -d: -f2)"
 GUEST
 tb_run_l2 pci-topology 240 /tmp/pci-topology-guest.sh -- viaduct --kernel @KERNEL@ --initramfs @INITRD@ \
     --cmdline "@CMDLINE@" --memory 512M --log-level info \

@@ -99,7 +99,7 @@ bench_round() { # bench_round VMM RUN: one guest, then its numbers
     fi
     [ -n "$TB_L2_PEAK_RSS_KB" ] && [ "$TB_L2_PEAK_RSS_KB" -gt 0 ] &&
         tb_bench overhead_kb "$vmm" "$((TB_L2_PEAK_RSS_KB - mem_mib * 1024))"
-    local r
+    local r r2
     r=$(rate "$phases" idle-start idle-end 3); [ -n "$r" ] && tb_bench idle_exits_per_s "$vmm" "$r"
     r=$(rate "$phases" io-start io-end 3); [ -n "$r" ] && tb_bench io_exits_per_s "$vmm" "$r"
     r=$(rate "$phases" io-start io-end 4); [ -n "$r" ] && tb_bench io_mmio_exits_per_s "$vmm" "$r"
@@ -109,7 +109,10 @@ bench_round() { # bench_round VMM RUN: one guest, then its numbers
         # "BDF: trapped guest accesses: BAR0=.. ... total=T msix=M", one line per device.
         r=$(sed -n 's/.*trapped guest accesses:.* total=\([0-9]*\) msix=\([0-9]*\).*/\1 \2/p' "$log" |
             awk '{s += $1 - $2; n++} END {if (n) print s}')
-        grep 'trapped guest accesses' "$log"
+        grep -e 'trapped guest accesses' -e 'DMA-mapped guest RAM' -e 'waited .* for the DMA mapping' "$log"
+        # How long the guest's first Bus Master enable waited for the background DMA mapping.
+        r2=$(sed -n 's/.*waited \([0-9]*\) ms for the DMA mapping.*/\1/p' "$log" | awk '{s += $1} END {print s + 0}')
+        tb_bench bus_master_wait_ms viaduct "$r2"
         [ -n "$r" ] && tb_bench data_traps_count viaduct "$r" ||
             tb_check "$run/trap-counters" fail "no 'trapped guest accesses' line in viaduct's log"
     fi
@@ -123,7 +126,8 @@ done
 # DMA-map time: viaduct with the NVMe and growing RAM, stopped as soon as it logged the map.
 # dma_map MIB PAGES MEMORY-OPTION
 dma_map() {
-    local mib=$1 pages=$2 log=/tmp/bench-dma.log us="" i=0 pid
+    local mib=$1 pages=$2 log=/tmp/bench-dma-$1-$2.log us="" i=0 pid
+    rm -f "$log"
     viaduct --kernel "$TB_L2_KERNEL" --memory "$3" --log-level info --serial off --device "$TB_NVME" >"$log" 2>&1 </dev/null &
     pid=$!
     while [ $i -lt 1200 ] && tb_running "$pid"; do

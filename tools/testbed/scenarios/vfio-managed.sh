@@ -56,8 +56,11 @@ check_back() {
         now=$(state_of "$b")
         eval "want=\$BEFORE_$n"
         tb_value "$run/state_after_$n" "$now"
-        [ "$now" = "$want" ] && tb_check "$run/$n-restored" pass "$b: $now" ||
-            tb_check "$run/$n-restored" fail "$b: now '$now', was '$want'"
+        if [ "$now" = "$want" ]; then
+            tb_check "$run/$n-restored" pass "$b: $now"
+        else
+            tb_check "$run/$n-restored" fail "$b: now '$now', was '$want'; kernel: $(dmesg | grep -e "$b" | tail -n 6 | tr '\n' '|')"
+        fi
     done
 }
 
@@ -111,6 +114,25 @@ wait_ready() {
         tb_check "$1/guest-ready" fail "no ready marker within $2 s (viaduct $(tb_running "$PID" && echo running || echo ended))"
 }
 
+# wait_exit RUN SECS: until viaduct exits by itself (SIGKILL and a failed check after SECS).
+# Value RUN/exit_after_done_ms: from the guest's last line to viaduct's exit (the VM teardown
+# and the managed devices going back to their drivers).
+wait_exit() {
+    local t0 done_ms="" now
+    t0=$(tb_now_ms)
+    while tb_running "$PID"; do
+        now=$(tb_now_ms)
+        [ -z "$done_ms" ] && grep -q '@@G done' "$LOG" && done_ms=$now
+        if [ $((now - t0)) -gt $(($2 * 1000)) ]; then
+            tb_check "$1/timeout" fail "viaduct still running after $2 s"
+            kill -KILL "$PID"
+            break
+        fi
+        sleep 0.25
+    done
+    [ -n "$done_ms" ] && tb_value "$1/exit_after_done_ms" $(($(tb_now_ms) - done_ms))
+}
+
 # finish_bg RUN: waits for viaduct, copies its console, reports the guest's checks and rc.
 finish_bg() {
     local run=$1 rc kind k s rest
@@ -128,9 +150,14 @@ finish_bg() {
 }
 
 # --- 1. guest powers off ---
+# Not tb_run_l2: it stops a VMM 5 s after the guest is done, and viaduct's exit here includes
+# the host drivers' probes (igbvf waits for its PF for seconds under TCG).
 guest_script 2 poweroff >/tmp/vfio-managed-1.sh
-tb_run_l2 poweroff 240 /tmp/vfio-managed-1.sh -- $VIADUCT --initramfs @INITRD@ --cmdline "@CMDLINE@" \
-    --device "path=/sys/bus/pci/devices/$VF0,managed=on" --device "$VF1,managed=on" --device "$NVME,managed=on"
+start_bg poweroff /tmp/vfio-managed-1.sh "$VF0" "$VF1" "$NVME"
+wait_exit poweroff 300
+finish_bg poweroff
+grep -q '@@G done rc=0' "$LOG" && tb_check poweroff/done pass "guest script finished" || tb_check poweroff/done fail "no '@@G done rc=0'"
+[ "$VMM_RC" = 0 ] && tb_check poweroff/exit-0 pass || tb_check poweroff/exit-0 fail "viaduct exited $VMM_RC"
 grep -q "managed: bound to vfio-pci" /tmp/l2/poweroff/console.log &&
     tb_check poweroff/viaduct-bound pass "$(grep -c 'managed: bound to vfio-pci' /tmp/l2/poweroff/console.log) devices" ||
     tb_check poweroff/viaduct-bound fail "no 'managed: bound to vfio-pci' in viaduct's log"
@@ -166,7 +193,8 @@ viaductctl restore "$VF0" >/dev/null 2>&1
 check_back sigterm-viaductctl vf0
 
 # --- 3. SIGKILL, then viaductctl restore ---
-start_bg sigkill /tmp/vfio-managed-2.sh "$VF1" "$NVME"
+guest_script 1 wait >/tmp/vfio-managed-3.sh
+start_bg sigkill /tmp/vfio-managed-3.sh "$VF1" "$NVME"
 wait_ready sigkill 240
 kill -KILL "$PID"
 finish_bg sigkill

@@ -28,6 +28,7 @@ net_mb=8
 rounds=${VIRTIO_BENCH_ROUNDS:-1}
 img=/tmp/virtio-bench.img
 www=/tmp/virtio-bench-www
+ended=/tmp/virtio-bench-vmm-ended
 rm -rf $www; mkdir -p $www
 dd if=/dev/urandom of=$www/big bs=1M count=$net_mb 2>/dev/null
 httpd -f -p 8080 -h $www &
@@ -82,11 +83,15 @@ GUEST
 # when it serves it (that is the guest's transmit rate), then say done.
 l1_side() {
     local run=$1 vmm=$2 i=0 t0 t1 console=/tmp/l2/$1/console.log
-    while [ ! -e /sys/class/net/$tap ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i + 1)); done
+    # $ended appears when the VMM is gone: stop waiting for a guest that will not come.
+    while [ ! -e /sys/class/net/$tap ] && [ $i -lt 600 ] && [ ! -e $ended ]; do sleep 0.1; i=$((i + 1)); done
     ip addr add $l1ip/24 dev $tap 2>/dev/null
     ip link set $tap up
     i=0
-    while ! grep -q "@@G serving" $console 2>/dev/null && [ $i -lt 2400 ]; do sleep 0.1; i=$((i + 1)); done
+    while ! grep -q "@@G serving" $console 2>/dev/null && [ $i -lt 2400 ] && [ ! -e $ended ]; do
+        sleep 0.1; i=$((i + 1))
+    done
+    [ -e $ended ] && { tb_check "$run/net-tx" fail "the guest never served its file"; return; }
     t0=$(tb_now_ms)
     if wget -q -O /dev/null http://$gip:8080/big; then
         t1=$(tb_now_ms)
@@ -111,7 +116,7 @@ r=1
 while [ $r -le $rounds ]; do
     for vmm in qemu viaduct; do
         run=bench-$vmm-$r
-        rm -f $www/done $img
+        rm -f $www/done $img $ended
         dd if=/dev/zero of=$img bs=1M count=$blk_mb 2>/dev/null
         l1_side $run $vmm &
         side=$!
@@ -119,11 +124,12 @@ while [ $r -le $rounds ]; do
             tb_qemu_l2 $run 300 /tmp/virtio-bench-guest.sh -- \
                 -drive file=$img,if=none,id=vd0,format=raw -device virtio-blk-pci,drive=vd0 \
                 -netdev tap,id=vn0,ifname=$tap,script=no,downscript=no,vhost=off \
-                -device virtio-net-pci,netdev=vn0,mac=$mac
+                -device virtio-net-pci,netdev=vn0,mac=$mac,romfile=
         else
             tb_run_l2 $run 300 /tmp/virtio-bench-guest.sh -- viaduct --kernel @KERNEL@ --initramfs @INITRD@ \
                 --cmdline "@CMDLINE@" --memory 256M --disk path=$img --net tap=$tap,mac=$mac
         fi
+        touch $ended
         wait $side
         guest_numbers $run $vmm
     done

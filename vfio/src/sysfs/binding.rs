@@ -299,56 +299,30 @@ impl Binder {
             return Ok(RestoreOutcome::Gone);
         }
         let dir = self.host.device_dir(bdf);
-        // Clearing the override first: otherwise the probe below would pick vfio-pci again.
-        self.write(
-            bdf,
-            dir.join("driver_override"),
-            rec.driver_override.as_deref().unwrap_or("\n"),
-        )?;
-        let current = self.host.driver(bdf);
-        if current.is_some() && current != rec.driver {
-            if current.as_deref() == Some(VFIO_PCI) {
-                self.write(
-                    bdf,
-                    self.host.driver_dir(VFIO_PCI).join("unbind"),
-                    &bdf.to_string(),
-                )?;
-            } else {
-                log::warn!(
-                    "{bdf}: now on {}, not vfio-pci; leaving it there",
-                    current.as_deref().unwrap_or("-")
-                );
-                self.state.remove(bdf, lock).map_err(Self::state_err(bdf))?;
-                return Ok(RestoreOutcome::Restored { driver: current });
-            }
-        }
-        if let Some(orig) = &rec.driver {
-            if self.host.driver(bdf).is_none() {
-                if let Err(e) = self.write(
-                    bdf,
-                    self.host.path("sys/bus/pci/drivers_probe"),
-                    &bdf.to_string(),
-                ) {
-                    log::warn!("{e}");
-                }
-            }
-            // The kernel's choice may differ from the recorded driver (it was bound by hand):
-            // bind it explicitly then.
-            if self.host.driver(bdf).is_none() && self.host.driver_loaded(orig) {
-                self.write(
-                    bdf,
-                    self.host.driver_dir(orig).join("bind"),
-                    &bdf.to_string(),
-                )?;
-            }
-            let now = self.host.driver(bdf);
-            if now.as_ref() != Some(orig) {
-                return Err(BindError::Probe {
-                    bdf,
-                    expected: orig.clone(),
-                    found: now,
-                });
-            }
+        let recorded_override = rec.driver_override.as_deref().unwrap_or("\n");
+        // While the original driver is probed, the override names it: the kernel then tries
+        // only that driver (not another one that matches too), and it probes a VF of a PF
+        // with sriov_drivers_autoprobe=0 at all (pci_device_can_probe() skips such VFs
+        // unless they have an override). Without an original driver the recorded override
+        // goes in at once; otherwise vfio-pci's override must go before the unbind below, or
+        // the probe would pick vfio-pci again.
+        let probe_override = match &rec.driver {
+            Some(orig) => orig.as_str(),
+            None => recorded_override,
+        };
+        self.write(bdf, dir.join("driver_override"), probe_override)?;
+        let result = self.give_back(bdf, rec.driver.as_deref());
+        // An override never unbinds: the recorded one can go back now, whatever happened.
+        let put_back = match rec.driver {
+            Some(_) => self.write(bdf, dir.join("driver_override"), recorded_override),
+            None => Ok(()),
+        };
+        let now = result?;
+        put_back?;
+        if let Some(now) = now {
+            log::warn!("{bdf}: now on {now}, not vfio-pci; leaving it there");
+            self.state.remove(bdf, lock).map_err(Self::state_err(bdf))?;
+            return Ok(RestoreOutcome::Restored { driver: Some(now) });
         }
         self.state.remove(bdf, lock).map_err(Self::state_err(bdf))?;
         log::info!(
@@ -356,6 +330,52 @@ impl Binder {
             rec.driver.as_deref().unwrap_or("no driver")
         );
         Ok(RestoreOutcome::Restored { driver: rec.driver })
+    }
+
+    /// Takes `bdf` off vfio-pci and has `orig` (None: no driver) take it. `Ok(Some(d))`:
+    /// another driver `d` holds it now (someone rebound it by hand); it is left there.
+    fn give_back(&self, bdf: Bdf, orig: Option<&str>) -> Result<Option<String>, BindError> {
+        let current = self.host.driver(bdf);
+        if current.is_some() && current.as_deref() != orig {
+            if current.as_deref() != Some(VFIO_PCI) {
+                return Ok(current);
+            }
+            self.write(
+                bdf,
+                self.host.driver_dir(VFIO_PCI).join("unbind"),
+                &bdf.to_string(),
+            )?;
+        }
+        let Some(orig) = orig else {
+            return Ok(None);
+        };
+        if self.host.driver(bdf).is_none() {
+            if let Err(e) = self.write(
+                bdf,
+                self.host.path("sys/bus/pci/drivers_probe"),
+                &bdf.to_string(),
+            ) {
+                log::warn!("{e}");
+            }
+        }
+        // The kernel's choice may differ from the recorded driver (it was bound by hand):
+        // bind it explicitly then.
+        if self.host.driver(bdf).is_none() && self.host.driver_loaded(orig) {
+            self.write(
+                bdf,
+                self.host.driver_dir(orig).join("bind"),
+                &bdf.to_string(),
+            )?;
+        }
+        let now = self.host.driver(bdf);
+        if now.as_deref() != Some(orig) {
+            return Err(BindError::Probe {
+                bdf,
+                expected: orig.to_string(),
+                found: now,
+            });
+        }
+        Ok(None)
     }
 
     /// Restores every recorded device (of any owner). Each device's result is reported; one
@@ -470,6 +490,40 @@ mod tests {
                 driver: Some("igb".into())
             }
         );
+        std::fs::remove_dir_all(f.root()).unwrap();
+    }
+
+    /// Seen in the testbed: a VF of a PF with sriov_drivers_autoprobe=0, bound to igbvf by
+    /// hand, did not go back to igbvf (the kernel does not probe such a VF without an
+    /// override: drivers_probe did nothing, igbvf/bind failed with ENODEV).
+    #[test]
+    fn a_vf_of_a_pf_without_autoprobe_goes_back_to_its_driver() {
+        let (f, b) = setup("vf-noautoprobe");
+        let h = b.host().clone();
+        let vfs = h
+            .set_num_vfs(PF, 2, super::super::SriovOptions { autoprobe: Some(false) })
+            .unwrap();
+        std::fs::write(
+            f.path("sys/bus/pci/devices/0000:01:00.0/sriov_drivers_autoprobe"),
+            "0\n",
+        )
+        .unwrap();
+        let (vf, bare) = (vfs[0], vfs[1]);
+        f.bind(vf, "igbvf").unwrap();
+        for (dev, driver) in [(vf, Some("igbvf")), (bare, None)] {
+            assert_eq!(
+                b.bind(dev).unwrap(),
+                BindOutcome::Bound { previous: driver.map(String::from) }
+            );
+            assert_eq!(h.driver(dev).as_deref(), Some("vfio-pci"));
+            assert_eq!(
+                b.restore(dev).unwrap(),
+                RestoreOutcome::Restored { driver: driver.map(String::from) }
+            );
+            assert_eq!(h.driver(dev).as_deref(), driver, "{dev}");
+            assert_eq!(h.driver_override(dev), None, "{dev}");
+        }
+        assert!(b.state().records().unwrap().is_empty());
         std::fs::remove_dir_all(f.root()).unwrap();
     }
 

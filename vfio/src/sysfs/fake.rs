@@ -245,9 +245,19 @@ impl FakeSysfs {
             .unwrap_or_default()
     }
 
+    /// The kernel's pci_device_can_probe(): a VF of a PF with sriov_drivers_autoprobe=0 is
+    /// probed only when it has a driver_override.
+    fn can_probe(&self, bdf: Bdf) -> bool {
+        let dir = self.device_dir(bdf);
+        let ov = self.read(&dir.join("driver_override"));
+        let has_override = !ov.is_empty() && ov != "(null)";
+        let autoprobe = self.read(&dir.join("physfn/sriov_drivers_autoprobe"));
+        has_override || autoprobe != "0"
+    }
+
     fn probe(&self, bdf: Bdf) -> io::Result<()> {
         let dir = self.device_dir(bdf);
-        if dir.join("driver").exists() {
+        if dir.join("driver").exists() || !self.can_probe(bdf) {
             return Ok(());
         }
         let ov = self.read(&dir.join("driver_override"));
@@ -290,6 +300,9 @@ impl FakeSysfs {
                 let bdf: Bdf = value.parse().map_err(|_| einval())?;
                 if self.device_dir(bdf).join("driver").exists() {
                     return Err(io::Error::from_raw_os_error(libc::EBUSY));
+                }
+                if !self.can_probe(bdf) {
+                    return Err(io::Error::from_raw_os_error(libc::ENODEV));
                 }
                 self.bind(bdf, drv)
             }
