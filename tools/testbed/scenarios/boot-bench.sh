@@ -14,6 +14,8 @@
 #                 guest RAM" would depend on how much RAM the guest happened to touch (a short
 #                 boot touches ~half of it, making the difference negative), so the RAM mapping
 #                 is left out instead. peak_rss_kb (VmHWM) is reported as a value too.
+#   exits_count   KVM exits of the guest over the run (L1 debugfs, last sample before the
+#                 VM went away: a lower bound), with the I/O, MMIO and HLT parts as values
 # A run whose guest never printed its init line gives no numbers (its checks fail); for QEMU
 # the reset log (-d cpu_reset) is printed then, to see whether the guest reset itself.
 
@@ -24,15 +26,24 @@ export TB_L2_MEM=${mem_mib}M
 tb_value guest_ram_kb $((mem_mib * 1024))
 echo 'g_value memtotal_kb "$(awk "/^MemTotal:/ {print \$2}" /proc/meminfo)"' >/tmp/bench-guest.sh
 
+# KVM's per-VM exit counters (debugfs) tell where a guest makes its VMM and KVM work.
+mountpoint -q /sys/kernel/debug || mount -t debugfs none /sys/kernel/debug 2>/dev/null
+
 # sample_rss PROCESS OUT: until /tmp/bench-stop exists, the peak over time of the RSS of
-# PROCESS's mappings smaller than guest RAM; written to OUT.
+# PROCESS's mappings smaller than guest RAM; written to OUT. Also keeps the last KVM exit
+# counters of PROCESS's VM in OUT.exits ("exits io_exits mmio_exits halt_exits").
 sample_rss() {
-    local max=0 pid v
+    local max=0 pid v d
+    rm -f "$2.exits"
     while [ ! -e /tmp/bench-stop ]; do
         pid=$(pidof "$1" | cut -d' ' -f1)
         if [ -n "$pid" ]; then
             v=$(awk -v ram=$((mem_mib * 1024)) '/^Size:/ {size = $2} /^Rss:/ {if (size < ram) s += $2} END {print s + 0}' "/proc/$pid/smaps" 2>/dev/null)
             [ -n "$v" ] && [ "$v" -gt "$max" ] && max=$v
+            for d in /sys/kernel/debug/kvm/"$pid"-*; do
+                [ -r "$d/exits" ] && echo "$(cat $d/exits) $(cat $d/io_exits) $(cat $d/mmio_exits) $(cat $d/halt_exits)" >"$2.exits.new" &&
+                    mv "$2.exits.new" "$2.exits"
+            done
         fi
         sleep 0.2
     done
@@ -57,6 +68,11 @@ bench() {
     touch /tmp/bench-stop; wait "$sampler"
     rss=$(cat "/tmp/bench-$run.rss")
     tb_value "$run/nonram_rss_kb" "$rss"
+    if [ -s "/tmp/bench-$run.rss.exits" ]; then
+        set -- $(cat "/tmp/bench-$run.rss.exits")
+        tb_value "$run/kvm_exits" "exits=$1 io=$2 mmio=$3 halt=$4"
+        [ -n "$TB_L2_INIT_MS" ] && tb_bench exits_count "$vmm" "$1"
+    fi
     if [ -n "$TB_L2_INIT_MS" ]; then
         tb_bench "$metric" "$vmm" "$TB_L2_INIT_MS"
         tb_bench overhead_kb "$vmm" "$rss"
