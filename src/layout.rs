@@ -55,8 +55,9 @@ pub const PCI_ECAM_LAST_BUS: u8 = 0xff;
 pub const IOAPIC_START: u64 = 0xfec0_0000;
 pub const LAPIC_START: u64 = 0xfee0_0000;
 
-/// The 64-bit PCI window: how large it is. It starts at [`mmio64_start`].
-pub const PCI_MMIO64_SIZE: u64 = 64 * GIB;
+/// The largest BAR the 64-bit PCI window is built to hold (BARs are naturally aligned, so the
+/// window always contains one block of this size aligned to its size: see [`mmio64_size`]).
+pub const PCI_MMIO64_MAX_BAR: u64 = 64 * GIB;
 
 /// PCI I/O port window handed to the root complex (everything above the legacy ISA ports).
 pub const PCI_IO_START: u16 = 0x1000;
@@ -105,6 +106,15 @@ pub fn mmio64_start(ram_size: u64) -> u64 {
     ram_end.max(MEM_32BIT_HOLE_END).next_multiple_of(GIB)
 }
 
+/// How large the 64-bit MMIO window is: from [`mmio64_start`] up to the end of the first
+/// [`PCI_MMIO64_MAX_BAR`]-aligned block of that size. A fixed 64 GiB from a 1 GiB-aligned start
+/// could never hold a 64 GiB BAR (it must sit at a multiple of 64 GiB), so the window grows to
+/// between 64 and 128 GiB; that stays below 2^38, within every x86-64 CPU's physical bits.
+pub fn mmio64_size(ram_size: u64) -> u64 {
+    let start = mmio64_start(ram_size);
+    start.next_multiple_of(PCI_MMIO64_MAX_BAR) + PCI_MMIO64_MAX_BAR - start
+}
+
 // The fixed areas must not overlap: checked at compile time.
 const _: () = {
     assert!(PCI_MMIO32_START + PCI_MMIO32_SIZE <= PCI_ECAM_START);
@@ -124,6 +134,17 @@ mod tests {
     fn small_ram_is_one_region() {
         assert_eq!(ram_regions(256 << 20), vec![(0, 256 << 20)]);
         assert_eq!(mmio64_start(256 << 20), 4 * GIB);
+        // A 64 GiB BAR fits at 64 GiB: the window ends at 128 GiB.
+        assert_eq!(mmio64_start(256 << 20) + mmio64_size(256 << 20), 128 * GIB);
+    }
+
+    #[test]
+    fn the_64bit_window_always_holds_an_aligned_max_bar() {
+        for ram in [64 << 20, 3 * GIB, 4 * GIB, 61 * GIB, 64 * GIB, 200 * GIB] {
+            let (start, size) = (mmio64_start(ram), mmio64_size(ram));
+            let block = start.next_multiple_of(PCI_MMIO64_MAX_BAR);
+            assert!(size >= PCI_MMIO64_MAX_BAR && block + PCI_MMIO64_MAX_BAR <= start + size, "ram {ram:#x}");
+        }
     }
 
     #[test]

@@ -51,7 +51,7 @@ impl Resources {
         Ok(Self {
             mmio32: AddressAllocator::new(layout::PCI_MMIO32_START, layout::PCI_MMIO32_SIZE)
                 .map_err(create("32-bit MMIO"))?,
-            mmio64: AddressAllocator::new(layout::mmio64_start(ram_size), layout::PCI_MMIO64_SIZE)
+            mmio64: AddressAllocator::new(layout::mmio64_start(ram_size), layout::mmio64_size(ram_size))
                 .map_err(create("64-bit MMIO"))?,
             io: AddressAllocator::new(
                 u64::from(layout::PCI_IO_START),

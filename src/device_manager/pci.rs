@@ -65,7 +65,7 @@ impl PciSegment {
                 size: u64::from(layout::PCI_IO_END - layout::PCI_IO_START) + 1,
             },
             mmio32: Window { base: layout::PCI_MMIO32_START, size: layout::PCI_MMIO32_SIZE },
-            mmio64: Window { base: layout::mmio64_start(ram_size), size: layout::PCI_MMIO64_SIZE },
+            mmio64: Window { base: layout::mmio64_start(ram_size), size: layout::mmio64_size(ram_size) },
             ecam: Window { base: layout::PCI_ECAM_START, size: layout::PCI_ECAM_SIZE },
             intx,
         };
