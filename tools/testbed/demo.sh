@@ -9,12 +9,11 @@ vmm=${DEMO_VMM:-viaduct}
 say() { echo "DEMO: $*"; }
 
 igb_vf=$(tb_create_vfs "$TB_IGB_PF" 2 0 | head -n1)
-nvme_vf=""
-[ "$vmm" = viaduct ] || nvme_vf=$(tb_nvme_sriov_vf 2>/dev/null)
+nvme_vf=$(tb_nvme_sriov_vf 2>/dev/null)
 say "Level 1 (the host): Linux $(uname -r) under QEMU TCG with an emulated Intel IOMMU ($(ls /sys/kernel/iommu_groups | wc -l) IOMMU groups), /dev/kvm from kvm_amd (nested SVM)"
 say "  igb NIC PF $TB_IGB_PF: $(cat /sys/bus/pci/devices/$TB_IGB_PF/sriov_numvfs) SR-IOV VFs created, VF $igb_vf goes to the guest"
 say "  NVMe controller $TB_NVME goes to the guest whole"
-[ "$vmm" = viaduct ] || say "  NVMe SR-IOV PF $TB_NVME_SRIOV_PF: VF ${nvme_vf:-(none: nvme virt-mgmt failed)} goes to the guest"
+say "  NVMe SR-IOV PF $TB_NVME_SRIOV_PF: VF ${nvme_vf:-(none: nvme virt-mgmt failed)} goes to the guest"
 devs=""
 for b in $igb_vf $TB_NVME $nvme_vf; do
     if g=$(tb_bind_vfio "$b"); then devs="$devs $b"; say "  $b bound to vfio-pci, IOMMU group $g (/dev/vfio/$g)"
@@ -103,14 +102,9 @@ viaduct_guest() {
         --cmdline "@CMDLINE@" --memory 256M "$@"
     boot_line viaduct
 }
-# Under viaduct the guest gets the igb VF and the whole NVMe controller; the NVMe SR-IOV VF is
-# left out (README known limits, experiments/nvme-vf-pair.sh).
 run_viaduct() {
-    local first="" b
-    for b in $devs; do [ "$b" = "$nvme_vf" ] || first="$first $b"; done
-    say "The guest under viaduct gets the igb VF and the whole NVMe controller."
-    say "(The NVMe SR-IOV VF is left out under viaduct: its MSI-X interrupts do not reach the guest reliably yet, admin commands time out; DEMO_VMM=qemu shows it.)"
-    viaduct_guest viaduct $first
+    say "The guest under viaduct gets the igb VF, the whole NVMe controller and the NVMe SR-IOV VF."
+    viaduct_guest viaduct $devs
 }
 run_qemu() { guest_script "$(echo $devs | wc -w)" >/tmp/demo-qemu.sh; tb_qemu_l2 qemu 240 /tmp/demo-qemu.sh $devs; boot_line QEMU; }
 boot_line() { say ""; say "$1 started the guest; its init ran ${TB_L2_INIT_MS:-?} ms after the VMM started (L1 clock, TCG)"; }
