@@ -1,12 +1,17 @@
 //! Interrupts of an assigned device: the emulated MSI-X table, MSI, and INTx.
 //!
 //! Each guest vector is an eventfd from [`MsiVectors`] that the VMM wired to a KVM irqfd;
-//! VFIO signals it directly, so after set-up no interrupt wakes the VMM. Host vectors are
-//! enabled lazily: the first unmask enables MSI-X on the host for the whole table (with -1
-//! for vectors not yet in use, so Linux 6.1, which cannot grow an enabled MSI-X block,
-//! allocates every host vector once); later unmasks only attach one eventfd. Guest masking
-//! only detaches the KVM route (irqfd): host vectors are never freed on mask/unmask, and an
-//! interrupt that arrives while masked stays in the eventfd until the route returns.
+//! VFIO signals it directly, so after set-up no interrupt wakes the VMM. When the guest sets
+//! MSI-X Enable, MSI-X is enabled on the host at once for the whole table with no eventfd
+//! attached (-1: Linux 6.1 cannot grow an enabled MSI-X block, so every host vector is
+//! allocated once); each vector's first unmask then only attaches its eventfd. Enabling at
+//! once matters: a device may decide how to signal from its own MSI-X Enable bit long before
+//! the guest unmasks a vector (QEMU's NVMe marks a completion queue's vector as used only if
+//! MSI-X is on when the queue is created, and the guest's nvme driver enables the controller
+//! before it requests the interrupt: enabling lazily at the first unmask lost every admin
+//! completion of an NVMe SR-IOV VF). Guest masking only detaches the KVM route (irqfd): host
+//! vectors are never freed on mask/unmask, and an interrupt that arrives while masked stays
+//! in the eventfd until the route returns.
 
 use std::os::unix::io::{AsRawFd, RawFd};
 
@@ -128,9 +133,9 @@ impl Interrupts {
             Mode::Intx => host.disable_irqs(IrqIndex::Intx).map_err(InterruptsError::EnableHost)?,
             Mode::Msi(_) => host.disable_irqs(IrqIndex::Msi).map_err(InterruptsError::EnableHost)?,
             Mode::Msix => {
-                // Host MSI-X is enabled only at the first unmask (see `wire`): a guest that
-                // enabled MSI-X but never unmasked a vector left it off, and VFIO refuses to
-                // disable what is not enabled (EINVAL).
+                // Host MSI-X may be off although the guest enabled it (the device reports
+                // no MSI-X IRQs to VFIO, or enabling failed), and VFIO refuses to disable
+                // what is not enabled (EINVAL).
                 if self.host_msix_count > 0 {
                     host.disable_irqs(IrqIndex::Msix).map_err(InterruptsError::EnableHost)?;
                 }
@@ -221,6 +226,7 @@ impl Interrupts {
             }
             self.leave_mode(host)?;
             self.mode = Mode::Msix;
+            self.enable_host_msix(host, None)?;
         }
         let change = match self.table.as_mut() {
             Some(t) => t.set_control(enabled, function_mask),
@@ -256,17 +262,32 @@ impl Interrupts {
         Ok(())
     }
 
+    /// Enables MSI-X on the host for the whole table, every vector without an eventfd except
+    /// `first` (vector, fd) if given.
+    fn enable_host_msix(&mut self, host: &dyn HostDevice, first: Option<(u32, RawFd)>) -> Result<(), InterruptsError> {
+        let count = (self.wired.len() as u32).min(host.irq_count(IrqIndex::Msix));
+        if count == 0 {
+            return Ok(());
+        }
+        let mut fds = vec![None; count as usize];
+        if let Some(slot) = first.and_then(|(v, _)| fds.get_mut(v as usize)) {
+            *slot = first.map(|(_, fd)| fd);
+        }
+        host.set_irqs(IrqIndex::Msix, 0, &fds).map_err(InterruptsError::EnableHost)?;
+        self.host_msix_count = count;
+        log::debug!("{}: MSI-X enabled on the host ({count} vectors)", self.bdf);
+        Ok(())
+    }
+
     /// Attaches vector v's eventfd on the host (first unmask of v).
     fn wire(&mut self, host: &dyn HostDevice, v: u32) -> Result<(), InterruptsError> {
         let fd = self.fd(v)?;
         if self.host_msix_count == 0 {
-            let count = (self.wired.len() as u32).min(host.irq_count(IrqIndex::Msix));
-            let mut fds = vec![None; count as usize];
-            if let Some(slot) = fds.get_mut(v as usize) {
-                *slot = Some(fd);
+            // The enable at the guest's MSI-X Enable did not happen (it failed): try again.
+            self.enable_host_msix(host, Some((v, fd)))?;
+            if self.host_msix_count == 0 {
+                return Ok(());
             }
-            host.set_irqs(IrqIndex::Msix, 0, &fds).map_err(InterruptsError::EnableHost)?;
-            self.host_msix_count = count;
         } else {
             host.set_irqs(IrqIndex::Msix, v, &[Some(fd)]).map_err(InterruptsError::EnableHost)?;
         }
@@ -423,51 +444,62 @@ pub(crate) mod tests {
         cfg.write(0x70 / 4, 2, &[0x00, 0x80]);
         irq.update_msix_control(&host, &cfg).unwrap();
         assert_eq!(set_irq_calls(&host)[2], IrqCall::Disable(IrqIndex::Intx));
-        assert_eq!(set_irq_calls(&host).len(), 3, "no host vectors before any unmask");
+        // The guest's MSI-X Enable puts the host in MSI-X mode at once, no eventfd attached.
+        assert_eq!(set_irq_calls(&host)[3], IrqCall::Set { index: IrqIndex::Msix, start: 0, fds: vec![None; 4] });
+        assert_eq!(set_irq_calls(&host).len(), 4);
         irq.write_table(&host, 16, &entry(0xfee0_0000, 0x31, false));
-        let calls = set_irq_calls(&host);
-        match &calls[3] {
-            IrqCall::Set { index: IrqIndex::Msix, start: 0, fds } => {
-                assert_eq!(fds.len(), 4);
-                assert!(fds[0].is_none() && fds[1].is_some() && fds[2].is_none());
-            }
-            other => panic!("{other:?}"),
-        }
+        let fd = |v: u16| irq.vectors.irqfd(VectorIndex(v)).map(|e| e.as_raw_fd());
+        assert_eq!(set_irq_calls(&host)[4], IrqCall::Set { index: IrqIndex::Msix, start: 1, fds: vec![fd(1)] });
         assert_eq!(rec.routes.lock().unwrap().last(), Some(&(1, Some(MsiMessage { address: 0xfee0_0000, data: 0x31 }))));
         // 1000 mask/unmask cycles: routes follow, the host is not touched again.
         for i in 0..1000 {
             irq.write_table(&host, 16 + 12, &[(i % 2 == 0) as u8, 0, 0, 0]);
         }
-        assert_eq!(set_irq_calls(&host).len(), 4);
+        assert_eq!(set_irq_calls(&host).len(), 5);
         assert_eq!(rec.routes.lock().unwrap().last().unwrap().1.is_some(), true);
         // Second vector: one more single-vector attach.
         irq.write_table(&host, 32, &entry(0xfee0_0000, 0x32, false));
-        assert_eq!(set_irq_calls(&host)[4], IrqCall::Set { index: IrqIndex::Msix, start: 2, fds: vec![irq.vectors.irqfd(VectorIndex(2)).map(|e| e.as_raw_fd())] });
+        let fd2 = irq.vectors.irqfd(VectorIndex(2)).map(|e| e.as_raw_fd());
+        assert_eq!(set_irq_calls(&host)[5], IrqCall::Set { index: IrqIndex::Msix, start: 2, fds: vec![fd2] });
         // Function mask routes everything off without touching the host.
         cfg.write(0x70 / 4, 3, &[0xc0]);
         irq.update_msix_control(&host, &cfg).unwrap();
         assert!(irq.routes.iter().all(|r| r.is_none()));
-        assert_eq!(set_irq_calls(&host).len(), 5);
+        assert_eq!(set_irq_calls(&host).len(), 6);
         // Disable: host MSI-X off, INTx back.
         cfg.write(0x70 / 4, 3, &[0x00]);
         irq.update_msix_control(&host, &cfg).unwrap();
         let calls = set_irq_calls(&host);
-        assert_eq!(calls[5], IrqCall::Disable(IrqIndex::Msix));
-        assert!(matches!(calls[6], IrqCall::Set { index: IrqIndex::Intx, .. }));
+        assert_eq!(calls[6], IrqCall::Disable(IrqIndex::Msix));
+        assert!(matches!(calls[7], IrqCall::Set { index: IrqIndex::Intx, .. }));
         assert_eq!(irq.mode(), Mode::Intx);
     }
 
     #[test]
-    fn msix_enabled_but_never_unmasked_is_not_disabled_on_the_host() {
+    fn msix_enabled_but_never_unmasked_is_on_at_the_host_and_off_at_shutdown() {
         let (host, mut cfg, mut irq, _) = setup();
         cfg.write(0x70 / 4, 2, &[0x00, 0x80]);
         irq.update_msix_control(&host, &cfg).unwrap();
         assert_eq!(irq.mode(), Mode::Msix);
+        assert!(set_irq_calls(&host).contains(&IrqCall::Set { index: IrqIndex::Msix, start: 0, fds: vec![None; 4] }));
         irq.shutdown(&host);
-        assert!(
-            !set_irq_calls(&host).contains(&IrqCall::Disable(IrqIndex::Msix)),
-            "host MSI-X was never enabled: nothing to disable (VFIO would say EINVAL)"
-        );
+        assert_eq!(set_irq_calls(&host).last(), Some(&IrqCall::Disable(IrqIndex::Msix)));
+        assert_eq!(irq.mode(), Mode::None);
+    }
+
+    #[test]
+    fn msix_the_host_cannot_enable_is_never_disabled() {
+        // VFIO reports no MSI-X IRQs: nothing is enabled, so nothing may be disabled (VFIO
+        // would say EINVAL), and an unmask does not try either.
+        let host = FakeHost::new(&sample_config(), sample_sizes(), [1, 8, 0]);
+        let mut cfg = VirtConfig::new("t", &sample_config(), sample_sizes(), RomOptions::default()).unwrap();
+        let n = Interrupts::vectors_needed(&cfg);
+        let mut irq = Interrupts::new("t", &cfg, Box::new(FakeVectors::new(n, Recorder::default())), None);
+        cfg.write(0x70 / 4, 2, &[0x00, 0x80]);
+        irq.update_msix_control(&host, &cfg).unwrap();
+        irq.write_table(&host, 16, &entry(0xfee0_0000, 0x31, false));
+        irq.shutdown(&host);
+        assert!(set_irq_calls(&host).iter().all(|c| !matches!(c, IrqCall::Set { index: IrqIndex::Msix, .. } | IrqCall::Disable(IrqIndex::Msix))));
         assert_eq!(irq.mode(), Mode::None);
     }
 
@@ -503,5 +535,68 @@ pub(crate) mod tests {
         cfg.write(0x50 / 4, 2, &[0x00]);
         irq.update_msi(&host, &cfg).unwrap();
         assert_eq!(set_irq_calls(&host)[1], IrqCall::Disable(IrqIndex::Msi));
+    }
+
+    /// A device like e1000e: one MSI vector, 64-bit address, no per-vector mask, and INTx.
+    /// The sequence Linux's MSI set-up and affinity changes produce.
+    #[test]
+    fn msi_single_vector_64bit_from_intx_and_back() {
+        let mut dump = sample_config();
+        dump[0x52..0x54].copy_from_slice(&0x0080u16.to_le_bytes()); // 64-bit, MMC=0, no PVM
+        let host = FakeHost::new(&dump, sample_sizes(), [1, 1, 4]);
+        let mut cfg = VirtConfig::new("t", &dump, sample_sizes(), RomOptions::default()).unwrap();
+        let rec = Recorder::default();
+        let n = Interrupts::vectors_needed(&cfg);
+        let line = Line(EventFd::new(0).unwrap(), EventFd::new(0).unwrap());
+        let mut irq = Interrupts::new("t", &cfg, Box::new(FakeVectors::new(n, rec.clone())), Some(Box::new(line)));
+        irq.enable_intx(&host, &cfg).unwrap();
+        assert_eq!(irq.mode(), Mode::Intx);
+        let fd0 = irq.vectors.irqfd(VectorIndex(0)).map(|e| e.as_raw_fd());
+
+        // Address (both halves) and data first, then enable with MME=3: the device has one
+        // vector, so one is all it gets and the data is used as written.
+        cfg.write(0x54 / 4, 0, &0xfee0_1000u32.to_le_bytes());
+        cfg.write(0x58 / 4, 0, &0u32.to_le_bytes());
+        cfg.write(0x5c / 4, 0, &[0x41, 0x00]);
+        irq.update_msi(&host, &cfg).unwrap();
+        assert_eq!(set_irq_calls(&host).len(), 2, "nothing changes on the host before the enable bit");
+        cfg.write(0x50 / 4, 2, &[0x31]);
+        irq.update_msi(&host, &cfg).unwrap();
+        assert_eq!(irq.mode(), Mode::Msi(1));
+        assert_eq!(
+            set_irq_calls(&host)[2..],
+            [IrqCall::Disable(IrqIndex::Intx), IrqCall::Set { index: IrqIndex::Msi, start: 0, fds: vec![fd0] }],
+            "INTx off before MSI on (VFIO refuses both at once), one host vector"
+        );
+        assert_eq!(rec.routes.lock().unwrap().last(), Some(&(0, Some(MsiMessage { address: 0xfee0_1000, data: 0x41 }))));
+
+        // Linux moves the interrupt (new vector, then a destination above 255 in the high
+        // address) with MSI enabled: only the KVM route follows, the host is not touched.
+        cfg.write(0x5c / 4, 0, &[0x42, 0x00]);
+        irq.update_msi(&host, &cfg).unwrap();
+        cfg.write(0x58 / 4, 0, &0x0000_0100u32.to_le_bytes());
+        irq.update_msi(&host, &cfg).unwrap();
+        assert_eq!(set_irq_calls(&host).len(), 4);
+        let routes = rec.routes.lock().unwrap().clone();
+        assert_eq!(routes[routes.len() - 2], (0, Some(MsiMessage { address: 0xfee0_1000, data: 0x42 })));
+        assert_eq!(routes.last(), Some(&(0, Some(MsiMessage { address: 0x100_fee0_1000, data: 0x42 }))));
+        // An unchanged rewrite neither re-routes nor commits.
+        let commits = *rec.commits.lock().unwrap();
+        irq.update_msi(&host, &cfg).unwrap();
+        assert_eq!((rec.routes.lock().unwrap().len(), *rec.commits.lock().unwrap()), (routes.len(), commits));
+
+        // Disable (driver unload, pci=nomsi fallback): route gone, host MSI off, INTx back.
+        cfg.write(0x50 / 4, 2, &[0x00]);
+        irq.update_msi(&host, &cfg).unwrap();
+        assert_eq!(rec.routes.lock().unwrap().last(), Some(&(0, None)));
+        let calls = set_irq_calls(&host);
+        assert_eq!(calls[4], IrqCall::Disable(IrqIndex::Msi));
+        assert!(matches!(calls[5], IrqCall::Set { index: IrqIndex::Intx, .. }));
+        assert_eq!(irq.mode(), Mode::Intx);
+        // Enabled again (driver reload): MSI comes back with the same single vector.
+        cfg.write(0x50 / 4, 2, &[0x01]);
+        irq.update_msi(&host, &cfg).unwrap();
+        assert_eq!(irq.mode(), Mode::Msi(1));
+        assert_eq!(set_irq_calls(&host).last(), Some(&IrqCall::Set { index: IrqIndex::Msi, start: 0, fds: vec![fd0] }));
     }
 }
