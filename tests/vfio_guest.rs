@@ -1,11 +1,13 @@
 #![cfg(feature = "testbed")]
 //! viaduct as the L2 VMM with devices assigned.
 //!
-//! Scenario vfio-guest: igb VF + NVMe with MSI-X; the NVMe in the next guest with pci=nomsi
-//! (INTx); the NVMe across a guest reboot (`--on-reboot restart`). Scenario vfio-guest-more:
-//! a whole e1000e pinging level 1, the NVMe SR-IOV VF, a 4 GiB ivshmem BAR read in the guest,
-//! the NVMe again after a SIGKILLed viaduct. Every check the scenarios emit is named here (a
-//! missing one fails), and what the guests wrote is checked again in the level-0 images.
+//! Scenario vfio-guest: igb VF + NVMe with MSI-X; the same NVMe in the next guest with
+//! pci=nomsi (INTx); the NVMe across a guest reboot (`--on-reboot restart`). Scenario
+//! vfio-guest-more: a whole e1000e pinging level 1 in three guests in a row (MSI-X, MSI with
+//! `e1000e.IntMode=1`, INTx with `pci=nomsi`), the NVMe SR-IOV VF, a 4 GiB ivshmem BAR read
+//! in the guest, the NVMe again after a SIGKILLed viaduct. Every check the scenarios emit is
+//! named here (a missing one fails), and what the guests wrote is checked again in the
+//! level-0 images.
 
 mod common;
 
@@ -73,12 +75,39 @@ fn nvme_with_intx_in_the_next_guest() {
     assert_eq!(s.value_u64("viaduct-intx/nvme_msi_vectors").unwrap(), 0);
     assert_eq!(s.value_u64("viaduct-intx/nvme_timeouts").unwrap(), 0, "no interrupt was lost and polled for");
     assert!(s.value("viaduct-intx/nvme_intx_line").unwrap_or_default().contains("fasteoi"), "a level-triggered line");
-    // Two guests in a row with the same device: each wrote its own token, the second read the
-    // first one's; both are in the level-0 image.
-    for lba in [2056, 2064] {
-        let token = s.value(&format!("token_lba{lba}")).expect("token value");
-        assert_eq!(s.sector_line("disk.img", lba).unwrap(), token, "LBA {lba} of disk.img");
-    }
+}
+
+/// Issue 5: "two guests in a row get the same device". Runs viaduct-msix and viaduct-intx of
+/// vfio-guest are two viaduct processes, one after the other, both given L1's NVMe
+/// 0000:02:00.0; the second starts as soon as the first exited. Each guest wrote its own
+/// token; the second read the first one's through the device before writing; both tokens
+/// are in the level-0 image.
+#[test]
+fn two_guests_in_a_row_get_the_same_nvme() {
+    let s = common::scenario("vfio-guest").expect("results");
+    assert_checks(
+        &s,
+        &[
+            "vfio-bind-0000:02:00.0",
+            "viaduct-msix/nvme-bound",
+            "viaduct-msix/nvme-write",
+            "viaduct-msix/done",
+            "viaduct-intx/nvme-bound",
+            "viaduct-intx/nvme-reads-previous-guest-write",
+            "viaduct-intx/nvme-write",
+            "viaduct-intx/done",
+        ],
+    );
+    assert_eq!(s.value_u64("viaduct-msix/vmm_rc").unwrap(), 0, "the first viaduct exited cleanly");
+    assert_eq!(s.value_u64("viaduct-intx/vmm_rc").unwrap(), 0, "the second viaduct exited cleanly");
+    let tok1 = s.value("token_lba2056").expect("first guest's token").to_string();
+    let tok2 = s.value("token_lba2064").expect("second guest's token").to_string();
+    assert_ne!(tok1, tok2);
+    assert!(tok1.starts_with("VIADUCT-VFIO-GUEST-1 ") && tok2.starts_with("VIADUCT-VFIO-GUEST-2 "));
+    // What the second guest read at LBA 2056 is what the first one wrote there.
+    assert_eq!(s.check("viaduct-intx/nvme-reads-previous-guest-write").unwrap().detail.trim(), tok1);
+    assert_eq!(s.sector_line("disk.img", 2056).unwrap(), tok1, "LBA 2056 of disk.img (first guest)");
+    assert_eq!(s.sector_line("disk.img", 2064).unwrap(), tok2, "LBA 2064 of disk.img (second guest)");
 }
 
 #[test]
@@ -107,29 +136,85 @@ fn nvme_across_a_guest_reboot() {
     assert_eq!(s.read_file_at("disk.img", 4096 * 512, 512).unwrap(), vec![0u8; 512]);
 }
 
+/// Level 1's "vfio-KIND:VECTORS/COUNT ..." value of a NIC run: (vectors, total) of `kind`.
+fn host_irqs(s: &Scenario, run: &str, kind: &str) -> Option<(u64, u64)> {
+    let hosts = s.value(&format!("{run}/host_irqs"))?;
+    hosts.split_whitespace().find_map(|e| {
+        let (name, rest) = e.split_once(':')?;
+        let (vecs, total) = rest.split_once('/')?;
+        (name == kind).then(|| (vecs.parse().ok(), total.parse().ok())).and_then(|(v, t)| Some((v?, t?)))
+    })
+}
+
+/// One e1000e guest run: pings L1 both ways, and the guest's driver and level 1's vfio-pci
+/// both used interrupt mode `mode` (the guest's msi_irqs mode or its IO-APIC line; the host
+/// interrupts vfio-pci opened for the device while viaduct ran).
+#[track_caller]
+fn assert_nic_run(s: &Scenario, run: &str, mode: &str) {
+    for c in ["boot", "e1000e-bound", "ping-l1", "nic-both-ways", "nic-interrupts", "done", "l1-received", "l1-sent", "host-irq-mode"] {
+        s.assert_check(&format!("{run}/{c}"));
+    }
+    let num = |k: &str| s.value_u64(&format!("{run}/{k}")).unwrap_or_else(|e| panic!("{run}: {e}"));
+    assert!(num("ping_received") >= 4, "{run}: echo replies the guest got");
+    assert!(num("guest_tx_packets") >= 5, "{run}");
+    assert!(num("guest_rx_packets") >= 4, "{run}");
+    assert!(num("l1_rx_packets") >= 5, "{run}: echo requests level 1 got");
+    assert!(num("l1_tx_packets") >= 4, "{run}");
+    assert!(num("nic_irqs") > 0, "{run}: interrupts in the guest");
+    assert_eq!(s.value(&format!("{run}/nic_irq_mode")), Some(mode), "{run}: the guest driver's interrupt mode");
+    let hosts = s.value(&format!("{run}/host_irqs")).unwrap_or_default();
+    let want = format!("vfio-{mode}");
+    let (vecs, total) = host_irqs(s, run, &want).unwrap_or_else(|| panic!("{run}: no {want} in level 1: {hosts}"));
+    assert!(vecs >= 1 && total > 0, "{run}: {want} fired in level 1: {hosts}");
+    match mode {
+        "msix" => {
+            assert!(num("nic_vectors") > 1, "{run}: e1000e uses several MSI-X vectors");
+            assert!(host_irqs(s, run, "vfio-msi").is_none(), "{run}: level 1 had MSI: {hosts}");
+        }
+        "msi" => {
+            assert_eq!(num("nic_vectors"), 1, "{run}: e1000e uses one MSI vector");
+            assert!(host_irqs(s, run, "vfio-msix").is_none(), "{run}: level 1 had MSI-X: {hosts}");
+        }
+        _ => {
+            assert_eq!(num("nic_vectors"), 0, "{run}: no MSI vectors on INTx");
+            assert!(host_irqs(s, run, "vfio-msix").is_none(), "{run}: level 1 had MSI-X: {hosts}");
+            let line = s.value(&format!("{run}/nic_intx_line")).unwrap_or_default();
+            assert!(line.contains("IO-APIC") && line.contains("fasteoi"), "{run}: a level-triggered IO-APIC line: {line}");
+        }
+    }
+}
+
+/// The same whole e1000e in three guests in a row, one per interrupt mode it offers: MSI-X
+/// (the driver's default), MSI (`e1000e.IntMode=1`), INTx (`pci=nomsi`).
 #[test]
-fn nic_pings_level1_both_ways() {
+fn nic_pings_level1_with_msix_msi_and_intx() {
     let s = common::scenario("vfio-guest-more").expect("results");
-    assert_checks(
-        &s,
-        &[
-            "nic-vfio-bind",
-            "vnic/boot",
-            "vnic/e1000e-bound",
-            "vnic/ping-l1",
-            "vnic/nic-both-ways",
-            "vnic/nic-msix",
-            "vnic/done",
-            "nic-l1-received",
-            "nic-l1-sent",
-        ],
-    );
-    assert!(s.value_u64("vnic/ping_received").unwrap() >= 4, "echo replies the guest got");
-    assert!(s.value_u64("vnic/guest_tx_packets").unwrap() >= 5);
-    assert!(s.value_u64("vnic/guest_rx_packets").unwrap() >= 4);
-    assert!(s.value_u64("nic_l1_rx_packets").unwrap() >= 5, "echo requests level 1 got");
-    assert!(s.value_u64("nic_l1_tx_packets").unwrap() >= 4);
-    assert!(s.value_u64("vnic/nic_irqs").unwrap() > 0);
+    s.assert_check("nic-vfio-bind");
+    assert_nic_run(&s, "vnic", "msix");
+    s.assert_check("vnic/nic-irq-mode");
+    assert_nic_run(&s, "vnic-intx", "intx");
+    s.assert_check("vnic-intx/nic-irq-mode");
+    assert!(host_irqs(&s, "vnic-intx", "vfio-msi").is_none(), "pci=nomsi: no MSI in level 1");
+
+    // MSI: viaduct must have put the device in MSI mode on the host when the guest enabled
+    // it. Whether the guest then keeps MSI is up to e1000e's own MSI self-test, which level
+    // 0's e1000e model only answers by chance (the scenario's comment says why): a skip there
+    // is reported as not shown, never as a pass.
+    s.assert_check("vnic-msi/host-msi-enabled");
+    let c = s.check("vnic-msi/nic-irq-mode").expect("check vnic-msi/nic-irq-mode");
+    match c.status.as_str() {
+        "pass" => assert_nic_run(&s, "vnic-msi", "msi"),
+        "skip" => {
+            assert!(c.detail.contains("MSI self-test"), "{}", c.detail);
+            // The device went back to INTx and still moved packets both ways.
+            assert_nic_run(&s, "vnic-msi", "intx");
+            let (vecs, _) = host_irqs(&s, "vnic-msi", "vfio-msi").expect("vfio-msi in level 1");
+            assert_eq!(vecs, 1, "e1000e has one MSI vector");
+            eprintln!("NOTE vnic-msi: SKIPPED, the guest kept INTx: {}", c.detail);
+        }
+        other => panic!("vnic-msi/nic-irq-mode is {other}: {}\n  log: {}", c.detail, s.log.display()),
+    }
+    s.assert_passed();
 }
 
 #[test]

@@ -7,7 +7,7 @@
 # archive (scenarios, binaries under test) is rebuilt each time.
 
 L1_MODULES="kvm-amd vfio-pci vfio_iommu_type1 igb igbvf nvme e1000e virtio_net virtio_pci tun pci-pf-stub"
-L2_MODULES="igbvf igb nvme e1000e e1000 virtio_pci virtio_net virtio_blk virtio_rng virtio_console"
+L2_MODULES="igbvf igb nvme e1000e e1000 virtio_pci virtio_net virtio_blk virtio_rng virtio_console ahci sd_mod"
 
 # copy_file SRC DEST_ROOT: copy SRC to the same absolute path under DEST_ROOT.
 copy_file() {

@@ -81,17 +81,23 @@ END {
 }
 # The human summary (fmt=text): one line per scenario, failing checks named with the log.
 function text(   i, s, st, n, line, fails) {
-    np = nf = nsk = 0
+    np = nf = nsk = nskc = 0
     printf "testbed results: %s\n", out
     if (!booted) printf "  level 1 never reached its init: see %s/console.log\n", out
     for (i = 1; i <= nscen; i++) {
         s = order[i]; st = status(s)
-        if (st == "pass") { np++; printf "  PASS     %-26s %d checks, %.1f s\n", s, nchecks[s], ms[s] / 1000; continue }
+        if (st == "pass") {
+            np++; printf "  PASS     %-26s %d checks, %.1f s\n", s, nchecks[s], ms[s] / 1000
+            # A skipped check inside a passing scenario is not a pass either: say so.
+            for (n = 1; n <= nchecks[s]; n++)
+                if (cstat[s, n] == "skip") { nskc++; printf "           SKIPPED check %s/%s: %s\n", s, cname[s, n], cdet[s, n] }
+            continue
+        }
         if (st == "skipped") { nsk++; printf "  SKIPPED  %-26s %s\n", s, skipped[s]; continue }
         nf++
         printf "  %-8s %-26s %s%s; log: %s/scenarios/%s.log\n", toupper(st), s, reason(s), (s in ms ? sprintf(" (%.1f s)", ms[s] / 1000) : ""), out, s
         for (n = 1; n <= nchecks[s]; n++)
             if (cstat[s, n] == "fail") printf "           failed check %s/%s: %s\n", s, cname[s, n], cdet[s, n]
     }
-    printf "RESULT: %d passed, %d failed, %d SKIPPED (%s)\n", np, nf, nsk, (nf ? "FAIL" : "ok")
+    printf "RESULT: %d passed, %d failed, %d SKIPPED%s (%s)\n", np, nf, nsk, (nskc ? sprintf(", %d check(s) SKIPPED", nskc) : ""), (nf ? "FAIL" : "ok")
 }

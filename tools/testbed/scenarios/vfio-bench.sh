@@ -9,13 +9,19 @@
 #   (L1 clock to the guest's init line, plus the guest's own uptime from init to that point);
 # - overhead_kb: the VMM's peak RSS minus guest RAM (all guest RAM is pinned for DMA, so
 #   both VMMs have it resident);
-# - idle_exits_per_s / io_exits_per_s / io_mmio_exits_per_s: KVM's exit counters in L1
-#   (debugfs kvm/exits, kvm/mmio_exits) over 3 s idle and over an O_DIRECT read of the whole
-#   64 MiB NVMe; read_mbps: that read's speed;
+# - idle_exits_per_s / io_exits_per_s: KVM's exit counters in L1 (debugfs kvm/exits) over 3 s
+#   idle and over an O_DIRECT read of the whole 64 MiB NVMe; the I/O-phase exits split by
+#   reason, so a device access on the data path would show: io_mmio_exits_per_s (MMIO exits
+#   to the VMM, kvm/mmio_exits), io_pio_exits_per_s (port I/O, kvm/io_exits),
+#   io_halt_exits_per_s (HLT, kvm/halt_exits), io_irq_exits_per_s (host interrupts,
+#   kvm/irq_exits); read_mbps: that read's speed;
 # - viaduct only: data_traps_count: trapped BAR accesses outside the MSI-X table/PBA over the
-#   whole run (viaduct logs its per-BAR trap counters at exit).
+#   whole run, I/O phase included (viaduct logs its per-BAR trap counters at exit).
 # Then viaduct alone: dma_map_SIZE_PAGES_ms, the time to DMA-map guest RAM of 256 MiB..2 GiB
 # with 4 KiB and 2 MiB pages (viaduct's own log line; QEMU has no such number to compare).
+# "4k" is ordinary anonymous RAM (viaduct asks for transparent huge pages; the value
+# dma_map_SIZEm_4k_anon_huge_kb says how much of it the kernel gave as THP), "2m" is hugetlbfs.
+# VFIO_BENCH_ROUNDS (default 3) guests per VMM, alternating viaduct and QEMU.
 
 command -v viaduct >/dev/null || { tb_skip "viaduct is not in level 1"; exit 0; }
 command -v qemu-system-x86_64 >/dev/null || { tb_skip "QEMU is not in level 1"; exit 0; }
@@ -26,6 +32,11 @@ grep -q " /sys/kernel/debug " /proc/mounts || mount -t debugfs debugfs /sys/kern
 kvm_stat() { cat "/sys/kernel/debug/kvm/$1" 2>/dev/null || echo 0; }
 [ -r /sys/kernel/debug/kvm/exits ] && tb_check kvm-exit-counters pass "debugfs kvm/exits" ||
     tb_check kvm-exit-counters fail "no /sys/kernel/debug/kvm/exits in level 1"
+# The per-reason counters (kvm_stat would print 0 for a missing one: then none is reported).
+kvm_split=1
+for c in mmio_exits io_exits halt_exits irq_exits; do [ -r "/sys/kernel/debug/kvm/$c" ] || kvm_split=""; done
+[ -n "$kvm_split" ] || tb_value kvm_exit_split "not measured: debugfs lacks one of mmio_exits io_exits halt_exits irq_exits"
+tb_value thp "enabled=$(cat /sys/kernel/mm/transparent_hugepage/enabled 2>/dev/null) defrag=$(cat /sys/kernel/mm/transparent_hugepage/defrag 2>/dev/null)"
 
 igb_vf=$(tb_create_vfs "$TB_IGB_PF" 1 0 | head -n1)
 devs=""
@@ -55,7 +66,8 @@ g_value irqs "$(g_dev_irq_count "$nv")"
 GUEST
 
 # watch_phases LOG OUT: until /tmp/bench-stop exists, on each "@@G phase P" line in LOG
-# append "P ms exits mmio_exits" to OUT (L1 clock, KVM's global counters: one VM runs).
+# append "P ms exits mmio_exits io_exits halt_exits irq_exits" to OUT (L1 clock, KVM's global
+# counters: one VM runs).
 watch_phases() {
     local seen=0 n p
     : >"$2"
@@ -63,7 +75,7 @@ watch_phases() {
         n=$(grep -c '@@G phase' "$1" 2>/dev/null); n=${n:-0}
         if [ "$n" -gt "$seen" ]; then
             for p in $(grep '@@G phase' "$1" | tr -d '\r' | sed -n "$((seen + 1)),${n}p" | awk '{print $3}'); do
-                echo "$p $(tb_now_ms) $(kvm_stat exits) $(kvm_stat mmio_exits)" >>"$2"
+                echo "$p $(tb_now_ms) $(kvm_stat exits) $(kvm_stat mmio_exits) $(kvm_stat io_exits) $(kvm_stat halt_exits) $(kvm_stat irq_exits)" >>"$2"
             done
             seen=$n
         fi
@@ -71,7 +83,8 @@ watch_phases() {
     done
 }
 
-# rate OUT FROM TO COLUMN: counter COLUMN (3 exits, 4 mmio) per second between phases.
+# rate OUT FROM TO COLUMN: counter COLUMN (3 exits, 4 mmio, 5 pio, 6 halt, 7 irq) per second
+# between phases.
 rate() {
     awk -v a="$2" -v b="$3" -v c="$4" '$1 == a {t0 = $2; v0 = $c} $1 == b {t1 = $2; v1 = $c}
         END {if (t1 > t0) printf "%d", (v1 - v0) * 1000 / (t1 - t0)}' "$1"
@@ -103,6 +116,11 @@ bench_round() { # bench_round VMM RUN: one guest, then its numbers
     r=$(rate "$phases" idle-start idle-end 3); [ -n "$r" ] && tb_bench idle_exits_per_s "$vmm" "$r"
     r=$(rate "$phases" io-start io-end 3); [ -n "$r" ] && tb_bench io_exits_per_s "$vmm" "$r"
     r=$(rate "$phases" io-start io-end 4); [ -n "$r" ] && tb_bench io_mmio_exits_per_s "$vmm" "$r"
+    if [ -n "$kvm_split" ]; then
+        r=$(rate "$phases" io-start io-end 5); [ -n "$r" ] && tb_bench io_pio_exits_per_s "$vmm" "$r"
+        r=$(rate "$phases" io-start io-end 6); [ -n "$r" ] && tb_bench io_halt_exits_per_s "$vmm" "$r"
+        r=$(rate "$phases" io-start io-end 7); [ -n "$r" ] && tb_bench io_irq_exits_per_s "$vmm" "$r"
+    fi
     r=$(tr -d '\r' <"$log" | sed -n 's/.*@@G value read_ms \([0-9]*\).*/\1/p' | head -n1)
     [ -n "$r" ] && [ "$r" -gt 0 ] && tb_bench read_mbps "$vmm" "$(awk -v ms="$r" 'BEGIN {printf "%.1f", 64 * 1.048576 * 1000 / ms}')"
     if [ "$vmm" = viaduct ]; then
@@ -118,15 +136,17 @@ bench_round() { # bench_round VMM RUN: one guest, then its numbers
     fi
 }
 
-for round in 1 2; do
+round=1
+while [ "$round" -le "${VFIO_BENCH_ROUNDS:-3}" ]; do
     bench_round viaduct "viaduct-r$round"
     bench_round qemu "qemu-r$round"
+    round=$((round + 1))
 done
 
 # DMA-map time: viaduct with the NVMe and growing RAM, stopped as soon as it logged the map.
 # dma_map MIB PAGES MEMORY-OPTION
 dma_map() {
-    local mib=$1 pages=$2 log=/tmp/bench-dma-$1-$2.log us="" i=0 pid
+    local mib=$1 pages=$2 log=/tmp/bench-dma-$1-$2.log us="" i=0 pid thp
     rm -f "$log"
     viaduct --kernel "$TB_L2_KERNEL" --memory "$3" --log-level info --serial off --device "$TB_NVME" >"$log" 2>&1 </dev/null &
     pid=$!
@@ -135,6 +155,10 @@ dma_map() {
         [ -n "$us" ] && break
         sleep 0.1; i=$((i + 1))
     done
+    # With 4 KiB pages the time depends on how much of guest RAM the kernel backed with THP
+    # (contiguous runs are pinned and IOMMU-mapped as 2 MiB pages).
+    thp=$(awk '/^AnonHugePages:/ {print $2}' "/proc/$pid/smaps_rollup" 2>/dev/null)
+    [ "$pages" = 4k ] && [ -n "$us" ] && [ -n "$thp" ] && tb_value "dma_map_${mib}m_4k_anon_huge_kb" "$thp"
     kill -TERM "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
     if [ -n "$us" ]; then
         tb_bench "dma_map_${mib}m_${pages}_ms" viaduct "$(awk -v u="$us" 'BEGIN {printf "%.1f", u / 1000}')"

@@ -12,7 +12,8 @@
 # writes then reads $BLK_MB MiB with O_DIRECT 1 MiB requests (blk_write_mbps, blk_read_mbps),
 # downloads $NET_MB MiB from level 1's httpd (net_rx_mbps, guest receive) and serves $NET_MB MiB
 # that level 1 downloads (net_tx_mbps, guest transmit). MB/s = 2^20 bytes/s. Rounds:
-# VIRTIO_BENCH_ROUNDS (default 1), alternating QEMU and viaduct.
+# VIRTIO_BENCH_ROUNDS (default 3: single runs vary by tens of percent on a shared machine),
+# alternating QEMU and viaduct.
 
 command -v viaduct >/dev/null || { tb_skip "viaduct is not in level 1 (build failed?)"; exit 0; }
 command -v qemu-system-x86_64 >/dev/null || { tb_skip "no QEMU in level 1"; exit 0; }
@@ -25,7 +26,7 @@ gip=10.78.0.2
 mac=52:54:00:76:62:01
 blk_mb=32
 net_mb=8
-rounds=${VIRTIO_BENCH_ROUNDS:-1}
+rounds=${VIRTIO_BENCH_ROUNDS:-3}
 img=/tmp/virtio-bench.img
 www=/tmp/virtio-bench-www
 ended=/tmp/virtio-bench-vmm-ended
