@@ -108,7 +108,10 @@ fn load_kernel(mem: &GuestMemory, path: &Path) -> Result<(BootEntry, KernelLoade
         KernelError::LoadKernel { path: path.into(), reason: inner.to_string() }
     };
     if is_elf(path)? {
-        let result = Elf::load(mem, None, &mut file, Some(GuestAddress(layout::HIGH_RAM_START)))
+        // Guest RAM is fresh (zero) on every boot: the holes of a sparse vmlinux (the
+        // extracted kernel cache writes its zero blocks as holes) need not be copied.
+        let mut image = super::sparse::SparseImage(file);
+        let result = Elf::load(mem, None, &mut image, Some(GuestAddress(layout::HIGH_RAM_START)))
             .map_err(load_err)?;
         match result.pvh_boot_cap {
             PvhBootCapability::PvhEntryPresent(entry) => Ok((BootEntry::Pvh { entry: entry.0 }, result)),

@@ -6,6 +6,7 @@ pub mod cpu;
 pub mod e820;
 pub mod kernel;
 pub mod reset_vector;
+mod sparse;
 pub mod vmlinux_cache;
 
 pub use cpu::BootEntry;

@@ -11,7 +11,7 @@
 
 use std::fs;
 use std::hash::Hasher as _;
-use std::io::Write;
+use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 /// bzImage header fields (Documentation/arch/x86/boot.rst).
@@ -92,9 +92,33 @@ fn has_pvh_note(bytes: &[u8]) -> bool {
     bytes.windows(PVH_NOTE.len()).any(|w| w == PVH_NOTE || w == PVH_NOTE_DESC8)
 }
 
+/// Zero blocks of the extracted vmlinux are left as holes (`boot::sparse` skips them when
+/// loading); 4 KiB, the page size, so a hole is a whole page of guest RAM left untouched.
+const HOLE_BLOCK: u64 = 4096;
+
+/// Writes `data`, which belongs at file offset `at`, seeking over every whole aligned zero
+/// block instead of writing it. The caller sets the file's length at the end (a trailing
+/// hole is not written either).
+fn write_sparse(out: &mut (impl Write + Seek), data: &[u8], at: u64) -> std::io::Result<()> {
+    let mut pos = 0usize;
+    while pos < data.len() {
+        let abs = at + pos as u64;
+        // The end of the block `abs` is in, as an index into `data`.
+        let end = usize::try_from((abs / HOLE_BLOCK + 1) * HOLE_BLOCK - at).map_or(data.len(), |e| e.min(data.len()));
+        let piece = &data[pos..end];
+        if piece.len() as u64 == HOLE_BLOCK && piece.iter().all(|&b| b == 0) {
+            out.seek(SeekFrom::Current(HOLE_BLOCK as i64))?;
+        } else {
+            out.write_all(piece)?;
+        }
+        pos = end;
+    }
+    Ok(())
+}
+
 /// Decompresses `stream` into `out` in 1 MiB pieces (the VMM never holds the whole vmlinux)
-/// and checks the result is `size` bytes long.
-fn extract_to(path: &Path, stream: &[u8], size: usize, out: &mut impl Write, out_path: &Path) -> Result<Extracted, VmlinuxCacheError> {
+/// and checks the result is `size` bytes long. Zero blocks become holes (see `write_sparse`).
+fn extract_to(path: &Path, stream: &[u8], size: usize, out: &mut (impl Write + Seek), out_path: &Path) -> Result<Extracted, VmlinuxCacheError> {
     use xz2::stream::{Action, Status, Stream};
     const CHUNK: usize = 1 << 20;
     let fail = |source: std::io::Error| VmlinuxCacheError::Decompress { path: path.into(), source };
@@ -122,7 +146,8 @@ fn extract_to(path: &Path, stream: &[u8], size: usize, out: &mut impl Write, out
             found.pvh = has_pvh_note(&carry) || has_pvh_note(&buf);
             carry = buf[buf.len().saturating_sub(PVH_NOTE.len())..].to_vec();
         }
-        out.write_all(&buf).map_err(|source| VmlinuxCacheError::Write { path: out_path.into(), source })?;
+        write_sparse(out, &buf, (total - buf.len()) as u64)
+            .map_err(|source| VmlinuxCacheError::Write { path: out_path.into(), source })?;
         let progressed = !buf.is_empty() || usize::try_from(xz.total_in()).unwrap_or(usize::MAX) != consumed;
         match status {
             Status::StreamEnd => break,
@@ -207,6 +232,8 @@ pub fn resolve(kernel: &Path, cache_dir: &Path) -> Result<PathBuf, VmlinuxCacheE
     let mut f = std::io::BufWriter::new(fs::File::create(&tmp).map_err(write_err(&tmp))?);
     let extracted = extract_to(kernel, payload, size, &mut f, &tmp).and_then(|found| {
         f.flush().map_err(write_err(&tmp))?;
+        // A vmlinux ending in zero blocks ends in a hole that was never written.
+        f.get_ref().set_len(size as u64).map_err(write_err(&tmp))?;
         Ok(found)
     });
     drop(f);
@@ -304,6 +331,43 @@ mod tests {
         let got = resolve(&kernel, &dir.join("cache")).unwrap();
         assert_ne!(got, kernel, "the note straddling the 1 MiB boundary was missed");
         assert_eq!(fs::read(&got).unwrap(), vmlinux);
+    }
+
+    #[test]
+    fn zero_blocks_become_holes_and_read_back_as_zeros() {
+        // write_sparse alone, pieces at unaligned offsets: the bytes are the input's.
+        let mut data = vec![0u8; 5 * HOLE_BLOCK as usize + 100];
+        data[10] = 1;
+        data[3 * HOLE_BLOCK as usize + 5] = 2;
+        let mut out = std::io::Cursor::new(Vec::new());
+        let (a, b) = data.split_at(4000);
+        write_sparse(&mut out, a, 0).unwrap();
+        write_sparse(&mut out, b, 4000).unwrap();
+        let mut got = out.into_inner();
+        // The trailing partial block is written; whole zero blocks before it are skipped.
+        got.resize(data.len(), 0);
+        assert_eq!(got, data);
+
+        // Through resolve: a kernel with zero blocks inside and at the end.
+        let dir = temp_dir("sparse");
+        let mut vmlinux = fake_vmlinux(true);
+        vmlinux.resize(64 << 10, 0);
+        vmlinux.extend_from_slice(&[0x90; 5000]);
+        vmlinux.resize(256 << 10, 0);
+        let kernel = dir.join("bzImage");
+        fs::write(&kernel, bzimage(&xz_with_size(&vmlinux))).unwrap();
+        let got = resolve(&kernel, &dir.join("cache")).unwrap();
+        assert_ne!(got, kernel);
+        assert_eq!(fs::read(&got).unwrap(), vmlinux, "the cached kernel differs");
+        use std::os::unix::fs::MetadataExt;
+        let probe = dir.join("probe");
+        let f = fs::File::create(&probe).unwrap();
+        f.set_len(1 << 20).unwrap();
+        if f.metadata().unwrap().blocks() == 0 {
+            // This filesystem keeps holes: most of the cached kernel must be one.
+            let allocated = fs::metadata(&got).unwrap().blocks() * 512;
+            assert!(allocated < 64 << 10, "{allocated} bytes allocated for a mostly-zero kernel");
+        }
     }
 
     #[test]
