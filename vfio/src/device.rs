@@ -234,12 +234,22 @@ impl VfioPciDevice {
         let m = self.irq.msix_info()?;
         let table_len = u64::from(m.table_size) * 16;
         let pba_len = u64::from(m.table_size).div_ceil(64) * 8;
-        let end = offset.checked_add(len as u64)?;
-        if bar == m.table_bar && offset >= m.table_offset && end <= m.table_offset + table_len {
+        // Saturating: an access wrapping past 2^64 counts as overlapping whatever lies above
+        // its start, so it is dropped rather than forwarded.
+        let end = offset.saturating_add(len as u64);
+        let inside = |start: u64, size: u64| offset >= start && end <= start + size;
+        let overlaps = |start: u64, size: u64| offset < start + size && end > start;
+        if bar == m.table_bar && inside(m.table_offset, table_len) {
             return Some(MsixPart::Table(offset - m.table_offset));
         }
-        if bar == m.pba_bar && offset >= m.pba_offset && end <= m.pba_offset + pba_len {
+        if bar == m.pba_bar && inside(m.pba_offset, pba_len) {
             return Some(MsixPart::Pba(offset - m.pba_offset));
+        }
+        // Found by the config_writes fuzz target: a misaligned access that only partly covers
+        // the table or PBA used to go to the device whole, so its bytes inside reached the
+        // host's own MSI-X table / PBA (and a read returned the host's MSI addresses).
+        if (bar == m.table_bar && overlaps(m.table_offset, table_len)) || (bar == m.pba_bar && overlaps(m.pba_offset, pba_len)) {
+            return Some(MsixPart::Straddle);
         }
         None
     }
@@ -269,6 +279,10 @@ impl VfioPciDevice {
 enum MsixPart {
     Table(u64),
     Pba(u64),
+    /// Partly inside the table or PBA. Only misaligned accesses can do that (both start
+    /// 8-byte aligned and are whole qwords long, the spec allows aligned dword/qword
+    /// accesses only), so like pci's emulated table it is dropped / reads all-ones.
+    Straddle,
 }
 
 impl PciDevice for VfioPciDevice {
@@ -341,6 +355,10 @@ impl PciDevice for VfioPciDevice {
                 self.msix_traps.fetch_add(1, Ordering::Relaxed);
                 self.irq.read_pba(off, data)
             }
+            Some(MsixPart::Straddle) => {
+                self.msix_traps.fetch_add(1, Ordering::Relaxed);
+                data.fill(0xff);
+            }
             None => {
                 if let Err(e) = self.host.region_read(u32::from(bar.0), offset, data) {
                     data.fill(0xff);
@@ -360,7 +378,7 @@ impl PciDevice for VfioPciDevice {
                 self.msix_traps.fetch_add(1, Ordering::Relaxed);
                 self.irq.write_table(self.host.as_ref(), off, data)
             }
-            Some(MsixPart::Pba(_)) => {
+            Some(MsixPart::Pba(_) | MsixPart::Straddle) => {
                 self.msix_traps.fetch_add(1, Ordering::Relaxed);
             }
             None => {
@@ -522,5 +540,31 @@ mod tests {
         drop(dev);
         assert!(host.irq_calls.lock().unwrap().contains(&IrqCall::Disable(IrqIndex::Msix)));
         assert_eq!(*host.resets.lock().unwrap(), 2, "reset on release");
+    }
+
+    /// Regression (config_writes fuzz finding): accesses that only partly cover the MSI-X
+    /// table (BAR0 0x2000..0x2040) or PBA (0x3000..0x3008) never reach the host's bytes there.
+    #[test]
+    fn msix_straddling_accesses_stay_off_the_host() {
+        let (host, mut dev, _, _) = device();
+        dev.write_config(1, 0, &[0x06]);
+        let mut bar0 = host.region_bytes(0);
+        bar0[0x1ffc..0x2004].copy_from_slice(&[0x11; 8]);
+        bar0[0x203c..0x2044].copy_from_slice(&[0x22; 8]);
+        bar0[0x3004..0x300c].copy_from_slice(&[0x33; 8]);
+        host.region_write(0, 0, &bar0).unwrap();
+        for (offset, len) in [(0x1ffc, 8), (0x1fff, 2), (0x203c, 8), (0x203f, 2), (0x3007, 2), (0x3004, 8), (0x2ffc, 8)] {
+            dev.write_bar(BarIndex(0), offset, &vec![0xaa; len]);
+            let mut b = vec![0u8; len];
+            dev.read_bar(BarIndex(0), offset, &mut b);
+            assert_eq!(b, vec![0xff; len], "read at {offset:#x}+{len} does not show host table bytes");
+        }
+        assert_eq!(host.region_bytes(0), bar0, "no byte of BAR0 changed on the device");
+        // Just outside the table and PBA the registers are the device's as before.
+        dev.write_bar(BarIndex(0), 0x1ffc, &[1, 2, 3, 4]);
+        dev.write_bar(BarIndex(0), 0x3008, &[5, 6]);
+        assert_eq!(&host.region_bytes(0)[0x1ffc..0x2000], &[1, 2, 3, 4]);
+        assert_eq!(&host.region_bytes(0)[0x3008..0x300a], &[5, 6]);
+        assert_eq!(dev.msix_trap_count(), 14, "each straddling access counted as an MSI-X trap");
     }
 }

@@ -100,6 +100,19 @@ pub fn run_guest_writes(data: &[u8]) {
         next += b.size.max(0x1000);
         Some(a)
     });
+    // The MSI-X table and PBA where the model found them: emulated, so no guest access may
+    // change the device's bytes there (misaligned accesses straddling their edges once did).
+    let msix: Vec<(u32, std::ops::Range<usize>)> = model
+        .msix_info()
+        .map(|m| {
+            let (t, p, n) = (m.table_offset as usize, m.pba_offset as usize, usize::from(m.table_size));
+            vec![(u32::from(m.table_bar.0), t..t + n * 16), (u32::from(m.pba_bar.0), p..p + n.div_ceil(64) * 8)]
+        })
+        .unwrap_or_default();
+    let msix_bytes = || -> Vec<Vec<u8>> {
+        msix.iter().map(|(r, range)| host.region_bytes(*r).get(range.clone()).unwrap_or_default().to_vec()).collect()
+    };
+    let msix_before = msix_bytes();
     let mut rest = data;
     while rest.len() >= 5 {
         let (kind, reg, off, len) = (rest[0], u16::from_le_bytes([rest[1], rest[2]]), rest[3], rest[4] as usize);
@@ -119,6 +132,7 @@ pub fn run_guest_writes(data: &[u8]) {
             let mut buf = [0u8; 8];
             dev.read_bar(bar, offset, &mut buf[..len.max(1)]);
         }
+        assert_eq!(msix_bytes(), msix_before, "a guest access reached the device's MSI-X table or PBA");
         let after = host.region_bytes(CONFIG_REGION);
         for (i, (b, a)) in before.iter().zip(after.iter()).enumerate() {
             let virt = model.byte_is_virtualized(i);
@@ -163,5 +177,19 @@ mod tests {
             }
             super::run_guest_writes(&data);
         }
+    }
+
+    /// The config_writes fuzz finding, minimized (memory decode on, then a 2-byte BAR0 write
+    /// at 0x3007 across the PBA's end), plus misaligned accesses across the other edges of
+    /// the table (0x2000..0x2040) and PBA (0x3000..0x3008).
+    #[test]
+    fn straddling_msix_accesses_never_reach_the_device() {
+        super::run_guest_writes(b"\xda\x01\x00\xff\xff\xff\xff\x00\x01\x07\x30\x00\xff\xff\x08");
+        let mut data = vec![0x00, 0x01, 0x00, 0x00, 0x02, 0x06, 0x00];
+        for (offset, len) in [(0x1ffcu16, 8u8), (0x1fff, 2), (0x203c, 8), (0x2ffc, 8), (0x3004, 8)] {
+            data.extend([0x01, offset as u8, (offset >> 8) as u8, 0x00, len]);
+            data.extend(std::iter::repeat_n(0xaa, usize::from(len)));
+        }
+        super::run_guest_writes(&data);
     }
 }
