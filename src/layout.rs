@@ -55,9 +55,6 @@ pub const PCI_ECAM_LAST_BUS: u8 = 0xff;
 pub const IOAPIC_START: u64 = 0xfec0_0000;
 pub const LAPIC_START: u64 = 0xfee0_0000;
 
-/// The largest BAR the 64-bit PCI window is built to hold (BARs are naturally aligned, so the
-/// window always contains one block of this size aligned to its size: see [`mmio64_size`]).
-pub const PCI_MMIO64_MAX_BAR: u64 = 64 * GIB;
 
 /// PCI I/O port window handed to the root complex (everything above the legacy ISA ports).
 pub const PCI_IO_START: u16 = 0x1000;
@@ -106,13 +103,12 @@ pub fn mmio64_start(ram_size: u64) -> u64 {
     ram_end.max(MEM_32BIT_HOLE_END).next_multiple_of(GIB)
 }
 
-/// How large the 64-bit MMIO window is: from [`mmio64_start`] up to the end of the first
-/// [`PCI_MMIO64_MAX_BAR`]-aligned block of that size. A fixed 64 GiB from a 1 GiB-aligned start
-/// could never hold a 64 GiB BAR (it must sit at a multiple of 64 GiB), so the window grows to
-/// between 64 and 128 GiB; that stays below 2^38, within every x86-64 CPU's physical bits.
-pub fn mmio64_size(ram_size: u64) -> u64 {
-    let start = mmio64_start(ram_size);
-    start.next_multiple_of(PCI_MMIO64_MAX_BAR) + PCI_MMIO64_MAX_BAR - start
+/// The 64-bit MMIO window: from [`mmio64_start`] to the top of what the guest CPU can address
+/// with `phys_bits` (CPUID 0x8000_0008 EAX[7:0]; capped at 2^48 by pci's `mmio64_window`).
+/// BARs are allocated from its bottom up, so a large window costs nothing; with 39 or more
+/// physical address bits it holds a naturally aligned 64 GiB BAR.
+pub fn mmio64_window(ram_size: u64, phys_bits: u8) -> pci::bridge::Window {
+    pci::allocator::mmio64_window(mmio64_start(ram_size), phys_bits)
 }
 
 // The fixed areas must not overlap: checked at compile time.
@@ -134,17 +130,23 @@ mod tests {
     fn small_ram_is_one_region() {
         assert_eq!(ram_regions(256 << 20), vec![(0, 256 << 20)]);
         assert_eq!(mmio64_start(256 << 20), 4 * GIB);
-        // A 64 GiB BAR fits at 64 GiB: the window ends at 128 GiB.
-        assert_eq!(mmio64_start(256 << 20) + mmio64_size(256 << 20), 128 * GIB);
+        let w = mmio64_window(256 << 20, 40);
+        assert_eq!((w.base, w.base + w.size), (4 * GIB, 1 << 40));
     }
 
+    const PCI_MMIO64_MAX_BAR: u64 = 64 * GIB;
+
     #[test]
-    fn the_64bit_window_always_holds_an_aligned_max_bar() {
-        for ram in [64 << 20, 3 * GIB, 4 * GIB, 61 * GIB, 64 * GIB, 200 * GIB] {
-            let (start, size) = (mmio64_start(ram), mmio64_size(ram));
-            let block = start.next_multiple_of(PCI_MMIO64_MAX_BAR);
-            assert!(size >= PCI_MMIO64_MAX_BAR && block + PCI_MMIO64_MAX_BAR <= start + size, "ram {ram:#x}");
+    fn the_64bit_window_holds_an_aligned_max_bar_with_39_or_more_phys_bits() {
+        for bits in [39u8, 40, 46, 48, 52] {
+            for ram in [64 << 20, 3 * GIB, 4 * GIB, 61 * GIB, 64 * GIB, 200 * GIB] {
+                let w = mmio64_window(ram, bits);
+                let block = w.base.next_multiple_of(PCI_MMIO64_MAX_BAR);
+                assert!(block + PCI_MMIO64_MAX_BAR <= w.base + w.size, "ram {ram:#x}, {bits} bits");
+            }
         }
+        // Too few address bits for RAM and a window: an empty window, not an overflow.
+        assert_eq!(mmio64_window(64 * GIB, 36).size, 0);
     }
 
     #[test]

@@ -46,12 +46,13 @@ pub struct Resources {
 }
 
 impl Resources {
-    pub fn new(ram_size: u64) -> Result<Self, ResourceError> {
+    /// `mmio64`: the 64-bit MMIO window ([`layout::mmio64_window`]).
+    pub fn new(mmio64: pci::bridge::Window) -> Result<Self, ResourceError> {
         let create = |what| move |source| ResourceError::Create { what, source };
         Ok(Self {
             mmio32: AddressAllocator::new(layout::PCI_MMIO32_START, layout::PCI_MMIO32_SIZE)
                 .map_err(create("32-bit MMIO"))?,
-            mmio64: AddressAllocator::new(layout::mmio64_start(ram_size), layout::mmio64_size(ram_size))
+            mmio64: AddressAllocator::new(mmio64.base, mmio64.size)
                 .map_err(create("64-bit MMIO"))?,
             io: AddressAllocator::new(
                 u64::from(layout::PCI_IO_START),
@@ -90,7 +91,7 @@ mod tests {
 
     #[test]
     fn windows_and_gsis() {
-        let mut r = Resources::new(256 << 20).unwrap();
+        let mut r = Resources::new(layout::mmio64_window(256 << 20, 40)).unwrap();
         let a = r.allocate_mmio32(0x4000, 0x4000).unwrap();
         assert_eq!(a.start(), layout::PCI_MMIO32_START);
         let b = r.allocate_mmio64(1 << 30, 1 << 30).unwrap();

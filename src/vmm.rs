@@ -206,7 +206,8 @@ fn boot_once(
     vm.map_guest_memory(mem)?;
     timing.mark("memory");
     let stop = StopNotifier::new().context("creating the stop eventfd")?;
-    let mut dm = DeviceManager::new(&vm, cfg.memory.size, &stop, sink.writer()?, Arc::clone(cmos))?;
+    let mmio64 = crate::layout::mmio64_window(cfg.memory.size, crate::vstate::cpuid::phys_bits(cpuid.as_slice()));
+    let mut dm = DeviceManager::new(&vm, mmio64, &stop, sink.writer()?, Arc::clone(cmos))?;
     dm.attach_cli_devices(&vm, mem, cfg)?;
     *console_input.lock().unwrap_or_else(|e| e.into_inner()) = dm.serial.clone();
     timing.mark("devices");

@@ -68,21 +68,21 @@ pub struct DeviceManager {
 impl DeviceManager {
     pub fn new(
         vm: &Arc<Vm>,
-        ram_size: u64,
+        mmio64: ::pci::bridge::Window,
         stop: &Arc<StopNotifier>,
         console: Option<ConsoleOut>,
         cmos: Arc<Mutex<Cmos>>,
     ) -> Result<Self, DeviceManagerError> {
         let buses = Arc::new(IoBuses { pio: Arc::new(::pci::Bus::new()), mmio: Arc::new(::pci::Bus::new()) });
         let legacy = legacy::attach(vm, &buses.pio, stop, console, cmos)?;
-        let pci = pci::PciSegment::new(&buses, ram_size)?;
+        let pci = pci::PciSegment::new(&buses, mmio64)?;
         let chip: Arc<dyn IrqChip> = vm.clone();
         Ok(Self {
             vfio: None,
             pci,
             routing: Arc::new(Mutex::new(GsiRouting::new(chip))),
             buses,
-            resources: Mutex::new(Resources::new(ram_size)?),
+            resources: Mutex::new(Resources::new(mmio64)?),
             serial: legacy.serial,
         })
     }

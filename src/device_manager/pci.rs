@@ -33,7 +33,7 @@ pub struct PciSegment {
 }
 
 impl PciSegment {
-    pub fn new(buses: &IoBuses, ram_size: u64) -> Result<Self, DeviceManagerError> {
+    pub fn new(buses: &IoBuses, mmio64: Window) -> Result<Self, DeviceManagerError> {
         let relocator = Arc::new(Mutex::new(BusRelocator::new(buses.mmio.clone(), buses.pio.clone())));
         let root = PciRoot::new(0, Box::new(SharedRelocator(relocator.clone())))
             .map_err(|source| DeviceManagerError::Pci { what: "creating the root complex", source })?;
@@ -65,7 +65,7 @@ impl PciSegment {
                 size: u64::from(layout::PCI_IO_END - layout::PCI_IO_START) + 1,
             },
             mmio32: Window { base: layout::PCI_MMIO32_START, size: layout::PCI_MMIO32_SIZE },
-            mmio64: Window { base: layout::mmio64_start(ram_size), size: layout::mmio64_size(ram_size) },
+            mmio64,
             ecam: Window { base: layout::PCI_ECAM_START, size: layout::PCI_ECAM_SIZE },
             intx,
         };

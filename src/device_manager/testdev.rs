@@ -188,11 +188,11 @@ mod tests {
             pio: Arc::new(pci::Bus::new()),
             mmio: Arc::new(pci::Bus::new()),
         };
-        let segment = PciSegment::new(&buses, 512 << 20).unwrap();
+        let segment = PciSegment::new(&buses, crate::layout::mmio64_window(512 << 20, 40)).unwrap();
         (
             buses,
             segment,
-            Mutex::new(Resources::new(512 << 20).unwrap()),
+            Mutex::new(Resources::new(crate::layout::mmio64_window(512 << 20, 40)).unwrap()),
         )
     }
 
