@@ -187,7 +187,7 @@ impl Vcpu {
                 Some(StopReason::Error(format!("vCPU {id}: unexpected HLT exit to userspace")))
             }
             Ok(VcpuExit::Shutdown) => {
-                log::info!("vCPU {id}: triple fault (shutdown exit), treating as a reset");
+                log::warn!("vCPU {id}: triple fault (shutdown exit), treating as a reset");
                 Some(StopReason::Reset)
             }
             Ok(VcpuExit::SystemEvent(kind, _)) => match kind {
