@@ -43,9 +43,9 @@ for d in /dev/nvme0n1 /dev/nvme1n1; do
     *) g_check "read-$(basename $d)" fail "read '$sig'"; continue ;;
     esac
     g_check "$name-read-signature" pass "$d: $sig"
-    printf 'VIADUCT-TRIO-WROTE %s\n' "$TOKEN" | dd of=$d bs=512 seek=4096 conv=sync,fsync 2>/dev/null
-    back=$(dd if=$d bs=512 skip=4096 count=1 iflag=direct 2>/dev/null | head -n1)
-    [ "$back" = "VIADUCT-TRIO-WROTE $TOKEN" ] && g_check "$name-write" pass "$d LBA 4096" || g_check "$name-write" fail "read back '$back'"
+    printf 'VIADUCT-TRIO-WROTE %s\n' "$TOKEN" | dd of=$d bs=512 seek=6200 conv=sync,fsync 2>/dev/null
+    back=$(dd if=$d bs=512 skip=6200 count=1 iflag=direct 2>/dev/null | head -n1)
+    [ "$back" = "VIADUCT-TRIO-WROTE $TOKEN" ] && g_check "$name-write" pass "$d LBA 6200" || g_check "$name-write" fail "read back '$back'"
 done
 sync
 for b in $vf $nv; do
