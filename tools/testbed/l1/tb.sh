@@ -216,7 +216,7 @@ tb_running() {
 # Returns 0 when the guest script finished with rc 0. Also sets TB_L2_INIT_MS (empty when the
 # guest's init never showed), TB_L2_WALL_MS and TB_L2_PEAK_RSS_KB for `tb_bench`.
 tb_run_l2() {
-    local run=$1 timeout=$2 script=$3 dir a log pid t0 now init_ms="" done_ms="" rss=0 r rc
+    local run=$1 timeout=$2 script=$3 dir a log pid t0 now init_ms="" done_ms="" rss=0 r rc early=""
     shift 3; [ "$1" = "--" ] && shift
     dir=/tmp/l2/$run; mkdir -p "$dir"; log=$dir/console.log
     tb_l2_initrd "$script" "$dir/initrd.cpio" || { tb_check "$run/boot" fail "cannot build the guest initramfs"; return 1; }
@@ -243,20 +243,12 @@ tb_run_l2() {
             kill "$pid"; sleep 1; kill -KILL "$pid" 2>/dev/null
             break
         fi
-        # A guest that shows no init long after any normal boot (10-45 s here) hung early:
-        # seen 2026-12-06 about once in 8 two-vCPU boots under viaduct, at "Booting SMP
-        # configuration", in the same runs as level-1 kernel panics in KVM_RUN (nested SVM
-        # under TCG). Start it once more, loudly: a skipped check, the first console kept.
+        # A guest that shows no init long after any normal boot (10-45 s here) hung early
+        # (see the retry below).
         if [ -z "$init_ms" ] && [ -z "$TB_L2_RETRYING" ] && [ $((now - t0)) -gt $((TB_L2_INIT_DEADLINE * 1000)) ]; then
-            echo "tb: l2[$run] !!! no guest init after ${TB_L2_INIT_DEADLINE}s: killing the VMM, starting the guest once more"
-            kill -KILL "$pid" 2>/dev/null; wait "$pid"
-            sed "s/^/l2[$run, first try]| /" "$log"
-            cp "$log" "$dir/console-first-try.log"
-            tb_check "$run/first-try" skip "guest hung before init (no init after ${TB_L2_INIT_DEADLINE} s); started again, first console in $dir/console-first-try.log"
-            TB_L2_RETRYING=1
-            tb_run_l2 "$run" "$timeout" "$script" -- "$@"; rc=$?
-            TB_L2_RETRYING=""
-            return $rc
+            early="hung before init (no init after ${TB_L2_INIT_DEADLINE} s)"
+            kill -KILL "$pid" 2>/dev/null
+            break
         fi
         if [ $((now - t0)) -gt $((timeout * 1000)) ]; then
             echo "tb: l2[$run] timed out after ${timeout}s: killing the VMM"
@@ -268,13 +260,16 @@ tb_run_l2() {
         if [ -z "$init_ms" ]; then sleep 0.05; else sleep 0.25; fi
     done
     wait "$pid"; rc=$?
-    # The same for a guest that reset itself by a triple fault before its init (seen under
-    # viaduct with 2 vCPUs in the same runs; viaduct logs the triple fault).
-    if [ -z "$init_ms" ] && [ -z "$TB_L2_RETRYING" ] && grep -q 'triple fault' "$log"; then
-        echo "tb: l2[$run] !!! guest triple-faulted before its init: starting it once more"
+    # A guest that hung or triple-faulted before its init: seen 2026-12-06 about once in 8
+    # two-vCPU boots under viaduct (at "Booting SMP configuration"), and now and then with one,
+    # in the same runs as level-1 kernel panics in KVM_RUN (nested SVM under TCG); viaduct
+    # logs the triple fault. Start it once more, loudly: a skipped check, the first console kept.
+    [ -z "$init_ms" ] && [ -z "$early" ] && grep -q 'triple fault' "$log" && early="triple-faulted before init"
+    if [ -z "$init_ms" ] && [ -z "$TB_L2_RETRYING" ] && [ -n "$early" ]; then
+        echo "tb: l2[$run] !!! guest $early: starting it once more"
         sed "s/^/l2[$run, first try]| /" "$log"
         cp "$log" "$dir/console-first-try.log"
-        tb_check "$run/first-try" skip "guest triple-faulted before init; started again, first console in $dir/console-first-try.log"
+        tb_check "$run/first-try" skip "guest $early; started again, first console in $dir/console-first-try.log"
         TB_L2_RETRYING=1
         tb_run_l2 "$run" "$timeout" "$script" -- "$@"; rc=$?
         TB_L2_RETRYING=""
