@@ -5,7 +5,8 @@
 //! 0x0009_fc00 ..  0x0010_0000  reserved (EBDA, VGA hole, BIOS area: ACPI tables at 0xe0000)
 //! 0x0010_0000 ..  LOW_RAM_END   RAM (kernel, initramfs at the top)
 //! 0xc000_0000 ..  0xe000_0000  32-bit PCI MMIO window (BARs below 4 GiB)
-//! 0xe000_0000 ..  0xf000_0000  PCIe ECAM (segment 0, buses 0..=255)
+//! 0xe000_0000 ..  0xf000_0000  PCIe ECAM (segment 0, room for buses 0..=255; MCFG advertises
+//!                               only the buses in use)
 //! 0xfec0_0000                  IOAPIC
 //! 0xfee0_0000                  LAPIC
 //! 0x1_0000_0000 .. +rest        RAM above 4 GiB (when the guest has more than 3 GiB)
@@ -50,6 +51,8 @@ pub const PCI_MMIO32_SIZE: u64 = 0x2000_0000;
 
 pub const PCI_ECAM_START: u64 = 0xe000_0000;
 pub const PCI_ECAM_SIZE: u64 = 0x1000_0000;
+/// The last bus the ECAM window decodes (and reserves in E820); MCFG and the host bridge's
+/// `_CRS` advertise only up to the topology's last bus (`PciSegment::last_bus`).
 pub const PCI_ECAM_LAST_BUS: u8 = 0xff;
 
 pub const IOAPIC_START: u64 = 0xfec0_0000;

@@ -212,8 +212,9 @@ fn boot_once(
     *console_input.lock().unwrap_or_else(|e| e.into_inner()) = dm.serial.clone();
     timing.mark("devices");
 
-    let aml: [&dyn acpi_tables::Aml; 1] = [dm.pci.aml()];
-    let acpi = AcpiConfig { vcpus: cfg.vcpus, sb_aml: &aml };
+    let pci_aml = dm.pci.aml()?;
+    let aml: [&dyn acpi_tables::Aml; 1] = [&pci_aml];
+    let acpi = AcpiConfig { vcpus: cfg.vcpus, pci_last_bus: dm.pci.last_bus(), sb_aml: &aml };
     let prepare = |kernel: &Path| {
         let kcfg = KernelConfig {
             kernel,
@@ -250,6 +251,7 @@ fn boot_once(
         cfg.memory.size >> 20,
         timing
     );
+    dm.start_background_work()?;
     let mut threads = Vec::with_capacity(vcpus.len());
     for vcpu in vcpus {
         let buses = dm.buses.clone();

@@ -32,6 +32,8 @@ pub enum AcpiError {
 
 pub struct AcpiConfig<'a> {
     pub vcpus: u8,
+    /// MCFG's end bus: the ECAM window it advertises covers buses 0..=pci_last_bus.
+    pub pci_last_bus: u8,
     /// Devices placed in `\_SB` besides COM1 and the RTC: the PCI host bridge `PCI0` with
     /// its `_CRS`/`_PRT` and the ECAM reservation (from `pci::aml`), ...
     pub sb_aml: &'a [&'a dyn Aml],
@@ -107,9 +109,9 @@ fn madt(vcpus: u8) -> Vec<u8> {
     out
 }
 
-fn mcfg() -> Vec<u8> {
+fn mcfg(last_bus: u8) -> Vec<u8> {
     let mut mcfg = MCFG::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
-    mcfg.add_ecam(layout::PCI_ECAM_START, 0, 0, layout::PCI_ECAM_LAST_BUS);
+    mcfg.add_ecam(layout::PCI_ECAM_START, 0, 0, last_bus);
     let mut out = Vec::new();
     mcfg.to_aml_bytes(&mut out);
     out
@@ -140,7 +142,7 @@ fn build_tables(cfg: &AcpiConfig, base: u64) -> Vec<u8> {
     let dsdt_addr = place(&mut blob, dsdt(cfg));
     let fadt_addr = place(&mut blob, fadt(dsdt_addr));
     let madt_addr = place(&mut blob, madt(cfg.vcpus));
-    let mcfg_addr = place(&mut blob, mcfg());
+    let mcfg_addr = place(&mut blob, mcfg(cfg.pci_last_bus));
     let mut xsdt = XSDT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     for addr in [fadt_addr, madt_addr, mcfg_addr] {
         xsdt.add_entry(addr);
@@ -171,7 +173,7 @@ mod tests {
     #[test]
     fn tables_link_up_with_valid_checksums() {
         let marker = aml::Name::new("MARK".into(), &aml::ONE);
-        let cfg = AcpiConfig { vcpus: 2, sb_aml: &[&marker] };
+        let cfg = AcpiConfig { vcpus: 2, pci_last_bus: 3, sb_aml: &[&marker] };
         let base = layout::ACPI_START;
         let blob = build_tables(&cfg, base);
         assert_eq!(&blob[..8], b"RSD PTR ");
@@ -186,6 +188,12 @@ mod tests {
             let t = table_at(&blob, base, u64::from_le_bytes(entry.try_into().unwrap()));
             assert!(checksum_ok(t), "{:?}", &t[..4]);
             sigs.push(t[..4].to_vec());
+            if &t[..4] == b"MCFG" {
+                // One allocation: base, segment 0, buses 0..=pci_last_bus.
+                assert_eq!(t.len(), 44 + 16);
+                assert_eq!(u64::from_le_bytes(t[44..52].try_into().unwrap()), layout::PCI_ECAM_START);
+                assert_eq!((t[54], t[55]), (0, 3));
+            }
             if &t[..4] == b"APIC" {
                 // Header (44 bytes) + 2 local APICs (8 each) + 1 IOAPIC (12).
                 assert_eq!(t.len(), 44 + 16 + 12);

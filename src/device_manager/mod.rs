@@ -132,4 +132,13 @@ impl DeviceManager {
         self.vfio = Some(mgr);
         Ok(())
     }
+
+    /// Starts what runs beside the guest from its first instruction on: the DMA mapping of
+    /// guest RAM for assigned devices. Call right before the vCPUs start.
+    pub fn start_background_work(&mut self) -> Result<(), DeviceManagerError> {
+        if let Some(v) = self.vfio.as_mut() {
+            v.start_dma_mapping()?;
+        }
+        Ok(())
+    }
 }

@@ -211,6 +211,9 @@ impl AssignedDevice {
 /// bound go back to their drivers only once no VFIO fd of them is open (see [`ManagedHost`]).
 pub struct VfioManager {
     pub devices: Vec<AssignedDevice>,
+    /// The container and guest RAM to map, until [`Self::start_dma_mapping`] hands them to
+    /// the mapping thread.
+    unmapped: Option<(Container, Vec<RamRange>, Arc<DmaMapping>)>,
     /// The thread DMA-mapping guest RAM; it gives the container back when joined.
     dma: Option<JoinHandle<Container>>,
     managed: Option<Arc<ManagedDevices>>,
@@ -249,7 +252,7 @@ impl VfioManager {
     /// on a thread of its own meanwhile; each device's Bus Master enable waits for it (see
     /// `vfio::dma`), so the guest boots while the IOMMU is programmed.
     pub fn attach(ctx: &AttachContext<'_>, specs: &[DeviceSpec]) -> Result<Self, VfioManagerError> {
-        let mut mgr = VfioManager { devices: Vec::new(), dma: None, managed: None };
+        let mut mgr = VfioManager { devices: Vec::new(), unmapped: None, dma: None, managed: None };
         if specs.is_empty() {
             return Ok(mgr);
         }
@@ -280,16 +283,24 @@ impl VfioManager {
                 host_addr: ctx.memory.get_host_address(r.start_addr()).map_or(0, |p| p as u64),
             })
             .collect();
-        // SAFETY: guest RAM is mapped for the VM's whole life; VfioManager joins the thread
-        // and drops the container (which unmaps these IOVAs) before the memory goes.
-        let (mapping, thread) = unsafe { DmaMapping::start(container, ranges) }?;
-        mgr.dma = Some(thread);
-
+        let mapping = DmaMapping::pending();
         for (spec, host) in specs.iter().zip(hosts) {
             let dev = attach_one(ctx, spec, host, &mapping)?;
             mgr.devices.push(dev);
         }
+        mgr.unmapped = Some((container, ranges, mapping));
         Ok(mgr)
+    }
+
+    /// Starts DMA-mapping guest RAM on a thread of its own; call once the VMM's set-up is
+    /// done and right before the vCPUs run (the devices' Bus Master enables wait for it).
+    pub fn start_dma_mapping(&mut self) -> Result<(), VfioManagerError> {
+        if let Some((container, ranges, mapping)) = self.unmapped.take() {
+            // SAFETY: guest RAM is mapped for the VM's whole life; VfioManager joins the
+            // thread and drops the container (which unmaps these IOVAs) before the memory goes.
+            self.dma = Some(unsafe { mapping.spawn(container, ranges) }?);
+        }
+        Ok(())
     }
 }
 

@@ -187,7 +187,15 @@ impl Vcpu {
                 Some(StopReason::Error(format!("vCPU {id}: unexpected HLT exit to userspace")))
             }
             Ok(VcpuExit::Shutdown) => {
-                log::warn!("vCPU {id}: triple fault (shutdown exit), treating as a reset");
+                // Where the guest was tells a reboot by triple fault from a crash.
+                let at = match (self.fd.get_regs(), self.fd.get_sregs()) {
+                    (Ok(r), Ok(s)) => format!(
+                        " at rip {:#x} rsp {:#x} cr0 {:#x} cr2 {:#x} cr3 {:#x} cr4 {:#x} efer {:#x}",
+                        r.rip, r.rsp, s.cr0, s.cr2, s.cr3, s.cr4, s.efer
+                    ),
+                    _ => String::new(),
+                };
+                log::warn!("vCPU {id}: triple fault (shutdown exit){at}, treating as a reset");
                 Some(StopReason::Reset)
             }
             Ok(VcpuExit::SystemEvent(kind, _)) => match kind {

@@ -36,18 +36,27 @@ pub enum DmaError {
 }
 
 impl DmaMapping {
-    /// Maps `ranges` into `container` on a new thread; the thread gives the container back.
+    /// A mapping not started yet: devices can be wired to it (their Bus Master enable will
+    /// wait) before [`Self::spawn`] starts the work. The VMM starts it right before the vCPUs
+    /// run, so pinning guest RAM does not compete with the VMM's own set-up (loading the
+    /// kernel, creating vCPUs: both take the mm lock that pinning holds).
+    pub fn pending() -> Arc<Self> {
+        Arc::new(Self { state: Mutex::new(State::Mapping), done: Condvar::new() })
+    }
+
+    /// Maps `ranges` into `container` on a new thread, finishing `self`; the thread gives
+    /// the container back. On a spawn failure `self` is marked failed (nobody waits forever).
     ///
     /// # Safety
     /// As [`Container::map_ram`]: every range is live guest RAM that stays mapped until the
     /// container is dropped, which the caller does only after joining the returned thread.
-    pub unsafe fn start(
+    pub unsafe fn spawn(
+        self: &Arc<Self>,
         mut container: Container,
         ranges: Vec<RamRange>,
-    ) -> Result<(Arc<Self>, JoinHandle<Container>), DmaError> {
-        let mapping = Arc::new(Self { state: Mutex::new(State::Mapping), done: Condvar::new() });
-        let m = mapping.clone();
-        let thread = std::thread::Builder::new()
+    ) -> Result<JoinHandle<Container>, DmaError> {
+        let m = self.clone();
+        std::thread::Builder::new()
             .name("dma-map".into())
             .spawn(move || {
                 // SAFETY: the caller's contract, passed on.
@@ -55,19 +64,21 @@ impl DmaMapping {
                 m.finish(r);
                 container
             })
-            .map_err(DmaError::SpawnThread)?;
-        Ok((mapping, thread))
+            .map_err(|e| {
+                self.fail("the DMA-mapping thread did not start");
+                DmaError::SpawnThread(e)
+            })
+    }
+
+    fn fail(&self, why: &str) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        *s = State::Failed(why.to_string());
+        self.done.notify_all();
     }
 
     /// An already complete mapping (the caller mapped synchronously).
     pub fn mapped() -> Arc<Self> {
         Arc::new(Self { state: Mutex::new(State::Mapped), done: Condvar::new() })
-    }
-
-    /// A mapping still in progress, finished with [`Self::finish`] (tests).
-    #[cfg(test)]
-    pub(crate) fn pending() -> Arc<Self> {
-        Arc::new(Self { state: Mutex::new(State::Mapping), done: Condvar::new() })
     }
 
     pub(crate) fn finish(&self, r: Result<(), ContainerError>) {
