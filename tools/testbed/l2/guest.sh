@@ -45,6 +45,22 @@ g_wait_for() {
     done
 }
 
+# g_read_sector DEV LBA: the first line of 512-byte sector LBA of block device DEV, read
+# past the page cache (so it comes from the device, by DMA).
+g_read_sector() {
+    dd if="$1" bs=512 skip="$2" count=1 iflag=direct 2>/dev/null | head -n1
+}
+
+# g_write_check CHECK DEV LBA TEXT: writes the line TEXT as sector LBA of DEV (synced to the
+# device) and reads it back with g_read_sector; check CHECK passes when it matches.
+g_write_check() {
+    local back
+    printf '%s\n' "$4" | dd of="$2" bs=512 seek="$3" conv=sync,fsync 2>/dev/null
+    back=$(g_read_sector "$2" "$3")
+    if [ "$back" = "$4" ]; then g_check "$1" pass "$2 LBA $3"
+    else g_check "$1" fail "$2 LBA $3 read back '$back'"; fi
+}
+
 # g_irq_count PATTERN: sum over all CPUs of /proc/interrupts lines matching PATTERN.
 g_irq_count() {
     awk -v pat="$1" 'NR == 1 {ncpu = NF; next}

@@ -41,9 +41,7 @@ for d in /dev/nvme0n1 /dev/nvme1n1; do
     *) g_check "read-$d" fail "unknown signature '$sig'"; continue ;;
     esac
     g_check "$which-read-signature" pass "$d: $sig"
-    printf 'VIADUCT-GUEST-WROTE %s\n' "$sig" | dd of=$d bs=512 seek=2048 conv=sync,fsync 2>/dev/null
-    back=$(dd if=$d bs=512 skip=2048 count=1 iflag=direct 2>/dev/null | head -n1)
-    [ "$back" = "VIADUCT-GUEST-WROTE $sig" ] && g_check "$which-write" pass "$d LBA 2048" || g_check "$which-write" fail "read back '$back'"
+    g_write_check "$which-write" "$d" 2048 "VIADUCT-GUEST-WROTE $sig"
 done
 sync
 for b in $vf $nv; do

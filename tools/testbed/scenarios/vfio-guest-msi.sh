@@ -31,11 +31,9 @@ modprobe ahci; modprobe sd_mod
 a=$(g_find_devs 8086 2922)
 [ -n "$a" ] && [ "$(g_driver $a)" = ahci ] && g_check ahci-bound pass "$a" || g_check ahci-bound fail "'$a' driver=$(g_driver $a)"
 g_wait_for /dev/sda 30
-sig=$(dd if=/dev/sda bs=512 count=1 iflag=direct 2>/dev/null | head -n1)
+sig=$(g_read_sector /dev/sda 0)
 [ "$sig" = "$SIG" ] && g_check read-signature pass "$sig" || g_check read-signature fail "read '$sig'"
-printf 'VIADUCT-AHCI-WROTE %s\n' "$TOKEN" | dd of=/dev/sda bs=512 seek=$LBA conv=sync,fsync 2>/dev/null
-back=$(dd if=/dev/sda bs=512 skip=$LBA count=1 iflag=direct 2>/dev/null | head -n1)
-[ "$back" = "VIADUCT-AHCI-WROTE $TOKEN" ] && g_check write pass "LBA $LBA" || g_check write fail "read back '$back'"
+g_write_check write /dev/sda "$LBA" "VIADUCT-AHCI-WROTE $TOKEN"
 sync
 # The mode the driver uses: msi_irqs entries say msi or msix; none means its INTx line.
 nvec=$(g_msi_vectors $a)

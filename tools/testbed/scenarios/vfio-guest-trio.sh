@@ -36,16 +36,14 @@ n=0; for b in $nv; do [ "$(g_driver $b)" = nvme ] && n=$((n + 1)); done
 [ "$n" = 2 ] && g_check nvme-both-bound pass "$nv" || g_check nvme-both-bound fail "$n of '$nv' on nvme"
 g_wait_for /dev/nvme0n1 30; g_wait_for /dev/nvme1n1 30
 for d in /dev/nvme0n1 /dev/nvme1n1; do
-    sig=$(dd if=$d bs=512 count=1 iflag=direct 2>/dev/null | head -n1)
+    sig=$(g_read_sector "$d" 0)
     case "$sig" in
     "$SIG_NVME") name=nvme ;;
     "$SIG_SRIOV") name=nvmevf ;;
     *) g_check "read-$(basename $d)" fail "read '$sig'"; continue ;;
     esac
     g_check "$name-read-signature" pass "$d: $sig"
-    printf 'VIADUCT-TRIO-WROTE %s\n' "$TOKEN" | dd of=$d bs=512 seek=6200 conv=sync,fsync 2>/dev/null
-    back=$(dd if=$d bs=512 skip=6200 count=1 iflag=direct 2>/dev/null | head -n1)
-    [ "$back" = "VIADUCT-TRIO-WROTE $TOKEN" ] && g_check "$name-write" pass "$d LBA 6200" || g_check "$name-write" fail "read back '$back'"
+    g_write_check "$name-write" "$d" 6200 "VIADUCT-TRIO-WROTE $TOKEN"
 done
 sync
 for b in $vf $nv; do

@@ -44,17 +44,15 @@ if [ "$WANT_VF" = 1 ]; then
     g_value igbvf_msi_vectors "$(g_msi_vectors $vf)"
 fi
 g_wait_for /dev/nvme0n1 30
-sig=$(dd if=/dev/nvme0n1 bs=512 count=1 iflag=direct 2>/dev/null | head -n1)
+sig=$(g_read_sector /dev/nvme0n1 0)
 [ "$sig" = "$SIG_NVME" ] && g_check nvme-read-signature pass "$sig" || g_check nvme-read-signature fail "read '$sig'"
 if [ "$PREV_TOKEN" != - ]; then
-    before=$(dd if=/dev/nvme0n1 bs=512 skip=$PREV_LBA count=1 iflag=direct 2>/dev/null | head -n1)
+    before=$(g_read_sector /dev/nvme0n1 "$PREV_LBA")
     [ "$before" = "$PREV_TOKEN" ] && g_check nvme-reads-previous-guest-write pass "$before" ||
         g_check nvme-reads-previous-guest-write fail "LBA $PREV_LBA holds '$before'"
 fi
 printf '%s\n' "$MY_TOKEN" | dd of=/dev/nvme0n1 bs=512 seek=$MY_LBA conv=sync,fsync 2>/dev/null
-printf 'VIADUCT-GUEST-WROTE %s\n' "$sig" | dd of=/dev/nvme0n1 bs=512 seek=2048 conv=sync,fsync 2>/dev/null
-back=$(dd if=/dev/nvme0n1 bs=512 skip=2048 count=1 iflag=direct 2>/dev/null | head -n1)
-[ "$back" = "VIADUCT-GUEST-WROTE $sig" ] && g_check nvme-write pass "LBA 2048" || g_check nvme-write fail "read back '$back'"
+g_write_check nvme-write /dev/nvme0n1 2048 "VIADUCT-GUEST-WROTE $sig"
 sync
 # MSI-X: the device's msi_irqs. INTx (pci=nomsi): the IO-APIC line the nvme queues share.
 if [ "$WANT_KIND" = msi ]; then
@@ -117,7 +115,7 @@ nv=$(g_find_devs 1b36 0010)
 g_wait_for /dev/nvme0n1 30
 have=$(dd if=/dev/nvme0n1 bs=512 skip=4096 count=1 iflag=direct 2>/dev/null | head -n1)
 if [ "$have" != "$TOKEN" ]; then
-    sig=$(dd if=/dev/nvme0n1 bs=512 count=1 iflag=direct 2>/dev/null | head -n1)
+    sig=$(g_read_sector /dev/nvme0n1 0)
     [ "$sig" = "$SIG_NVME" ] && g_check boot1-read-signature pass "$sig" || g_check boot1-read-signature fail "read '$sig'"
     printf '%s\n' "$TOKEN" | dd of=/dev/nvme0n1 bs=512 seek=4096 conv=sync,fsync 2>/dev/null
     g_value boot1_irqs "$(g_dev_irq_count $nv)"
@@ -128,7 +126,7 @@ if [ "$have" != "$TOKEN" ]; then
 fi
 g_check boot2-found-token pass "$have"
 [ "$(g_driver $nv)" = nvme ] && g_check boot2-nvme-bound pass "$nv" || g_check boot2-nvme-bound fail "driver=$(g_driver $nv)"
-sig=$(dd if=/dev/nvme0n1 bs=512 count=1 iflag=direct 2>/dev/null | head -n1)
+sig=$(g_read_sector /dev/nvme0n1 0)
 [ "$sig" = "$SIG_NVME" ] && g_check boot2-read-signature pass "$sig" || g_check boot2-read-signature fail "read '$sig'"
 # Clear the token so a later run of this scenario starts at boot 1 again.
 dd if=/dev/zero of=/dev/nvme0n1 bs=512 seek=4096 count=1 conv=fsync 2>/dev/null
