@@ -81,7 +81,8 @@ impl PciSegment {
     /// bus that it did not find behind a bridge (`pcibios_fixup_peer_bridges`), 32 config
     /// reads per bus through port 0xCF8, which took 2.2 s of a 3.9 s boot in the nested
     /// testbed (QEMU's q35 advertises 0-255 and pays 3.2 s). Buses never appear later (no
-    /// hotplug), and the guest cannot number a bridge's buses past the host bridge's range.
+    /// hotplug), and Linux keeps bridges' buses inside the host bridge's range; a guest that
+    /// renumbers past it still reaches them through 0xCF8 and the (full-size) ECAM window.
     pub fn last_bus(&self) -> u8 {
         self.root.lock().unwrap_or_else(|e| e.into_inner()).last_bus()
     }

@@ -249,8 +249,9 @@ pub struct AttachContext<'a> {
 impl VfioManager {
     /// Checks, opens and wires every `--device`; all-or-nothing (a failure drops what was set
     /// up, which releases it). Must run before the first vCPU starts. Guest RAM is DMA-mapped
-    /// on a thread of its own meanwhile; each device's Bus Master enable waits for it (see
-    /// `vfio::dma`), so the guest boots while the IOMMU is programmed.
+    /// later, on a thread of its own started by [`Self::start_dma_mapping`] as the vCPUs
+    /// start; each device's Bus Master enable waits for it (see `vfio::dma`), so the guest
+    /// boots while the IOMMU is programmed.
     pub fn attach(ctx: &AttachContext<'_>, specs: &[DeviceSpec]) -> Result<Self, VfioManagerError> {
         let mut mgr = VfioManager { devices: Vec::new(), unmapped: None, dma: None, managed: None };
         if specs.is_empty() {
