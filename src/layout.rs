@@ -58,7 +58,6 @@ pub const PCI_ECAM_LAST_BUS: u8 = 0xff;
 pub const IOAPIC_START: u64 = 0xfec0_0000;
 pub const LAPIC_START: u64 = 0xfee0_0000;
 
-
 /// PCI I/O port window handed to the root complex (everything above the legacy ISA ports).
 pub const PCI_IO_START: u16 = 0x1000;
 pub const PCI_IO_END: u16 = 0xffff;

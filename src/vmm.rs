@@ -214,7 +214,7 @@ fn boot_once(
 
     let pci_aml = dm.pci.aml()?;
     let aml: [&dyn acpi_tables::Aml; 1] = [&pci_aml];
-    let acpi = AcpiConfig { vcpus: cfg.vcpus, pci_last_bus: dm.pci.last_bus(), sb_aml: &aml };
+    let acpi = AcpiConfig { vcpus: cfg.vcpus, pci_last_bus: pci_aml.last_bus(), sb_aml: &aml };
     let prepare = |kernel: &Path| {
         let kcfg = KernelConfig {
             kernel,

@@ -22,12 +22,7 @@ fn assert_run(s: &common::Scenario, run: &str, host_kind: &str) {
     assert_eq!(read, sig, "{run} read another sector 0 than level 0 wrote");
     let token = s.value(&format!("{run}/token")).expect("token");
     let lba = s.value_u64(&format!("{run}/lba")).expect("lba");
-    assert_eq!(
-        s.sector_line("ahci.img", lba).expect("ahci.img"),
-        format!("VIADUCT-AHCI-WROTE {token}"),
-        "{run}'s write is not in {}",
-        s.out_dir().join("ahci.img").display()
-    );
+    s.assert_sector("ahci.img", lba, &format!("VIADUCT-AHCI-WROTE {token}"), &format!("{run}'s write"));
 }
 
 #[test]

@@ -34,12 +34,7 @@ fn both_nvmes_read_their_signature_and_their_writes_land_in_level_0() {
         let sig = s.signature(img).expect("signature");
         let detail = s.check(&format!("{RUN}/{name}-read-signature")).map(|c| c.detail.clone()).unwrap_or_default();
         assert!(detail.contains(&sig), "{name} read '{detail}', {img} holds '{sig}'");
-        assert_eq!(
-            s.sector_line(img, 6200).expect(img),
-            format!("VIADUCT-TRIO-WROTE {token}"),
-            "the guest's {name} write is not in {}",
-            s.out_dir().join(img).display()
-        );
+        s.assert_sector(img, 6200, &format!("VIADUCT-TRIO-WROTE {token}"), &format!("the guest's {name} write"));
     }
 }
 

@@ -63,12 +63,7 @@ fn guest_write_through_virtio_blk_is_in_the_level0_image() {
     assert_eq!(s.sector_line("disk.img", 0).expect("disk.img LBA 0"), sig);
     let lba = s.value_u64(&format!("{RUN}/nvme_lba")).expect("nvme_lba");
     let token = s.value(&format!("{RUN}/token")).expect("token");
-    assert_eq!(
-        s.sector_line("disk.img", lba).expect("disk.img guest LBA"),
-        format!("VIADUCT-VIRTIO-WROTE {token}"),
-        "the guest's write through virtio-blk is not in {}",
-        s.out_dir().join("disk.img").display()
-    );
+    s.assert_sector("disk.img", lba, &format!("VIADUCT-VIRTIO-WROTE {token}"), "the guest's write through virtio-blk");
     // The rest of that sector is the zero padding dd's conv=sync wrote.
     let sector = s.read_file_at("disk.img", lba * 512, 512).expect("sector");
     let text_len = format!("VIADUCT-VIRTIO-WROTE {token}\n").len();

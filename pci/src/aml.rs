@@ -81,6 +81,11 @@ impl PciHostBridgeAml {
         Ok(Self { res })
     }
 
+    /// The last bus of the `_CRS` bus range (MCFG must end there too).
+    pub fn last_bus(&self) -> u8 {
+        self.res.last_bus
+    }
+
     fn prt(&self) -> aml::PackageBuilder {
         let mut prt = aml::PackageBuilder::new();
         for (slot, pin, gsi) in self.res.intx.prt_entries() {

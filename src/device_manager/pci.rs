@@ -83,7 +83,7 @@ impl PciSegment {
     /// testbed (QEMU's q35 advertises 0-255 and pays 3.2 s). Buses never appear later (no
     /// hotplug), and Linux keeps bridges' buses inside the host bridge's range; a guest that
     /// renumbers past it still reaches them through 0xCF8 and the (full-size) ECAM window.
-    pub fn last_bus(&self) -> u8 {
+    fn last_bus(&self) -> u8 {
         self.root.lock().unwrap_or_else(|e| e.into_inner()).last_bus()
     }
 

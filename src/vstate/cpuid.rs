@@ -29,7 +29,6 @@ fn core_id_bits(n: u32) -> u32 {
     }
 }
 
-/// Patches `entries` (KVM's supported CPUID) for vCPU `apic_id` of `vcpus`.
 /// The guest's physical address bits (CPUID 0x8000_0008 EAX[7:0]); 36 when KVM does not
 /// report the leaf (the architectural default).
 pub fn phys_bits(entries: &[kvm_cpuid_entry2]) -> u8 {
@@ -41,6 +40,7 @@ pub fn phys_bits(entries: &[kvm_cpuid_entry2]) -> u8 {
         .unwrap_or(36)
 }
 
+/// Patches `entries` (KVM's supported CPUID) for vCPU `apic_id` of `vcpus`.
 pub fn apply_topology(entries: &mut [kvm_cpuid_entry2], apic_id: u8, vcpus: u8) {
     let n = u32::from(vcpus);
     let id = u32::from(apic_id);

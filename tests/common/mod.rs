@@ -154,6 +154,14 @@ impl Scenario {
         Ok(String::from_utf8_lossy(&bytes[..end]).into_owned())
     }
 
+    /// Asserts that sector `lba` of `image` starts with the line `want`: `what` (e.g. "the
+    /// guest's write") landed in the image file on this machine.
+    #[track_caller]
+    pub fn assert_sector(&self, image: &str, lba: u64, want: &str, what: &str) {
+        let got = self.sector_line(image, lba).unwrap_or_else(|e| panic!("{image}: {e:#}"));
+        assert_eq!(got, want, "{what} is not at LBA {lba} of {}", self.out_dir().join(image).display());
+    }
+
     /// The signature L0 wrote at the start of a disk image ("disk.img" -> disk.sig).
     pub fn signature(&self, image: &str) -> Result<String> {
         let stem = image.strip_suffix(".img").unwrap_or(image);

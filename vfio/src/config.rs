@@ -61,6 +61,18 @@ pub struct MsixInfo {
     pub pba_offset: u64,
 }
 
+impl MsixInfo {
+    /// Bytes of the table: 16 per vector.
+    pub fn table_len(&self) -> u64 {
+        u64::from(self.table_size) * 16
+    }
+
+    /// Bytes of the PBA: one bit per vector, in whole qwords.
+    pub fn pba_len(&self) -> u64 {
+        u64::from(self.table_size).div_ceil(64) * 8
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MsiInfo {
     pub cap: usize,

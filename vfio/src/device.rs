@@ -232,8 +232,7 @@ impl VfioPciDevice {
     /// Which part of a BAR an access falls in.
     fn msix_part(&self, bar: BarIndex, offset: u64, len: usize) -> Option<MsixPart> {
         let m = self.irq.msix_info()?;
-        let table_len = u64::from(m.table_size) * 16;
-        let pba_len = u64::from(m.table_size).div_ceil(64) * 8;
+        let (table_len, pba_len) = (m.table_len(), m.pba_len());
         // Saturating: an access wrapping past 2^64 counts as overlapping whatever lies above
         // its start, so it is dropped rather than forwarded.
         let end = offset.saturating_add(len as u64);

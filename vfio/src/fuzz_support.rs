@@ -105,8 +105,11 @@ pub fn run_guest_writes(data: &[u8]) {
     let msix: Vec<(u32, std::ops::Range<usize>)> = model
         .msix_info()
         .map(|m| {
-            let (t, p, n) = (m.table_offset as usize, m.pba_offset as usize, usize::from(m.table_size));
-            vec![(u32::from(m.table_bar.0), t..t + n * 16), (u32::from(m.pba_bar.0), p..p + n.div_ceil(64) * 8)]
+            let range = |at: u64, len: u64| at as usize..(at + len) as usize;
+            vec![
+                (u32::from(m.table_bar.0), range(m.table_offset, m.table_len())),
+                (u32::from(m.pba_bar.0), range(m.pba_offset, m.pba_len())),
+            ]
         })
         .unwrap_or_default();
     let msix_bytes = || -> Vec<Vec<u8>> {

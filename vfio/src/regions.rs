@@ -80,13 +80,11 @@ pub fn mappable_areas(host: &dyn HostDevice, bar: &BarInfo, msix: Option<MsixInf
         .map(|a| MmapArea { offset: a.offset, size: a.size & !(PAGE - 1) })
         .collect();
     if let Some(m) = msix {
-        let table_len = u64::from(m.table_size) * 16;
-        let pba_len = (u64::from(m.table_size)).div_ceil(64) * 8;
         if m.table_bar == bar.index {
-            areas = carve(areas, m.table_offset, m.table_offset + table_len);
+            areas = carve(areas, m.table_offset, m.table_offset + m.table_len());
         }
         if m.pba_bar == bar.index {
-            areas = carve(areas, m.pba_offset, m.pba_offset + pba_len);
+            areas = carve(areas, m.pba_offset, m.pba_offset + m.pba_len());
         }
     }
     areas
