@@ -146,43 +146,57 @@ fn load_initramfs(mem: &GuestMemory, path: &Path, max_end: u64, kernel_end: u64)
     Ok(Initramfs { addr, size })
 }
 
-pub struct KernelConfig<'a> {
-    pub kernel: &'a Path,
-    pub initramfs: Option<&'a Path>,
-    pub cmdline: &'a str,
-    pub ram_size: u64,
-    pub rsdp_addr: u64,
+/// The kernel and initramfs as loaded into guest memory: the slow part of preparing a boot
+/// (reading tens of MiB), which needs nothing but guest RAM and so can run while devices
+/// are attached.
+pub struct LoadedImages {
+    entry: BootEntry,
+    setup_header: Option<linux_loader::loader::bootparam::setup_header>,
+    initramfs: Option<Initramfs>,
 }
 
-/// Loads everything and writes the boot protocol structures; returns the vCPU entry state.
-pub fn load(mem: &GuestMemory, cfg: &KernelConfig) -> Result<BootEntry, KernelError> {
-    let (entry, result) = load_kernel(mem, cfg.kernel)?;
-
-    let mut cmdline = Cmdline::new(layout::CMDLINE_MAX_SIZE)
-        .map_err(|source| KernelError::Cmdline { max: layout::CMDLINE_MAX_SIZE, source })?;
-    cmdline
-        .insert_str(cfg.cmdline)
-        .map_err(|source| KernelError::Cmdline { max: layout::CMDLINE_MAX_SIZE, source })?;
-    loader::load_cmdline(mem, GuestAddress(layout::CMDLINE_START), &cmdline)
-        .map_err(KernelError::WriteCmdline)?;
-    let cmdline_len = cfg.cmdline.len() as u32 + 1;
-
-    let low_end = layout::low_ram_end(cfg.ram_size);
+/// Loads the kernel, then the initramfs as high in low RAM as the kernel allows.
+pub fn load_images(
+    mem: &GuestMemory,
+    kernel: &Path,
+    initramfs: Option<&Path>,
+    ram_size: u64,
+) -> Result<LoadedImages, KernelError> {
+    let (entry, result) = load_kernel(mem, kernel)?;
+    let low_end = layout::low_ram_end(ram_size);
     let max_end = match result.setup_header {
         // initrd_addr_max is the last byte the initrd may occupy.
         Some(h) if h.initrd_addr_max != 0 => low_end.min(u64::from(h.initrd_addr_max) + 1),
         _ => low_end,
     };
-    let initramfs = cfg
-        .initramfs
-        .map(|p| load_initramfs(mem, p, max_end, result.kernel_end))
-        .transpose()?;
-    let map = e820::memory_map(cfg.ram_size);
+    let initramfs = initramfs.map(|p| load_initramfs(mem, p, max_end, result.kernel_end)).transpose()?;
+    Ok(LoadedImages { entry, setup_header: result.setup_header, initramfs })
+}
 
-    match entry {
+/// What the kernel is told beside its images.
+pub struct BootInfo<'a> {
+    pub cmdline: &'a str,
+    pub ram_size: u64,
+    pub rsdp_addr: u64,
+}
+
+/// Writes the command line and the boot protocol structures (zero page or PVH start info)
+/// for loaded images; returns the vCPU entry state.
+pub fn write_boot_info(mem: &GuestMemory, images: &LoadedImages, info: &BootInfo) -> Result<BootEntry, KernelError> {
+    let mut cmdline = Cmdline::new(layout::CMDLINE_MAX_SIZE)
+        .map_err(|source| KernelError::Cmdline { max: layout::CMDLINE_MAX_SIZE, source })?;
+    cmdline
+        .insert_str(info.cmdline)
+        .map_err(|source| KernelError::Cmdline { max: layout::CMDLINE_MAX_SIZE, source })?;
+    loader::load_cmdline(mem, GuestAddress(layout::CMDLINE_START), &cmdline)
+        .map_err(KernelError::WriteCmdline)?;
+    let cmdline_len = info.cmdline.len() as u32 + 1;
+    let map = e820::memory_map(info.ram_size);
+
+    match images.entry {
         BootEntry::Linux64 { .. } => {
             let mut params = boot_params::default();
-            if let Some(h) = result.setup_header {
+            if let Some(h) = images.setup_header {
                 params.hdr = h;
             }
             params.hdr.type_of_loader = KERNEL_LOADER_OTHER;
@@ -190,11 +204,11 @@ pub fn load(mem: &GuestMemory, cfg: &KernelConfig) -> Result<BootEntry, KernelEr
             params.hdr.header = KERNEL_HDR_MAGIC;
             params.hdr.cmd_line_ptr = layout::CMDLINE_START as u32;
             params.hdr.cmdline_size = cmdline_len;
-            if let Some(i) = initramfs {
+            if let Some(i) = images.initramfs {
                 params.hdr.ramdisk_image = i.addr as u32;
                 params.hdr.ramdisk_size = i.size as u32;
             }
-            params.acpi_rsdp_addr = cfg.rsdp_addr;
+            params.acpi_rsdp_addr = info.rsdp_addr;
             for (slot, e) in params.e820_table.iter_mut().zip(&map) {
                 *slot = boot_e820_entry { addr: e.addr, size: e.size, r#type: e.kind };
             }
@@ -203,9 +217,9 @@ pub fn load(mem: &GuestMemory, cfg: &KernelConfig) -> Result<BootEntry, KernelEr
             LinuxBootConfigurator::write_bootparams::<GuestMemory>(&bp, mem)
                 .map_err(KernelError::WriteBootParams)?;
         }
-        BootEntry::Pvh { .. } => write_pvh_info(mem, &map, initramfs, cfg.rsdp_addr)?,
+        BootEntry::Pvh { .. } => write_pvh_info(mem, &map, images.initramfs, info.rsdp_addr)?,
     }
-    Ok(entry)
+    Ok(images.entry)
 }
 
 fn write_pvh_info(
@@ -255,11 +269,10 @@ mod tests {
         let mem = &ram.mem;
         let dir = std::env::temp_dir().join(format!("viaduct-kernel-test-{}", std::process::id()));
         std::fs::write(&dir, b"not a kernel at all, just some bytes").unwrap();
-        let cfg = KernelConfig { kernel: &dir, initramfs: None, cmdline: "x", ram_size: 64 << 20, rsdp_addr: 0 };
-        let err = load(mem, &cfg).unwrap_err();
+        let err = load_images(mem, &dir, None, 64 << 20).err().unwrap();
         std::fs::remove_file(&dir).ok();
         assert!(matches!(err, KernelError::LoadKernel { .. }), "{err}");
-        let missing = KernelConfig { kernel: Path::new("/nonexistent/k"), ..cfg };
-        assert!(matches!(load(mem, &missing), Err(KernelError::OpenKernel { .. })));
+        let missing = load_images(mem, Path::new("/nonexistent/k"), None, 64 << 20);
+        assert!(matches!(missing, Err(KernelError::OpenKernel { .. })));
     }
 }

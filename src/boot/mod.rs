@@ -23,15 +23,21 @@ pub enum BootError {
     ResetVector(#[from] reset_vector::ResetVectorError),
 }
 
-/// Writes everything the guest finds in memory at power-on; returns the boot vCPU's entry.
+pub use kernel::{load_images, LoadedImages};
+
+/// Writes what the guest finds in memory at power-on beside its loaded images: ACPI tables,
+/// the reset vector, the command line and the boot protocol structures. Returns the boot
+/// vCPU's entry.
 pub fn prepare(
     mem: &crate::vstate::memory::GuestMemory,
-    kernel_cfg: kernel::KernelConfig,
+    images: &LoadedImages,
+    cmdline: &str,
+    ram_size: u64,
     acpi_cfg: &acpi::AcpiConfig,
 ) -> Result<BootEntry, BootError> {
     let rsdp_addr = acpi::write_tables(mem, acpi_cfg)?;
     reset_vector::write(mem)?;
-    let entry = kernel::load(mem, &kernel::KernelConfig { rsdp_addr, ..kernel_cfg })?;
+    let entry = kernel::write_boot_info(mem, images, &kernel::BootInfo { cmdline, ram_size, rsdp_addr })?;
     cpu::write_boot_structures(mem, entry)?;
     Ok(entry)
 }

@@ -359,6 +359,9 @@ impl HostDevice for ManagedHost {
     fn reset(&self) -> Result<bool, HostError> {
         self.host.reset()
     }
+    fn resettable(&self) -> bool {
+        self.host.resettable()
+    }
     fn map_region(&self, region: u32, area: MmapArea) -> Result<RegionMapping, HostError> {
         self.host.map_region(region, area)
     }

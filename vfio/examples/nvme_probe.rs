@@ -39,10 +39,13 @@ fn check(name: &str, ok: bool, detail: impl std::fmt::Display) -> bool {
     ok
 }
 
+/// Each route change: vector and message (`None`: route removed).
+type RouteLog = Arc<Mutex<Vec<(u16, Option<MsiMessage>)>>>;
+
 /// Plain eventfds as vectors: no KVM here, the probe waits on them itself.
 struct Vectors {
     fds: Vec<EventFd>,
-    routes: Arc<Mutex<Vec<(u16, Option<MsiMessage>)>>>,
+    routes: RouteLog,
 }
 
 impl MsiVectors for Vectors {

@@ -78,7 +78,7 @@ pub struct VfioPciDevice {
 }
 
 impl VfioPciDevice {
-    /// Reads and virtualizes the device's config space, resets it, mmaps its BARs.
+    /// Reads and virtualizes the device's freshly reset config space, mmaps its BARs.
     /// BARs get guest addresses with [`Self::place_bars`]; the guest sees them once it turns
     /// decode on.
     pub fn new(parts: DeviceParts) -> Result<Self, DeviceError> {
@@ -94,10 +94,13 @@ impl VfioPciDevice {
         }
         let rom = RomOptions { hidden: !parts.rombar, file_size: parts.romfile.as_ref().map_or(0, |r| r.len() as u64) };
         let cfg = VirtConfig::new(&bdf, &config, sizes, rom)?;
-        match host.reset() {
-            Ok(true) => log::info!("{bdf}: device reset"),
-            Ok(false) => log::info!("{bdf}: device has no reset method; starting as is"),
-            Err(source) => return Err(DeviceError::Reset { bdf, source }),
+        // vfio-pci resets a device as it opens it, and offers VFIO_DEVICE_RESET only when
+        // that reset worked (with the same method): resetting again here would only cost
+        // time (a function-level reset waits at least 100 ms), which QEMU pays at machine reset.
+        if host.resettable() {
+            log::info!("{bdf}: device reset (by vfio-pci as it was opened)");
+        } else {
+            log::info!("{bdf}: device has no reset method; starting as is");
         }
         let irq = Interrupts::new(&bdf, &cfg, parts.vectors, parts.intx);
         let maps = BarMappings::new(host.as_ref(), cfg.bar_infos(), cfg.msix_info())?;
@@ -470,7 +473,7 @@ mod tests {
     #[test]
     fn decode_controls_slots_and_traps() {
         let (host, mut dev, slots, _) = device();
-        assert_eq!(*host.resets.lock().unwrap(), 1);
+        assert_eq!(*host.resets.lock().unwrap(), 0, "vfio-pci reset it at open: no second reset");
         assert!(live(&slots).is_empty(), "decode off: nothing mapped");
         let mut b = [0u8; 4];
         dev.read_bar(BarIndex(0), 0, &mut b);
@@ -538,7 +541,7 @@ mod tests {
         assert_eq!(dev.msix_trap_count(), 3, "only the register write is a data-path trap");
         drop(dev);
         assert!(host.irq_calls.lock().unwrap().contains(&IrqCall::Disable(IrqIndex::Msix)));
-        assert_eq!(*host.resets.lock().unwrap(), 2, "reset on release");
+        assert_eq!(*host.resets.lock().unwrap(), 1, "reset on release");
     }
 
     /// Regression (config_writes fuzz finding): accesses that only partly cover the MSI-X

@@ -7,7 +7,7 @@ use std::os::unix::io::{AsRawFd, RawFd};
 use std::sync::Mutex;
 
 use vfio_bindings::bindings::vfio::{
-    vfio_irq_set, VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_ACTION_UNMASK,
+    vfio_device_info, vfio_irq_set, VFIO_DEVICE_FLAGS_RESET, VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_ACTION_UNMASK,
     VFIO_IRQ_SET_DATA_EVENTFD, VFIO_IRQ_SET_DATA_NONE, VFIO_PCI_CONFIG_REGION_INDEX,
     VFIO_PCI_ROM_REGION_INDEX, VFIO_REGION_INFO_FLAG_MMAP, VFIO_REGION_INFO_FLAG_READ,
     VFIO_REGION_INFO_FLAG_WRITE,
@@ -149,6 +149,10 @@ pub trait HostDevice: Send + Sync {
     fn set_intx_unmask_fd(&self, fd: RawFd) -> Result<(), HostError>;
     /// Resets the device; `Ok(false)` when it offers no reset method.
     fn reset(&self) -> Result<bool, HostError>;
+    /// Whether the kernel can reset the device (VFIO_DEVICE_FLAGS_RESET). vfio-pci sets it
+    /// only when the reset it does as it opens the device worked: true means the device
+    /// was just reset.
+    fn resettable(&self) -> bool;
     /// Maps `area` of a region into the VMM (for a KVM memslot).
     fn map_region(&self, region: u32, area: MmapArea) -> Result<RegionMapping, HostError>;
 }
@@ -157,6 +161,8 @@ pub trait HostDevice: Send + Sync {
 // way to leave a vector unassigned, which per-vector lazy enabling needs.
 vmm_sys_util::ioctl_io_nr!(VFIO_DEVICE_SET_IRQS, 0x3b, 100 + 10);
 vmm_sys_util::ioctl_io_nr!(VFIO_DEVICE_RESET, 0x3b, 100 + 11);
+// vfio-ioctls reads the device info when it opens a device but keeps the flags to itself.
+vmm_sys_util::ioctl_io_nr!(VFIO_DEVICE_GET_INFO, 0x3b, 100 + 7);
 
 /// A real VFIO device.
 pub struct VfioHost {
@@ -312,6 +318,13 @@ impl HostDevice for VfioHost {
         Ok(true)
     }
 
+    fn resettable(&self) -> bool {
+        let mut info = vfio_device_info { argsz: std::mem::size_of::<vfio_device_info>() as u32, ..Default::default() };
+        // SAFETY: VFIO_DEVICE_GET_INFO writes at most argsz bytes into `info`, which is that large.
+        let ret = unsafe { vmm_sys_util::ioctl::ioctl_with_mut_ref(&self.device, VFIO_DEVICE_GET_INFO(), &mut info) };
+        ret >= 0 && info.flags & VFIO_DEVICE_FLAGS_RESET != 0
+    }
+
     fn map_region(&self, region: u32, area: MmapArea) -> Result<RegionMapping, HostError> {
         let pos = self.check_bounds(region, area.offset, area.size as usize)?;
         let err = |source| HostError::Mmap { bdf: self.bdf.clone(), region, offset: area.offset, size: area.size, source };
@@ -457,6 +470,10 @@ impl HostDevice for FakeHost {
     fn reset(&self) -> Result<bool, HostError> {
         *self.resets.lock().unwrap_or_else(|e| e.into_inner()) += 1;
         Ok(true)
+    }
+
+    fn resettable(&self) -> bool {
+        true
     }
 
     fn map_region(&self, region: u32, area: MmapArea) -> Result<RegionMapping, HostError> {

@@ -371,10 +371,13 @@ pub(crate) mod tests {
     use std::sync::{Arc, Mutex};
     use vmm_sys_util::eventfd::EventFd;
 
+    /// Each route change: vector and message (`None`: route removed).
+    pub type RouteLog = Arc<Mutex<Vec<(u16, Option<MsiMessage>)>>>;
+
     /// Records routes and commits like the KVM implementation would see them.
     #[derive(Clone, Default)]
     pub struct Recorder {
-        pub routes: Arc<Mutex<Vec<(u16, Option<MsiMessage>)>>>,
+        pub routes: RouteLog,
         pub commits: Arc<Mutex<u32>>,
     }
 
@@ -456,7 +459,7 @@ pub(crate) mod tests {
             irq.write_table(&host, 16 + 12, &[(i % 2 == 0) as u8, 0, 0, 0]);
         }
         assert_eq!(set_irq_calls(&host).len(), 5);
-        assert_eq!(rec.routes.lock().unwrap().last().unwrap().1.is_some(), true);
+        assert!(rec.routes.lock().unwrap().last().unwrap().1.is_some());
         // Second vector: one more single-vector attach.
         irq.write_table(&host, 32, &entry(0xfee0_0000, 0x32, false));
         let fd2 = irq.vectors.irqfd(VectorIndex(2)).map(|e| e.as_raw_fd());
