@@ -75,8 +75,18 @@ tb_expect() {
     else tb_check "$name" fail "$* -> $(tail -n1 /tmp/tb_expect.out)"; fi
 }
 
-# tb_now_ms: milliseconds since L1 boot (10 ms resolution).
-tb_now_ms() { awk '{printf "%d\n", $1 * 1000}' /proc/uptime; }
+# tb_now: sets TB_NOW_MS, milliseconds since L1 boot (10 ms resolution), with shell builtins
+# only. Polling loops use it: under TCG a fork+exec costs level 1 8-15 ms of CPU (measured
+# 2026-12-06: one tb_run_l2 poll of awk x3 and grep x2 took 60 ms), which a loop polling
+# every 50 ms takes away from the VMM it is timing. /proc/uptime has two decimals.
+tb_now() {
+    local up rest
+    read -r up rest </proc/uptime
+    TB_NOW_MS=$((${up%.*} * 1000 + 1${up#*.}0 - 1000))
+}
+
+# tb_now_ms: TB_NOW_MS printed, for $(tb_now_ms) outside polling loops.
+tb_now_ms() { tb_now; echo "$TB_NOW_MS"; }
 
 # tb_find_devs VENDOR DEVICE: BDFs of matching PCI functions (hex ids without 0x).
 tb_find_devs() {
@@ -170,10 +180,23 @@ tb_nvme_sriov_vf() {
     basename "$(readlink "/sys/bus/pci/devices/$pf/virtfn0")"
 }
 
-# tb_peak_rss_kb PID: the process's peak RSS so far (VmHWM, kB), empty once it is gone.
-tb_peak_rss_kb() {
-    awk '/^VmHWM:/ {print $2}' "/proc/$1/status" 2>/dev/null
+# tb_proc PID: sets TB_PROC_STATE (the State letter, empty once the process is gone) and
+# TB_PROC_HWM (peak RSS so far, VmHWM in kB) from /proc/PID/status, with builtins only.
+tb_proc() {
+    local k v rest
+    TB_PROC_STATE="" TB_PROC_HWM=""
+    [ -r "/proc/$1/status" ] || return 0
+    while read -r k v rest; do
+        case "$k" in
+        State:) TB_PROC_STATE=$v ;;
+        VmHWM:) TB_PROC_HWM=$v; break ;;
+        esac
+    done 2>/dev/null <"/proc/$1/status"
+    return 0
 }
+
+# tb_peak_rss_kb PID: the process's peak RSS so far (VmHWM, kB), empty once it is gone.
+tb_peak_rss_kb() { tb_proc "$1"; echo "$TB_PROC_HWM"; }
 
 # tb_msi_vectors BDF: MSI/MSI-X vectors the L1 driver allocated for BDF.
 tb_msi_vectors() {
@@ -200,9 +223,8 @@ tb_l2_initrd() {
 }
 
 tb_running() {
-    local s
-    s=$(awk '/^State:/ {print $2}' "/proc/$1/status" 2>/dev/null)
-    [ -n "$s" ] && [ "$s" != Z ]
+    tb_proc "$1"
+    [ -n "$TB_PROC_STATE" ] && [ "$TB_PROC_STATE" != Z ]
 }
 
 # tb_run_l2 RUN TIMEOUT GUEST_SCRIPT -- VMM ARGS...
@@ -229,12 +251,13 @@ tb_run_l2() {
         set -- "$@" "$a"
     done
     echo "tb: l2[$run] $*"
-    t0=$(tb_now_ms)
+    tb_now; t0=$TB_NOW_MS
     "$@" >"$log" 2>&1 </dev/null &
     pid=$!
+    # Every poll is fork-free but for grep and sleep (see tb_now).
     while tb_running "$pid"; do
-        now=$(tb_now_ms)
-        r=$(tb_peak_rss_kb "$pid"); [ -n "$r" ] && [ "$r" -gt "$rss" ] && rss=$r
+        tb_now; now=$TB_NOW_MS
+        r=$TB_PROC_HWM; [ -n "$r" ] && [ "$r" -gt "$rss" ] && rss=$r
         if [ -z "$init_ms" ] && grep -q '@@G init' "$log"; then init_ms=$((now - t0)); fi
         if [ -z "$done_ms" ] && grep -q '@@G done' "$log"; then done_ms=$now; fi
         # The guest said it is done: give the VMM a moment to exit on its own.
@@ -279,7 +302,7 @@ tb_run_l2() {
         TB_L2_RETRYING=""
         return $rc
     fi
-    now=$(tb_now_ms)
+    tb_now; now=$TB_NOW_MS
     TB_L2_INIT_MS=$init_ms TB_L2_WALL_MS=$((now - t0)) TB_L2_PEAK_RSS_KB=$rss
     sed "s/^/l2[$run]| /" "$log"
     tb_value "$run/vmm_rc" "$rc"
