@@ -118,12 +118,13 @@ fn preflight(cfg: &VmConfig) -> anyhow::Result<()> {
 }
 
 /// Loads the kernel (the cached vmlinux when there is one) and the initramfs into guest RAM.
-fn load_images(mem: &GuestMemory, cfg: &VmConfig, kernel: &Path) -> anyhow::Result<boot::LoadedImages> {
+fn load_boot_images(mem: &GuestMemory, cfg: &VmConfig, kernel: &Path) -> anyhow::Result<boot::LoadedImages> {
     let initramfs = cfg.initramfs.as_deref();
     match boot::load_images(mem, kernel, initramfs, cfg.memory.size) {
         Ok(images) => Ok(images),
         // An extracted vmlinux needs room for its whole image and bss; the bzImage
-        // decompresses itself wherever it fits. Everything is rewritten by the second try.
+        // decompresses itself wherever it fits. What the first try wrote is left in RAM the
+        // bzImage either overwrites or hands to the guest as free memory.
         Err(e) if kernel != cfg.kernel.as_path() => {
             log::warn!("{:#}; booting the bzImage {} instead", anyhow::Error::from(e), cfg.kernel.display());
             Ok(boot::load_images(mem, &cfg.kernel, initramfs, cfg.memory.size)?)
@@ -241,7 +242,7 @@ fn boot_once(
     // by side, the shorter of the two is hidden (0.3-0.6 s with a VFIO device in the testbed).
     let timed_load = || {
         let t = Instant::now();
-        (load_images(mem, cfg, kernel), t.elapsed())
+        (load_boot_images(mem, cfg, kernel), t.elapsed())
     };
     let (attached, devices_time, (images, kernel_time)) = std::thread::scope(|s| {
         let loader = std::thread::Builder::new().name("kernel-loader".into()).spawn_scoped(s, timed_load);

@@ -180,15 +180,17 @@ tb_nvme_sriov_vf() {
     basename "$(readlink "/sys/bus/pci/devices/$pf/virtfn0")"
 }
 
-# tb_proc PID: sets TB_PROC_STATE (the State letter, empty once the process is gone) and
-# TB_PROC_HWM (peak RSS so far, VmHWM in kB) from /proc/PID/status, with builtins only.
+# tb_proc PID: sets TB_PROC_STATE (the State letter, empty once the process is gone),
+# TB_PROC_LCK (locked memory, VmLck in kB: what VFIO has pinned) and TB_PROC_HWM (peak RSS
+# so far, VmHWM in kB) from /proc/PID/status, with builtins only.
 tb_proc() {
     local k v rest
-    TB_PROC_STATE="" TB_PROC_HWM=""
+    TB_PROC_STATE="" TB_PROC_LCK="" TB_PROC_HWM=""
     [ -r "/proc/$1/status" ] || return 0
     while read -r k v rest; do
         case "$k" in
         State:) TB_PROC_STATE=$v ;;
+        VmLck:) TB_PROC_LCK=$v ;;
         VmHWM:) TB_PROC_HWM=$v; break ;;
         esac
     done 2>/dev/null <"/proc/$1/status"

@@ -198,7 +198,7 @@ put 0x238 '\000\020\000\000'                         # cmdline_size 4096
 head -c 512 /dev/zero | tr '\000' '\364' >>$halt_kernel   # 32-bit entry: hlt (unused)
 printf '\364\353\375' >>$halt_kernel                  # 64-bit entry: hlt; jmp .-1
 # vm_locked_mib PID: guest RAM VFIO has pinned so far (type1 accounts it as locked memory).
-vm_locked_mib() { awk '/^VmLck:/ {print int($2 / 1024)}' "/proc/$1/status" 2>/dev/null; }
+vm_locked_mib() { tb_proc "$1"; [ -z "$TB_PROC_LCK" ] || echo $((TB_PROC_LCK / 1024)); }
 # dma_map VMM MIB PAGES
 dma_map() {
     local vmm=$1 mib=$2 pages=$3 log=/tmp/bench-dma-$1-$2-$3.log us="" i=0 pid thp n last=-1 quiet=0
@@ -223,7 +223,8 @@ dma_map() {
         if [ "$vmm" = viaduct ]; then
             us=$(sed -n 's/.*DMA-mapped guest RAM: [0-9]* MiB in \([0-9]*\) us.*/\1/p' "$log")
             [ -n "$us" ] && break
-        elif [ "$(vm_locked_mib "$pid")" -ge $((mib - 1)) ] 2>/dev/null; then
+        # tb_running just read the status: its VmLck, without another read or fork.
+        elif [ $((${TB_PROC_LCK:-0} / 1024)) -ge $((mib - 1)) ]; then
             n=$(map_trace_lines)
             if [ "$n" = "$last" ]; then quiet=$((quiet + 1)); else quiet=0; fi
             last=$n
