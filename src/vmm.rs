@@ -79,9 +79,11 @@ impl Vmm {
             }
             _ => None,
         };
+        let mut first_boot = true;
         loop {
             let platform = Platform { sink: &sink, console_input: &console_input, cmos: &cmos };
-            let mut reason = boot_once(&kvm, &cpuid, cfg, &kernel, &platform, &signal_fd)?;
+            let mut reason = boot_once(&kvm, &cpuid, cfg, &kernel, &platform, &signal_fd, first_boot)?;
+            first_boot = false;
             // The control loop reads signals only while it waits on a running guest: a guest
             // that resets as soon as it starts would keep a stop signal waiting forever.
             if reason == StopReason::Reset {
@@ -210,6 +212,25 @@ impl std::fmt::Display for StartupTiming {
     }
 }
 
+/// How long this process has existed (10 ms resolution): its start time in /proc/self/stat
+/// against the boot-time clock it counts from.
+fn process_age() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name, which may hold spaces and ')': state is field 3,
+    // starttime field 22.
+    let start_ticks: u64 = stat.rsplit_once(')')?.1.split_whitespace().nth(19)?.parse().ok()?;
+    // SAFETY: sysconf only reads a configuration value.
+    let ticks_per_s = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).ok().filter(|&t| t > 0)?;
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `now` is a valid timespec for the kernel to fill.
+    if unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut now) } != 0 {
+        return None;
+    }
+    let now = Duration::new(u64::try_from(now.tv_sec).ok()?, u32::try_from(now.tv_nsec).ok()?);
+    let start = Duration::from_millis(start_ticks.checked_mul(1000)? / ticks_per_s);
+    now.checked_sub(start)
+}
+
 /// What outlives one boot of the guest: the console and the CMOS.
 struct Platform<'a> {
     sink: &'a ConsoleSink,
@@ -225,6 +246,7 @@ fn boot_once(
     kernel: &Path,
     platform: &Platform,
     signal_fd: &OwnedFd,
+    first_boot: bool,
 ) -> anyhow::Result<StopReason> {
     let Platform { sink, console_input, cmos } = platform;
     let mut timing = StartupTiming::new();
@@ -276,8 +298,14 @@ fn boot_once(
         vcpus.push(vcpu);
     }
     timing.mark("vcpus");
+    // The whole start, exec included, is what a user waits for; the stages above are only
+    // the VM's part of it.
+    let since_exec = match first_boot.then(process_age).flatten() {
+        Some(age) => format!("; {} ms since viaduct started", age.as_millis()),
+        None => String::new(),
+    };
     log::info!(
-        "booting {} with {} vCPU(s) and {} MiB (set up in {})",
+        "booting {} with {} vCPU(s) and {} MiB (set up in {}{since_exec})",
         cfg.kernel.display(),
         cfg.vcpus,
         cfg.memory.size >> 20,
@@ -352,5 +380,17 @@ fn stop_vcpus(threads: Vec<JoinHandle<()>>) {
         if t.join().is_err() {
             log::error!("a vCPU thread panicked");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn process_age_is_this_process_lifetime() {
+        let age = process_age().expect("/proc/self/stat and CLOCK_BOOTTIME");
+        // The test binary started a moment ago, not long before.
+        assert!(age < Duration::from_secs(3600), "{age:?}");
     }
 }

@@ -101,10 +101,18 @@ fn require_kvm() {
 
 fn spawn(kernel: &Path, extra: &[&str]) -> Child {
     let memory: &[&str] = if extra.contains(&"--memory") { &[] } else { &["--memory", "64M"] };
+    // The test kernels are tiny bzImages that viaduct would remember as "no PVH" in the
+    // machine's own cache (/var/cache/viaduct for root): keep that note beside the kernel.
+    let cache: Vec<std::ffi::OsString> = if extra.contains(&"--kernel-cache") {
+        Vec::new()
+    } else {
+        vec!["--kernel-cache".into(), kernel.parent().unwrap_or(Path::new(".")).join("cache").into()]
+    };
     Command::new(VIADUCT)
         .arg("--kernel")
         .arg(kernel)
         .args(memory)
+        .args(cache)
         .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

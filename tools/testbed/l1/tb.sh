@@ -229,6 +229,26 @@ tb_running() {
     [ -n "$TB_PROC_STATE" ] && [ "$TB_PROC_STATE" != Z ]
 }
 
+# tb_settle_memory: writes TB_SETTLE_MIB (900) MiB of level-1 RAM once and frees it, so that
+# the next VMM started gets pages no other guest used last. Benchmarks that alternate VMMs
+# call it before every measured start. Why: level-1 pages a QEMU-run guest used are 2.5-4x
+# slower for the next process to fault in (cause not pinned down, level 0's TCG suspected;
+# measured 2026-12-07 with level 1's function_graph: viaduct's 256 MiB DMA map took 3.4-4.1 s
+# right after a QEMU guest, 0.8-1.5 s after a viaduct guest or after this step, the time all
+# in the THP faults; QEMU itself started 1.9 s later after a QEMU guest than after this
+# step). Alternating rounds would hand each VMM the other's leftovers. Takes 6-9 s.
+tb_settle_memory() {
+    local dir=/run/tb-settle mib=${TB_SETTLE_MIB:-900} free
+    free=$(awk '/^MemAvailable:/ {print int($2 / 1024)}' /proc/meminfo)
+    [ "$mib" -gt $((free / 2)) ] && mib=$((free / 2))
+    mkdir -p "$dir"
+    grep -q " $dir " /proc/mounts || mount -t tmpfs -o size=$((mib + 16))M tmpfs "$dir" || return 0
+    dd if=/dev/zero of="$dir/fill" bs=1M count="$mib" 2>/dev/null
+    rm -f "$dir/fill"
+    umount "$dir" 2>/dev/null
+    return 0
+}
+
 # tb_run_l2 RUN TIMEOUT GUEST_SCRIPT -- VMM ARGS...
 # Boots a guest with the given VMM command line and guest script. In the VMM's arguments
 # @KERNEL@, @INITRD@ and @CMDLINE@ are replaced by the guest kernel, the initramfs built for

@@ -63,6 +63,7 @@ sample_rss() {
 bench() {
     local vmm=$1 run=$2 metric=$3 proc=viaduct rss up
     rm -f /tmp/bench-stop
+    tb_settle_memory
     [ "$vmm" = qemu ] && proc=qemu-system-x86_64
     sample_rss "$proc" "/tmp/bench-$run.rss" &
     local sampler=$!

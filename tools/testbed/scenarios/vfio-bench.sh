@@ -101,6 +101,7 @@ rate() {
 bench_round() { # bench_round VMM RUN: one guest, then its numbers
     local vmm=$1 run=$2 log=/tmp/l2/$2/console.log phases=/tmp/bench-$2.phases
     rm -f /tmp/bench-stop; mkdir -p "/tmp/l2/$run"; : >"$log"
+    tb_settle_memory
     watch_phases "$log" "$phases" &
     local watcher=$!
     if [ "$vmm" = viaduct ]; then
@@ -203,6 +204,7 @@ vm_locked_mib() { tb_proc "$1"; [ -z "$TB_PROC_LCK" ] || echo $((TB_PROC_LCK / 1
 dma_map() {
     local vmm=$1 mib=$2 pages=$3 log=/tmp/bench-dma-$1-$2-$3.log us="" i=0 pid thp n last=-1 quiet=0
     rm -f "$log"
+    tb_settle_memory
     echo >$T/trace; echo 1 >$T/tracing_on
     if [ "$vmm" = viaduct ]; then
         local mem="${mib}M"; [ "$pages" = 2m ] && mem="size=${mib}M,hugepages=on"
@@ -256,7 +258,8 @@ for mib in 256 512 1024 2048; do
         continue
     fi
     [ -n "$map_trace" ] || break
-    # ABBA: whoever maps first pays for compacting level 1's memory into huge pages.
+    # ABBA, and every run on settled memory (tb_settle_memory): the first to map after the
+    # guest rounds used to pay for pages the last QEMU guest left behind.
     dma_map viaduct "$mib" 4k; dma_map qemu "$mib" 4k; dma_map qemu "$mib" 4k; dma_map viaduct "$mib" 4k
     echo $((mib / 2)) >/proc/sys/vm/nr_hugepages
     got=$(cat /proc/sys/vm/nr_hugepages)

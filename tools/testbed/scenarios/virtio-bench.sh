@@ -119,6 +119,7 @@ while [ $r -le $rounds ]; do
         run=bench-$vmm-$r
         rm -f $www/done $img $ended
         dd if=/dev/zero of=$img bs=1M count=$blk_mb 2>/dev/null
+        tb_settle_memory
         l1_side $run $vmm &
         side=$!
         if [ $vmm = qemu ]; then
