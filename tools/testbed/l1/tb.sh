@@ -229,6 +229,9 @@ tb_running() {
     [ -n "$TB_PROC_STATE" ] && [ "$TB_PROC_STATE" != Z ]
 }
 
+# tb_mem_available_mib: level 1's MemAvailable in MiB.
+tb_mem_available_mib() { awk '/^MemAvailable:/ {print int($2 / 1024)}' /proc/meminfo; }
+
 # tb_settle_memory: writes TB_SETTLE_MIB (900) MiB of level-1 RAM once and frees it, so that
 # the next VMM started gets pages no other guest used last. Benchmarks that alternate VMMs
 # call it before every measured start. Why: level-1 pages a QEMU-run guest used are 2.5-4x
@@ -238,9 +241,9 @@ tb_running() {
 # in the THP faults; QEMU itself started 1.9 s later after a QEMU guest than after this
 # step). Alternating rounds would hand each VMM the other's leftovers. Takes 6-9 s.
 tb_settle_memory() {
-    local dir=/run/tb-settle mib=${TB_SETTLE_MIB:-900} free
-    free=$(awk '/^MemAvailable:/ {print int($2 / 1024)}' /proc/meminfo)
-    [ "$mib" -gt $((free / 2)) ] && mib=$((free / 2))
+    local dir=/run/tb-settle mib=${TB_SETTLE_MIB:-900} avail
+    avail=$(tb_mem_available_mib)
+    [ "$mib" -gt $((avail / 2)) ] && mib=$((avail / 2))
     mkdir -p "$dir"
     grep -q " $dir " /proc/mounts || mount -t tmpfs -o size=$((mib + 16))M tmpfs "$dir" || return 0
     dd if=/dev/zero of="$dir/fill" bs=1M count="$mib" 2>/dev/null

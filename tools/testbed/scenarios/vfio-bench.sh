@@ -250,7 +250,7 @@ dma_map() {
         tb_check "dma-map-${mib}m-$pages-$vmm" fail "$vmm did not map: $(tail -n2 "$log" | tr '\n' ' ')"
     fi
 }
-avail_mib=$(( $(awk '/^MemAvailable:/ {print $2}' /proc/meminfo) / 1024 ))
+avail_mib=$(tb_mem_available_mib)
 tb_value l1_mem_available_mib "$avail_mib"
 for mib in 256 512 1024 2048; do
     if [ $((mib + 256)) -gt "$avail_mib" ]; then
