@@ -188,11 +188,7 @@ impl OptionList {
         match self.get(key) {
             None | Some("off") => Ok(false),
             Some("on") => Ok(true),
-            Some(v) => Err(ConfigError::ParseToggle {
-                flag: self.flag,
-                key: key.to_string(),
-                value: v.to_string(),
-            }),
+            Some(v) => Err(ConfigError::ParseToggle { flag: self.flag, key: key.to_string(), value: v.to_string() }),
         }
     }
 }
@@ -234,9 +230,7 @@ pub fn parse_cpus(spec: &str) -> Result<u8, ConfigError> {
     let opts = OptionList::parse("cpus", spec, Some("boot"))?;
     opts.check_keys("boot")?;
     let value = opts.require("boot")?;
-    let count: u64 = value
-        .parse()
-        .map_err(|_| ConfigError::ParseNumber { flag: "cpus", value: value.to_string() })?;
+    let count: u64 = value.parse().map_err(|_| ConfigError::ParseNumber { flag: "cpus", value: value.to_string() })?;
     // APIC IDs are 8 bits in the xAPIC MADT entries we emit; 255 is the broadcast ID.
     match u8::try_from(count) {
         Ok(n @ 1..=254) => Ok(n),
@@ -290,10 +284,7 @@ impl TryFrom<&Cli> for VmConfig {
 
     fn try_from(cli: &Cli) -> Result<Self, ConfigError> {
         let list = |flag: &'static str, specs: &[String], default_key: &str| {
-            specs
-                .iter()
-                .map(|s| OptionList::parse(flag, s, Some(default_key)))
-                .collect::<Result<Vec<_>, _>>()
+            specs.iter().map(|s| OptionList::parse(flag, s, Some(default_key))).collect::<Result<Vec<_>, _>>()
         };
         Ok(Self {
             kernel: cli.kernel.clone(),

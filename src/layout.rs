@@ -84,10 +84,7 @@ pub fn ram_regions(ram_size: u64) -> Vec<(u64, u64)> {
     if ram_size <= MEM_32BIT_HOLE_START {
         vec![(0, ram_size)]
     } else {
-        vec![
-            (0, MEM_32BIT_HOLE_START),
-            (MEM_32BIT_HOLE_END, ram_size - MEM_32BIT_HOLE_START),
-        ]
+        vec![(0, MEM_32BIT_HOLE_START), (MEM_32BIT_HOLE_END, ram_size - MEM_32BIT_HOLE_START)]
     }
 }
 
@@ -98,10 +95,7 @@ pub fn low_ram_end(ram_size: u64) -> u64 {
 
 /// The 64-bit MMIO window starts after the last RAM byte, aligned to 1 GiB, never below 4 GiB.
 pub fn mmio64_start(ram_size: u64) -> u64 {
-    let ram_end = ram_regions(ram_size)
-        .last()
-        .map(|&(start, size)| start + size)
-        .unwrap_or(0);
+    let ram_end = ram_regions(ram_size).last().map(|&(start, size)| start + size).unwrap_or(0);
     ram_end.max(MEM_32BIT_HOLE_END).next_multiple_of(GIB)
 }
 

@@ -43,14 +43,8 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    env_logger::Builder::new()
-        .filter_level(cli.log_level)
-        .format_target(false)
-        .format_timestamp_millis()
-        .init();
-    let result = config::VmConfig::try_from(&cli)
-        .map_err(anyhow::Error::from)
-        .and_then(|cfg| vmm::Vmm::run(&cfg));
+    env_logger::Builder::new().filter_level(cli.log_level).format_target(false).format_timestamp_millis().init();
+    let result = config::VmConfig::try_from(&cli).map_err(anyhow::Error::from).and_then(|cfg| vmm::Vmm::run(&cfg));
     match result {
         Ok(code) => code,
         Err(e) => {

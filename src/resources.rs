@@ -52,8 +52,7 @@ impl Resources {
         Ok(Self {
             mmio32: AddressAllocator::new(layout::PCI_MMIO32_START, layout::PCI_MMIO32_SIZE)
                 .map_err(create("32-bit MMIO"))?,
-            mmio64: AddressAllocator::new(mmio64.base, mmio64.size)
-                .map_err(create("64-bit MMIO"))?,
+            mmio64: AddressAllocator::new(mmio64.base, mmio64.size).map_err(create("64-bit MMIO"))?,
             io: AddressAllocator::new(
                 u64::from(layout::PCI_IO_START),
                 u64::from(layout::PCI_IO_END - layout::PCI_IO_START) + 1,
@@ -63,9 +62,18 @@ impl Resources {
         })
     }
 
-    fn range(a: &mut AddressAllocator, what: &'static str, size: u64, align: u64) -> Result<RangeInclusive, ResourceError> {
-        a.allocate(size, align, AllocPolicy::FirstMatch)
-            .map_err(|source| ResourceError::AllocateRange { what, size, align, source })
+    fn range(
+        a: &mut AddressAllocator,
+        what: &'static str,
+        size: u64,
+        align: u64,
+    ) -> Result<RangeInclusive, ResourceError> {
+        a.allocate(size, align, AllocPolicy::FirstMatch).map_err(|source| ResourceError::AllocateRange {
+            what,
+            size,
+            align,
+            source,
+        })
     }
 
     pub fn allocate_mmio32(&mut self, size: u64, align: u64) -> Result<RangeInclusive, ResourceError> {

@@ -2,8 +2,8 @@
 //! everything down in order. A guest reset either rebuilds the VM or ends the run.
 
 use std::fs::File;
-use std::path::{Path, PathBuf};
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -157,7 +157,8 @@ fn kernel_to_boot(cfg: &VmConfig) -> anyhow::Result<PathBuf> {
 
 fn spawn_stdin_forwarder(target: ConsoleInput) -> anyhow::Result<()> {
     // The forwarder feeds a proxy device slot; rebuilt VMs swap the device behind it.
-    serial::spawn_input_forwarder(std::io::stdin(), SerialProxy(target)).context("starting the console input thread")?;
+    serial::spawn_input_forwarder(std::io::stdin(), SerialProxy(target))
+        .context("starting the console input thread")?;
     Ok(())
 }
 
@@ -272,9 +273,7 @@ fn boot_once(
         let attached = dm.attach_cli_devices(&vm, mem, cfg);
         let devices_time = t.elapsed();
         let loaded = match loader {
-            Ok(h) => h
-                .join()
-                .unwrap_or_else(|_| (Err(anyhow!("the kernel loading thread panicked")), Duration::ZERO)),
+            Ok(h) => h.join().unwrap_or_else(|_| (Err(anyhow!("the kernel loading thread panicked")), Duration::ZERO)),
             // No thread to spare: load here instead.
             Err(_) => timed_load(),
         };
@@ -316,9 +315,8 @@ fn boot_once(
     for vcpu in vcpus {
         let buses = dm.buses.clone();
         let vcpu_stop = stop.clone();
-        let handle = std::thread::Builder::new()
-            .name(format!("vcpu{}", vcpu.id))
-            .spawn(move || vcpu.run(&buses, &vcpu_stop));
+        let handle =
+            std::thread::Builder::new().name(format!("vcpu{}", vcpu.id)).spawn(move || vcpu.run(&buses, &vcpu_stop));
         match handle {
             Ok(h) => threads.push(h),
             Err(e) => {

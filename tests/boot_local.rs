@@ -93,10 +93,7 @@ fn write_kernel(name: &str, bytes: &[u8]) -> PathBuf {
 }
 
 fn require_kvm() {
-    assert!(
-        Path::new("/dev/kvm").exists(),
-        "these tests run guests on /dev/kvm, which this machine does not have"
-    );
+    assert!(Path::new("/dev/kvm").exists(), "these tests run guests on /dev/kvm, which this machine does not have");
 }
 
 fn spawn(kernel: &Path, extra: &[&str]) -> Child {

@@ -15,11 +15,7 @@ where
     I: IntoIterator<Item = S>,
     S: Into<OsString>,
 {
-    Command::new(VIADUCT)
-        .args(args.into_iter().map(Into::into))
-        .stdin(Stdio::null())
-        .output()
-        .expect("running viaduct")
+    Command::new(VIADUCT).args(args.into_iter().map(Into::into)).stdin(Stdio::null()).output().expect("running viaduct")
 }
 
 /// A readable file to stand in for a kernel where the kernel is not what is being tested.
@@ -58,9 +54,15 @@ fn with_kernel(list: &[&str]) -> Vec<OsString> {
 #[test]
 fn missing_or_unreadable_files() {
     assert_refused(&args(&[]), "--kernel");
-    assert_refused(&args(&["--kernel", "/nonexistent/vmlinuz"]), "opening kernel image /nonexistent/vmlinuz failed: No such file");
+    assert_refused(
+        &args(&["--kernel", "/nonexistent/vmlinuz"]),
+        "opening kernel image /nonexistent/vmlinuz failed: No such file",
+    );
     assert_refused(&args(&["--kernel", "/"]), "opening kernel image / failed: it is a directory");
-    assert_refused(&with_kernel(&["--initramfs", "/nonexistent/initrd"]), "opening initramfs /nonexistent/initrd failed");
+    assert_refused(
+        &with_kernel(&["--initramfs", "/nonexistent/initrd"]),
+        "opening initramfs /nonexistent/initrd failed",
+    );
     assert_refused(&args(&["--kernel"]), "--kernel");
 }
 
@@ -140,10 +142,22 @@ fn help_documents_every_option_with_an_example() {
             b.push_str(t);
         }
     }
-    let documented: Vec<&str> = blocks.iter().filter_map(|b| b.split_whitespace().find(|w| w.starts_with("--"))).collect();
+    let documented: Vec<&str> =
+        blocks.iter().filter_map(|b| b.split_whitespace().find(|w| w.starts_with("--"))).collect();
     for want in [
-        "--kernel", "--initramfs", "--cmdline", "--memory", "--cpus", "--serial", "--device", "--disk", "--net",
-        "--rng", "--on-reboot", "--log-level", "--kernel-cache",
+        "--kernel",
+        "--initramfs",
+        "--cmdline",
+        "--memory",
+        "--cpus",
+        "--serial",
+        "--device",
+        "--disk",
+        "--net",
+        "--rng",
+        "--on-reboot",
+        "--log-level",
+        "--kernel-cache",
     ] {
         assert!(documented.contains(&want), "{want} missing from --help: {documented:?}");
     }

@@ -19,17 +19,9 @@ fn guest_enumerates_through_ecam_without_bar_errors() {
     s.assert_check(&format!("{RUN}/boot"));
     s.assert_check(&format!("{RUN}/ecam"));
     let ecam = s.value(&format!("{RUN}/ecam")).unwrap_or("");
-    assert!(
-        ecam.contains("0xe0000000"),
-        "MCFG window seen by the guest: {ecam:?}"
-    );
+    assert!(ecam.contains("0xe0000000"), "MCFG window seen by the guest: {ecam:?}");
     s.assert_check(&format!("{RUN}/no-bar-errors"));
-    assert_eq!(
-        s.value(&format!("{RUN}/bar_errors")).unwrap_or("missing"),
-        "",
-        "log: {}",
-        s.log.display()
-    );
+    assert_eq!(s.value(&format!("{RUN}/bar_errors")).unwrap_or("missing"), "", "log: {}", s.log.display());
     s.assert_check(&format!("{RUN}/host-bridge"));
     s.assert_check(&format!("{RUN}/root-ports"));
     let ports = s.value(&format!("{RUN}/root_ports")).unwrap_or("");
@@ -48,27 +40,17 @@ fn synthetic_functions_have_the_bar_sizes_we_gave() {
     ];
     for (f, bars, parent) in want {
         s.assert_check(&format!("{RUN}/{f}-bar-sizes"));
-        assert_eq!(
-            s.value(&format!("{RUN}/{f}/bars")).unwrap_or(""),
-            bars,
-            "{f}; log: {}",
-            s.log.display()
-        );
+        assert_eq!(s.value(&format!("{RUN}/{f}/bars")).unwrap_or(""), bars, "{f}; log: {}", s.log.display());
         s.assert_check(&format!("{RUN}/{f}-placement"));
         let seen_parent = s.value(&format!("{RUN}/{f}/parent")).unwrap_or("");
         if parent.is_empty() {
             assert_ne!(seen_parent, "pci0000:00", "{f} must sit behind a root port");
-            assert!(
-                seen_parent.starts_with("0000:00:"),
-                "{f} parent {seen_parent}"
-            );
+            assert!(seen_parent.starts_with("0000:00:"), "{f} parent {seen_parent}");
         } else {
             assert_eq!(seen_parent, parent, "{f} parent");
         }
         // A PCIe function reached through ECAM exposes its whole 4 KiB config space.
-        let bytes = s
-            .value_u64(&format!("{RUN}/{f}/config_bytes"))
-            .expect("config_bytes");
+        let bytes = s.value_u64(&format!("{RUN}/{f}/config_bytes")).expect("config_bytes");
         assert_eq!(bytes, 4096, "{f}: config space size seen by the guest");
     }
 }
@@ -80,13 +62,9 @@ fn the_64_gib_bar_is_64_bit_prefetchable_and_aligned() {
     let line = s.value(&format!("{RUN}/big_bar")).expect("big_bar value");
     let nums: Vec<u64> = line
         .split_whitespace()
-        .map(|h| {
-            u64::from_str_radix(h.trim_start_matches("0x"), 16).expect("hex in sysfs resource")
-        })
+        .map(|h| u64::from_str_radix(h.trim_start_matches("0x"), 16).expect("hex in sysfs resource"))
         .collect();
-    let [start, end, flags] = nums[..] else {
-        panic!("resource line {line:?}")
-    };
+    let [start, end, flags] = nums[..] else { panic!("resource line {line:?}") };
     assert_eq!(end - start + 1, GIB64);
     assert_eq!(start % GIB64, 0, "natural alignment");
     assert_ne!(flags & 0x2000, 0, "IORESOURCE_PREFETCH");

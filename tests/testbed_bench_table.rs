@@ -17,11 +17,7 @@ fn temp_dir(tag: &str) -> PathBuf {
 }
 
 fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }
 
 /// A finished run of boot-bench with two viaduct and two QEMU samples per metric.
@@ -116,11 +112,7 @@ fn bench_numbers_of_a_failed_scenario_are_flagged_and_fail_the_run() {
 #[test]
 fn run_lists_test_and_bench_suites_in_a_fixed_order() {
     let list = |args: &[&str]| {
-        let out = Command::new(root().join("tools/testbed/run"))
-            .arg("--list")
-            .args(args)
-            .output()
-            .expect("run --list");
+        let out = Command::new(root().join("tools/testbed/run")).arg("--list").args(args).output().expect("run --list");
         assert!(out.status.success(), "{}", text(&out));
         String::from_utf8_lossy(&out.stdout)
             .lines()
@@ -150,11 +142,8 @@ fn run_lists_test_and_bench_suites_in_a_fixed_order() {
 #[test]
 fn a_scenario_cut_by_the_global_timeout_is_a_timeout() {
     let dir = temp_dir("global-timeout");
-    std::fs::write(
-        dir.join("markers.log"),
-        "@@TB boot - uptime=1\n@@TB begin a\n@@TB check a x pass ok\n",
-    )
-    .expect("markers");
+    std::fs::write(dir.join("markers.log"), "@@TB boot - uptime=1\n@@TB begin a\n@@TB check a x pass ok\n")
+        .expect("markers");
     let out = Command::new("awk")
         .args(["-v", &format!("out={}", dir.display()), "-v", "want=a b"])
         .args(["-v", "global_timeout=600", "-v", "fmt=text", "-f"])

@@ -16,9 +16,7 @@ fn ivshmem_large_bar_shows_the_l0_pattern() {
     // What L1 read through the BAR is what L0 wrote into the backing file.
     s.assert_check("ivshmem-pattern-0x0");
     s.assert_check(&format!("ivshmem-pattern-{:#x}", size / 2));
-    let head = s
-        .read_file_at("ivshmem.img", size / 2, 16)
-        .expect("ivshmem.img");
+    let head = s.read_file_at("ivshmem.img", size / 2, 16).expect("ivshmem.img");
     assert_eq!(&head, b"VIADUCT-IVSHMEM@");
 }
 
@@ -28,10 +26,7 @@ fn devices_behind_a_pci_bridge_share_a_group() {
     s.assert_check("bridge-shared-group");
     let members = s.value("bridge_group_members").unwrap_or("");
     for bdf in ["0000:07:00.0", "0000:08:01.0", "0000:08:02.0"] {
-        assert!(
-            members.contains(bdf),
-            "{bdf} not in the bridge's group: {members}"
-        );
+        assert!(members.contains(bdf), "{bdf} not in the bridge's group: {members}");
     }
     s.assert_check("bridge-group-vfio");
     s.assert_passed();

@@ -18,26 +18,12 @@ fn guest_sees_and_drives_the_assigned_devices() {
     s.assert_check("qemu/nvme-vf-read-signature");
     s.assert_check("qemu/igbvf-msix-vectors");
     s.assert_check("qemu/done");
-    let nvme: Vec<String> = s
-        .value("qemu/nvme_bdfs")
-        .unwrap_or("")
-        .split_whitespace()
-        .map(String::from)
-        .collect();
-    assert_eq!(
-        nvme.len(),
-        2,
-        "guest NVMe functions {nvme:?}; log: {}",
-        s.log.display()
-    );
+    let nvme: Vec<String> = s.value("qemu/nvme_bdfs").unwrap_or("").split_whitespace().map(String::from).collect();
+    assert_eq!(nvme.len(), 2, "guest NVMe functions {nvme:?}; log: {}", s.log.display());
     for bdf in &nvme {
         s.assert_check(&format!("qemu/nvme-msix-{bdf}"));
         let irqs = s.value_u64(&format!("qemu/irqs_{bdf}")).expect("irq count");
-        assert!(
-            irqs > 0,
-            "no MSI-X interrupts on guest {bdf}; log: {}",
-            s.log.display()
-        );
+        assert!(irqs > 0, "no MSI-X interrupts on guest {bdf}; log: {}", s.log.display());
     }
     s.assert_passed();
 }
@@ -49,11 +35,7 @@ fn guest_writes_reach_the_l0_disk_images() {
     s.assert_check("qemu/nvme-vf-write");
     for image in ["disk.img", "sriov.img"] {
         let sig = s.signature(image).expect("signature");
-        assert_eq!(
-            s.sector_line(image, 0).expect("sector 0"),
-            sig,
-            "{image} sector 0"
-        );
+        assert_eq!(s.sector_line(image, 0).expect("sector 0"), sig, "{image} sector 0");
         let wrote = s.sector_line(image, GUEST_WRITE_LBA).expect("guest sector");
         assert_eq!(
             wrote,

@@ -37,11 +37,7 @@ noise from the kernel @@TB check fake x pass\r
 ";
 
 fn run_parser(want: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "viaduct-tb-parser-{}-{}",
-        std::process::id(),
-        want.len()
-    ));
+    let dir = std::env::temp_dir().join(format!("viaduct-tb-parser-{}-{}", std::process::id(), want.len()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     std::fs::write(dir.join("markers.log"), MARKERS).expect("write markers");
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
@@ -55,11 +51,7 @@ fn run_parser(want: &str) -> PathBuf {
         .arg(dir.join("markers.log"))
         .output()
         .expect("run awk");
-    assert!(
-        out.status.success(),
-        "awk failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "awk failed: {}", String::from_utf8_lossy(&out.stderr));
     std::fs::write(dir.join("results.json"), &out.stdout).expect("write results.json");
     dir
 }
@@ -68,11 +60,7 @@ fn run_parser(want: &str) -> PathBuf {
 fn statuses_are_never_a_false_pass() {
     let dir = run_parser("good bad skipped slow rcfail silent crashed never");
     let all = common::load_results(&dir).expect("results.json parses");
-    let status = |n: &str| {
-        all.get(n)
-            .map(|s| s.status.clone())
-            .unwrap_or_else(|| "absent".into())
-    };
+    let status = |n: &str| all.get(n).map(|s| s.status.clone()).unwrap_or_else(|| "absent".into());
     assert_eq!(status("good"), "pass");
     assert_eq!(status("bad"), "fail");
     assert_eq!(status("skipped"), "skipped");
@@ -95,31 +83,17 @@ fn checks_values_and_paths_survive_the_round_trip() {
     good.assert_check("guest/boot");
     good.assert_passed();
     assert_eq!(good.value("quote"), Some("say \"hi\" \\ back"));
-    assert_eq!(
-        good.check("kvm").map(|c| c.detail.as_str()),
-        Some("/dev/kvm present")
-    );
+    assert_eq!(good.check("kvm").map(|c| c.detail.as_str()), Some("/dev/kvm present"));
     assert_eq!(good.log, dir.join("scenarios/good.log"));
     let bad = &all["bad"];
-    assert_eq!(
-        bad.check("b").map(|c| c.detail.as_str()),
-        Some("broke \"badly\"")
-    );
-    let msg =
-        std::panic::catch_unwind(|| bad.assert_check("b")).expect_err("a failed check must panic");
+    assert_eq!(bad.check("b").map(|c| c.detail.as_str()), Some("broke \"badly\""));
+    let msg = std::panic::catch_unwind(|| bad.assert_check("b")).expect_err("a failed check must panic");
     let msg = msg.downcast_ref::<String>().cloned().unwrap_or_default();
-    assert!(
-        msg.contains("bad/b") && msg.contains("FAIL") && msg.contains("scenarios/bad.log"),
-        "{msg}"
-    );
-    let msg = std::panic::catch_unwind(|| bad.assert_check("nope"))
-        .expect_err("a missing check must panic");
+    assert!(msg.contains("bad/b") && msg.contains("FAIL") && msg.contains("scenarios/bad.log"), "{msg}");
+    let msg = std::panic::catch_unwind(|| bad.assert_check("nope")).expect_err("a missing check must panic");
     let msg = msg.downcast_ref::<String>().cloned().unwrap_or_default();
     assert!(msg.contains("MISSING") && msg.contains("bad/nope"), "{msg}");
     let skipped = std::panic::catch_unwind(|| bad.assert_passed());
-    assert!(
-        skipped.is_err(),
-        "a failed scenario must not pass assert_passed"
-    );
+    assert!(skipped.is_err(), "a failed scenario must not pass assert_passed");
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -11,20 +11,10 @@ fn level1_has_kvm_and_iommu_groups() {
     s.assert_check("kvm-amd");
     s.assert_check("iommu-groups");
     s.assert_check("group-per-device");
-    assert!(
-        s.value_u64("iommu_groups").expect("iommu_groups") >= 3,
-        "log: {}",
-        s.log.display()
-    );
-    let groups: Vec<&str> = ["group_igb", "group_nvme", "group_nvme_sriov"]
-        .iter()
-        .map(|k| s.value(k).unwrap_or(""))
-        .collect();
-    assert!(
-        groups.iter().all(|g| !g.is_empty()),
-        "groups {groups:?}; log: {}",
-        s.log.display()
-    );
+    assert!(s.value_u64("iommu_groups").expect("iommu_groups") >= 3, "log: {}", s.log.display());
+    let groups: Vec<&str> =
+        ["group_igb", "group_nvme", "group_nvme_sriov"].iter().map(|k| s.value(k).unwrap_or("")).collect();
+    assert!(groups.iter().all(|g| !g.is_empty()), "groups {groups:?}; log: {}", s.log.display());
     assert!(
         groups[0] != groups[1] && groups[1] != groups[2] && groups[0] != groups[2],
         "groups {groups:?} not distinct"

@@ -18,10 +18,7 @@ const VIADUCT: &str = env!("CARGO_BIN_EXE_viaduct");
 
 /// Runs viaduct with a dummy kernel (device errors come before the kernel is loaded).
 fn viaduct(extra: &[&str]) -> (i32, String, String) {
-    assert!(
-        Path::new("/dev/kvm").exists(),
-        "these tests create a VM on /dev/kvm, which this machine does not have"
-    );
+    assert!(Path::new("/dev/kvm").exists(), "these tests create a VM on /dev/kvm, which this machine does not have");
     let dir = std::env::temp_dir().join(format!("viaduct-vfio-errors-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let kernel = dir.join("kernel");
@@ -60,10 +57,8 @@ mod host {
 
     /// A PCI function of this machine and whether it is in an IOMMU group.
     fn some_host_device() -> Option<(String, bool)> {
-        let mut devs: Vec<PathBuf> = std::fs::read_dir("/sys/bus/pci/devices")
-            .ok()?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .collect();
+        let mut devs: Vec<PathBuf> =
+            std::fs::read_dir("/sys/bus/pci/devices").ok()?.filter_map(|e| e.ok().map(|e| e.path())).collect();
         devs.sort();
         let d = devs.into_iter().next()?;
         let bdf = d.file_name()?.to_str()?.to_string();
@@ -237,11 +232,7 @@ mod testbed {
     #[test]
     fn group_not_viable_names_the_member() {
         let s = scenario();
-        assert_error_run(
-            &s,
-            "group",
-            &["0000:08:01.0", "IOMMU group", "not viable", "0000:08:02.0 (pci-pf-stub)"],
-        );
+        assert_error_run(&s, "group", &["0000:08:01.0", "IOMMU group", "not viable", "0000:08:02.0 (pci-pf-stub)"]);
         s.assert_check("group/says-not-viable");
         // The two edu functions really share one IOMMU group (behind the PCIe-to-PCI bridge).
         let members = s.value("group_members").unwrap_or_default();
@@ -259,13 +250,24 @@ mod testbed {
         let caps = s.value("memlock_caps").unwrap_or_default();
         assert!(caps.contains("CapEff:\t0000000000000000") || caps.contains("CapEff: 0000000000000000"), "{caps}");
         assert!(caps.trim_end().ends_with("1024"), "{caps}");
-        assert_error_run(&s, "memlock", &["memlock limit 1048576 bytes", "268435456", "ulimit -l 262144", "CAP_IPC_LOCK"]);
+        assert_error_run(
+            &s,
+            "memlock",
+            &["memlock limit 1048576 bytes", "268435456", "ulimit -l 262144", "CAP_IPC_LOCK"],
+        );
     }
 
     #[test]
     fn good_runs_after_the_errors() {
         let s = scenario();
-        for c in ["good/boot", "good/vf-on-igbvf", "good/nvme-bound", "good/nvme-read-signature", "good/done", "good/nvme-back-on-nvme"] {
+        for c in [
+            "good/boot",
+            "good/vf-on-igbvf",
+            "good/nvme-bound",
+            "good/nvme-read-signature",
+            "good/done",
+            "good/nvme-back-on-nvme",
+        ] {
             s.assert_check(c);
         }
         let sig = s.signature("disk.img").unwrap();

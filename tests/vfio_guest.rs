@@ -151,7 +151,17 @@ fn host_irqs(s: &Scenario, run: &str, kind: &str) -> Option<(u64, u64)> {
 /// interrupts vfio-pci opened for the device while viaduct ran).
 #[track_caller]
 fn assert_nic_run(s: &Scenario, run: &str, mode: &str) {
-    for c in ["boot", "e1000e-bound", "ping-l1", "nic-both-ways", "nic-interrupts", "done", "l1-received", "l1-sent", "host-irq-mode"] {
+    for c in [
+        "boot",
+        "e1000e-bound",
+        "ping-l1",
+        "nic-both-ways",
+        "nic-interrupts",
+        "done",
+        "l1-received",
+        "l1-sent",
+        "host-irq-mode",
+    ] {
         s.assert_check(&format!("{run}/{c}"));
     }
     let num = |k: &str| s.value_u64(&format!("{run}/{k}")).unwrap_or_else(|e| panic!("{run}: {e}"));
@@ -179,7 +189,10 @@ fn assert_nic_run(s: &Scenario, run: &str, mode: &str) {
             assert_eq!(num("nic_vectors"), 0, "{run}: no MSI vectors on INTx");
             assert!(host_irqs(s, run, "vfio-msix").is_none(), "{run}: level 1 had MSI-X: {hosts}");
             let line = s.value(&format!("{run}/nic_intx_line")).unwrap_or_default();
-            assert!(line.contains("IO-APIC") && line.contains("fasteoi"), "{run}: a level-triggered IO-APIC line: {line}");
+            assert!(
+                line.contains("IO-APIC") && line.contains("fasteoi"),
+                "{run}: a level-triggered IO-APIC line: {line}"
+            );
         }
     }
 }

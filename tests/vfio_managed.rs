@@ -15,8 +15,7 @@ fn scenario() -> common::Scenario {
 
 #[track_caller]
 fn value<'a>(s: &'a common::Scenario, key: &str) -> &'a str {
-    s.value(key)
-        .unwrap_or_else(|| panic!("value {key} missing; log: {}", s.log.display()))
+    s.value(key).unwrap_or_else(|| panic!("value {key} missing; log: {}", s.log.display()))
 }
 
 const VF0: &str = "0000:01:10.0";
@@ -89,14 +88,8 @@ fn sigterm_restores_and_leaves_other_bindings_alone() {
     }
     let pid = value(&s, "sigterm/pid");
     let during = value(&s, "sigterm/records_during");
-    assert!(
-        during.contains(&format!("{VF1} driver=igbvf override=- owner=viaduct[{pid}]")),
-        "{during}"
-    );
-    assert!(
-        during.contains(&format!("{NVME} driver=nvme override=- owner=viaduct[{pid}]")),
-        "{during}"
-    );
+    assert!(during.contains(&format!("{VF1} driver=igbvf override=- owner=viaduct[{pid}]")), "{during}");
+    assert!(during.contains(&format!("{NVME} driver=nvme override=- owner=viaduct[{pid}]")), "{during}");
     assert!(!during.contains(VF0), "VF0 was not viaduct's to bind: {during}");
     assert!(
         value(&s, "sigterm/records_viaductctl").contains(&format!("{VF0} driver=- override=- owner=viaductctl")),
@@ -136,10 +129,7 @@ fn after_sigkill_viaductctl_restore_gives_the_devices_back() {
     let doc: Value = serde_json::from_str(value(&s, "sigkill/restore_json")).expect("restore --json output");
     let results = doc["results"].as_array().expect("results array");
     for (bdf, driver) in [(VF1, "igbvf"), (NVME, "nvme")] {
-        let r = results
-            .iter()
-            .find(|r| r["bdf"] == bdf)
-            .unwrap_or_else(|| panic!("{bdf} not restored: {doc}"));
+        let r = results.iter().find(|r| r["bdf"] == bdf).unwrap_or_else(|| panic!("{bdf} not restored: {doc}"));
         assert_eq!(r["action"], "restored", "{r}");
         assert_eq!(r["driver"], driver, "{r}");
     }

@@ -14,21 +14,14 @@ fn scenario() -> common::Scenario {
 /// A value holding one of viaductctl's JSON documents.
 #[track_caller]
 fn doc(s: &common::Scenario, key: &str) -> Value {
-    let text = s
-        .value(key)
-        .unwrap_or_else(|| panic!("value {key} missing; log: {}", s.log.display()));
-    serde_json::from_str(text).unwrap_or_else(|e| {
-        panic!(
-            "value {key} is not JSON ({e}): {text}\n  log: {}",
-            s.log.display()
-        )
-    })
+    let text = s.value(key).unwrap_or_else(|| panic!("value {key} missing; log: {}", s.log.display()));
+    serde_json::from_str(text)
+        .unwrap_or_else(|e| panic!("value {key} is not JSON ({e}): {text}\n  log: {}", s.log.display()))
 }
 
 #[track_caller]
 fn rc(s: &common::Scenario, name: &str) -> u64 {
-    s.value_u64(&format!("{name}_rc"))
-        .unwrap_or_else(|e| panic!("{e}"))
+    s.value_u64(&format!("{name}_rc")).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn device<'a>(d: &'a Value, bdf: &str) -> &'a Value {
@@ -44,29 +37,20 @@ fn list_shows_the_igb_pf_with_seven_vfs_and_its_group() {
     s.assert_check("list-pf");
     let d = doc(&s, "list_pf_json");
     let pf = device(&d, "0000:01:00.0");
-    assert_eq!(
-        (pf["vendor"].as_str(), pf["device"].as_str()),
-        (Some("8086"), Some("10c9"))
-    );
+    assert_eq!((pf["vendor"].as_str(), pf["device"].as_str()), (Some("8086"), Some("10c9")));
     assert_eq!(pf["driver"], "igb");
     assert_eq!(pf["sriov"]["total_vfs"], 7);
     assert_eq!(pf["sriov"]["num_vfs"], 0);
     let group: u64 = s.value_u64("pf_group").unwrap();
     assert_eq!(pf["iommu_group"].as_u64(), Some(group));
-    assert_eq!(
-        pf["iommu_group_members"],
-        serde_json::json!(["0000:01:00.0"])
-    );
+    assert_eq!(pf["iommu_group_members"], serde_json::json!(["0000:01:00.0"]));
     assert!(!pf["reset_methods"].as_array().unwrap().is_empty());
     assert_eq!(pf["net_interfaces"][0].as_str(), s.value("pf_if"));
     // The whole inventory has the NVMe too, and the table row names the PF's SR-IOV state.
     let all = doc(&s, "list_all_json");
     assert_eq!(device(&all, "0000:02:00.0")["device"], "0010");
     let row = s.value("list_text_pf").unwrap();
-    assert!(
-        row.contains("8086:10c9") && row.contains("PF 0/7 VFs"),
-        "{row}"
-    );
+    assert!(row.contains("8086:10c9") && row.contains("PF 0/7 VFs"), "{row}");
 }
 
 #[test]
@@ -98,19 +82,11 @@ fn sriov_creates_two_vfs_that_list_shows_as_the_pfs() {
     s.assert_check("sriov-create");
     let d = doc(&s, "sriov_create_json");
     assert_eq!(d["num_vfs"], 2);
-    let vfs: Vec<&str> = d["vfs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v["bdf"].as_str().unwrap())
-        .collect();
+    let vfs: Vec<&str> = d["vfs"].as_array().unwrap().iter().map(|v| v["bdf"].as_str().unwrap()).collect();
     assert_eq!(vfs, vec!["0000:01:10.0", "0000:01:10.2"]);
     assert_eq!(s.value("vfs"), Some("0000:01:10.0 0000:01:10.2"));
     let pf = doc(&s, "list_pf_vfs_json");
-    assert_eq!(
-        device(&pf, "0000:01:00.0")["sriov"]["vfs"],
-        serde_json::json!(["0000:01:10.0", "0000:01:10.2"])
-    );
+    assert_eq!(device(&pf, "0000:01:00.0")["sriov"]["vfs"], serde_json::json!(["0000:01:10.0", "0000:01:10.2"]));
     let l = doc(&s, "list_vfs_json");
     for (i, vf) in vfs.iter().enumerate() {
         let v = device(&l, vf);
@@ -119,10 +95,7 @@ fn sriov_creates_two_vfs_that_list_shows_as_the_pfs() {
         assert_eq!(v["physfn"]["vf_index"], i as u64);
         assert!(v["iommu_group"].is_u64());
     }
-    assert_ne!(
-        device(&l, vfs[0])["iommu_group"],
-        device(&l, vfs[1])["iommu_group"]
-    );
+    assert_ne!(device(&l, vfs[0])["iommu_group"], device(&l, vfs[1])["iommu_group"]);
     assert_eq!(doc(&s, "sriov_remove_json")["num_vfs"], 0);
     assert_eq!(s.value_u64("vfs_after_remove").unwrap(), 0);
 }
@@ -134,12 +107,7 @@ fn vf_sets_mac_and_vlan_and_the_pf_reports_them() {
     // The reply of the set command and a separate read both show the settings.
     for key in ["vf_set_json", "vf_show_json"] {
         let d = doc(&s, key);
-        let vf0 = d["vfs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|v| v["index"] == 0)
-            .unwrap_or_else(|| panic!("{key}: {d}"));
+        let vf0 = d["vfs"].as_array().unwrap().iter().find(|v| v["index"] == 0).unwrap_or_else(|| panic!("{key}: {d}"));
         assert_eq!(vf0["mac"], "02:00:00:00:00:aa", "{key}: {d}");
         assert_eq!(vf0["vlan"], 100, "{key}: {d}");
         assert_eq!(vf0["bdf"], "0000:01:10.0");
@@ -151,14 +119,8 @@ fn vf_sets_mac_and_vlan_and_the_pf_reports_them() {
     assert_eq!(vf1["spoofchk"], false);
     // igb logs each request it carried out.
     let dmesg = s.value("vf_dmesg").unwrap_or_default().to_lowercase();
-    assert!(
-        dmesg.contains("02:00:00:00:00:aa"),
-        "igb did not log the MAC: {dmesg}"
-    );
-    assert!(
-        dmesg.contains("setting vlan 100, qos 0x0 on vf 0"),
-        "igb did not log the VLAN: {dmesg}"
-    );
+    assert!(dmesg.contains("02:00:00:00:00:aa"), "igb did not log the MAC: {dmesg}");
+    assert!(dmesg.contains("setting vlan 100, qos 0x0 on vf 0"), "igb did not log the VLAN: {dmesg}");
 }
 
 #[test]
@@ -168,28 +130,14 @@ fn an_unsupported_setting_fails_and_undoes_the_others() {
     // same command is put back.
     if rc(&s, "vf_linkstate") == 0 {
         let d = doc(&s, "vf_after_linkstate");
-        assert_eq!(
-            d["vfs"][0]["link_state"], "disable",
-            "link-state accepted but not reported: {d}"
-        );
+        assert_eq!(d["vfs"][0]["link_state"], "disable", "link-state accepted but not reported: {d}");
         return;
     }
     let err = s.value("vf_linkstate_err").unwrap();
-    assert!(
-        err.contains("link-state") && err.contains("nothing was changed"),
-        "{err}"
-    );
-    assert_eq!(
-        doc(&s, "vf_linkstate_json")["error"]["message"]
-            .as_str()
-            .map(|m| m.contains("VF 0")),
-        Some(true)
-    );
+    assert!(err.contains("link-state") && err.contains("nothing was changed"), "{err}");
+    assert_eq!(doc(&s, "vf_linkstate_json")["error"]["message"].as_str().map(|m| m.contains("VF 0")), Some(true));
     let after = doc(&s, "vf_after_linkstate_json");
-    assert_eq!(
-        after["vfs"][0]["mac"], "02:00:00:00:00:aa",
-        "MAC not rolled back: {after}"
-    );
+    assert_eq!(after["vfs"][0]["mac"], "02:00:00:00:00:aa", "MAC not rolled back: {after}");
 }
 
 #[test]
@@ -222,44 +170,24 @@ fn bind_unbind_restore_round_trip_the_original_driver() {
     let before = s.value("vf0_driver_before").unwrap().to_string();
     let b = doc(&s, "bind_vf0_json");
     assert_eq!(b["results"][0]["action"], "bound");
-    assert_eq!(
-        b["results"][0]["previous_driver"]
-            .as_str()
-            .unwrap_or("none"),
-        before
-    );
+    assert_eq!(b["results"][0]["previous_driver"].as_str().unwrap_or("none"), before);
     assert_eq!(s.value("bind_vf0_driver"), Some("vfio-pci"));
     s.assert_check("bind-vf0-devnode");
     let state = s.value("state_after_bind").unwrap();
     assert!(
         state.contains("0000:01:10.0")
-            && state.contains(&format!(
-                "driver={}",
-                if before == "none" { "-" } else { &before }
-            )),
+            && state.contains(&format!("driver={}", if before == "none" { "-" } else { &before })),
         "{state}"
     );
-    assert_eq!(
-        doc(&s, "bind_vf0_again_json")["results"][0]["action"],
-        "already-bound"
-    );
-    assert_eq!(
-        doc(&s, "restore_vf0_json")["results"][0]["action"],
-        "restored"
-    );
+    assert_eq!(doc(&s, "bind_vf0_again_json")["results"][0]["action"], "already-bound");
+    assert_eq!(doc(&s, "restore_vf0_json")["results"][0]["action"], "restored");
     assert_eq!(s.value("restore_vf0_driver"), Some(before.as_str()));
-    assert_eq!(
-        doc(&s, "restore_vf0_again_json")["results"][0]["action"],
-        "nothing-to-do"
-    );
+    assert_eq!(doc(&s, "restore_vf0_again_json")["results"][0]["action"], "nothing-to-do");
     s.assert_check("vf0-round-trip");
 
     assert_eq!(s.value("nvme_driver_before"), Some("nvme"));
     assert_eq!(s.value("bind_nvme_driver"), Some("vfio-pci"));
-    assert_eq!(
-        doc(&s, "unbind_nvme_json")["results"][0]["action"],
-        "restored"
-    );
+    assert_eq!(doc(&s, "unbind_nvme_json")["results"][0]["action"], "restored");
     assert_eq!(s.value("unbind_nvme_driver"), Some("nvme"));
     let r = doc(&s, "restore_all_json");
     assert_eq!(r["results"].as_array().unwrap().len(), 1, "{r}");
@@ -273,11 +201,7 @@ fn bind_unbind_restore_round_trip_the_original_driver() {
 fn unprobed_vfs_bind_from_no_driver_and_go_back_to_none() {
     let s = scenario();
     assert_eq!(s.value("noprobe_vf0_driver"), Some("none"));
-    assert_eq!(
-        s.value("noprobe_autoprobe"),
-        Some("1"),
-        "sriov_drivers_autoprobe not put back"
-    );
+    assert_eq!(s.value("noprobe_autoprobe"), Some("1"), "sriov_drivers_autoprobe not put back");
     let b = doc(&s, "bind_unprobed_json");
     assert_eq!(b["results"][0]["previous_driver"], Value::Null);
     assert_eq!(s.value("bind_unprobed_driver"), Some("vfio-pci"));
@@ -293,12 +217,7 @@ fn the_scenario_passed() {
 fn restore_after_a_killed_vmm_gives_its_devices_back() {
     let s = scenario();
     let before = s.value("vf1_driver_before").unwrap();
-    assert_eq!(
-        before,
-        "igbvf",
-        "VF1 was not probed by igbvf; log: {}",
-        s.log.display()
-    );
+    assert_eq!(before, "igbvf", "VF1 was not probed by igbvf; log: {}", s.log.display());
     assert_eq!(s.value("killed_vmm_vf1_driver"), Some("vfio-pci"));
     let r = doc(&s, "restore_killed_json");
     assert_eq!(r["results"][0]["bdf"], "0000:01:10.2", "{r}");
@@ -312,39 +231,18 @@ fn group_bind_takes_the_whole_group_but_not_its_bridge() {
     let s = scenario();
     s.assert_check("group-bind-devnode");
     let members = s.value("group_members").unwrap();
-    assert!(
-        members.contains("0000:08:01.0") && members.contains("0000:08:02.0"),
-        "{members}"
-    );
+    assert!(members.contains("0000:08:01.0") && members.contains("0000:08:02.0"), "{members}");
     let b = doc(&s, "group_bind_json");
-    let bound: Vec<&str> = b["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["bdf"].as_str().unwrap())
-        .collect();
+    let bound: Vec<&str> = b["results"].as_array().unwrap().iter().map(|r| r["bdf"].as_str().unwrap()).collect();
     assert_eq!(bound, vec!["0000:08:01.0", "0000:08:02.0"], "{b}");
-    assert!(b["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .all(|r| r["action"] == "bound"));
+    assert!(b["results"].as_array().unwrap().iter().all(|r| r["action"] == "bound"));
     let before: Vec<&str> = s.value("edu_drivers_before").unwrap().split(' ').collect();
     let after: Vec<&str> = s.value("group_bind_drivers").unwrap().split(' ').collect();
     assert_eq!(&after[..2], &["vfio-pci", "vfio-pci"]);
     assert_eq!(after[2], before[2], "the bridge's driver changed");
     assert_eq!(doc(&s, "group_check_json")["ok"], true);
-    assert_eq!(
-        doc(&s, "group_restore_json")["results"]
-            .as_array()
-            .unwrap()
-            .len(),
-        2
-    );
-    assert_eq!(
-        s.value("group_restore_drivers"),
-        s.value("edu_drivers_before")
-    );
+    assert_eq!(doc(&s, "group_restore_json")["results"].as_array().unwrap().len(), 2);
+    assert_eq!(s.value("group_restore_drivers"), s.value("edu_drivers_before"));
 }
 
 #[test]
@@ -352,12 +250,7 @@ fn check_names_missing_vfio_modules_and_fix_loads_them() {
     let s = scenario();
     assert_eq!(rc(&s, "check_nomod"), 3);
     let d = doc(&s, "check_nomod_json");
-    let f = d["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["check"] == "vfio-modules")
-        .unwrap();
+    let f = d["findings"].as_array().unwrap().iter().find(|f| f["check"] == "vfio-modules").unwrap();
     assert_eq!(f["severity"], "block", "{d}");
     assert!(f["message"].as_str().unwrap().contains("vfio-pci"));
     assert_eq!(rc(&s, "check_fix"), 0);
@@ -372,16 +265,9 @@ fn a_device_the_host_uses_is_refused() {
     assert_eq!(rc(&s, "bind_inuse"), 1);
     let err = doc(&s, "bind_inuse_json");
     let causes = err["error"]["causes"].to_string();
-    assert!(
-        causes.contains(&format!("interface {iface} is up")),
-        "{err}"
-    );
+    assert!(causes.contains(&format!("interface {iface} is up")), "{err}");
     assert_eq!(s.value("bind_inuse_driver"), Some("igb"));
     let c = doc(&s, "check_inuse_json");
-    let f = c["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["check"] == "in-use");
+    let f = c["findings"].as_array().unwrap().iter().find(|f| f["check"] == "in-use");
     assert_eq!(f.map(|f| f["severity"].as_str()), Some(Some("warn")), "{c}");
 }

@@ -33,7 +33,9 @@ fn guest_sees_virtio_net_with_offloads() {
     s.assert_check(&format!("{RUN}/mac"));
     s.assert_check(&format!("{RUN}/offloads-negotiated"));
     let features = s.value(&format!("{RUN}/features")).expect("features").to_string();
-    for (bit, name) in [(0, "CSUM"), (1, "GUEST_CSUM"), (7, "GUEST_TSO4"), (11, "HOST_TSO4"), (15, "MRG_RXBUF"), (29, "EVENT_IDX")] {
+    for (bit, name) in
+        [(0, "CSUM"), (1, "GUEST_CSUM"), (7, "GUEST_TSO4"), (11, "HOST_TSO4"), (15, "MRG_RXBUF"), (29, "EVENT_IDX")]
+    {
         assert_eq!(features.as_bytes().get(bit), Some(&b'1'), "{name} (bit {bit}) not negotiated: {features}");
     }
     // RX, TX and the configuration vector.

@@ -15,7 +15,17 @@ fn results() -> common::Scenario {
 #[test]
 fn both_kinds_of_device_work_in_one_guest() {
     let s = results();
-    for c in ["vfio-bind", "boot", "nvme-bound", "virtio-bound", "nvme-read", "virtio-read", "copy-nvme-to-virtio", "hwrng", "msix-both"] {
+    for c in [
+        "vfio-bind",
+        "boot",
+        "nvme-bound",
+        "virtio-bound",
+        "nvme-read",
+        "virtio-read",
+        "copy-nvme-to-virtio",
+        "hwrng",
+        "msix-both",
+    ] {
         s.assert_check(&format!("{RUN}/{c}"));
     }
     assert!(s.value_u64(&format!("{RUN}/nvme_irqs")).expect("nvme_irqs") > 0);

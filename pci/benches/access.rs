@@ -7,9 +7,8 @@ use std::sync::{Arc, Mutex};
 use criterion::{criterion_group, criterion_main, Criterion};
 use pci::synthetic::{synthetic_function, SyntheticSpec};
 use pci::{
-    BarIndex, BarKind, BarSlot, BarSpec, Bdf, Bus, BusDevice, ConfigEffects, ConfigEffectsHandler,
-    DeviceIds, EmulatedFunction, FunctionConfig, HeaderType, NoRegisters, PciConfigMmio, PciDevice,
-    PciRoot, SharedPciDevice,
+    BarIndex, BarKind, BarSlot, BarSpec, Bdf, Bus, BusDevice, ConfigEffects, ConfigEffectsHandler, DeviceIds,
+    EmulatedFunction, FunctionConfig, HeaderType, NoRegisters, PciConfigMmio, PciDevice, PciRoot, SharedPciDevice,
 };
 
 struct Ignore;
@@ -30,13 +29,7 @@ fn function() -> EmulatedFunction<NoRegisters> {
         header: HeaderType::Endpoint,
         pcie: None,
         power_management: true,
-        bars: vec![BarSpec {
-            index: BarIndex(0),
-            kind: BarKind::Mem32 {
-                prefetchable: false,
-            },
-            size: 0x1000,
-        }],
+        bars: vec![BarSpec { index: BarIndex(0), kind: BarKind::Mem32 { prefetchable: false }, size: 0x1000 }],
         msi: None,
         msix: None,
         interrupt_pin: 1,
@@ -56,17 +49,14 @@ impl BusDevice for Register {
 
 fn benches(c: &mut Criterion) {
     let mut f = function();
-    c.bench_function("config read (function)", |b| {
-        b.iter(|| black_box(f.read_config(black_box(1))))
-    });
+    c.bench_function("config read (function)", |b| b.iter(|| black_box(f.read_config(black_box(1)))));
     c.bench_function("config write (function, command)", |b| {
         b.iter(|| black_box(f.write_config(black_box(1), 0, &[0x06, 0x00])))
     });
 
     let mut root = PciRoot::new(0, Box::new(Ignore)).expect("root");
     for dev in 1..8 {
-        root.add_device(dev, 0, Arc::new(Mutex::new(function())))
-            .expect("slot");
+        root.add_device(dev, 0, Arc::new(Mutex::new(function()))).expect("slot");
     }
     let mut ecam = PciConfigMmio::new(Arc::new(Mutex::new(root)));
     let target = Bdf::new(0, 0, 5, 0).expect("bdf").ecam_offset();
@@ -81,12 +71,7 @@ fn benches(c: &mut Criterion) {
     // 64 devices on the bus, as many as a busy VM has ranges.
     let bus = Bus::new();
     for i in 0..64u64 {
-        bus.insert(
-            Arc::new(Mutex::new(Register(i as u32))),
-            0xc000_0000 + i * 0x1000,
-            0x1000,
-        )
-        .expect("insert");
+        bus.insert(Arc::new(Mutex::new(Register(i as u32))), 0xc000_0000 + i * 0x1000, 0x1000).expect("insert");
     }
     c.bench_function("MMIO dispatch (Bus::read, 4 bytes, 64 ranges)", |b| {
         b.iter(|| black_box(bus.read(black_box(0xc002_a010), &mut buf)))
@@ -100,12 +85,7 @@ fn benches(c: &mut Criterion) {
     let mut synth = synthetic_function("bench", &spec).expect("synthetic function");
     synth.place_bar(BarIndex(0), 0xd000_0000).expect("place");
     let shared: SharedPciDevice = Arc::new(Mutex::new(synth));
-    bus.insert(
-        Arc::new(Mutex::new(BarSlot::new(shared, BarIndex(0)))),
-        0xd000_0000,
-        0x4000,
-    )
-    .expect("insert BAR");
+    bus.insert(Arc::new(Mutex::new(BarSlot::new(shared, BarIndex(0)))), 0xd000_0000, 0x4000).expect("insert BAR");
     c.bench_function("BAR write (Bus -> BarSlot -> function, 4 bytes)", |b| {
         b.iter(|| black_box(bus.write(black_box(0xd000_0010), &[1, 2, 3, 4])))
     });

@@ -69,10 +69,7 @@ pub struct PciWindows {
 /// at 2^48 to stay inside 4-level paging's reach.
 pub fn mmio64_window(start: u64, phys_bits: u8) -> Window {
     let top = 1u64 << phys_bits.clamp(32, 48);
-    Window {
-        base: start,
-        size: top.saturating_sub(start),
-    }
+    Window { base: start, size: top.saturating_sub(start) }
 }
 
 /// One BAR to place.
@@ -147,30 +144,14 @@ impl PortPlan {
             (Pool::Mmio64, MEM_WINDOW_GRANULE, reserve.prefetch),
             (Pool::Io, IO_WINDOW_GRANULE, reserve.io),
         ] {
-            let mut group: Vec<BarRequest> = bars
-                .iter()
-                .filter(|b| pool_for(b.kind) == pool)
-                .copied()
-                .collect();
+            let mut group: Vec<BarRequest> = bars.iter().filter(|b| pool_for(b.kind) == pool).copied().collect();
             if let Some(b) = group.iter().find(|b| !b.size.is_power_of_two()) {
-                return Err(AllocError::BarSize {
-                    bdf: b.bdf,
-                    bar: b.bar,
-                    size: b.size,
-                });
+                return Err(AllocError::BarSize { bdf: b.bdf, bar: b.bar, size: b.size });
             }
             group.sort_by_key(|b| std::cmp::Reverse(b.size));
-            let too_big = AllocError::WindowSize {
-                port,
-                pool,
-                size: u64::MAX,
-            };
-            let total = group
-                .iter()
-                .try_fold(extra, |acc, b| acc.checked_add(b.size));
-            let size = total
-                .and_then(|t| t.checked_next_multiple_of(granule))
-                .ok_or(too_big)?;
+            let too_big = AllocError::WindowSize { port, pool, size: u64::MAX };
+            let total = group.iter().try_fold(extra, |acc, b| acc.checked_add(b.size));
+            let size = total.and_then(|t| t.checked_next_multiple_of(granule)).ok_or(too_big)?;
             if size == 0 {
                 continue;
             }
@@ -181,12 +162,7 @@ impl PortPlan {
                 placed.push((b, offset));
                 offset += b.size;
             }
-            windows.push(WindowPlan {
-                pool,
-                size,
-                align,
-                bars: placed,
-            });
+            windows.push(WindowPlan { pool, size, align, bars: placed });
         }
         Ok(Self { windows })
     }
@@ -198,11 +174,7 @@ impl PortPlan {
         for (w, &base) in self.windows.iter().zip(bases) {
             let window = Window { base, size: w.size };
             for (b, off) in &w.bars {
-                layout.bars.push(BarPlacement {
-                    bdf: b.bdf,
-                    bar: b.bar,
-                    addr: base.saturating_add(*off),
-                });
+                layout.bars.push(BarPlacement { bdf: b.bdf, bar: b.bar, addr: base.saturating_add(*off) });
             }
             match w.pool {
                 Pool::Mmio32 => layout.windows.mem = Some(window),
@@ -248,24 +220,12 @@ impl BarAllocator {
     /// Places a BAR of a function on bus 0, naturally aligned.
     pub fn allocate_bar(&mut self, req: BarRequest) -> Result<u64, AllocError> {
         if !req.size.is_power_of_two() {
-            return Err(AllocError::BarSize {
-                bdf: req.bdf,
-                bar: req.bar,
-                size: req.size,
-            });
+            return Err(AllocError::BarSize { bdf: req.bdf, bar: req.bar, size: req.size });
         }
         let pool = pool_for(req.kind);
-        self.pool(pool)
-            .allocate(req.size, req.size, AllocPolicy::FirstMatch)
-            .map(|r| r.start())
-            .map_err(|source| AllocError::AllocateBar {
-                bdf: req.bdf,
-                bar: req.bar,
-                kind: req.kind,
-                size: req.size,
-                pool,
-                source,
-            })
+        self.pool(pool).allocate(req.size, req.size, AllocPolicy::FirstMatch).map(|r| r.start()).map_err(|source| {
+            AllocError::AllocateBar { bdf: req.bdf, bar: req.bar, kind: req.kind, size: req.size, pool, source }
+        })
     }
 
     /// Sizes and allocates a root port's windows for the BARs behind it (plus `reserve`)
@@ -282,12 +242,7 @@ impl BarAllocator {
             let range = self
                 .pool(w.pool)
                 .allocate(w.size, w.align, AllocPolicy::FirstMatch)
-                .map_err(|source| AllocError::AllocateWindow {
-                    port,
-                    pool: w.pool,
-                    size: w.size,
-                    source,
-                })?;
+                .map_err(|source| AllocError::AllocateWindow { port, pool: w.pool, size: w.size, source })?;
             bases.push(range.start());
         }
         Ok(plan.place(&bases))
@@ -295,9 +250,7 @@ impl BarAllocator {
 
     /// Returns a BAR's or window's range to its pool (device detach).
     pub fn free(&mut self, pool: Pool, window: Window) -> Result<(), vm_allocator::Error> {
-        let last = window
-            .last()
-            .ok_or(vm_allocator::Error::InvalidSize(window.size))?;
+        let last = window.last().ok_or(vm_allocator::Error::InvalidSize(window.size))?;
         let range = RangeInclusive::new(window.base, last)?;
         self.pool(pool).free(&range)
     }
@@ -311,57 +264,26 @@ mod tests {
 
     fn windows() -> PciWindows {
         PciWindows {
-            mmio32: Window {
-                base: 0xc000_0000,
-                size: 0x2000_0000,
-            },
+            mmio32: Window { base: 0xc000_0000, size: 0x2000_0000 },
             mmio64: mmio64_window(4 * GIB, 40),
-            io: Window {
-                base: 0x1000,
-                size: 0xf000,
-            },
+            io: Window { base: 0x1000, size: 0xf000 },
         }
     }
 
     fn req(bus: u8, bar: u8, kind: BarKind, size: u64) -> BarRequest {
-        BarRequest {
-            bdf: Bdf::from_devfn(0, bus, 0),
-            bar: BarIndex(bar),
-            kind,
-            size,
-        }
+        BarRequest { bdf: Bdf::from_devfn(0, bus, 0), bar: BarIndex(bar), kind, size }
     }
 
     #[test]
     fn natural_alignment_on_bus0() {
         let mut a = BarAllocator::new(windows()).unwrap();
-        let x = a
-            .allocate_bar(req(
-                0,
-                0,
-                BarKind::Mem32 {
-                    prefetchable: false,
-                },
-                0x1000,
-            ))
-            .unwrap();
-        let y = a
-            .allocate_bar(req(
-                0,
-                1,
-                BarKind::Mem32 {
-                    prefetchable: false,
-                },
-                0x10_0000,
-            ))
-            .unwrap();
+        let x = a.allocate_bar(req(0, 0, BarKind::Mem32 { prefetchable: false }, 0x1000)).unwrap();
+        let y = a.allocate_bar(req(0, 1, BarKind::Mem32 { prefetchable: false }, 0x10_0000)).unwrap();
         assert_eq!(x, 0xc000_0000);
         assert_eq!(y % 0x10_0000, 0);
         let io = a.allocate_bar(req(0, 2, BarKind::Io, 0x20)).unwrap();
         assert_eq!(io, 0x1000);
-        let hi = a
-            .allocate_bar(req(0, 3, BarKind::Mem64 { prefetchable: true }, 64 * GIB))
-            .unwrap();
+        let hi = a.allocate_bar(req(0, 3, BarKind::Mem64 { prefetchable: true }, 64 * GIB)).unwrap();
         assert_eq!(hi % (64 * GIB), 0);
         assert!(hi >= 4 * GIB);
     }
@@ -371,21 +293,12 @@ mod tests {
         let mut a = BarAllocator::new(windows()).unwrap();
         let port: Bdf = "00:01.0".parse().unwrap();
         let bars = [
-            req(
-                1,
-                0,
-                BarKind::Mem32 {
-                    prefetchable: false,
-                },
-                0x4000,
-            ),
+            req(1, 0, BarKind::Mem32 { prefetchable: false }, 0x4000),
             req(1, 1, BarKind::Mem64 { prefetchable: true }, 64 * GIB),
             req(1, 3, BarKind::Mem64 { prefetchable: true }, 32 << 20),
             req(1, 5, BarKind::Io, 0x80),
         ];
-        let l = a
-            .allocate_port(port, &bars, WindowReserve::default())
-            .unwrap();
+        let l = a.allocate_port(port, &bars, WindowReserve::default()).unwrap();
         let pref = l.windows.prefetch.unwrap();
         assert_eq!(pref.size, 64 * GIB + (32 << 20));
         assert_eq!(pref.base % (64 * GIB), 0);
@@ -404,14 +317,7 @@ mod tests {
         }
         // A second port gets disjoint windows.
         let l2 = a
-            .allocate_port(
-                "00:02.0".parse().unwrap(),
-                &bars[..1],
-                WindowReserve {
-                    mem: 3 << 20,
-                    ..Default::default()
-                },
-            )
+            .allocate_port("00:02.0".parse().unwrap(), &bars[..1], WindowReserve { mem: 3 << 20, ..Default::default() })
             .unwrap();
         assert_eq!(l2.windows.mem.unwrap().size, 4 << 20);
         assert!(l2.windows.prefetch.is_none() && l2.windows.io.is_none());
@@ -421,9 +327,7 @@ mod tests {
     #[test]
     fn port_plan_places_bars_at_any_window_base() {
         let port: Bdf = "00:1f.0".parse().unwrap();
-        let mem32 = BarKind::Mem32 {
-            prefetchable: false,
-        };
+        let mem32 = BarKind::Mem32 { prefetchable: false };
         let bars = [
             req(1, 0, mem32, 0x4000),
             req(1, 1, BarKind::Io, 0x100),
@@ -431,11 +335,7 @@ mod tests {
             req(1, 4, mem32, 0x10_0000),
         ];
         let plan = PortPlan::new(port, &bars, WindowReserve::default()).unwrap();
-        let shape: Vec<_> = plan
-            .windows
-            .iter()
-            .map(|w| (w.pool, w.size, w.align))
-            .collect();
+        let shape: Vec<_> = plan.windows.iter().map(|w| (w.pool, w.size, w.align)).collect();
         assert_eq!(
             shape,
             vec![
@@ -447,10 +347,7 @@ mod tests {
         let layout = plan.place(&[0xc040_0000, 16 * GIB, 0x3000]);
         let at = |bar: u8| layout.bars.iter().find(|p| p.bar.0 == bar).unwrap().addr;
         // Largest first inside each window.
-        assert_eq!(
-            (at(4), at(0), at(2), at(1)),
-            (0xc040_0000, 0xc050_0000, 16 * GIB, 0x3000)
-        );
+        assert_eq!((at(4), at(0), at(2), at(1)), (0xc040_0000, 0xc050_0000, 16 * GIB, 0x3000));
         assert_eq!(layout.windows.mem.unwrap().size, 2 << 20);
         // Fewer bases than windows: the rest stay closed and their BARs unplaced.
         let partial = plan.place(&[0xc040_0000]);
@@ -458,60 +355,30 @@ mod tests {
         assert_eq!(partial.bars.len(), 2);
         // Sizes that overflow are an error, not a wrap.
         let huge = [req(1, 0, BarKind::Mem64 { prefetchable: true }, 1 << 63); 2];
-        assert!(matches!(
-            PortPlan::new(port, &huge, WindowReserve::default()),
-            Err(AllocError::WindowSize { .. })
-        ));
+        assert!(matches!(PortPlan::new(port, &huge, WindowReserve::default()), Err(AllocError::WindowSize { .. })));
     }
 
     #[test]
     fn clear_errors_when_full() {
         let mut a = BarAllocator::new(windows()).unwrap();
-        let e = a
-            .allocate_bar(req(
-                3,
-                2,
-                BarKind::Mem32 {
-                    prefetchable: false,
-                },
-                1 << 30,
-            ))
-            .unwrap_err();
+        let e = a.allocate_bar(req(3, 2, BarKind::Mem32 { prefetchable: false }, 1 << 30)).unwrap_err();
         let msg = e.to_string();
-        assert!(
-            msg.contains("0000:03:00.0") && msg.contains("BarIndex(2)") && msg.contains("Mmio32"),
-            "{msg}"
-        );
+        assert!(msg.contains("0000:03:00.0") && msg.contains("BarIndex(2)") && msg.contains("Mmio32"), "{msg}");
         let e = a.allocate_bar(req(3, 2, BarKind::Io, 3)).unwrap_err();
         assert!(matches!(e, AllocError::BarSize { .. }));
-        let small = PciWindows {
-            mmio64: mmio64_window(4 * GIB, 36),
-            ..windows()
-        };
+        let small = PciWindows { mmio64: mmio64_window(4 * GIB, 36), ..windows() };
         let mut a = BarAllocator::new(small).unwrap();
         let e = a.allocate_port(
             "00:01.0".parse().unwrap(),
             &[req(1, 0, BarKind::Mem64 { prefetchable: true }, 64 * GIB)],
             WindowReserve::default(),
         );
-        assert!(matches!(
-            e,
-            Err(AllocError::AllocateWindow {
-                pool: Pool::Mmio64,
-                ..
-            })
-        ));
+        assert!(matches!(e, Err(AllocError::AllocateWindow { pool: Pool::Mmio64, .. })));
     }
 
     #[test]
     fn mmio64_window_from_phys_bits() {
-        assert_eq!(
-            mmio64_window(4 * GIB, 40),
-            Window {
-                base: 4 * GIB,
-                size: (1 << 40) - 4 * GIB
-            }
-        );
+        assert_eq!(mmio64_window(4 * GIB, 40), Window { base: 4 * GIB, size: (1 << 40) - 4 * GIB });
         assert_eq!(mmio64_window(4 * GIB, 60).end(), 1 << 48);
         assert_eq!(mmio64_window(1 << 40, 36).size, 0);
     }
@@ -519,43 +386,9 @@ mod tests {
     #[test]
     fn free_returns_space() {
         let mut a = BarAllocator::new(windows()).unwrap();
-        let x = a
-            .allocate_bar(req(
-                0,
-                0,
-                BarKind::Mem32 {
-                    prefetchable: false,
-                },
-                0x2000_0000,
-            ))
-            .unwrap();
-        assert!(a
-            .allocate_bar(req(
-                0,
-                1,
-                BarKind::Mem32 {
-                    prefetchable: false
-                },
-                0x1000
-            ))
-            .is_err());
-        a.free(
-            Pool::Mmio32,
-            Window {
-                base: x,
-                size: 0x2000_0000,
-            },
-        )
-        .unwrap();
-        assert!(a
-            .allocate_bar(req(
-                0,
-                1,
-                BarKind::Mem32 {
-                    prefetchable: false
-                },
-                0x1000
-            ))
-            .is_ok());
+        let x = a.allocate_bar(req(0, 0, BarKind::Mem32 { prefetchable: false }, 0x2000_0000)).unwrap();
+        assert!(a.allocate_bar(req(0, 1, BarKind::Mem32 { prefetchable: false }, 0x1000)).is_err());
+        a.free(Pool::Mmio32, Window { base: x, size: 0x2000_0000 }).unwrap();
+        assert!(a.allocate_bar(req(0, 1, BarKind::Mem32 { prefetchable: false }, 0x1000)).is_ok());
     }
 }

@@ -13,11 +13,7 @@ use crate::intx::IntxRouting;
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum AmlError {
     #[error("PCI {what} window {base:#x}+{size:#x} cannot be described in ACPI")]
-    Window {
-        what: &'static str,
-        base: u64,
-        size: u64,
-    },
+    Window { what: &'static str, base: u64, size: u64 },
 }
 
 /// Everything the host bridge's ACPI description says.
@@ -39,16 +35,9 @@ pub struct PciHostBridgeAml {
 }
 
 fn check_32(what: &'static str, w: Window) -> Result<(u32, u32), AmlError> {
-    let err = AmlError::Window {
-        what,
-        base: w.base,
-        size: w.size,
-    };
+    let err = AmlError::Window { what, base: w.base, size: w.size };
     let last = w.last().ok_or(err.clone())?;
-    Ok((
-        u32::try_from(w.base).map_err(|_| err.clone())?,
-        u32::try_from(last).map_err(|_| err)?,
-    ))
+    Ok((u32::try_from(w.base).map_err(|_| err.clone())?, u32::try_from(last).map_err(|_| err)?))
 }
 
 impl PciHostBridgeAml {
@@ -57,26 +46,14 @@ impl PciHostBridgeAml {
         check_32("32-bit MMIO", res.mmio32)?;
         check_32("ECAM", res.ecam)?;
         if u32::try_from(res.ecam.size).is_err() {
-            return Err(AmlError::Window {
-                what: "ECAM",
-                base: res.ecam.base,
-                size: res.ecam.size,
-            });
+            return Err(AmlError::Window { what: "ECAM", base: res.ecam.base, size: res.ecam.size });
         }
         let (io_base, io_last) = check_32("I/O", res.io)?;
         if io_last > 0xffff || io_base == 0 {
-            return Err(AmlError::Window {
-                what: "I/O",
-                base: res.io.base,
-                size: res.io.size,
-            });
+            return Err(AmlError::Window { what: "I/O", base: res.io.base, size: res.io.size });
         }
         if res.mmio64.last().is_none() {
-            return Err(AmlError::Window {
-                what: "64-bit MMIO",
-                base: res.mmio64.base,
-                size: res.mmio64.size,
-            });
+            return Err(AmlError::Window { what: "64-bit MMIO", base: res.mmio64.base, size: res.mmio64.size });
         }
         Ok(Self { res })
     }
@@ -104,29 +81,16 @@ impl Aml for PciHostBridgeAml {
     fn to_aml_bytes(&self, sink: &mut dyn AmlSink) {
         let r = &self.res;
         // Validated in `new`: these conversions cannot fail.
-        let (m32_base, m32_last) = (
-            r.mmio32.base as u32,
-            r.mmio32.last().unwrap_or(r.mmio32.base) as u32,
-        );
+        let (m32_base, m32_last) = (r.mmio32.base as u32, r.mmio32.last().unwrap_or(r.mmio32.base) as u32);
         let (io_base, io_last) = (r.io.base as u16, r.io.last().unwrap_or(r.io.base) as u16);
         let m64_last = r.mmio64.last().unwrap_or(r.mmio64.base);
         let bus = AddressSpace::<u16>::new_bus_number(0, u16::from(r.last_bus));
         let cf8 = aml::IO::new(0xcf8, 0xcf8, 1, 8);
         let io = AddressSpace::<u16>::new_io(io_base, io_last, None);
-        let mem32 = AddressSpace::<u32>::new_memory(
-            AddressSpaceCacheable::NotCacheable,
-            true,
-            m32_base,
-            m32_last,
-            None,
-        );
-        let mem64 = AddressSpace::<u64>::new_memory(
-            AddressSpaceCacheable::Cacheable,
-            true,
-            r.mmio64.base,
-            m64_last,
-            None,
-        );
+        let mem32 =
+            AddressSpace::<u32>::new_memory(AddressSpaceCacheable::NotCacheable, true, m32_base, m32_last, None);
+        let mem64 =
+            AddressSpace::<u64>::new_memory(AddressSpaceCacheable::Cacheable, true, r.mmio64.base, m64_last, None);
         let crs = aml::ResourceTemplate::new(vec![&bus, &cf8, &io, &mem32, &mem64]);
         let prt = self.prt();
         let hid = aml::EISAName::new("PNP0A08");
@@ -171,22 +135,10 @@ mod tests {
         HostBridgeResources {
             segment: 0,
             last_bus: 3,
-            io: Window {
-                base: 0x1000,
-                size: 0xf000,
-            },
-            mmio32: Window {
-                base: 0xc000_0000,
-                size: 0x2000_0000,
-            },
-            mmio64: Window {
-                base: 1 << 32,
-                size: 1 << 39,
-            },
-            ecam: Window {
-                base: 0xe000_0000,
-                size: 4 << 20,
-            },
+            io: Window { base: 0x1000, size: 0xf000 },
+            mmio32: Window { base: 0xc000_0000, size: 0x2000_0000 },
+            mmio64: Window { base: 1 << 32, size: 1 << 39 },
+            ecam: Window { base: 0xe000_0000, size: 4 << 20 },
             intx: IntxRouting::new(16, 8).unwrap(),
         }
     }
@@ -198,14 +150,8 @@ mod tests {
     #[test]
     fn bytes_carry_the_windows() {
         let mut bytes = Vec::new();
-        PciHostBridgeAml::new(res())
-            .unwrap()
-            .to_aml_bytes(&mut bytes);
-        assert!(
-            find(&bytes, b"PCI0").is_some()
-                && find(&bytes, b"_PRT").is_some()
-                && find(&bytes, b"MRES").is_some()
-        );
+        PciHostBridgeAml::new(res()).unwrap().to_aml_bytes(&mut bytes);
+        assert!(find(&bytes, b"PCI0").is_some() && find(&bytes, b"_PRT").is_some() && find(&bytes, b"MRES").is_some());
         // WordBusNumber descriptor: 0x88, length, type 2, ..., min 0, max 3.
         let bus = find(&bytes, &[0x88, 0x0d, 0x00, 0x02]).expect("bus number descriptor");
         assert_eq!(&bytes[bus + 8..bus + 12], &[0, 0, 3, 0]);
@@ -221,32 +167,16 @@ mod tests {
         assert_eq!(bytes[prt + 4], 0x12, "PackageOp");
         assert!(bytes[prt + 5..prt + 9].contains(&128));
         // The ECAM reservation: Memory32Fixed at 0xe0000000, 4 MiB.
-        assert!(find(
-            &bytes,
-            &[0x86, 0x09, 0x00, 0x01, 0x00, 0x00, 0x00, 0xe0, 0x00, 0x00, 0x40, 0x00]
-        )
-        .is_some());
+        assert!(find(&bytes, &[0x86, 0x09, 0x00, 0x01, 0x00, 0x00, 0x00, 0xe0, 0x00, 0x00, 0x40, 0x00]).is_some());
     }
 
     #[test]
     fn invalid_windows_rejected() {
         let mut r = res();
-        r.mmio32 = Window {
-            base: 0xf000_0000,
-            size: 0x2000_0000,
-        };
-        assert!(matches!(
-            PciHostBridgeAml::new(r),
-            Err(AmlError::Window {
-                what: "32-bit MMIO",
-                ..
-            })
-        ));
+        r.mmio32 = Window { base: 0xf000_0000, size: 0x2000_0000 };
+        assert!(matches!(PciHostBridgeAml::new(r), Err(AmlError::Window { what: "32-bit MMIO", .. })));
         let mut r = res();
-        r.io = Window {
-            base: 0x1000,
-            size: 0x10000,
-        };
+        r.io = Window { base: 0x1000, size: 0x10000 };
         assert!(PciHostBridgeAml::new(r).is_err());
         let mut r = res();
         r.mmio64.size = 0;

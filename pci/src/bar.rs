@@ -29,25 +29,17 @@ const MAX_ROM: u64 = 1 << 24;
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum BarError {
     #[error("BAR {index:?} size {size:#x} is not a power of two within {min:#x}..={max:#x} for {kind:?}")]
-    AddBar {
-        index: BarIndex,
-        kind: BarKind,
-        size: u64,
-        min: u64,
-        max: u64,
-    },
-    #[error("BAR {index:?} does not exist (or a 64-bit BAR would run past the last BAR register) in this {header:?} header")]
+    AddBar { index: BarIndex, kind: BarKind, size: u64, min: u64, max: u64 },
+    #[error(
+        "BAR {index:?} does not exist (or a 64-bit BAR would run past the last BAR register) in this {header:?} header"
+    )]
     NoSuchBar { index: BarIndex, header: HeaderType },
     #[error("BAR {index:?} overlaps a BAR already defined in the same registers")]
     RegisterInUse { index: BarIndex },
     #[error("BAR {index:?} is not defined")]
     Undefined { index: BarIndex },
     #[error("address {addr:#x} is not naturally aligned for BAR {index:?} of size {size:#x}")]
-    Unaligned {
-        index: BarIndex,
-        addr: u64,
-        size: u64,
-    },
+    Unaligned { index: BarIndex, addr: u64, size: u64 },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -117,12 +109,7 @@ pub struct Bars {
 
 impl Bars {
     pub fn new(header: HeaderType) -> Self {
-        Self {
-            header,
-            slots: [Slot::Unused; 6],
-            rom: None,
-            rom_enable: false,
-        }
+        Self { header, slots: [Slot::Unused; 6], rom: None, rom_enable: false }
     }
 
     fn bar_count(&self) -> usize {
@@ -153,24 +140,10 @@ impl Bars {
             BarKind::Rom => (MIN_ROM, MAX_ROM),
         };
         if !size.is_power_of_two() || size < min || size > max {
-            return Err(BarError::AddBar {
-                index,
-                kind,
-                size,
-                min,
-                max,
-            });
+            return Err(BarError::AddBar { index, kind, size, min, max });
         }
-        let bar = Bar {
-            kind,
-            size,
-            addr: 0,
-            mapped: 0,
-        };
-        let no_such = BarError::NoSuchBar {
-            index,
-            header: self.header,
-        };
+        let bar = Bar { kind, size, addr: 0, mapped: 0 };
+        let no_such = BarError::NoSuchBar { index, header: self.header };
         if kind == BarKind::Rom || index == BarIndex::ROM {
             if kind != BarKind::Rom || index != BarIndex::ROM {
                 return Err(no_such);
@@ -222,11 +195,7 @@ impl Bars {
     pub fn place(&mut self, index: BarIndex, addr: u64) -> Result<(), BarError> {
         let bar = self.bar_mut(index).ok_or(BarError::Undefined { index })?;
         if addr & (bar.size - 1) != 0 || addr & !bar.addr_bits() != 0 {
-            return Err(BarError::Unaligned {
-                index,
-                addr,
-                size: bar.size,
-            });
+            return Err(BarError::Unaligned { index, addr, size: bar.size });
         }
         bar.addr = addr;
         bar.mapped = addr;
@@ -308,19 +277,9 @@ impl Bars {
     pub fn take_moves(&mut self, mem_decode: bool, io_decode: bool) -> Vec<BarMove> {
         let mut moves = Vec::new();
         for (index, bar) in self.all_mut() {
-            let decoded = if bar.kind == BarKind::Io {
-                io_decode
-            } else {
-                mem_decode
-            };
+            let decoded = if bar.kind == BarKind::Io { io_decode } else { mem_decode };
             if decoded && bar.addr != bar.mapped && !bar.is_sizing() {
-                moves.push(BarMove {
-                    index,
-                    kind: bar.kind,
-                    old_addr: bar.mapped,
-                    new_addr: bar.addr,
-                    size: bar.size,
-                });
+                moves.push(BarMove { index, kind: bar.kind, old_addr: bar.mapped, new_addr: bar.addr, size: bar.size });
                 bar.mapped = bar.addr;
             }
         }
@@ -338,12 +297,7 @@ impl Bars {
                 _ => None,
             })
             .chain(rom)
-            .map(|(index, b)| BarRegion {
-                index,
-                kind: b.kind,
-                addr: b.mapped,
-                size: b.size,
-            })
+            .map(|(index, b)| BarRegion { index, kind: b.kind, addr: b.mapped, size: b.size })
             .collect()
     }
 
@@ -371,17 +325,9 @@ mod tests {
     #[test]
     fn sizing_protocol_32bit_io_rom() {
         let mut bars = Bars::new(HeaderType::Endpoint);
-        bars.add(
-            BarIndex(0),
-            BarKind::Mem32 {
-                prefetchable: false,
-            },
-            0x4000,
-        )
-        .unwrap();
+        bars.add(BarIndex(0), BarKind::Mem32 { prefetchable: false }, 0x4000).unwrap();
         bars.add(BarIndex(1), BarKind::Io, 0x20).unwrap();
-        bars.add(BarIndex(2), BarKind::Mem32 { prefetchable: true }, 0x100)
-            .unwrap();
+        bars.add(BarIndex(2), BarKind::Mem32 { prefetchable: true }, 0x100).unwrap();
         bars.add(BarIndex::ROM, BarKind::Rom, 0x10000).unwrap();
         for reg in [4, 5, 6, 12] {
             write32(&mut bars, reg, u32::MAX);
@@ -405,11 +351,7 @@ mod tests {
         write32(&mut bars, 6, u32::MAX);
         write32(&mut bars, 7, u32::MAX);
         assert_eq!(bars.read_reg(6), 0x0000_000c);
-        assert_eq!(
-            bars.read_reg(7),
-            0xffff_fff0,
-            "64 GiB: low 36 bits are size"
-        );
+        assert_eq!(bars.read_reg(7), 0xffff_fff0, "64 GiB: low 36 bits are size");
         write32(&mut bars, 6, 0);
         write32(&mut bars, 7, 0x10);
         assert_eq!(bars.regions()[0].size, 64 << 30);
@@ -421,14 +363,7 @@ mod tests {
     #[test]
     fn sub_dword_writes() {
         let mut bars = Bars::new(HeaderType::Endpoint);
-        bars.add(
-            BarIndex(0),
-            BarKind::Mem32 {
-                prefetchable: false,
-            },
-            0x1000,
-        )
-        .unwrap();
+        bars.add(BarIndex(0), BarKind::Mem32 { prefetchable: false }, 0x1000).unwrap();
         bars.write_reg(4, 2, &[0x34, 0x12]);
         bars.write_reg(4, 1, &[0xff]);
         assert_eq!(bars.read_reg(4), 0x1234_f000);
@@ -443,16 +378,10 @@ mod tests {
         bars.add(BarIndex(2), BarKind::Io, 0x10).unwrap();
         bars.place(BarIndex(0), 0xc000_0000).unwrap();
         bars.place(BarIndex(2), 0x1000).unwrap();
-        assert!(
-            bars.take_moves(true, true).is_empty(),
-            "placement is not a move"
-        );
+        assert!(bars.take_moves(true, true).is_empty(), "placement is not a move");
         write32(&mut bars, 4, u32::MAX);
         write32(&mut bars, 5, u32::MAX);
-        assert!(
-            bars.take_moves(true, true).is_empty(),
-            "sizing pattern never mapped"
-        );
+        assert!(bars.take_moves(true, true).is_empty(), "sizing pattern never mapped");
         write32(&mut bars, 4, 0xd000_0000);
         write32(&mut bars, 5, 0);
         write32(&mut bars, 6, 0x2000);
@@ -469,10 +398,7 @@ mod tests {
             }]
         );
         let io = bars.take_moves(true, true);
-        assert_eq!(
-            (io.len(), io[0].old_addr, io[0].new_addr),
-            (1, 0x1000, 0x2000)
-        );
+        assert_eq!((io.len(), io[0].old_addr, io[0].new_addr), (1, 0x1000, 0x2000));
         assert!(bars.take_moves(true, true).is_empty());
         assert_eq!(bars.regions()[0].addr, 0xd000_0000);
     }
@@ -480,46 +406,19 @@ mod tests {
     #[test]
     fn definition_errors() {
         let mut bars = Bars::new(HeaderType::Bridge);
-        assert!(matches!(
-            bars.add(BarIndex(0), BarKind::Io, 3),
-            Err(BarError::AddBar { .. })
-        ));
-        assert!(matches!(
-            bars.add(BarIndex(0), BarKind::Io, 512),
-            Err(BarError::AddBar { .. })
-        ));
-        assert!(matches!(
-            bars.add(BarIndex(1), mem64(false), 0x1000),
-            Err(BarError::NoSuchBar { .. })
-        ));
-        assert!(matches!(
-            bars.add(BarIndex(2), BarKind::Io, 4),
-            Err(BarError::NoSuchBar { .. })
-        ));
-        assert!(matches!(
-            bars.add(BarIndex(0), BarKind::Rom, 0x800),
-            Err(BarError::NoSuchBar { .. })
-        ));
+        assert!(matches!(bars.add(BarIndex(0), BarKind::Io, 3), Err(BarError::AddBar { .. })));
+        assert!(matches!(bars.add(BarIndex(0), BarKind::Io, 512), Err(BarError::AddBar { .. })));
+        assert!(matches!(bars.add(BarIndex(1), mem64(false), 0x1000), Err(BarError::NoSuchBar { .. })));
+        assert!(matches!(bars.add(BarIndex(2), BarKind::Io, 4), Err(BarError::NoSuchBar { .. })));
+        assert!(matches!(bars.add(BarIndex(0), BarKind::Rom, 0x800), Err(BarError::NoSuchBar { .. })));
         bars.add(BarIndex(0), mem64(false), 0x1000).unwrap();
-        assert_eq!(
-            bars.add(BarIndex(1), BarKind::Io, 4),
-            Err(BarError::RegisterInUse { index: BarIndex(1) })
-        );
+        assert_eq!(bars.add(BarIndex(1), BarKind::Io, 4), Err(BarError::RegisterInUse { index: BarIndex(1) }));
         assert_eq!(
             bars.place(BarIndex(0), 0x1800),
-            Err(BarError::Unaligned {
-                index: BarIndex(0),
-                addr: 0x1800,
-                size: 0x1000
-            })
+            Err(BarError::Unaligned { index: BarIndex(0), addr: 0x1800, size: 0x1000 })
         );
-        assert_eq!(
-            bars.place(BarIndex(1), 0),
-            Err(BarError::Undefined { index: BarIndex(1) })
-        );
-        assert!(
-            bars.is_bar_reg(4) && bars.is_bar_reg(5) && !bars.is_bar_reg(6) && bars.is_bar_reg(14)
-        );
+        assert_eq!(bars.place(BarIndex(1), 0), Err(BarError::Undefined { index: BarIndex(1) }));
+        assert!(bars.is_bar_reg(4) && bars.is_bar_reg(5) && !bars.is_bar_reg(6) && bars.is_bar_reg(14));
     }
 
     proptest::proptest! {

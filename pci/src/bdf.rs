@@ -31,20 +31,12 @@ impl Bdf {
         if function > 7 {
             return Err(BdfError::FunctionOutOfRange(function));
         }
-        Ok(Self {
-            segment,
-            bus,
-            devfn: (device << 3) | function,
-        })
+        Ok(Self { segment, bus, devfn: (device << 3) | function })
     }
 
     /// From bus and the combined 8-bit device/function number; cannot fail.
     pub const fn from_devfn(segment: u16, bus: u8, devfn: u8) -> Self {
-        Self {
-            segment,
-            bus,
-            devfn,
-        }
+        Self { segment, bus, devfn }
     }
 
     pub const fn segment(self) -> u16 {
@@ -74,27 +66,13 @@ impl Bdf {
     pub const fn from_ecam_offset(segment: u16, offset: u64) -> (Self, usize) {
         let bus = ((offset >> 20) & 0xff) as u8;
         let devfn = ((offset >> 12) & 0xff) as u8;
-        (
-            Self {
-                segment,
-                bus,
-                devfn,
-            },
-            (offset & 0xfff) as usize,
-        )
+        (Self { segment, bus, devfn }, (offset & 0xfff) as usize)
     }
 }
 
 impl fmt::Display for Bdf {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{:04x}:{:02x}:{:02x}.{}",
-            self.segment,
-            self.bus,
-            self.device(),
-            self.function()
-        )
+        write!(f, "{:04x}:{:02x}:{:02x}.{}", self.segment, self.bus, self.device(), self.function())
     }
 }
 
@@ -102,9 +80,7 @@ impl FromStr for Bdf {
     type Err = BdfError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = || BdfError::Parse {
-            input: s.to_string(),
-        };
+        let err = || BdfError::Parse { input: s.to_string() };
         let parts: Vec<&str> = s.split(':').collect();
         let (segment, bus, devfn) = match parts.as_slice() {
             [seg, bus, devfn] => (*seg, *bus, *devfn),
@@ -135,10 +111,7 @@ mod tests {
     #[test]
     fn parse_and_display_round_trip() {
         let b: Bdf = "0000:01:10.2".parse().unwrap();
-        assert_eq!(
-            (b.segment(), b.bus(), b.device(), b.function()),
-            (0, 1, 0x10, 2)
-        );
+        assert_eq!((b.segment(), b.bus(), b.device(), b.function()), (0, 1, 0x10, 2));
         assert_eq!(b.to_string(), "0000:01:10.2");
         let short: Bdf = "02:1f.7".parse().unwrap();
         assert_eq!(short.to_string(), "0000:02:1f.7");
@@ -163,19 +136,13 @@ mod tests {
         ] {
             assert!(bad.parse::<Bdf>().is_err(), "{bad:?} parsed");
         }
-        assert_eq!(
-            "01:20.0".parse::<Bdf>(),
-            Err(BdfError::DeviceOutOfRange(0x20))
-        );
+        assert_eq!("01:20.0".parse::<Bdf>(), Err(BdfError::DeviceOutOfRange(0x20)));
     }
 
     #[test]
     fn ecam_offsets() {
         let b = Bdf::new(0, 3, 2, 1).unwrap();
         assert_eq!(b.ecam_offset(), (3 << 20) | (2 << 15) | (1 << 12));
-        assert_eq!(
-            Bdf::from_ecam_offset(0, b.ecam_offset() + 0x104),
-            (b, 0x104)
-        );
+        assert_eq!(Bdf::from_ecam_offset(0, b.ecam_offset() + 0x104), (b, 0x104));
     }
 }

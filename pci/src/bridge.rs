@@ -3,8 +3,8 @@
 
 use crate::capability::pcie::{PcieCapabilityConfig, PciePortType};
 use crate::config_space::{
-    ConfigSpace, DeviceIds, HeaderType, REG_BRIDGE_BUSES, REG_BRIDGE_IO_STATUS, REG_BRIDGE_MEMORY,
-    REG_BRIDGE_PREFETCH, REG_BRIDGE_PREFETCH_BASE_UPPER, REG_BRIDGE_PREFETCH_LIMIT_UPPER,
+    ConfigSpace, DeviceIds, HeaderType, REG_BRIDGE_BUSES, REG_BRIDGE_IO_STATUS, REG_BRIDGE_MEMORY, REG_BRIDGE_PREFETCH,
+    REG_BRIDGE_PREFETCH_BASE_UPPER, REG_BRIDGE_PREFETCH_LIMIT_UPPER,
 };
 use crate::function::{EmulatedFunction, FunctionConfig, FunctionError, NoRegisters};
 
@@ -34,9 +34,7 @@ impl Window {
 
     /// The last address, `None` when empty.
     pub fn last(&self) -> Option<u64> {
-        self.size
-            .checked_sub(1)
-            .and_then(|s| self.base.checked_add(s))
+        self.size.checked_sub(1).and_then(|s| self.base.checked_add(s))
     }
 
     pub fn contains(&self, addr: u64, len: u64) -> bool {
@@ -62,9 +60,7 @@ pub fn write_bridge_windows(cs: &mut ConfigSpace, w: &BridgeWindows) {
     };
     cs.set(REG_BRIDGE_IO_STATUS, status | io);
     let mem = match w.mem.and_then(|m| Some((m.base, m.last()?))) {
-        Some((base, last)) => {
-            ((base >> 16) & 0xfff0) as u32 | (((last >> 16) & 0xfff0) as u32) << 16
-        }
+        Some((base, last)) => ((base >> 16) & 0xfff0) as u32 | (((last >> 16) & 0xfff0) as u32) << 16,
         None => 0x0000_fff0,
     };
     cs.set(REG_BRIDGE_MEMORY, mem);
@@ -84,33 +80,16 @@ pub fn write_bridge_windows(cs: &mut ConfigSpace, w: &BridgeWindows) {
 
 /// Decodes the forwarding windows the guest (or firmware) programmed.
 pub fn read_bridge_windows(cs: &ConfigSpace) -> BridgeWindows {
-    let window = |base: u64, last: u64| {
-        (base <= last).then(|| Window {
-            base,
-            size: last - base + 1,
-        })
-    };
+    let window = |base: u64, last: u64| (base <= last).then(|| Window { base, size: last - base + 1 });
     let io_reg = cs.read(REG_BRIDGE_IO_STATUS);
-    let io = window(
-        u64::from(io_reg & 0xf0) << 8,
-        (u64::from(io_reg & 0xf000)) | 0xfff,
-    );
+    let io = window(u64::from(io_reg & 0xf0) << 8, (u64::from(io_reg & 0xf000)) | 0xfff);
     let mem_reg = cs.read(REG_BRIDGE_MEMORY);
-    let mem = window(
-        u64::from(mem_reg & 0xfff0) << 16,
-        (u64::from(mem_reg >> 16 & 0xfff0) << 16) | 0xf_ffff,
-    );
+    let mem = window(u64::from(mem_reg & 0xfff0) << 16, (u64::from(mem_reg >> 16 & 0xfff0) << 16) | 0xf_ffff);
     let p = cs.read(REG_BRIDGE_PREFETCH);
-    let pbase =
-        (u64::from(p & 0xfff0) << 16) | (u64::from(cs.read(REG_BRIDGE_PREFETCH_BASE_UPPER)) << 32);
-    let plast = (u64::from(p >> 16 & 0xfff0) << 16)
-        | 0xf_ffff
-        | (u64::from(cs.read(REG_BRIDGE_PREFETCH_LIMIT_UPPER)) << 32);
-    BridgeWindows {
-        io,
-        mem,
-        prefetch: window(pbase, plast),
-    }
+    let pbase = (u64::from(p & 0xfff0) << 16) | (u64::from(cs.read(REG_BRIDGE_PREFETCH_BASE_UPPER)) << 32);
+    let plast =
+        (u64::from(p >> 16 & 0xfff0) << 16) | 0xf_ffff | (u64::from(cs.read(REG_BRIDGE_PREFETCH_LIMIT_UPPER)) << 32);
+    BridgeWindows { io, mem, prefetch: window(pbase, plast) }
 }
 
 /// Primary, secondary and subordinate bus numbers of a bridge.
@@ -125,19 +104,13 @@ pub fn write_bus_numbers(cs: &mut ConfigSpace, b: BusNumbers) {
     let keep = cs.read(REG_BRIDGE_BUSES) & 0xff00_0000;
     cs.set(
         REG_BRIDGE_BUSES,
-        keep | u32::from(b.primary)
-            | (u32::from(b.secondary) << 8)
-            | (u32::from(b.subordinate) << 16),
+        keep | u32::from(b.primary) | (u32::from(b.secondary) << 8) | (u32::from(b.subordinate) << 16),
     );
 }
 
 pub fn read_bus_numbers(cs: &ConfigSpace) -> BusNumbers {
     let r = cs.read(REG_BRIDGE_BUSES);
-    BusNumbers {
-        primary: r as u8,
-        secondary: (r >> 8) as u8,
-        subordinate: (r >> 16) as u8,
-    }
+    BusNumbers { primary: r as u8, secondary: (r >> 8) as u8, subordinate: (r >> 16) as u8 }
 }
 
 /// The host bridge at 00:00.0: identity only, no BARs.
@@ -179,11 +152,7 @@ pub fn root_port(
             subsystem_id: 0,
         },
         header: HeaderType::Bridge,
-        pcie: Some(PcieCapabilityConfig {
-            port_type: PciePortType::RootPort,
-            port_number,
-            slot_occupied: false,
-        }),
+        pcie: Some(PcieCapabilityConfig { port_type: PciePortType::RootPort, port_number, slot_occupied: false }),
         power_management: true,
         bars: Vec::new(),
         msi: None,
@@ -203,30 +172,12 @@ mod tests {
 
     #[test]
     fn windows_round_trip() {
-        let mut port = root_port(
-            "rp",
-            1,
-            BusNumbers {
-                primary: 0,
-                secondary: 1,
-                subordinate: 1,
-            },
-        )
-        .unwrap();
+        let mut port = root_port("rp", 1, BusNumbers { primary: 0, secondary: 1, subordinate: 1 }).unwrap();
         assert_eq!(read_bridge_windows(port.config()), BridgeWindows::default());
         let w = BridgeWindows {
-            io: Some(Window {
-                base: 0x2000,
-                size: 0x1000,
-            }),
-            mem: Some(Window {
-                base: 0xc010_0000,
-                size: 0x20_0000,
-            }),
-            prefetch: Some(Window {
-                base: 0x10_0000_0000,
-                size: 64 << 30,
-            }),
+            io: Some(Window { base: 0x2000, size: 0x1000 }),
+            mem: Some(Window { base: 0xc010_0000, size: 0x20_0000 }),
+            prefetch: Some(Window { base: 0x10_0000_0000, size: 64 << 30 }),
         };
         write_bridge_windows(port.config_mut(), &w);
         assert_eq!(read_bridge_windows(port.config()), w);

@@ -66,10 +66,7 @@ impl Bus {
         // The only candidates for overlap: the last range starting at or before new_last.
         if let Some((_, (existing, _))) = ranges.range(..=new_last).next_back() {
             if existing.overlaps(&new) {
-                return Err(BusError::Overlap {
-                    new,
-                    existing: *existing,
-                });
+                return Err(BusError::Overlap { new, existing: *existing });
             }
         }
         ranges.insert(base, (new, device));
@@ -78,34 +75,23 @@ impl Bus {
 
     pub fn remove(&self, base: u64) -> Result<SharedDevice, BusError> {
         let mut ranges = self.ranges.write().unwrap_or_else(|e| e.into_inner());
-        ranges
-            .remove(&base)
-            .map(|(_, d)| d)
-            .ok_or(BusError::NotFound(base))
+        ranges.remove(&base).map(|(_, d)| d).ok_or(BusError::NotFound(base))
     }
 
     /// Moves the range starting at `old_base` to `new_base` (a BAR was reprogrammed).
     /// On overlap the old mapping stays in place.
     pub fn relocate(&self, old_base: u64, new_base: u64) -> Result<(), BusError> {
         let mut ranges = self.ranges.write().unwrap_or_else(|e| e.into_inner());
-        let (range, device) = ranges
-            .remove(&old_base)
-            .ok_or(BusError::NotFound(old_base))?;
-        let moved = BusRange {
-            base: new_base,
-            len: range.len,
-        };
-        let clash = moved
-            .last()
-            .ok_or(BusError::InvalidRange {
-                base: new_base,
-                len: range.len,
-            })
-            .and_then(|last| match ranges.range(..=last).next_back() {
-                Some((_, (existing, _))) if existing.overlaps(&moved) => Err(BusError::Overlap {
-                    new: moved,
-                    existing: *existing,
-                }),
+        let (range, device) = ranges.remove(&old_base).ok_or(BusError::NotFound(old_base))?;
+        let moved = BusRange { base: new_base, len: range.len };
+        let clash =
+            moved.last().ok_or(BusError::InvalidRange { base: new_base, len: range.len }).and_then(|last| match ranges
+                .range(..=last)
+                .next_back()
+            {
+                Some((_, (existing, _))) if existing.overlaps(&moved) => {
+                    Err(BusError::Overlap { new: moved, existing: *existing })
+                }
                 _ => Ok(()),
             });
         match clash {
@@ -136,9 +122,7 @@ impl Bus {
     pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
         match self.resolve(addr, data.len()) {
             Some((dev, offset)) => {
-                dev.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .read(offset, data);
+                dev.lock().unwrap_or_else(|e| e.into_inner()).read(offset, data);
                 true
             }
             None => false,
@@ -148,9 +132,7 @@ impl Bus {
     pub fn write(&self, addr: u64, data: &[u8]) -> bool {
         match self.resolve(addr, data.len()) {
             Some((dev, offset)) => {
-                dev.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .write(offset, data);
+                dev.lock().unwrap_or_else(|e| e.into_inner()).write(offset, data);
                 true
             }
             None => false,
@@ -191,28 +173,13 @@ mod tests {
     fn overlap_refused_and_straddle_rejected() {
         let bus = Bus::new();
         bus.insert(dev(0), 0x1000, 0x10).unwrap();
-        assert!(matches!(
-            bus.insert(dev(0), 0x100f, 1),
-            Err(BusError::Overlap { .. })
-        ));
-        assert!(matches!(
-            bus.insert(dev(0), 0xff0, 0x11),
-            Err(BusError::Overlap { .. })
-        ));
+        assert!(matches!(bus.insert(dev(0), 0x100f, 1), Err(BusError::Overlap { .. })));
+        assert!(matches!(bus.insert(dev(0), 0xff0, 0x11), Err(BusError::Overlap { .. })));
         bus.insert(dev(0), 0x1010, 0x10).unwrap();
         let mut b = [0u8; 4];
         assert!(!bus.read(0x100e, &mut b), "straddles two devices");
-        assert_eq!(
-            bus.insert(dev(0), u64::MAX, 2),
-            Err(BusError::InvalidRange {
-                base: u64::MAX,
-                len: 2
-            })
-        );
-        assert_eq!(
-            bus.insert(dev(0), 5, 0),
-            Err(BusError::InvalidRange { base: 5, len: 0 })
-        );
+        assert_eq!(bus.insert(dev(0), u64::MAX, 2), Err(BusError::InvalidRange { base: u64::MAX, len: 2 }));
+        assert_eq!(bus.insert(dev(0), 5, 0), Err(BusError::InvalidRange { base: 5, len: 0 }));
     }
 
     #[test]

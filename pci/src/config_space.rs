@@ -36,12 +36,8 @@ pub const COMMAND_PARITY_RESPONSE: u16 = 1 << 6;
 pub const COMMAND_SERR: u16 = 1 << 8;
 pub const COMMAND_INTX_DISABLE: u16 = 1 << 10;
 /// The command bits a PCIe function implements (PCIe base spec 7.5.1.1); the rest are RO 0.
-const COMMAND_WRITABLE: u16 = COMMAND_IO
-    | COMMAND_MEMORY
-    | COMMAND_BUS_MASTER
-    | COMMAND_PARITY_RESPONSE
-    | COMMAND_SERR
-    | COMMAND_INTX_DISABLE;
+const COMMAND_WRITABLE: u16 =
+    COMMAND_IO | COMMAND_MEMORY | COMMAND_BUS_MASTER | COMMAND_PARITY_RESPONSE | COMMAND_SERR | COMMAND_INTX_DISABLE;
 pub const STATUS_INTERRUPT: u16 = 1 << 3;
 pub const STATUS_CAPABILITIES: u16 = 1 << 4;
 /// Error bits of the (secondary) status register: master data parity error, signaled /
@@ -147,8 +143,7 @@ impl ConfigSpace {
         cs.write_mask[REG_INTERRUPT] = 0xff;
         match header {
             HeaderType::Endpoint => {
-                cs.regs[11] =
-                    u32::from(ids.subsystem_vendor_id) | (u32::from(ids.subsystem_id) << 16);
+                cs.regs[11] = u32::from(ids.subsystem_vendor_id) | (u32::from(ids.subsystem_id) << 16);
             }
             HeaderType::Bridge => {
                 cs.write_mask[REG_BRIDGE_BUSES] = 0x00ff_ffff;
@@ -198,10 +193,7 @@ impl ConfigSpace {
     /// accesses are dropped.
     pub fn write(&mut self, reg: usize, offset: u64, data: &[u8]) {
         let Some((value, bytes)) = merge_bytes(offset, data) else {
-            log::debug!(
-                "config write of {} bytes at {reg:#x}+{offset} dropped",
-                data.len()
-            );
+            log::debug!("config write of {} bytes at {reg:#x}+{offset} dropped", data.len());
             return;
         };
         if !self.reg_implemented(reg) {
@@ -338,12 +330,7 @@ impl ConfigSpace {
 
     /// Appends an extended capability (`id`, `version`, then `body` after the 4-byte
     /// header) and returns its byte offset.
-    pub fn add_extended_capability(
-        &mut self,
-        id: u16,
-        version: u8,
-        body: &[u8],
-    ) -> Result<usize, ConfigSpaceError> {
+    pub fn add_extended_capability(&mut self, id: u16, version: u8, body: &[u8]) -> Result<usize, ConfigSpaceError> {
         if !self.extended {
             return Err(ConfigSpaceError::NoExtendedSpace { id });
         }
@@ -403,11 +390,7 @@ pub fn walk_capabilities(read: impl Fn(usize) -> u32) -> Vec<CapabilityRef> {
     let mut ptr = (read(REG_CAPABILITIES_PTR) & 0xfc) as usize;
     while ptr >= 0x40 && out.len() < 48 && seen.insert(ptr) {
         let header = read(ptr / 4);
-        out.push(CapabilityRef {
-            id: (header & 0xff) as u16,
-            offset: ptr,
-            version: 0,
-        });
+        out.push(CapabilityRef { id: (header & 0xff) as u16, offset: ptr, version: 0 });
         ptr = ((header >> 8) & 0xfc) as usize;
     }
     out
@@ -424,11 +407,7 @@ pub fn walk_extended_capabilities(read: impl Fn(usize) -> u32) -> Vec<Capability
         if header == 0 || header == u32::MAX {
             break;
         }
-        out.push(CapabilityRef {
-            id: (header & 0xffff) as u16,
-            offset: ptr,
-            version: ((header >> 16) & 0xf) as u8,
-        });
+        out.push(CapabilityRef { id: (header & 0xffff) as u16, offset: ptr, version: ((header >> 16) & 0xf) as u8 });
         ptr = ((header >> 20) & 0xffc) as usize;
     }
     out
@@ -469,11 +448,7 @@ mod tests {
         cs.write(1, 0, &[0xff, 0xff]);
         assert_eq!(cs.command(), 0x0547);
         cs.write(1, 0, &[0x02]);
-        assert_eq!(
-            cs.command(),
-            0x0502,
-            "byte write leaves the other byte alone"
-        );
+        assert_eq!(cs.command(), 0x0502, "byte write leaves the other byte alone");
         cs.write(1, 1, &[0x00]);
         assert_eq!(cs.command(), 0x0002);
     }
@@ -554,13 +529,7 @@ mod tests {
         let ids: Vec<_> = cs.capabilities().iter().map(|c| (c.id, c.offset)).collect();
         assert_eq!(ids, vec![(1, 0x40), (5, 0x48), (0x10, 0x54)]);
         // A capability that would run past 0x100 is refused.
-        assert_eq!(
-            cs.add_capability(0x11, &[0; 0x100]),
-            Err(ConfigSpaceError::AddCapability {
-                id: 0x11,
-                len: 0x102
-            })
-        );
+        assert_eq!(cs.add_capability(0x11, &[0; 0x100]), Err(ConfigSpaceError::AddCapability { id: 0x11, len: 0x102 }));
         // The guest cannot rewire the list.
         cs.write(13, 0, &[0x80]);
         cs.write(0x40 / 4, 1, &[0x00]);
@@ -576,15 +545,9 @@ mod tests {
         assert_eq!((a, b), (0x100, 0x148));
         let caps = cs.extended_capabilities();
         assert_eq!(caps.len(), 2);
-        assert_eq!(
-            (caps[1].id, caps[1].offset, caps[1].version),
-            (0xe, 0x148, 1)
-        );
+        assert_eq!((caps[1].id, caps[1].offset, caps[1].version), (0xe, 0x148, 1));
         let mut conv = ConfigSpace::new(ids(), HeaderType::Endpoint, false);
-        assert_eq!(
-            conv.add_extended_capability(1, 1, &[]),
-            Err(ConfigSpaceError::NoExtendedSpace { id: 1 })
-        );
+        assert_eq!(conv.add_extended_capability(1, 1, &[]), Err(ConfigSpaceError::NoExtendedSpace { id: 1 }));
     }
 
     proptest::proptest! {

@@ -83,16 +83,10 @@ impl BarSlot {
 
 impl crate::BusDevice for BarSlot {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
-        self.device
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .read_bar(self.bar, offset, data);
+        self.device.lock().unwrap_or_else(|e| e.into_inner()).read_bar(self.bar, offset, data);
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
-        self.device
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .write_bar(self.bar, offset, data);
+        self.device.lock().unwrap_or_else(|e| e.into_inner()).write_bar(self.bar, offset, data);
     }
 }

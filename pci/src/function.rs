@@ -7,9 +7,7 @@ use crate::capability::msi::{self, MsiCapability, MsiConfig, MsiError};
 use crate::capability::msix::{MsixCapability, MsixChange, MsixConfig, MsixError, Table};
 use crate::capability::pcie::{add_pcie_capability, PcieCapabilityConfig};
 use crate::capability::pm::add_pm_capability;
-use crate::config_space::{
-    ConfigSpace, ConfigSpaceError, DeviceIds, HeaderType, COMMAND_IO, COMMAND_MEMORY,
-};
+use crate::config_space::{ConfigSpace, ConfigSpaceError, DeviceIds, HeaderType, COMMAND_IO, COMMAND_MEMORY};
 use crate::device::{BarIndex, BarKind, BarRegion, ConfigEffects, PciDevice};
 use crate::interrupt::{InterruptError, MsiMessage, MsiVectors, VectorIndex};
 
@@ -87,13 +85,7 @@ pub enum FunctionError {
         source: MsixError,
     },
     #[error("{name}: MSI-X {what} ({bytes:#x} bytes at {offset:#x}) does not fit in BAR {bar:?}")]
-    MsixPlacement {
-        name: String,
-        what: &'static str,
-        bar: BarIndex,
-        offset: u64,
-        bytes: u64,
-    },
+    MsixPlacement { name: String, what: &'static str, bar: BarIndex, offset: u64, bytes: u64 },
     #[error("{name}: raising vector {vector:?} failed")]
     Raise {
         name: String,
@@ -115,18 +107,11 @@ pub struct EmulatedFunction<B> {
 }
 
 impl<B: FunctionBackend> EmulatedFunction<B> {
-    pub fn new(
-        name: impl Into<String>,
-        cfg: &FunctionConfig,
-        backend: B,
-    ) -> Result<Self, FunctionError> {
+    pub fn new(name: impl Into<String>, cfg: &FunctionConfig, backend: B) -> Result<Self, FunctionError> {
         let name = name.into();
         let mut config = ConfigSpace::new(cfg.ids, cfg.header, cfg.pcie.is_some());
         config.set_interrupt_pin(cfg.interrupt_pin);
-        let cap_err = |source| FunctionError::AddCapability {
-            name: name.clone(),
-            source,
-        };
+        let cap_err = |source| FunctionError::AddCapability { name: name.clone(), source };
         if let Some(p) = cfg.pcie {
             add_pcie_capability(&mut config, p).map_err(cap_err)?;
         }
@@ -136,31 +121,19 @@ impl<B: FunctionBackend> EmulatedFunction<B> {
         let mut bars = Bars::new(cfg.header);
         for b in &cfg.bars {
             bars.add(b.index, b.kind, b.size)
-                .map_err(|source| FunctionError::DefineBar {
-                    name: name.clone(),
-                    source,
-                })?;
+                .map_err(|source| FunctionError::DefineBar { name: name.clone(), source })?;
         }
         let msi = cfg
             .msi
             .map(|m| MsiCapability::add(&mut config, m))
             .transpose()
-            .map_err(|source| FunctionError::AddMsi {
-                name: name.clone(),
-                source,
-            })?;
+            .map_err(|source| FunctionError::AddMsi { name: name.clone(), source })?;
         let msix = match cfg.msix {
             Some(m) => {
-                let cap = MsixCapability::add(&mut config, m).map_err(|source| {
-                    FunctionError::AddMsix {
-                        name: name.clone(),
-                        source,
-                    }
-                })?;
-                let table = Table::new(m.vectors).map_err(|source| FunctionError::AddMsix {
-                    name: name.clone(),
-                    source,
-                })?;
+                let cap = MsixCapability::add(&mut config, m)
+                    .map_err(|source| FunctionError::AddMsix { name: name.clone(), source })?;
+                let table =
+                    Table::new(m.vectors).map_err(|source| FunctionError::AddMsix { name: name.clone(), source })?;
                 for (what, bar, offset, bytes) in [
                     ("table", m.table_bar, m.table_offset, table.table_bytes()),
                     ("PBA", m.pba_bar, m.pba_offset, table.pba_bytes()),
@@ -168,20 +141,11 @@ impl<B: FunctionBackend> EmulatedFunction<B> {
                     let offset = u64::from(offset);
                     let fits = bars.size(bar).is_some_and(|size| offset + bytes <= size);
                     if !fits || bar == BarIndex::ROM {
-                        return Err(FunctionError::MsixPlacement {
-                            name,
-                            what,
-                            bar,
-                            offset,
-                            bytes,
-                        });
+                        return Err(FunctionError::MsixPlacement { name, what, bar, offset, bytes });
                     }
                 }
                 let (t, p) = (u64::from(m.table_offset), u64::from(m.pba_offset));
-                if m.table_bar == m.pba_bar
-                    && t < p + table.pba_bytes()
-                    && p < t + table.table_bytes()
-                {
+                if m.table_bar == m.pba_bar && t < p + table.pba_bytes() && p < t + table.table_bytes() {
                     return Err(FunctionError::MsixPlacement {
                         name,
                         what: "PBA (overlaps the table)",
@@ -194,15 +158,7 @@ impl<B: FunctionBackend> EmulatedFunction<B> {
             }
             None => None,
         };
-        Ok(Self {
-            name,
-            config,
-            bars,
-            msi,
-            msix,
-            vectors: None,
-            backend,
-        })
+        Ok(Self { name, config, bars, msi, msix, vectors: None, backend })
     }
 
     /// Hands the function its interrupt vectors (one per MSI or MSI-X vector).
@@ -212,14 +168,12 @@ impl<B: FunctionBackend> EmulatedFunction<B> {
 
     /// Firmware-time BAR placement (before the guest runs).
     pub fn place_bar(&mut self, bar: BarIndex, addr: u64) -> Result<(), FunctionError> {
-        self.bars
-            .place(bar, addr)
-            .map_err(|source| FunctionError::PlaceBar {
-                name: self.name.clone(),
-                bar,
-                addr,
-                source,
-            })
+        self.bars.place(bar, addr).map_err(|source| FunctionError::PlaceBar {
+            name: self.name.clone(),
+            bar,
+            addr,
+            source,
+        })
     }
 
     pub fn name(&self) -> &str {
@@ -257,12 +211,7 @@ impl<B: FunctionBackend> EmulatedFunction<B> {
         let deliver = if let Some((_, table)) = self.msix.as_mut().filter(|(_, t)| t.enabled()) {
             table.notify(v)
         } else if let Some(msi) = self.msi {
-            let routed = msi
-                .routes(&self.config)
-                .get(usize::from(v.0))
-                .copied()
-                .flatten()
-                .is_some();
+            let routed = msi.routes(&self.config).get(usize::from(v.0)).copied().flatten().is_some();
             if !routed && msi.enabled(&self.config) {
                 msi.set_pending(&mut self.config, v, true);
             }
@@ -371,10 +320,7 @@ impl<B: FunctionBackend> PciDevice for EmulatedFunction<B> {
     fn read_bar(&mut self, bar: BarIndex, offset: u64, data: &mut [u8]) {
         match self.msix_target(bar, offset) {
             Some((true, rel)) => self.msix.as_ref().map_or((), |(_, t)| t.read(rel, data)),
-            Some((false, rel)) => self
-                .msix
-                .as_ref()
-                .map_or((), |(_, t)| t.read_pba(rel, data)),
+            Some((false, rel)) => self.msix.as_ref().map_or((), |(_, t)| t.read_pba(rel, data)),
             None => self.backend.read_bar(bar, offset, data),
         }
     }
@@ -410,16 +356,8 @@ pub(crate) mod tests {
     impl RecordingVectors {
         pub(crate) fn new(n: usize) -> (Self, Arc<Mutex<Vec<String>>>) {
             let log = Arc::new(Mutex::new(Vec::new()));
-            let fds = (0..n)
-                .map(|_| EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).unwrap())
-                .collect();
-            (
-                Self {
-                    fds,
-                    log: log.clone(),
-                },
-                log,
-            )
+            let fds = (0..n).map(|_| EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).unwrap()).collect();
+            (Self { fds, log: log.clone() }, log)
         }
     }
 
@@ -430,11 +368,7 @@ pub(crate) mod tests {
         fn irqfd(&self, v: VectorIndex) -> Option<&EventFd> {
             self.fds.get(usize::from(v.0))
         }
-        fn set_route(
-            &mut self,
-            v: VectorIndex,
-            msg: Option<MsiMessage>,
-        ) -> Result<(), InterruptError> {
+        fn set_route(&mut self, v: VectorIndex, msg: Option<MsiMessage>) -> Result<(), InterruptError> {
             let entry = match msg {
                 Some(m) => format!("route {} {:#x}/{:#x}", v.0, m.address, m.data),
                 None => format!("mask {}", v.0),
@@ -487,24 +421,10 @@ pub(crate) mod tests {
             }),
             power_management: true,
             bars: vec![
-                BarSpec {
-                    index: BarIndex(0),
-                    kind: BarKind::Mem32 {
-                        prefetchable: false,
-                    },
-                    size: 0x1000,
-                },
-                BarSpec {
-                    index: BarIndex(2),
-                    kind: BarKind::Mem64 { prefetchable: true },
-                    size: 0x4000,
-                },
+                BarSpec { index: BarIndex(0), kind: BarKind::Mem32 { prefetchable: false }, size: 0x1000 },
+                BarSpec { index: BarIndex(2), kind: BarKind::Mem64 { prefetchable: true }, size: 0x4000 },
             ],
-            msi: Some(MsiConfig {
-                vectors: 2,
-                address_64bit: true,
-                per_vector_mask: true,
-            }),
+            msi: Some(MsiConfig { vectors: 2, address_64bit: true, per_vector_mask: true }),
             msix: Some(MsixConfig {
                 vectors: 4,
                 table_bar: BarIndex(2),
@@ -545,21 +465,12 @@ pub(crate) mod tests {
         let e = w32(&mut f, 1, u32::from(COMMAND_MEMORY));
         assert_eq!(e.mem_decode, Some(true));
         assert_eq!(e.bar_moves.len(), 1);
-        assert_eq!(
-            (e.bar_moves[0].old_addr, e.bar_moves[0].new_addr),
-            (0xc000_0000, 0xc010_0000)
-        );
+        assert_eq!((e.bar_moves[0].old_addr, e.bar_moves[0].new_addr), (0xc000_0000, 0xc010_0000));
         let e = w32(&mut f, 4, 0xc020_0000);
-        assert_eq!(
-            e.bar_moves[0].new_addr, 0xc020_0000,
-            "32-bit BAR moves with decode on"
-        );
+        assert_eq!(e.bar_moves[0].new_addr, 0xc020_0000, "32-bit BAR moves with decode on");
         assert_eq!(e.mem_decode, None);
         let regions = f.bars();
-        assert_eq!(
-            regions.iter().map(|r| r.addr).collect::<Vec<_>>(),
-            vec![0xc020_0000, 0x1_0000_0000]
-        );
+        assert_eq!(regions.iter().map(|r| r.addr).collect::<Vec<_>>(), vec![0xc020_0000, 0x1_0000_0000]);
         let e = w32(&mut f, 1, 0);
         assert_eq!(e.mem_decode, Some(false));
     }
@@ -579,10 +490,7 @@ pub(crate) mod tests {
         f.read_bar(BarIndex(2), 0x2000, &mut pba);
         assert_eq!(pba[0], 2, "PBA is read-only");
         f.write_bar(BarIndex(2), 28, &0u32.to_le_bytes());
-        assert_eq!(
-            *log.lock().unwrap(),
-            vec!["route 1 0xfee00000/0x31", "commit", "fire 1"]
-        );
+        assert_eq!(*log.lock().unwrap(), vec!["route 1 0xfee00000/0x31", "commit", "fire 1"]);
         assert!(f.raise(VectorIndex(1)).unwrap());
         // Non-MSI-X BAR bytes reach the backend.
         f.write_bar(BarIndex(0), 4, &[7]);
@@ -598,14 +506,7 @@ pub(crate) mod tests {
         w32(&mut f, cap / 4 + 1, 0xfee0_0000);
         w32(&mut f, cap / 4 + 3, 0x40);
         f.write_config(cap / 4, 2, &[0x11]);
-        assert_eq!(
-            *log.lock().unwrap(),
-            vec![
-                "route 0 0xfee00000/0x40",
-                "route 1 0xfee00000/0x41",
-                "commit"
-            ]
-        );
+        assert_eq!(*log.lock().unwrap(), vec!["route 0 0xfee00000/0x40", "route 1 0xfee00000/0x41", "commit"]);
         w32(&mut f, cap / 4 + 4, 1);
         assert_eq!(log.lock().unwrap()[3], "mask 0");
         assert!(!f.raise(VectorIndex(0)).unwrap());
@@ -622,10 +523,7 @@ pub(crate) mod tests {
             pba_bar: BarIndex(2),
             pba_offset: 0x2000,
         });
-        assert!(matches!(
-            EmulatedFunction::new("x", &cfg, NoRegisters),
-            Err(FunctionError::MsixPlacement { .. })
-        ));
+        assert!(matches!(EmulatedFunction::new("x", &cfg, NoRegisters), Err(FunctionError::MsixPlacement { .. })));
         cfg.msix = Some(MsixConfig {
             vectors: 4,
             table_bar: BarIndex(0),
@@ -633,10 +531,7 @@ pub(crate) mod tests {
             pba_bar: BarIndex(0),
             pba_offset: 0x20,
         });
-        assert!(matches!(
-            EmulatedFunction::new("x", &cfg, NoRegisters),
-            Err(FunctionError::MsixPlacement { .. })
-        ));
+        assert!(matches!(EmulatedFunction::new("x", &cfg, NoRegisters), Err(FunctionError::MsixPlacement { .. })));
         cfg.msix = Some(MsixConfig {
             vectors: 4,
             table_bar: BarIndex(4),
@@ -644,10 +539,7 @@ pub(crate) mod tests {
             pba_bar: BarIndex(0),
             pba_offset: 0x20,
         });
-        assert!(matches!(
-            EmulatedFunction::new("x", &cfg, NoRegisters),
-            Err(FunctionError::MsixPlacement { .. })
-        ));
+        assert!(matches!(EmulatedFunction::new("x", &cfg, NoRegisters), Err(FunctionError::MsixPlacement { .. })));
     }
 
     /// Every config write, of any size at any offset of any register, to an endpoint (MSI,
@@ -687,11 +579,7 @@ pub(crate) mod tests {
     fn any_writes() -> impl proptest::strategy::Strategy<Value = Vec<(usize, u64, Vec<u8>)>> {
         use proptest::prelude::*;
         proptest::collection::vec(
-            (
-                prop_oneof![0usize..64, 0usize..1100],
-                0u64..6,
-                proptest::collection::vec(any::<u8>(), 0..6),
-            ),
+            (prop_oneof![0usize..64, 0usize..1100], 0u64..6, proptest::collection::vec(any::<u8>(), 0..6)),
             0..48,
         )
     }

@@ -24,14 +24,8 @@ pub use bar::{BarError, Bars};
 pub use bdf::{Bdf, BdfError};
 pub use bus::{Bus, BusDevice, BusError, BusRange};
 pub use config_space::{ConfigSpace, DeviceIds, HeaderType};
-pub use device::{
-    BarIndex, BarKind, BarMove, BarRegion, BarSlot, ConfigEffects, PciDevice, SharedPciDevice,
-};
-pub use function::{
-    BarSpec, EmulatedFunction, FunctionBackend, FunctionConfig, FunctionError, NoRegisters,
-};
+pub use device::{BarIndex, BarKind, BarMove, BarRegion, BarSlot, ConfigEffects, PciDevice, SharedPciDevice};
+pub use function::{BarSpec, EmulatedFunction, FunctionBackend, FunctionConfig, FunctionError, NoRegisters};
 pub use interrupt::{InterruptError, MsiMessage, MsiVectors, VectorIndex};
-pub use root::{
-    BusRelocator, ConfigEffectsHandler, PciConfigIo, PciConfigMmio, PciRoot, RootError,
-};
+pub use root::{BusRelocator, ConfigEffectsHandler, PciConfigIo, PciConfigMmio, PciRoot, RootError};
 pub use topology::{PciTopology, TopologyConfig, TopologyError};

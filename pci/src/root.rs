@@ -70,13 +70,7 @@ fn identity(device: &SharedPciDevice) -> usize {
 
 impl BusRelocator {
     pub fn new(mmio: Arc<Bus>, pio: Arc<Bus>) -> Self {
-        Self {
-            mmio,
-            pio,
-            mapped: HashMap::new(),
-            pending: HashMap::new(),
-            functions: HashMap::new(),
-        }
+        Self { mmio, pio, mapped: HashMap::new(), pending: HashMap::new(), functions: HashMap::new() }
     }
 
     fn bus(&self, kind: BarKind) -> &Bus {
@@ -94,14 +88,12 @@ impl BusRelocator {
         let regions = device.lock().unwrap_or_else(|e| e.into_inner()).bars();
         for r in regions {
             let slot = Arc::new(Mutex::new(BarSlot::new(device.clone(), r.index)));
-            self.bus(r.kind)
-                .insert(slot, r.addr, r.size)
-                .map_err(|source| RootError::MapBar {
-                    bdf,
-                    bar: r.index,
-                    addr: r.addr,
-                    source,
-                })?;
+            self.bus(r.kind).insert(slot, r.addr, r.size).map_err(|source| RootError::MapBar {
+                bdf,
+                bar: r.index,
+                addr: r.addr,
+                source,
+            })?;
             self.mapped.insert((id, r.index), r.addr);
         }
         Ok(())
@@ -118,18 +110,10 @@ impl BusRelocator {
     fn map(&mut self, bdf: Bdf, device: &SharedPciDevice, m: BarMove) -> Result<(), BusError> {
         let id = identity(device);
         self.pending.remove(&(id, m.index));
-        let bus = if m.kind == BarKind::Io {
-            self.pio.clone()
-        } else {
-            self.mmio.clone()
-        };
+        let bus = if m.kind == BarKind::Io { self.pio.clone() } else { self.mmio.clone() };
         let result = match self.mapped.get(&(id, m.index)) {
             Some(&cur) => bus.relocate(cur, m.new_addr),
-            None => bus.insert(
-                Arc::new(Mutex::new(BarSlot::new(device.clone(), m.index))),
-                m.new_addr,
-                m.size,
-            ),
+            None => bus.insert(Arc::new(Mutex::new(BarSlot::new(device.clone(), m.index))), m.new_addr, m.size),
         };
         match result {
             Ok(()) => {
@@ -154,11 +138,7 @@ impl BusRelocator {
             let mut progressed = false;
             for (bdf, device, m) in waiting {
                 if self.map(bdf, &device, m).is_ok() {
-                    log::info!(
-                        "{bdf}: BAR {:?} mapped at {:#x} now that the range is free",
-                        m.index,
-                        m.new_addr
-                    );
+                    log::info!("{bdf}: BAR {:?} mapped at {:#x} now that the range is free", m.index, m.new_addr);
                     progressed = true;
                 }
             }
@@ -206,18 +186,11 @@ pub struct PciRoot {
 impl PciRoot {
     /// A root complex with the host bridge at 00:00.0.
     pub fn new(segment: u16, handler: Box<dyn ConfigEffectsHandler>) -> Result<Self, RootError> {
-        let host = bridge::host_bridge().map_err(|source| RootError::CreateFunction {
-            what: "the host bridge".into(),
-            source,
-        })?;
+        let host = bridge::host_bridge()
+            .map_err(|source| RootError::CreateFunction { what: "the host bridge".into(), source })?;
         let mut bus0: BTreeMap<u8, SharedPciDevice> = BTreeMap::new();
         bus0.insert(0, Arc::new(Mutex::new(host)));
-        Ok(Self {
-            segment,
-            bus0,
-            ports: Vec::new(),
-            handler,
-        })
+        Ok(Self { segment, bus0, ports: Vec::new(), handler })
     }
 
     pub fn segment(&self) -> u16 {
@@ -232,12 +205,7 @@ impl PciRoot {
     }
 
     /// Puts a function directly on bus 0 (a root complex integrated endpoint).
-    pub fn add_device(
-        &mut self,
-        device: u8,
-        function: u8,
-        dev: SharedPciDevice,
-    ) -> Result<Bdf, RootError> {
+    pub fn add_device(&mut self, device: u8, function: u8, dev: SharedPciDevice) -> Result<Bdf, RootError> {
         let bdf = self.bus0_bdf(device, function)?;
         if self.bus0.contains_key(&bdf.devfn()) {
             return Err(RootError::SlotInUse { bdf });
@@ -252,66 +220,31 @@ impl PciRoot {
         if self.bus0.contains_key(&bdf.devfn()) {
             return Err(RootError::SlotInUse { bdf });
         }
-        if secondary_bus == 0
-            || self
-                .ports
-                .iter()
-                .any(|p| self.port_buses(p).secondary == secondary_bus)
-        {
+        if secondary_bus == 0 || self.ports.iter().any(|p| self.port_buses(p).secondary == secondary_bus) {
             return Err(RootError::BusInUse { bus: secondary_bus });
         }
-        let buses = BusNumbers {
-            primary: 0,
-            secondary: secondary_bus,
-            subordinate: secondary_bus,
-        };
-        let port = bridge::root_port(&bdf.to_string(), device, buses).map_err(|source| {
-            RootError::CreateFunction {
-                what: format!("root port {bdf}"),
-                source,
-            }
-        })?;
-        let pcie_offset = port
-            .config()
-            .capabilities()
-            .iter()
-            .find(|c| c.id == u16::from(CAP_ID_PCIE))
-            .map(|c| c.offset);
+        let buses = BusNumbers { primary: 0, secondary: secondary_bus, subordinate: secondary_bus };
+        let port = bridge::root_port(&bdf.to_string(), device, buses)
+            .map_err(|source| RootError::CreateFunction { what: format!("root port {bdf}"), source })?;
+        let pcie_offset =
+            port.config().capabilities().iter().find(|c| c.id == u16::from(CAP_ID_PCIE)).map(|c| c.offset);
         let function = Arc::new(Mutex::new(port));
         self.bus0.insert(bdf.devfn(), function.clone());
-        self.ports.push(RootPort {
-            devfn: bdf.devfn(),
-            function,
-            pcie_offset,
-            children: Default::default(),
-        });
+        self.ports.push(RootPort { devfn: bdf.devfn(), function, pcie_offset, children: Default::default() });
         Ok(bdf)
     }
 
     fn port(&self, device: u8) -> Result<&RootPort, RootError> {
-        self.ports
-            .iter()
-            .find(|p| p.devfn == device << 3)
-            .ok_or(RootError::NoSuchPort { device })
+        self.ports.iter().find(|p| p.devfn == device << 3).ok_or(RootError::NoSuchPort { device })
     }
 
     fn port_buses(&self, p: &RootPort) -> BusNumbers {
-        bridge::read_bus_numbers(
-            p.function
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .config(),
-        )
+        bridge::read_bus_numbers(p.function.lock().unwrap_or_else(|e| e.into_inner()).config())
     }
 
     /// Puts `dev` behind the root port at 00:`port_device`.0 as function `function` of
     /// device 0 on its secondary bus. Returns its address.
-    pub fn attach_to_port(
-        &mut self,
-        port_device: u8,
-        function: u8,
-        dev: SharedPciDevice,
-    ) -> Result<Bdf, RootError> {
+    pub fn attach_to_port(&mut self, port_device: u8, function: u8, dev: SharedPciDevice) -> Result<Bdf, RootError> {
         if function > 7 {
             return Err(RootError::InvalidSlot { device: 0 });
         }
@@ -319,9 +252,7 @@ impl PciRoot {
             .ports
             .iter()
             .position(|p| p.devfn == port_device << 3)
-            .ok_or(RootError::NoSuchPort {
-                device: port_device,
-            })?;
+            .ok_or(RootError::NoSuchPort { device: port_device })?;
         let bus = self.port_buses(&self.ports[idx]).secondary;
         let bdf = Bdf::from_devfn(self.segment, bus, function);
         let port = &mut self.ports[idx];
@@ -337,11 +268,7 @@ impl PciRoot {
     }
 
     /// Programs a root port's forwarding windows (firmware-time).
-    pub fn set_port_windows(
-        &mut self,
-        port_device: u8,
-        windows: &BridgeWindows,
-    ) -> Result<(), RootError> {
+    pub fn set_port_windows(&mut self, port_device: u8, windows: &BridgeWindows) -> Result<(), RootError> {
         let port = self.port(port_device)?;
         let mut f = port.function.lock().unwrap_or_else(|e| e.into_inner());
         bridge::write_bridge_windows(f.config_mut(), windows);
@@ -358,28 +285,17 @@ impl PciRoot {
     /// The highest free device number on bus 0. Late additions (test devices) take
     /// slots from the top so a VMM handing out slots upwards from 1 never collides.
     pub fn highest_free_slot(&self) -> Option<u8> {
-        (1..=31u8)
-            .rev()
-            .find(|d| !self.bus0.contains_key(&(d << 3)))
+        (1..=31u8).rev().find(|d| !self.bus0.contains_key(&(d << 3)))
     }
 
     /// The lowest bus number no root port uses as its secondary bus yet.
     pub fn lowest_free_bus(&self) -> Option<u8> {
-        (1..=255u8).find(|b| {
-            !self
-                .ports
-                .iter()
-                .any(|p| self.port_buses(p).secondary == *b)
-        })
+        (1..=255u8).find(|b| !self.ports.iter().any(|p| self.port_buses(p).secondary == *b))
     }
 
     /// The highest bus number any root port uses (for the `_CRS` bus range and MCFG).
     pub fn last_bus(&self) -> u8 {
-        self.ports
-            .iter()
-            .map(|p| self.port_buses(p).subordinate)
-            .max()
-            .unwrap_or(0)
+        self.ports.iter().map(|p| self.port_buses(p).subordinate).max().unwrap_or(0)
     }
 
     /// The function at `bdf`, routed through the root ports' current bus numbers.
@@ -394,10 +310,7 @@ impl PciRoot {
         if bdf.device() != 0 {
             return None;
         }
-        let port = self
-            .ports
-            .iter()
-            .find(|p| self.port_buses(p).secondary == bdf.bus())?;
+        let port = self.ports.iter().find(|p| self.port_buses(p).secondary == bdf.bus())?;
         port.children[usize::from(bdf.function())].clone()
     }
 
@@ -431,10 +344,7 @@ impl PciRoot {
     /// Guest config write; writes to absent functions are dropped.
     pub fn write_config(&mut self, bdf: Bdf, reg: usize, offset: u64, data: &[u8]) {
         let Some(d) = self.function(bdf) else { return };
-        let effects = d
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .write_config(reg, offset, data);
+        let effects = d.lock().unwrap_or_else(|e| e.into_inner()).write_config(reg, offset, data);
         if !effects.is_empty() {
             self.handler.apply(bdf, &d, effects);
         }
@@ -505,9 +415,7 @@ impl BusDevice for PciConfigIo {
         match offset {
             0 if data.len() == 4 => data.copy_from_slice(&self.address.to_le_bytes()),
             4..=7 => match self.target() {
-                Some((bdf, reg_off)) => {
-                    read_bytes(&self.root, bdf, reg_off + (offset as usize - 4), data)
-                }
+                Some((bdf, reg_off)) => read_bytes(&self.root, bdf, reg_off + (offset as usize - 4), data),
                 None => data.fill(0xff),
             },
             _ => data.fill(0xff),
@@ -518,18 +426,13 @@ impl BusDevice for PciConfigIo {
         match offset {
             // Only dword writes latch the address; byte writes to 0xCF8..0xCFB are other
             // devices' registers on real chipsets (e.g. 0xCF9 reset control).
-            0 if data.len() == 4 => {
-                self.address = u32::from_le_bytes([data[0], data[1], data[2], data[3]])
-            }
+            0 if data.len() == 4 => self.address = u32::from_le_bytes([data[0], data[1], data[2], data[3]]),
             4..=7 => {
                 if let Some((bdf, reg_off)) = self.target() {
                     write_bytes(&self.root, bdf, reg_off + (offset as usize - 4), data);
                 }
             }
-            _ => log::debug!(
-                "PCI config port write of {} bytes at {offset} dropped",
-                data.len()
-            ),
+            _ => log::debug!("PCI config port write of {} bytes at {offset} dropped", data.len()),
         }
     }
 }
@@ -582,9 +485,7 @@ mod tests {
     }
 
     fn endpoint() -> Arc<Mutex<EmulatedFunction<Scratch>>> {
-        Arc::new(Mutex::new(
-            EmulatedFunction::new("ep", &test_config(), Scratch([0; 64])).unwrap(),
-        ))
+        Arc::new(Mutex::new(EmulatedFunction::new("ep", &test_config(), Scratch([0; 64])).unwrap()))
     }
 
     fn ecam_read(ecam: &mut PciConfigMmio, bdf: Bdf, off: u64) -> u32 {
@@ -603,10 +504,7 @@ mod tests {
             root.add_root_port(d, bus).unwrap();
         }
         assert_eq!(root.highest_free_slot(), None);
-        assert!(matches!(
-            root.add_root_port(0, 40),
-            Err(RootError::InvalidSlot { device: 0 })
-        ));
+        assert!(matches!(root.add_root_port(0, 40), Err(RootError::InvalidSlot { device: 0 })));
     }
 
     #[test]
@@ -618,11 +516,7 @@ mod tests {
         let direct = root.add_device(3, 0, endpoint()).unwrap();
         assert_eq!(
             (rp.to_string(), ep_bdf.to_string(), direct.to_string()),
-            (
-                "0000:00:01.0".into(),
-                "0000:01:00.0".into(),
-                "0000:00:03.0".into()
-            )
+            ("0000:00:01.0".into(), "0000:01:00.0".into(), "0000:00:03.0".into())
         );
         assert_eq!(root.last_bus(), 1);
         assert_eq!(root.endpoints().len(), 2);
@@ -635,19 +529,9 @@ mod tests {
         assert_eq!(ecam_read(&mut ecam, rp, 0x08) >> 8, 0x060400);
         assert_eq!(ecam_read(&mut ecam, rp, 0x18), 0x0001_0100);
         assert_eq!(ecam_read(&mut ecam, ep_bdf, 0), 0x1041_1af4);
-        assert_eq!(
-            ecam_read(&mut ecam, "01:01.0".parse().unwrap(), 0),
-            u32::MAX,
-            "only device 0 behind a port"
-        );
-        assert_eq!(
-            ecam_read(&mut ecam, "02:00.0".parse().unwrap(), 0),
-            u32::MAX
-        );
-        assert_eq!(
-            ecam_read(&mut ecam, "00:1f.7".parse().unwrap(), 0),
-            u32::MAX
-        );
+        assert_eq!(ecam_read(&mut ecam, "01:01.0".parse().unwrap(), 0), u32::MAX, "only device 0 behind a port");
+        assert_eq!(ecam_read(&mut ecam, "02:00.0".parse().unwrap(), 0), u32::MAX);
+        assert_eq!(ecam_read(&mut ecam, "00:1f.7".parse().unwrap(), 0), u32::MAX);
         // The root port's slot shows a device present.
         let mut b = [0u8; 2];
         ecam.read(rp.ecam_offset() + 0x40 + 0x1a, &mut b);
@@ -656,10 +540,7 @@ mod tests {
         ecam.write(rp.ecam_offset() + 0x19, &[5]);
         ecam.write(rp.ecam_offset() + 0x1a, &[5]);
         assert_eq!(ecam_read(&mut ecam, ep_bdf, 0), u32::MAX);
-        assert_eq!(
-            ecam_read(&mut ecam, "05:00.0".parse().unwrap(), 0),
-            0x1041_1af4
-        );
+        assert_eq!(ecam_read(&mut ecam, "05:00.0".parse().unwrap(), 0), 0x1041_1af4);
         // Mechanism #1 reaches the same functions.
         let mut io = PciConfigIo::new(root.clone());
         io.write(0, &0x8000_1800u32.to_le_bytes());
@@ -687,9 +568,7 @@ mod tests {
 
     #[test]
     fn malformed_config_accesses() {
-        let root = Arc::new(Mutex::new(
-            PciRoot::new(0, Box::new(Recorder(Default::default()))).unwrap(),
-        ));
+        let root = Arc::new(Mutex::new(PciRoot::new(0, Box::new(Recorder(Default::default()))).unwrap()));
         let mut ecam = PciConfigMmio::new(root.clone());
         let mut b = [0u8; 4];
         ecam.read(2, &mut b);
@@ -710,28 +589,13 @@ mod tests {
     #[test]
     fn slot_errors() {
         let mut root = PciRoot::new(0, Box::new(Recorder(Default::default()))).unwrap();
-        assert!(matches!(
-            root.add_device(0, 0, endpoint()),
-            Err(RootError::InvalidSlot { .. })
-        ));
+        assert!(matches!(root.add_device(0, 0, endpoint()), Err(RootError::InvalidSlot { .. })));
         root.add_root_port(2, 1).unwrap();
-        assert!(matches!(
-            root.add_root_port(3, 1),
-            Err(RootError::BusInUse { bus: 1 })
-        ));
-        assert!(matches!(
-            root.add_device(2, 0, endpoint()),
-            Err(RootError::SlotInUse { .. })
-        ));
-        assert!(matches!(
-            root.attach_to_port(4, 0, endpoint()),
-            Err(RootError::NoSuchPort { device: 4 })
-        ));
+        assert!(matches!(root.add_root_port(3, 1), Err(RootError::BusInUse { bus: 1 })));
+        assert!(matches!(root.add_device(2, 0, endpoint()), Err(RootError::SlotInUse { .. })));
+        assert!(matches!(root.attach_to_port(4, 0, endpoint()), Err(RootError::NoSuchPort { device: 4 })));
         root.attach_to_port(2, 0, endpoint()).unwrap();
-        assert!(matches!(
-            root.attach_to_port(2, 0, endpoint()),
-            Err(RootError::SlotInUse { .. })
-        ));
+        assert!(matches!(root.attach_to_port(2, 0, endpoint()), Err(RootError::SlotInUse { .. })));
     }
 
     #[test]
@@ -741,30 +605,15 @@ mod tests {
         let mut rel = BusRelocator::new(mmio.clone(), pio.clone());
         let a = endpoint();
         let b = endpoint();
-        a.lock()
-            .unwrap()
-            .place_bar(BarIndex(0), 0xc000_0000)
-            .unwrap();
-        a.lock()
-            .unwrap()
-            .place_bar(BarIndex(2), 0x1_0000_0000)
-            .unwrap();
-        b.lock()
-            .unwrap()
-            .place_bar(BarIndex(0), 0xc010_0000)
-            .unwrap();
-        b.lock()
-            .unwrap()
-            .place_bar(BarIndex(2), 0x1_0001_0000)
-            .unwrap();
+        a.lock().unwrap().place_bar(BarIndex(0), 0xc000_0000).unwrap();
+        a.lock().unwrap().place_bar(BarIndex(2), 0x1_0000_0000).unwrap();
+        b.lock().unwrap().place_bar(BarIndex(0), 0xc010_0000).unwrap();
+        b.lock().unwrap().place_bar(BarIndex(2), 0x1_0001_0000).unwrap();
         let (abdf, bbdf): (Bdf, Bdf) = ("01:00.0".parse().unwrap(), "02:00.0".parse().unwrap());
         let (ad, bd): (SharedPciDevice, SharedPciDevice) = (a.clone(), b.clone());
         rel.attach(abdf, &ad).unwrap();
         rel.attach(bbdf, &bd).unwrap();
-        assert!(matches!(
-            rel.attach(abdf, &ad),
-            Err(RootError::MapBar { .. })
-        ));
+        assert!(matches!(rel.attach(abdf, &ad), Err(RootError::MapBar { .. })));
         // The scratch register behind A's BAR 0 is reachable through the bus.
         assert!(mmio.write(0xc000_0004, &[9]));
         // Guest moves A's BAR 0 onto B's: refused, A's BAR disabled, B untouched.
@@ -779,20 +628,14 @@ mod tests {
         assert!(mmio.read(0xc010_0004, &mut byte));
         assert_eq!(byte[0], 0, "B's register, not A's");
         // Moving it to a free place maps it again.
-        let e = a
-            .lock()
-            .unwrap()
-            .write_config(4, 0, &0xc020_0000u32.to_le_bytes());
+        let e = a.lock().unwrap().write_config(4, 0, &0xc020_0000u32.to_le_bytes());
         rel.apply(abdf, &ad, e);
         assert_eq!(rel.mapped(abdf, BarIndex(0)), Some(0xc020_0000));
         assert!(mmio.read(0xc020_0004, &mut byte));
         assert_eq!(byte[0], 9);
         // The guest renumbered A's bus: the next move still finds A's mapping.
         let renumbered: Bdf = "05:00.0".parse().unwrap();
-        let e = a
-            .lock()
-            .unwrap()
-            .write_config(4, 0, &0xc030_0000u32.to_le_bytes());
+        let e = a.lock().unwrap().write_config(4, 0, &0xc030_0000u32.to_le_bytes());
         rel.apply(renumbered, &ad, e);
         assert_eq!(rel.mapped(renumbered, BarIndex(0)), Some(0xc030_0000));
         assert_eq!(rel.mapped(abdf, BarIndex(0)), Some(0xc030_0000));
@@ -805,10 +648,7 @@ mod tests {
         let mmio = Arc::new(Bus::new());
         let mut rel = BusRelocator::new(mmio.clone(), Arc::new(Bus::new()));
         let (a, b) = (endpoint(), endpoint());
-        for (f, low, high) in [
-            (&a, 0xc000_0000, 0x1_0000_0000),
-            (&b, 0xc010_0000, 0x1_0001_0000),
-        ] {
+        for (f, low, high) in [(&a, 0xc000_0000, 0x1_0000_0000), (&b, 0xc010_0000, 0x1_0001_0000)] {
             let mut f = f.lock().unwrap();
             f.place_bar(BarIndex(0), low).unwrap();
             f.place_bar(BarIndex(2), high).unwrap();
@@ -822,20 +662,10 @@ mod tests {
         assert!(mmio.write(0xc000_0004, &[0xa]));
         assert!(mmio.write(0xc010_0004, &[0xb]));
         // The guest swaps the two BARs, one register at a time.
-        let e = a
-            .lock()
-            .unwrap()
-            .write_config(4, 0, &0xc010_0000u32.to_le_bytes());
+        let e = a.lock().unwrap().write_config(4, 0, &0xc010_0000u32.to_le_bytes());
         rel.apply(abdf, &ad, e);
-        assert_eq!(
-            rel.mapped(abdf, BarIndex(0)),
-            None,
-            "refused while B is there"
-        );
-        let e = b
-            .lock()
-            .unwrap()
-            .write_config(4, 0, &0xc000_0000u32.to_le_bytes());
+        assert_eq!(rel.mapped(abdf, BarIndex(0)), None, "refused while B is there");
+        let e = b.lock().unwrap().write_config(4, 0, &0xc000_0000u32.to_le_bytes());
         rel.apply(bbdf, &bd, e);
         assert_eq!(rel.mapped(bbdf, BarIndex(0)), Some(0xc000_0000));
         assert_eq!(rel.mapped(abdf, BarIndex(0)), Some(0xc010_0000), "retried");
@@ -845,10 +675,7 @@ mod tests {
         assert!(mmio.read(0xc000_0004, &mut byte));
         assert_eq!(byte[0], 0xb);
         // A later move of A supersedes its pending one; nothing stays pending.
-        let e = a
-            .lock()
-            .unwrap()
-            .write_config(4, 0, &0xc020_0000u32.to_le_bytes());
+        let e = a.lock().unwrap().write_config(4, 0, &0xc020_0000u32.to_le_bytes());
         rel.apply(abdf, &ad, e);
         assert_eq!(rel.mapped(abdf, BarIndex(0)), Some(0xc020_0000));
         assert!(rel.pending.is_empty());

@@ -51,39 +51,24 @@ impl FromStr for SyntheticSpec {
     type Err = SyntheticError;
 
     fn from_str(spec: &str) -> Result<Self, Self::Err> {
-        let err = |reason: String| SyntheticError::Parse {
-            spec: spec.to_string(),
-            reason,
-        };
+        let err = |reason: String| SyntheticError::Parse { spec: spec.to_string(), reason };
         let mut bars = BTreeMap::new();
         let mut msix_vectors = None;
         let mut behind_port = true;
         let mut seen = Vec::new();
         for item in spec.split(',').filter(|s| !s.is_empty()) {
-            let (key, value) = item
-                .split_once('=')
-                .ok_or_else(|| err(format!("{item:?} is not key=value")))?;
+            let (key, value) = item.split_once('=').ok_or_else(|| err(format!("{item:?} is not key=value")))?;
             if seen.contains(&key) {
                 return Err(err(format!("{key} given twice")));
             }
             seen.push(key);
             match key {
                 "rom" => {
-                    let size =
-                        parse_size(value).ok_or_else(|| err(format!("bad size {value:?}")))?;
-                    bars.insert(
-                        BarIndex::ROM,
-                        BarSpec {
-                            index: BarIndex::ROM,
-                            kind: BarKind::Rom,
-                            size,
-                        },
-                    );
+                    let size = parse_size(value).ok_or_else(|| err(format!("bad size {value:?}")))?;
+                    bars.insert(BarIndex::ROM, BarSpec { index: BarIndex::ROM, kind: BarKind::Rom, size });
                 }
                 "msix" => {
-                    let n = value
-                        .parse::<u16>()
-                        .map_err(|_| err(format!("bad vector count {value:?}")))?;
+                    let n = value.parse::<u16>().map_err(|_| err(format!("bad vector count {value:?}")))?;
                     msix_vectors = Some(n);
                 }
                 "port" => {
@@ -98,47 +83,27 @@ impl FromStr for SyntheticSpec {
                         .strip_prefix("bar")
                         .and_then(|n| n.parse::<u8>().ok())
                         .filter(|n| *n < 6)
-                        .ok_or_else(|| {
-                            err(format!("unknown key {key:?} (bar0..bar5, rom, msix, port)"))
-                        })?;
-                    let (kind, size) = value
-                        .split_once(':')
-                        .ok_or_else(|| err(format!("{value:?} is not KIND:SIZE")))?;
+                        .ok_or_else(|| err(format!("unknown key {key:?} (bar0..bar5, rom, msix, port)")))?;
+                    let (kind, size) =
+                        value.split_once(':').ok_or_else(|| err(format!("{value:?} is not KIND:SIZE")))?;
                     let kind = match kind {
-                        "mem32" => BarKind::Mem32 {
-                            prefetchable: false,
-                        },
+                        "mem32" => BarKind::Mem32 { prefetchable: false },
                         "mem32-pf" => BarKind::Mem32 { prefetchable: true },
-                        "mem64" => BarKind::Mem64 {
-                            prefetchable: false,
-                        },
+                        "mem64" => BarKind::Mem64 { prefetchable: false },
                         "mem64-pf" => BarKind::Mem64 { prefetchable: true },
                         "io" => BarKind::Io,
                         other => return Err(err(format!("unknown BAR kind {other:?}"))),
                     };
                     let size = parse_size(size).ok_or_else(|| err(format!("bad size {size:?}")))?;
-                    bars.insert(
-                        BarIndex(index),
-                        BarSpec {
-                            index: BarIndex(index),
-                            kind,
-                            size,
-                        },
-                    );
+                    bars.insert(BarIndex(index), BarSpec { index: BarIndex(index), kind, size });
                 }
             }
         }
         let bars: Vec<BarSpec> = bars.into_values().collect();
         if msix_vectors.is_some() && msix_bar(&bars).is_none() {
-            return Err(err(
-                "msix needs two free BAR registers in a row for its 64-bit table BAR".into(),
-            ));
+            return Err(err("msix needs two free BAR registers in a row for its 64-bit table BAR".into()));
         }
-        Ok(Self {
-            bars,
-            msix_vectors,
-            behind_port,
-        })
+        Ok(Self { bars, msix_vectors, behind_port })
     }
 }
 
@@ -151,13 +116,8 @@ impl FunctionBackend for ScratchRegisters {
     fn read_bar(&mut self, bar: BarIndex, offset: u64, data: &mut [u8]) {
         let regs = self.regs.get(&bar);
         for (i, b) in data.iter_mut().enumerate() {
-            let at = offset
-                .checked_add(i as u64)
-                .and_then(|a| usize::try_from(a).ok());
-            *b = at
-                .and_then(|a| regs.and_then(|r| r.get(a)))
-                .copied()
-                .unwrap_or(0);
+            let at = offset.checked_add(i as u64).and_then(|a| usize::try_from(a).ok());
+            *b = at.and_then(|a| regs.and_then(|r| r.get(a))).copied().unwrap_or(0);
         }
     }
 
@@ -166,9 +126,7 @@ impl FunctionBackend for ScratchRegisters {
             return;
         };
         for (i, b) in data.iter().enumerate() {
-            let at = offset
-                .checked_add(i as u64)
-                .and_then(|a| usize::try_from(a).ok());
+            let at = offset.checked_add(i as u64).and_then(|a| usize::try_from(a).ok());
             if let Some(r) = at.and_then(|a| regs.get_mut(a)) {
                 *r = *b;
             }
@@ -178,11 +136,8 @@ impl FunctionBackend for ScratchRegisters {
 
 /// Where the MSI-X table and PBA go: their own 64-bit BAR in the first free register pair.
 fn msix_bar(bars: &[BarSpec]) -> Option<BarIndex> {
-    let used = |i: u8| {
-        bars.iter().any(|b| {
-            b.index.0 == i || (matches!(b.kind, BarKind::Mem64 { .. }) && b.index.0 + 1 == i)
-        })
-    };
+    let used =
+        |i: u8| bars.iter().any(|b| b.index.0 == i || (matches!(b.kind, BarKind::Mem64 { .. }) && b.index.0 + 1 == i));
     (0..5u8).find(|i| !used(*i) && !used(i + 1)).map(BarIndex)
 }
 
@@ -199,16 +154,8 @@ pub fn synthetic_function(
             let index = msix_bar(&bars).unwrap_or(BarIndex(5));
             let table = u64::from(n) * 16;
             let pba_offset = table.next_multiple_of(4096);
-            let size = (pba_offset + u64::from(n).div_ceil(64) * 8)
-                .next_power_of_two()
-                .max(4096);
-            bars.push(BarSpec {
-                index,
-                kind: BarKind::Mem64 {
-                    prefetchable: false,
-                },
-                size,
-            });
+            let size = (pba_offset + u64::from(n).div_ceil(64) * 8).next_power_of_two().max(4096);
+            bars.push(BarSpec { index, kind: BarKind::Mem64 { prefetchable: false }, size });
             Some(MsixConfig {
                 vectors: n,
                 table_bar: index,
@@ -229,11 +176,7 @@ pub fn synthetic_function(
             subsystem_id: 0x1100,
         },
         header: HeaderType::Endpoint,
-        pcie: Some(PcieCapabilityConfig {
-            port_type: PciePortType::Endpoint,
-            port_number: 0,
-            slot_occupied: false,
-        }),
+        pcie: Some(PcieCapabilityConfig { port_type: PciePortType::Endpoint, port_number: 0, slot_occupied: false }),
         power_management: true,
         bars: bars.clone(),
         msi: None,
@@ -255,18 +198,12 @@ mod tests {
 
     #[test]
     fn parse_spec() {
-        let s: SyntheticSpec = "bar0=mem32:16K,bar2=mem64-pf:64G,bar1=io:256,rom=64K,msix=4"
-            .parse()
-            .unwrap();
+        let s: SyntheticSpec = "bar0=mem32:16K,bar2=mem64-pf:64G,bar1=io:256,rom=64K,msix=4".parse().unwrap();
         assert_eq!(s.bars.len(), 4);
         assert_eq!(s.bars[1].kind, BarKind::Io);
         assert_eq!(
             s.bars[2],
-            BarSpec {
-                index: BarIndex(2),
-                kind: BarKind::Mem64 { prefetchable: true },
-                size: 64 << 30
-            }
+            BarSpec { index: BarIndex(2), kind: BarKind::Mem64 { prefetchable: true }, size: 64 << 30 }
         );
         assert_eq!(s.bars[3].index, BarIndex::ROM);
         assert_eq!(msix_bar(&s.bars), Some(BarIndex(4)));

@@ -6,22 +6,16 @@
 
 use std::sync::{Arc, Mutex};
 
-use crate::allocator::{
-    AllocError, BarAllocator, BarPlacement, BarRequest, PciWindows, WindowReserve,
-};
+use crate::allocator::{AllocError, BarAllocator, BarPlacement, BarRequest, PciWindows, WindowReserve};
 use crate::aml::{AmlError, HostBridgeResources, PciHostBridgeAml};
 use crate::bar::{REG_BAR0, REG_ROM_ENDPOINT};
 use crate::bdf::Bdf;
 use crate::bridge::{BridgeWindows, Window};
 use crate::bus::Bus;
-use crate::config_space::{
-    COMMAND_BUS_MASTER, COMMAND_IO, COMMAND_MEMORY, REG_BIST_HEADER, REG_INTERRUPT,
-};
+use crate::config_space::{COMMAND_BUS_MASTER, COMMAND_IO, COMMAND_MEMORY, REG_BIST_HEADER, REG_INTERRUPT};
 use crate::device::{BarIndex, BarKind, ConfigEffects, SharedPciDevice};
 use crate::intx::{IntxPin, IntxRouting};
-use crate::root::{
-    BusRelocator, ConfigEffectsHandler, PciConfigIo, PciConfigMmio, PciRoot, RootError,
-};
+use crate::root::{BusRelocator, ConfigEffectsHandler, PciConfigIo, PciConfigMmio, PciRoot, RootError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TopologyError {
@@ -75,10 +69,7 @@ impl ConfigEffectsHandler for Relay {
         if let Some(o) = self.observer.as_mut() {
             o.apply(bdf, device, effects.clone());
         }
-        self.relocator
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .apply(bdf, device, effects);
+        self.relocator.lock().unwrap_or_else(|e| e.into_inner()).apply(bdf, device, effects);
     }
 }
 
@@ -101,19 +92,12 @@ impl PciTopology {
         pio: Arc<Bus>,
         observer: Option<Box<dyn ConfigEffectsHandler>>,
     ) -> Result<Self, TopologyError> {
-        let ecam_ok =
-            cfg.ecam.size >= 1 << 20 && cfg.ecam.size <= 1 << 28 && cfg.ecam.size % (1 << 20) == 0;
+        let ecam_ok = cfg.ecam.size >= 1 << 20 && cfg.ecam.size <= 1 << 28 && cfg.ecam.size % (1 << 20) == 0;
         if !ecam_ok {
-            return Err(TopologyError::EcamWindow {
-                base: cfg.ecam.base,
-                size: cfg.ecam.size,
-            });
+            return Err(TopologyError::EcamWindow { base: cfg.ecam.base, size: cfg.ecam.size });
         }
         let relocator = Arc::new(Mutex::new(BusRelocator::new(mmio, pio)));
-        let relay = Relay {
-            relocator: relocator.clone(),
-            observer,
-        };
+        let relay = Relay { relocator: relocator.clone(), observer };
         let root = PciRoot::new(cfg.segment, Box::new(relay)).map_err(TopologyError::CreateRoot)?;
         let allocator = BarAllocator::new(cfg.windows).map_err(TopologyError::CreatePools)?;
         Ok(Self {
@@ -140,11 +124,7 @@ impl PciTopology {
     }
 
     /// Puts `dev` behind a new PCIe root port, with windows sized to its BARs.
-    pub fn attach_behind_port(
-        &mut self,
-        name: &str,
-        dev: SharedPciDevice,
-    ) -> Result<Bdf, TopologyError> {
+    pub fn attach_behind_port(&mut self, name: &str, dev: SharedPciDevice) -> Result<Bdf, TopologyError> {
         check_endpoint(name, &dev)?;
         if self.next_bus > self.last_bus() {
             return Err(TopologyError::SlotsExhausted);
@@ -152,40 +132,25 @@ impl PciTopology {
         let slot = self.take_slot()?;
         let bus = self.next_bus;
         self.next_bus += 1;
-        let attach_err = |source| TopologyError::Attach {
-            what: name.to_string(),
-            source,
-        };
+        let attach_err = |source| TopologyError::Attach { what: name.to_string(), source };
         let mut root = self.root.lock().unwrap_or_else(|e| e.into_inner());
         let port = root.add_root_port(slot, bus).map_err(attach_err)?;
-        let bdf = root
-            .attach_to_port(slot, 0, dev.clone())
-            .map_err(attach_err)?;
+        let bdf = root.attach_to_port(slot, 0, dev.clone()).map_err(attach_err)?;
         let requests = bar_requests(bdf, &dev);
         let layout = self
             .allocator
             .allocate_port(port, &requests, self.cfg.port_reserve)
-            .map_err(|source| TopologyError::Allocate {
-                what: name.to_string(),
-                source,
-            })?;
+            .map_err(|source| TopologyError::Allocate { what: name.to_string(), source })?;
         program_root_port(&mut root, slot, &layout.windows).map_err(attach_err)?;
         program_bars(&mut root, bdf, &dev, &layout.bars);
         drop(root);
         self.paths.push((bdf, vec![slot, 0]));
-        log::info!(
-            "{bdf}: {name} behind root port {port}, windows {:x?}",
-            layout.windows
-        );
+        log::info!("{bdf}: {name} behind root port {port}, windows {:x?}", layout.windows);
         Ok(bdf)
     }
 
     /// Puts `dev` directly on bus 0 (a root complex integrated endpoint).
-    pub fn attach_to_bus0(
-        &mut self,
-        name: &str,
-        dev: SharedPciDevice,
-    ) -> Result<Bdf, TopologyError> {
+    pub fn attach_to_bus0(&mut self, name: &str, dev: SharedPciDevice) -> Result<Bdf, TopologyError> {
         check_endpoint(name, &dev)?;
         let slot = self.take_slot()?;
         let bdf = self
@@ -193,31 +158,16 @@ impl PciTopology {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .add_device(slot, 0, dev.clone())
-            .map_err(|source| TopologyError::Attach {
-                what: name.to_string(),
-                source,
-            })?;
+            .map_err(|source| TopologyError::Attach { what: name.to_string(), source })?;
         let mut placed = Vec::new();
         for req in bar_requests(bdf, &dev) {
-            let addr =
-                self.allocator
-                    .allocate_bar(req)
-                    .map_err(|source| TopologyError::Allocate {
-                        what: name.to_string(),
-                        source,
-                    })?;
-            placed.push(BarPlacement {
-                bdf,
-                bar: req.bar,
-                addr,
-            });
+            let addr = self
+                .allocator
+                .allocate_bar(req)
+                .map_err(|source| TopologyError::Allocate { what: name.to_string(), source })?;
+            placed.push(BarPlacement { bdf, bar: req.bar, addr });
         }
-        program_bars(
-            &mut self.root.lock().unwrap_or_else(|e| e.into_inner()),
-            bdf,
-            &dev,
-            &placed,
-        );
+        program_bars(&mut self.root.lock().unwrap_or_else(|e| e.into_inner()), bdf, &dev, &placed);
         self.paths.push((bdf, vec![slot]));
         log::info!("{bdf}: {name} on bus 0");
         Ok(bdf)
@@ -229,10 +179,7 @@ impl PciTopology {
 
     /// Where BAR `bar` of `bdf` is mapped on the bus now.
     pub fn mapped(&self, bdf: Bdf, bar: BarIndex) -> Option<u64> {
-        self.relocator
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .mapped(bdf, bar)
+        self.relocator.lock().unwrap_or_else(|e| e.into_inner()).mapped(bdf, bar)
     }
 
     /// The 0xCF8 device (insert at 0xCF8, length 8, on the port I/O bus).
@@ -269,11 +216,7 @@ impl PciTopology {
     /// or `None` when the function has no pin.
     pub fn intx_gsi(&self, bdf: Bdf) -> Option<u32> {
         let path = &self.paths.iter().find(|(b, _)| *b == bdf)?.1;
-        let reg = self
-            .root
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .read_config(bdf, REG_INTERRUPT);
+        let reg = self.root.lock().unwrap_or_else(|e| e.into_inner()).read_config(bdf, REG_INTERRUPT);
         let pin = IntxPin::from_register((reg >> 8) as u8)?;
         Some(self.cfg.intx.gsi(path, pin))
     }
@@ -281,11 +224,7 @@ impl PciTopology {
 
 /// Firmware-time set-up of the root port at 00:`port_device`.0: its forwarding windows,
 /// then memory / I/O forwarding and bus mastering on, as firmware leaves bridges.
-pub fn program_root_port(
-    root: &mut PciRoot,
-    port_device: u8,
-    windows: &BridgeWindows,
-) -> Result<(), RootError> {
+pub fn program_root_port(root: &mut PciRoot, port_device: u8, windows: &BridgeWindows) -> Result<(), RootError> {
     root.set_port_windows(port_device, windows)?;
     let port = Bdf::from_devfn(root.segment(), 0, port_device << 3);
     let command = COMMAND_MEMORY | COMMAND_IO | COMMAND_BUS_MASTER;
@@ -316,14 +255,9 @@ pub fn program_bars(root: &mut PciRoot, bdf: Bdf, dev: &SharedPciDevice, placed:
 }
 
 fn check_endpoint(name: &str, dev: &SharedPciDevice) -> Result<(), TopologyError> {
-    let header = dev
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .read_config(REG_BIST_HEADER);
+    let header = dev.lock().unwrap_or_else(|e| e.into_inner()).read_config(REG_BIST_HEADER);
     if (header >> 16) & 0x7f != 0 {
-        return Err(TopologyError::NotAnEndpoint {
-            what: name.to_string(),
-        });
+        return Err(TopologyError::NotAnEndpoint { what: name.to_string() });
     }
     Ok(())
 }
@@ -331,15 +265,7 @@ fn check_endpoint(name: &str, dev: &SharedPciDevice) -> Result<(), TopologyError
 /// One allocation request per BAR of `dev` (address `bdf`, for error messages).
 pub fn bar_requests(bdf: Bdf, dev: &SharedPciDevice) -> Vec<BarRequest> {
     let d = dev.lock().unwrap_or_else(|e| e.into_inner());
-    d.bars()
-        .into_iter()
-        .map(|r| BarRequest {
-            bdf,
-            bar: r.index,
-            kind: r.kind,
-            size: r.size,
-        })
-        .collect()
+    d.bars().into_iter().map(|r| BarRequest { bdf, bar: r.index, kind: r.kind, size: r.size }).collect()
 }
 
 #[cfg(test)]
@@ -356,20 +282,11 @@ mod tests {
         TopologyConfig {
             segment: 0,
             windows: PciWindows {
-                mmio32: Window {
-                    base: 0xc000_0000,
-                    size: 0x2000_0000,
-                },
+                mmio32: Window { base: 0xc000_0000, size: 0x2000_0000 },
                 mmio64: crate::allocator::mmio64_window(4 * GIB, 40),
-                io: Window {
-                    base: 0x1000,
-                    size: 0xf000,
-                },
+                io: Window { base: 0x1000, size: 0xf000 },
             },
-            ecam: Window {
-                base: 0xe000_0000,
-                size: 16 << 20,
-            },
+            ecam: Window { base: 0xe000_0000, size: 16 << 20 },
             intx: IntxRouting::new(16, 8).unwrap(),
             port_reserve: WindowReserve::default(),
         }
@@ -381,22 +298,10 @@ mod tests {
         let pio = Arc::new(Bus::new());
         let mut topo = PciTopology::new(cfg(), mmio.clone(), pio.clone(), None).unwrap();
         let mut big = test_config();
-        big.bars.push(BarSpec {
-            index: BarIndex(4),
-            kind: BarKind::Mem64 { prefetchable: true },
-            size: 64 * GIB,
-        });
-        big.bars.push(BarSpec {
-            index: BarIndex::ROM,
-            kind: BarKind::Rom,
-            size: 0x10000,
-        });
-        let gpu = Arc::new(Mutex::new(
-            EmulatedFunction::new("gpu", &big, Scratch([0; 64])).unwrap(),
-        ));
-        let nic = Arc::new(Mutex::new(
-            EmulatedFunction::new("nic", &test_config(), Scratch([0; 64])).unwrap(),
-        ));
+        big.bars.push(BarSpec { index: BarIndex(4), kind: BarKind::Mem64 { prefetchable: true }, size: 64 * GIB });
+        big.bars.push(BarSpec { index: BarIndex::ROM, kind: BarKind::Rom, size: 0x10000 });
+        let gpu = Arc::new(Mutex::new(EmulatedFunction::new("gpu", &big, Scratch([0; 64])).unwrap()));
+        let nic = Arc::new(Mutex::new(EmulatedFunction::new("nic", &test_config(), Scratch([0; 64])).unwrap()));
         let gpu_bdf = topo.attach_behind_port("gpu", gpu.clone()).unwrap();
         let nic_bdf = topo.attach_to_bus0("nic", nic.clone()).unwrap();
         assert_eq!(gpu_bdf.to_string(), "0000:01:00.0");
@@ -410,11 +315,7 @@ mod tests {
                 BarKind::Mem64 { prefetchable: true } => windows.prefetch,
                 _ => windows.mem,
             };
-            assert!(
-                w.unwrap().contains(r.addr, r.size),
-                "{:?} in its window",
-                r.index
-            );
+            assert!(w.unwrap().contains(r.addr, r.size), "{:?} in its window", r.index);
         }
         assert_eq!(windows.prefetch.unwrap().size, 64 * GIB + (1 << 20));
         assert!(windows.io.is_none());
@@ -440,37 +341,14 @@ mod tests {
     fn errors_name_the_device() {
         let mut small = cfg();
         small.windows.mmio64 = crate::allocator::mmio64_window(4 * GIB, 36);
-        let mut topo =
-            PciTopology::new(small, Arc::new(Bus::new()), Arc::new(Bus::new()), None).unwrap();
+        let mut topo = PciTopology::new(small, Arc::new(Bus::new()), Arc::new(Bus::new()), None).unwrap();
         let mut big = test_config();
-        big.bars.push(BarSpec {
-            index: BarIndex(4),
-            kind: BarKind::Mem64 { prefetchable: true },
-            size: 64 * GIB,
-        });
-        let gpu = Arc::new(Mutex::new(
-            EmulatedFunction::new("gpu", &big, Scratch([0; 64])).unwrap(),
-        ));
-        let e = topo
-            .attach_behind_port("gpu 0000:41:00.0", gpu)
-            .unwrap_err();
-        let msg = format!(
-            "{e}: {}",
-            std::error::Error::source(&e)
-                .map(|s| s.to_string())
-                .unwrap_or_default()
-        );
-        assert!(
-            msg.contains("gpu 0000:41:00.0") && msg.contains("Mmio64"),
-            "{msg}"
-        );
-        let bad = TopologyConfig {
-            ecam: Window {
-                base: 0xe000_0000,
-                size: 3 << 19,
-            },
-            ..cfg()
-        };
+        big.bars.push(BarSpec { index: BarIndex(4), kind: BarKind::Mem64 { prefetchable: true }, size: 64 * GIB });
+        let gpu = Arc::new(Mutex::new(EmulatedFunction::new("gpu", &big, Scratch([0; 64])).unwrap()));
+        let e = topo.attach_behind_port("gpu 0000:41:00.0", gpu).unwrap_err();
+        let msg = format!("{e}: {}", std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default());
+        assert!(msg.contains("gpu 0000:41:00.0") && msg.contains("Mmio64"), "{msg}");
+        let bad = TopologyConfig { ecam: Window { base: 0xe000_0000, size: 3 << 19 }, ..cfg() };
         assert!(matches!(
             PciTopology::new(bad, Arc::new(Bus::new()), Arc::new(Bus::new()), None),
             Err(TopologyError::EcamWindow { .. })

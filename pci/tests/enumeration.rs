@@ -47,20 +47,11 @@ impl Guest {
         let io = orig & 1 == 1;
         if io {
             let m = u64::from(mask & 0xffff_fffc) | 0xffff_0000;
-            return Some((
-                u64::from(orig & 0xffff_fffc),
-                (!m & 0xffff) + 1,
-                true,
-                false,
-                false,
-            ));
+            return Some((u64::from(orig & 0xffff_fffc), (!m & 0xffff) + 1, true, false, false));
         }
         let is64 = orig & 0x6 == 0x4;
         let pf = orig & 0x8 != 0;
-        let (mut addr, mut m) = (
-            u64::from(orig & !0xf),
-            u64::from(mask & !0xf) | 0xffff_ffff_0000_0000,
-        );
+        let (mut addr, mut m) = (u64::from(orig & !0xf), u64::from(mask & !0xf) | 0xffff_ffff_0000_0000);
         if is64 {
             let hi = self.read(bdf, off + 4);
             self.write(bdf, off + 4, u32::MAX);
@@ -73,11 +64,7 @@ impl Guest {
     }
 
     fn bridge_window(&mut self, port: Bdf, prefetch: bool) -> Option<(u64, u64)> {
-        let (reg, upper) = if prefetch {
-            (0x24, true)
-        } else {
-            (0x20, false)
-        };
+        let (reg, upper) = if prefetch { (0x24, true) } else { (0x20, false) };
         let v = self.read(port, reg);
         let mut base = u64::from(v & 0xfff0) << 16;
         let mut limit = (u64::from(v >> 16 & 0xfff0) << 16) | 0xf_ffff;
@@ -93,26 +80,16 @@ fn topology() -> (PciTopology, Arc<Bus>, Vec<(Bdf, SharedPciDevice)>) {
     let cfg = TopologyConfig {
         segment: 0,
         windows: PciWindows {
-            mmio32: Window {
-                base: 0xc000_0000,
-                size: 0x2000_0000,
-            },
+            mmio32: Window { base: 0xc000_0000, size: 0x2000_0000 },
             mmio64: mmio64_window(4 * GIB, 40),
-            io: Window {
-                base: 0x1000,
-                size: 0xf000,
-            },
+            io: Window { base: 0x1000, size: 0xf000 },
         },
-        ecam: Window {
-            base: 0xe000_0000,
-            size: 0x1000_0000,
-        },
+        ecam: Window { base: 0xe000_0000, size: 0x1000_0000 },
         intx: IntxRouting::new(16, 8).expect("lines"),
         port_reserve: WindowReserve::default(),
     };
     let mmio = Arc::new(Bus::new());
-    let mut topo =
-        PciTopology::new(cfg, mmio.clone(), Arc::new(Bus::new()), None).expect("topology");
+    let mut topo = PciTopology::new(cfg, mmio.clone(), Arc::new(Bus::new()), None).expect("topology");
     let mut devs = Vec::new();
     for (i, spec) in [
         "bar0=mem32:16K,bar2=mem64-pf:64G,msix=4",
@@ -123,9 +100,7 @@ fn topology() -> (PciTopology, Arc<Bus>, Vec<(Bdf, SharedPciDevice)>) {
     .enumerate()
     {
         let spec: SyntheticSpec = spec.parse().expect("spec");
-        let f: SharedPciDevice = Arc::new(Mutex::new(
-            synthetic_function(&format!("syn{i}"), &spec).expect("function"),
-        ));
+        let f: SharedPciDevice = Arc::new(Mutex::new(synthetic_function(&format!("syn{i}"), &spec).expect("function")));
         let bdf = if i < 2 {
             topo.attach_behind_port(&format!("syn{i}"), f.clone())
         } else {
@@ -139,9 +114,7 @@ fn topology() -> (PciTopology, Arc<Bus>, Vec<(Bdf, SharedPciDevice)>) {
 #[test]
 fn guest_enumeration_finds_consistent_resources() {
     let (topo, mmio, _devs) = topology();
-    let mut g = Guest {
-        ecam: topo.config_mmio(),
-    };
+    let mut g = Guest { ecam: topo.config_mmio() };
     let mut found = Vec::new();
     let mut ranges: Vec<(u64, u64, Bdf)> = Vec::new();
     let mut buses = vec![(0u8, None::<Bdf>)];
@@ -165,29 +138,16 @@ fn guest_enumeration_finds_consistent_resources() {
             let mut off = 0x10;
             while off <= 0x24 {
                 if let Some((addr, size, io, is64, pf)) = g.size_bar(bdf, off) {
-                    assert!(
-                        size.is_power_of_two(),
-                        "{bdf} BAR at {off:#x}: size {size:#x}"
-                    );
-                    assert_eq!(
-                        addr % size,
-                        0,
-                        "{bdf} BAR at {off:#x} not naturally aligned"
-                    );
+                    assert!(size.is_power_of_two(), "{bdf} BAR at {off:#x}: size {size:#x}");
+                    assert_eq!(addr % size, 0, "{bdf} BAR at {off:#x} not naturally aligned");
                     if !io {
-                        let (lo, hi) = if pf && is64 {
-                            (4 * GIB, 1u64 << 40)
-                        } else {
-                            (0xc000_0000, 0xe000_0000)
-                        };
+                        let (lo, hi) = if pf && is64 { (4 * GIB, 1u64 << 40) } else { (0xc000_0000, 0xe000_0000) };
                         assert!(
                             addr >= lo && addr + size <= hi,
                             "{bdf} BAR {off:#x} {addr:#x}+{size:#x} outside host window"
                         );
                         if let Some(port) = parent {
-                            let (b, l) = g
-                                .bridge_window(port, pf && is64)
-                                .expect("bridge window enabled");
+                            let (b, l) = g.bridge_window(port, pf && is64).expect("bridge window enabled");
                             assert!(
                                 addr >= b && addr + size - 1 <= l,
                                 "{bdf} BAR {off:#x} outside {port}'s window {b:#x}-{l:#x}"
@@ -205,10 +165,7 @@ fn guest_enumeration_finds_consistent_resources() {
             assert_ne!(g.read(bdf, 0x100), u32::MAX);
         }
     }
-    let ids: Vec<String> = found
-        .iter()
-        .map(|(b, id)| format!("{b} {id:08x}"))
-        .collect();
+    let ids: Vec<String> = found.iter().map(|(b, id)| format!("{b} {id:08x}")).collect();
     assert_eq!(
         ids,
         vec![
@@ -222,29 +179,19 @@ fn guest_enumeration_finds_consistent_resources() {
     );
     ranges.sort();
     for w in ranges.windows(2) {
-        assert!(
-            w[0].0 + w[0].1 <= w[1].0,
-            "{} and {} overlap",
-            w[0].2,
-            w[1].2
-        );
+        assert!(w[0].0 + w[0].1 <= w[1].0, "{} and {} overlap", w[0].2, w[1].2);
     }
     assert!(ranges.iter().any(|r| r.1 == 64 * GIB));
     // The enumeration (with its sizing probes) left every BAR reachable where it was.
     for (addr, _, bdf) in &ranges {
-        assert!(
-            mmio.resolve(*addr, 4).is_some(),
-            "{bdf} BAR at {addr:#x} unmapped after enumeration"
-        );
+        assert!(mmio.resolve(*addr, 4).is_some(), "{bdf} BAR at {addr:#x} unmapped after enumeration");
     }
 }
 
 #[test]
 fn guest_moves_a_64bit_bar_like_linux() {
     let (topo, mmio, devs) = topology();
-    let mut g = Guest {
-        ecam: topo.config_mmio(),
-    };
+    let mut g = Guest { ecam: topo.config_mmio() };
     let (bdf, _) = devs[2];
     let old = u64::from(g.read(bdf, 0x10) & !0xf) | (u64::from(g.read(bdf, 0x14)) << 32);
     mmio.write(old + 8, &[0xab]);
@@ -254,10 +201,7 @@ fn guest_moves_a_64bit_bar_like_linux() {
     let new = 0xc180_0000u64;
     g.write(bdf, 0x10, new as u32 | 0x4);
     g.write(bdf, 0x14, 0);
-    assert!(
-        mmio.resolve(old, 4).is_some(),
-        "no move while decode is off"
-    );
+    assert!(mmio.resolve(old, 4).is_some(), "no move while decode is off");
     g.write16(bdf, 4, cmd);
     assert!(mmio.resolve(old, 4).is_none());
     let mut b = [0u8; 1];

@@ -27,11 +27,7 @@ fn seeds() -> Vec<(PathBuf, Vec<u8>)> {
 fn committed_seeds_replay_without_findings() {
     let seeds = seeds();
     // An empty seed dir would make this test pass vacuously.
-    assert!(
-        seeds.len() >= 20,
-        "only {} seeds in fuzz/seeds/config_msix",
-        seeds.len()
-    );
+    assert!(seeds.len() >= 20, "only {} seeds in fuzz/seeds/config_msix", seeds.len());
     for (path, data) in &seeds {
         let r = std::panic::catch_unwind(|| harness::run(data));
         assert!(r.is_ok(), "seed {} is a finding", path.display());

@@ -94,12 +94,8 @@ fn fadt(dsdt_addr: u64) -> Vec<u8> {
 }
 
 fn madt(vcpus: u8) -> Vec<u8> {
-    let mut madt = MADT::new(
-        OEM_ID,
-        OEM_TABLE_ID,
-        OEM_REVISION,
-        LocalInterruptController::Address(layout::LAPIC_START as u32),
-    );
+    let mut madt =
+        MADT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION, LocalInterruptController::Address(layout::LAPIC_START as u32));
     for id in 0..vcpus {
         madt.add_structure(ProcessorLocalApic::new(id, id, EnabledStatus::Enabled));
     }

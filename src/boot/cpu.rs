@@ -68,8 +68,7 @@ pub enum CpuSetupError {
 }
 
 fn write<T: vm_memory::ByteValued>(mem: &GuestMemory, what: &'static str, v: T, at: u64) -> Result<(), CpuSetupError> {
-    mem.write_obj(v, GuestAddress(at))
-        .map_err(|source| CpuSetupError::WriteGuestMemory { what, source })
+    mem.write_obj(v, GuestAddress(at)).map_err(|source| CpuSetupError::WriteGuestMemory { what, source })
 }
 
 /// How the boot vCPU enters the kernel.

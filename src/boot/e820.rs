@@ -18,16 +18,8 @@ pub fn memory_map(ram_size: u64) -> Vec<E820Entry> {
     let low_end = layout::low_ram_end(ram_size);
     let mut map = vec![
         E820Entry { addr: 0, size: layout::EBDA_START, kind: E820_RAM },
-        E820Entry {
-            addr: layout::EBDA_START,
-            size: layout::HIGH_RAM_START - layout::EBDA_START,
-            kind: E820_RESERVED,
-        },
-        E820Entry {
-            addr: layout::HIGH_RAM_START,
-            size: low_end - layout::HIGH_RAM_START,
-            kind: E820_RAM,
-        },
+        E820Entry { addr: layout::EBDA_START, size: layout::HIGH_RAM_START - layout::EBDA_START, kind: E820_RESERVED },
+        E820Entry { addr: layout::HIGH_RAM_START, size: low_end - layout::HIGH_RAM_START, kind: E820_RAM },
         E820Entry { addr: layout::PCI_ECAM_START, size: layout::PCI_ECAM_SIZE, kind: E820_RESERVED },
     ];
     for (addr, size) in layout::ram_regions(ram_size).into_iter().skip(1) {

@@ -47,7 +47,9 @@ pub enum KernelError {
         #[source]
         source: std::io::Error,
     },
-    #[error("initramfs {path} ({size} bytes) does not fit in guest RAM below {limit:#x}; give the guest more --memory")]
+    #[error(
+        "initramfs {path} ({size} bytes) does not fit in guest RAM below {limit:#x}; give the guest more --memory"
+    )]
     InitramfsTooLarge { path: PathBuf, size: u64, limit: u64 },
     #[error("reading initramfs {path} into guest memory failed")]
     ReadInitramfs {
@@ -111,15 +113,14 @@ fn load_kernel(mem: &GuestMemory, path: &Path) -> Result<(BootEntry, KernelLoade
         // Guest RAM is fresh (zero) on every boot: the holes of a sparse vmlinux (the
         // extracted kernel cache writes its zero blocks as holes) need not be copied.
         let mut image = super::sparse::SparseImage(file);
-        let result = Elf::load(mem, None, &mut image, Some(GuestAddress(layout::HIGH_RAM_START)))
-            .map_err(load_err)?;
+        let result = Elf::load(mem, None, &mut image, Some(GuestAddress(layout::HIGH_RAM_START))).map_err(load_err)?;
         match result.pvh_boot_cap {
             PvhBootCapability::PvhEntryPresent(entry) => Ok((BootEntry::Pvh { entry: entry.0 }, result)),
             _ => Err(KernelError::NoPvhEntry { path: path.into() }),
         }
     } else {
-        let result = BzImage::load(mem, None, &mut file, Some(GuestAddress(layout::HIGH_RAM_START)))
-            .map_err(load_err)?;
+        let result =
+            BzImage::load(mem, None, &mut file, Some(GuestAddress(layout::HIGH_RAM_START))).map_err(load_err)?;
         let xloadflags = result.setup_header.map(|h| h.xloadflags).unwrap_or(0);
         if xloadflags & XLF_KERNEL_64 == 0 {
             return Err(KernelError::No64BitEntry { path: path.into() });
@@ -132,10 +133,7 @@ fn load_kernel(mem: &GuestMemory, path: &Path) -> Result<(BootEntry, KernelLoade
 /// Puts the initramfs as high as allowed in low RAM, page aligned.
 fn load_initramfs(mem: &GuestMemory, path: &Path, max_end: u64, kernel_end: u64) -> Result<Initramfs, KernelError> {
     let mut file = File::open(path).map_err(|source| KernelError::OpenInitramfs { path: path.into(), source })?;
-    let size = file
-        .metadata()
-        .map_err(|source| KernelError::OpenInitramfs { path: path.into(), source })?
-        .len();
+    let size = file.metadata().map_err(|source| KernelError::OpenInitramfs { path: path.into(), source })?.len();
     let too_large = || KernelError::InitramfsTooLarge { path: path.into(), size, limit: max_end };
     let addr = max_end.checked_sub(size).ok_or_else(too_large)? & !(PAGE_SIZE - 1);
     if addr < kernel_end {
@@ -188,8 +186,7 @@ pub fn write_boot_info(mem: &GuestMemory, images: &LoadedImages, info: &BootInfo
     cmdline
         .insert_str(info.cmdline)
         .map_err(|source| KernelError::Cmdline { max: layout::CMDLINE_MAX_SIZE, source })?;
-    loader::load_cmdline(mem, GuestAddress(layout::CMDLINE_START), &cmdline)
-        .map_err(KernelError::WriteCmdline)?;
+    loader::load_cmdline(mem, GuestAddress(layout::CMDLINE_START), &cmdline).map_err(KernelError::WriteCmdline)?;
     let cmdline_len = info.cmdline.len() as u32 + 1;
     let map = e820::memory_map(info.ram_size);
 
@@ -214,8 +211,7 @@ pub fn write_boot_info(mem: &GuestMemory, images: &LoadedImages, info: &BootInfo
             }
             params.e820_entries = map.len().min(params.e820_table.len()) as u8;
             let bp = BootParams::new::<boot_params>(&params, GuestAddress(layout::ZERO_PAGE_START));
-            LinuxBootConfigurator::write_bootparams::<GuestMemory>(&bp, mem)
-                .map_err(KernelError::WriteBootParams)?;
+            LinuxBootConfigurator::write_bootparams::<GuestMemory>(&bp, mem).map_err(KernelError::WriteBootParams)?;
         }
         BootEntry::Pvh { .. } => write_pvh_info(mem, &map, images.initramfs, info.rsdp_addr)?,
     }
@@ -248,10 +244,8 @@ fn write_pvh_info(
     if let Some(i) = initramfs {
         bp.set_modules(&[hvm_modlist_entry { paddr: i.addr, size: i.size, ..Default::default() }], modlist_addr);
     }
-    let entries: Vec<hvm_memmap_table_entry> = map
-        .iter()
-        .map(|e| hvm_memmap_table_entry { addr: e.addr, size: e.size, type_: e.kind, reserved: 0 })
-        .collect();
+    let entries: Vec<hvm_memmap_table_entry> =
+        map.iter().map(|e| hvm_memmap_table_entry { addr: e.addr, size: e.size, type_: e.kind, reserved: 0 }).collect();
     bp.set_sections(&entries, memmap_addr);
     PvhBootConfigurator::write_bootparams::<GuestMemory>(&bp, mem).map_err(KernelError::WriteBootParams)?;
     Ok(())

@@ -153,7 +153,9 @@ mod tests {
         let mut img = SparseImage(File::open(&path).unwrap());
         assert_eq!(mem.read_volatile_from(GuestAddress(0), &mut img, 100).unwrap(), 10);
         assert_eq!(mem.read_volatile_from(GuestAddress(0), &mut img, 100).unwrap(), 0);
-        assert!(mem.read_exact_volatile_from(GuestAddress(0), &mut SparseImage(File::open(&path).unwrap()), 11).is_err());
+        assert!(mem
+            .read_exact_volatile_from(GuestAddress(0), &mut SparseImage(File::open(&path).unwrap()), 11)
+            .is_err());
         assert_eq!(mem.read_obj::<u8>(GuestAddress(9)).unwrap(), 7);
         assert_eq!(mem.num_regions(), 1);
         let _ = std::fs::remove_file(&path);

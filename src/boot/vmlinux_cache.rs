@@ -66,9 +66,7 @@ fn xz_payload(image: &[u8]) -> Option<(&[u8], usize)> {
         0 => 4,
         n => usize::from(n),
     };
-    let start = (setup_sects + 1)
-        .checked_mul(512)?
-        .checked_add(usize::try_from(u32_at(PAYLOAD_OFFSET)?).ok()?)?;
+    let start = (setup_sects + 1).checked_mul(512)?.checked_add(usize::try_from(u32_at(PAYLOAD_OFFSET)?).ok()?)?;
     let len = usize::try_from(u32_at(PAYLOAD_LENGTH)?).ok()?;
     let payload = image.get(start..start.checked_add(len)?)?;
     if !payload.starts_with(&XZ_MAGIC) || payload.len() < 4 {
@@ -118,7 +116,13 @@ fn write_sparse(out: &mut (impl Write + Seek), data: &[u8], at: u64) -> std::io:
 
 /// Decompresses `stream` into `out` in 1 MiB pieces (the VMM never holds the whole vmlinux)
 /// and checks the result is `size` bytes long. Zero blocks become holes (see `write_sparse`).
-fn extract_to(path: &Path, stream: &[u8], size: usize, out: &mut (impl Write + Seek), out_path: &Path) -> Result<Extracted, VmlinuxCacheError> {
+fn extract_to(
+    path: &Path,
+    stream: &[u8],
+    size: usize,
+    out: &mut (impl Write + Seek),
+    out_path: &Path,
+) -> Result<Extracted, VmlinuxCacheError> {
     use xz2::stream::{Action, Status, Stream};
     const CHUNK: usize = 1 << 20;
     let fail = |source: std::io::Error| VmlinuxCacheError::Decompress { path: path.into(), source };
@@ -207,9 +211,7 @@ pub fn resolve(kernel: &Path, cache_dir: &Path) -> Result<PathBuf, VmlinuxCacheE
     }
     // Only the header first: an ELF vmlinux (tens of MiB) is not read for nothing.
     let mut header = [0u8; PAYLOAD_LENGTH + 4];
-    let is_bzimage = fs::File::open(kernel)
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut header))
-        .is_ok()
+    let is_bzimage = fs::File::open(kernel).and_then(|mut f| std::io::Read::read_exact(&mut f, &mut header)).is_ok()
         && &header[HEADER_MAGIC..HEADER_MAGIC + 4] == b"HdrS";
     if !is_bzimage {
         log::debug!("{}: not a bzImage, booting it as is", kernel.display());

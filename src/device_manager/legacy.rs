@@ -39,9 +39,11 @@ pub fn attach(
     let serial = match console {
         Some(out) => {
             let irq = EventFd::new(EFD_NONBLOCK).map_err(DeviceManagerError::CreateEventFd)?;
-            vm.fd
-                .register_irqfd(&irq, layout::COM1_GSI)
-                .map_err(|source| DeviceManagerError::RegisterIrqfd { what: "COM1", gsi: layout::COM1_GSI, source })?;
+            vm.fd.register_irqfd(&irq, layout::COM1_GSI).map_err(|source| DeviceManagerError::RegisterIrqfd {
+                what: "COM1",
+                gsi: layout::COM1_GSI,
+                source,
+            })?;
             let dev = Arc::new(Mutex::new(SerialDevice::new(irq, out)));
             insert(pio, "COM1", dev.clone(), layout::COM1_PORT, 8)?;
             Some(dev)

@@ -12,9 +12,9 @@ use std::sync::{Arc, Mutex};
 use crate::devices::cmos::Cmos;
 use crate::devices::serial::{ConsoleOut, SerialDevice};
 use crate::irq::{GsiRouting, IrqChip};
-use crate::vstate::memory::GuestMemory;
 use crate::resources::Resources;
 use crate::stop::StopNotifier;
+use crate::vstate::memory::GuestMemory;
 use crate::vstate::vcpu::IoBuses;
 use crate::vstate::vm::Vm;
 
@@ -114,13 +114,8 @@ impl DeviceManager {
         if specs.is_empty() {
             return Ok(());
         }
-        let ctx = vfio::AttachContext {
-            vm,
-            memory,
-            resources: &self.resources,
-            buses: &self.buses,
-            routing: &self.routing,
-        };
+        let ctx =
+            vfio::AttachContext { vm, memory, resources: &self.resources, buses: &self.buses, routing: &self.routing };
         let mgr = vfio::VfioManager::attach(&ctx, &specs)?;
         for dev in &mgr.devices {
             let bdf = self.pci.attach_pci_device(dev.shared(), &self.buses)?;

@@ -7,7 +7,10 @@ use std::sync::{Arc, Mutex};
 use pci::aml::{HostBridgeResources, PciHostBridgeAml};
 use pci::bridge::Window;
 use pci::intx::{IntxPin, IntxRouting};
-use pci::{BarKind, Bdf, BusRelocator, ConfigEffects, ConfigEffectsHandler, PciConfigIo, PciConfigMmio, PciRoot, SharedPciDevice};
+use pci::{
+    BarKind, Bdf, BusRelocator, ConfigEffects, ConfigEffectsHandler, PciConfigIo, PciConfigMmio, PciRoot,
+    SharedPciDevice,
+};
 
 use super::DeviceManagerError;
 use crate::layout;
@@ -57,8 +60,9 @@ impl PciSegment {
             layout::PCI_ECAM_START,
             layout::PCI_ECAM_SIZE,
         )?;
-        let intx = IntxRouting::new(resources::INTX_GSI_FIRST, resources::INTX_GSI_LAST - resources::INTX_GSI_FIRST + 1)
-            .map_err(|e| DeviceManagerError::PciAml(e.to_string()))?;
+        let intx =
+            IntxRouting::new(resources::INTX_GSI_FIRST, resources::INTX_GSI_LAST - resources::INTX_GSI_FIRST + 1)
+                .map_err(|e| DeviceManagerError::PciAml(e.to_string()))?;
         let res = HostBridgeResources {
             segment: 0,
             last_bus: layout::PCI_ECAM_LAST_BUS,

@@ -64,12 +64,7 @@ pub struct AttachContext<'a> {
     pub resources: &'a Mutex<Resources>,
 }
 
-fn allocate(
-    resources: &Mutex<Resources>,
-    pool: Pool,
-    size: u64,
-    align: u64,
-) -> Result<u64, ResourceError> {
+fn allocate(resources: &Mutex<Resources>, pool: Pool, size: u64, align: u64) -> Result<u64, ResourceError> {
     let mut r = resources.lock().unwrap_or_else(|e| e.into_inner());
     let range = match pool {
         Pool::Mmio32 => r.allocate_mmio32(size, align)?,
@@ -87,16 +82,10 @@ pub fn attach(
     index: usize,
     spec_text: &str,
 ) -> Result<Bdf, super::DeviceManagerError> {
-    let spec: SyntheticSpec = spec_text
-        .parse()
-        .map_err(|e| Box::new(TestDevError::ParseSpec(e)))?;
+    let spec: SyntheticSpec = spec_text.parse().map_err(|e| Box::new(TestDevError::ParseSpec(e)))?;
     let name = format!("pci-synthetic#{index}");
-    let mut func = synthetic_function(&name, &spec).map_err(|source| {
-        Box::new(TestDevError::CreateFunction {
-            spec: spec_text.to_string(),
-            source,
-        })
-    })?;
+    let mut func = synthetic_function(&name, &spec)
+        .map_err(|source| Box::new(TestDevError::CreateFunction { spec: spec_text.to_string(), source }))?;
     let bdf = if spec.behind_port {
         let dev: SharedPciDevice = Arc::new(Mutex::new(func));
         attach_behind_port(ctx, segment, spec_text, &dev).map_err(Box::new)?
@@ -115,17 +104,9 @@ fn place_on_bus0(
     func: &mut EmulatedFunction<ScratchRegisters>,
 ) -> Result<(), TestDevError> {
     for r in func.bars() {
-        let addr = allocate(ctx.resources, pool_for(r.kind), r.size, r.size).map_err(|source| {
-            TestDevError::AllocateAddress {
-                spec: spec.to_string(),
-                source,
-            }
-        })?;
-        func.place_bar(r.index, addr)
-            .map_err(|source| TestDevError::PlaceBar {
-                spec: spec.to_string(),
-                source,
-            })?;
+        let addr = allocate(ctx.resources, pool_for(r.kind), r.size, r.size)
+            .map_err(|source| TestDevError::AllocateAddress { spec: spec.to_string(), source })?;
+        func.place_bar(r.index, addr).map_err(|source| TestDevError::PlaceBar { spec: spec.to_string(), source })?;
     }
     Ok(())
 }
@@ -137,44 +118,25 @@ fn attach_behind_port(
     dev: &SharedPciDevice,
 ) -> Result<Bdf, TestDevError> {
     let mut root = segment.root.lock().unwrap_or_else(|e| e.into_inner());
-    let no_slot = || TestDevError::NoFreeSlot {
-        spec: spec.to_string(),
-    };
+    let no_slot = || TestDevError::NoFreeSlot { spec: spec.to_string() };
     // From the top: the segment hands out bus-0 slots upwards from 1.
     let slot = root.highest_free_slot().ok_or_else(no_slot)?;
     let bus = root.lowest_free_bus().ok_or_else(no_slot)?;
-    let attach_err = |source| TestDevError::AttachToPort {
-        spec: spec.to_string(),
-        slot,
-        source,
-    };
+    let attach_err = |source| TestDevError::AttachToPort { spec: spec.to_string(), slot, source };
     let port = root.add_root_port(slot, bus).map_err(attach_err)?;
-    let bdf = root
-        .attach_to_port(slot, 0, dev.clone())
-        .map_err(attach_err)?;
-    let plan = PortPlan::new(port, &bar_requests(bdf, dev), WindowReserve::default()).map_err(
-        |source| TestDevError::SizeWindows {
-            spec: spec.to_string(),
-            source,
-        },
-    )?;
+    let bdf = root.attach_to_port(slot, 0, dev.clone()).map_err(attach_err)?;
+    let plan = PortPlan::new(port, &bar_requests(bdf, dev), WindowReserve::default())
+        .map_err(|source| TestDevError::SizeWindows { spec: spec.to_string(), source })?;
     let mut bases = Vec::with_capacity(plan.windows.len());
     for w in &plan.windows {
-        let base = allocate(ctx.resources, w.pool, w.size, w.align).map_err(|source| {
-            TestDevError::AllocateAddress {
-                spec: spec.to_string(),
-                source,
-            }
-        })?;
+        let base = allocate(ctx.resources, w.pool, w.size, w.align)
+            .map_err(|source| TestDevError::AllocateAddress { spec: spec.to_string(), source })?;
         bases.push(base);
     }
     let layout = plan.place(&bases);
     program_root_port(&mut root, slot, &layout.windows).map_err(attach_err)?;
     program_bars(&mut root, bdf, dev, &layout.bars);
-    log::info!(
-        "{bdf}: behind root port {port}, windows {:x?}",
-        layout.windows
-    );
+    log::info!("{bdf}: behind root port {port}, windows {:x?}", layout.windows);
     Ok(bdf)
 }
 
@@ -184,16 +146,9 @@ mod tests {
     use pci::{BarIndex, BarKind, BusDevice, PciConfigMmio};
 
     fn setup() -> (IoBuses, PciSegment, Mutex<Resources>) {
-        let buses = IoBuses {
-            pio: Arc::new(pci::Bus::new()),
-            mmio: Arc::new(pci::Bus::new()),
-        };
+        let buses = IoBuses { pio: Arc::new(pci::Bus::new()), mmio: Arc::new(pci::Bus::new()) };
         let segment = PciSegment::new(&buses, crate::layout::mmio64_window(512 << 20, 40)).unwrap();
-        (
-            buses,
-            segment,
-            Mutex::new(Resources::new(crate::layout::mmio64_window(512 << 20, 40)).unwrap()),
-        )
+        (buses, segment, Mutex::new(Resources::new(crate::layout::mmio64_window(512 << 20, 40)).unwrap()))
     }
 
     fn ecam_read(segment: &PciSegment, bdf: Bdf, off: u64) -> u32 {
@@ -206,26 +161,13 @@ mod tests {
     #[test]
     fn functions_behind_root_ports_and_on_bus0() {
         let (buses, mut segment, resources) = setup();
-        let ctx = AttachContext {
-            buses: &buses,
-            resources: &resources,
-        };
-        let a = attach(
-            &ctx,
-            &mut segment,
-            0,
-            "bar0=mem32:16K,bar2=mem64-pf:16G,msix=4",
-        )
-        .unwrap();
+        let ctx = AttachContext { buses: &buses, resources: &resources };
+        let a = attach(&ctx, &mut segment, 0, "bar0=mem32:16K,bar2=mem64-pf:16G,msix=4").unwrap();
         let b = attach(&ctx, &mut segment, 1, "bar0=mem32:1M,bar1=io:256,rom=64K").unwrap();
         let c = attach(&ctx, &mut segment, 2, "bar0=mem32:4K,port=off").unwrap();
         assert_eq!(
             (a.to_string(), b.to_string(), c.to_string()),
-            (
-                "0000:01:00.0".into(),
-                "0000:02:00.0".into(),
-                "0000:00:01.0".into()
-            )
+            ("0000:01:00.0".into(), "0000:02:00.0".into(), "0000:00:01.0".into())
         );
         // Host bridge -> root port 00:1f.0 (secondary bus 1) -> 1b36:0005.
         let port: Bdf = "00:1f.0".parse().unwrap();
@@ -248,29 +190,13 @@ mod tests {
                     BarKind::Mem64 { prefetchable: true } => (windows.prefetch, &buses.mmio),
                     _ => (windows.mem, &buses.mmio),
                 };
-                assert!(
-                    w.unwrap().contains(r.addr, r.size),
-                    "{bdf} {:?} outside {w:x?}",
-                    r.index
-                );
-                assert!(
-                    bus.resolve(r.addr, 1).is_some(),
-                    "{bdf} {:?} not mapped",
-                    r.index
-                );
+                assert!(w.unwrap().contains(r.addr, r.size), "{bdf} {:?} outside {w:x?}", r.index);
+                assert!(bus.resolve(r.addr, 1).is_some(), "{bdf} {:?} not mapped", r.index);
             }
         }
         drop(root);
         // The scratch registers answer through the bus.
-        let bar0 = segment
-            .root
-            .lock()
-            .unwrap()
-            .function(a)
-            .unwrap()
-            .lock()
-            .unwrap()
-            .bars()[0];
+        let bar0 = segment.root.lock().unwrap().function(a).unwrap().lock().unwrap().bars()[0];
         assert_eq!(bar0.index, BarIndex(0));
         assert!(buses.mmio.write(bar0.addr + 8, &[1, 2, 3, 4]));
         let mut back = [0u8; 4];
@@ -281,10 +207,7 @@ mod tests {
     #[test]
     fn bad_specs_are_one_line_errors() {
         let (buses, mut segment, resources) = setup();
-        let ctx = AttachContext {
-            buses: &buses,
-            resources: &resources,
-        };
+        let ctx = AttachContext { buses: &buses, resources: &resources };
         for (spec, want) in [
             ("bar0=mem32:3K", "building the function failed"),
             ("bar0=mem64-pf:524288G", "no guest address space"),
@@ -298,10 +221,7 @@ mod tests {
                 msg = format!("{msg}: {s}");
                 src = s.source();
             }
-            assert!(
-                msg.contains("--pci-synthetic") && msg.contains(want),
-                "{spec}: {msg}"
-            );
+            assert!(msg.contains("--pci-synthetic") && msg.contains(want), "{spec}: {msg}");
         }
     }
 }

@@ -191,7 +191,9 @@ impl AssignedDevice {
     /// devices without INTx. Until then an INTx-only guest driver gets no interrupts.
     pub fn connect_intx(&self, gsi: u32) -> Result<(), VfioManagerError> {
         match &self.intx {
-            Some(line) => line.connect(gsi).map_err(|source| VfioManagerError::ConnectIntx { id: self.id.clone(), gsi, source }),
+            Some(line) => {
+                line.connect(gsi).map_err(|source| VfioManagerError::ConnectIntx { id: self.id.clone(), gsi, source })
+            }
             None => Ok(()),
         }
     }
@@ -313,9 +315,7 @@ fn bind_managed(specs: &[DeviceSpec]) -> Result<Option<Arc<ManagedDevices>>, Vfi
     }
     let mut managed = ManagedDevices::new(PciHost::system());
     for s in specs.iter().filter(|s| s.managed) {
-        managed
-            .attach(s.bdf)
-            .map_err(|source| VfioManagerError::Managed { id: s.id.clone(), bdf: s.bdf, source })?;
+        managed.attach(s.bdf).map_err(|source| VfioManagerError::Managed { id: s.id.clone(), bdf: s.bdf, source })?;
     }
     Ok(Some(Arc::new(managed)))
 }
@@ -417,9 +417,7 @@ fn attach_one(
             let align = bar.size.max(4096);
             let r = match bar.kind {
                 BarKind::Io => res.allocate_io(bar.size, bar.size.max(4)),
-                BarKind::Mem64 { .. } if bar.size >= HIGH_BAR_MIN => {
-                    res.allocate_mmio64(bar.size, align)
-                }
+                BarKind::Mem64 { .. } if bar.size >= HIGH_BAR_MIN => res.allocate_mmio64(bar.size, align),
                 _ => res.allocate_mmio32(bar.size, align),
             };
             match r {
@@ -445,7 +443,11 @@ fn attach_one(
     for r in regions {
         let bus = if r.kind == BarKind::Io { &ctx.buses.pio } else { &ctx.buses.mmio };
         let slot = Arc::new(Mutex::new(BarSlot::new(shared.clone(), r.index)));
-        bus.insert(slot, r.addr, r.size).map_err(|source| VfioManagerError::Bus { id: id.clone(), base: r.addr, source })?;
+        bus.insert(slot, r.addr, r.size).map_err(|source| VfioManagerError::Bus {
+            id: id.clone(),
+            base: r.addr,
+            source,
+        })?;
         log::info!("{id} ({bdf}): BAR{} {:?} at {:#x} ({:#x} bytes)", r.index.0, r.kind, r.addr, r.size);
     }
     Ok(AssignedDevice { id, bdf, device, intx })

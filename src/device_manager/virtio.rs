@@ -193,14 +193,23 @@ pub fn create_devices(
             "{}: virtio-net on tap {} mac {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}{}",
             n.id,
             n.config.tap,
-            m[0], m[1], m[2], m[3], m[4], m[5],
+            m[0],
+            m[1],
+            m[2],
+            m[3],
+            m[4],
+            m[5],
             if net.offloads() { ", checksum/TSO offloads" } else { "" }
         );
         out.push(create_one(ctx, &n.id, Box::new(net))?);
     }
     if rng {
         let id = "rng0".to_string();
-        let dev = Rng::open().map_err(|source| VirtioManagerError::Device { id: id.clone(), what: "virtio-rng", source: Box::new(source) })?;
+        let dev = Rng::open().map_err(|source| VirtioManagerError::Device {
+            id: id.clone(),
+            what: "virtio-rng",
+            source: Box::new(source),
+        })?;
         out.push(create_one(ctx, &id, Box::new(dev))?);
     }
     Ok(out)
@@ -231,7 +240,11 @@ fn create_one(
         mem: ctx.memory.clone(),
         notify,
     })
-    .map_err(|source| VirtioManagerError::Device { id: id.to_string(), what: "creating the virtio-pci function", source: Box::new(source) })?;
+    .map_err(|source| VirtioManagerError::Device {
+        id: id.to_string(),
+        what: "creating the virtio-pci function",
+        source: Box::new(source),
+    })?;
     for (bar, size) in dev.bar_sizes() {
         let range = ctx
             .resources
@@ -239,8 +252,11 @@ fn create_one(
             .unwrap_or_else(|e| e.into_inner())
             .allocate_mmio32(size, size.max(4096))
             .map_err(alloc("a BAR"))?;
-        dev.place_bar(bar, range.start())
-            .map_err(|source| VirtioManagerError::Device { id: id.to_string(), what: "placing a BAR", source: Box::new(source) })?;
+        dev.place_bar(bar, range.start()).map_err(|source| VirtioManagerError::Device {
+            id: id.to_string(),
+            what: "placing a BAR",
+            source: Box::new(source),
+        })?;
     }
     for b in dev.bars() {
         log::info!("{id}: BAR{} at {:#x} ({:#x} bytes)", b.index.0, b.addr, b.size);
@@ -269,8 +285,16 @@ mod tests {
         assert_eq!(n[0].config.mac, default_mac("tap0"));
         assert_eq!(&n[0].config.mac[..3], &[0x52, 0x54, 0x00]);
         assert_ne!(default_mac("tap0"), default_mac("tap1"));
-        assert_eq!(n[1], NetSpec { id: "mgmt".into(), config: NetConfig { tap: "vt1".into(), mac: [2, 0, 0, 0xaa, 0xbb, 0xcc] } });
-        for bad in ["tap=t,mac=01:00:00:00:00:01", "tap=t,mac=02:00:00:00:00", "tap=t,mac=zz:00:00:00:00:00", "tap=t,mac=02:00:00:00:00:00:00"] {
+        assert_eq!(
+            n[1],
+            NetSpec { id: "mgmt".into(), config: NetConfig { tap: "vt1".into(), mac: [2, 0, 0, 0xaa, 0xbb, 0xcc] } }
+        );
+        for bad in [
+            "tap=t,mac=01:00:00:00:00:01",
+            "tap=t,mac=02:00:00:00:00",
+            "tap=t,mac=zz:00:00:00:00:00",
+            "tap=t,mac=02:00:00:00:00:00:00",
+        ] {
             assert!(matches!(parse_nets(&[net_spec(bad)]), Err(VirtioManagerError::BadMac(_))), "{bad}");
         }
         assert!(matches!(parse_nets(&[net_spec("tap=a/b")]), Err(VirtioManagerError::BadTapName(_))));

@@ -102,10 +102,7 @@ pub struct Cmos {
 }
 
 fn host_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
 impl Cmos {
@@ -156,8 +153,7 @@ impl Cmos {
             }
         };
         match reg {
-            REG_SECONDS | REG_MINUTES | REG_HOURS | REG_WEEKDAY | REG_DAY | REG_MONTH | REG_YEAR
-            | REG_CENTURY
+            REG_SECONDS | REG_MINUTES | REG_HOURS | REG_WEEKDAY | REG_DAY | REG_MONTH | REG_YEAR | REG_CENTURY
                 if frozen =>
             {
                 self.nvram[reg as usize]
@@ -218,8 +214,7 @@ impl Cmos {
             }
         };
         let t = DateTime {
-            year: i64::from(self.decode(n[REG_CENTURY as usize])) * 100
-                + i64::from(self.decode(n[REG_YEAR as usize])),
+            year: i64::from(self.decode(n[REG_CENTURY as usize])) * 100 + i64::from(self.decode(n[REG_YEAR as usize])),
             month: self.decode(n[REG_MONTH as usize]).clamp(1, 12),
             day: self.decode(n[REG_DAY as usize]).clamp(1, 31),
             hour: hour.min(23),

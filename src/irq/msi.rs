@@ -122,7 +122,9 @@ mod tests {
         assert!(matches!(calls[0], Call::Routes(ref r) if r.iter().any(|&(g, _)| g == 30)));
         assert_eq!(calls[1], Call::Register(30));
         assert_eq!(calls[2], Call::Unregister(30), "mask: irqfd off before the table changes");
-        assert!(matches!(calls[3], Call::Routes(ref r) if r.iter().any(|&(g, _)| g == 31) && !r.iter().any(|&(g, _)| g == 30)));
+        assert!(
+            matches!(calls[3], Call::Routes(ref r) if r.iter().any(|&(g, _)| g == 31) && !r.iter().any(|&(g, _)| g == 30))
+        );
         assert_eq!(calls[4], Call::Register(31), "unmask: irqfd on after the route exists");
         // A signal while masked is kept in the eventfd for KVM to pick up on re-registration.
         v.irqfd(VectorIndex(0)).unwrap().write(1).unwrap();

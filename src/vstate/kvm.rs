@@ -46,8 +46,6 @@ impl KvmSystem {
     }
 
     pub fn supported_cpuid(&self) -> Result<CpuId, KvmError> {
-        self.kvm
-            .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
-            .map_err(KvmError::SupportedCpuid)
+        self.kvm.get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES).map_err(KvmError::SupportedCpuid)
     }
 }

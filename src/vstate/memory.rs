@@ -47,9 +47,9 @@ pub enum MemoryError {
 
 fn free_hugepages() -> Result<u64, MemoryError> {
     let text = std::fs::read_to_string(HUGEPAGES_FREE).map_err(MemoryError::HugepagesUnavailable)?;
-    text.trim().parse().map_err(|_| {
-        MemoryError::HugepagesUnavailable(std::io::Error::other(format!("unexpected content {text:?}")))
-    })
+    text.trim()
+        .parse()
+        .map_err(|_| MemoryError::HugepagesUnavailable(std::io::Error::other(format!("unexpected content {text:?}"))))
 }
 
 fn create_memfd(size: u64, hugepages: bool) -> Result<File, MemoryError> {
@@ -108,7 +108,8 @@ fn map_aligned(size: usize, file: Option<(&File, u64)>, addr: u64) -> Result<Hos
         size: size as u64,
         source: vm_memory::mmap::MmapRegionError::Mmap(source),
     };
-    let reserve = size.checked_add(HOST_ALIGN).ok_or_else(|| map_err(std::io::Error::from_raw_os_error(libc::ENOMEM)))?;
+    let reserve =
+        size.checked_add(HOST_ALIGN).ok_or_else(|| map_err(std::io::Error::from_raw_os_error(libc::ENOMEM)))?;
     // SAFETY: a fresh PROT_NONE reservation at an address of the kernel's choosing.
     let base = unsafe {
         libc::mmap(
@@ -179,11 +180,7 @@ pub fn create_guest_memory(cfg: &MemoryConfig) -> Result<GuestRam, MemoryError> 
             return Err(MemoryError::HugepagesExhausted { needed, free });
         }
     }
-    let memfd = if cfg.hugepages || cfg.shared {
-        Some(Arc::new(create_memfd(cfg.size, cfg.hugepages)?))
-    } else {
-        None
-    };
+    let memfd = if cfg.hugepages || cfg.shared { Some(Arc::new(create_memfd(cfg.size, cfg.hugepages)?)) } else { None };
     let mut regions = Vec::new();
     let mut mappings = Vec::new();
     let mut file_offset = 0u64;

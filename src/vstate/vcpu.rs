@@ -3,8 +3,9 @@
 
 use std::sync::Arc;
 
-use kvm_bindings::{kvm_fpu, kvm_msr_entry, CpuId, Msrs, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET,
-    KVM_SYSTEM_EVENT_SHUTDOWN};
+use kvm_bindings::{
+    kvm_fpu, kvm_msr_entry, CpuId, Msrs, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
+};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
 use super::cpuid;
@@ -130,12 +131,8 @@ impl Vcpu {
 
         if let Some(entry) = entry {
             let sregs = self.fd.get_sregs().map_err(self.setup_err("KVM_GET_SREGS"))?;
-            self.fd
-                .set_sregs(&boot_cpu::boot_sregs(sregs, entry))
-                .map_err(self.setup_err("KVM_SET_SREGS"))?;
-            self.fd
-                .set_regs(&boot_cpu::boot_regs(entry))
-                .map_err(self.setup_err("KVM_SET_REGS"))?;
+            self.fd.set_sregs(&boot_cpu::boot_sregs(sregs, entry)).map_err(self.setup_err("KVM_SET_SREGS"))?;
+            self.fd.set_regs(&boot_cpu::boot_regs(entry)).map_err(self.setup_err("KVM_SET_REGS"))?;
         }
         Ok(())
     }
@@ -209,9 +206,7 @@ impl Vcpu {
             ))),
             Ok(VcpuExit::InternalError) => {
                 let rip = self.fd.get_regs().map(|r| r.rip).unwrap_or_default();
-                Some(StopReason::Error(format!(
-                    "vCPU {id}: KVM internal error (emulation failure?) at rip {rip:#x}"
-                )))
+                Some(StopReason::Error(format!("vCPU {id}: KVM internal error (emulation failure?) at rip {rip:#x}")))
             }
             Ok(VcpuExit::Intr) => None,
             Ok(other) => {

@@ -56,8 +56,7 @@ impl Vm {
     pub fn create(kvm: &KvmSystem) -> Result<Self, VmError> {
         let fd = kvm.kvm.create_vm().map_err(VmError::Create)?;
         fd.set_tss_address(KVM_TSS_ADDRESS).map_err(VmError::SetTssAddress)?;
-        fd.set_identity_map_address(KVM_IDENTITY_MAP_ADDRESS)
-            .map_err(VmError::SetIdentityMap)?;
+        fd.set_identity_map_address(KVM_IDENTITY_MAP_ADDRESS).map_err(VmError::SetIdentityMap)?;
         fd.create_irq_chip().map_err(VmError::CreateIrqchip)?;
         // The dummy speaker port (0x61) is emulated in the kernel: no exits for PIT channel 2.
         let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
@@ -70,10 +69,7 @@ impl Vm {
     pub fn map_guest_memory(&self, mem: &GuestMemory) -> Result<Vec<MemSlot>, VmError> {
         mem.iter()
             .map(|region| {
-                let host_addr = mem
-                    .get_host_address(region.start_addr())
-                    .map(|p| p as u64)
-                    .unwrap_or_default();
+                let host_addr = mem.get_host_address(region.start_addr()).map(|p| p as u64).unwrap_or_default();
                 self.map_memslot(region.start_addr().0, region.len(), host_addr, false)
             })
             .collect()
@@ -81,13 +77,7 @@ impl Vm {
 
     /// Maps `size` bytes at host virtual address `host_addr` into the guest at `guest_addr`.
     /// Used for RAM and for assigned devices' BAR mmaps.
-    pub fn map_memslot(
-        &self,
-        guest_addr: u64,
-        size: u64,
-        host_addr: u64,
-        read_only: bool,
-    ) -> Result<MemSlot, VmError> {
+    pub fn map_memslot(&self, guest_addr: u64, size: u64, host_addr: u64, read_only: bool) -> Result<MemSlot, VmError> {
         let slot = {
             let mut used = self.used_slots.lock().unwrap_or_else(|e| e.into_inner());
             let free = used.iter().position(|u| !u).ok_or(VmError::NoFreeSlot { guest_addr, size })?;
@@ -126,9 +116,11 @@ impl Vm {
         // SAFETY: the host range [host_addr, host_addr+size) is a live mapping owned by the
         // caller (guest RAM or a device region mmap) that outlives the slot: RAM lives as long
         // as the Vm, device mappings are unmapped from KVM before they are munmap'ed.
-        unsafe { self.fd.set_user_memory_region(region) }.map_err(|source| {
-            VmError::SetMemoryRegion { slot: m.slot, guest_addr: m.guest_addr, size: m.size, source }
+        unsafe { self.fd.set_user_memory_region(region) }.map_err(|source| VmError::SetMemoryRegion {
+            slot: m.slot,
+            guest_addr: m.guest_addr,
+            size: m.size,
+            source,
         })
     }
-
 }

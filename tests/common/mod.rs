@@ -112,20 +112,10 @@ impl Scenario {
 
     /// A value parsed as an unsigned integer.
     pub fn value_u64(&self, key: &str) -> Result<u64> {
-        let v = self.value(key).ok_or_else(|| {
-            anyhow!(
-                "testbed value {}/{} missing; log: {}",
-                self.name,
-                key,
-                self.log.display()
-            )
-        })?;
-        v.trim().parse().with_context(|| {
-            format!(
-                "testbed value {}/{} = {v:?} is not a number",
-                self.name, key
-            )
-        })
+        let v = self
+            .value(key)
+            .ok_or_else(|| anyhow!("testbed value {}/{} missing; log: {}", self.name, key, self.log.display()))?;
+        v.trim().parse().with_context(|| format!("testbed value {}/{} = {v:?} is not a number", self.name, key))
     }
 
     pub fn out_dir(&self) -> &Path {
@@ -136,21 +126,16 @@ impl Scenario {
     pub fn read_file_at(&self, file: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
         let path = self.out_dir.join(file);
         let mut f = File::open(&path).with_context(|| format!("open {}", path.display()))?;
-        f.seek(SeekFrom::Start(offset))
-            .with_context(|| format!("seek {} to {offset}", path.display()))?;
+        f.seek(SeekFrom::Start(offset)).with_context(|| format!("seek {} to {offset}", path.display()))?;
         let mut buf = vec![0; len];
-        f.read_exact(&mut buf)
-            .with_context(|| format!("read {len} bytes at {offset} of {}", path.display()))?;
+        f.read_exact(&mut buf).with_context(|| format!("read {len} bytes at {offset} of {}", path.display()))?;
         Ok(buf)
     }
 
     /// The first line of a 512-byte sector of a disk image, as text.
     pub fn sector_line(&self, image: &str, lba: u64) -> Result<String> {
         let bytes = self.read_file_at(image, lba * 512, 512)?;
-        let end = bytes
-            .iter()
-            .position(|&b| b == b'\n' || b == 0)
-            .unwrap_or(bytes.len());
+        let end = bytes.iter().position(|&b| b == b'\n' || b == 0).unwrap_or(bytes.len());
         Ok(String::from_utf8_lossy(&bytes[..end]).into_owned())
     }
 
@@ -166,8 +151,7 @@ impl Scenario {
     pub fn signature(&self, image: &str) -> Result<String> {
         let stem = image.strip_suffix(".img").unwrap_or(image);
         let path = self.out_dir.join(format!("{stem}.sig"));
-        let s =
-            std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+        let s = std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
         Ok(s.trim_end().to_owned())
     }
 }
@@ -178,9 +162,7 @@ fn repo_root() -> PathBuf {
 
 /// The output dir of the suite run named by `VIADUCT_TESTBED_RESULTS`, if any.
 pub fn suite_dir() -> Option<PathBuf> {
-    std::env::var_os(RESULTS_ENV)
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
+    std::env::var_os(RESULTS_ENV).filter(|v| !v.is_empty()).map(PathBuf::from)
 }
 
 /// Every scenario in `DIR/results.json`, by name.
@@ -188,15 +170,10 @@ pub fn load_results(dir: &Path) -> Result<HashMap<String, Scenario>> {
     let path = dir.join("results.json");
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("read {} (did the testbed run finish?)", path.display()))?;
-    let json: Value =
-        serde_json::from_str(&text).with_context(|| format!("parse {}", path.display()))?;
-    let out_dir = json["out_dir"]
-        .as_str()
-        .map(PathBuf::from)
-        .unwrap_or_else(|| dir.to_path_buf());
-    let scenarios = json["scenarios"]
-        .as_object()
-        .ok_or_else(|| anyhow!("{}: no \"scenarios\" object", path.display()))?;
+    let json: Value = serde_json::from_str(&text).with_context(|| format!("parse {}", path.display()))?;
+    let out_dir = json["out_dir"].as_str().map(PathBuf::from).unwrap_or_else(|| dir.to_path_buf());
+    let scenarios =
+        json["scenarios"].as_object().ok_or_else(|| anyhow!("{}: no \"scenarios\" object", path.display()))?;
     let text_of = |v: &Value| v.as_str().unwrap_or_default().to_owned();
     let mut map = HashMap::new();
     for (name, s) in scenarios {
@@ -222,10 +199,7 @@ pub fn load_results(dir: &Path) -> Result<HashMap<String, Scenario>> {
                 name: name.clone(),
                 status: text_of(&s["status"]),
                 reason: text_of(&s["reason"]),
-                log: s["log"]
-                    .as_str()
-                    .map(PathBuf::from)
-                    .unwrap_or_else(|| out_dir.join("console.log")),
+                log: s["log"].as_str().map(PathBuf::from).unwrap_or_else(|| out_dir.join("console.log")),
                 out_dir: out_dir.clone(),
                 checks,
                 values,
@@ -250,19 +224,14 @@ pub fn run_testbed(out: &Path, args: &[&str]) -> Result<HashMap<String, Scenario
     // A run with a failing scenario exits 1 too: its results.json says which check failed.
     let status = cmd.status().with_context(|| format!("run {cmd:?}"))?;
     if !out.join("results.json").exists() {
-        bail!(
-            "{cmd:?} exited with {status} and wrote no results; see {}",
-            out.display()
-        );
+        bail!("{cmd:?} exited with {status} and wrote no results; see {}", out.display());
     }
     load_results(out)
 }
 
 /// Runs `tools/testbed/run` for one scenario into target/testbed/test-NAME.
 fn run_scenario(name: &str) -> Result<PathBuf> {
-    let out = repo_root()
-        .join("target/testbed")
-        .join(format!("test-{name}"));
+    let out = repo_root().join("target/testbed").join(format!("test-{name}"));
     eprintln!("testbed: {RESULTS_ENV} unset: running scenario {name} alone");
     run_testbed(&out, &[name])?;
     Ok(out)
@@ -282,12 +251,9 @@ pub fn scenario(name: &str) -> Result<Scenario> {
         None => run_scenario(name)?,
     };
     let mut all = load_results(&dir)?;
-    let s = all.remove(name).ok_or_else(|| {
-        anyhow!(
-            "scenario {name} is not in {}/results.json (was it run?)",
-            dir.display()
-        )
-    })?;
+    let s = all
+        .remove(name)
+        .ok_or_else(|| anyhow!("scenario {name} is not in {}/results.json (was it run?)", dir.display()))?;
     cache.insert(name.to_owned(), s.clone());
     Ok(s)
 }

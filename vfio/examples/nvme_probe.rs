@@ -99,7 +99,14 @@ impl Ram {
     fn new() -> Self {
         // SAFETY: anonymous private mapping, checked below; freed at process exit.
         let ptr = unsafe {
-            libc::mmap(std::ptr::null_mut(), RAM_SIZE, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE, -1, 0)
+            libc::mmap(
+                std::ptr::null_mut(),
+                RAM_SIZE,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
+                -1,
+                0,
+            )
         };
         assert!(ptr != libc::MAP_FAILED, "mmap of the DMA buffer failed");
         Self { ptr: ptr.cast() }
@@ -190,7 +197,8 @@ fn run(bdf_arg: &str, expect: Option<&str>) -> Result<bool, String> {
     preflight(&sysfs, &specs, RAM_SIZE as u64).map_err(|e| e.to_string())?;
     let spec = &specs[0];
     let mut container = Container::open(None).map_err(|e| format!("{e}: {:?}", std::error::Error::source(&e)))?;
-    let host = container.open_device(spec.bdf, &spec.path).map_err(|e| format!("{e}: {:?}", std::error::Error::source(&e)))?;
+    let host =
+        container.open_device(spec.bdf, &spec.path).map_err(|e| format!("{e}: {:?}", std::error::Error::source(&e)))?;
     check("open-device", true, format!("{} in {:?}", spec.bdf, t.elapsed()));
     let ram = Ram::new();
     let t = Instant::now();
@@ -211,7 +219,10 @@ fn run(bdf_arg: &str, expect: Option<&str>) -> Result<bool, String> {
         host: host.clone(),
         rombar: true,
         romfile: None,
-        vectors: Box::new(Vectors { fds: fds.iter().map(|f| f.try_clone().expect("dup")).collect(), routes: routes.clone() }),
+        vectors: Box::new(Vectors {
+            fds: fds.iter().map(|f| f.try_clone().expect("dup")).collect(),
+            routes: routes.clone(),
+        }),
         intx: Some(Box::new(line)),
         slots: Box::new(slots.clone()),
     })
@@ -245,7 +256,11 @@ fn run(bdf_arg: &str, expect: Option<&str>) -> Result<bool, String> {
     let sized = dev.read_config(4);
     let size = (!(sized & !0xf)).wrapping_add(1);
     let bar0_size = dev.bar_infos().first().map_or(0, |b| b.size);
-    ok &= check("bar0-sizing", u64::from(size) == bar0_size.min(1 << 31) || bar0_size > u64::from(u32::MAX), format!("size {size:#x} region {bar0_size:#x}"));
+    ok &= check(
+        "bar0-sizing",
+        u64::from(size) == bar0_size.min(1 << 31) || bar0_size > u64::from(u32::MAX),
+        format!("size {size:#x} region {bar0_size:#x}"),
+    );
     dev.write_config(4, 0, &bar0_before.to_le_bytes());
 
     let mut next = 0xe000_0000u64;
@@ -268,7 +283,11 @@ fn run(bdf_arg: &str, expect: Option<&str>) -> Result<bool, String> {
         // SAFETY: host is a live mmap of BAR0 (at least 4 KiB) owned by the device.
         unsafe { std::ptr::read_volatile((*host as *const u8).add(8).cast::<u32>()) }
     });
-    ok &= check("bar0-trapped-vs-mmap", Some(vs) == mmap_vs && vs >= 0x10000, format!("VS {vs:#x} via mmap {mmap_vs:x?} CAP {cap_lo:#x}"));
+    ok &= check(
+        "bar0-trapped-vs-mmap",
+        Some(vs) == mmap_vs && vs >= 0x10000,
+        format!("VS {vs:#x} via mmap {mmap_vs:x?} CAP {cap_lo:#x}"),
+    );
 
     // MSI-X: enable, program vectors 0 and 1 unmasked through the emulated table.
     let msix = dev.read_config(0x34 / 4); // re-read cap list to find MSI-X
@@ -295,7 +314,11 @@ fn run(bdf_arg: &str, expect: Option<&str>) -> Result<bool, String> {
     // An SR-IOV VF may have a single vector (the NVMe VF here): then I/O shares vector 0.
     let io_vector = usize::from(n_msix >= 2);
     let want_routes = if n_msix >= 2 { 2 } else { 1 };
-    ok &= check("msix-routes", r.iter().filter(|(_, m)| m.is_some()).count() == want_routes, format!("{n_msix} host vectors: {r:x?}"));
+    ok &= check(
+        "msix-routes",
+        r.iter().filter(|(_, m)| m.is_some()).count() == want_routes,
+        format!("{n_msix} host vectors: {r:x?}"),
+    );
 
     // NVMe bring-up by DMA.
     wr32(&mut dev, 0x14, 0);
@@ -316,7 +339,11 @@ fn run(bdf_arg: &str, expect: Option<&str>) -> Result<bool, String> {
     let id = ram.read(IDENT, 64);
     let serial = String::from_utf8_lossy(&id[4..24]).trim().to_string();
     let model = String::from_utf8_lossy(&id[24..64]).trim().to_string();
-    ok &= check("nvme-identify-dma-msix", st == 0 && !model.is_empty(), format!("status {st} serial '{serial}' model '{model}'"));
+    ok &= check(
+        "nvme-identify-dma-msix",
+        st == 0 && !model.is_empty(),
+        format!("status {st} serial '{serial}' model '{model}'"),
+    );
 
     // I/O queue pair on vector 1, then read LBA 0.
     let mut cq = [0u32; 16];
@@ -388,7 +415,9 @@ fn open_plain(bdf_arg: &str) -> Result<(Container, VfioPciDevice, Slots), String
     let specs = parse_devices(&[bdf_arg]).map_err(|e| e.to_string())?;
     preflight(&PciHost::system(), &specs, RAM_SIZE as u64).map_err(|e| e.to_string())?;
     let container = Container::open(None).map_err(|e| format!("{e}: {:?}", std::error::Error::source(&e)))?;
-    let host = container.open_device(specs[0].bdf, &specs[0].path).map_err(|e| format!("{e}: {:?}", std::error::Error::source(&e)))?;
+    let host = container
+        .open_device(specs[0].bdf, &specs[0].path)
+        .map_err(|e| format!("{e}: {:?}", std::error::Error::source(&e)))?;
     let host: Arc<dyn HostDevice> = Arc::new(host);
     let n = host.irq_count(vfio::host::IrqIndex::Msix).max(host.irq_count(vfio::host::IrqIndex::Msi)).max(1);
     let fds = (0..n).map(|_| EventFd::new(EFD_NONBLOCK).expect("eventfd")).collect();
@@ -428,7 +457,10 @@ fn bar_mode(args: &[String]) -> Result<bool, String> {
     let mapped = slots.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let mut ok = true;
     for off in offsets {
-        let off = off.strip_prefix("0x").map_or_else(|| off.parse::<u64>().ok(), |h| u64::from_str_radix(h, 16).ok()).ok_or("bad offset")?;
+        let off = off
+            .strip_prefix("0x")
+            .map_or_else(|| off.parse::<u64>().ok(), |h| u64::from_str_radix(h, 16).ok())
+            .ok_or("bad offset")?;
         let gpa = region.addr + off;
         let Some((slot_gpa, _, host)) = mapped.iter().find(|(g, size, _)| gpa >= *g && gpa + 64 <= g + size) else {
             ok &= check(&format!("bar-read-{off:#x}"), false, "offset not in a mapped area");
@@ -457,7 +489,10 @@ fn info_mode(args: &[String]) -> Result<bool, String> {
         ptr = (d >> 8) & 0xfc;
     }
     check("info-caps", true, caps.join(","));
-    let bars: Vec<String> = pci::PciDevice::bars(&dev).iter().map(|b| format!("BAR{} {:?} {:#x}@{:#x}", b.index.0, b.kind, b.size, b.addr)).collect();
+    let bars: Vec<String> = pci::PciDevice::bars(&dev)
+        .iter()
+        .map(|b| format!("BAR{} {:?} {:#x}@{:#x}", b.index.0, b.kind, b.size, b.addr))
+        .collect();
     check("info-bars", !bars.is_empty(), bars.join("; "));
     let mapped = slots.0.lock().unwrap_or_else(|e| e.into_inner()).len();
     check("info-mmapped-areas", true, mapped);
@@ -476,10 +511,21 @@ fn dma_bench(args: &[String]) -> Result<bool, String> {
             preflight(&sysfs, &specs, size).map_err(|e| e.to_string())?;
             // SAFETY: a fresh anonymous mapping, checked, unmapped below after the container.
             let ptr = unsafe {
-                libc::mmap(std::ptr::null_mut(), size as usize, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | flags, -1, 0)
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    size as usize,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | flags,
+                    -1,
+                    0,
+                )
             };
             if ptr == libc::MAP_FAILED {
-                check(&format!("dma-map-{mib}m-{pages}"), pages == "2m", "no memory of this page size (hugepages not reserved?)");
+                check(
+                    &format!("dma-map-{mib}m-{pages}"),
+                    pages == "2m",
+                    "no memory of this page size (hugepages not reserved?)",
+                );
                 ok &= pages == "2m";
                 continue;
             }
@@ -495,7 +541,16 @@ fn dma_bench(args: &[String]) -> Result<bool, String> {
             let unmap = t.elapsed();
             // SAFETY: the mapping made above, no longer used by the IOMMU.
             unsafe { libc::munmap(ptr, size as usize) };
-            ok &= check(&format!("dma-map-{mib}m-{pages}"), r.is_ok(), format!("map_ms {} unmap_ms {} {}", map.as_millis(), unmap.as_millis(), r.err().map(|e| e.to_string()).unwrap_or_default()));
+            ok &= check(
+                &format!("dma-map-{mib}m-{pages}"),
+                r.is_ok(),
+                format!(
+                    "map_ms {} unmap_ms {} {}",
+                    map.as_millis(),
+                    unmap.as_millis(),
+                    r.err().map(|e| e.to_string()).unwrap_or_default()
+                ),
+            );
         }
     }
     Ok(ok)

@@ -301,11 +301,8 @@ impl VirtConfig {
         bounds.sort_unstable();
         let end_of = |off: usize| bounds.iter().copied().find(|&b| b > off).unwrap_or(0x100);
 
-        let visible: Vec<usize> = caps
-            .iter()
-            .filter(|(_, id, _)| STD_CAPS_VISIBLE.contains(id))
-            .map(|(off, _, _)| *off)
-            .collect();
+        let visible: Vec<usize> =
+            caps.iter().filter(|(_, id, _)| STD_CAPS_VISIBLE.contains(id)).map(|(off, _, _)| *off).collect();
         self.shadow[CAP_PTR / 4] = (self.shadow[CAP_PTR / 4] & !0xff) | visible.first().copied().unwrap_or(0) as u32;
         for (off, id, cap) in &caps {
             let off = *off;
@@ -506,7 +503,13 @@ impl VirtConfig {
             let Some(mapped) = self.mapped[i] else { continue };
             let addr = self.bar_register_addr(i);
             if addr != mapped && self.decodes(bar.kind) {
-                moves.push(BarMove { index: bar.index, kind: bar.kind, old_addr: mapped, new_addr: addr, size: bar.size });
+                moves.push(BarMove {
+                    index: bar.index,
+                    kind: bar.kind,
+                    old_addr: mapped,
+                    new_addr: addr,
+                    size: bar.size,
+                });
                 self.mapped[i] = Some(addr);
             }
         }
@@ -549,7 +552,11 @@ impl VirtConfig {
     }
 
     fn flag_bits(&self, kind: BarKind) -> u32 {
-        if kind == BarKind::Io { 0x3 } else { 0xf }
+        if kind == BarKind::Io {
+            0x3
+        } else {
+            0xf
+        }
     }
 
     pub fn bar_infos(&self) -> impl Iterator<Item = BarInfo> + '_ {
@@ -599,11 +606,8 @@ impl VirtConfig {
         let ctrl = self.shadow[reg] >> 16;
         let mme = ((ctrl >> 4) & 7).min(u32::from(msi.max_log2));
         let lo = u64::from(self.shadow[reg + 1]);
-        let (address, data_reg) = if msi.is_64bit {
-            (lo | (u64::from(self.shadow[reg + 2]) << 32), reg + 3)
-        } else {
-            (lo, reg + 2)
-        };
+        let (address, data_reg) =
+            if msi.is_64bit { (lo | (u64::from(self.shadow[reg + 2]) << 32), reg + 3) } else { (lo, reg + 2) };
         let mask = if msi.per_vector_mask { self.shadow[data_reg + 1] } else { 0 };
         Some(MsiState { enabled: ctrl & 1 != 0, vectors: 1 << mme, address, data: self.shadow[data_reg] as u16, mask })
     }
@@ -805,7 +809,8 @@ pub(crate) mod tests {
 
     #[test]
     fn rombar_off_hides_rom() {
-        let c = VirtConfig::new("x", &sample_config(), sample_sizes(), RomOptions { hidden: true, file_size: 0 }).unwrap();
+        let c =
+            VirtConfig::new("x", &sample_config(), sample_sizes(), RomOptions { hidden: true, file_size: 0 }).unwrap();
         assert!(c.bar_info(BarIndex::ROM).is_none());
         assert_eq!(c.read(ROM_BAR / 4, 0xffff_ffff), 0);
     }

@@ -31,7 +31,9 @@ pub enum ContainerError {
     NoIommu { bdf: Bdf },
     #[error("{bdf}: bound to {driver}, not vfio-pci; bind it: echo vfio-pci > /sys/bus/pci/devices/{bdf}/driver_override; echo {bdf} > /sys/bus/pci/devices/{bdf}/driver/unbind; echo {bdf} > /sys/bus/pci/drivers_probe")]
     NotBound { bdf: Bdf, driver: String },
-    #[error("{bdf}: IOMMU group {group} is not viable: {members} must also be assigned (--device) or bound to vfio-pci")]
+    #[error(
+        "{bdf}: IOMMU group {group} is not viable: {members} must also be assigned (--device) or bound to vfio-pci"
+    )]
     GroupNotViable { bdf: Bdf, group: u32, members: String },
     #[error("the vfio-pci driver is not loaded and /dev/vfio/vfio is missing: run `modprobe vfio-pci`")]
     NoVfio,

@@ -8,7 +8,7 @@ use pci::{BarIndex, BarKind, BarRegion, ConfigEffects, MsiVectors, PciDevice};
 use crate::config::{BarInfo, ConfigError, RomOptions, VirtConfig, CONFIG_DWORDS};
 use crate::dma::DmaMapping;
 use crate::host::{HostDevice, HostError, CONFIG_REGION, ROM_REGION};
-use crate::interrupts::{IntxLine, Interrupts, InterruptsError};
+use crate::interrupts::{Interrupts, InterruptsError, IntxLine};
 use crate::regions::{BarMappings, MemorySlots, RegionsError};
 
 #[derive(Debug, thiserror::Error)]
@@ -134,7 +134,8 @@ impl VfioPciDevice {
     /// Gives every BAR a guest address from `alloc(bar)`; `None` fails the set-up.
     pub fn place_bars(&mut self, alloc: &mut dyn FnMut(&BarInfo) -> Option<u64>) -> Result<(), DeviceError> {
         for bar in self.bar_infos() {
-            let addr = alloc(&bar).ok_or(DeviceError::PlaceBar { bdf: self.bdf.clone(), bar: bar.index.0, size: bar.size })?;
+            let addr =
+                alloc(&bar).ok_or(DeviceError::PlaceBar { bdf: self.bdf.clone(), bar: bar.index.0, size: bar.size })?;
             self.cfg.place_bar(bar.index, addr);
         }
         Ok(())
@@ -250,7 +251,9 @@ impl VfioPciDevice {
         // Found by the config_writes fuzz target: a misaligned access that only partly covers
         // the table or PBA used to go to the device whole, so its bytes inside reached the
         // host's own MSI-X table / PBA (and a read returned the host's MSI addresses).
-        if (bar == m.table_bar && overlaps(m.table_offset, table_len)) || (bar == m.pba_bar && overlaps(m.pba_offset, pba_len)) {
+        if (bar == m.table_bar && overlaps(m.table_offset, table_len))
+            || (bar == m.pba_bar && overlaps(m.pba_offset, pba_len))
+        {
             return Some(MsixPart::Straddle);
         }
         None
@@ -313,7 +316,11 @@ impl PciDevice for VfioPciDevice {
     fn write_config(&mut self, reg: usize, offset: u64, data: &[u8]) -> ConfigEffects {
         let mut masked = [0u8; 4];
         let mut data = data;
-        if reg == COMMAND_DWORD && offset == 0 && data.first().is_some_and(|b| b & CMD_BUS_MASTER != 0) && !self.dma_ready() {
+        if reg == COMMAND_DWORD
+            && offset == 0
+            && data.first().is_some_and(|b| b & CMD_BUS_MASTER != 0)
+            && !self.dma_ready()
+        {
             let n = data.len().min(4);
             masked[..n].copy_from_slice(&data[..n]);
             masked[0] &= !CMD_BUS_MASTER;
@@ -555,7 +562,8 @@ mod tests {
         bar0[0x203c..0x2044].copy_from_slice(&[0x22; 8]);
         bar0[0x3004..0x300c].copy_from_slice(&[0x33; 8]);
         host.region_write(0, 0, &bar0).unwrap();
-        for (offset, len) in [(0x1ffc, 8), (0x1fff, 2), (0x203c, 8), (0x203f, 2), (0x3007, 2), (0x3004, 8), (0x2ffc, 8)] {
+        for (offset, len) in [(0x1ffc, 8), (0x1fff, 2), (0x203c, 8), (0x203f, 2), (0x3007, 2), (0x3004, 8), (0x2ffc, 8)]
+        {
             dev.write_bar(BarIndex(0), offset, &vec![0xaa; len]);
             let mut b = vec![0u8; len];
             dev.read_bar(BarIndex(0), offset, &mut b);

@@ -143,12 +143,18 @@ pub fn run_guest_writes(data: &[u8]) {
             if virt == 0xff {
                 assert_eq!(changed, 0, "host-only config byte {i:#x} changed {b:#x} -> {a:#x}");
             } else if changed & virt != 0 {
-                assert_eq!(a & virt, model.host_fixed_byte(i) & virt, "virtualized bits of byte {i:#x} reached the device");
+                assert_eq!(
+                    a & virt,
+                    model.host_fixed_byte(i) & virt,
+                    "virtualized bits of byte {i:#x} reached the device"
+                );
             }
         }
     }
     // Sanity: the fields the property protects are really virtualized in the model.
-    for off in (0x10..0x28).chain(0x30..0x34).chain(0x50..0x68).chain(0x70..0x7c).chain(0x100..0x140).chain(0x180..0x184) {
+    for off in
+        (0x10..0x28).chain(0x30..0x34).chain(0x50..0x68).chain(0x70..0x7c).chain(0x100..0x140).chain(0x180..0x184)
+    {
         assert_eq!(model.byte_is_virtualized(off), 0xff, "byte {off:#x} should be host-only");
     }
     assert_eq!(model.byte_is_virtualized(4) & 0x3, 0x3, "command decode bits are virtualized");

@@ -8,9 +8,8 @@ use std::sync::Mutex;
 
 use vfio_bindings::bindings::vfio::{
     vfio_device_info, vfio_irq_set, VFIO_DEVICE_FLAGS_RESET, VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_ACTION_UNMASK,
-    VFIO_IRQ_SET_DATA_EVENTFD, VFIO_IRQ_SET_DATA_NONE, VFIO_PCI_CONFIG_REGION_INDEX,
-    VFIO_PCI_ROM_REGION_INDEX, VFIO_REGION_INFO_FLAG_MMAP, VFIO_REGION_INFO_FLAG_READ,
-    VFIO_REGION_INFO_FLAG_WRITE,
+    VFIO_IRQ_SET_DATA_EVENTFD, VFIO_IRQ_SET_DATA_NONE, VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_ROM_REGION_INDEX,
+    VFIO_REGION_INFO_FLAG_MMAP, VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
 };
 use vfio_ioctls::{VfioDevice, VfioRegionInfoCap};
 
@@ -204,9 +203,7 @@ impl VfioHost {
         }
         // SAFETY: buf holds a complete vfio_irq_set header followed by `count` fds, argsz
         // says so, and the kernel only reads it.
-        let ret = unsafe {
-            vmm_sys_util::ioctl::ioctl_with_ptr(&self.device, VFIO_DEVICE_SET_IRQS(), buf.as_ptr())
-        };
+        let ret = unsafe { vmm_sys_util::ioctl::ioctl_with_ptr(&self.device, VFIO_DEVICE_SET_IRQS(), buf.as_ptr()) };
         if ret < 0 {
             return Err(HostError::SetIrqs {
                 bdf: self.bdf.clone(),
@@ -259,9 +256,8 @@ impl HostDevice for VfioHost {
     fn region_read(&self, region: u32, offset: u64, data: &mut [u8]) -> Result<(), HostError> {
         let pos = self.check_bounds(region, offset, data.len())?;
         // SAFETY: pread into a live, correctly sized buffer on a valid fd.
-        let n = unsafe {
-            libc::pread(self.device.as_raw_fd(), data.as_mut_ptr().cast(), data.len(), pos as libc::off_t)
-        };
+        let n =
+            unsafe { libc::pread(self.device.as_raw_fd(), data.as_mut_ptr().cast(), data.len(), pos as libc::off_t) };
         if n != data.len() as isize {
             let source = if n < 0 {
                 std::io::Error::last_os_error()
@@ -276,9 +272,7 @@ impl HostDevice for VfioHost {
     fn region_write(&self, region: u32, offset: u64, data: &[u8]) -> Result<(), HostError> {
         let pos = self.check_bounds(region, offset, data.len())?;
         // SAFETY: pwrite from a live buffer on a valid fd.
-        let n = unsafe {
-            libc::pwrite(self.device.as_raw_fd(), data.as_ptr().cast(), data.len(), pos as libc::off_t)
-        };
+        let n = unsafe { libc::pwrite(self.device.as_raw_fd(), data.as_ptr().cast(), data.len(), pos as libc::off_t) };
         if n != data.len() as isize {
             let source = if n < 0 {
                 std::io::Error::last_os_error()
@@ -327,9 +321,9 @@ impl HostDevice for VfioHost {
 
     fn map_region(&self, region: u32, area: MmapArea) -> Result<RegionMapping, HostError> {
         let pos = self.check_bounds(region, area.offset, area.size as usize)?;
-        let err = |source| HostError::Mmap { bdf: self.bdf.clone(), region, offset: area.offset, size: area.size, source };
-        let size = usize::try_from(area.size)
-            .map_err(|_| err(std::io::Error::from_raw_os_error(libc::EOVERFLOW)))?;
+        let err =
+            |source| HostError::Mmap { bdf: self.bdf.clone(), region, offset: area.offset, size: area.size, source };
+        let size = usize::try_from(area.size).map_err(|_| err(std::io::Error::from_raw_os_error(libc::EOVERFLOW)))?;
         // SAFETY: a fresh shared mapping of the device fd at a kernel-described offset; the
         // result is checked and owned by RegionMapping, which unmaps it.
         let addr = unsafe {
@@ -410,7 +404,13 @@ impl FakeHost {
         regions.get(region as usize).cloned().unwrap_or_default()
     }
 
-    fn with_region<R>(&self, region: u32, offset: u64, len: usize, f: impl FnOnce(&mut [u8]) -> R) -> Result<R, HostError> {
+    fn with_region<R>(
+        &self,
+        region: u32,
+        offset: u64,
+        len: usize,
+        f: impl FnOnce(&mut [u8]) -> R,
+    ) -> Result<R, HostError> {
         let mut regions = self.regions.lock().unwrap_or_else(|e| e.into_inner());
         let bounds = || HostError::RegionBounds { bdf: self.bdf.clone(), region, offset, len };
         let bytes = regions.get_mut(region as usize).ok_or_else(bounds)?;
@@ -480,7 +480,12 @@ impl HostDevice for FakeHost {
         let info = self.region_info(region);
         let fits = info.is_some_and(|i| area.offset.checked_add(area.size).is_some_and(|e| e <= i.size));
         if !fits {
-            return Err(HostError::RegionBounds { bdf: self.bdf.clone(), region, offset: area.offset, len: area.size as usize });
+            return Err(HostError::RegionBounds {
+                bdf: self.bdf.clone(),
+                region,
+                offset: area.offset,
+                len: area.size as usize,
+            });
         }
         Ok(RegionMapping::owned(area.size.min(1 << 20) as usize))
     }

@@ -153,10 +153,9 @@ impl Interrupts {
             return Ok(false);
         }
         *slot = msg;
-        self.vectors.set_route(VectorIndex(v as u16), msg).map_err(|source| InterruptsError::Route {
-            bdf: self.bdf.clone(),
-            source,
-        })?;
+        self.vectors
+            .set_route(VectorIndex(v as u16), msg)
+            .map_err(|source| InterruptsError::Route { bdf: self.bdf.clone(), source })?;
         Ok(true)
     }
 
@@ -453,7 +452,10 @@ pub(crate) mod tests {
         irq.write_table(&host, 16, &entry(0xfee0_0000, 0x31, false));
         let fd = |v: u16| irq.vectors.irqfd(VectorIndex(v)).map(|e| e.as_raw_fd());
         assert_eq!(set_irq_calls(&host)[4], IrqCall::Set { index: IrqIndex::Msix, start: 1, fds: vec![fd(1)] });
-        assert_eq!(rec.routes.lock().unwrap().last(), Some(&(1, Some(MsiMessage { address: 0xfee0_0000, data: 0x31 }))));
+        assert_eq!(
+            rec.routes.lock().unwrap().last(),
+            Some(&(1, Some(MsiMessage { address: 0xfee0_0000, data: 0x31 })))
+        );
         // 1000 mask/unmask cycles: routes follow, the host is not touched again.
         for i in 0..1000 {
             irq.write_table(&host, 16 + 12, &[(i % 2 == 0) as u8, 0, 0, 0]);
@@ -502,7 +504,9 @@ pub(crate) mod tests {
         irq.update_msix_control(&host, &cfg).unwrap();
         irq.write_table(&host, 16, &entry(0xfee0_0000, 0x31, false));
         irq.shutdown(&host);
-        assert!(set_irq_calls(&host).iter().all(|c| !matches!(c, IrqCall::Set { index: IrqIndex::Msix, .. } | IrqCall::Disable(IrqIndex::Msix))));
+        assert!(set_irq_calls(&host)
+            .iter()
+            .all(|c| !matches!(c, IrqCall::Set { index: IrqIndex::Msix, .. } | IrqCall::Disable(IrqIndex::Msix))));
         assert_eq!(irq.mode(), Mode::None);
     }
 
@@ -534,7 +538,9 @@ pub(crate) mod tests {
         let routes = rec.routes.lock().unwrap().clone();
         assert!(routes.contains(&(3, Some(MsiMessage { address: 0xfee0_2000, data: 0x43 }))));
         assert!(!routes.iter().any(|(v, m)| *v == 1 && m.is_some()));
-        assert!(matches!(&set_irq_calls(&host)[..], [IrqCall::Set { index: IrqIndex::Msi, start: 0, fds }] if fds.len() == 4));
+        assert!(
+            matches!(&set_irq_calls(&host)[..], [IrqCall::Set { index: IrqIndex::Msi, start: 0, fds }] if fds.len() == 4)
+        );
         cfg.write(0x50 / 4, 2, &[0x00]);
         irq.update_msi(&host, &cfg).unwrap();
         assert_eq!(set_irq_calls(&host)[1], IrqCall::Disable(IrqIndex::Msi));
@@ -571,7 +577,10 @@ pub(crate) mod tests {
             [IrqCall::Disable(IrqIndex::Intx), IrqCall::Set { index: IrqIndex::Msi, start: 0, fds: vec![fd0] }],
             "INTx off before MSI on (VFIO refuses both at once), one host vector"
         );
-        assert_eq!(rec.routes.lock().unwrap().last(), Some(&(0, Some(MsiMessage { address: 0xfee0_1000, data: 0x41 }))));
+        assert_eq!(
+            rec.routes.lock().unwrap().last(),
+            Some(&(0, Some(MsiMessage { address: 0xfee0_1000, data: 0x41 })))
+        );
 
         // Linux moves the interrupt (new vector, then a destination above 255 in the high
         // address) with MSI enabled: only the KVM route follows, the host is not touched.

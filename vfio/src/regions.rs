@@ -76,7 +76,9 @@ pub fn mappable_areas(host: &dyn HostDevice, bar: &BarInfo, msix: Option<MsixInf
         .mmap_areas
         .iter()
         .copied()
-        .filter(|a| a.offset % PAGE == 0 && a.size >= PAGE && a.offset.checked_add(a.size).is_some_and(|e| e <= info.size))
+        .filter(|a| {
+            a.offset % PAGE == 0 && a.size >= PAGE && a.offset.checked_add(a.size).is_some_and(|e| e <= info.size)
+        })
         .map(|a| MmapArea { offset: a.offset, size: a.size & !(PAGE - 1) })
         .collect();
     if let Some(m) = msix {
@@ -99,7 +101,11 @@ pub struct BarMappings {
 
 impl BarMappings {
     /// mmaps every mappable area of the memory BARs (not yet visible to the guest).
-    pub fn new(host: &dyn HostDevice, bars: impl Iterator<Item = BarInfo>, msix: Option<MsixInfo>) -> Result<Self, RegionsError> {
+    pub fn new(
+        host: &dyn HostDevice,
+        bars: impl Iterator<Item = BarInfo>,
+        msix: Option<MsixInfo>,
+    ) -> Result<Self, RegionsError> {
         let mut areas = Vec::new();
         for bar in bars {
             if matches!(bar.kind, pci::BarKind::Io | pci::BarKind::Rom) {
@@ -128,13 +134,8 @@ impl BarMappings {
         for a in self.areas.iter_mut().filter(|a| a.bar == bar && a.slot.is_none()) {
             let gpa = bar_addr.wrapping_add(a.offset);
             let size = a.mapping.size();
-            let id = slots.map_slot(gpa, size, a.mapping.host_addr() as u64).map_err(|source| RegionsError::MapSlot {
-                bdf: self.bdf.clone(),
-                bar: bar.0,
-                offset: a.offset,
-                size,
-                gpa,
-                source,
+            let id = slots.map_slot(gpa, size, a.mapping.host_addr() as u64).map_err(|source| {
+                RegionsError::MapSlot { bdf: self.bdf.clone(), bar: bar.0, offset: a.offset, size, gpa, source }
             })?;
             a.slot = Some((id, gpa));
         }

@@ -18,9 +18,9 @@ use pci::capability::msix::MsixConfig;
 use pci::capability::pcie::{PcieCapabilityConfig, PciePortType};
 use pci::ConfigEffectsHandler;
 use pci::{
-    BarIndex, BarKind, BarSpec, Bdf, Bus, BusDevice, BusRelocator, DeviceIds, EmulatedFunction,
-    FunctionConfig, HeaderType, InterruptError, MsiMessage, MsiVectors, NoRegisters, PciConfigIo,
-    PciConfigMmio, PciDevice, PciRoot, SharedPciDevice, VectorIndex,
+    BarIndex, BarKind, BarSpec, Bdf, Bus, BusDevice, BusRelocator, DeviceIds, EmulatedFunction, FunctionConfig,
+    HeaderType, InterruptError, MsiMessage, MsiVectors, NoRegisters, PciConfigIo, PciConfigMmio, PciDevice, PciRoot,
+    SharedPciDevice, VectorIndex,
 };
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -40,10 +40,7 @@ impl MsiVectors for Model {
         self.fds.get(usize::from(v.0))
     }
     fn set_route(&mut self, v: VectorIndex, msg: Option<MsiMessage>) -> Result<(), InterruptError> {
-        *self
-            .staged
-            .get_mut(usize::from(v.0))
-            .ok_or(InterruptError::NoSuchVector(v))? = msg;
+        *self.staged.get_mut(usize::from(v.0)).ok_or(InterruptError::NoSuchVector(v))? = msg;
         Ok(())
     }
     fn commit(&mut self) -> Result<(), InterruptError> {
@@ -54,17 +51,8 @@ impl MsiVectors for Model {
 
 fn model(n: usize) -> (Box<dyn MsiVectors>, Routes) {
     let committed: Routes = Arc::new(Mutex::new(vec![None; n]));
-    let fds = (0..n)
-        .map(|_| EventFd::new(EFD_NONBLOCK).unwrap())
-        .collect();
-    (
-        Box::new(Model {
-            fds,
-            staged: vec![None; n],
-            committed: committed.clone(),
-        }),
-        committed,
-    )
+    let fds = (0..n).map(|_| EventFd::new(EFD_NONBLOCK).unwrap()).collect();
+    (Box::new(Model { fds, staged: vec![None; n], committed: committed.clone() }), committed)
 }
 
 fn ids(device_id: u16) -> DeviceIds {
@@ -103,35 +91,13 @@ fn rig() -> Rig {
     let msix_cfg = FunctionConfig {
         ids: ids(1),
         header: HeaderType::Endpoint,
-        pcie: Some(PcieCapabilityConfig {
-            port_type: PciePortType::Endpoint,
-            port_number: 0,
-            slot_occupied: false,
-        }),
+        pcie: Some(PcieCapabilityConfig { port_type: PciePortType::Endpoint, port_number: 0, slot_occupied: false }),
         power_management: true,
         bars: vec![
-            BarSpec {
-                index: BarIndex(0),
-                kind: BarKind::Mem32 {
-                    prefetchable: false,
-                },
-                size: 0x1000,
-            },
-            BarSpec {
-                index: BarIndex(1),
-                kind: BarKind::Io,
-                size: 0x20,
-            },
-            BarSpec {
-                index: BarIndex(2),
-                kind: BarKind::Mem64 { prefetchable: true },
-                size: 0x4000,
-            },
-            BarSpec {
-                index: BarIndex::ROM,
-                kind: BarKind::Rom,
-                size: 0x800,
-            },
+            BarSpec { index: BarIndex(0), kind: BarKind::Mem32 { prefetchable: false }, size: 0x1000 },
+            BarSpec { index: BarIndex(1), kind: BarKind::Io, size: 0x20 },
+            BarSpec { index: BarIndex(2), kind: BarKind::Mem64 { prefetchable: true }, size: 0x4000 },
+            BarSpec { index: BarIndex::ROM, kind: BarKind::Rom, size: 0x800 },
         ],
         msi: None,
         msix: Some(MsixConfig {
@@ -148,18 +114,8 @@ fn rig() -> Rig {
         header: HeaderType::Endpoint,
         pcie: None,
         power_management: false,
-        bars: vec![BarSpec {
-            index: BarIndex(0),
-            kind: BarKind::Mem64 {
-                prefetchable: false,
-            },
-            size: 0x1000,
-        }],
-        msi: Some(MsiConfig {
-            vectors: 8,
-            address_64bit: true,
-            per_vector_mask: true,
-        }),
+        bars: vec![BarSpec { index: BarIndex(0), kind: BarKind::Mem64 { prefetchable: false }, size: 0x1000 }],
+        msi: Some(MsiConfig { vectors: 8, address_64bit: true, per_vector_mask: true }),
         msix: None,
         interrupt_pin: 2,
     };
@@ -213,25 +169,12 @@ impl Input<'_> {
     }
 }
 
-fn check_config_write(
-    f: &mut dyn PciDevice,
-    cs: Option<&pci::ConfigSpace>,
-    reg: usize,
-    before: u32,
-) {
+fn check_config_write(f: &mut dyn PciDevice, cs: Option<&pci::ConfigSpace>, reg: usize, before: u32) {
     let after = f.read_config(reg);
     if let Some(cs) = cs {
         let (wm, c) = (cs.write_mask(reg), cs.w1c_mask(reg));
-        assert_eq!(
-            (after ^ before) & !(wm | c),
-            0,
-            "RO bits changed in reg {reg:#x}: {before:#x} -> {after:#x}"
-        );
-        assert_eq!(
-            after & !before & c,
-            0,
-            "RW1C bit set by a write in reg {reg:#x}"
-        );
+        assert_eq!((after ^ before) & !(wm | c), 0, "RO bits changed in reg {reg:#x}: {before:#x} -> {after:#x}");
+        assert_eq!(after & !before & c, 0, "RW1C bit set by a write in reg {reg:#x}");
     }
 }
 
@@ -240,25 +183,15 @@ fn check_bars(f: &mut EmulatedFunction<NoRegisters>) {
         let (reg, flags_mask, flags): (usize, u32, u32) = match (r.index, r.kind) {
             (BarIndex::ROM, _) => (12, 0x7fe, 0),
             (i, BarKind::Io) => (4 + usize::from(i.0), 0x3, 1),
-            (i, BarKind::Mem32 { prefetchable }) => {
-                (4 + usize::from(i.0), 0xf, u32::from(prefetchable) << 3)
-            }
-            (i, BarKind::Mem64 { prefetchable }) => {
-                (4 + usize::from(i.0), 0xf, 4 | u32::from(prefetchable) << 3)
-            }
+            (i, BarKind::Mem32 { prefetchable }) => (4 + usize::from(i.0), 0xf, u32::from(prefetchable) << 3),
+            (i, BarKind::Mem64 { prefetchable }) => (4 + usize::from(i.0), 0xf, 4 | u32::from(prefetchable) << 3),
             (_, BarKind::Rom) => unreachable!("ROM kind only at ROM index"),
         };
         let v = f.read_config(reg);
         assert_eq!(v & flags_mask, flags, "BAR {:?} flags", r.index);
-        let below_size = (r.size.min(1 << 32) - 1) as u32
-            & !flags_mask
-            & !(if r.index == BarIndex::ROM { 1 } else { 0 });
-        assert_eq!(
-            v & below_size,
-            0,
-            "BAR {:?} shows address bits below its size: {v:#x}",
-            r.index
-        );
+        let below_size =
+            (r.size.min(1 << 32) - 1) as u32 & !flags_mask & !(if r.index == BarIndex::ROM { 1 } else { 0 });
+        assert_eq!(v & below_size, 0, "BAR {:?} shows address bits below its size: {v:#x}", r.index);
     }
 }
 
@@ -268,11 +201,7 @@ fn check_routes(r: &Rig) {
     let routes = r.msix_routes.lock().unwrap();
     for v in 0..MSIX_VECTORS {
         let v = VectorIndex(v);
-        assert_eq!(
-            routes[usize::from(v.0)],
-            table.route(v),
-            "MSI-X vector {v:?} route out of sync"
-        );
+        assert_eq!(routes[usize::from(v.0)], table.route(v), "MSI-X vector {v:?} route out of sync");
         let e = table.entry(v).unwrap();
         assert_eq!(e.control & !1, 0);
         assert_eq!(e.address_lo & 3, 0);
@@ -295,11 +224,7 @@ pub fn run(data: &[u8]) {
             // Config write of 1, 2 or 4 bytes, mostly in the first 256 bytes.
             0 | 1 => {
                 let Some(r) = input.u16() else { break };
-                let reg = if op & 0x80 != 0 {
-                    usize::from(r) % 1100
-                } else {
-                    usize::from(r) % 64
-                };
+                let reg = if op & 0x80 != 0 { usize::from(r) % 1100 } else { usize::from(r) % 64 };
                 let offset = u64::from(sel >> 1) % 5;
                 let len = [1, 2, 4, 3][usize::from(sel >> 4) % 4];
                 let Some(bytes) = input.bytes(len) else { break };
@@ -330,17 +255,13 @@ pub fn run(data: &[u8]) {
             }
             // The device raises a vector.
             4 => {
-                let _ = target
-                    .lock()
-                    .unwrap()
-                    .raise(VectorIndex(u16::from(sel) % 80));
+                let _ = target.lock().unwrap().raise(VectorIndex(u16::from(sel) % 80));
             }
             // A guest config access through ECAM (any function, any size).
             5 | 6 => {
                 let Some(off) = input.u16() else { break };
                 let Some(hi) = input.byte() else { break };
-                let addr =
-                    (u64::from(hi % 4) << 20) | (u64::from(sel) << 12) | u64::from(off & 0xfff);
+                let addr = (u64::from(hi % 4) << 20) | (u64::from(sel) << 12) | u64::from(off & 0xfff);
                 let len = [1usize, 2, 4, 8][usize::from(off >> 12) % 4];
                 if op == 5 {
                     let Some(bytes) = input.bytes(len) else { break };
@@ -381,11 +302,7 @@ pub fn run(data: &[u8]) {
         check_mappings(&rig);
         let b = rig.functions[1].1.lock().unwrap();
         let expect = b.msi().map(|m| m.routes(b.config())).unwrap();
-        assert_eq!(
-            *rig.msi_routes.lock().unwrap(),
-            expect,
-            "MSI routes out of sync"
-        );
+        assert_eq!(*rig.msi_routes.lock().unwrap(), expect, "MSI routes out of sync");
     }
 }
 
@@ -396,21 +313,9 @@ fn check_mappings(rig: &Rig) {
     for (bdf, f) in &rig.functions {
         for r in f.lock().unwrap().bars() {
             if let Some(at) = rel.mapped(*bdf, r.index) {
-                assert_eq!(
-                    at, r.addr,
-                    "{bdf} BAR {:?} mapped away from its address",
-                    r.index
-                );
-                let bus = if r.kind == BarKind::Io {
-                    &rig.pio
-                } else {
-                    &rig.mmio
-                };
-                assert!(
-                    bus.resolve(at, 1).is_some(),
-                    "{bdf} BAR {:?} mapping lost",
-                    r.index
-                );
+                assert_eq!(at, r.addr, "{bdf} BAR {:?} mapped away from its address", r.index);
+                let bus = if r.kind == BarKind::Io { &rig.pio } else { &rig.mmio };
+                assert!(bus.resolve(at, 1).is_some(), "{bdf} BAR {:?} mapping lost", r.index);
             }
         }
     }

@@ -40,22 +40,12 @@ impl MsiCapability {
         }
         let mmc = n.trailing_zeros() as u16;
         let control = (mmc << 1)
-            | if config.address_64bit {
-                CONTROL_64BIT
-            } else {
-                0
-            }
-            | if config.per_vector_mask {
-                CONTROL_PER_VECTOR_MASK
-            } else {
-                0
-            };
+            | if config.address_64bit { CONTROL_64BIT } else { 0 }
+            | if config.per_vector_mask { CONTROL_PER_VECTOR_MASK } else { 0 };
         let cap = Self { offset: 0, config };
         let mut body = vec![0u8; cap.len() - 2];
         body[..2].copy_from_slice(&control.to_le_bytes());
-        let offset = cs
-            .add_capability(CAP_ID_MSI, &body)
-            .map_err(MsiError::AddCapability)?;
+        let offset = cs.add_capability(CAP_ID_MSI, &body).map_err(MsiError::AddCapability)?;
         let cap = Self { offset, config };
         let reg = offset / 4;
         // Enable (bit 0) and Multiple Message Enable (6:4).
@@ -89,12 +79,7 @@ impl MsiCapability {
     }
 
     fn data_offset(&self) -> usize {
-        self.offset
-            + if self.config.address_64bit {
-                0x0c
-            } else {
-                0x08
-            }
+        self.offset + if self.config.address_64bit { 0x0c } else { 0x08 }
     }
 
     fn mask_offset(&self) -> Option<usize> {
@@ -142,10 +127,7 @@ impl MsiCapability {
         let mask = self.mask_offset().map(|o| cs.dword(o)).unwrap_or(0);
         for (v, slot) in out.iter_mut().enumerate().take(n as usize) {
             if mask & (1 << v) == 0 {
-                *slot = Some(MsiMessage {
-                    address,
-                    data: (data & !(n - 1)) | v as u32,
-                });
+                *slot = Some(MsiMessage { address, data: (data & !(n - 1)) | v as u32 });
             }
         }
         out
@@ -153,8 +135,7 @@ impl MsiCapability {
 
     /// Whether vector `v` is masked by its per-vector mask bit.
     pub fn is_masked(&self, cs: &ConfigSpace, v: VectorIndex) -> bool {
-        self.mask_offset()
-            .is_some_and(|o| v.0 < 32 && cs.dword(o) & (1 << v.0) != 0)
+        self.mask_offset().is_some_and(|o| v.0 < 32 && cs.dword(o) & (1 << v.0) != 0)
     }
 
     /// Device-side update of a pending bit (only with per-vector masking).
@@ -182,10 +163,7 @@ pub fn route_changes(
 ) -> Vec<(VectorIndex, Option<MsiMessage>)> {
     (0..before.len().max(after.len()))
         .filter_map(|i| {
-            let (b, a) = (
-                before.get(i).copied().flatten(),
-                after.get(i).copied().flatten(),
-            );
+            let (b, a) = (before.get(i).copied().flatten(), after.get(i).copied().flatten());
             (b != a).then_some((VectorIndex(i as u16), a))
         })
         .collect()
@@ -214,49 +192,20 @@ mod tests {
 
     #[test]
     fn layouts() {
-        for (is64, pvm, len) in [
-            (false, false, 0x0c),
-            (true, false, 0x10),
-            (false, true, 0x14),
-            (true, true, 0x18),
-        ] {
+        for (is64, pvm, len) in [(false, false, 0x0c), (true, false, 0x10), (false, true, 0x14), (true, true, 0x18)] {
             let mut c = cs();
-            let cap = MsiCapability::add(
-                &mut c,
-                MsiConfig {
-                    vectors: 4,
-                    address_64bit: is64,
-                    per_vector_mask: pvm,
-                },
-            )
-            .unwrap();
+            let cap = MsiCapability::add(&mut c, MsiConfig { vectors: 4, address_64bit: is64, per_vector_mask: pvm })
+                .unwrap();
             assert_eq!(cap.len(), len);
             let control = c.word(cap.offset() + 2);
-            assert_eq!(
-                control,
-                (2 << 1) | ((is64 as u16) << 7) | ((pvm as u16) << 8)
-            );
+            assert_eq!(control, (2 << 1) | ((is64 as u16) << 7) | ((pvm as u16) << 8));
         }
         assert_eq!(
-            MsiCapability::add(
-                &mut cs(),
-                MsiConfig {
-                    vectors: 3,
-                    address_64bit: false,
-                    per_vector_mask: false
-                }
-            ),
+            MsiCapability::add(&mut cs(), MsiConfig { vectors: 3, address_64bit: false, per_vector_mask: false }),
             Err(MsiError::VectorCount(3))
         );
         assert_eq!(
-            MsiCapability::add(
-                &mut cs(),
-                MsiConfig {
-                    vectors: 64,
-                    address_64bit: false,
-                    per_vector_mask: false
-                }
-            ),
+            MsiCapability::add(&mut cs(), MsiConfig { vectors: 64, address_64bit: false, per_vector_mask: false }),
             Err(MsiError::VectorCount(64))
         );
     }
@@ -264,15 +213,8 @@ mod tests {
     #[test]
     fn enable_multi_message_and_mask() {
         let mut c = cs();
-        let cap = MsiCapability::add(
-            &mut c,
-            MsiConfig {
-                vectors: 4,
-                address_64bit: true,
-                per_vector_mask: true,
-            },
-        )
-        .unwrap();
+        let cap =
+            MsiCapability::add(&mut c, MsiConfig { vectors: 4, address_64bit: true, per_vector_mask: true }).unwrap();
         let o = cap.offset();
         w(&mut c, o + 4, 0xfee0_1003);
         w(&mut c, o + 8, 0x0000_0001);
@@ -283,36 +225,17 @@ mod tests {
         assert_eq!(before, vec![None; 4]);
         // Enable with MME = 8 vectors: clamped to the 4 offered.
         c.write(o / 4, 2, &[0x31, 0xff]);
-        assert_eq!(
-            c.word(o + 2) & 0x71,
-            0x31,
-            "MMC bits RO, enable + MME written"
-        );
+        assert_eq!(c.word(o + 2) & 0x71, 0x31, "MMC bits RO, enable + MME written");
         let after = cap.routes(&c);
         assert_eq!(cap.enabled_vectors(&c), 4);
         let addr = 0x1_fee0_1000;
-        assert_eq!(
-            after[0],
-            Some(MsiMessage {
-                address: addr,
-                data: 0x40
-            })
-        );
-        assert_eq!(
-            after[3],
-            Some(MsiMessage {
-                address: addr,
-                data: 0x43
-            })
-        );
+        assert_eq!(after[0], Some(MsiMessage { address: addr, data: 0x40 }));
+        assert_eq!(after[3], Some(MsiMessage { address: addr, data: 0x43 }));
         assert_eq!(route_changes(&before, &after).len(), 4);
         w(&mut c, o + 0x10, 0xffff_fffa);
         assert_eq!(c.dword(o + 0x10), 0xa, "only 4 mask bits exist");
         let masked = cap.routes(&c);
-        assert_eq!(
-            route_changes(&after, &masked),
-            vec![(VectorIndex(1), None), (VectorIndex(3), None)]
-        );
+        assert_eq!(route_changes(&after, &masked), vec![(VectorIndex(1), None), (VectorIndex(3), None)]);
         assert!(cap.is_masked(&c, VectorIndex(1)));
         w(&mut c, o + 0x14, u32::MAX);
         assert_eq!(cap.pending(&c), 0, "pending bits RO to the guest");
@@ -326,26 +249,13 @@ mod tests {
     #[test]
     fn single_vector_32bit() {
         let mut c = cs();
-        let cap = MsiCapability::add(
-            &mut c,
-            MsiConfig {
-                vectors: 1,
-                address_64bit: false,
-                per_vector_mask: false,
-            },
-        )
-        .unwrap();
+        let cap =
+            MsiCapability::add(&mut c, MsiConfig { vectors: 1, address_64bit: false, per_vector_mask: false }).unwrap();
         let o = cap.offset();
         w(&mut c, o + 4, 0xfee0_0000);
         w(&mut c, o + 8, 0x0000_0031);
         c.write(o / 4, 2, &[0x71]);
-        assert_eq!(
-            cap.routes(&c),
-            vec![Some(MsiMessage {
-                address: 0xfee0_0000,
-                data: 0x31
-            })]
-        );
+        assert_eq!(cap.routes(&c), vec![Some(MsiMessage { address: 0xfee0_0000, data: 0x31 })]);
         assert!(!cap.covers(o / 4 + 3));
         assert!(cap.covers(o / 4 + 2));
     }

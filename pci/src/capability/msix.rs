@@ -21,11 +21,7 @@ pub enum MsixError {
     #[error("MSI-X supports 1..=2048 vectors, not {0}")]
     VectorCount(u16),
     #[error("MSI-X {what} offset {offset:#x} in BAR {bar:?} is not 8-byte aligned")]
-    Unaligned {
-        what: &'static str,
-        bar: BarIndex,
-        offset: u32,
-    },
+    Unaligned { what: &'static str, bar: BarIndex, offset: u32 },
     #[error("adding the MSI-X capability failed")]
     AddCapability(#[source] ConfigSpaceError),
 }
@@ -40,22 +36,14 @@ pub struct TableEntry {
 }
 
 impl TableEntry {
-    const MASKED: TableEntry = TableEntry {
-        address_lo: 0,
-        address_hi: 0,
-        data: 0,
-        control: ENTRY_MASKED,
-    };
+    const MASKED: TableEntry = TableEntry { address_lo: 0, address_hi: 0, data: 0, control: ENTRY_MASKED };
 
     pub fn masked(&self) -> bool {
         self.control & ENTRY_MASKED != 0
     }
 
     pub fn message(&self) -> MsiMessage {
-        MsiMessage {
-            address: u64::from(self.address_lo) | (u64::from(self.address_hi) << 32),
-            data: self.data,
-        }
+        MsiMessage { address: u64::from(self.address_lo) | (u64::from(self.address_hi) << 32), data: self.data }
     }
 
     fn dword(&self, i: usize) -> u32 {
@@ -156,9 +144,7 @@ impl Table {
 
     pub fn is_pending(&self, v: VectorIndex) -> bool {
         let i = usize::from(v.0);
-        self.pending
-            .get(i / 64)
-            .is_some_and(|q| q & (1 << (i % 64)) != 0)
+        self.pending.get(i / 64).is_some_and(|q| q & (1 << (i % 64)) != 0)
     }
 
     /// Sets or clears a pending bit (the device side: an assigned device's PBA, or an
@@ -210,17 +196,12 @@ impl Table {
             return MsixChange::default();
         };
         if data.is_empty() || data.len() > 8 || end > self.table_bytes() {
-            log::debug!(
-                "MSI-X table write of {} bytes at {offset:#x} dropped",
-                data.len()
-            );
+            log::debug!("MSI-X table write of {} bytes at {offset:#x} dropped", data.len());
             return MsixChange::default();
         }
         let first = (offset / ENTRY_SIZE) as usize;
         let last = ((end - 1) / ENTRY_SIZE) as usize;
-        let before: Vec<_> = (first..=last)
-            .map(|v| self.route(VectorIndex(v as u16)))
-            .collect();
+        let before: Vec<_> = (first..=last).map(|v| self.route(VectorIndex(v as u16))).collect();
         for (i, b) in data.iter().enumerate() {
             let at = offset + i as u64;
             let e = &mut self.entries[(at / ENTRY_SIZE) as usize];
@@ -253,9 +234,7 @@ impl Table {
 
     /// The capability's Message Control was written: enable and function mask.
     pub fn set_control(&mut self, enabled: bool, function_mask: bool) -> MsixChange {
-        let before: Vec<_> = (0..self.entries.len())
-            .map(|v| self.route(VectorIndex(v as u16)))
-            .collect();
+        let before: Vec<_> = (0..self.entries.len()).map(|v| self.route(VectorIndex(v as u16))).collect();
         self.enabled = enabled;
         self.function_mask = function_mask;
         let mut change = MsixChange::default();
@@ -300,28 +279,19 @@ impl MsixCapability {
         if config.vectors == 0 || config.vectors > MAX_VECTORS {
             return Err(MsixError::VectorCount(config.vectors));
         }
-        for (what, bar, offset) in [
-            ("table", config.table_bar, config.table_offset),
-            ("PBA", config.pba_bar, config.pba_offset),
-        ] {
+        for (what, bar, offset) in
+            [("table", config.table_bar, config.table_offset), ("PBA", config.pba_bar, config.pba_offset)]
+        {
             if offset % 8 != 0 {
                 return Err(MsixError::Unaligned { what, bar, offset });
             }
         }
         let mut body = [0u8; 10];
         body[..2].copy_from_slice(&(config.vectors - 1).to_le_bytes());
-        body[2..6].copy_from_slice(
-            &(config.table_offset | u32::from(config.table_bar.0 & 7)).to_le_bytes(),
-        );
-        body[6..]
-            .copy_from_slice(&(config.pba_offset | u32::from(config.pba_bar.0 & 7)).to_le_bytes());
-        let offset = cs
-            .add_capability(CAP_ID_MSIX, &body)
-            .map_err(MsixError::AddCapability)?;
-        cs.set_write_mask(
-            offset / 4,
-            u32::from(CONTROL_ENABLE | CONTROL_FUNCTION_MASK) << 16,
-        );
+        body[2..6].copy_from_slice(&(config.table_offset | u32::from(config.table_bar.0 & 7)).to_le_bytes());
+        body[6..].copy_from_slice(&(config.pba_offset | u32::from(config.pba_bar.0 & 7)).to_le_bytes());
+        let offset = cs.add_capability(CAP_ID_MSIX, &body).map_err(MsixError::AddCapability)?;
+        cs.set_write_mask(offset / 4, u32::from(CONTROL_ENABLE | CONTROL_FUNCTION_MASK) << 16);
         Ok(Self { offset, config })
     }
 
@@ -349,10 +319,7 @@ impl MsixCapability {
 mod tests {
     use super::*;
 
-    const MSG: MsiMessage = MsiMessage {
-        address: 0xfee0_0000,
-        data: 0x41,
-    };
+    const MSG: MsiMessage = MsiMessage { address: 0xfee0_0000, data: 0x41 };
 
     fn program(t: &mut Table, v: u16, msg: MsiMessage) -> MsixChange {
         let base = u64::from(v) * ENTRY_SIZE;
@@ -379,10 +346,7 @@ mod tests {
     fn unmask_routes_and_mask_unroutes() {
         let mut t = Table::new(4).unwrap();
         assert!(t.set_control(true, false).is_empty(), "all entries masked");
-        assert!(
-            program(&mut t, 2, MSG).is_empty(),
-            "programming a masked entry"
-        );
+        assert!(program(&mut t, 2, MSG).is_empty(), "programming a masked entry");
         let c = t.write(2 * 16 + 12, &0u32.to_le_bytes());
         assert_eq!(c.routes, vec![(VectorIndex(2), Some(MSG))]);
         assert!(c.fire.is_empty());
@@ -405,10 +369,7 @@ mod tests {
         let c = t.set_control(true, false);
         assert_eq!(c.routes.len(), 2);
         let c = t.set_control(false, false);
-        assert_eq!(
-            c.routes,
-            vec![(VectorIndex(0), None), (VectorIndex(1), None)]
-        );
+        assert_eq!(c.routes, vec![(VectorIndex(0), None), (VectorIndex(1), None)]);
     }
 
     #[test]
@@ -444,10 +405,7 @@ mod tests {
         assert_eq!(u32::from_le_bytes(b), 1);
         // A qword write across two dwords of one entry, then bytes.
         t.write(16, &0x0000_0001_fee0_0000u64.to_le_bytes());
-        assert_eq!(
-            t.entry(VectorIndex(1)).map(|e| e.message().address),
-            Some(0x1_fee0_0000)
-        );
+        assert_eq!(t.entry(VectorIndex(1)).map(|e| e.message().address), Some(0x1_fee0_0000));
         t.write(24, &[0x11]);
         t.write(25, &[0x22]);
         assert_eq!(t.entry(VectorIndex(1)).map(|e| e.data), Some(0x2211));
@@ -490,22 +448,12 @@ mod tests {
         assert_eq!(cs.read(o / 4 + 1), 0x2002);
         assert_eq!(cs.read(o / 4 + 2), 0x3002);
         cs.write(o / 4, 0, &[0xff; 4]);
-        assert_eq!(
-            cs.read(o / 4),
-            0xc004_0011,
-            "only enable and function mask writable"
-        );
+        assert_eq!(cs.read(o / 4), 0xc004_0011, "only enable and function mask writable");
         assert_eq!(cap.control(&cs), (true, true));
         cs.write(o / 4 + 1, 0, &[0; 4]);
         assert_eq!(cs.read(o / 4 + 1), 0x2002);
         assert!(cap.covers(o / 4) && !cap.covers(o / 4 + 1));
-        let bad = MsixConfig {
-            table_offset: 0x2004,
-            ..cfg
-        };
-        assert!(matches!(
-            MsixCapability::add(&mut cs, bad),
-            Err(MsixError::Unaligned { .. })
-        ));
+        let bad = MsixConfig { table_offset: 0x2004, ..cfg };
+        assert!(matches!(MsixCapability::add(&mut cs, bad), Err(MsixError::Unaligned { .. })));
     }
 }

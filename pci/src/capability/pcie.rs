@@ -26,16 +26,12 @@ pub struct PcieCapabilityConfig {
 const BODY_LEN: usize = 0x3c - 2;
 
 /// Adds the capability with its write masks; returns its offset.
-pub fn add_pcie_capability(
-    config: &mut ConfigSpace,
-    cfg: PcieCapabilityConfig,
-) -> Result<usize, ConfigSpaceError> {
+pub fn add_pcie_capability(config: &mut ConfigSpace, cfg: PcieCapabilityConfig) -> Result<usize, ConfigSpaceError> {
     let root = cfg.port_type == PciePortType::RootPort;
     let has_link = cfg.port_type != PciePortType::RootComplexIntegratedEndpoint;
     let mut b = [0u8; BODY_LEN];
     // `b[n]` is the byte at capability offset n + 2.
-    let mut put =
-        |cap_off: usize, v: &[u8]| b[cap_off - 2..cap_off - 2 + v.len()].copy_from_slice(v);
+    let mut put = |cap_off: usize, v: &[u8]| b[cap_off - 2..cap_off - 2 + v.len()].copy_from_slice(v);
     let caps: u16 = 2 | ((cfg.port_type as u16) << 4) | (u16::from(root) << 8);
     put(0x02, &caps.to_le_bytes());
     // Device capabilities: 128 B max payload, role-based error reporting.
@@ -112,11 +108,7 @@ mod tests {
     #[test]
     fn root_port_layout_and_masks() {
         let mut c = cs();
-        let cfg = PcieCapabilityConfig {
-            port_type: PciePortType::RootPort,
-            port_number: 3,
-            slot_occupied: true,
-        };
+        let cfg = PcieCapabilityConfig { port_type: PciePortType::RootPort, port_number: 3, slot_occupied: true };
         let off = add_pcie_capability(&mut c, cfg).unwrap();
         let r = off / 4;
         assert_eq!(c.read(r), 0x0142_0010, "v2, root port, slot implemented");

@@ -9,8 +9,7 @@ use std::path::{Path, PathBuf};
 
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_S_IOERR,
-    VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN,
-    VIRTIO_BLK_T_OUT,
+    VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
 };
 use virtio_queue::{DescriptorChain, Queue, QueueT, Reader, Writer};
 
@@ -55,7 +54,10 @@ impl Block {
         let bytes = (&file).seek(SeekFrom::End(0)).map_err(|source| VirtioError::DiskSize { path, source })?;
         let capacity_sectors = bytes / SECTOR_SIZE;
         if bytes % SECTOR_SIZE != 0 {
-            log::warn!("{}: size {bytes} is not a multiple of 512; the last partial sector is hidden", config.path.display());
+            log::warn!(
+                "{}: size {bytes} is not a multiple of 512; the last partial sector is hidden",
+                config.path.display()
+            );
         }
         // struct virtio_blk_config: capacity @0, size_max @8, seg_max @12, geometry @16,
         // blk_size @20 (spec 5.2.4).
@@ -318,8 +320,11 @@ mod tests {
     }
 
     fn header(m: &GuestMemory, at: u64, kind: u32, sector: u64) {
-        m.write_obj(RequestHeader { request_type: kind.to_le(), reserved: 0, sector: sector.to_le() }, GuestAddress(at))
-            .unwrap();
+        m.write_obj(
+            RequestHeader { request_type: kind.to_le(), reserved: 0, sector: sector.to_le() },
+            GuestAddress(at),
+        )
+        .unwrap();
     }
 
     fn desc(addr: u64, len: u32, flags: u16, next: u16) -> RawDescriptor {
@@ -396,8 +401,7 @@ mod tests {
         let vq = MockSplitQueue::new(&m, 16);
         header(&m, 0x8000, VIRTIO_BLK_T_OUT, 0);
         m.write_slice(b"NOPE", GuestAddress(0xa000)).unwrap();
-        vq.add_desc_chains(&[desc(0x8000, 16, NEXT, 1), desc(0xa000, 512, NEXT, 2), desc(0xaf00, 1, W, 0)], 0)
-            .unwrap();
+        vq.add_desc_chains(&[desc(0x8000, 16, NEXT, 1), desc(0xa000, 512, NEXT, 2), desc(0xaf00, 1, W, 0)], 0).unwrap();
         let mut q: Queue = vq.create_queue().unwrap();
         let mut h = handler(&p, true);
         assert!(h.process(0, &mut q, &m));

@@ -172,8 +172,7 @@ mod tests {
         let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 0x10_0000), (GuestAddress(0x20_0000), 0x1000)]).unwrap();
         let vq = MockSplitQueue::new(&mem, 16);
         let (n, w) = (VRING_DESC_F_NEXT as u16, VRING_DESC_F_WRITE as u16);
-        vq.add_desc_chains(&[desc(0x8000, 16, n, 1), desc(0x9000, 100, w | n, 2), desc(0xa000, 28, w, 0)], 0)
-            .unwrap();
+        vq.add_desc_chains(&[desc(0x8000, 16, n, 1), desc(0x9000, 100, w | n, 2), desc(0xa000, 28, w, 0)], 0).unwrap();
         // A buffer crossing the end of a region: no iovecs.
         vq.add_desc_chains(&[desc(0xf_fff0, 32, w, 0)], 3).unwrap();
         let mut q: Queue = vq.create_queue().unwrap();

@@ -15,8 +15,8 @@ use pci::{
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::registers::{
-    Transition, VirtioRegisters, BAR0_SIZE, COMMON_LEN, COMMON_OFFSET, DEVICE_LEN, DEVICE_OFFSET, ISR_LEN,
-    ISR_OFFSET, NOTIFY_LEN, NOTIFY_MULTIPLIER, NOTIFY_OFFSET, REGISTERS_BAR,
+    Transition, VirtioRegisters, BAR0_SIZE, COMMON_LEN, COMMON_OFFSET, DEVICE_LEN, DEVICE_OFFSET, ISR_LEN, ISR_OFFSET,
+    NOTIFY_LEN, NOTIFY_MULTIPLIER, NOTIFY_OFFSET, REGISTERS_BAR,
 };
 use super::worker::{build_queue, ActiveQueue, Worker};
 use super::{VirtioDevice, VirtioError};
@@ -140,13 +140,10 @@ impl VirtioPciDevice {
             cap_body(CAP_NOTIFY_CFG, NOTIFY_OFFSET, NOTIFY_LEN, Some(NOTIFY_MULTIPLIER)),
         ];
         for body in caps {
-            function
-                .config_mut()
-                .add_capability(CAP_ID_VENDOR, &body)
-                .map_err(|source| VirtioError::Function {
-                    name: name.clone(),
-                    source: pci::FunctionError::AddCapability { name: name.clone(), source },
-                })?;
+            function.config_mut().add_capability(CAP_ID_VENDOR, &body).map_err(|source| VirtioError::Function {
+                name: name.clone(),
+                source: pci::FunctionError::AddCapability { name: name.clone(), source },
+            })?;
         }
         Ok(Self { name, function, irqfds, mem, notify, registered: Vec::new(), worker: None })
     }
@@ -157,9 +154,7 @@ impl VirtioPciDevice {
 
     /// Firmware-time BAR placement, before the device is attached.
     pub fn place_bar(&mut self, bar: BarIndex, addr: u64) -> Result<(), VirtioError> {
-        self.function
-            .place_bar(bar, addr)
-            .map_err(|source| VirtioError::Function { name: self.name.clone(), source })
+        self.function.place_bar(bar, addr).map_err(|source| VirtioError::Function { name: self.name.clone(), source })
     }
 
     /// The BAR sizes to allocate guest addresses for.
@@ -172,11 +167,7 @@ impl VirtioPciDevice {
     }
 
     fn notify_base(&self) -> Option<u64> {
-        self.function
-            .bars()
-            .iter()
-            .find(|b| b.index == REGISTERS_BAR)
-            .map(|b| b.addr + NOTIFY_OFFSET)
+        self.function.bars().iter().find(|b| b.index == REGISTERS_BAR).map(|b| b.addr + NOTIFY_OFFSET)
     }
 
     fn register_notifications(&mut self) {
@@ -293,9 +284,7 @@ impl PciDevice for VirtioPciDevice {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::devices::virtio::registers::{
-        STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FEATURES_OK,
-    };
+    use crate::devices::virtio::registers::{STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FEATURES_OK};
     use crate::devices::virtio::rng::Rng;
     use pci::{InterruptError, MsiMessage};
     use std::sync::Mutex;

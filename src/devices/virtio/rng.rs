@@ -20,8 +20,8 @@ pub struct Rng {
 
 impl Rng {
     pub fn open() -> Result<Self, VirtioError> {
-        let source = File::open(ENTROPY_SOURCE)
-            .map_err(|source| VirtioError::OpenEntropy { path: ENTROPY_SOURCE, source })?;
+        let source =
+            File::open(ENTROPY_SOURCE).map_err(|source| VirtioError::OpenEntropy { path: ENTROPY_SOURCE, source })?;
         Ok(Self { source })
     }
 }
@@ -44,7 +44,8 @@ impl VirtioDevice for Rng {
         data.fill(0);
     }
     fn activate(&mut self, _acked: u64) -> Result<Box<dyn QueueHandler>, VirtioError> {
-        let source = self.source.try_clone().map_err(|source| VirtioError::CloneFile { what: ENTROPY_SOURCE.into(), source })?;
+        let source =
+            self.source.try_clone().map_err(|source| VirtioError::CloneFile { what: ENTROPY_SOURCE.into(), source })?;
         Ok(Box::new(RngHandler { source, buf: vec![0; MAX_REQUEST] }))
     }
 }
@@ -99,10 +100,10 @@ impl QueueHandler for RngHandler {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
     use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
     use vm_memory::{Bytes, GuestAddress};
-    use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
 
     fn mem() -> GuestMemory {
         GuestMemory::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap()

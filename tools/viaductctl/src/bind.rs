@@ -99,13 +99,7 @@ fn restore_doc(binder: &Binder, bdf: Bdf, r: &Result<RestoreOutcome, BindError>)
         Ok(RestoreOutcome::Restored { driver }) => driver.clone(),
         _ => None,
     };
-    ResultDoc {
-        bdf: bdf.to_string(),
-        action,
-        previous_driver: previous,
-        driver: binder.host().driver(bdf),
-        error,
-    }
+    ResultDoc { bdf: bdf.to_string(), action, previous_driver: previous, driver: binder.host().driver(bdf), error }
 }
 
 /// An error with its causes on one line.
@@ -130,24 +124,16 @@ pub fn run_bind(binder: &Binder, args: &BindArgs) -> anyhow::Result<()> {
     let results: Vec<ResultDoc> = if args.group {
         binder
             .bind_group(bdf)
-            .with_context(|| {
-                format!("binding the IOMMU group of {bdf} to vfio-pci (nothing was changed)")
-            })?
+            .with_context(|| format!("binding the IOMMU group of {bdf} to vfio-pci (nothing was changed)"))?
             .iter()
             .map(|(b, o)| bind_doc(binder, *b, o))
             .collect()
     } else {
-        let o = binder
-            .bind(bdf)
-            .with_context(|| format!("binding {bdf} to vfio-pci (nothing was changed)"))?;
+        let o = binder.bind(bdf).with_context(|| format!("binding {bdf} to vfio-pci (nothing was changed)"))?;
         // VFIO opens only viable groups: say so now rather than at VM start.
         for f in binder.host().check_device(bdf) {
             if f.check == "group-viability" && f.severity == vfio::sysfs::Severity::Block {
-                log::warn!(
-                    "{bdf}: {}; VFIO will refuse its group: {}",
-                    f.message,
-                    f.fix.unwrap_or_default()
-                );
+                log::warn!("{bdf}: {}; VFIO will refuse its group: {}", f.message, f.fix.unwrap_or_default());
             }
         }
         vec![bind_doc(binder, bdf, &o)]
@@ -159,9 +145,7 @@ pub fn run_bind(binder: &Binder, args: &BindArgs) -> anyhow::Result<()> {
 pub fn run_unbind(binder: &Binder, args: &UnbindArgs) -> anyhow::Result<()> {
     let bdf = resolve(binder, &args.device)?;
     let r = binder.unbind(bdf);
-    let doc = ResultsDoc {
-        results: vec![restore_doc(binder, bdf, &r)],
-    };
+    let doc = ResultsDoc { results: vec![restore_doc(binder, bdf, &r)] };
     r.with_context(|| format!("unbinding {bdf}"))?;
     emit(args.json, &doc, || text(&doc.results))
 }
@@ -183,22 +167,16 @@ pub fn run_restore(binder: &Binder, args: &RestoreArgs) -> anyhow::Result<()> {
         }
         v
     };
-    let failed: Vec<String> = results
-        .iter()
-        .filter(|(_, r)| r.is_err())
-        .map(|(b, _)| b.to_string())
-        .collect();
-    let doc = ResultsDoc {
-        results: results
-            .iter()
-            .map(|(b, r)| restore_doc(binder, *b, r))
-            .collect(),
-    };
+    let failed: Vec<String> = results.iter().filter(|(_, r)| r.is_err()).map(|(b, _)| b.to_string()).collect();
+    let doc = ResultsDoc { results: results.iter().map(|(b, r)| restore_doc(binder, *b, r)).collect() };
     if !failed.is_empty() {
         for r in doc.results.iter().filter_map(|r| r.error.as_deref()) {
             log::error!("{r}");
         }
-        anyhow::bail!("restoring {} failed; the state file keeps their records, so `viaductctl restore` can retry", failed.join(", "));
+        anyhow::bail!(
+            "restoring {} failed; the state file keeps their records, so `viaductctl restore` can retry",
+            failed.join(", ")
+        );
     }
     emit(args.json, &doc, || {
         if doc.results.is_empty() {

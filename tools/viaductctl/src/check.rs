@@ -23,9 +23,7 @@ pub struct CheckArgs {
 }
 
 fn parse_memory(s: &str) -> Result<u64, String> {
-    parse_size(s)
-        .filter(|v| *v > 0)
-        .ok_or_else(|| format!("'{s}' is not a size: use e.g. 512M, 4G or a byte count"))
+    parse_size(s).filter(|v| *v > 0).ok_or_else(|| format!("'{s}' is not a size: use e.g. 512M, 4G or a byte count"))
 }
 
 #[derive(Serialize)]
@@ -95,27 +93,16 @@ pub fn run(host: &PciHost, args: &CheckArgs) -> anyhow::Result<bool> {
             }),
         }
     }
-    let opts = CheckOptions {
-        devices,
-        memory: args.memory,
-    };
+    let opts = CheckOptions { devices, memory: args.memory };
     let mut findings = host.check(&opts);
-    if args.fix
-        && findings
-            .iter()
-            .any(|f| f.check == "vfio-modules" && f.severity == vfio::sysfs::Severity::Block)
-    {
-        host.load_vfio_modules()
-            .context("--fix: loading the VFIO modules")?;
+    if args.fix && findings.iter().any(|f| f.check == "vfio-modules" && f.severity == vfio::sysfs::Severity::Block) {
+        host.load_vfio_modules().context("--fix: loading the VFIO modules")?;
         log::info!("loaded the VFIO modules; checking again");
         findings = host.check(&opts);
     }
     findings.extend(unknown);
     let is_blocked = blocked(&findings);
-    let d = CheckDoc {
-        ok: !is_blocked,
-        findings: findings.iter().map(doc).collect(),
-    };
+    let d = CheckDoc { ok: !is_blocked, findings: findings.iter().map(doc).collect() };
     emit(args.json, &d, || text(&findings))?;
     Ok(is_blocked)
 }

@@ -92,12 +92,7 @@ pub fn device_doc(host: &PciHost, f: &PciFunction) -> DeviceDoc {
         iommu_group: f.iommu_group,
         iommu_group_members: f
             .iommu_group
-            .map(|g| {
-                host.iommu_group_members(g)
-                    .iter()
-                    .map(|b| b.to_string())
-                    .collect()
-            })
+            .map(|g| host.iommu_group_members(g).iter().map(|b| b.to_string()).collect())
             .unwrap_or_default(),
         numa_node: f.numa_node,
         reset_methods: f.reset_methods.clone(),
@@ -118,10 +113,7 @@ pub fn device_doc(host: &PciHost, f: &PciFunction) -> DeviceDoc {
             drivers_autoprobe: s.drivers_autoprobe,
             vfs: s.vfs.iter().map(|b| b.to_string()).collect(),
         }),
-        physfn: f.physfn.map(|(pf, i)| PhysfnDoc {
-            bdf: pf.to_string(),
-            vf_index: i,
-        }),
+        physfn: f.physfn.map(|(pf, i)| PhysfnDoc { bdf: pf.to_string(), vf_index: i }),
         net_interfaces: f.net_interfaces.clone(),
         assignable: assignable(f),
     }
@@ -153,12 +145,8 @@ fn text(docs: &[DeviceDoc]) -> String {
                 (None, Some(p)) => format!("VF {} of {}", p.vf_index, p.bdf),
                 _ => "-".into(),
             };
-            let bars = d
-                .bars
-                .iter()
-                .map(|b| format!("{}:{}", b.index, size_text(b.size)))
-                .collect::<Vec<_>>()
-                .join(",");
+            let bars =
+                d.bars.iter().map(|b| format!("{}:{}", b.index, size_text(b.size))).collect::<Vec<_>>().join(",");
             vec![
                 d.bdf.clone(),
                 format!("{}:{}", d.vendor, d.device),
@@ -167,26 +155,13 @@ fn text(docs: &[DeviceDoc]) -> String {
                 group,
                 sriov,
                 opt(d.numa_node),
-                if d.reset_methods.is_empty() {
-                    "-".into()
-                } else {
-                    d.reset_methods.join(",")
-                },
+                if d.reset_methods.is_empty() { "-".into() } else { d.reset_methods.join(",") },
                 if bars.is_empty() { "-".into() } else { bars },
-                if d.net_interfaces.is_empty() {
-                    "-".into()
-                } else {
-                    d.net_interfaces.join(",")
-                },
+                if d.net_interfaces.is_empty() { "-".into() } else { d.net_interfaces.join(",") },
             ]
         })
         .collect();
-    render(
-        &[
-            "BDF", "ID", "CLASS", "DRIVER", "GROUP", "SR-IOV", "NUMA", "RESET", "BARS", "NETDEV",
-        ],
-        &rows,
-    )
+    render(&["BDF", "ID", "CLASS", "DRIVER", "GROUP", "SR-IOV", "NUMA", "RESET", "BARS", "NETDEV"], &rows)
 }
 
 pub fn run(host: &PciHost, args: &ListArgs) -> anyhow::Result<()> {

@@ -73,10 +73,7 @@ impl Command {
 
 fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     let host = PciHost::new(&cli.root);
-    let state = cli
-        .state_file
-        .clone()
-        .map_or_else(|| StateFile::for_host(&host), StateFile::new);
+    let state = cli.state_file.clone().map_or_else(|| StateFile::for_host(&host), StateFile::new);
     let binder = || Binder::new(host.clone(), state.clone(), "viaductctl");
     match &cli.command {
         Command::List(a) => list::run(&host, a)?,
@@ -101,16 +98,10 @@ fn main() -> ExitCode {
         1 => log::LevelFilter::Info,
         _ => log::LevelFilter::Debug,
     };
-    env_logger::Builder::new()
-        .filter_level(level)
-        .parse_default_env()
-        .init();
+    env_logger::Builder::new().filter_level(level).parse_default_env().init();
     match run(&cli) {
         Ok(code) => code,
-        Err(e)
-            if e.downcast_ref::<std::io::Error>()
-                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) =>
-        {
+        Err(e) if e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) => {
             // The reader of stdout left (e.g. `| head`): not an error worth a message.
             ExitCode::FAILURE
         }

@@ -12,16 +12,8 @@ pub fn write_stdout(text: &str) -> std::io::Result<()> {
 }
 
 /// Prints a command's result: `json` as the only document on stdout, or `text`.
-pub fn emit<T: Serialize>(
-    json: bool,
-    value: &T,
-    text: impl FnOnce() -> String,
-) -> anyhow::Result<()> {
-    let s = if json {
-        serde_json::to_string_pretty(value)? + "\n"
-    } else {
-        text()
-    };
+pub fn emit<T: Serialize>(json: bool, value: &T, text: impl FnOnce() -> String) -> anyhow::Result<()> {
+    let s = if json { serde_json::to_string_pretty(value)? + "\n" } else { text() };
     write_stdout(&s)?;
     Ok(())
 }
@@ -40,11 +32,6 @@ pub struct ErrorBody {
 
 impl ErrorDoc {
     pub fn from_error(e: &anyhow::Error) -> Self {
-        Self {
-            error: ErrorBody {
-                message: e.to_string(),
-                causes: e.chain().skip(1).map(|c| c.to_string()).collect(),
-            },
-        }
+        Self { error: ErrorBody { message: e.to_string(), causes: e.chain().skip(1).map(|c| c.to_string()).collect() } }
     }
 }

@@ -41,12 +41,9 @@ struct SriovDoc {
 
 pub fn run(host: &PciHost, args: &SriovArgs) -> anyhow::Result<()> {
     let pf = host.resolve_device(&args.pf)?;
-    let opts = SriovOptions {
-        autoprobe: args.no_probe.then_some(false),
-    };
-    let vfs = host
-        .set_num_vfs(pf, args.num_vfs, opts)
-        .with_context(|| format!("setting {pf} to {} VFs", args.num_vfs))?;
+    let opts = SriovOptions { autoprobe: args.no_probe.then_some(false) };
+    let vfs =
+        host.set_num_vfs(pf, args.num_vfs, opts).with_context(|| format!("setting {pf} to {} VFs", args.num_vfs))?;
     let total_vfs = host.sriov_info(pf).map_or(0, |s| s.total_vfs);
     let doc = SriovDoc {
         pf: pf.to_string(),
@@ -67,25 +64,14 @@ pub fn run(host: &PciHost, args: &SriovArgs) -> anyhow::Result<()> {
         let rows: Vec<Vec<String>> = doc
             .vfs
             .iter()
-            .map(|v| {
-                vec![
-                    v.index.to_string(),
-                    v.bdf.clone(),
-                    opt(v.driver.as_deref()),
-                    opt(v.iommu_group),
-                ]
-            })
+            .map(|v| vec![v.index.to_string(), v.bdf.clone(), opt(v.driver.as_deref()), opt(v.iommu_group)])
             .collect();
         format!(
             "{}: {} of {} VFs\n{}",
             doc.pf,
             doc.num_vfs,
             doc.total_vfs,
-            if rows.is_empty() {
-                String::new()
-            } else {
-                render(&["VF", "BDF", "DRIVER", "GROUP"], &rows)
-            }
+            if rows.is_empty() { String::new() } else { render(&["VF", "BDF", "DRIVER", "GROUP"], &rows) }
         )
     })
 }

@@ -36,13 +36,7 @@ pub fn opt<T: ToString>(v: Option<T>) -> String {
 mod tests {
     #[test]
     fn columns_align() {
-        let t = super::render(
-            &["A", "BB"],
-            &[
-                vec!["xxx".into(), "y".into()],
-                vec!["z".into(), "wwww".into()],
-            ],
-        );
+        let t = super::render(&["A", "BB"], &[vec!["xxx".into(), "y".into()], vec!["z".into(), "wwww".into()]]);
         assert_eq!(t, "A    BB\nxxx  y\nz    wwww\n");
     }
 }

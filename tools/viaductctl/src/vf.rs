@@ -65,9 +65,7 @@ struct VfListDoc {
 }
 
 fn doc(host: &PciHost, pf: vfio::sysfs::Bdf, s: &VfStatus) -> VfDoc {
-    let bdf = host
-        .sriov_info(pf)
-        .and_then(|i| i.vfs.get(s.index as usize).copied());
+    let bdf = host.sriov_info(pf).and_then(|i| i.vfs.get(s.index as usize).copied());
     VfDoc {
         index: s.index,
         bdf: bdf.map(|b| b.to_string()),
@@ -95,31 +93,20 @@ pub fn run(host: &PciHost, args: &VfArgs) -> anyhow::Result<()> {
     settings.validate()?;
     let pf = host.pf_netdev(&args.pf)?;
     if args.index.is_none() && !settings.is_empty() {
-        anyhow::bail!(
-            "settings need a VF index: viaductctl vf {} INDEX ...",
-            args.pf
-        );
+        anyhow::bail!("settings need a VF index: viaductctl vf {} INDEX ...", args.pf);
     }
     let mut nl = Rtnetlink::open()?;
     let statuses: Vec<VfStatus> = match args.index {
         Some(i) if !settings.is_empty() => {
-            vec![nl.configure_vf(&pf, i, &settings).with_context(|| {
-                format!("configuring VF {i} of {} (nothing was changed)", pf.ifname)
-            })?]
+            vec![nl
+                .configure_vf(&pf, i, &settings)
+                .with_context(|| format!("configuring VF {i} of {} (nothing was changed)", pf.ifname))?]
         }
         Some(i) => {
             if i >= pf.num_vfs {
-                return Err(vfio::sysfs::VfError::VfOutOfRange {
-                    bdf: pf.bdf,
-                    index: i,
-                    num_vfs: pf.num_vfs,
-                }
-                .into());
+                return Err(vfio::sysfs::VfError::VfOutOfRange { bdf: pf.bdf, index: i, num_vfs: pf.num_vfs }.into());
             }
-            nl.vf_status(&pf)?
-                .into_iter()
-                .filter(|s| s.index == i)
-                .collect()
+            nl.vf_status(&pf)?.into_iter().filter(|s| s.index == i).collect()
         }
         None => nl.vf_status(&pf)?,
     };
@@ -149,10 +136,7 @@ pub fn run(host: &PciHost, args: &VfArgs) -> anyhow::Result<()> {
             "{} ({})\n{}",
             d.pf,
             d.interface,
-            render(
-                &["VF", "BDF", "MAC", "VLAN", "QOS", "SPOOFCHK", "TRUST", "LINK"],
-                &rows
-            )
+            render(&["VF", "BDF", "MAC", "VLAN", "QOS", "SPOOFCHK", "TRUST", "LINK"], &rows)
         )
     })
 }

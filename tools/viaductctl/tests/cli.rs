@@ -72,10 +72,7 @@ fn list_json_shows_the_pf_its_group_and_sriov() {
     assert_eq!(pf["class_key"], "net");
     assert_eq!(pf["driver"], "igb");
     assert_eq!(pf["iommu_group"], 7);
-    assert_eq!(
-        pf["iommu_group_members"],
-        serde_json::json!(["0000:01:00.0"])
-    );
+    assert_eq!(pf["iommu_group_members"], serde_json::json!(["0000:01:00.0"]));
     assert_eq!(pf["sriov"]["total_vfs"], 7);
     assert_eq!(pf["sriov"]["num_vfs"], 0);
     assert_eq!(pf["net_interfaces"], serde_json::json!(["eth0"]));
@@ -92,31 +89,15 @@ fn list_filters_and_table() {
     assert_eq!(doc["devices"].as_array().unwrap().len(), 1);
     let out = viaductctl(f.root(), &["list", "--assignable", "--json"]);
     let doc = json(&out);
-    let bdfs: Vec<&str> = doc["devices"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["bdf"].as_str().unwrap())
-        .collect();
+    let bdfs: Vec<&str> = doc["devices"].as_array().unwrap().iter().map(|d| d["bdf"].as_str().unwrap()).collect();
     assert_eq!(bdfs, vec!["0000:01:00.0", "0000:02:00.0"]);
     let out = viaductctl(f.root(), &["list"]);
     let text = String::from_utf8(out.stdout).unwrap();
-    let line = text
-        .lines()
-        .find(|l| l.starts_with("0000:01:00.0"))
-        .unwrap();
-    assert!(
-        line.contains("8086:10c9") && line.contains("PF 0/7 VFs") && line.contains("eth0"),
-        "{line}"
-    );
+    let line = text.lines().find(|l| l.starts_with("0000:01:00.0")).unwrap();
+    assert!(line.contains("8086:10c9") && line.contains("PF 0/7 VFs") && line.contains("eth0"), "{line}");
     // Columns line up: every row has the header's DRIVER column at the same offset.
     let col = text.lines().next().unwrap().find("DRIVER").unwrap();
-    assert!(
-        text.lines()
-            .skip(1)
-            .all(|l| l[col..].starts_with(|c: char| c != ' ')),
-        "{text}"
-    );
+    assert!(text.lines().skip(1).all(|l| l[col..].starts_with(|c: char| c != ' ')), "{text}");
     let out = viaductctl(f.root(), &["list", "--class", "bogus"]);
     assert_eq!(out.status.code(), Some(2));
     std::fs::remove_dir_all(f.root()).unwrap();
@@ -125,29 +106,14 @@ fn list_filters_and_table() {
 #[test]
 fn check_passes_on_the_testbed_shape_and_names_the_missing_iommu() {
     let f = testbed("cli-check");
-    let out = viaductctl(
-        f.root(),
-        &["check", "0000:01:00.0", "--memory", "1G", "--json"],
-    );
+    let out = viaductctl(f.root(), &["check", "0000:01:00.0", "--memory", "1G", "--json"]);
     let doc = json(&out);
     assert_eq!(out.status.code(), Some(0), "{doc:#}");
     assert_eq!(doc["ok"], true);
-    let checks: Vec<&str> = doc["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x["check"].as_str().unwrap())
-        .collect();
-    for c in [
-        "iommu",
-        "interrupt-remapping",
-        "vfio-modules",
-        "memlock",
-        "device",
-        "iommu-group",
-        "group-viability",
-        "reset",
-    ] {
+    let checks: Vec<&str> = doc["findings"].as_array().unwrap().iter().map(|x| x["check"].as_str().unwrap()).collect();
+    for c in
+        ["iommu", "interrupt-remapping", "vfio-modules", "memlock", "device", "iommu-group", "group-viability", "reset"]
+    {
         assert!(checks.contains(&c), "{c} missing: {checks:?}");
     }
     let bare = FakeSysfs::new(temp_root("cli-check-bare").unwrap()).unwrap();
@@ -167,16 +133,8 @@ fn check_passes_on_the_testbed_shape_and_names_the_missing_iommu() {
 fn check_on_this_machine() {
     let out = viaductctl(Path::new("/"), &["check", "--json"]);
     let doc = json(&out);
-    let iommu = doc["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|x| x["check"] == "iommu")
-        .unwrap()
-        .clone();
-    let has_groups = std::fs::read_dir("/sys/kernel/iommu_groups")
-        .map(|mut d| d.next().is_some())
-        .unwrap_or(false);
+    let iommu = doc["findings"].as_array().unwrap().iter().find(|x| x["check"] == "iommu").unwrap().clone();
+    let has_groups = std::fs::read_dir("/sys/kernel/iommu_groups").map(|mut d| d.next().is_some()).unwrap_or(false);
     if has_groups {
         assert_eq!(iommu["severity"], "ok", "{doc:#}");
     } else {
@@ -185,11 +143,7 @@ fn check_on_this_machine() {
         assert_eq!(out.status.code(), Some(3));
         let text = viaductctl(Path::new("/"), &["check"]);
         let t = String::from_utf8(text.stdout).unwrap();
-        assert!(
-            t.lines()
-                .any(|l| l.starts_with("BLOCK") && l.contains("iommu")),
-            "{t}"
-        );
+        assert!(t.lines().any(|l| l.starts_with("BLOCK") && l.contains("iommu")), "{t}");
         assert!(t.contains("result: BLOCKED"));
     }
 }
@@ -203,38 +157,14 @@ fn bad_input_is_a_clear_error_and_changes_nothing() {
         (&["bind", "zz:00.0"], "no network interface 'zz:00.0'"),
         (&["bind", "0000:00:01.0"], "is a PCI bridge"),
         (&["unbind", "0000:09:00.0"], "no PCI device 0000:09:00.0"),
-        (
-            &["sriov", "0000:02:00.0", "--num-vfs", "2"],
-            "is not an SR-IOV physical function",
-        ),
-        (
-            &["sriov", "0000:01:00.0", "--num-vfs", "8"],
-            "at most 7 VFs",
-        ),
-        (
-            &["sriov", "0000:07:00.0", "--num-vfs", "1"],
-            "no PCI device 0000:07:00.0",
-        ),
-        (
-            &["vf", "0000:01:00.0", "0", "--mac", "01:02:03:04:05:06"],
-            "not a unicast MAC",
-        ),
-        (
-            &["vf", "0000:01:00.0", "0", "--mac", "02:02:03:04:05"],
-            "not a unicast MAC",
-        ),
-        (
-            &["vf", "eth0", "0", "--vlan", "100"],
-            "has 0 VFs, so VF index 0 does not exist",
-        ),
-        (
-            &["vf", "0000:02:00.0", "0", "--trust", "on"],
-            "is not an SR-IOV physical function",
-        ),
-        (
-            &["vf", "eth9", "0", "--trust", "on"],
-            "no PCI device or network interface 'eth9'",
-        ),
+        (&["sriov", "0000:02:00.0", "--num-vfs", "2"], "is not an SR-IOV physical function"),
+        (&["sriov", "0000:01:00.0", "--num-vfs", "8"], "at most 7 VFs"),
+        (&["sriov", "0000:07:00.0", "--num-vfs", "1"], "no PCI device 0000:07:00.0"),
+        (&["vf", "0000:01:00.0", "0", "--mac", "01:02:03:04:05:06"], "not a unicast MAC"),
+        (&["vf", "0000:01:00.0", "0", "--mac", "02:02:03:04:05"], "not a unicast MAC"),
+        (&["vf", "eth0", "0", "--vlan", "100"], "has 0 VFs, so VF index 0 does not exist"),
+        (&["vf", "0000:02:00.0", "0", "--trust", "on"], "is not an SR-IOV physical function"),
+        (&["vf", "eth9", "0", "--trust", "on"], "no PCI device or network interface 'eth9'"),
         (&["vf", "eth0", "0", "--vlan", "4096"], "out of range"),
     ];
     for (args, want) in cases {
@@ -246,15 +176,8 @@ fn bad_input_is_a_clear_error_and_changes_nothing() {
     }
     // With --json, a failure still prints exactly one JSON document.
     let out = viaductctl(f.root(), &["bind", "0000:09:00.0", "--json"]);
-    assert!(json(&out)["error"]["message"]
-        .as_str()
-        .unwrap()
-        .contains("0000:09:00.0"));
-    assert_eq!(
-        before,
-        snapshot(f.root()),
-        "a refused request changed the tree"
-    );
+    assert!(json(&out)["error"]["message"].as_str().unwrap().contains("0000:09:00.0"));
+    assert_eq!(before, snapshot(f.root()), "a refused request changed the tree");
     std::fs::remove_dir_all(f.root()).unwrap();
 }
 

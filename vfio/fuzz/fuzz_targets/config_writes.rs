@@ -77,7 +77,11 @@ impl MemorySlots for NullSlots {
 fn assert_unchanged(what: &str, ranges: &[Range<usize>], before: &[u8], after: &[u8]) {
     for r in ranges {
         for i in r.clone() {
-            assert_eq!(before[i], after[i], "{what} byte {i:#x} is host-only but changed {:#x} -> {:#x}", before[i], after[i]);
+            assert_eq!(
+                before[i], after[i],
+                "{what} byte {i:#x} is host-only but changed {:#x} -> {:#x}",
+                before[i], after[i]
+            );
         }
     }
 }

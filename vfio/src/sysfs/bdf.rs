@@ -18,21 +18,14 @@ pub struct Bdf {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum BdfError {
-    #[error(
-        "'{input}' is not a PCI address: expected DDDD:BB:DD.F or BB:DD.F (hex), e.g. 0000:01:00.0"
-    )]
+    #[error("'{input}' is not a PCI address: expected DDDD:BB:DD.F or BB:DD.F (hex), e.g. 0000:01:00.0")]
     Parse { input: String },
 }
 
 impl Bdf {
     /// Device bits above 31 and function bits above 7 are masked off.
     pub const fn new(domain: u16, bus: u8, device: u8, function: u8) -> Self {
-        Self {
-            domain,
-            bus,
-            device: device & 0x1f,
-            function: function & 7,
-        }
+        Self { domain, bus, device: device & 0x1f, function: function & 7 }
     }
 
     pub const fn segment(self) -> u16 {
@@ -67,11 +60,7 @@ impl From<Bdf> for pci::Bdf {
 
 impl fmt::Display for Bdf {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{:04x}:{:02x}:{:02x}.{:x}",
-            self.domain, self.bus, self.device, self.function
-        )
+        write!(f, "{:04x}:{:02x}:{:02x}.{:x}", self.domain, self.bus, self.device, self.function)
     }
 }
 
@@ -87,9 +76,7 @@ impl FromStr for Bdf {
 
     /// Accepts the full sysfs form and lspci's short form (domain 0).
     fn from_str(input: &str) -> Result<Self, Self::Err> {
-        let err = || BdfError::Parse {
-            input: input.to_string(),
-        };
+        let err = || BdfError::Parse { input: input.to_string() };
         let (head, function) = input.rsplit_once('.').ok_or_else(err)?;
         let mut parts: Vec<&str> = head.split(':').collect();
         let domain = match parts.len() {
@@ -104,12 +91,7 @@ impl FromStr for Bdf {
             return Err(err());
         }
         // The field widths above bound every value to its type.
-        Ok(Bdf::new(
-            domain as u16,
-            bus as u8,
-            device as u8,
-            function as u8,
-        ))
+        Ok(Bdf::new(domain as u16, bus as u8, device as u8, function as u8))
     }
 }
 

@@ -15,13 +15,9 @@ pub const VFIO_PCI: &str = "vfio-pci";
 pub enum BindError {
     #[error("no PCI device {bdf} on this host (see `viaductctl list`)")]
     UnknownDevice { bdf: Bdf },
-    #[error(
-        "{bdf}: vfio-pci is not loaded; run `modprobe vfio-pci` (or `viaductctl check --fix`)"
-    )]
+    #[error("{bdf}: vfio-pci is not loaded; run `modprobe vfio-pci` (or `viaductctl check --fix`)")]
     VfioPciMissing { bdf: Bdf },
-    #[error(
-        "{bdf} is a PCI bridge; vfio-pci does not drive bridges (they may stay with pcieport)"
-    )]
+    #[error("{bdf} is a PCI bridge; vfio-pci does not drive bridges (they may stay with pcieport)")]
     Bridge { bdf: Bdf },
     #[error("{bdf} is an SR-IOV PF with {num_vfs} VFs: unbinding its driver would remove them; remove them first (viaductctl sriov {bdf} --num-vfs 0)")]
     PfHasVfs { bdf: Bdf, num_vfs: u32 },
@@ -37,11 +33,7 @@ pub enum BindError {
         source: std::io::Error,
     },
     #[error("{bdf}: expected driver {expected} after probing, found {}", found.as_deref().unwrap_or("none"))]
-    Probe {
-        bdf: Bdf,
-        expected: String,
-        found: Option<String>,
-    },
+    Probe { bdf: Bdf, expected: String, found: Option<String> },
     #[error("{bdf}: binding state")]
     State {
         bdf: Bdf,
@@ -89,12 +81,7 @@ impl Binder {
     /// `owner` names who holds the binding: `viaductctl`, or `viaduct[PID]` for managed
     /// devices (restored by that process at exit, or by `viaductctl restore` after a crash).
     pub fn new(host: PciHost, state: StateFile, owner: impl Into<String>) -> Self {
-        Self {
-            host,
-            state,
-            owner: owner.into(),
-            force: false,
-        }
+        Self { host, state, owner: owner.into(), force: false }
     }
 
     /// Whether to take devices the host is using (see [`PciHost::host_uses`]).
@@ -112,17 +99,11 @@ impl Binder {
     }
 
     fn write(&self, bdf: Bdf, path: std::path::PathBuf, value: &str) -> Result<(), BindError> {
-        self.host
-            .write_attr(&path, value)
-            .map_err(|source| BindError::WriteAttribute {
-                bdf,
-                attr: path
-                    .strip_prefix(self.host.root())
-                    .unwrap_or(&path)
-                    .display()
-                    .to_string(),
-                source,
-            })
+        self.host.write_attr(&path, value).map_err(|source| BindError::WriteAttribute {
+            bdf,
+            attr: path.strip_prefix(self.host.root()).unwrap_or(&path).display().to_string(),
+            source,
+        })
     }
 
     fn state_err(bdf: Bdf) -> impl Fn(StateError) -> BindError {
@@ -131,25 +112,15 @@ impl Binder {
 
     /// Checks that `bind` can work, without changing anything.
     fn check_bindable(&self, bdf: Bdf) -> Result<(), BindError> {
-        let f = self
-            .host
-            .function(bdf)
-            .map_err(|_| BindError::UnknownDevice { bdf })?;
+        let f = self.host.function(bdf).map_err(|_| BindError::UnknownDevice { bdf })?;
         if f.is_bridge {
             return Err(BindError::Bridge { bdf });
         }
         if f.iommu_group.is_none() {
             return Err(BindError::NoIommuGroup { bdf });
         }
-        if let Some(s) = f
-            .sriov
-            .as_ref()
-            .filter(|s| s.num_vfs > 0 && f.driver.as_deref() != Some(VFIO_PCI))
-        {
-            return Err(BindError::PfHasVfs {
-                bdf,
-                num_vfs: s.num_vfs,
-            });
+        if let Some(s) = f.sriov.as_ref().filter(|s| s.num_vfs > 0 && f.driver.as_deref() != Some(VFIO_PCI)) {
+            return Err(BindError::PfHasVfs { bdf, num_vfs: s.num_vfs });
         }
         if !self.host.driver_loaded(VFIO_PCI) {
             return Err(BindError::VfioPciMissing { bdf });
@@ -162,11 +133,7 @@ impl Binder {
         if uses.is_empty() || self.force {
             return Ok(());
         }
-        let uses = uses
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(", ");
+        let uses = uses.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
         Err(BindError::InUse { bdf, uses })
     }
 
@@ -194,37 +161,22 @@ impl Binder {
         let result = (|| {
             self.write(bdf, dir.join("driver_override"), VFIO_PCI)?;
             if let Some(drv) = &previous {
-                self.write(
-                    bdf,
-                    self.host.driver_dir(drv).join("unbind"),
-                    &bdf.to_string(),
-                )?;
+                self.write(bdf, self.host.driver_dir(drv).join("unbind"), &bdf.to_string())?;
             }
             // The probe's own result is in the driver link; its errno (e.g. a probe that
             // failed inside vfio-pci) is reported through the check below.
-            if let Err(e) = self.write(
-                bdf,
-                self.host.path("sys/bus/pci/drivers_probe"),
-                &bdf.to_string(),
-            ) {
+            if let Err(e) = self.write(bdf, self.host.path("sys/bus/pci/drivers_probe"), &bdf.to_string()) {
                 log::warn!("{e}");
             }
             let now = self.host.driver(bdf);
             if now.as_deref() != Some(VFIO_PCI) {
-                return Err(BindError::Probe {
-                    bdf,
-                    expected: VFIO_PCI.into(),
-                    found: now,
-                });
+                return Err(BindError::Probe { bdf, expected: VFIO_PCI.into(), found: now });
             }
             Ok(())
         })();
         match result {
             Ok(()) => {
-                log::info!(
-                    "{bdf}: bound to vfio-pci (was {})",
-                    previous.as_deref().unwrap_or("no driver")
-                );
+                log::info!("{bdf}: bound to vfio-pci (was {})", previous.as_deref().unwrap_or("no driver"));
                 Ok(BindOutcome::Bound { previous })
             }
             Err(e) => {
@@ -242,20 +194,12 @@ impl Binder {
     /// All-or-nothing: on failure, the members bound by this call are restored.
     pub fn bind_group(&self, bdf: Bdf) -> Result<Vec<(Bdf, BindOutcome)>, BindError> {
         self.check_bindable(bdf)?;
-        let group = self
-            .host
-            .iommu_group(bdf)
-            .ok_or(BindError::NoIommuGroup { bdf })?;
+        let group = self.host.iommu_group(bdf).ok_or(BindError::NoIommuGroup { bdf })?;
         let members: Vec<Bdf> = self
             .host
             .iommu_group_members(group)
             .into_iter()
-            .filter(|m| {
-                self.host
-                    .function(*m)
-                    .map(|f| !f.is_bridge)
-                    .unwrap_or(false)
-            })
+            .filter(|m| self.host.function(*m).map(|f| !f.is_bridge).unwrap_or(false))
             .collect();
         for m in &members {
             self.check_unused(*m)?;
@@ -289,9 +233,7 @@ impl Binder {
 
     fn restore_locked(&self, bdf: Bdf, lock: &StateLock) -> Result<RestoreOutcome, BindError> {
         let Some(rec) = self.state.record(bdf).map_err(Self::state_err(bdf))? else {
-            return Ok(RestoreOutcome::NothingToDo {
-                driver: self.host.driver(bdf),
-            });
+            return Ok(RestoreOutcome::NothingToDo { driver: self.host.driver(bdf) });
         };
         if !self.host.device_exists(bdf) {
             log::info!("{bdf}: gone; dropping its binding record");
@@ -325,10 +267,7 @@ impl Binder {
             return Ok(RestoreOutcome::Restored { driver: Some(now) });
         }
         self.state.remove(bdf, lock).map_err(Self::state_err(bdf))?;
-        log::info!(
-            "{bdf}: restored to {}",
-            rec.driver.as_deref().unwrap_or("no driver")
-        );
+        log::info!("{bdf}: restored to {}", rec.driver.as_deref().unwrap_or("no driver"));
         Ok(RestoreOutcome::Restored { driver: rec.driver })
     }
 
@@ -340,40 +279,24 @@ impl Binder {
             if current.as_deref() != Some(VFIO_PCI) {
                 return Ok(current);
             }
-            self.write(
-                bdf,
-                self.host.driver_dir(VFIO_PCI).join("unbind"),
-                &bdf.to_string(),
-            )?;
+            self.write(bdf, self.host.driver_dir(VFIO_PCI).join("unbind"), &bdf.to_string())?;
         }
         let Some(orig) = orig else {
             return Ok(None);
         };
         if self.host.driver(bdf).is_none() {
-            if let Err(e) = self.write(
-                bdf,
-                self.host.path("sys/bus/pci/drivers_probe"),
-                &bdf.to_string(),
-            ) {
+            if let Err(e) = self.write(bdf, self.host.path("sys/bus/pci/drivers_probe"), &bdf.to_string()) {
                 log::warn!("{e}");
             }
         }
         // The kernel's choice may differ from the recorded driver (it was bound by hand):
         // bind it explicitly then.
         if self.host.driver(bdf).is_none() && self.host.driver_loaded(orig) {
-            self.write(
-                bdf,
-                self.host.driver_dir(orig).join("bind"),
-                &bdf.to_string(),
-            )?;
+            self.write(bdf, self.host.driver_dir(orig).join("bind"), &bdf.to_string())?;
         }
         let now = self.host.driver(bdf);
         if now.as_deref() != Some(orig) {
-            return Err(BindError::Probe {
-                bdf,
-                expected: orig.to_string(),
-                found: now,
-            });
+            return Err(BindError::Probe { bdf, expected: orig.to_string(), found: now });
         }
         Ok(None)
     }
@@ -382,12 +305,7 @@ impl Binder {
     /// failure does not stop the others.
     pub fn restore_all(&self) -> Result<Vec<DeviceRestore>, StateError> {
         let lock = self.state.lock()?;
-        Ok(self
-            .state
-            .records()?
-            .into_iter()
-            .map(|r| (r.bdf, self.restore_locked(r.bdf, &lock)))
-            .collect())
+        Ok(self.state.records()?.into_iter().map(|r| (r.bdf, self.restore_locked(r.bdf, &lock))).collect())
     }
 
     /// Restores the devices this binder's owner recorded (a VMM's exit path).
@@ -409,12 +327,7 @@ impl Binder {
             return Err(BindError::UnknownDevice { bdf });
         }
         let lock = self.state.lock().map_err(Self::state_err(bdf))?;
-        if self
-            .state
-            .record(bdf)
-            .map_err(Self::state_err(bdf))?
-            .is_some()
-        {
+        if self.state.record(bdf).map_err(Self::state_err(bdf))?.is_some() {
             return self.restore_locked(bdf, &lock);
         }
         let current = self.host.driver(bdf);
@@ -425,21 +338,11 @@ impl Binder {
         if self.host.driver_override(bdf).as_deref() == Some(VFIO_PCI) {
             self.write(bdf, dir.join("driver_override"), "\n")?;
         }
-        self.write(
-            bdf,
-            self.host.driver_dir(VFIO_PCI).join("unbind"),
-            &bdf.to_string(),
-        )?;
-        if let Err(e) = self.write(
-            bdf,
-            self.host.path("sys/bus/pci/drivers_probe"),
-            &bdf.to_string(),
-        ) {
+        self.write(bdf, self.host.driver_dir(VFIO_PCI).join("unbind"), &bdf.to_string())?;
+        if let Err(e) = self.write(bdf, self.host.path("sys/bus/pci/drivers_probe"), &bdf.to_string()) {
             log::warn!("{e}");
         }
-        Ok(RestoreOutcome::Released {
-            driver: self.host.driver(bdf),
-        })
+        Ok(RestoreOutcome::Released { driver: self.host.driver(bdf) })
     }
 }
 
@@ -462,12 +365,7 @@ mod tests {
     #[test]
     fn bind_then_restore_round_trips_the_driver() {
         let (f, b) = setup("bind");
-        assert_eq!(
-            b.bind(PF).unwrap(),
-            BindOutcome::Bound {
-                previous: Some("igb".into())
-            }
-        );
+        assert_eq!(b.bind(PF).unwrap(), BindOutcome::Bound { previous: Some("igb".into()) });
         assert_eq!(b.host().driver(PF).as_deref(), Some("vfio-pci"));
         assert_eq!(b.host().driver_override(PF).as_deref(), Some("vfio-pci"));
         let rec = b.state().record(PF).unwrap().unwrap();
@@ -475,21 +373,11 @@ mod tests {
         // Repeating is harmless and keeps the original record.
         assert_eq!(b.bind(PF).unwrap(), BindOutcome::AlreadyBound);
         assert_eq!(b.state().records().unwrap().len(), 1);
-        assert_eq!(
-            b.restore(PF).unwrap(),
-            RestoreOutcome::Restored {
-                driver: Some("igb".into())
-            }
-        );
+        assert_eq!(b.restore(PF).unwrap(), RestoreOutcome::Restored { driver: Some("igb".into()) });
         assert_eq!(b.host().driver(PF).as_deref(), Some("igb"));
         assert_eq!(b.host().driver_override(PF), None);
         assert!(b.state().records().unwrap().is_empty());
-        assert_eq!(
-            b.restore(PF).unwrap(),
-            RestoreOutcome::NothingToDo {
-                driver: Some("igb".into())
-            }
-        );
+        assert_eq!(b.restore(PF).unwrap(), RestoreOutcome::NothingToDo { driver: Some("igb".into()) });
         std::fs::remove_dir_all(f.root()).unwrap();
     }
 
@@ -500,26 +388,14 @@ mod tests {
     fn a_vf_of_a_pf_without_autoprobe_goes_back_to_its_driver() {
         let (f, b) = setup("vf-noautoprobe");
         let h = b.host().clone();
-        let vfs = h
-            .set_num_vfs(PF, 2, super::super::SriovOptions { autoprobe: Some(false) })
-            .unwrap();
-        std::fs::write(
-            f.path("sys/bus/pci/devices/0000:01:00.0/sriov_drivers_autoprobe"),
-            "0\n",
-        )
-        .unwrap();
+        let vfs = h.set_num_vfs(PF, 2, super::super::SriovOptions { autoprobe: Some(false) }).unwrap();
+        std::fs::write(f.path("sys/bus/pci/devices/0000:01:00.0/sriov_drivers_autoprobe"), "0\n").unwrap();
         let (vf, bare) = (vfs[0], vfs[1]);
         f.bind(vf, "igbvf").unwrap();
         for (dev, driver) in [(vf, Some("igbvf")), (bare, None)] {
-            assert_eq!(
-                b.bind(dev).unwrap(),
-                BindOutcome::Bound { previous: driver.map(String::from) }
-            );
+            assert_eq!(b.bind(dev).unwrap(), BindOutcome::Bound { previous: driver.map(String::from) });
             assert_eq!(h.driver(dev).as_deref(), Some("vfio-pci"));
-            assert_eq!(
-                b.restore(dev).unwrap(),
-                RestoreOutcome::Restored { driver: driver.map(String::from) }
-            );
+            assert_eq!(b.restore(dev).unwrap(), RestoreOutcome::Restored { driver: driver.map(String::from) });
             assert_eq!(h.driver(dev).as_deref(), driver, "{dev}");
             assert_eq!(h.driver_override(dev), None, "{dev}");
         }
@@ -533,10 +409,7 @@ mod tests {
         f.unbind(NVME).unwrap();
         assert_eq!(b.bind(NVME).unwrap(), BindOutcome::Bound { previous: None });
         assert_eq!(b.host().driver(NVME).as_deref(), Some("vfio-pci"));
-        assert_eq!(
-            b.unbind(NVME).unwrap(),
-            RestoreOutcome::Restored { driver: None }
-        );
+        assert_eq!(b.unbind(NVME).unwrap(), RestoreOutcome::Restored { driver: None });
         assert_eq!(b.host().driver(NVME), None);
         std::fs::remove_dir_all(f.root()).unwrap();
     }
@@ -546,18 +419,8 @@ mod tests {
         let (f, b) = setup("unbind");
         f.unbind(NVME).unwrap();
         f.bind(NVME, "vfio-pci").unwrap();
-        assert_eq!(
-            b.unbind(NVME).unwrap(),
-            RestoreOutcome::Released {
-                driver: Some("nvme".into())
-            }
-        );
-        assert_eq!(
-            b.unbind(NVME).unwrap(),
-            RestoreOutcome::NothingToDo {
-                driver: Some("nvme".into())
-            }
-        );
+        assert_eq!(b.unbind(NVME).unwrap(), RestoreOutcome::Released { driver: Some("nvme".into()) });
+        assert_eq!(b.unbind(NVME).unwrap(), RestoreOutcome::NothingToDo { driver: Some("nvme".into()) });
         std::fs::remove_dir_all(f.root()).unwrap();
     }
 
@@ -582,14 +445,8 @@ mod tests {
     #[test]
     fn bad_input_changes_nothing() {
         let (f, b) = setup("bad");
-        assert!(matches!(
-            b.bind(pci_address(0, 9, 0, 0)),
-            Err(BindError::UnknownDevice { .. })
-        ));
-        assert!(matches!(
-            b.bind(pci_address(0, 0, 1, 0)),
-            Err(BindError::Bridge { .. })
-        ));
+        assert!(matches!(b.bind(pci_address(0, 9, 0, 0)), Err(BindError::UnknownDevice { .. })));
+        assert!(matches!(b.bind(pci_address(0, 0, 1, 0)), Err(BindError::Bridge { .. })));
         std::fs::write(f.path("sys/class/net/eth0/flags"), "0x1003\n").unwrap();
         match b.bind(PF) {
             Err(BindError::InUse { uses, .. }) => assert_eq!(uses, "interface eth0 is up"),
@@ -599,14 +456,9 @@ mod tests {
         assert!(b.restore(PF).is_ok());
         std::fs::write(f.path("sys/class/net/eth0/flags"), "0x1002\n").unwrap();
         let h = f.live_host();
-        h.set_num_vfs(PF, 1, crate::sysfs::SriovOptions::default())
-            .unwrap();
-        assert!(matches!(
-            b.bind(PF),
-            Err(BindError::PfHasVfs { num_vfs: 1, .. })
-        ));
-        h.set_num_vfs(PF, 0, crate::sysfs::SriovOptions::default())
-            .unwrap();
+        h.set_num_vfs(PF, 1, crate::sysfs::SriovOptions::default()).unwrap();
+        assert!(matches!(b.bind(PF), Err(BindError::PfHasVfs { num_vfs: 1, .. })));
+        h.set_num_vfs(PF, 0, crate::sysfs::SriovOptions::default()).unwrap();
         std::fs::remove_dir_all(f.path("sys/bus/pci/drivers/vfio-pci")).unwrap();
         assert!(matches!(b.bind(PF), Err(BindError::VfioPciMissing { .. })));
         assert_eq!(b.host().driver(PF).as_deref(), Some("igb"));
@@ -622,24 +474,18 @@ mod tests {
         let h = f.host();
         let me = f.clone();
         let mut live = h.clone();
-        live.kernel = Some(std::sync::Arc::new(
-            move |_h: &PciHost, p: &std::path::Path, v: &str| {
-                if p.ends_with("drivers_probe")
-                    && me
-                        .path("sys/bus/pci/devices/0000:01:00.0/driver_override")
-                        .exists()
-                    && std::fs::read_to_string(
-                        me.path("sys/bus/pci/devices/0000:01:00.0/driver_override"),
-                    )
+        live.kernel = Some(std::sync::Arc::new(move |_h: &PciHost, p: &std::path::Path, v: &str| {
+            if p.ends_with("drivers_probe")
+                && me.path("sys/bus/pci/devices/0000:01:00.0/driver_override").exists()
+                && std::fs::read_to_string(me.path("sys/bus/pci/devices/0000:01:00.0/driver_override"))
                     .unwrap_or_default()
                     .trim()
-                        == "vfio-pci"
-                {
-                    return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
-                }
-                me.kernel_write(p, v)
-            },
-        ));
+                    == "vfio-pci"
+            {
+                return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+            }
+            me.kernel_write(p, v)
+        }));
         let b = Binder::new(live, b.state().clone(), "viaductctl");
         match b.bind(PF) {
             Err(BindError::Probe { found: None, .. }) => {}

@@ -13,10 +13,7 @@ pub enum CheckError {
         source: std::io::Error,
     },
     #[error("modprobe {module} failed: {stderr}")]
-    Modprobe {
-        module: &'static str,
-        stderr: String,
-    },
+    Modprobe { module: &'static str, stderr: String },
     #[error("--fix loads modules into the running kernel, not into a sysfs tree under {root}")]
     NotSystemRoot { root: String },
 }
@@ -55,19 +52,8 @@ pub struct Finding {
 }
 
 impl Finding {
-    fn new(
-        check: &'static str,
-        severity: Severity,
-        message: impl Into<String>,
-        fix: Option<&str>,
-    ) -> Self {
-        Self {
-            check,
-            device: None,
-            severity,
-            message: message.into(),
-            fix: fix.map(str::to_string),
-        }
+    fn new(check: &'static str, severity: Severity, message: impl Into<String>, fix: Option<&str>) -> Self {
+        Self { check, device: None, severity, message: message.into(), fix: fix.map(str::to_string) }
     }
 
     fn on(mut self, bdf: Bdf) -> Self {
@@ -91,10 +77,7 @@ const CAP_IPC_LOCK: u32 = 14;
 /// Parses sizes like `512M`, `4G`, `1073741824` (binary units; optional `iB`/`B`).
 pub fn parse_size(s: &str) -> Option<u64> {
     let t = s.trim();
-    let t = t
-        .strip_suffix("iB")
-        .or_else(|| t.strip_suffix('B'))
-        .unwrap_or(t);
+    let t = t.strip_suffix("iB").or_else(|| t.strip_suffix('B')).unwrap_or(t);
     let (num, shift) = match t.chars().last()? {
         'k' | 'K' => (&t[..t.len() - 1], 10),
         'm' | 'M' => (&t[..t.len() - 1], 20),
@@ -106,12 +89,7 @@ pub fn parse_size(s: &str) -> Option<u64> {
 }
 
 fn human_size(b: u64) -> String {
-    const UNITS: [(&str, u64); 4] = [
-        ("T", 1 << 40),
-        ("G", 1 << 30),
-        ("M", 1 << 20),
-        ("K", 1 << 10),
-    ];
+    const UNITS: [(&str, u64); 4] = [("T", 1 << 40), ("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)];
     for (u, n) in UNITS {
         if b >= n && b % n == 0 {
             return format!("{}{u}", b / n);
@@ -123,11 +101,7 @@ fn human_size(b: u64) -> String {
 impl PciHost {
     /// Runs every host-wide check, then the per-device checks for `opts.devices`.
     pub fn check(&self, opts: &CheckOptions) -> Vec<Finding> {
-        let mut v = vec![
-            self.check_iommu(),
-            self.check_interrupt_remapping(),
-            self.check_vfio_modules(),
-        ];
+        let mut v = vec![self.check_iommu(), self.check_interrupt_remapping(), self.check_vfio_modules()];
         v.push(self.check_memlock(opts.memory));
         for bdf in &opts.devices {
             v.extend(self.check_device(*bdf));
@@ -138,9 +112,7 @@ impl PciHost {
     fn check_iommu(&self) -> Finding {
         let units = read_dir_names(&self.path("sys/class/iommu"));
         let groups = self.iommu_groups();
-        let cmdline = self
-            .read_attr(&self.path("proc/cmdline"))
-            .unwrap_or_default();
+        let cmdline = self.read_attr(&self.path("proc/cmdline")).unwrap_or_default();
         if groups.is_empty() {
             let (msg, fix) = if units.is_empty() {
                 ("no IOMMU: the kernel found none (no /sys/class/iommu units, no IOMMU groups)",
@@ -151,12 +123,7 @@ impl PciHost {
             };
             return Finding::new("iommu", Severity::Block, msg, Some(fix));
         }
-        let mut msg = format!(
-            "IOMMU on: {} unit(s) ({}), {} groups",
-            units.len(),
-            units.join(","),
-            groups.len()
-        );
+        let mut msg = format!("IOMMU on: {} unit(s) ({}), {} groups", units.len(), units.join(","), groups.len());
         if cmdline.split_whitespace().any(|w| w == "iommu=pt") {
             msg.push_str("; iommu=pt (host DMA untranslated, assigned devices still translated)");
         }
@@ -164,17 +131,10 @@ impl PciHost {
     }
 
     fn check_interrupt_remapping(&self) -> Finding {
-        let interrupts = self
-            .read_attr(&self.path("proc/interrupts"))
-            .unwrap_or_default();
+        let interrupts = self.read_attr(&self.path("proc/interrupts")).unwrap_or_default();
         // With remapping on, the kernel names its irqchips IR-IO-APIC / IR-PCI-MSI.
         if interrupts.contains("IR-") {
-            return Finding::new(
-                "interrupt-remapping",
-                Severity::Ok,
-                "interrupt remapping on",
-                None,
-            );
+            return Finding::new("interrupt-remapping", Severity::Ok, "interrupt remapping on", None);
         }
         let unsafe_ok = self
             .read_attr(&self.path("sys/module/vfio_iommu_type1/parameters/allow_unsafe_interrupts"))
@@ -202,12 +162,7 @@ impl PciHost {
         }
         if missing.is_empty() {
             let backend = if type1 { "vfio_iommu_type1" } else { "iommufd" };
-            Finding::new(
-                "vfio-modules",
-                Severity::Ok,
-                format!("vfio-pci loaded, IOMMU backend {backend}"),
-                None,
-            )
+            Finding::new("vfio-modules", Severity::Ok, format!("vfio-pci loaded, IOMMU backend {backend}"), None)
         } else {
             Finding::new(
                 "vfio-modules",
@@ -220,10 +175,7 @@ impl PciHost {
 
     fn has_cap_ipc_lock(&self) -> Option<bool> {
         let status = self.read_attr(&self.path("proc/self/status")).ok()?;
-        let hex = status
-            .lines()
-            .find_map(|l| l.strip_prefix("CapEff:"))?
-            .trim();
+        let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?.trim();
         let caps = u64::from_str_radix(hex, 16).ok()?;
         Some(caps & (1 << CAP_IPC_LOCK) != 0)
     }
@@ -231,13 +183,8 @@ impl PciHost {
     /// The soft RLIMIT_MEMLOCK from `/proc/self/limits` (None = unlimited).
     fn memlock_limit(&self) -> Option<Option<u64>> {
         let limits = self.read_attr(&self.path("proc/self/limits")).ok()?;
-        let line = limits
-            .lines()
-            .find(|l| l.starts_with("Max locked memory"))?;
-        let soft = line
-            .trim_start_matches("Max locked memory")
-            .split_whitespace()
-            .next()?;
+        let line = limits.lines().find(|l| l.starts_with("Max locked memory"))?;
+        let soft = line.trim_start_matches("Max locked memory").split_whitespace().next()?;
         if soft == "unlimited" {
             return Some(None);
         }
@@ -290,12 +237,7 @@ impl PciHost {
             Finding::new(
                 "device",
                 Severity::Ok,
-                format!(
-                    "{:04x}:{:04x} {} on {drv}",
-                    f.vendor,
-                    f.device,
-                    f.class_name()
-                ),
+                format!("{:04x}:{:04x} {} on {drv}", f.vendor, f.device, f.class_name()),
                 None,
             )
             .on(bdf),
@@ -328,14 +270,7 @@ impl PciHost {
             Finding::new(
                 "iommu-group",
                 Severity::Ok,
-                format!(
-                    "group {group}: {}",
-                    members
-                        .iter()
-                        .map(Bdf::to_string)
-                        .collect::<Vec<_>>()
-                        .join(" ")
-                ),
+                format!("group {group}: {}", members.iter().map(Bdf::to_string).collect::<Vec<_>>().join(" ")),
                 None,
             )
             .on(bdf),
@@ -352,38 +287,21 @@ impl PciHost {
             })
             .collect();
         if blockers.is_empty() {
-            v.push(
-                Finding::new(
-                    "group-viability",
-                    Severity::Ok,
-                    "every other group member is free",
-                    None,
-                )
-                .on(bdf),
-            );
+            v.push(Finding::new("group-viability", Severity::Ok, "every other group member is free", None).on(bdf));
         } else {
             v.push(
                 Finding::new(
                     "group-viability",
                     Severity::Block,
-                    format!(
-                        "other group members are on host drivers: {}",
-                        blockers.join(", ")
-                    ),
-                    Some(&format!(
-                        "bind the whole group: viaductctl bind {bdf} --group"
-                    )),
+                    format!("other group members are on host drivers: {}", blockers.join(", ")),
+                    Some(&format!("bind the whole group: viaductctl bind {bdf} --group")),
                 )
                 .on(bdf),
             );
         }
         let uses = self.host_uses(bdf);
         if !uses.is_empty() {
-            let list = uses
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(", ");
+            let list = uses.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
             v.push(
                 Finding::new(
                     "in-use",
@@ -395,17 +313,19 @@ impl PciHost {
             );
         }
         if f.reset_methods.is_empty() {
-            v.push(Finding::new("reset", Severity::Warn, "the kernel has no reset method for it: state may leak between guests",
-                Some("prefer a device with FLR (e.g. an SR-IOV VF) or one alone behind its bridge (bus reset)")).on(bdf));
-        } else {
             v.push(
                 Finding::new(
                     "reset",
-                    Severity::Ok,
-                    format!("reset methods: {}", f.reset_methods.join(" ")),
-                    None,
+                    Severity::Warn,
+                    "the kernel has no reset method for it: state may leak between guests",
+                    Some("prefer a device with FLR (e.g. an SR-IOV VF) or one alone behind its bridge (bus reset)"),
                 )
                 .on(bdf),
+            );
+        } else {
+            v.push(
+                Finding::new("reset", Severity::Ok, format!("reset methods: {}", f.reset_methods.join(" ")), None)
+                    .on(bdf),
             );
         }
         v
@@ -414,9 +334,7 @@ impl PciHost {
     /// Loads the VFIO modules (`--fix`). Only for the running host.
     pub fn load_vfio_modules(&self) -> Result<(), CheckError> {
         if self.root() != std::path::Path::new("/") {
-            return Err(CheckError::NotSystemRoot {
-                root: self.root().display().to_string(),
-            });
+            return Err(CheckError::NotSystemRoot { root: self.root().display().to_string() });
         }
         for module in VFIO_MODULES {
             let out = std::process::Command::new("modprobe")
@@ -452,10 +370,7 @@ mod tests {
     #[test]
     fn testbed_host_passes() {
         let f = testbed_like(temp_root("check").unwrap()).unwrap();
-        let v = f.host().check(&CheckOptions {
-            devices: vec![pci_address(0, 1, 0, 0)],
-            memory: Some(1 << 30),
-        });
+        let v = f.host().check(&CheckOptions { devices: vec![pci_address(0, 1, 0, 0)], memory: Some(1 << 30) });
         assert!(!blocked(&v), "{v:#?}");
         assert!(find(&v, "group-viability").severity == Severity::Ok);
         assert!(find(&v, "reset").message.contains("flr"));
@@ -483,11 +398,7 @@ mod tests {
         assert_eq!(h.check_memlock(Some(8 << 20)).severity, Severity::Ok);
         let m = h.check_memlock(Some(1 << 30));
         assert_eq!(m.severity, Severity::Block);
-        assert!(
-            m.message.contains("8M") && m.message.contains("1G"),
-            "{}",
-            m.message
-        );
+        assert!(m.message.contains("8M") && m.message.contains("1G"), "{}", m.message);
         assert_eq!(h.check_memlock(None).severity, Severity::Warn);
         std::fs::remove_dir_all(f.root()).unwrap();
     }
@@ -495,8 +406,7 @@ mod tests {
     #[test]
     fn a_shared_group_with_a_host_driver_blocks() {
         let f = testbed_like(temp_root("check-group").unwrap()).unwrap();
-        let mut d =
-            super::super::fake::FakeDevice::new(pci_address(0, 1, 0, 1), 0x8086, 0x10c9, 0x020000);
+        let mut d = super::super::fake::FakeDevice::new(pci_address(0, 1, 0, 1), 0x8086, 0x10c9, 0x020000);
         d.iommu_group = Some(7);
         d.native_driver = Some("igb".into());
         f.add_device(&d).unwrap();

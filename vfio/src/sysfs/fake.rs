@@ -83,14 +83,8 @@ impl FakeSysfs {
         }
         write(&f.root.join("sys/bus/pci/drivers_probe"), "")?;
         write(&f.root.join("proc/cmdline"), "console=ttyS0\n")?;
-        write(
-            &f.root.join("proc/interrupts"),
-            "           CPU0\n  0:  10  IO-APIC   2-edge  timer\n",
-        )?;
-        write(
-            &f.root.join("proc/self/status"),
-            "Name:\tx\nCapEff:\t000001ffffffffff\n",
-        )?;
+        write(&f.root.join("proc/interrupts"), "           CPU0\n  0:  10  IO-APIC   2-edge  timer\n")?;
+        write(&f.root.join("proc/self/status"), "Name:\tx\nCapEff:\t000001ffffffffff\n")?;
         write(
             &f.root.join("proc/self/limits"),
             "Max locked memory         8388608              8388608              bytes     \n",
@@ -127,42 +121,24 @@ impl FakeSysfs {
     /// Makes the host look like it has a working IOMMU with interrupt remapping.
     pub fn add_iommu(&self) -> io::Result<()> {
         fs::create_dir_all(self.root.join("sys/class/iommu/dmar0/intel-iommu"))?;
-        write(
-            &self.root.join("sys/class/iommu/dmar0/intel-iommu/ecap"),
-            "f0207ae\n",
-        )?;
-        write(
-            &self.root.join("proc/cmdline"),
-            "console=ttyS0 intel_iommu=on\n",
-        )?;
-        write(
-            &self.root.join("proc/interrupts"),
-            "           CPU0\n 24:  5  IR-PCI-MSI-0000:01:00.0   0-edge  eth0\n",
-        )
+        write(&self.root.join("sys/class/iommu/dmar0/intel-iommu/ecap"), "f0207ae\n")?;
+        write(&self.root.join("proc/cmdline"), "console=ttyS0 intel_iommu=on\n")?;
+        write(&self.root.join("proc/interrupts"), "           CPU0\n 24:  5  IR-PCI-MSI-0000:01:00.0   0-edge  eth0\n")
     }
 
     pub fn add_device(&self, dev: &FakeDevice) -> io::Result<()> {
-        let dir = self
-            .root
-            .join("sys/bus/pci/devices")
-            .join(dev.bdf.to_string());
+        let dir = self.root.join("sys/bus/pci/devices").join(dev.bdf.to_string());
         fs::create_dir_all(&dir)?;
         write(&dir.join("vendor"), &format!("0x{:04x}\n", dev.vendor))?;
         write(&dir.join("device"), &format!("0x{:04x}\n", dev.device))?;
-        write(
-            &dir.join("subsystem_vendor"),
-            &format!("0x{:04x}\n", dev.vendor),
-        )?;
+        write(&dir.join("subsystem_vendor"), &format!("0x{:04x}\n", dev.vendor))?;
         write(&dir.join("subsystem_device"), "0x0000\n")?;
         write(&dir.join("class"), &format!("0x{:06x}\n", dev.class))?;
         write(&dir.join("numa_node"), "-1\n")?;
         write(&dir.join("driver_override"), "(null)\n")?;
         write(&dir.join("reset"), "")?;
         if !dev.reset_methods.is_empty() {
-            write(
-                &dir.join("reset_method"),
-                &format!("{}\n", dev.reset_methods),
-            )?;
+            write(&dir.join("reset_method"), &format!("{}\n", dev.reset_methods))?;
         }
         // Header type at 0x0e: 1 for bridges.
         let mut config = vec![0u8; 64];
@@ -181,10 +157,7 @@ impl FakeSysfs {
             write(&dir.join(".native_driver"), native)?;
         }
         if let Some(g) = dev.iommu_group {
-            let gdir = self
-                .root
-                .join("sys/kernel/iommu_groups")
-                .join(g.to_string());
+            let gdir = self.root.join("sys/kernel/iommu_groups").join(g.to_string());
             fs::create_dir_all(gdir.join("devices"))?;
             symlink(&dir, gdir.join("devices").join(dev.bdf.to_string()))?;
             symlink(&gdir, dir.join("iommu_group"))?;
@@ -195,14 +168,8 @@ impl FakeSysfs {
             write(&dir.join("sriov_drivers_autoprobe"), "1\n")?;
             write(&dir.join("sriov_offset"), "128\n")?;
             write(&dir.join("sriov_stride"), "2\n")?;
-            write(
-                &dir.join("sriov_vf_device"),
-                &format!("{:04x}\n", dev.vf_device),
-            )?;
-            write(
-                &dir.join(".vf_driver"),
-                dev.vf_driver.as_deref().unwrap_or(""),
-            )?;
+            write(&dir.join("sriov_vf_device"), &format!("{:04x}\n", dev.vf_device))?;
+            write(&dir.join(".vf_driver"), dev.vf_driver.as_deref().unwrap_or(""))?;
         }
         if let Some(ifname) = &dev.ifname {
             fs::create_dir_all(dir.join("net").join(ifname))?;
@@ -240,9 +207,7 @@ impl FakeSysfs {
     }
 
     fn read(&self, path: &Path) -> String {
-        fs::read_to_string(path)
-            .map(|s| s.trim().to_string())
-            .unwrap_or_default()
+        fs::read_to_string(path).map(|s| s.trim().to_string()).unwrap_or_default()
     }
 
     /// The kernel's pci_device_can_probe(): a VF of a PF with sriov_drivers_autoprobe=0 is
@@ -261,11 +226,7 @@ impl FakeSysfs {
             return Ok(());
         }
         let ov = self.read(&dir.join("driver_override"));
-        let pick = if !ov.is_empty() && ov != "(null)" {
-            ov
-        } else {
-            self.read(&dir.join(".native_driver"))
-        };
+        let pick = if !ov.is_empty() && ov != "(null)" { ov } else { self.read(&dir.join(".native_driver")) };
         if !pick.is_empty() && self.root.join("sys/bus/pci/drivers").join(&pick).is_dir() {
             self.bind(bdf, &pick)?;
         }
@@ -275,19 +236,12 @@ impl FakeSysfs {
     /// The kernel's reaction to an attribute write, as far as the sysfs layer relies on it.
     /// Returns an error where the kernel's store handler would.
     pub fn kernel_write(&self, path: &Path, value: &str) -> io::Result<()> {
-        let rel = path
-            .strip_prefix(&self.root)
-            .map_err(|_| io::Error::from_raw_os_error(libc::ENOENT))?;
-        let parts: Vec<String> = rel
-            .iter()
-            .map(|c| c.to_string_lossy().into_owned())
-            .collect();
+        let rel = path.strip_prefix(&self.root).map_err(|_| io::Error::from_raw_os_error(libc::ENOENT))?;
+        let parts: Vec<String> = rel.iter().map(|c| c.to_string_lossy().into_owned()).collect();
         let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
         let einval = || io::Error::from_raw_os_error(libc::EINVAL);
         match parts.as_slice() {
-            ["sys", "bus", "pci", "drivers_probe"] => {
-                self.probe(value.parse().map_err(|_| einval())?)
-            }
+            ["sys", "bus", "pci", "drivers_probe"] => self.probe(value.parse().map_err(|_| einval())?),
             ["sys", "bus", "pci", "drivers", drv, "unbind"] => {
                 let bdf: Bdf = value.parse().map_err(|_| einval())?;
                 let ddir = self.root.join("sys/bus/pci/drivers").join(drv);
@@ -308,11 +262,7 @@ impl FakeSysfs {
             }
             ["sys", "bus", "pci", "devices", bdf, "driver_override"] => {
                 if value.is_empty() {
-                    fs::write(
-                        self.device_dir(bdf.parse().map_err(|_| einval())?)
-                            .join("driver_override"),
-                        "(null)\n",
-                    )?;
+                    fs::write(self.device_dir(bdf.parse().map_err(|_| einval())?).join("driver_override"), "(null)\n")?;
                 }
                 Ok(())
             }
@@ -328,21 +278,14 @@ impl FakeSysfs {
     /// VFs at function offset 128, stride 2 (the igb layout: 01:00.0 -> 01:10.0, 01:10.2...).
     fn vf_bdf(pf: Bdf, i: u32) -> Bdf {
         let rid = u32::from(pf.devfn()) + 128 + 2 * i;
-        pci_address(
-            pf.segment(),
-            pf.bus(),
-            ((rid >> 3) & 0x1f) as u8,
-            (rid & 7) as u8,
-        )
+        pci_address(pf.segment(), pf.bus(), ((rid >> 3) & 0x1f) as u8, (rid & 7) as u8)
     }
 
     fn set_num_vfs(&self, pf: Bdf, n: u32) -> io::Result<()> {
         let dir = self.device_dir(pf);
         let total: u32 = self.read(&dir.join("sriov_totalvfs")).parse().unwrap_or(0);
         // The file already holds the new value: the real "current" is the virtfn count.
-        let current = (0..total)
-            .filter(|i| dir.join(format!("virtfn{i}")).exists())
-            .count() as u32;
+        let current = (0..total).filter(|i| dir.join(format!("virtfn{i}")).exists()).count() as u32;
         if n > total {
             return Err(io::Error::from_raw_os_error(libc::ERANGE));
         }
@@ -356,11 +299,8 @@ impl FakeSysfs {
             let _ = fs::remove_dir_all(self.device_dir(vf));
             fs::remove_file(dir.join(format!("virtfn{i}")))?;
         }
-        let vendor =
-            u16::from_str_radix(self.read(&dir.join("vendor")).trim_start_matches("0x"), 16)
-                .unwrap_or(0);
-        let vf_device =
-            u16::from_str_radix(&self.read(&dir.join("sriov_vf_device")), 16).unwrap_or(0);
+        let vendor = u16::from_str_radix(self.read(&dir.join("vendor")).trim_start_matches("0x"), 16).unwrap_or(0);
+        let vf_device = u16::from_str_radix(&self.read(&dir.join("sriov_vf_device")), 16).unwrap_or(0);
         let vf_driver = self.read(&dir.join(".vf_driver"));
         let autoprobe = self.read(&dir.join("sriov_drivers_autoprobe")) == "1";
         let next_group = self.host().iommu_groups().last().map_or(0, |g| g + 1);
@@ -406,9 +346,7 @@ impl FakeSysfs {
     pub(crate) fn live_host(&self) -> PciHost {
         let me = self.clone();
         let mut h = PciHost::new(&self.root);
-        h.kernel = Some(std::sync::Arc::new(
-            move |_h: &PciHost, p: &Path, v: &str| me.kernel_write(p, v),
-        ));
+        h.kernel = Some(std::sync::Arc::new(move |_h: &PciHost, p: &Path, v: &str| me.kernel_write(p, v)));
         h
     }
 }

@@ -10,8 +10,7 @@ use super::Bdf;
 /// Test-only stand-in for the kernel: called after every attribute write so a fake sysfs tree
 /// can react the way the kernel would (unbind removes the driver link, probe adds one).
 #[cfg(test)]
-pub(crate) type KernelHook =
-    std::sync::Arc<dyn Fn(&PciHost, &Path, &str) -> io::Result<()> + Send + Sync>;
+pub(crate) type KernelHook = std::sync::Arc<dyn Fn(&PciHost, &Path, &str) -> io::Result<()> + Send + Sync>;
 
 /// A host's PCI world as seen through sysfs/procfs under `root` (`/` on a real host).
 #[derive(Clone)]
@@ -107,9 +106,7 @@ impl PciHost {
 
     /// The device's `driver_override`; the kernel prints "(null)" when none is set.
     pub fn driver_override(&self, bdf: Bdf) -> Option<String> {
-        let v = self
-            .read_attr(&self.device_dir(bdf).join("driver_override"))
-            .ok()?;
+        let v = self.read_attr(&self.device_dir(bdf).join("driver_override")).ok()?;
         (!v.is_empty() && v != "(null)").then_some(v)
     }
 
@@ -120,31 +117,21 @@ impl PciHost {
 
     /// The IOMMU group number of a device, if it has one.
     pub fn iommu_group(&self, bdf: Bdf) -> Option<u32> {
-        self.link_name(&self.device_dir(bdf).join("iommu_group"))?
-            .parse()
-            .ok()
+        self.link_name(&self.device_dir(bdf).join("iommu_group"))?.parse().ok()
     }
 
     /// Members of an IOMMU group, sorted.
     pub fn iommu_group_members(&self, group: u32) -> Vec<Bdf> {
-        let dir = self
-            .path("sys/kernel/iommu_groups")
-            .join(group.to_string())
-            .join("devices");
-        let mut v: Vec<Bdf> = read_dir_names(&dir)
-            .iter()
-            .filter_map(|n| n.parse().ok())
-            .collect();
+        let dir = self.path("sys/kernel/iommu_groups").join(group.to_string()).join("devices");
+        let mut v: Vec<Bdf> = read_dir_names(&dir).iter().filter_map(|n| n.parse().ok()).collect();
         v.sort();
         v
     }
 
     /// All IOMMU group numbers, sorted.
     pub fn iommu_groups(&self) -> Vec<u32> {
-        let mut v: Vec<u32> = read_dir_names(&self.path("sys/kernel/iommu_groups"))
-            .iter()
-            .filter_map(|n| n.parse().ok())
-            .collect();
+        let mut v: Vec<u32> =
+            read_dir_names(&self.path("sys/kernel/iommu_groups")).iter().filter_map(|n| n.parse().ok()).collect();
         v.sort_unstable();
         v
     }
@@ -161,17 +148,12 @@ impl PciHost {
         if ifname.is_empty() || ifname.contains('/') || ifname == "." || ifname == ".." {
             return None;
         }
-        self.link_name(&self.path("sys/class/net").join(ifname).join("device"))?
-            .parse()
-            .ok()
+        self.link_name(&self.path("sys/class/net").join(ifname).join("device"))?.parse().ok()
     }
 
     /// Every PCI function the host has, sorted by address.
     pub fn device_addresses(&self) -> Vec<Bdf> {
-        let mut v: Vec<Bdf> = read_dir_names(&self.pci_devices_dir())
-            .iter()
-            .filter_map(|n| n.parse().ok())
-            .collect();
+        let mut v: Vec<Bdf> = read_dir_names(&self.pci_devices_dir()).iter().filter_map(|n| n.parse().ok()).collect();
         v.sort();
         v
     }
@@ -180,10 +162,7 @@ impl PciHost {
 /// Entry names of a directory; empty when it does not exist.
 pub(crate) fn read_dir_names(dir: &Path) -> Vec<String> {
     match fs::read_dir(dir) {
-        Ok(rd) => rd
-            .filter_map(|e| e.ok())
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect(),
+        Ok(rd) => rd.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect(),
         Err(_) => Vec::new(),
     }
 }

@@ -20,11 +20,7 @@ pub enum InventoryError {
         source: std::io::Error,
     },
     #[error("{attr} of {bdf} holds '{value}', not a number")]
-    ParseAttribute {
-        bdf: Bdf,
-        attr: &'static str,
-        value: String,
-    },
+    ParseAttribute { bdf: Bdf, attr: &'static str, value: String },
 }
 
 /// Kind of address space a BAR decodes.
@@ -198,31 +194,17 @@ fn parse_resources(text: &str) -> Vec<BarInfo> {
 
 impl PciHost {
     fn id_attr(&self, dir: &Path, bdf: Bdf, attr: &'static str) -> Result<u16, InventoryError> {
-        let value = self
-            .read_attr(&dir.join(attr))
-            .map_err(|source| InventoryError::ReadAttribute { bdf, attr, source })?;
-        parse_hex(&value)
-            .and_then(|v| u16::try_from(v).ok())
-            .ok_or(InventoryError::ParseAttribute { bdf, attr, value })
+        let value =
+            self.read_attr(&dir.join(attr)).map_err(|source| InventoryError::ReadAttribute { bdf, attr, source })?;
+        parse_hex(&value).and_then(|v| u16::try_from(v).ok()).ok_or(InventoryError::ParseAttribute { bdf, attr, value })
     }
 
     /// SR-IOV data of a PF; None when the function has no SR-IOV capability.
     pub fn sriov_info(&self, bdf: Bdf) -> Option<SriovInfo> {
         let dir = self.device_dir(bdf);
-        let total_vfs = self
-            .read_attr(&dir.join("sriov_totalvfs"))
-            .ok()?
-            .parse()
-            .ok()?;
-        let num_vfs = self
-            .read_attr(&dir.join("sriov_numvfs"))
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        let drivers_autoprobe = self
-            .read_attr(&dir.join("sriov_drivers_autoprobe"))
-            .ok()
-            .map(|v| v == "1");
+        let total_vfs = self.read_attr(&dir.join("sriov_totalvfs")).ok()?.parse().ok()?;
+        let num_vfs = self.read_attr(&dir.join("sriov_numvfs")).ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+        let drivers_autoprobe = self.read_attr(&dir.join("sriov_drivers_autoprobe")).ok().map(|v| v == "1");
         let mut vfs: Vec<(u32, Bdf)> = read_dir_names(&dir)
             .iter()
             .filter_map(|n| {
@@ -231,20 +213,12 @@ impl PciHost {
             })
             .collect();
         vfs.sort();
-        Some(SriovInfo {
-            total_vfs,
-            num_vfs,
-            drivers_autoprobe,
-            vfs: vfs.into_iter().map(|(_, b)| b).collect(),
-        })
+        Some(SriovInfo { total_vfs, num_vfs, drivers_autoprobe, vfs: vfs.into_iter().map(|(_, b)| b).collect() })
     }
 
     /// For a VF: its PF and VF index.
     pub fn physfn(&self, bdf: Bdf) -> Option<(Bdf, u32)> {
-        let pf: Bdf = self
-            .link_name(&self.device_dir(bdf).join("physfn"))?
-            .parse()
-            .ok()?;
+        let pf: Bdf = self.link_name(&self.device_dir(bdf).join("physfn"))?.parse().ok()?;
         let index = self.sriov_info(pf)?.vfs.iter().position(|v| *v == bdf)?;
         Some((pf, index as u32))
     }
@@ -264,25 +238,16 @@ impl PciHost {
         if !dir.is_dir() {
             return Err(InventoryError::UnknownDevice { bdf });
         }
-        let class_text =
-            self.read_attr(&dir.join("class"))
-                .map_err(|source| InventoryError::ReadAttribute {
-                    bdf,
-                    attr: "class",
-                    source,
-                })?;
+        let class_text = self.read_attr(&dir.join("class")).map_err(|source| InventoryError::ReadAttribute {
+            bdf,
+            attr: "class",
+            source,
+        })?;
         let class = parse_hex(&class_text)
             .and_then(|v| u32::try_from(v).ok())
-            .ok_or(InventoryError::ParseAttribute {
-                bdf,
-                attr: "class",
-                value: class_text,
-            })?;
-        let numa_node = self
-            .read_attr(&dir.join("numa_node"))
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .filter(|n: &i32| *n >= 0);
+            .ok_or(InventoryError::ParseAttribute { bdf, attr: "class", value: class_text })?;
+        let numa_node =
+            self.read_attr(&dir.join("numa_node")).ok().and_then(|v| v.parse().ok()).filter(|n: &i32| *n >= 0);
         let reset_methods = match self.read_attr(&dir.join("reset_method")) {
             Ok(v) => v.split_whitespace().map(str::to_string).collect(),
             // Kernels before 5.15 have no reset_method; `reset` exists when any method does.
@@ -301,10 +266,7 @@ impl PciHost {
             iommu_group: self.iommu_group(bdf),
             numa_node,
             reset_methods,
-            bars: self
-                .read_attr(&dir.join("resource"))
-                .map(|t| parse_resources(&t))
-                .unwrap_or_default(),
+            bars: self.read_attr(&dir.join("resource")).map(|t| parse_resources(&t)).unwrap_or_default(),
             sriov: self.sriov_info(bdf),
             physfn: self.physfn(bdf),
             net_interfaces: self.net_interfaces(bdf),
@@ -330,16 +292,9 @@ impl PciHost {
     /// A device named by BDF or by the name of one of its network interfaces.
     pub fn resolve_device(&self, spec: &str) -> Result<Bdf, InventoryError> {
         if let Ok(bdf) = spec.parse::<Bdf>() {
-            return if self.device_exists(bdf) {
-                Ok(bdf)
-            } else {
-                Err(InventoryError::UnknownDevice { bdf })
-            };
+            return if self.device_exists(bdf) { Ok(bdf) } else { Err(InventoryError::UnknownDevice { bdf }) };
         }
-        self.interface_device(spec)
-            .ok_or_else(|| InventoryError::UnknownInterface {
-                name: spec.to_string(),
-            })
+        self.interface_device(spec).ok_or_else(|| InventoryError::UnknownInterface { name: spec.to_string() })
     }
 }
 
@@ -364,13 +319,7 @@ mod tests {
         assert_eq!(pf.bars.len(), 3);
         assert_eq!(
             pf.bars[0],
-            BarInfo {
-                index: 0,
-                start: 0xfe80_0000,
-                size: 0x2_0000,
-                kind: BarKind::Memory32,
-                prefetchable: false
-            }
+            BarInfo { index: 0, start: 0xfe80_0000, size: 0x2_0000, kind: BarKind::Memory32, prefetchable: false }
         );
         assert_eq!(pf.bars[1].kind, BarKind::Io);
         assert_eq!(pf.bars[1].index, 2);
@@ -387,22 +336,10 @@ mod tests {
         let f = testbed_like(temp_root("resolve").unwrap()).unwrap();
         let h = f.host();
         assert_eq!(h.resolve_device("eth0").unwrap(), pci_address(0, 1, 0, 0));
-        assert_eq!(
-            h.resolve_device("01:00.0").unwrap(),
-            pci_address(0, 1, 0, 0)
-        );
-        assert!(matches!(
-            h.resolve_device("0000:09:00.0"),
-            Err(InventoryError::UnknownDevice { .. })
-        ));
-        assert!(matches!(
-            h.resolve_device("eth9"),
-            Err(InventoryError::UnknownInterface { .. })
-        ));
-        assert!(matches!(
-            h.resolve_device("../x"),
-            Err(InventoryError::UnknownInterface { .. })
-        ));
+        assert_eq!(h.resolve_device("01:00.0").unwrap(), pci_address(0, 1, 0, 0));
+        assert!(matches!(h.resolve_device("0000:09:00.0"), Err(InventoryError::UnknownDevice { .. })));
+        assert!(matches!(h.resolve_device("eth9"), Err(InventoryError::UnknownInterface { .. })));
+        assert!(matches!(h.resolve_device("../x"), Err(InventoryError::UnknownInterface { .. })));
         std::fs::remove_dir_all(f.root()).unwrap();
     }
 

@@ -28,10 +28,7 @@ impl ManagedDevices {
     }
 
     pub fn with_state(host: PciHost, state: StateFile) -> Self {
-        Self {
-            binder: Binder::new(host, state, Self::owner_for_pid(std::process::id())),
-            bound: Vec::new(),
-        }
+        Self { binder: Binder::new(host, state, Self::owner_for_pid(std::process::id())), bound: Vec::new() }
     }
 
     /// Binds `bdf` and the rest of its IOMMU group to vfio-pci (all or nothing). Devices
@@ -95,15 +92,8 @@ mod tests {
     fn attach_and_release_round_trip_and_leave_others_alone() {
         let f = testbed_like(temp_root("managed").unwrap()).unwrap();
         let h = f.live_host();
-        let vfs = h
-            .set_num_vfs(
-                pci_address(0, 1, 0, 0),
-                2,
-                super::super::SriovOptions {
-                    autoprobe: Some(false),
-                },
-            )
-            .unwrap();
+        let vfs =
+            h.set_num_vfs(pci_address(0, 1, 0, 0), 2, super::super::SriovOptions { autoprobe: Some(false) }).unwrap();
         // VF1 is already on vfio-pci (bound by someone else): not ours to release.
         f.bind(vfs[1], "vfio-pci").unwrap();
         let state = StateFile::for_host(&h);

@@ -20,9 +20,7 @@ pub use bdf::{pci_address, Bdf, BdfError};
 pub use binding::{BindError, BindOutcome, Binder, DeviceRestore, RestoreOutcome, VFIO_PCI};
 pub use check::{blocked, parse_size, CheckError, CheckOptions, Finding, Severity};
 pub use host::PciHost;
-pub use inventory::{
-    class_names, BarInfo, BarKind, InventoryError, PciFunction, SriovInfo, CLASS_KEYS,
-};
+pub use inventory::{class_names, BarInfo, BarKind, InventoryError, PciFunction, SriovInfo, CLASS_KEYS};
 pub use managed::ManagedDevices;
 pub use sriov::{SriovError, SriovOptions};
 pub use state::{BindingRecord, StateError, StateFile, StateLock};

@@ -9,11 +9,7 @@ pub enum SriovError {
     #[error("{bdf} is not an SR-IOV physical function (it has no sriov_totalvfs)")]
     NotSriov { bdf: Bdf },
     #[error("{bdf} supports at most {total} VFs, {requested} requested")]
-    TooManyVfs {
-        bdf: Bdf,
-        requested: u32,
-        total: u32,
-    },
+    TooManyVfs { bdf: Bdf, requested: u32, total: u32 },
     #[error("{bdf} has no driver bound; the kernel enables VFs only through the PF's driver")]
     NoPfDriver { bdf: Bdf },
     #[error("{bdf}: VF {vf} is bound to vfio-pci (in use by a VM?); release it first with `viaductctl restore {vf}`")]
@@ -39,35 +35,23 @@ pub struct SriovOptions {
 
 impl PciHost {
     fn write_sriov(&self, bdf: Bdf, attr: &'static str, value: String) -> Result<(), SriovError> {
-        self.write_attr(&self.device_dir(bdf).join(attr), &value)
-            .map_err(|source| SriovError::WriteAttribute {
-                bdf,
-                attr,
-                value,
-                source,
-            })
+        self.write_attr(&self.device_dir(bdf).join(attr), &value).map_err(|source| SriovError::WriteAttribute {
+            bdf,
+            attr,
+            value,
+            source,
+        })
     }
 
     /// Sets the number of VFs of `pf` to `num_vfs` (0 removes them). Validates everything
     /// first, so a refused request changes nothing. Returns the VFs now present.
-    pub fn set_num_vfs(
-        &self,
-        pf: Bdf,
-        num_vfs: u32,
-        opts: SriovOptions,
-    ) -> Result<Vec<Bdf>, SriovError> {
+    pub fn set_num_vfs(&self, pf: Bdf, num_vfs: u32, opts: SriovOptions) -> Result<Vec<Bdf>, SriovError> {
         if !self.device_exists(pf) {
             return Err(SriovError::UnknownDevice { bdf: pf });
         }
-        let info = self
-            .sriov_info(pf)
-            .ok_or(SriovError::NotSriov { bdf: pf })?;
+        let info = self.sriov_info(pf).ok_or(SriovError::NotSriov { bdf: pf })?;
         if num_vfs > info.total_vfs {
-            return Err(SriovError::TooManyVfs {
-                bdf: pf,
-                requested: num_vfs,
-                total: info.total_vfs,
-            });
+            return Err(SriovError::TooManyVfs { bdf: pf, requested: num_vfs, total: info.total_vfs });
         }
         if info.num_vfs == num_vfs && opts.autoprobe.is_none() {
             log::info!("{pf}: already has {num_vfs} VFs");
@@ -77,11 +61,7 @@ impl PciHost {
             return Err(SriovError::NoPfDriver { bdf: pf });
         }
         // Removing VFs out from under a VM would yank its device; refuse instead.
-        if let Some(vf) = info
-            .vfs
-            .iter()
-            .find(|vf| self.driver(**vf).as_deref() == Some(VFIO_PCI))
-        {
+        if let Some(vf) = info.vfs.iter().find(|vf| self.driver(**vf).as_deref() == Some(VFIO_PCI)) {
             return Err(SriovError::VfInUse { bdf: pf, vf: *vf });
         }
         if info.num_vfs == num_vfs {
@@ -106,9 +86,7 @@ impl PciHost {
         })();
         if let (Some(want), Some(old)) = (opts.autoprobe, old_autoprobe) {
             if want != old {
-                if let Err(e) =
-                    self.write_sriov(pf, "sriov_drivers_autoprobe", u8::from(old).to_string())
-                {
+                if let Err(e) = self.write_sriov(pf, "sriov_drivers_autoprobe", u8::from(old).to_string()) {
                     log::warn!("{e}");
                 }
             }
@@ -133,24 +111,15 @@ mod tests {
         let f = testbed_like(temp_root("sriov").unwrap()).unwrap();
         let h = f.live_host();
         let vfs = h.set_num_vfs(PF, 2, SriovOptions::default()).unwrap();
-        assert_eq!(
-            vfs,
-            vec![pci_address(0, 1, 0x10, 0), pci_address(0, 1, 0x10, 2)]
-        );
+        assert_eq!(vfs, vec![pci_address(0, 1, 0x10, 0), pci_address(0, 1, 0x10, 2)]);
         let vf = h.function(vfs[1]).unwrap();
         assert_eq!(vf.physfn, Some((PF, 1)));
         assert_eq!(vf.device, 0x10ca);
         assert_eq!(vf.driver.as_deref(), Some("igbvf"));
         assert_eq!(h.sriov_info(PF).unwrap().num_vfs, 2);
         // A different count goes through 0.
-        assert_eq!(
-            h.set_num_vfs(PF, 3, SriovOptions::default()).unwrap().len(),
-            3
-        );
-        assert!(h
-            .set_num_vfs(PF, 0, SriovOptions::default())
-            .unwrap()
-            .is_empty());
+        assert_eq!(h.set_num_vfs(PF, 3, SriovOptions::default()).unwrap().len(), 3);
+        assert!(h.set_num_vfs(PF, 0, SriovOptions::default()).unwrap().is_empty());
         assert!(!h.device_exists(vfs[0]));
         std::fs::remove_dir_all(f.root()).unwrap();
     }
@@ -159,15 +128,7 @@ mod tests {
     fn unprobed_vfs_have_no_driver_and_autoprobe_is_put_back() {
         let f = testbed_like(temp_root("sriov-np").unwrap()).unwrap();
         let h = f.live_host();
-        let vfs = h
-            .set_num_vfs(
-                PF,
-                2,
-                SriovOptions {
-                    autoprobe: Some(false),
-                },
-            )
-            .unwrap();
+        let vfs = h.set_num_vfs(PF, 2, SriovOptions { autoprobe: Some(false) }).unwrap();
         assert!(vfs.iter().all(|v| h.driver(*v).is_none()));
         assert_eq!(h.sriov_info(PF).unwrap().drivers_autoprobe, Some(true));
         std::fs::remove_dir_all(f.root()).unwrap();
@@ -177,10 +138,7 @@ mod tests {
     fn refusals_change_nothing() {
         let f = testbed_like(temp_root("sriov-bad").unwrap()).unwrap();
         let h = f.live_host();
-        assert!(matches!(
-            h.set_num_vfs(PF, 8, SriovOptions::default()),
-            Err(SriovError::TooManyVfs { total: 7, .. })
-        ));
+        assert!(matches!(h.set_num_vfs(PF, 8, SriovOptions::default()), Err(SriovError::TooManyVfs { total: 7, .. })));
         assert!(matches!(
             h.set_num_vfs(pci_address(0, 2, 0, 0), 1, SriovOptions::default()),
             Err(SriovError::NotSriov { .. })
@@ -193,10 +151,7 @@ mod tests {
         let vfs = h.set_num_vfs(PF, 1, SriovOptions::default()).unwrap();
         f.unbind(vfs[0]).unwrap();
         f.bind(vfs[0], "vfio-pci").unwrap();
-        assert!(matches!(
-            h.set_num_vfs(PF, 0, SriovOptions::default()),
-            Err(SriovError::VfInUse { .. })
-        ));
+        assert!(matches!(h.set_num_vfs(PF, 0, SriovOptions::default()), Err(SriovError::VfInUse { .. })));
         assert!(h.device_exists(vfs[0]));
         std::fs::remove_dir_all(f.root()).unwrap();
     }

@@ -33,11 +33,7 @@ pub enum StateError {
         source: io::Error,
     },
     #[error("binding state file {} line {line}: {reason}; fix or remove that line", path.display())]
-    Parse {
-        path: PathBuf,
-        line: usize,
-        reason: String,
-    },
+    Parse { path: PathBuf, line: usize, reason: String },
 }
 
 /// Where a device was before we bound it to vfio-pci.
@@ -69,16 +65,10 @@ impl BindingRecord {
 
     fn parse(line: &str) -> Result<Self, String> {
         let mut words = line.split_whitespace();
-        let bdf: Bdf = words
-            .next()
-            .ok_or("empty")?
-            .parse()
-            .map_err(|e: super::BdfError| e.to_string())?;
+        let bdf: Bdf = words.next().ok_or("empty")?.parse().map_err(|e: super::BdfError| e.to_string())?;
         let (mut driver, mut driver_override, mut owner) = (None, None, None);
         for w in words {
-            let (k, v) = w
-                .split_once('=')
-                .ok_or_else(|| format!("'{w}' is not key=value"))?;
+            let (k, v) = w.split_once('=').ok_or_else(|| format!("'{w}' is not key=value"))?;
             let v = (v != "-" && !v.is_empty()).then(|| v.to_string());
             match k {
                 "driver" => driver = v,
@@ -88,12 +78,7 @@ impl BindingRecord {
                 _ => log::debug!("state file: ignoring unknown key '{k}'"),
             }
         }
-        Ok(Self {
-            bdf,
-            driver,
-            driver_override,
-            owner: owner.unwrap_or_else(|| "unknown".into()),
-        })
+        Ok(Self { bdf, driver, driver_override, owner: owner.unwrap_or_else(|| "unknown".into()) })
     }
 }
 
@@ -134,10 +119,7 @@ impl StateFile {
 
     fn ensure_dir(&self) -> Result<(), StateError> {
         if let Some(dir) = self.path.parent() {
-            fs::create_dir_all(dir).map_err(|source| StateError::Write {
-                path: self.path.clone(),
-                source,
-            })?;
+            fs::create_dir_all(dir).map_err(|source| StateError::Write { path: self.path.clone(), source })?;
         }
         Ok(())
     }
@@ -151,17 +133,11 @@ impl StateFile {
             .truncate(false)
             .write(true)
             .open(&path)
-            .map_err(|source| StateError::Lock {
-                path: path.clone(),
-                source,
-            })?;
+            .map_err(|source| StateError::Lock { path: path.clone(), source })?;
         // SAFETY: flock on a descriptor we own; it only touches the kernel's lock table.
         let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
         if rc != 0 {
-            return Err(StateError::Lock {
-                path,
-                source: io::Error::last_os_error(),
-            });
+            return Err(StateError::Lock { path, source: io::Error::last_os_error() });
         }
         Ok(StateLock { _file: file })
     }
@@ -171,12 +147,7 @@ impl StateFile {
         let text = match fs::read_to_string(&self.path) {
             Ok(t) => t,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(source) => {
-                return Err(StateError::Read {
-                    path: self.path.clone(),
-                    source,
-                })
-            }
+            Err(source) => return Err(StateError::Read { path: self.path.clone(), source }),
         };
         let mut out = Vec::new();
         for (i, line) in text.lines().enumerate() {
@@ -199,25 +170,16 @@ impl StateFile {
     }
 
     /// Replaces the file's content atomically (write a temporary file, rename over).
-    fn write_records(
-        &self,
-        records: &[BindingRecord],
-        _lock: &StateLock,
-    ) -> Result<(), StateError> {
+    fn write_records(&self, records: &[BindingRecord], _lock: &StateLock) -> Result<(), StateError> {
         self.ensure_dir()?;
-        let err = |source| StateError::Write {
-            path: self.path.clone(),
-            source,
-        };
+        let err = |source| StateError::Write { path: self.path.clone(), source };
         if records.is_empty() {
             return match fs::remove_file(&self.path) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => Err(err(e)),
                 _ => Ok(()),
             };
         }
-        let mut text = String::from(
-            "# viaduct vfio-pci bindings: BDF driver=ORIGINAL override=ORIGINAL owner=WHO\n",
-        );
+        let mut text = String::from("# viaduct vfio-pci bindings: BDF driver=ORIGINAL override=ORIGINAL owner=WHO\n");
         for r in records {
             text.push_str(&r.to_line());
         }
@@ -281,10 +243,7 @@ mod tests {
         assert!(!s.add(a2, &lock).unwrap());
         assert_eq!(s.records().unwrap(), vec![a.clone(), b.clone()]);
         let text = fs::read_to_string(s.path()).unwrap();
-        assert!(
-            text.contains("0000:01:00.0 driver=igb override=- owner=viaductctl\n"),
-            "{text}"
-        );
+        assert!(text.contains("0000:01:00.0 driver=igb override=- owner=viaductctl\n"), "{text}");
         s.remove(a.bdf, &lock).unwrap();
         assert_eq!(s.records().unwrap(), vec![b.clone()]);
         s.remove(b.bdf, &lock).unwrap();
@@ -297,11 +256,7 @@ mod tests {
     fn a_corrupt_line_is_an_error_with_its_number() {
         let dir = temp_root("state-bad").unwrap();
         let s = StateFile::new(dir.join("bindings"));
-        fs::write(
-            s.path(),
-            "# c\n0000:01:00.0 driver=igb\nnot-a-bdf driver=x\n",
-        )
-        .unwrap();
+        fs::write(s.path(), "# c\n0000:01:00.0 driver=igb\nnot-a-bdf driver=x\n").unwrap();
         match s.records() {
             Err(StateError::Parse { line: 3, .. }) => {}
             other => panic!("{other:?}"),

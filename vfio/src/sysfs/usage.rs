@@ -51,9 +51,7 @@ impl PciHost {
     pub fn host_uses(&self, bdf: Bdf) -> Vec<HostUse> {
         let mut uses = Vec::new();
         for ifname in self.net_interfaces(bdf) {
-            let flags = self
-                .read_attr(&self.path("sys/class/net").join(&ifname).join("flags"))
-                .unwrap_or_default();
+            let flags = self.read_attr(&self.path("sys/class/net").join(&ifname).join("flags")).unwrap_or_default();
             let flags = u64::from_str_radix(flags.trim_start_matches("0x"), 16).unwrap_or(0);
             if flags & IFF_UP != 0 {
                 uses.push(HostUse::InterfaceUp(ifname));
@@ -63,31 +61,19 @@ impl PciHost {
         if blocks.is_empty() {
             return uses;
         }
-        let mounts = self
-            .read_attr(&self.path("proc/mounts"))
-            .unwrap_or_default();
+        let mounts = self.read_attr(&self.path("proc/mounts")).unwrap_or_default();
         for line in mounts.lines() {
             let mut w = line.split_whitespace();
             let (Some(src), Some(mnt)) = (w.next(), w.next()) else {
                 continue;
             };
-            if let Some(name) = src
-                .strip_prefix("/dev/")
-                .filter(|n| blocks.iter().any(|b| b == n))
-            {
-                uses.push(HostUse::Mounted {
-                    device: name.to_string(),
-                    mountpoint: mnt.to_string(),
-                });
+            if let Some(name) = src.strip_prefix("/dev/").filter(|n| blocks.iter().any(|b| b == n)) {
+                uses.push(HostUse::Mounted { device: name.to_string(), mountpoint: mnt.to_string() });
             }
         }
         let swaps = self.read_attr(&self.path("proc/swaps")).unwrap_or_default();
         for line in swaps.lines().skip(1) {
-            if let Some(name) = line
-                .split_whitespace()
-                .next()
-                .and_then(|s| s.strip_prefix("/dev/"))
-            {
+            if let Some(name) = line.split_whitespace().next().and_then(|s| s.strip_prefix("/dev/")) {
                 if blocks.iter().any(|b| b == name) {
                     uses.push(HostUse::Swap(name.to_string()));
                 }
@@ -119,27 +105,15 @@ mod tests {
         fs::create_dir_all(ns.join("nvme0n1p1")).unwrap();
         fs::create_dir_all(f.path("sys/class/block")).unwrap();
         std::os::unix::fs::symlink(&ns, f.path("sys/class/block/nvme0n1")).unwrap();
-        std::os::unix::fs::symlink(ns.join("nvme0n1p1"), f.path("sys/class/block/nvme0n1p1"))
-            .unwrap();
+        std::os::unix::fs::symlink(ns.join("nvme0n1p1"), f.path("sys/class/block/nvme0n1p1")).unwrap();
         assert!(h.host_uses(nvme).is_empty());
-        fs::write(
-            f.path("proc/mounts"),
-            "/dev/sda1 / ext4 rw 0 0\n/dev/nvme0n1p1 /data ext4 rw 0 0\n",
-        )
-        .unwrap();
-        fs::write(
-            f.path("proc/swaps"),
-            "Filename Type Size Used Priority\n/dev/nvme0n1 partition 1 0 -2\n",
-        )
-        .unwrap();
+        fs::write(f.path("proc/mounts"), "/dev/sda1 / ext4 rw 0 0\n/dev/nvme0n1p1 /data ext4 rw 0 0\n").unwrap();
+        fs::write(f.path("proc/swaps"), "Filename Type Size Used Priority\n/dev/nvme0n1 partition 1 0 -2\n").unwrap();
         let uses = h.host_uses(nvme);
         assert_eq!(
             uses,
             vec![
-                HostUse::Mounted {
-                    device: "nvme0n1p1".into(),
-                    mountpoint: "/data".into()
-                },
+                HostUse::Mounted { device: "nvme0n1p1".into(), mountpoint: "/data".into() },
                 HostUse::Swap("nvme0n1".into())
             ]
         );

@@ -7,12 +7,10 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::str::FromStr;
 
-use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_REQUEST,
-};
+use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_REQUEST};
 use netlink_packet_route::link::{
-    LinkAttribute, LinkExtentMask, LinkMessage, LinkVfInfo, VfInfo, VfInfoLinkState, VfInfoMac,
-    VfInfoSpoofCheck, VfInfoTrust, VfInfoVlan, VfLinkState as NlLinkState,
+    LinkAttribute, LinkExtentMask, LinkMessage, LinkVfInfo, VfInfo, VfInfoLinkState, VfInfoMac, VfInfoSpoofCheck,
+    VfInfoTrust, VfInfoVlan, VfLinkState as NlLinkState,
 };
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
@@ -29,9 +27,7 @@ pub enum VfError {
     NoInterface { bdf: Bdf },
     #[error("{bdf} has {num_vfs} VFs, so VF index {index} does not exist (create VFs with `viaductctl sriov`)")]
     VfOutOfRange { bdf: Bdf, index: u32, num_vfs: u32 },
-    #[error(
-        "'{input}' is not a unicast MAC address (expected six hex bytes like 02:00:00:00:00:01)"
-    )]
+    #[error("'{input}' is not a unicast MAC address (expected six hex bytes like 02:00:00:00:00:01)")]
     BadMac { input: String },
     #[error("VLAN {vlan} out of range: 0 (none) to 4095")]
     BadVlan { vlan: u32 },
@@ -63,11 +59,7 @@ pub struct MacAddr(pub [u8; 6]);
 impl fmt::Display for MacAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = self.0;
-        write!(
-            f,
-            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            b[0], b[1], b[2], b[3], b[4], b[5]
-        )
+        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], b[3], b[4], b[5])
     }
 }
 
@@ -77,9 +69,7 @@ impl FromStr for MacAddr {
     /// Six colon- or dash-separated hex bytes; unicast only (all zeros is allowed: drivers
     /// take it as "clear the administrative MAC").
     fn from_str(input: &str) -> Result<Self, Self::Err> {
-        let bad = || VfError::BadMac {
-            input: input.to_string(),
-        };
+        let bad = || VfError::BadMac { input: input.to_string() };
         let parts: Vec<&str> = input.split([':', '-']).collect();
         if parts.len() != 6 {
             return Err(bad());
@@ -141,9 +131,7 @@ impl FromStr for VfLinkState {
             "auto" => Ok(VfLinkState::Auto),
             "enable" => Ok(VfLinkState::Enable),
             "disable" => Ok(VfLinkState::Disable),
-            _ => Err(format!(
-                "'{s}' is not a link state: auto, enable or disable"
-            )),
+            _ => Err(format!("'{s}' is not a link state: auto, enable or disable")),
         }
     }
 }
@@ -192,15 +180,7 @@ pub struct VfStatus {
 
 impl VfStatus {
     fn empty(index: u32) -> Self {
-        Self {
-            index,
-            mac: None,
-            vlan: None,
-            qos: None,
-            spoofchk: None,
-            trust: None,
-            link_state: None,
-        }
+        Self { index, mac: None, vlan: None, qos: None, spoofchk: None, trust: None, link_state: None }
     }
 }
 
@@ -216,36 +196,20 @@ pub struct PfNetdev {
 impl PciHost {
     /// Resolves a PF given by BDF or interface name to its netdev, checking it is SR-IOV.
     pub fn pf_netdev(&self, spec: &str) -> Result<PfNetdev, VfError> {
-        let bdf = self.resolve_device(spec).map_err(|_| VfError::UnknownPf {
-            spec: spec.to_string(),
-        })?;
+        let bdf = self.resolve_device(spec).map_err(|_| VfError::UnknownPf { spec: spec.to_string() })?;
         let info = self.sriov_info(bdf).ok_or(VfError::NotSriov { bdf })?;
         // When the user named an interface, use that one; else the function's first netdev.
         let ifname = if spec.parse::<Bdf>().is_err() {
             spec.to_string()
         } else {
-            self.net_interfaces(bdf)
-                .into_iter()
-                .next()
-                .ok_or(VfError::NoInterface { bdf })?
+            self.net_interfaces(bdf).into_iter().next().ok_or(VfError::NoInterface { bdf })?
         };
         let idx_path = self.path("sys/class/net").join(&ifname).join("ifindex");
         let ifindex = self
             .read_attr(&idx_path)
-            .and_then(|v| {
-                v.parse()
-                    .map_err(|_| io::Error::from(io::ErrorKind::InvalidData))
-            })
-            .map_err(|source| VfError::Ifindex {
-                ifname: ifname.clone(),
-                source,
-            })?;
-        Ok(PfNetdev {
-            bdf,
-            ifname,
-            ifindex,
-            num_vfs: info.num_vfs,
-        })
+            .and_then(|v| v.parse().map_err(|_| io::Error::from(io::ErrorKind::InvalidData)))
+            .map_err(|source| VfError::Ifindex { ifname: ifname.clone(), source })?;
+        Ok(PfNetdev { bdf, ifname, ifindex, num_vfs: info.num_vfs })
     }
 }
 
@@ -262,14 +226,9 @@ impl Rtnetlink {
     pub fn open() -> Result<Self, VfError> {
         let mut socket = Socket::new(NETLINK_ROUTE).map_err(VfError::OpenSocket)?;
         socket.bind_auto().map_err(VfError::OpenSocket)?;
-        socket
-            .connect(&SocketAddr::new(0, 0))
-            .map_err(VfError::OpenSocket)?;
+        socket.connect(&SocketAddr::new(0, 0)).map_err(VfError::OpenSocket)?;
         // A reply that never comes must not hang the tool: bound every receive.
-        let tv = libc::timeval {
-            tv_sec: REPLY_TIMEOUT_SECS,
-            tv_usec: 0,
-        };
+        let tv = libc::timeval { tv_sec: REPLY_TIMEOUT_SECS, tv_usec: 0 };
         // SAFETY: setsockopt on a socket we own, with a pointer to a live timeval and its size.
         let rc = unsafe {
             libc::setsockopt(
@@ -285,26 +244,14 @@ impl Rtnetlink {
         }
         // Replies with per-VF stats of many VFs outgrow a page; the kernel caps one message
         // at 32 KiB unless asked, so 64 KiB holds any single reply.
-        Ok(Self {
-            socket,
-            seq: 0,
-            buf: vec![0; 64 * 1024],
-        })
+        Ok(Self { socket, seq: 0, buf: vec![0; 64 * 1024] })
     }
 
     /// Sends one request with an ACK asked for; returns the link messages answered before
     /// the ACK. A NACK becomes the kernel's errno.
-    fn request(
-        &mut self,
-        msg: RouteNetlinkMessage,
-        ifname: &str,
-        what: &str,
-    ) -> Result<Vec<LinkMessage>, VfError> {
-        let req_err = |source: io::Error| VfError::Request {
-            ifname: ifname.to_string(),
-            what: what.to_string(),
-            source,
-        };
+    fn request(&mut self, msg: RouteNetlinkMessage, ifname: &str, what: &str) -> Result<Vec<LinkMessage>, VfError> {
+        let req_err =
+            |source: io::Error| VfError::Request { ifname: ifname.to_string(), what: what.to_string(), source };
         self.seq = self.seq.wrapping_add(1);
         let mut packet = NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::from(msg));
         packet.header.flags = NLM_F_REQUEST | NLM_F_ACK;
@@ -315,25 +262,14 @@ impl Rtnetlink {
         self.socket.send(&out, 0).map_err(req_err)?;
         let mut links = Vec::new();
         loop {
-            let n = self
-                .socket
-                .recv(&mut &mut self.buf[..], 0)
-                .map_err(req_err)?;
+            let n = self.socket.recv(&mut &mut self.buf[..], 0).map_err(req_err)?;
             let mut off = 0;
             while off < n {
-                let reply: NetlinkMessage<RouteNetlinkMessage> =
-                    NetlinkMessage::deserialize(&self.buf[off..n]).map_err(|e| {
-                        VfError::Decode {
-                            ifname: ifname.to_string(),
-                            reason: e.to_string(),
-                        }
-                    })?;
+                let reply: NetlinkMessage<RouteNetlinkMessage> = NetlinkMessage::deserialize(&self.buf[off..n])
+                    .map_err(|e| VfError::Decode { ifname: ifname.to_string(), reason: e.to_string() })?;
                 let len = reply.header.length as usize;
                 if len == 0 {
-                    return Err(VfError::Decode {
-                        ifname: ifname.to_string(),
-                        reason: "zero-length message".into(),
-                    });
+                    return Err(VfError::Decode { ifname: ifname.to_string(), reason: "zero-length message".into() });
                 }
                 off += len;
                 if reply.header.sequence_number != self.seq {
@@ -358,22 +294,13 @@ impl Rtnetlink {
     pub fn vf_status(&mut self, pf: &PfNetdev) -> Result<Vec<VfStatus>, VfError> {
         let mut msg = LinkMessage::default();
         msg.header.index = pf.ifindex;
-        msg.attributes
-            .push(LinkAttribute::ExtMask(vec![LinkExtentMask::Vf]));
-        let links = self.request(
-            RouteNetlinkMessage::GetLink(msg),
-            &pf.ifname,
-            "reading VF settings",
-        )?;
+        msg.attributes.push(LinkAttribute::ExtMask(vec![LinkExtentMask::Vf]));
+        let links = self.request(RouteNetlinkMessage::GetLink(msg), &pf.ifname, "reading VF settings")?;
         let mut out = Vec::new();
         for l in links {
             for attr in l.attributes {
                 if let LinkAttribute::VfInfoList(list) = attr {
-                    out.extend(
-                        list.into_iter()
-                            .enumerate()
-                            .map(|(i, info)| parse_vf(i as u32, info)),
-                    );
+                    out.extend(list.into_iter().enumerate().map(|(i, info)| parse_vf(i as u32, info)));
                 }
             }
         }
@@ -384,34 +311,20 @@ impl Rtnetlink {
     fn set_one(&mut self, pf: &PfNetdev, info: VfInfo, what: String) -> Result<(), VfError> {
         let mut msg = LinkMessage::default();
         msg.header.index = pf.ifindex;
-        msg.attributes
-            .push(LinkAttribute::VfInfoList(vec![LinkVfInfo(vec![info])]));
-        self.request(RouteNetlinkMessage::SetLink(msg), &pf.ifname, &what)
-            .map(|_| ())
+        msg.attributes.push(LinkAttribute::VfInfoList(vec![LinkVfInfo(vec![info])]));
+        self.request(RouteNetlinkMessage::SetLink(msg), &pf.ifname, &what).map(|_| ())
     }
 
     /// Applies `settings` to VF `index` of `pf`, one request per setting. Bad input is
     /// refused before anything is sent; if the driver refuses one setting, the settings
     /// already applied are put back to what they were, so a failed call changes nothing.
-    pub fn configure_vf(
-        &mut self,
-        pf: &PfNetdev,
-        index: u32,
-        settings: &VfSettings,
-    ) -> Result<VfStatus, VfError> {
+    pub fn configure_vf(&mut self, pf: &PfNetdev, index: u32, settings: &VfSettings) -> Result<VfStatus, VfError> {
         settings.validate()?;
         if index >= pf.num_vfs {
-            return Err(VfError::VfOutOfRange {
-                bdf: pf.bdf,
-                index,
-                num_vfs: pf.num_vfs,
-            });
+            return Err(VfError::VfOutOfRange { bdf: pf.bdf, index, num_vfs: pf.num_vfs });
         }
-        let before = self
-            .vf_status(pf)?
-            .into_iter()
-            .find(|s| s.index == index)
-            .unwrap_or_else(|| VfStatus::empty(index));
+        let before =
+            self.vf_status(pf)?.into_iter().find(|s| s.index == index).unwrap_or_else(|| VfStatus::empty(index));
         let steps = steps(index, settings);
         let mut undo: Vec<(VfInfo, String)> = Vec::new();
         for (info, what) in steps {
@@ -427,24 +340,18 @@ impl Rtnetlink {
                 undo.push(u);
             }
         }
-        self.vf_status(pf)?
-            .into_iter()
-            .find(|s| s.index == index)
-            .ok_or(VfError::VfOutOfRange {
-                bdf: pf.bdf,
-                index,
-                num_vfs: pf.num_vfs,
-            })
+        self.vf_status(pf)?.into_iter().find(|s| s.index == index).ok_or(VfError::VfOutOfRange {
+            bdf: pf.bdf,
+            index,
+            num_vfs: pf.num_vfs,
+        })
     }
 }
 
 fn steps(vf: u32, s: &VfSettings) -> Vec<(VfInfo, String)> {
     let mut v = Vec::new();
     if let Some(mac) = s.mac {
-        v.push((
-            VfInfo::Mac(VfInfoMac::new(vf, &mac.0)),
-            format!("setting VF {vf} MAC {mac}"),
-        ));
+        v.push((VfInfo::Mac(VfInfoMac::new(vf, &mac.0)), format!("setting VF {vf} MAC {mac}")));
     }
     if let Some((vlan, qos)) = s.vlan {
         v.push((
@@ -453,16 +360,10 @@ fn steps(vf: u32, s: &VfSettings) -> Vec<(VfInfo, String)> {
         ));
     }
     if let Some(on) = s.spoofchk {
-        v.push((
-            VfInfo::SpoofCheck(VfInfoSpoofCheck::new(vf, on)),
-            format!("setting VF {vf} spoofchk {}", onoff(on)),
-        ));
+        v.push((VfInfo::SpoofCheck(VfInfoSpoofCheck::new(vf, on)), format!("setting VF {vf} spoofchk {}", onoff(on))));
     }
     if let Some(on) = s.trust {
-        v.push((
-            VfInfo::Trust(VfInfoTrust::new(vf, on)),
-            format!("setting VF {vf} trust {}", onoff(on)),
-        ));
+        v.push((VfInfo::Trust(VfInfoTrust::new(vf, on)), format!("setting VF {vf} trust {}", onoff(on))));
     }
     if let Some(ls) = s.link_state {
         v.push((
@@ -478,16 +379,10 @@ fn undo_step(vf: u32, applied: &VfInfo, before: &VfStatus) -> Option<(VfInfo, St
     let what = format!("restoring VF {vf}");
     let info = match applied {
         VfInfo::Mac(_) => VfInfo::Mac(VfInfoMac::new(vf, &before.mac?.0)),
-        VfInfo::Vlan(_) => VfInfo::Vlan(VfInfoVlan::new(
-            vf,
-            before.vlan?.into(),
-            before.qos.unwrap_or(0).into(),
-        )),
+        VfInfo::Vlan(_) => VfInfo::Vlan(VfInfoVlan::new(vf, before.vlan?.into(), before.qos.unwrap_or(0).into())),
         VfInfo::SpoofCheck(_) => VfInfo::SpoofCheck(VfInfoSpoofCheck::new(vf, before.spoofchk?)),
         VfInfo::Trust(_) => VfInfo::Trust(VfInfoTrust::new(vf, before.trust?)),
-        VfInfo::LinkState(_) => {
-            VfInfo::LinkState(VfInfoLinkState::new(vf, before.link_state?.to_nl()))
-        }
+        VfInfo::LinkState(_) => VfInfo::LinkState(VfInfoLinkState::new(vf, before.link_state?.to_nl())),
         _ => return None,
     };
     Some((info, what))
@@ -536,14 +431,8 @@ mod tests {
 
     #[test]
     fn mac_parsing() {
-        assert_eq!(
-            "02:00:00:00:00:01".parse::<MacAddr>().unwrap().0,
-            [2, 0, 0, 0, 0, 1]
-        );
-        assert_eq!(
-            "52-54-00-AB-cd-EF".parse::<MacAddr>().unwrap().to_string(),
-            "52:54:00:ab:cd:ef"
-        );
+        assert_eq!("02:00:00:00:00:01".parse::<MacAddr>().unwrap().0, [2, 0, 0, 0, 0, 1]);
+        assert_eq!("52-54-00-AB-cd-EF".parse::<MacAddr>().unwrap().to_string(), "52:54:00:ab:cd:ef");
         assert!("00:00:00:00:00:00".parse::<MacAddr>().is_ok());
         for bad in [
             "",
@@ -555,35 +444,19 @@ mod tests {
             "02:00:00:00:00:0g",
             "02::00:00:00:00:01",
         ] {
-            assert!(
-                matches!(bad.parse::<MacAddr>(), Err(VfError::BadMac { .. })),
-                "{bad}"
-            );
+            assert!(matches!(bad.parse::<MacAddr>(), Err(VfError::BadMac { .. })), "{bad}");
         }
     }
 
     #[test]
     fn settings_ranges() {
-        assert!(VfSettings {
-            vlan: Some((4095, 7)),
-            ..Default::default()
-        }
-        .validate()
-        .is_ok());
+        assert!(VfSettings { vlan: Some((4095, 7)), ..Default::default() }.validate().is_ok());
         assert!(matches!(
-            VfSettings {
-                vlan: Some((4096, 0)),
-                ..Default::default()
-            }
-            .validate(),
+            VfSettings { vlan: Some((4096, 0)), ..Default::default() }.validate(),
             Err(VfError::BadVlan { .. })
         ));
         assert!(matches!(
-            VfSettings {
-                vlan: Some((1, 8)),
-                ..Default::default()
-            }
-            .validate(),
+            VfSettings { vlan: Some((1, 8)), ..Default::default() }.validate(),
             Err(VfError::BadQos { .. })
         ));
     }
@@ -625,44 +498,22 @@ mod tests {
         let pf = h.pf_netdev("0000:01:00.0").unwrap();
         assert_eq!((pf.ifname.as_str(), pf.ifindex, pf.num_vfs), ("eth0", 2, 0));
         assert_eq!(h.pf_netdev("eth0").unwrap(), pf);
-        assert!(matches!(
-            h.pf_netdev("0000:02:00.0"),
-            Err(VfError::NotSriov { .. })
-        ));
-        assert!(matches!(
-            h.pf_netdev("eth7"),
-            Err(VfError::UnknownPf { .. })
-        ));
+        assert!(matches!(h.pf_netdev("0000:02:00.0"), Err(VfError::NotSriov { .. })));
+        assert!(matches!(h.pf_netdev("eth7"), Err(VfError::UnknownPf { .. })));
         std::fs::remove_dir_all(f.root()).unwrap();
     }
 
     #[test]
     fn out_of_range_index_is_refused_before_any_request() {
-        let pf = PfNetdev {
-            bdf: pci_address(0, 1, 0, 0),
-            ifname: "eth0".into(),
-            ifindex: u32::MAX,
-            num_vfs: 2,
-        };
+        let pf = PfNetdev { bdf: pci_address(0, 1, 0, 0), ifname: "eth0".into(), ifindex: u32::MAX, num_vfs: 2 };
         // ifindex MAX would make any real request fail differently; the range check comes first.
         let mut nl = match Rtnetlink::open() {
             Ok(nl) => nl,
             // Sandboxes without netlink: the check under test needs no socket traffic anyway.
             Err(e) => panic!("rtnetlink socket: {e}"),
         };
-        match nl.configure_vf(
-            &pf,
-            2,
-            &VfSettings {
-                trust: Some(true),
-                ..Default::default()
-            },
-        ) {
-            Err(VfError::VfOutOfRange {
-                index: 2,
-                num_vfs: 2,
-                ..
-            }) => {}
+        match nl.configure_vf(&pf, 2, &VfSettings { trust: Some(true), ..Default::default() }) {
+            Err(VfError::VfOutOfRange { index: 2, num_vfs: 2, .. }) => {}
             other => panic!("{other:?}"),
         }
     }

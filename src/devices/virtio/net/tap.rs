@@ -73,7 +73,11 @@ impl Tap {
             .write(true)
             .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
             .open(TUN_DEVICE)
-            .map_err(|source| VirtioError::Tap { name: name.to_string(), op: "opening /dev/net/tun (modprobe tun?)", source })?;
+            .map_err(|source| VirtioError::Tap {
+                name: name.to_string(),
+                op: "opening /dev/net/tun (modprobe tun?)",
+                source,
+            })?;
         let fd = file.as_raw_fd();
         let mut features: libc::c_uint = 0;
         // SAFETY: TUNGETFEATURES writes one unsigned int to the pointer, which is valid.
@@ -147,10 +151,11 @@ impl Tap {
     }
 
     pub fn try_clone(&self) -> Result<Self, VirtioError> {
-        let file = self
-            .file
-            .try_clone()
-            .map_err(|source| VirtioError::Tap { name: self.name.clone(), op: "duplicating the fd", source })?;
+        let file = self.file.try_clone().map_err(|source| VirtioError::Tap {
+            name: self.name.clone(),
+            op: "duplicating the fd",
+            source,
+        })?;
         Ok(Self { file, name: self.name.clone(), vnet_hdr: self.vnet_hdr, created: self.created })
     }
 

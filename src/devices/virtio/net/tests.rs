@@ -177,7 +177,11 @@ fn malformed_chains_do_not_crash_or_hang() {
     // The loop ends after queue-size descriptors (virtio-queue's TTL): at most that much is
     // sent; the others are dropped.
     let sent = fake.tx.lock().unwrap().clone();
-    assert!(sent.len() <= 1 && sent.iter().all(|f| f.len() <= 16 * 112), "{:?}", sent.iter().map(Vec::len).collect::<Vec<_>>());
+    assert!(
+        sent.len() <= 1 && sent.iter().all(|f| f.len() <= 16 * 112),
+        "{:?}",
+        sent.iter().map(Vec::len).collect::<Vec<_>>()
+    );
 
     // The same ring as RX: read-only or unreachable buffers hold nothing; no hang.
     let vq = MockSplitQueue::new(&m, 16);
@@ -236,7 +240,8 @@ fn transmit_with_an_fd_sends_each_chain_as_one_message_from_guest_memory() {
         m.write_slice(&f[..VNET_HDR_LEN], GuestAddress(0x8000)).unwrap();
         m.write_slice(&f[VNET_HDR_LEN..1000], GuestAddress(0x9000)).unwrap();
         m.write_slice(&f[1000..], GuestAddress(0xb000)).unwrap();
-        let descs = [desc(0x8000, 12, NEXT, 1), desc(0x9000, 988, NEXT, 2), desc(0xb000, 2012, 0, 0), desc(0xc000, 4, 0, 0)];
+        let descs =
+            [desc(0x8000, 12, NEXT, 1), desc(0x9000, 988, NEXT, 2), desc(0xb000, 2012, 0, 0), desc(0xc000, 4, 0, 0)];
         vq.add_desc_chains(&descs[..3], 0).unwrap();
         // A chain shorter than a header is dropped.
         vq.add_desc_chains(&descs[3..], 3).unwrap();
