@@ -1,5 +1,5 @@
 //! End-to-end runs of the viaduct binary on this machine's own /dev/kvm with hand-made guest
-//! kernels (a Linux kernel does not boot on kvm_pvm; see README). Each tiny kernel writes to
+//! kernels (a Linux kernel does not boot on kvm_pvm; see docs/known-issues.md). Each tiny kernel writes to
 //! COM1 and then powers off through the ACPI sleep-control port or resets through the i8042,
 //! so these tests exercise loading (ELF/PVH and bzImage), the 32-bit and 64-bit entry states,
 //! the serial console, exit statuses and signal handling.

@@ -9,7 +9,7 @@
 #   viaduct-restart --on-reboot restart, 1 vCPU: the guest leaves a mark in CMOS NVRAM and
 #                   reboots; the restarted guest finds it and powers off: two boots, status 0
 #                   (1 vCPU: 2-vCPU guests hang at AP bring-up now and then in this testbed,
-#                   see README's known bug; viaduct-2cpu keeps the 2-vCPU boot)
+#                   see docs/known-issues.md; viaduct-2cpu keeps the 2-vCPU boot)
 #   serial-off      --serial off: the guest boots and powers off, nothing on stdout, status 0
 
 command -v viaduct >/dev/null || { tb_skip "viaduct is not in level 1 (build failed?)"; exit 0; }

@@ -1,7 +1,7 @@
 # tb-description: viaduct builds PCIe root ports with synthetic functions (BARs up to 64 GiB); the guest enumerates them through ECAM with no BAR assignment errors and sees the sizes we gave
 # tb-timeout: 300
 # viaduct's --pci-synthetic option (pci crate's `synthetic` module, behind a root port of its
-# own unless port=off; see the pci section of README.md). A viaduct without the option makes
+# own unless port=off; see docs/pci.md). A viaduct without the option makes
 # the scenario SKIPPED, never passed. tests/pci_topology.rs asserts the checks and values.
 
 command -v viaduct >/dev/null || { tb_skip "viaduct is not in level 1 (build failed?)"; exit 0; }

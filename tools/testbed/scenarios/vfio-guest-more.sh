@@ -81,7 +81,7 @@ g_value nic_irqs "$c"
 # mask lacks it), so the test only gets an interrupt if another cause (in practice the link
 # coming up, 500 ms after the autonegotiation the same open restarts) lands in that window.
 # Under viaduct the test runs well before that, so the guest refuses MSI on its own: that is
-# a skip of the MSI data path, never a pass (README.md, PCI passthrough, limits).
+# a skip of the MSI data path, never a pass (docs/known-issues.md, the nested testbed).
 if [ "$mode" = "$KIND" ]; then
     g_check nic-irq-mode pass "$mode, $nvec MSI vectors"
 elif [ "$KIND" = msi ] && [ "$mode" = intx ] && dmesg | grep -q 'MSI interrupt test failed'; then
