@@ -109,10 +109,10 @@ mod host {
 }
 
 mod fake_host {
-    use vfio::container::{check_device, check_interrupt_remapping, check_memlock, preflight, ContainerError};
+    use hostadmin::fake::{temp_root, FakeDevice, FakeSysfs};
+    use hostadmin::preflight::{check_device, check_interrupt_remapping, check_memlock, preflight, PreflightError};
+    use hostadmin::Bdf;
     use vfio::spec::parse_devices;
-    use vfio::sysfs::fake::{temp_root, FakeDevice, FakeSysfs};
-    use vfio::sysfs::Bdf;
 
     fn nvme_without_iommu(tag: &str) -> (FakeSysfs, Bdf) {
         let f = FakeSysfs::new(temp_root(tag).unwrap()).unwrap();
@@ -129,14 +129,15 @@ mod fake_host {
     fn no_iommu_names_the_blocker_and_the_fix() {
         let (f, bdf) = nvme_without_iommu("vfio-err-noiommu");
         let e = check_device(&f.host(), bdf, &[bdf]).unwrap_err();
-        assert!(matches!(e, ContainerError::NoIommu { .. }), "{e}");
+        assert!(matches!(e, PreflightError::NoIommu { .. }), "{e}");
         let msg = e.to_string();
         for w in ["0000:02:00.0", "no IOMMU", "intel_iommu=on", "amd_iommu=on"] {
             assert!(msg.contains(w), "{msg}");
         }
         // The whole pre-flight stops there, before looking for /dev/vfio.
         let specs = parse_devices(&["0000:02:00.0"]).unwrap();
-        assert!(matches!(preflight(&f.host(), &specs, 64 << 20), Err(ContainerError::NoIommu { .. })));
+        let bdfs: Vec<Bdf> = specs.iter().map(|s| s.bdf.into()).collect();
+        assert!(matches!(preflight(&f.host(), &bdfs, 64 << 20), Err(PreflightError::NoIommu { .. })));
         std::fs::remove_dir_all(f.root()).unwrap();
     }
 

@@ -348,9 +348,9 @@ impl Binder {
 
 #[cfg(test)]
 mod tests {
-    use super::super::fake::{temp_root, testbed_like, FakeDevice, FakeSysfs};
     use super::*;
-    use crate::sysfs::pci_address;
+    use crate::fake::{temp_root, testbed_like, FakeDevice, FakeSysfs};
+    use crate::pci_address;
 
     const PF: Bdf = pci_address(0, 1, 0, 0);
     const NVME: Bdf = pci_address(0, 2, 0, 0);
@@ -388,7 +388,7 @@ mod tests {
     fn a_vf_of_a_pf_without_autoprobe_goes_back_to_its_driver() {
         let (f, b) = setup("vf-noautoprobe");
         let h = b.host().clone();
-        let vfs = h.set_num_vfs(PF, 2, super::super::SriovOptions { autoprobe: Some(false) }).unwrap();
+        let vfs = h.set_num_vfs(PF, 2, crate::SriovOptions { autoprobe: Some(false) }).unwrap();
         std::fs::write(f.path("sys/bus/pci/devices/0000:01:00.0/sriov_drivers_autoprobe"), "0\n").unwrap();
         let (vf, bare) = (vfs[0], vfs[1]);
         f.bind(vf, "igbvf").unwrap();
@@ -456,9 +456,9 @@ mod tests {
         assert!(b.restore(PF).is_ok());
         std::fs::write(f.path("sys/class/net/eth0/flags"), "0x1002\n").unwrap();
         let h = f.live_host();
-        h.set_num_vfs(PF, 1, crate::sysfs::SriovOptions::default()).unwrap();
+        h.set_num_vfs(PF, 1, crate::SriovOptions::default()).unwrap();
         assert!(matches!(b.bind(PF), Err(BindError::PfHasVfs { num_vfs: 1, .. })));
-        h.set_num_vfs(PF, 0, crate::sysfs::SriovOptions::default()).unwrap();
+        h.set_num_vfs(PF, 0, crate::SriovOptions::default()).unwrap();
         std::fs::remove_dir_all(f.path("sys/bus/pci/drivers/vfio-pci")).unwrap();
         assert!(matches!(b.bind(PF), Err(BindError::VfioPciMissing { .. })));
         assert_eq!(b.host().driver(PF).as_deref(), Some("igb"));

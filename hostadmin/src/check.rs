@@ -359,9 +359,9 @@ pub fn blocked(findings: &[Finding]) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::super::fake::{temp_root, testbed_like, FakeSysfs};
     use super::*;
-    use crate::sysfs::pci_address;
+    use crate::fake::{temp_root, testbed_like, FakeSysfs};
+    use crate::pci_address;
 
     fn find<'a>(v: &'a [Finding], check: &str) -> &'a Finding {
         v.iter().find(|f| f.check == check).unwrap()
@@ -406,7 +406,7 @@ mod tests {
     #[test]
     fn a_shared_group_with_a_host_driver_blocks() {
         let f = testbed_like(temp_root("check-group").unwrap()).unwrap();
-        let mut d = super::super::fake::FakeDevice::new(pci_address(0, 1, 0, 1), 0x8086, 0x10c9, 0x020000);
+        let mut d = crate::fake::FakeDevice::new(pci_address(0, 1, 0, 1), 0x8086, 0x10c9, 0x020000);
         d.iommu_group = Some(7);
         d.native_driver = Some("igb".into());
         f.add_device(&d).unwrap();

@@ -300,9 +300,9 @@ impl PciHost {
 
 #[cfg(test)]
 mod tests {
-    use super::super::fake::{temp_root, testbed_like};
     use super::*;
-    use crate::sysfs::pci_address;
+    use crate::fake::{temp_root, testbed_like};
+    use crate::pci_address;
 
     #[test]
     fn reads_the_testbed_pf() {

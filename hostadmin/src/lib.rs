@@ -1,5 +1,9 @@
-//! Host-side sysfs: device inventory, IOMMU groups, driver binding (with a state file so
-//! bindings can be undone after a crash), SR-IOV, and VF settings through rtnetlink.
+//! Host administration for VFIO passthrough: the host's PCI inventory as sysfs shows it,
+//! pre-flight checks, IOMMU groups, driver binding (with a state file so bindings can be
+//! undone after a crash), SR-IOV, and VF settings through rtnetlink.
+//!
+//! Used by `viaductctl` and by the VMM for `--device ...,managed=on` and its pre-flight; the
+//! `vfio` crate (the VMM's device model) does not depend on it.
 //!
 //! Everything is rooted at a [`PciHost`], whose root defaults to `/`; tests root it at a fake
 //! tree built with [`fake::FakeSysfs`].
@@ -11,6 +15,7 @@ pub mod fake;
 mod host;
 mod inventory;
 mod managed;
+pub mod preflight;
 mod sriov;
 mod state;
 mod usage;

@@ -84,16 +84,15 @@ impl Drop for ManagedDevices {
 
 #[cfg(test)]
 mod tests {
-    use super::super::fake::{temp_root, testbed_like};
     use super::*;
-    use crate::sysfs::{pci_address, RestoreOutcome};
+    use crate::fake::{temp_root, testbed_like};
+    use crate::{pci_address, RestoreOutcome};
 
     #[test]
     fn attach_and_release_round_trip_and_leave_others_alone() {
         let f = testbed_like(temp_root("managed").unwrap()).unwrap();
         let h = f.live_host();
-        let vfs =
-            h.set_num_vfs(pci_address(0, 1, 0, 0), 2, super::super::SriovOptions { autoprobe: Some(false) }).unwrap();
+        let vfs = h.set_num_vfs(pci_address(0, 1, 0, 0), 2, crate::SriovOptions { autoprobe: Some(false) }).unwrap();
         // VF1 is already on vfio-pci (bound by someone else): not ours to release.
         f.bind(vfs[1], "vfio-pci").unwrap();
         let state = StateFile::for_host(&h);
@@ -118,7 +117,7 @@ mod tests {
     /// leaves every device where it was.
     #[test]
     fn a_failed_attach_then_drop_puts_the_earlier_devices_back() {
-        use super::super::fake::FakeDevice;
+        use crate::fake::FakeDevice;
         let f = testbed_like(temp_root("managed-fail").unwrap()).unwrap();
         let h = f.live_host();
         let nvme = pci_address(0, 2, 0, 0);

@@ -100,9 +100,9 @@ impl PciHost {
 
 #[cfg(test)]
 mod tests {
-    use super::super::fake::{temp_root, testbed_like};
     use super::*;
-    use crate::sysfs::pci_address;
+    use crate::fake::{temp_root, testbed_like};
+    use crate::pci_address;
 
     const PF: Bdf = pci_address(0, 1, 0, 0);
 

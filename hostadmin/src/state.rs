@@ -214,9 +214,9 @@ impl StateFile {
 
 #[cfg(test)]
 mod tests {
-    use super::super::fake::temp_root;
     use super::*;
-    use crate::sysfs::pci_address;
+    use crate::fake::temp_root;
+    use crate::pci_address;
 
     #[test]
     fn records_round_trip_and_first_record_wins() {

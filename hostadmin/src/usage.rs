@@ -85,9 +85,9 @@ impl PciHost {
 
 #[cfg(test)]
 mod tests {
-    use super::super::fake::{temp_root, testbed_like};
     use super::*;
-    use crate::sysfs::pci_address;
+    use crate::fake::{temp_root, testbed_like};
+    use crate::pci_address;
 
     #[test]
     fn up_interfaces_and_mounted_disks_are_uses() {

@@ -425,9 +425,9 @@ fn parse_vf(position: u32, info: LinkVfInfo) -> VfStatus {
 
 #[cfg(test)]
 mod tests {
-    use super::super::fake::{temp_root, testbed_like};
     use super::*;
-    use crate::sysfs::pci_address;
+    use crate::fake::{temp_root, testbed_like};
+    use crate::pci_address;
 
     #[test]
     fn mac_parsing() {

@@ -6,15 +6,16 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
+use hostadmin::preflight::{preflight, PreflightError};
+use hostadmin::{BindError, ManagedDevices, PciHost};
 use kvm_bindings::{kvm_create_device, kvm_device_type_KVM_DEV_TYPE_VFIO};
 use pci::{BarIndex, BarKind, BarRegion, BarSlot, ConfigEffects, PciDevice, SharedPciDevice};
-use vfio::container::{preflight, Container, ContainerError, RamRange};
+use vfio::container::{Container, ContainerError, RamRange};
 use vfio::device::{DeviceParts, VfioPciDevice};
 use vfio::dma::{DmaError, DmaMapping};
 use vfio::host::{HostDevice, HostError, IrqIndex, MmapArea, RegionInfo, RegionMapping, VfioHost};
 use vfio::regions::MemorySlots;
 use vfio::spec::{parse_devices, DeviceSpec, SpecError};
-use vfio::sysfs::{BindError, ManagedDevices, PciHost};
 use vm_memory::{GuestMemoryBackend as _, GuestMemoryRegion as _};
 
 use crate::config::DeviceSpec as CliDeviceSpec;
@@ -38,10 +39,12 @@ pub enum VfioManagerError {
     #[error("{id}: binding {bdf} and its IOMMU group to vfio-pci (managed=on)")]
     Managed {
         id: String,
-        bdf: vfio::sysfs::Bdf,
+        bdf: pci::Bdf,
         #[source]
         source: BindError,
     },
+    #[error(transparent)]
+    Preflight(#[from] PreflightError),
     #[error(transparent)]
     Container(#[from] ContainerError),
     #[error(transparent)]
@@ -261,7 +264,7 @@ impl VfioManager {
         }
         mgr.managed = bind_managed(specs)?;
         let ram: u64 = ctx.memory.iter().map(|r| r.len()).sum();
-        preflight(&PciHost::system(), specs, ram)?;
+        preflight(&PciHost::system(), &specs.iter().map(|s| s.bdf.into()).collect::<Vec<_>>(), ram)?;
 
         let mut kvm_dev = kvm_create_device { type_: kvm_device_type_KVM_DEV_TYPE_VFIO, fd: 0, flags: 0 };
         let kvm_vfio = ctx.vm.fd.create_device(&mut kvm_dev).map_err(VfioManagerError::CreateKvmVfio)?;
@@ -315,7 +318,11 @@ fn bind_managed(specs: &[DeviceSpec]) -> Result<Option<Arc<ManagedDevices>>, Vfi
     }
     let mut managed = ManagedDevices::new(PciHost::system());
     for s in specs.iter().filter(|s| s.managed) {
-        managed.attach(s.bdf).map_err(|source| VfioManagerError::Managed { id: s.id.clone(), bdf: s.bdf, source })?;
+        managed.attach(s.bdf.into()).map_err(|source| VfioManagerError::Managed {
+            id: s.id.clone(),
+            bdf: s.bdf,
+            source,
+        })?;
     }
     Ok(Some(Arc::new(managed)))
 }

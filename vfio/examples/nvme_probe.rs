@@ -16,13 +16,14 @@ use std::os::unix::io::AsRawFd;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use hostadmin::preflight::preflight;
+use hostadmin::PciHost;
 use pci::{BarIndex, InterruptError, MsiMessage, MsiVectors, PciDevice, VectorIndex};
-use vfio::container::{preflight, Container, RamRange};
+use vfio::container::{Container, RamRange};
 use vfio::device::{DeviceParts, VfioPciDevice};
 use vfio::host::HostDevice;
 use vfio::regions::MemorySlots;
 use vfio::spec::parse_devices;
-use vfio::sysfs::PciHost;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 const RAM_GPA: u64 = 0x1000_0000;
@@ -33,6 +34,11 @@ const IDENT: u64 = 0x2000;
 const IOSQ: u64 = 0x3000;
 const IOCQ: u64 = 0x4000;
 const DATA: u64 = 0x5000;
+
+/// The devices of `--device` specs, as the host-side pre-flight takes them.
+fn bdfs(specs: &[vfio::spec::DeviceSpec]) -> Vec<hostadmin::Bdf> {
+    specs.iter().map(|s| s.bdf.into()).collect()
+}
 
 fn check(name: &str, ok: bool, detail: impl std::fmt::Display) -> bool {
     println!("@@CHECK {name} {} {detail}", if ok { "pass" } else { "fail" });
@@ -194,7 +200,7 @@ fn run(bdf_arg: &str, expect: Option<&str>) -> Result<bool, String> {
     let specs = parse_devices(&[bdf_arg]).map_err(|e| e.to_string())?;
     let sysfs = PciHost::system();
     let t = Instant::now();
-    preflight(&sysfs, &specs, RAM_SIZE as u64).map_err(|e| e.to_string())?;
+    preflight(&sysfs, &bdfs(&specs), RAM_SIZE as u64).map_err(|e| e.to_string())?;
     let spec = &specs[0];
     let mut container = Container::open(None).map_err(|e| format!("{e}: {:?}", std::error::Error::source(&e)))?;
     let host =
@@ -413,7 +419,7 @@ fn run(bdf_arg: &str, expect: Option<&str>) -> Result<bool, String> {
 /// Opens any device without driving it: what `--bar` and `--info` share.
 fn open_plain(bdf_arg: &str) -> Result<(Container, VfioPciDevice, Slots), String> {
     let specs = parse_devices(&[bdf_arg]).map_err(|e| e.to_string())?;
-    preflight(&PciHost::system(), &specs, RAM_SIZE as u64).map_err(|e| e.to_string())?;
+    preflight(&PciHost::system(), &bdfs(&specs), RAM_SIZE as u64).map_err(|e| e.to_string())?;
     let container = Container::open(None).map_err(|e| format!("{e}: {:?}", std::error::Error::source(&e)))?;
     let host = container
         .open_device(specs[0].bdf, &specs[0].path)
@@ -508,7 +514,7 @@ fn dma_bench(args: &[String]) -> Result<bool, String> {
         let mib: u64 = mib.parse().map_err(|_| "sizes are MiB numbers")?;
         let size = mib << 20;
         for (pages, flags) in [("4k", 0), ("2m", libc::MAP_HUGETLB)] {
-            preflight(&sysfs, &specs, size).map_err(|e| e.to_string())?;
+            preflight(&sysfs, &bdfs(&specs), size).map_err(|e| e.to_string())?;
             // SAFETY: a fresh anonymous mapping, checked, unmapped below after the container.
             let ptr = unsafe {
                 libc::mmap(

@@ -133,7 +133,7 @@ mod tests {
         assert!(m.is_done());
 
         let f = Arc::new(DmaMapping { state: Mutex::new(State::Mapping), done: Condvar::new() });
-        f.finish(Err(ContainerError::NoVfio));
+        f.finish(Err(ContainerError::NoInterruptRemapping));
         assert!(matches!(f.wait(), Err(DmaError::Map(_))));
         assert!(DmaMapping::mapped().wait().is_ok());
     }

@@ -1,5 +1,6 @@
-//! VFIO passthrough: containers and groups, DMA mapping, the VFIO PCI device, and the host's
-//! sysfs view of PCI devices (IOMMU groups, driver binding, SR-IOV).
+//! VFIO passthrough as a VMM needs it: containers and groups, DMA mapping, the VFIO PCI device
+//! (config virtualization, BAR mmaps, interrupts, reset) and the seam to `/dev/vfio`. The host's
+//! side (sysfs inventory, binding, SR-IOV) is the `hostadmin` crate's.
 
 pub mod config;
 pub mod container;
@@ -11,4 +12,3 @@ pub mod host;
 pub mod interrupts;
 pub mod regions;
 pub mod spec;
-pub mod sysfs;

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use crate::sysfs::Bdf;
+use pci::Bdf;
 
 const SYSFS_DEVICES: &str = "/sys/bus/pci/devices/";
 
@@ -25,7 +25,7 @@ pub struct DeviceSpec {
     pub rombar: bool,
     pub romfile: Option<PathBuf>,
     /// `managed=on`: the VMM binds the device (and its IOMMU group) to vfio-pci itself and
-    /// gives it back to its original driver at exit ([`crate::sysfs::ManagedDevices`]).
+    /// gives it back to its original driver at exit (the `hostadmin` crate's `ManagedDevices`, wired in by the VMM).
     pub managed: bool,
 }
 
@@ -130,12 +130,12 @@ mod tests {
     #[test]
     fn forms() {
         let d: DeviceSpec = "path=/sys/bus/pci/devices/0000:02:00.0,id=nvme0,rombar=off".parse().unwrap();
-        assert_eq!(d.bdf, Bdf::new(0, 2, 0, 0));
+        assert_eq!(d.bdf, Bdf::new(0, 2, 0, 0).unwrap());
         assert_eq!(d.id, "nvme0");
         assert!(!d.rombar);
         assert_eq!(d.path, PathBuf::from("/sys/bus/pci/devices/0000:02:00.0"));
         let d: DeviceSpec = "01:10.0".parse().unwrap();
-        assert_eq!(d.bdf, Bdf::new(0, 1, 0x10, 0));
+        assert_eq!(d.bdf, Bdf::new(0, 1, 0x10, 0).unwrap());
         assert!(d.rombar && d.romfile.is_none());
         let d: DeviceSpec = "0000:01:10.2,romfile=/tmp/x.rom".parse().unwrap();
         assert_eq!(d.romfile, Some(PathBuf::from("/tmp/x.rom")));

@@ -1,8 +1,8 @@
 //! `viaductctl bind`, `unbind`, `restore`: moving devices to vfio-pci and back.
 
 use anyhow::Context;
+use hostadmin::{Bdf, BindError, BindOutcome, Binder, RestoreOutcome};
 use serde::Serialize;
-use vfio::sysfs::{Bdf, BindError, BindOutcome, Binder, RestoreOutcome};
 
 use crate::output::emit;
 use crate::table::{opt, render};
@@ -132,7 +132,7 @@ pub fn run_bind(binder: &Binder, args: &BindArgs) -> anyhow::Result<()> {
         let o = binder.bind(bdf).with_context(|| format!("binding {bdf} to vfio-pci (nothing was changed)"))?;
         // VFIO opens only viable groups: say so now rather than at VM start.
         for f in binder.host().check_device(bdf) {
-            if f.check == "group-viability" && f.severity == vfio::sysfs::Severity::Block {
+            if f.check == "group-viability" && f.severity == hostadmin::Severity::Block {
                 log::warn!("{bdf}: {}; VFIO will refuse its group: {}", f.message, f.fix.unwrap_or_default());
             }
         }

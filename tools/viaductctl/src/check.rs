@@ -1,8 +1,8 @@
 //! `viaductctl check`: can devices be assigned on this host?
 
 use anyhow::Context;
+use hostadmin::{blocked, parse_size, Bdf, CheckOptions, Finding, PciHost};
 use serde::Serialize;
-use vfio::sysfs::{blocked, parse_size, Bdf, CheckOptions, Finding, PciHost};
 
 use crate::output::emit;
 use crate::table::{opt, render};
@@ -87,7 +87,7 @@ pub fn run(host: &PciHost, args: &CheckArgs) -> anyhow::Result<bool> {
             Err(e) => unknown.push(Finding {
                 check: "device",
                 device: None,
-                severity: vfio::sysfs::Severity::Block,
+                severity: hostadmin::Severity::Block,
                 message: e.to_string(),
                 fix: Some("give a BDF from `viaductctl list`".into()),
             }),
@@ -95,7 +95,7 @@ pub fn run(host: &PciHost, args: &CheckArgs) -> anyhow::Result<bool> {
     }
     let opts = CheckOptions { devices, memory: args.memory };
     let mut findings = host.check(&opts);
-    if args.fix && findings.iter().any(|f| f.check == "vfio-modules" && f.severity == vfio::sysfs::Severity::Block) {
+    if args.fix && findings.iter().any(|f| f.check == "vfio-modules" && f.severity == hostadmin::Severity::Block) {
         host.load_vfio_modules().context("--fix: loading the VFIO modules")?;
         log::info!("loaded the VFIO modules; checking again");
         findings = host.check(&opts);

@@ -1,7 +1,7 @@
 //! `viaductctl list`: the PCI inventory.
 
+use hostadmin::{PciFunction, PciHost, CLASS_KEYS};
 use serde::Serialize;
-use vfio::sysfs::{PciFunction, PciHost, CLASS_KEYS};
 
 use crate::output::emit;
 use crate::table::{opt, render};

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use vfio::sysfs::{Binder, PciHost, StateFile};
+use hostadmin::{Binder, PciHost, StateFile};
 
 /// Exit status when `check` finds something that blocks assignment.
 const EXIT_BLOCKED: u8 = 3;

@@ -1,8 +1,8 @@
 //! `viaductctl sriov`: create or remove a PF's VFs.
 
 use anyhow::Context;
+use hostadmin::{PciHost, SriovOptions};
 use serde::Serialize;
-use vfio::sysfs::{PciHost, SriovOptions};
 
 use crate::output::emit;
 use crate::table::{opt, render};

@@ -2,8 +2,8 @@
 //! rtnetlink on the PF's netdev.
 
 use anyhow::Context;
+use hostadmin::{MacAddr, PciHost, Rtnetlink, VfLinkState, VfSettings, VfStatus};
 use serde::Serialize;
-use vfio::sysfs::{MacAddr, PciHost, Rtnetlink, VfLinkState, VfSettings, VfStatus};
 
 use crate::output::emit;
 use crate::table::{opt, render};
@@ -64,7 +64,7 @@ struct VfListDoc {
     vfs: Vec<VfDoc>,
 }
 
-fn doc(host: &PciHost, pf: vfio::sysfs::Bdf, s: &VfStatus) -> VfDoc {
+fn doc(host: &PciHost, pf: hostadmin::Bdf, s: &VfStatus) -> VfDoc {
     let bdf = host.sriov_info(pf).and_then(|i| i.vfs.get(s.index as usize).copied());
     VfDoc {
         index: s.index,
@@ -104,7 +104,7 @@ pub fn run(host: &PciHost, args: &VfArgs) -> anyhow::Result<()> {
         }
         Some(i) => {
             if i >= pf.num_vfs {
-                return Err(vfio::sysfs::VfError::VfOutOfRange { bdf: pf.bdf, index: i, num_vfs: pf.num_vfs }.into());
+                return Err(hostadmin::VfError::VfOutOfRange { bdf: pf.bdf, index: i, num_vfs: pf.num_vfs }.into());
             }
             nl.vf_status(&pf)?.into_iter().filter(|s| s.index == i).collect()
         }

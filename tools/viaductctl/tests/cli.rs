@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use vfio::sysfs::fake::{temp_root, testbed_like, FakeSysfs};
+use hostadmin::fake::{temp_root, testbed_like, FakeSysfs};
 
 fn viaductctl(root: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_viaductctl"))
