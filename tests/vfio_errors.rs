@@ -111,12 +111,12 @@ mod host {
 mod fake_host {
     use hostadmin::fake::{temp_root, FakeDevice, FakeSysfs};
     use hostadmin::preflight::{check_device, check_interrupt_remapping, check_memlock, preflight, PreflightError};
-    use hostadmin::Bdf;
+    use pci::Bdf;
     use vfio::spec::parse_devices;
 
     fn nvme_without_iommu(tag: &str) -> (FakeSysfs, Bdf) {
         let f = FakeSysfs::new(temp_root(tag).unwrap()).unwrap();
-        let bdf = Bdf::new(0, 2, 0, 0);
+        let bdf = Bdf::new(0, 2, 0, 0).unwrap();
         f.add_driver("vfio-pci").unwrap();
         let mut d = FakeDevice::new(bdf, 0x1b36, 0x0010, 0x010802);
         d.iommu_group = None;
@@ -136,7 +136,7 @@ mod fake_host {
         }
         // The whole pre-flight stops there, before looking for /dev/vfio.
         let specs = parse_devices(&["0000:02:00.0"]).unwrap();
-        let bdfs: Vec<Bdf> = specs.iter().map(|s| s.bdf.into()).collect();
+        let bdfs: Vec<Bdf> = specs.iter().map(|s| s.bdf).collect();
         assert!(matches!(preflight(&f.host(), &bdfs, 64 << 20), Err(PreflightError::NoIommu { .. })));
         std::fs::remove_dir_all(f.root()).unwrap();
     }

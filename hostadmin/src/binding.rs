@@ -6,7 +6,9 @@
 //! record `restore` can act on.
 
 use super::state::{BindingRecord, StateError, StateFile, StateLock};
-use super::{Bdf, PciHost};
+use pci::Bdf;
+
+use super::PciHost;
 
 /// The VFIO PCI driver's name in sysfs.
 pub const VFIO_PCI: &str = "vfio-pci";
@@ -350,10 +352,9 @@ impl Binder {
 mod tests {
     use super::*;
     use crate::fake::{temp_root, testbed_like, FakeDevice, FakeSysfs};
-    use crate::pci_address;
 
-    const PF: Bdf = pci_address(0, 1, 0, 0);
-    const NVME: Bdf = pci_address(0, 2, 0, 0);
+    const PF: Bdf = Bdf::from_devfn(0, 1, 0); // 0000:01:00.0
+    const NVME: Bdf = Bdf::from_devfn(0, 2, 0); // 0000:02:00.0
 
     fn setup(tag: &str) -> (FakeSysfs, Binder) {
         let f = testbed_like(temp_root(tag).unwrap()).unwrap();
@@ -445,8 +446,8 @@ mod tests {
     #[test]
     fn bad_input_changes_nothing() {
         let (f, b) = setup("bad");
-        assert!(matches!(b.bind(pci_address(0, 9, 0, 0)), Err(BindError::UnknownDevice { .. })));
-        assert!(matches!(b.bind(pci_address(0, 0, 1, 0)), Err(BindError::Bridge { .. })));
+        assert!(matches!(b.bind(Bdf::new(0, 9, 0, 0).unwrap()), Err(BindError::UnknownDevice { .. })));
+        assert!(matches!(b.bind(Bdf::new(0, 0, 1, 0).unwrap()), Err(BindError::Bridge { .. })));
         std::fs::write(f.path("sys/class/net/eth0/flags"), "0x1003\n").unwrap();
         match b.bind(PF) {
             Err(BindError::InUse { uses, .. }) => assert_eq!(uses, "interface eth0 is up"),
@@ -503,12 +504,12 @@ mod tests {
         for d in ["vfio-pci", "e1000e", "pcieport"] {
             f.add_driver(d).unwrap();
         }
-        let mut a = FakeDevice::new(pci_address(0, 3, 0, 0), 0x8086, 0x10d3, 0x020000);
+        let mut a = FakeDevice::new(Bdf::new(0, 3, 0, 0).unwrap(), 0x8086, 0x10d3, 0x020000);
         a.iommu_group = Some(3);
         a.native_driver = Some("e1000e".into());
         let mut c = a.clone();
-        c.bdf = pci_address(0, 3, 0, 1);
-        let mut br = FakeDevice::new(pci_address(0, 0, 2, 0), 0x1b36, 0xc, 0x060400);
+        c.bdf = Bdf::new(0, 3, 0, 1).unwrap();
+        let mut br = FakeDevice::new(Bdf::new(0, 0, 2, 0).unwrap(), 0x1b36, 0xc, 0x060400);
         br.iommu_group = Some(3);
         br.native_driver = Some("pcieport".into());
         for d in [&a, &c, &br] {

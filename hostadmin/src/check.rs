@@ -2,7 +2,9 @@
 //! it; `Severity::Block` findings mean VFIO assignment will fail.
 
 use super::host::read_dir_names;
-use super::{Bdf, PciHost, VFIO_PCI};
+use pci::Bdf;
+
+use super::{PciHost, VFIO_PCI};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckError {
@@ -361,7 +363,6 @@ pub fn blocked(findings: &[Finding]) -> bool {
 mod tests {
     use super::*;
     use crate::fake::{temp_root, testbed_like, FakeSysfs};
-    use crate::pci_address;
 
     fn find<'a>(v: &'a [Finding], check: &str) -> &'a Finding {
         v.iter().find(|f| f.check == check).unwrap()
@@ -370,7 +371,7 @@ mod tests {
     #[test]
     fn testbed_host_passes() {
         let f = testbed_like(temp_root("check").unwrap()).unwrap();
-        let v = f.host().check(&CheckOptions { devices: vec![pci_address(0, 1, 0, 0)], memory: Some(1 << 30) });
+        let v = f.host().check(&CheckOptions { devices: vec![Bdf::new(0, 1, 0, 0).unwrap()], memory: Some(1 << 30) });
         assert!(!blocked(&v), "{v:#?}");
         assert!(find(&v, "group-viability").severity == Severity::Ok);
         assert!(find(&v, "reset").message.contains("flr"));
@@ -406,15 +407,15 @@ mod tests {
     #[test]
     fn a_shared_group_with_a_host_driver_blocks() {
         let f = testbed_like(temp_root("check-group").unwrap()).unwrap();
-        let mut d = crate::fake::FakeDevice::new(pci_address(0, 1, 0, 1), 0x8086, 0x10c9, 0x020000);
+        let mut d = crate::fake::FakeDevice::new(Bdf::new(0, 1, 0, 1).unwrap(), 0x8086, 0x10c9, 0x020000);
         d.iommu_group = Some(7);
         d.native_driver = Some("igb".into());
         f.add_device(&d).unwrap();
-        let v = f.host().check_device(pci_address(0, 1, 0, 0));
+        let v = f.host().check_device(Bdf::new(0, 1, 0, 0).unwrap());
         let g = find(&v, "group-viability");
         assert_eq!(g.severity, Severity::Block);
         assert!(g.message.contains("0000:01:00.1 (igb)"));
-        let v = f.host().check_device(pci_address(0, 9, 0, 0));
+        let v = f.host().check_device(Bdf::new(0, 9, 0, 0).unwrap());
         assert_eq!(v[0].severity, Severity::Block);
         std::fs::remove_dir_all(f.root()).unwrap();
     }

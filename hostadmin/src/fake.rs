@@ -7,7 +7,9 @@ use std::io;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 
-use super::{pci_address, Bdf, PciHost};
+use pci::Bdf;
+
+use super::PciHost;
 
 /// One PCI function to put into a fake tree.
 #[derive(Debug, Clone)]
@@ -278,7 +280,7 @@ impl FakeSysfs {
     /// VFs at function offset 128, stride 2 (the igb layout: 01:00.0 -> 01:10.0, 01:10.2...).
     fn vf_bdf(pf: Bdf, i: u32) -> Bdf {
         let rid = u32::from(pf.devfn()) + 128 + 2 * i;
-        pci_address(pf.segment(), pf.bus(), ((rid >> 3) & 0x1f) as u8, (rid & 7) as u8)
+        Bdf::from_devfn(pf.segment(), pf.bus(), (rid & 0xff) as u8)
     }
 
     fn set_num_vfs(&self, pf: Bdf, n: u32) -> io::Result<()> {
@@ -351,7 +353,8 @@ impl FakeSysfs {
     }
 }
 
-/// The testbed's shape: igb PF with 7 VFs possible, an NVMe, a bridge, drivers loaded.
+/// The testbed's shape: igb PF 01:00.0 with 7 VFs possible, an NVMe at 02:00.0, a root port
+/// at 00:01.0, drivers loaded.
 pub fn testbed_like(root: impl Into<PathBuf>) -> io::Result<FakeSysfs> {
     let f = FakeSysfs::new(root)?;
     for d in ["igb", "igbvf", "nvme", "pcieport", "vfio-pci"] {
@@ -363,12 +366,12 @@ pub fn testbed_like(root: impl Into<PathBuf>) -> io::Result<FakeSysfs> {
     fs::create_dir_all(f.path("dev/vfio"))?;
     write(&f.path("dev/vfio/vfio"), "")?;
     f.add_iommu()?;
-    let mut rp = FakeDevice::new(pci_address(0, 0, 1, 0), 0x1b36, 0x000c, 0x060400);
+    let mut rp = FakeDevice::new(Bdf::from_devfn(0, 0, 1 << 3), 0x1b36, 0x000c, 0x060400);
     rp.iommu_group = Some(1);
     rp.native_driver = Some("pcieport".into());
     rp.bars.clear();
     f.add_device(&rp)?;
-    let mut pf = FakeDevice::new(pci_address(0, 1, 0, 0), 0x8086, 0x10c9, 0x020000);
+    let mut pf = FakeDevice::new(Bdf::from_devfn(0, 1, 0), 0x8086, 0x10c9, 0x020000);
     pf.iommu_group = Some(7);
     pf.native_driver = Some("igb".into());
     pf.total_vfs = Some(7);
@@ -382,7 +385,7 @@ pub fn testbed_like(root: impl Into<PathBuf>) -> io::Result<FakeSysfs> {
         (0xfe82_0000, 0x4000, 0x0004_0200),
     ];
     f.add_device(&pf)?;
-    let mut nvme = FakeDevice::new(pci_address(0, 2, 0, 0), 0x1b36, 0x0010, 0x010802);
+    let mut nvme = FakeDevice::new(Bdf::from_devfn(0, 2, 0), 0x1b36, 0x0010, 0x010802);
     nvme.iommu_group = Some(8);
     nvme.native_driver = Some("nvme".into());
     f.add_device(&nvme)?;

@@ -5,7 +5,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use super::Bdf;
+use pci::Bdf;
 
 /// Test-only stand-in for the kernel: called after every attribute write so a fake sysfs tree
 /// can react the way the kernel would (unbind removes the driver link, probe adds one).

@@ -4,7 +4,9 @@
 use std::path::Path;
 
 use super::host::read_dir_names;
-use super::{Bdf, PciHost};
+use pci::{BarIndex, BarKind, Bdf};
+
+use super::PciHost;
 
 #[derive(Debug, thiserror::Error)]
 pub enum InventoryError {
@@ -23,32 +25,14 @@ pub enum InventoryError {
     ParseAttribute { bdf: Bdf, attr: &'static str, value: String },
 }
 
-/// Kind of address space a BAR decodes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BarKind {
-    Io,
-    Memory32,
-    Memory64,
-}
-
-impl BarKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BarKind::Io => "io",
-            BarKind::Memory32 => "mem32",
-            BarKind::Memory64 => "mem64",
-        }
-    }
-}
-
-/// One implemented BAR as the host kernel assigned it.
+/// One implemented BAR of a host device, where the host kernel placed it (sysfs `resource`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BarInfo {
-    pub index: u8,
+pub struct HostBar {
+    pub index: BarIndex,
+    /// Host physical (or I/O port) address.
     pub start: u64,
     pub size: u64,
     pub kind: BarKind,
-    pub prefetchable: bool,
 }
 
 /// SR-IOV state of a physical function.
@@ -79,7 +63,7 @@ pub struct PciFunction {
     /// The kernel's reset methods in its order of preference (`reset_method`), empty if the
     /// device cannot be reset by the kernel.
     pub reset_methods: Vec<String>,
-    pub bars: Vec<BarInfo>,
+    pub bars: Vec<HostBar>,
     pub sriov: Option<SriovInfo>,
     /// For a VF: its PF and its index there.
     pub physfn: Option<(Bdf, u32)>,
@@ -166,7 +150,7 @@ const IORESOURCE_PREFETCH: u64 = 0x2000;
 const IORESOURCE_MEM_64: u64 = 0x0010_0000;
 
 /// BARs 0..5 from a `resource` file (start end flags per line).
-fn parse_resources(text: &str) -> Vec<BarInfo> {
+fn parse_resources(text: &str) -> Vec<HostBar> {
     let mut bars = Vec::new();
     for (index, line) in text.lines().take(6).enumerate() {
         let f: Vec<u64> = line.split_whitespace().filter_map(parse_hex).collect();
@@ -174,20 +158,16 @@ fn parse_resources(text: &str) -> Vec<BarInfo> {
         if flags & (IORESOURCE_IO | IORESOURCE_MEM) == 0 || end < start {
             continue;
         }
+        let prefetchable = flags & IORESOURCE_PREFETCH != 0;
         let kind = if flags & IORESOURCE_IO != 0 {
             BarKind::Io
         } else if flags & IORESOURCE_MEM_64 != 0 {
-            BarKind::Memory64
+            BarKind::Mem64 { prefetchable }
         } else {
-            BarKind::Memory32
+            BarKind::Mem32 { prefetchable }
         };
-        bars.push(BarInfo {
-            index: index as u8,
-            start,
-            size: end - start + 1,
-            kind,
-            prefetchable: flags & IORESOURCE_PREFETCH != 0,
-        });
+        // `take(6)` above bounds the index.
+        bars.push(HostBar { index: BarIndex(index as u8), start, size: end - start + 1, kind });
     }
     bars
 }
@@ -302,13 +282,12 @@ impl PciHost {
 mod tests {
     use super::*;
     use crate::fake::{temp_root, testbed_like};
-    use crate::pci_address;
 
     #[test]
     fn reads_the_testbed_pf() {
         let f = testbed_like(temp_root("inv").unwrap()).unwrap();
         let h = f.host();
-        let pf = h.function(pci_address(0, 1, 0, 0)).unwrap();
+        let pf = h.function(Bdf::new(0, 1, 0, 0).unwrap()).unwrap();
         assert_eq!((pf.vendor, pf.device), (0x8086, 0x10c9));
         assert_eq!(pf.class_key(), "net");
         assert_eq!(pf.driver.as_deref(), Some("igb"));
@@ -319,15 +298,20 @@ mod tests {
         assert_eq!(pf.bars.len(), 3);
         assert_eq!(
             pf.bars[0],
-            BarInfo { index: 0, start: 0xfe80_0000, size: 0x2_0000, kind: BarKind::Memory32, prefetchable: false }
+            HostBar {
+                index: BarIndex(0),
+                start: 0xfe80_0000,
+                size: 0x2_0000,
+                kind: BarKind::Mem32 { prefetchable: false }
+            }
         );
         assert_eq!(pf.bars[1].kind, BarKind::Io);
-        assert_eq!(pf.bars[1].index, 2);
+        assert_eq!(pf.bars[1].index, BarIndex(2));
         assert_eq!(pf.reset_methods, vec!["flr", "bus"]);
         assert!(!pf.is_bridge);
-        assert!(h.function(pci_address(0, 0, 1, 0)).unwrap().is_bridge);
+        assert!(h.function(Bdf::new(0, 0, 1, 0).unwrap()).unwrap().is_bridge);
         assert_eq!(h.functions().len(), 3);
-        assert_eq!(h.iommu_group_members(7), vec![pci_address(0, 1, 0, 0)]);
+        assert_eq!(h.iommu_group_members(7), vec![Bdf::new(0, 1, 0, 0).unwrap()]);
         std::fs::remove_dir_all(f.root()).unwrap();
     }
 
@@ -335,8 +319,8 @@ mod tests {
     fn resolves_bdf_and_interface_names() {
         let f = testbed_like(temp_root("resolve").unwrap()).unwrap();
         let h = f.host();
-        assert_eq!(h.resolve_device("eth0").unwrap(), pci_address(0, 1, 0, 0));
-        assert_eq!(h.resolve_device("01:00.0").unwrap(), pci_address(0, 1, 0, 0));
+        assert_eq!(h.resolve_device("eth0").unwrap(), Bdf::new(0, 1, 0, 0).unwrap());
+        assert_eq!(h.resolve_device("01:00.0").unwrap(), Bdf::new(0, 1, 0, 0).unwrap());
         assert!(matches!(h.resolve_device("0000:09:00.0"), Err(InventoryError::UnknownDevice { .. })));
         assert!(matches!(h.resolve_device("eth9"), Err(InventoryError::UnknownInterface { .. })));
         assert!(matches!(h.resolve_device("../x"), Err(InventoryError::UnknownInterface { .. })));
@@ -347,7 +331,7 @@ mod tests {
     fn resource_lines_with_garbage_are_skipped() {
         let bars = parse_resources("junk\n0x10 0x0f 0x200\n0x1000 0x1fff 0x140204\n");
         assert_eq!(bars.len(), 1);
-        assert_eq!(bars[0].index, 2);
-        assert_eq!(bars[0].kind, BarKind::Memory64);
+        assert_eq!(bars[0].index, BarIndex(2));
+        assert_eq!(bars[0].kind, BarKind::Mem64 { prefetchable: false });
     }
 }

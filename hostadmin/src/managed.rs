@@ -5,7 +5,9 @@
 //! fds). Bindings are recorded as `viaduct[PID]` in the shared state file, so after a
 //! SIGKILL `viaductctl restore` puts the devices back.
 
-use super::{Bdf, BindError, BindOutcome, Binder, DeviceRestore, PciHost, StateFile};
+use pci::Bdf;
+
+use super::{BindError, BindOutcome, Binder, DeviceRestore, PciHost, StateFile};
 
 /// The managed devices of one VMM process.
 #[derive(Debug)]
@@ -86,13 +88,14 @@ impl Drop for ManagedDevices {
 mod tests {
     use super::*;
     use crate::fake::{temp_root, testbed_like};
-    use crate::{pci_address, RestoreOutcome};
+    use crate::RestoreOutcome;
 
     #[test]
     fn attach_and_release_round_trip_and_leave_others_alone() {
         let f = testbed_like(temp_root("managed").unwrap()).unwrap();
         let h = f.live_host();
-        let vfs = h.set_num_vfs(pci_address(0, 1, 0, 0), 2, crate::SriovOptions { autoprobe: Some(false) }).unwrap();
+        let vfs =
+            h.set_num_vfs(Bdf::new(0, 1, 0, 0).unwrap(), 2, crate::SriovOptions { autoprobe: Some(false) }).unwrap();
         // VF1 is already on vfio-pci (bound by someone else): not ours to release.
         f.bind(vfs[1], "vfio-pci").unwrap();
         let state = StateFile::for_host(&h);
@@ -120,8 +123,8 @@ mod tests {
         use crate::fake::FakeDevice;
         let f = testbed_like(temp_root("managed-fail").unwrap()).unwrap();
         let h = f.live_host();
-        let nvme = pci_address(0, 2, 0, 0);
-        let lonely = pci_address(0, 0x0b, 0, 0);
+        let nvme = Bdf::new(0, 2, 0, 0).unwrap();
+        let lonely = Bdf::new(0, 0x0b, 0, 0).unwrap();
         let mut d = FakeDevice::new(lonely, 0x1234, 0x11e8, 0x00ff00);
         d.iommu_group = None;
         f.add_device(&d).unwrap();
@@ -146,7 +149,7 @@ mod tests {
     fn release_restores_newest_first_and_only_once() {
         let f = testbed_like(temp_root("managed-release").unwrap()).unwrap();
         let h = f.live_host();
-        let nvme = pci_address(0, 2, 0, 0);
+        let nvme = Bdf::new(0, 2, 0, 0).unwrap();
         let state = StateFile::for_host(&h);
         let mut m = ManagedDevices::with_state(h.clone(), state.clone());
         m.attach(nvme).unwrap();

@@ -3,7 +3,9 @@
 //! `--device` leaves nothing half set up. (`viaductctl check` reports the same conditions
 //! as findings, see [`crate::Finding`].)
 
-use super::{Bdf, PciHost};
+use pci::Bdf;
+
+use super::PciHost;
 
 /// Drivers a group member may have while another member is assigned (the kernel's own
 /// viability rule: vfio-pci, pci-stub, or no driver; bridges with pcieport are ignored).
@@ -124,14 +126,14 @@ mod tests {
     fn device_checks() {
         let f = testbed_like(temp_root("vfio-container").unwrap()).unwrap();
         let h = f.host();
-        let nvme = Bdf::new(0, 2, 0, 0);
+        let nvme = Bdf::new(0, 2, 0, 0).unwrap();
         let e = check_device(&h, nvme, &[nvme]).unwrap_err();
         assert!(matches!(e, PreflightError::NotBound { ref driver, .. } if driver == "nvme"), "{e}");
         assert!(e.to_string().contains("drivers_probe"));
         f.unbind(nvme).unwrap();
         f.bind(nvme, "vfio-pci").unwrap();
         assert_eq!(check_device(&h, nvme, &[nvme]).unwrap(), 8);
-        let e = check_device(&h, Bdf::new(0, 9, 0, 0), &[]).unwrap_err();
+        let e = check_device(&h, Bdf::new(0, 9, 0, 0).unwrap(), &[]).unwrap_err();
         assert!(matches!(e, PreflightError::DeviceMissing { .. }), "{e}");
     }
 
@@ -141,7 +143,7 @@ mod tests {
         let f = testbed_like(temp_root("vfio-group").unwrap()).unwrap();
         let h = f.host();
         // Two functions of one card in one group: 0a:00.0 assigned, 0a:00.1 kept by e1000e.
-        let (a, b) = (Bdf::new(0, 0x0a, 0, 0), Bdf::new(0, 0x0a, 0, 1));
+        let (a, b) = (Bdf::new(0, 0x0a, 0, 0).unwrap(), Bdf::new(0, 0x0a, 0, 1).unwrap());
         f.add_driver("e1000e").unwrap();
         for (bdf, drv) in [(a, "vfio-pci"), (b, "e1000e")] {
             let mut d = FakeDevice::new(bdf, 0x8086, 0x10d3, 0x020000);

@@ -1,6 +1,8 @@
 //! Creating and removing SR-IOV virtual functions through `sriov_numvfs`.
 
-use super::{Bdf, PciHost, VFIO_PCI};
+use pci::Bdf;
+
+use super::{PciHost, VFIO_PCI};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SriovError {
@@ -102,16 +104,15 @@ impl PciHost {
 mod tests {
     use super::*;
     use crate::fake::{temp_root, testbed_like};
-    use crate::pci_address;
 
-    const PF: Bdf = pci_address(0, 1, 0, 0);
+    const PF: Bdf = Bdf::from_devfn(0, 1, 0); // 0000:01:00.0
 
     #[test]
     fn creates_lists_and_removes_vfs() {
         let f = testbed_like(temp_root("sriov").unwrap()).unwrap();
         let h = f.live_host();
         let vfs = h.set_num_vfs(PF, 2, SriovOptions::default()).unwrap();
-        assert_eq!(vfs, vec![pci_address(0, 1, 0x10, 0), pci_address(0, 1, 0x10, 2)]);
+        assert_eq!(vfs, vec![Bdf::new(0, 1, 0x10, 0).unwrap(), Bdf::new(0, 1, 0x10, 2).unwrap()]);
         let vf = h.function(vfs[1]).unwrap();
         assert_eq!(vf.physfn, Some((PF, 1)));
         assert_eq!(vf.device, 0x10ca);
@@ -140,11 +141,11 @@ mod tests {
         let h = f.live_host();
         assert!(matches!(h.set_num_vfs(PF, 8, SriovOptions::default()), Err(SriovError::TooManyVfs { total: 7, .. })));
         assert!(matches!(
-            h.set_num_vfs(pci_address(0, 2, 0, 0), 1, SriovOptions::default()),
+            h.set_num_vfs(Bdf::new(0, 2, 0, 0).unwrap(), 1, SriovOptions::default()),
             Err(SriovError::NotSriov { .. })
         ));
         assert!(matches!(
-            h.set_num_vfs(pci_address(0, 5, 0, 0), 1, SriovOptions::default()),
+            h.set_num_vfs(Bdf::new(0, 5, 0, 0).unwrap(), 1, SriovOptions::default()),
             Err(SriovError::UnknownDevice { .. })
         ));
         assert_eq!(h.sriov_info(PF).unwrap().num_vfs, 0);

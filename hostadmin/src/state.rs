@@ -10,7 +10,9 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
-use super::{Bdf, PciHost};
+use pci::Bdf;
+
+use super::PciHost;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -65,7 +67,7 @@ impl BindingRecord {
 
     fn parse(line: &str) -> Result<Self, String> {
         let mut words = line.split_whitespace();
-        let bdf: Bdf = words.next().ok_or("empty")?.parse().map_err(|e: super::BdfError| e.to_string())?;
+        let bdf: Bdf = words.next().ok_or("empty")?.parse().map_err(|e: pci::BdfError| e.to_string())?;
         let (mut driver, mut driver_override, mut owner) = (None, None, None);
         for w in words {
             let (k, v) = w.split_once('=').ok_or_else(|| format!("'{w}' is not key=value"))?;
@@ -216,7 +218,6 @@ impl StateFile {
 mod tests {
     use super::*;
     use crate::fake::temp_root;
-    use crate::pci_address;
 
     #[test]
     fn records_round_trip_and_first_record_wins() {
@@ -225,13 +226,13 @@ mod tests {
         assert!(s.records().unwrap().is_empty());
         let lock = s.lock().unwrap();
         let a = BindingRecord {
-            bdf: pci_address(0, 1, 0, 0),
+            bdf: Bdf::new(0, 1, 0, 0).unwrap(),
             driver: Some("igb".into()),
             driver_override: None,
             owner: "viaductctl".into(),
         };
         let b = BindingRecord {
-            bdf: pci_address(0, 2, 0, 0),
+            bdf: Bdf::new(0, 2, 0, 0).unwrap(),
             driver: None,
             driver_override: Some("nvme".into()),
             owner: "viaduct[7]".into(),

@@ -5,7 +5,9 @@ use std::fmt;
 use std::fs;
 
 use super::host::read_dir_names;
-use super::{Bdf, PciHost};
+use pci::Bdf;
+
+use super::PciHost;
 
 /// One way the host uses a device.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,14 +89,13 @@ impl PciHost {
 mod tests {
     use super::*;
     use crate::fake::{temp_root, testbed_like};
-    use crate::pci_address;
 
     #[test]
     fn up_interfaces_and_mounted_disks_are_uses() {
         let f = testbed_like(temp_root("usage").unwrap()).unwrap();
         let h = f.host();
-        let pf = pci_address(0, 1, 0, 0);
-        let nvme = pci_address(0, 2, 0, 0);
+        let pf = Bdf::new(0, 1, 0, 0).unwrap();
+        let nvme = Bdf::new(0, 2, 0, 0).unwrap();
         assert!(h.host_uses(pf).is_empty());
         fs::write(f.path("sys/class/net/eth0/flags"), "0x1003\n").unwrap();
         assert_eq!(h.host_uses(pf), vec![HostUse::InterfaceUp("eth0".into())]);

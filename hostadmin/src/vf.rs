@@ -15,7 +15,9 @@ use netlink_packet_route::link::{
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
-use super::{Bdf, PciHost};
+use pci::Bdf;
+
+use super::PciHost;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VfError {
@@ -427,7 +429,6 @@ fn parse_vf(position: u32, info: LinkVfInfo) -> VfStatus {
 mod tests {
     use super::*;
     use crate::fake::{temp_root, testbed_like};
-    use crate::pci_address;
 
     #[test]
     fn mac_parsing() {
@@ -505,7 +506,7 @@ mod tests {
 
     #[test]
     fn out_of_range_index_is_refused_before_any_request() {
-        let pf = PfNetdev { bdf: pci_address(0, 1, 0, 0), ifname: "eth0".into(), ifindex: u32::MAX, num_vfs: 2 };
+        let pf = PfNetdev { bdf: Bdf::new(0, 1, 0, 0).unwrap(), ifname: "eth0".into(), ifindex: u32::MAX, num_vfs: 2 };
         // ifindex MAX would make any real request fail differently; the range check comes first.
         let mut nl = match Rtnetlink::open() {
             Ok(nl) => nl,

@@ -1,10 +1,11 @@
-//! PCI addresses: segment, bus, device, function.
+//! PCI addresses: segment, bus, device, function. The one address type of the workspace:
+//! the device model, the VMM's `--device` and the host's sysfs names all use it.
 
 use std::fmt;
 use std::str::FromStr;
 
-/// A PCI function address. Displays as `ssss:bb:dd.f`, parses that form and the short
-/// `bb:dd.f` form (segment 0) that lspci prints.
+/// A PCI function address. Displays as `ssss:bb:dd.f` (sysfs's spelling), parses that form and
+/// the short `bb:dd.f` form (segment 0) that lspci prints.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Bdf {
     segment: u16,
@@ -15,7 +16,7 @@ pub struct Bdf {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum BdfError {
-    #[error("PCI address {input:?} is not of the form [ssss:]bb:dd.f (hex)")]
+    #[error("'{input}' is not a PCI address: expected DDDD:BB:DD.F or BB:DD.F (hex), e.g. 0000:01:00.0")]
     Parse { input: String },
     #[error("PCI device number {0} is out of range (0..=31)")]
     DeviceOutOfRange(u8),

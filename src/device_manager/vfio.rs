@@ -264,7 +264,7 @@ impl VfioManager {
         }
         mgr.managed = bind_managed(specs)?;
         let ram: u64 = ctx.memory.iter().map(|r| r.len()).sum();
-        preflight(&PciHost::system(), &specs.iter().map(|s| s.bdf.into()).collect::<Vec<_>>(), ram)?;
+        preflight(&PciHost::system(), &specs.iter().map(|s| s.bdf).collect::<Vec<_>>(), ram)?;
 
         let mut kvm_dev = kvm_create_device { type_: kvm_device_type_KVM_DEV_TYPE_VFIO, fd: 0, flags: 0 };
         let kvm_vfio = ctx.vm.fd.create_device(&mut kvm_dev).map_err(VfioManagerError::CreateKvmVfio)?;
@@ -318,11 +318,7 @@ fn bind_managed(specs: &[DeviceSpec]) -> Result<Option<Arc<ManagedDevices>>, Vfi
     }
     let mut managed = ManagedDevices::new(PciHost::system());
     for s in specs.iter().filter(|s| s.managed) {
-        managed.attach(s.bdf.into()).map_err(|source| VfioManagerError::Managed {
-            id: s.id.clone(),
-            bdf: s.bdf,
-            source,
-        })?;
+        managed.attach(s.bdf).map_err(|source| VfioManagerError::Managed { id: s.id.clone(), bdf: s.bdf, source })?;
     }
     Ok(Some(Arc::new(managed)))
 }

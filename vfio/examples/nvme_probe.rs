@@ -36,8 +36,8 @@ const IOCQ: u64 = 0x4000;
 const DATA: u64 = 0x5000;
 
 /// The devices of `--device` specs, as the host-side pre-flight takes them.
-fn bdfs(specs: &[vfio::spec::DeviceSpec]) -> Vec<hostadmin::Bdf> {
-    specs.iter().map(|s| s.bdf.into()).collect()
+fn bdfs(specs: &[vfio::spec::DeviceSpec]) -> Vec<pci::Bdf> {
+    specs.iter().map(|s| s.bdf).collect()
 }
 
 fn check(name: &str, ok: bool, detail: impl std::fmt::Display) -> bool {

@@ -1,7 +1,8 @@
 //! `viaductctl bind`, `unbind`, `restore`: moving devices to vfio-pci and back.
 
 use anyhow::Context;
-use hostadmin::{Bdf, BindError, BindOutcome, Binder, RestoreOutcome};
+use hostadmin::{BindError, BindOutcome, Binder, RestoreOutcome};
+use pci::Bdf;
 use serde::Serialize;
 
 use crate::output::emit;

@@ -1,7 +1,8 @@
 //! `viaductctl check`: can devices be assigned on this host?
 
 use anyhow::Context;
-use hostadmin::{blocked, parse_size, Bdf, CheckOptions, Finding, PciHost};
+use hostadmin::{blocked, parse_size, CheckOptions, Finding, PciHost};
+use pci::Bdf;
 use serde::Serialize;
 
 use crate::output::emit;

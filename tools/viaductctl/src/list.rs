@@ -1,6 +1,7 @@
 //! `viaductctl list`: the PCI inventory.
 
 use hostadmin::{PciFunction, PciHost, CLASS_KEYS};
+use pci::BarKind;
 use serde::Serialize;
 
 use crate::output::emit;
@@ -99,12 +100,14 @@ pub fn device_doc(host: &PciHost, f: &PciFunction) -> DeviceDoc {
         bars: f
             .bars
             .iter()
-            .map(|b| BarDoc {
-                index: b.index,
-                start: format!("{:#x}", b.start),
-                size: b.size,
-                kind: b.kind.as_str(),
-                prefetchable: b.prefetchable,
+            .map(|b| {
+                let (kind, prefetchable) = match b.kind {
+                    BarKind::Io => ("io", false),
+                    BarKind::Mem32 { prefetchable } => ("mem32", prefetchable),
+                    BarKind::Mem64 { prefetchable } => ("mem64", prefetchable),
+                    BarKind::Rom => ("rom", false),
+                };
+                BarDoc { index: b.index.0, start: format!("{:#x}", b.start), size: b.size, kind, prefetchable }
             })
             .collect(),
         sriov: f.sriov.as_ref().map(|s| SriovDoc {

@@ -64,7 +64,7 @@ struct VfListDoc {
     vfs: Vec<VfDoc>,
 }
 
-fn doc(host: &PciHost, pf: hostadmin::Bdf, s: &VfStatus) -> VfDoc {
+fn doc(host: &PciHost, pf: pci::Bdf, s: &VfStatus) -> VfDoc {
     let bdf = host.sriov_info(pf).and_then(|i| i.vfs.get(s.index as usize).copied());
     VfDoc {
         index: s.index,
