@@ -197,6 +197,34 @@ fn bind_unbind_restore_round_trip_the_original_driver() {
     s.assert_check("nvme-round-trip");
 }
 
+/// A device on vfio-pci is reported as such by list and check, with the group node a VMM
+/// opens; before binding, check says the NVMe is on no VFIO driver. The kernel shows what the
+/// vfio_driver rule relies on: vfio-dev/vfioN under the device, vfio_pci a holder of
+/// vfio_pci_core.
+#[test]
+fn list_and_check_name_the_vfio_driver_and_its_node() {
+    let s = scenario();
+    let group: u64 = s.value_u64("vf0_group").unwrap_or_else(|e| panic!("{e}"));
+    let l = doc(&s, "list_vf0_bound_json");
+    let vf0 = device(&l, "0000:01:10.0");
+    assert_eq!(vf0["driver"], "vfio-pci");
+    assert_eq!(vf0["vfio"], "vfio-pci");
+    assert_eq!(vf0["vfio_node"], format!("/dev/vfio/{group}"));
+    let c = doc(&s, "check_vf0_bound_json");
+    assert_eq!(c["ok"], true, "{c:#}");
+    assert_eq!(c["devices"][0]["vfio"], "vfio-pci");
+    let f = c["findings"].as_array().unwrap().iter().find(|f| f["check"] == "vfio-driver").unwrap();
+    assert_eq!(f["severity"], "ok");
+    assert!(f["message"].as_str().unwrap().starts_with("on vfio-pci, opened through /dev/vfio/"), "{f}");
+    let before = doc(&s, "check_json");
+    let nvme = before["devices"].as_array().unwrap().iter().find(|d| d["bdf"] == "0000:02:00.0").unwrap();
+    assert_eq!((nvme["driver"].as_str(), nvme["vfio"].as_str()), (Some("nvme"), None), "{before:#}");
+    let vfio_dev = s.value("vf0_vfio_dev").unwrap_or_default();
+    assert!(vfio_dev.trim().starts_with("vfio"), "no vfio-dev/vfioN under the bound VF: {vfio_dev}");
+    let holders = s.value("vfio_pci_core_holders").unwrap_or_default();
+    assert!(holders.split_whitespace().any(|m| m == "vfio_pci"), "vfio_pci_core holders: {holders}");
+}
+
 #[test]
 fn unprobed_vfs_bind_from_no_driver_and_go_back_to_none() {
     let s = scenario();

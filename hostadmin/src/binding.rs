@@ -5,10 +5,10 @@
 //! recorded in the [`StateFile`] before anything changes, so a crash at any point leaves a
 //! record `restore` can act on.
 
-use super::state::{BindingRecord, StateError, StateFile, StateLock};
 use pci::Bdf;
 
-use super::PciHost;
+use super::state::{BindingRecord, StateError, StateFile, StateLock};
+use super::{PciHost, VfioDriver};
 
 /// The VFIO PCI driver's name in sysfs.
 pub const VFIO_PCI: &str = "vfio-pci";
@@ -47,8 +47,9 @@ pub enum BindError {
 /// What `bind` did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BindOutcome {
-    /// It was on vfio-pci already; nothing changed and nothing was recorded.
-    AlreadyBound,
+    /// It was on a VFIO driver already (vfio-pci or a variant, which is ready as it is);
+    /// nothing changed and nothing was recorded.
+    AlreadyBound { driver: VfioDriver },
     /// Moved from `previous` (None: no driver) to vfio-pci and recorded.
     Bound { previous: Option<String> },
 }
@@ -121,7 +122,11 @@ impl Binder {
         if f.iommu_group.is_none() {
             return Err(BindError::NoIommuGroup { bdf });
         }
-        if let Some(s) = f.sriov.as_ref().filter(|s| s.num_vfs > 0 && f.driver.as_deref() != Some(VFIO_PCI)) {
+        if self.host.vfio_driver(bdf).is_some() {
+            // Nothing to move: bind leaves it where it is.
+            return Ok(());
+        }
+        if let Some(s) = f.sriov.as_ref().filter(|s| s.num_vfs > 0) {
             return Err(BindError::PfHasVfs { bdf, num_vfs: s.num_vfs });
         }
         if !self.host.driver_loaded(VFIO_PCI) {
@@ -142,16 +147,21 @@ impl Binder {
     /// Moves one device to vfio-pci. Idempotent.
     pub fn bind(&self, bdf: Bdf) -> Result<BindOutcome, BindError> {
         self.check_bindable(bdf)?;
+        if let Some(driver) = self.host.vfio_driver(bdf) {
+            // Ready as it is: not even the state file is touched.
+            log::info!("{bdf}: already on {driver}");
+            return Ok(BindOutcome::AlreadyBound { driver });
+        }
         let lock = self.state.lock().map_err(Self::state_err(bdf))?;
         self.bind_locked(bdf, &lock)
     }
 
     fn bind_locked(&self, bdf: Bdf, lock: &StateLock) -> Result<BindOutcome, BindError> {
-        let previous = self.host.driver(bdf);
-        if previous.as_deref() == Some(VFIO_PCI) {
-            log::info!("{bdf}: already bound to vfio-pci");
-            return Ok(BindOutcome::AlreadyBound);
+        if let Some(driver) = self.host.vfio_driver(bdf) {
+            log::info!("{bdf}: already on {driver}");
+            return Ok(BindOutcome::AlreadyBound { driver });
         }
+        let previous = self.host.driver(bdf);
         let rec = BindingRecord {
             bdf,
             driver: previous.clone(),
@@ -372,7 +382,7 @@ mod tests {
         let rec = b.state().record(PF).unwrap().unwrap();
         assert_eq!(rec.driver.as_deref(), Some("igb"));
         // Repeating is harmless and keeps the original record.
-        assert_eq!(b.bind(PF).unwrap(), BindOutcome::AlreadyBound);
+        assert_eq!(b.bind(PF).unwrap(), BindOutcome::AlreadyBound { driver: VfioDriver::VfioPci });
         assert_eq!(b.state().records().unwrap().len(), 1);
         assert_eq!(b.restore(PF).unwrap(), RestoreOutcome::Restored { driver: Some("igb".into()) });
         assert_eq!(b.host().driver(PF).as_deref(), Some("igb"));
@@ -524,6 +534,25 @@ mod tests {
         assert_eq!(b.restore_all().unwrap().len(), 2);
         assert_eq!(h.driver(a.bdf).as_deref(), Some("e1000e"));
         assert_eq!(h.driver(c.bdf).as_deref(), Some("e1000e"));
+        std::fs::remove_dir_all(f.root()).unwrap();
+    }
+
+    /// bind leaves a device on a variant driver where it is, even with vfio-pci unloaded;
+    /// unbind and restore do not take it off either (it was not ours).
+    #[test]
+    fn a_device_on_a_variant_driver_is_already_bound() {
+        let (f, b) = setup("bind-variant");
+        f.add_vfio_driver("mlx5_vfio_pci", "mlx5_vfio_pci").unwrap();
+        f.unbind(NVME).unwrap();
+        f.bind(NVME, "mlx5_vfio_pci").unwrap();
+        std::fs::remove_dir_all(f.path("sys/bus/pci/drivers/vfio-pci")).unwrap();
+        let variant = VfioDriver::Variant("mlx5_vfio_pci".into());
+        assert_eq!(b.bind(NVME).unwrap(), BindOutcome::AlreadyBound { driver: variant.clone() });
+        assert_eq!(b.bind_group(NVME).unwrap(), vec![(NVME, BindOutcome::AlreadyBound { driver: variant })]);
+        assert!(b.state().records().unwrap().is_empty());
+        assert_eq!(b.unbind(NVME).unwrap(), RestoreOutcome::NothingToDo { driver: Some("mlx5_vfio_pci".into()) });
+        assert_eq!(b.restore(NVME).unwrap(), RestoreOutcome::NothingToDo { driver: Some("mlx5_vfio_pci".into()) });
+        assert_eq!(b.host().driver(NVME).as_deref(), Some("mlx5_vfio_pci"));
         std::fs::remove_dir_all(f.root()).unwrap();
     }
 }

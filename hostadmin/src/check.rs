@@ -1,9 +1,9 @@
 //! Pre-flight checks for device assignment: each finding says what is wrong and how to fix
 //! it; `Severity::Block` findings mean VFIO assignment will fail.
 
-use super::host::read_dir_names;
 use pci::Bdf;
 
+use super::host::read_dir_names;
 use super::{PciHost, VFIO_PCI};
 
 #[derive(Debug, thiserror::Error)]
@@ -43,7 +43,7 @@ impl Severity {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Finding {
     /// Stable check id: iommu, interrupt-remapping, vfio-modules, memlock, device,
-    /// iommu-group, group-viability, in-use, reset.
+    /// vfio-driver, iommu-group, group-viability, in-use, reset.
     pub check: &'static str,
     /// The device it is about, for per-device checks.
     pub device: Option<Bdf>,
@@ -154,7 +154,8 @@ impl PciHost {
 
     fn check_vfio_modules(&self) -> Finding {
         let mut missing = Vec::new();
-        if !self.driver_loaded(VFIO_PCI) {
+        let vfio_pci = self.driver_loaded(VFIO_PCI);
+        if !vfio_pci {
             missing.push("vfio-pci");
         }
         let type1 = self.path("sys/module/vfio_iommu_type1").is_dir();
@@ -162,9 +163,27 @@ impl PciHost {
         if !type1 && !iommufd {
             missing.push("vfio_iommu_type1");
         }
+        let backend = if type1 { "vfio_iommu_type1" } else { "iommufd" };
+        let variants = self.loaded_variant_modules();
+        let with_variants =
+            if variants.is_empty() { String::new() } else { format!(", variant drivers: {}", variants.join(" ")) };
         if missing.is_empty() {
-            let backend = if type1 { "vfio_iommu_type1" } else { "iommufd" };
-            Finding::new("vfio-modules", Severity::Ok, format!("vfio-pci loaded, IOMMU backend {backend}"), None)
+            Finding::new(
+                "vfio-modules",
+                Severity::Ok,
+                format!("vfio-pci loaded{with_variants}, IOMMU backend {backend}"),
+                None,
+            )
+        } else if missing == ["vfio-pci"] && !variants.is_empty() {
+            // Devices on a variant driver can be assigned; only binding needs vfio-pci.
+            Finding::new(
+                "vfio-modules",
+                Severity::Warn,
+                format!(
+                    "vfio-pci not loaded{with_variants}, IOMMU backend {backend}: devices on a variant driver can be assigned, binding others needs vfio-pci"
+                ),
+                Some("modprobe vfio-pci (or run `viaductctl check --fix`)"),
+            )
         } else {
             Finding::new(
                 "vfio-modules",
@@ -244,6 +263,7 @@ impl PciHost {
             )
             .on(bdf),
         );
+        v.push(self.check_vfio_driver(bdf, drv).on(bdf));
         if f.is_bridge {
             v.push(
                 Finding::new(
@@ -285,7 +305,7 @@ impl PciHost {
             .filter_map(|m| {
                 let mf = self.function(*m).ok()?;
                 let d = mf.driver?;
-                (!mf.is_bridge && d != VFIO_PCI && d != "pci-stub").then(|| format!("{m} ({d})"))
+                (!mf.is_bridge && d != "pci-stub" && self.vfio_driver(*m).is_none()).then(|| format!("{m} ({d})"))
             })
             .collect();
         if blockers.is_empty() {
@@ -333,6 +353,36 @@ impl PciHost {
         v
     }
 
+    /// Which VFIO driver the device is on, if any (see [`crate::VfioDriver`] for the rule).
+    /// Not being on one yet blocks nothing: `viaductctl bind` or `managed=on` moves it.
+    fn check_vfio_driver(&self, bdf: Bdf, drv: &str) -> Finding {
+        const CHECK: &str = "vfio-driver";
+        let Some(vfio) = self.vfio_driver(bdf) else {
+            return Finding::new(
+                CHECK,
+                Severity::Ok,
+                format!(
+                    "not on a VFIO driver ({drv}): `viaductctl bind` or --device ...,managed=on moves it to vfio-pci"
+                ),
+                None,
+            );
+        };
+        match self.vfio_node(bdf) {
+            Some(node) => Finding::new(
+                CHECK,
+                Severity::Ok,
+                format!("on {vfio}, opened through {}", self.display_path(node.path())),
+                None,
+            ),
+            None => Finding::new(
+                CHECK,
+                Severity::Block,
+                format!("on {vfio} but no VFIO device node (/dev/vfio/GROUP or /dev/vfio/devices/vfioN)"),
+                Some("populate /dev (devtmpfs, udev), or rebind the device"),
+            ),
+        }
+    }
+
     /// Loads the VFIO modules (`--fix`). Only for the running host.
     pub fn load_vfio_modules(&self) -> Result<(), CheckError> {
         if self.root() != std::path::Path::new("/") {
@@ -375,6 +425,39 @@ mod tests {
         assert!(!blocked(&v), "{v:#?}");
         assert!(find(&v, "group-viability").severity == Severity::Ok);
         assert!(find(&v, "reset").message.contains("flr"));
+        std::fs::remove_dir_all(f.root()).unwrap();
+    }
+
+    /// A VF on a variant driver: the check says which kind, counts it as a viable group
+    /// member, and with only variant drivers loaded, a missing vfio-pci is a warning.
+    #[test]
+    fn variant_drivers_are_named_and_viable() {
+        let f = testbed_like(temp_root("check-variant").unwrap()).unwrap();
+        f.add_vfio_driver("mlx5_vfio_pci", "mlx5_vfio_pci").unwrap();
+        let (a, b) = (Bdf::new(0, 5, 0, 1).unwrap(), Bdf::new(0, 5, 0, 2).unwrap());
+        for bdf in [a, b] {
+            let mut d = crate::fake::FakeDevice::new(bdf, 0x15b3, 0x101e, 0x020000);
+            d.iommu_group = Some(31);
+            d.native_driver = Some("mlx5_vfio_pci".into());
+            f.add_device(&d).unwrap();
+        }
+        let h = f.host();
+        let v = h.check_device(a);
+        let d = find(&v, "vfio-driver");
+        assert_eq!(d.severity, Severity::Ok);
+        assert!(d.message.starts_with("on variant (mlx5_vfio_pci), opened through "), "{}", d.message);
+        assert_eq!(find(&v, "group-viability").severity, Severity::Ok, "{v:#?}");
+        let nvme = h.check_device(Bdf::new(0, 2, 0, 0).unwrap());
+        assert!(find(&nvme, "vfio-driver").message.starts_with("not on a VFIO driver (nvme)"));
+        assert!(find(&h.check(&CheckOptions::default()), "vfio-modules")
+            .message
+            .contains("variant drivers: mlx5_vfio_pci"));
+        // vfio-pci unloaded: devices on the variant can still be assigned.
+        std::fs::remove_dir_all(f.path("sys/bus/pci/drivers/vfio-pci")).unwrap();
+        let m = h.check_vfio_modules();
+        assert_eq!(m.severity, Severity::Warn, "{m:?}");
+        std::fs::remove_file(f.path("sys/module/vfio_pci_core/holders/mlx5_vfio_pci")).unwrap();
+        assert_eq!(h.check_vfio_modules().severity, Severity::Block);
         std::fs::remove_dir_all(f.root()).unwrap();
     }
 

@@ -11,6 +11,9 @@ use pci::Bdf;
 
 use super::PciHost;
 
+/// Marks a fake driver directory as a VFIO driver's (only the fake kernel reads it).
+const VFIO_MARK: &str = ".fake_vfio_driver";
+
 /// One PCI function to put into a fake tree.
 #[derive(Debug, Clone)]
 pub struct FakeDevice {
@@ -50,6 +53,24 @@ impl FakeDevice {
             reset_methods: "flr bus".into(),
             bars: vec![(0xfe00_0000, 0x2_0000, 0x0004_0200)],
         }
+    }
+}
+
+/// What the fake kernel's VFIO core shows when a device is bound to a VFIO driver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FakeVfioKernel {
+    /// `vfio-dev/vfioN` in the device's sysfs directory (Linux 6.1+).
+    pub vfio_dev_dirs: bool,
+    /// `/dev/vfio/devices/vfioN` (CONFIG_VFIO_DEVICE_CDEV; needs `vfio_dev_dirs`).
+    pub cdev: bool,
+    /// `/dev/vfio/<group>` (CONFIG_VFIO_GROUP).
+    pub groups: bool,
+}
+
+impl Default for FakeVfioKernel {
+    /// Debian 6.1's: vfio-dev directories and group nodes, no cdevs.
+    fn default() -> Self {
+        Self { vfio_dev_dirs: true, cdev: false, groups: true }
     }
 }
 
@@ -113,6 +134,81 @@ impl FakeSysfs {
         write(&d.join("bind"), "")?;
         write(&d.join("unbind"), "")?;
         write(&d.join("new_id"), "")
+    }
+
+    /// Registers a VFIO PCI driver (vfio-pci or a variant) from `module`, which links
+    /// vfio-pci-core. Devices bound to it get what the VFIO core makes (see
+    /// [`FakeVfioKernel`]).
+    pub fn add_vfio_driver(&self, name: &str, module: &str) -> io::Result<()> {
+        self.add_driver(name)?;
+        let ddir = self.root.join("sys/bus/pci/drivers").join(name);
+        let mdir = self.root.join("sys/module").join(module);
+        fs::create_dir_all(&mdir)?;
+        symlink(&mdir, ddir.join("module"))?;
+        let holders = self.root.join("sys/module/vfio_pci_core/holders");
+        fs::create_dir_all(&holders)?;
+        symlink(&mdir, holders.join(module))?;
+        write(&ddir.join(VFIO_MARK), "")
+    }
+
+    /// Sets what the VFIO core shows for devices bound from now on.
+    pub fn set_vfio_kernel(&self, k: FakeVfioKernel) -> io::Result<()> {
+        let flags = [(k.vfio_dev_dirs, "vfio_dev_dirs"), (k.cdev, "cdev"), (k.groups, "groups")];
+        let words: Vec<&str> = flags.iter().filter(|(on, _)| *on).map(|(_, w)| *w).collect();
+        write(&self.root.join(".fake_vfio_kernel"), &words.join(" "))
+    }
+
+    fn vfio_kernel(&self) -> FakeVfioKernel {
+        match fs::read_to_string(self.root.join(".fake_vfio_kernel")) {
+            Ok(s) => {
+                let has = |w: &str| s.split_whitespace().any(|x| x == w);
+                FakeVfioKernel { vfio_dev_dirs: has("vfio_dev_dirs"), cdev: has("cdev"), groups: has("groups") }
+            }
+            Err(_) => FakeVfioKernel::default(),
+        }
+    }
+
+    fn group_of(&self, bdf: Bdf) -> Option<String> {
+        let target = fs::read_link(self.device_dir(bdf).join("iommu_group")).ok()?;
+        target.file_name().map(|n| n.to_string_lossy().into_owned())
+    }
+
+    /// The VFIO core registering a device: vfio-dev/vfioN, its cdev, its group's node.
+    fn vfio_register(&self, bdf: Bdf) -> io::Result<()> {
+        let k = self.vfio_kernel();
+        let seq_file = self.root.join(".fake_vfio_seq");
+        let n: u32 = self.read(&seq_file).parse().unwrap_or(0);
+        fs::write(&seq_file, (n + 1).to_string())?;
+        if k.vfio_dev_dirs {
+            fs::create_dir_all(self.device_dir(bdf).join("vfio-dev").join(format!("vfio{n}")))?;
+            if k.cdev {
+                write(&self.root.join("dev/vfio/devices").join(format!("vfio{n}")), "")?;
+            }
+        }
+        if let (true, Some(g)) = (k.groups, self.group_of(bdf)) {
+            write(&self.root.join("dev/vfio").join(g), "")?;
+        }
+        Ok(())
+    }
+
+    /// The VFIO core letting go of a device; the group node goes with its last VFIO member.
+    fn vfio_unregister(&self, bdf: Bdf) -> io::Result<()> {
+        let vdir = self.device_dir(bdf).join("vfio-dev");
+        for name in crate::host::read_dir_names(&vdir) {
+            let _ = fs::remove_file(self.root.join("dev/vfio/devices").join(name));
+        }
+        let _ = fs::remove_dir_all(vdir);
+        let Some(g) = self.group_of(bdf) else { return Ok(()) };
+        let members = crate::host::read_dir_names(&self.root.join("sys/kernel/iommu_groups").join(&g).join("devices"));
+        let still_vfio = members.iter().any(|m| {
+            m != &bdf.to_string()
+                && fs::read_link(self.root.join("sys/bus/pci/devices").join(m).join("driver"))
+                    .is_ok_and(|d| d.join(VFIO_MARK).exists())
+        });
+        if !still_vfio {
+            let _ = fs::remove_file(self.root.join("dev/vfio").join(g));
+        }
+        Ok(())
     }
 
     /// Adds a kernel module directory (`/sys/module/NAME`).
@@ -192,7 +288,11 @@ impl FakeSysfs {
         let dir = self.root.join("sys/bus/pci/devices").join(bdf.to_string());
         let ddir = self.root.join("sys/bus/pci/drivers").join(driver);
         symlink(&ddir, dir.join("driver"))?;
-        symlink(&dir, ddir.join(bdf.to_string()))
+        symlink(&dir, ddir.join(bdf.to_string()))?;
+        if ddir.join(VFIO_MARK).exists() {
+            self.vfio_register(bdf)?;
+        }
+        Ok(())
     }
 
     pub fn unbind(&self, bdf: Bdf) -> io::Result<()> {
@@ -200,6 +300,9 @@ impl FakeSysfs {
         if let Ok(target) = fs::read_link(dir.join("driver")) {
             let _ = fs::remove_file(target.join(bdf.to_string()));
             fs::remove_file(dir.join("driver"))?;
+            if target.join(VFIO_MARK).exists() {
+                self.vfio_unregister(bdf)?;
+            }
         }
         Ok(())
     }
@@ -357,12 +460,13 @@ impl FakeSysfs {
 /// at 00:01.0, drivers loaded.
 pub fn testbed_like(root: impl Into<PathBuf>) -> io::Result<FakeSysfs> {
     let f = FakeSysfs::new(root)?;
-    for d in ["igb", "igbvf", "nvme", "pcieport", "vfio-pci"] {
+    for d in ["igb", "igbvf", "nvme", "pcieport"] {
         f.add_driver(d)?;
     }
-    for m in ["vfio", "vfio_pci", "vfio_iommu_type1", "vfio_pci_core"] {
+    for m in ["vfio", "vfio_iommu_type1", "vfio_pci_core"] {
         f.add_module(m)?;
     }
+    f.add_vfio_driver("vfio-pci", "vfio_pci")?;
     fs::create_dir_all(f.path("dev/vfio"))?;
     write(&f.path("dev/vfio/vfio"), "")?;
     f.add_iommu()?;

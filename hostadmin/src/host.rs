@@ -51,6 +51,15 @@ impl PciHost {
         &self.root
     }
 
+    /// A path under the root as the host itself names it (`/dev/vfio/7` for a fake tree's
+    /// `ROOT/dev/vfio/7`).
+    pub fn display_path(&self, path: &Path) -> String {
+        match path.strip_prefix(&self.root) {
+            Ok(rel) => Path::new("/").join(rel).display().to_string(),
+            Err(_) => path.display().to_string(),
+        }
+    }
+
     /// `rel` is a path relative to the root, e.g. `sys/bus/pci/devices`.
     pub fn path(&self, rel: &str) -> PathBuf {
         self.root.join(rel)

@@ -3,9 +3,9 @@
 
 use std::path::Path;
 
-use super::host::read_dir_names;
 use pci::{BarIndex, BarKind, Bdf};
 
+use super::host::read_dir_names;
 use super::PciHost;
 
 #[derive(Debug, thiserror::Error)]

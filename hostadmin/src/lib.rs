@@ -19,6 +19,7 @@ mod sriov;
 mod state;
 mod usage;
 mod vf;
+mod vfio_driver;
 
 pub use binding::{BindError, BindOutcome, Binder, DeviceRestore, RestoreOutcome, VFIO_PCI};
 pub use check::{blocked, parse_size, CheckError, CheckOptions, Finding, Severity};
@@ -29,3 +30,4 @@ pub use sriov::{SriovError, SriovOptions};
 pub use state::{BindingRecord, StateError, StateFile, StateLock};
 pub use usage::HostUse;
 pub use vf::{MacAddr, PfNetdev, Rtnetlink, VfError, VfLinkState, VfSettings, VfStatus};
+pub use vfio_driver::{VfioDriver, VfioNode};

@@ -34,8 +34,9 @@ impl ManagedDevices {
     }
 
     /// Binds `bdf` and the rest of its IOMMU group to vfio-pci (all or nothing). Devices
-    /// already on vfio-pci are left as they are and not released later: someone else owns
-    /// them. Returns the devices this call moved.
+    /// already on a VFIO driver (vfio-pci or a variant such as mlx5_vfio_pci) are left as they
+    /// are and not released later: someone else owns them. Returns the devices this call
+    /// moved.
     pub fn attach(&mut self, bdf: Bdf) -> Result<Vec<Bdf>, BindError> {
         let moved: Vec<Bdf> = self
             .binder
@@ -162,6 +163,29 @@ mod tests {
         assert!(m.release().is_empty());
         drop(m);
         assert_eq!(h.driver(nvme).as_deref(), Some("nvme"));
+        std::fs::remove_dir_all(f.root()).unwrap();
+    }
+
+    /// A device on a vfio-pci variant driver is ready as it is: managed=on neither rebinds
+    /// nor records nor releases it.
+    #[test]
+    fn a_device_on_a_variant_driver_is_left_alone() {
+        use crate::fake::FakeDevice;
+        let f = testbed_like(temp_root("managed-variant").unwrap()).unwrap();
+        f.add_vfio_driver("mlx5_vfio_pci", "mlx5_vfio_pci").unwrap();
+        let vf = Bdf::new(0, 5, 0, 1).unwrap();
+        let mut d = FakeDevice::new(vf, 0x15b3, 0x101e, 0x020000);
+        d.iommu_group = Some(30);
+        d.native_driver = Some("mlx5_vfio_pci".into());
+        f.add_device(&d).unwrap();
+        let h = f.live_host();
+        let state = StateFile::for_host(&h);
+        let mut m = ManagedDevices::with_state(h.clone(), state.clone());
+        assert_eq!(m.attach(vf).unwrap(), Vec::<Bdf>::new());
+        assert!(state.records().unwrap().is_empty());
+        assert!(m.release().is_empty());
+        drop(m);
+        assert_eq!(h.driver(vf).as_deref(), Some("mlx5_vfio_pci"));
         std::fs::remove_dir_all(f.root()).unwrap();
     }
 }

@@ -5,11 +5,12 @@
 
 use pci::Bdf;
 
-use super::PciHost;
+use super::{PciHost, VfioDriver};
 
-/// Drivers a group member may have while another member is assigned (the kernel's own
-/// viability rule: vfio-pci, pci-stub, or no driver; bridges with pcieport are ignored).
-const VIABLE_DRIVERS: &[&str] = &["vfio-pci", "pci-stub", "pcieport"];
+/// Drivers other than VFIO's a group member may have while another member is assigned: the
+/// kernel lets VFIO own a group's DMA only when every member has no driver or one that leaves
+/// DMA to it (`driver_managed_dma`: every VFIO driver, pci-stub, pcieport on bridges).
+const VIABLE_DRIVERS: &[&str] = &["pci-stub", "pcieport"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum PreflightError {
@@ -17,8 +18,12 @@ pub enum PreflightError {
     DeviceMissing { bdf: Bdf, path: String },
     #[error("{bdf}: no IOMMU group: the host has no IOMMU enabled; boot it with intel_iommu=on (Intel) or amd_iommu=on (AMD) and enable VT-d/AMD-Vi in the firmware")]
     NoIommu { bdf: Bdf },
-    #[error("{bdf}: bound to {driver}, not vfio-pci; bind it: echo vfio-pci > /sys/bus/pci/devices/{bdf}/driver_override; echo {bdf} > /sys/bus/pci/devices/{bdf}/driver/unbind; echo {bdf} > /sys/bus/pci/drivers_probe")]
+    #[error("{bdf}: bound to {driver}, not vfio-pci (nor a vfio-pci variant driver); bind it: echo vfio-pci > /sys/bus/pci/devices/{bdf}/driver_override; echo {bdf} > /sys/bus/pci/devices/{bdf}/driver/unbind; echo {bdf} > /sys/bus/pci/drivers_probe")]
     NotBound { bdf: Bdf, driver: String },
+    #[error(
+        "{bdf}: on {driver} but there is no /dev/vfio/{group} (nor a VFIO cdev): is /dev populated (devtmpfs, udev)?"
+    )]
+    NoDeviceNode { bdf: Bdf, driver: VfioDriver, group: u32 },
     #[error(
         "{bdf}: IOMMU group {group} is not viable: {members} must also be assigned (--device) or bound to vfio-pci"
     )]
@@ -38,19 +43,25 @@ pub fn check_device(sysfs: &PciHost, bdf: Bdf, assigned: &[Bdf]) -> Result<u32, 
         return Err(PreflightError::DeviceMissing { bdf, path });
     }
     let group = sysfs.iommu_group(bdf).ok_or(PreflightError::NoIommu { bdf })?;
-    match sysfs.driver(bdf) {
-        Some(d) if d == "vfio-pci" => {}
-        other => {
-            let driver = other.unwrap_or_else(|| "no driver".into());
-            return Err(PreflightError::NotBound { bdf, driver });
-        }
+    // vfio-pci or a variant driver built on vfio-pci-core (see crate::VfioDriver).
+    let Some(driver) = sysfs.vfio_driver(bdf) else {
+        let driver = sysfs.driver(bdf).unwrap_or_else(|| "no driver".into());
+        return Err(PreflightError::NotBound { bdf, driver });
+    };
+    if sysfs.vfio_node(bdf).is_none() {
+        return Err(PreflightError::NoDeviceNode { bdf, driver, group });
+    }
+    if let VfioDriver::Variant(_) = driver {
+        log::info!("{bdf}: on the vfio-pci {driver}");
     }
     let blockers: Vec<String> = sysfs
         .iommu_group_members(group)
         .into_iter()
         .filter(|m| !assigned.contains(m))
         .filter_map(|m| match sysfs.driver(m) {
-            Some(d) if !VIABLE_DRIVERS.contains(&d.as_str()) => Some(format!("{m} ({d})")),
+            Some(d) if !VIABLE_DRIVERS.contains(&d.as_str()) && sysfs.vfio_driver(m).is_none() => {
+                Some(format!("{m} ({d})"))
+            }
             _ => None,
         })
         .collect();
@@ -158,6 +169,34 @@ mod tests {
         assert_eq!(check_device(&h, a, &[a, b]).unwrap(), 20);
         f.unbind(b).unwrap();
         assert_eq!(check_device(&h, a, &[a]).unwrap(), 20);
+    }
+
+    #[test]
+    fn a_variant_driver_passes_and_counts_as_viable_for_the_group() {
+        use crate::fake::FakeDevice;
+        let f = testbed_like(temp_root("preflight-variant").unwrap()).unwrap();
+        let h = f.host();
+        f.add_vfio_driver("mlx5_vfio_pci", "mlx5_vfio_pci").unwrap();
+        // Two VFs in one group: one assigned, the other on the variant driver too.
+        let (a, b) = (Bdf::new(0, 5, 0, 1).unwrap(), Bdf::new(0, 5, 0, 2).unwrap());
+        for bdf in [a, b] {
+            let mut d = FakeDevice::new(bdf, 0x15b3, 0x101e, 0x020000);
+            d.iommu_group = Some(31);
+            d.native_driver = Some("mlx5_vfio_pci".into());
+            f.add_device(&d).unwrap();
+        }
+        assert_eq!(check_device(&h, a, &[a]).unwrap(), 31);
+        // Without a node to open, a clear error rather than a failed open later.
+        std::fs::remove_file(f.path("dev/vfio/31")).unwrap();
+        let e = check_device(&h, a, &[a]).unwrap_err();
+        assert!(matches!(e, PreflightError::NoDeviceNode { group: 31, .. }), "{e}");
+        assert!(e.to_string().contains("on variant (mlx5_vfio_pci) but there is no /dev/vfio/31"), "{e}");
+        // A driver whose name merely starts with vfio is not VFIO's.
+        f.add_driver("vfio_lookalike").unwrap();
+        f.unbind(a).unwrap();
+        f.bind(a, "vfio_lookalike").unwrap();
+        let e = check_device(&h, a, &[a]).unwrap_err();
+        assert!(matches!(e, PreflightError::NotBound { ref driver, .. } if driver == "vfio_lookalike"), "{e}");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use pci::Bdf;
 
-use super::{PciHost, VFIO_PCI};
+use super::{PciHost, VfioDriver};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SriovError {
@@ -14,8 +14,8 @@ pub enum SriovError {
     TooManyVfs { bdf: Bdf, requested: u32, total: u32 },
     #[error("{bdf} has no driver bound; the kernel enables VFs only through the PF's driver")]
     NoPfDriver { bdf: Bdf },
-    #[error("{bdf}: VF {vf} is bound to vfio-pci (in use by a VM?); release it first with `viaductctl restore {vf}`")]
-    VfInUse { bdf: Bdf, vf: Bdf },
+    #[error("{bdf}: VF {vf} is bound to {driver} (in use by a VM?); release it first with `viaductctl restore {vf}`")]
+    VfInUse { bdf: Bdf, vf: Bdf, driver: VfioDriver },
     #[error("{bdf}: writing {attr} = {value}")]
     WriteAttribute {
         bdf: Bdf,
@@ -63,8 +63,8 @@ impl PciHost {
             return Err(SriovError::NoPfDriver { bdf: pf });
         }
         // Removing VFs out from under a VM would yank its device; refuse instead.
-        if let Some(vf) = info.vfs.iter().find(|vf| self.driver(**vf).as_deref() == Some(VFIO_PCI)) {
-            return Err(SriovError::VfInUse { bdf: pf, vf: *vf });
+        if let Some((vf, driver)) = info.vfs.iter().find_map(|vf| Some((*vf, self.vfio_driver(*vf)?))) {
+            return Err(SriovError::VfInUse { bdf: pf, vf, driver });
         }
         if info.num_vfs == num_vfs {
             // Same count, but the caller asked for a probe policy: recreate so it applies.

@@ -4,9 +4,9 @@
 use std::fmt;
 use std::fs;
 
-use super::host::read_dir_names;
 use pci::Bdf;
 
+use super::host::read_dir_names;
 use super::PciHost;
 
 /// One way the host uses a device.

@@ -110,8 +110,15 @@ tb_value vf0_driver_before "$VF0_DRV"
 run bind_vf0 bind $VF0 --json
 tb_value bind_vf0_driver "$(tb_driver $VF0)"
 G=$(tb_iommu_group $VF0)
+tb_value vf0_group "$G"
 [ -e /dev/vfio/$G ] && tb_check bind-vf0-devnode pass "/dev/vfio/$G" || tb_check bind-vf0-devnode fail "no /dev/vfio/$G"
 tb_value state_after_bind "$(cat /run/viaduct/bindings 2>/dev/null)"
+# Which VFIO driver it is on, as list and check report it, and the kernel's own signs of a
+# VFIO driver (hostadmin's vfio_driver rule): vfio-dev/vfioN, vfio_pci_core's holders.
+run list_vf0_bound list "$VF0" --json
+run check_vf0_bound check "$VF0" --json
+tb_value vf0_vfio_dev "$(cd "/sys/bus/pci/devices/$VF0/vfio-dev" 2>/dev/null && echo *)"
+tb_value vfio_pci_core_holders "$(cd /sys/module/vfio_pci_core/holders 2>/dev/null && echo *)"
 run bind_vf0_again bind $VF0 --json
 run restore_vf0 restore $VF0 --json
 tb_value restore_vf0_driver "$(tb_driver $VF0)"

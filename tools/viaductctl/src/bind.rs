@@ -76,7 +76,7 @@ fn text(results: &[ResultDoc]) -> String {
 
 fn bind_doc(binder: &Binder, bdf: Bdf, o: &BindOutcome) -> ResultDoc {
     let (action, previous) = match o {
-        BindOutcome::AlreadyBound => ("already-bound", Some("vfio-pci".to_string())),
+        BindOutcome::AlreadyBound { driver } => ("already-bound", Some(driver.driver_name().to_string())),
         BindOutcome::Bound { previous } => ("bound", previous.clone()),
     };
     ResultDoc {

@@ -36,11 +36,24 @@ struct FindingDoc {
     fix: Option<String>,
 }
 
+/// A checked device's driver as VFIO sees it.
+#[derive(Serialize)]
+struct DeviceDoc {
+    bdf: String,
+    driver: Option<String>,
+    /// `vfio-pci`, `variant (NAME)` for a driver built on vfio-pci-core, or null.
+    vfio: Option<String>,
+    /// The node a VMM opens it through, when there is one.
+    vfio_node: Option<String>,
+}
+
 #[derive(Serialize)]
 struct CheckDoc {
     /// False when a finding blocks assignment.
     ok: bool,
     findings: Vec<FindingDoc>,
+    /// The devices checked (those that exist).
+    devices: Vec<DeviceDoc>,
 }
 
 fn doc(f: &Finding) -> FindingDoc {
@@ -103,7 +116,18 @@ pub fn run(host: &PciHost, args: &CheckArgs) -> anyhow::Result<bool> {
     }
     findings.extend(unknown);
     let is_blocked = blocked(&findings);
-    let d = CheckDoc { ok: !is_blocked, findings: findings.iter().map(doc).collect() };
+    let device_docs = opts
+        .devices
+        .iter()
+        .filter(|b| host.device_exists(**b))
+        .map(|b| DeviceDoc {
+            bdf: b.to_string(),
+            driver: host.driver(*b),
+            vfio: host.vfio_driver(*b).map(|v| v.to_string()),
+            vfio_node: host.vfio_node(*b).map(|n| host.display_path(n.path())),
+        })
+        .collect();
+    let d = CheckDoc { ok: !is_blocked, findings: findings.iter().map(doc).collect(), devices: device_docs };
     emit(args.json, &d, || text(&findings))?;
     Ok(is_blocked)
 }

@@ -61,6 +61,11 @@ pub struct DeviceDoc {
     pub class_key: &'static str,
     pub class_name: &'static str,
     pub driver: Option<String>,
+    /// Its VFIO driver: `vfio-pci`, `variant (NAME)` for a driver built on vfio-pci-core, or
+    /// null when it is not on one.
+    pub vfio: Option<String>,
+    /// The node a VMM opens it through (`/dev/vfio/GROUP` or `/dev/vfio/devices/vfioN`).
+    pub vfio_node: Option<String>,
     pub driver_override: Option<String>,
     pub iommu_group: Option<u32>,
     pub iommu_group_members: Vec<String>,
@@ -89,6 +94,8 @@ pub fn device_doc(host: &PciHost, f: &PciFunction) -> DeviceDoc {
         class_key: f.class_key(),
         class_name: f.class_name(),
         driver: f.driver.clone(),
+        vfio: host.vfio_driver(f.bdf).map(|v| v.to_string()),
+        vfio_node: host.vfio_node(f.bdf).map(|n| host.display_path(n.path())),
         driver_override: f.driver_override.clone(),
         iommu_group: f.iommu_group,
         iommu_group_members: f
@@ -154,7 +161,8 @@ fn text(docs: &[DeviceDoc]) -> String {
                 d.bdf.clone(),
                 format!("{}:{}", d.vendor, d.device),
                 d.class_name.to_string(),
-                opt(d.driver.as_deref()),
+                // A VFIO driver shows its kind: vfio-pci or variant (NAME).
+                opt(d.vfio.as_deref().or(d.driver.as_deref())),
                 group,
                 sriov,
                 opt(d.numa_node),

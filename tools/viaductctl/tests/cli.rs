@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use hostadmin::fake::{temp_root, testbed_like, FakeSysfs};
+use hostadmin::fake::{temp_root, testbed_like, FakeDevice, FakeSysfs};
+use pci::Bdf;
 
 fn viaductctl(root: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_viaductctl"))
@@ -187,5 +188,46 @@ fn restore_with_nothing_recorded_is_a_no_op() {
     let out = viaductctl(f.root(), &["restore", "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(json(&out)["results"], serde_json::json!([]));
+    std::fs::remove_dir_all(f.root()).unwrap();
+}
+
+/// A VF on a vfio-pci variant driver: list and check (JSON and text) name the kind, the
+/// check passes, and bind leaves it where it is without recording anything.
+#[test]
+fn a_variant_driver_is_shown_as_such_and_accepted() {
+    let f = testbed("cli-variant");
+    f.add_vfio_driver("mlx5_vfio_pci", "mlx5_vfio_pci").unwrap();
+    let vf = Bdf::new(0, 5, 0, 1).unwrap();
+    let mut d = FakeDevice::new(vf, 0x15b3, 0x101e, 0x020000);
+    d.iommu_group = Some(30);
+    d.native_driver = Some("mlx5_vfio_pci".into());
+    f.add_device(&d).unwrap();
+    let out = viaductctl(f.root(), &["list", "--json"]);
+    let doc = json(&out);
+    let dev = |bdf: &str| doc["devices"].as_array().unwrap().iter().find(|d| d["bdf"] == bdf).unwrap().clone();
+    assert_eq!(dev("0000:05:00.1")["driver"], "mlx5_vfio_pci");
+    assert_eq!(dev("0000:05:00.1")["vfio"], "variant (mlx5_vfio_pci)");
+    assert_eq!(dev("0000:05:00.1")["vfio_node"], "/dev/vfio/30");
+    assert_eq!(dev("0000:02:00.0")["vfio"], serde_json::Value::Null);
+    let text = String::from_utf8(viaductctl(f.root(), &["list"]).stdout).unwrap();
+    let line = text.lines().find(|l| l.starts_with("0000:05:00.1")).unwrap();
+    assert!(line.contains("variant (mlx5_vfio_pci)"), "{text}");
+
+    let out = viaductctl(f.root(), &["check", "0000:05:00.1", "0000:02:00.0", "--json"]);
+    let doc = json(&out);
+    assert_eq!(out.status.code(), Some(0), "{doc:#}");
+    assert_eq!(doc["devices"][0]["vfio"], "variant (mlx5_vfio_pci)");
+    assert_eq!(doc["devices"][1]["vfio"], serde_json::Value::Null);
+    assert_eq!(doc["devices"][1]["driver"], "nvme");
+    let text = String::from_utf8(viaductctl(f.root(), &["check", "0000:05:00.1"]).stdout).unwrap();
+    assert!(text.lines().any(|l| l.contains("vfio-driver") && l.contains("on variant (mlx5_vfio_pci)")), "{text}");
+
+    let before = snapshot(f.root());
+    let out = viaductctl(f.root(), &["bind", "0000:05:00.1", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let r = &json(&out)["results"][0];
+    assert_eq!(r["action"], "already-bound");
+    assert_eq!(r["driver"], "mlx5_vfio_pci");
+    assert_eq!(before, snapshot(f.root()), "bind changed a device that was ready");
     std::fs::remove_dir_all(f.root()).unwrap();
 }
