@@ -96,6 +96,18 @@ fn sigterm_restores_and_leaves_other_bindings_alone() {
         "{}",
         value(&s, "sigterm/records_viaductctl")
     );
+    // `viaductctl restore` refused to take the running VMM's devices: exit 1, naming it,
+    // and both stayed on vfio-pci (its /proc/PID/exe is viaduct).
+    assert_eq!(value(&s, "sigterm/restore_live_rc"), "1");
+    let err = value(&s, "sigterm/restore_live_err");
+    assert!(err.contains("still in use by a running viaduct") && err.contains(&format!("viaduct[{pid}]")), "{err}");
+    for dev in ["vf1", "nvme"] {
+        assert_eq!(
+            value(&s, &format!("sigterm/state_after_live_restore_{dev}")),
+            "vfio-pci override=vfio-pci",
+            "{dev} after a restore while its VMM ran"
+        );
+    }
     // After SIGTERM: viaduct's devices back, VF0 still with viaductctl.
     s.assert_check("sigterm/vf1-restored");
     s.assert_check("sigterm/nvme-restored");

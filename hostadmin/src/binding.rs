@@ -8,7 +8,7 @@
 use pci::Bdf;
 
 use super::state::{BindingRecord, StateError, StateFile, StateLock};
-use super::{PciHost, VfioDriver};
+use super::{Owner, PciHost, VfioDriver};
 
 /// The VFIO PCI driver's name in sysfs.
 pub const VFIO_PCI: &str = "vfio-pci";
@@ -65,6 +65,9 @@ pub enum RestoreOutcome {
     Released { driver: Option<String> },
     /// The recorded device no longer exists (e.g. a VF that was removed); record dropped.
     Gone,
+    /// Left alone: the viaduct process that bound it (`managed=on`) is still running, so its
+    /// guest may be using the device. Record kept.
+    OwnerRunning { pid: u32 },
 }
 
 /// One device's restore result in a batch.
@@ -75,16 +78,16 @@ pub type DeviceRestore = (Bdf, Result<RestoreOutcome, BindError>);
 pub struct Binder {
     host: PciHost,
     state: StateFile,
-    owner: String,
+    owner: Owner,
     /// Bind even devices the host uses (an interface up, a filesystem mounted).
     force: bool,
 }
 
 impl Binder {
-    /// `owner` names who holds the binding: `viaductctl`, or `viaduct[PID]` for managed
-    /// devices (restored by that process at exit, or by `viaductctl restore` after a crash).
-    pub fn new(host: PciHost, state: StateFile, owner: impl Into<String>) -> Self {
-        Self { host, state, owner: owner.into(), force: false }
+    /// `owner` is who holds the bindings made: viaductctl, or a VMM for its managed devices
+    /// (restored by that process at exit, or by `viaductctl restore` after a crash).
+    pub fn new(host: PciHost, state: StateFile, owner: Owner) -> Self {
+        Self { host, state, owner, force: false }
     }
 
     /// Whether to take devices the host is using (see [`PciHost::host_uses`]).
@@ -166,7 +169,7 @@ impl Binder {
             bdf,
             driver: previous.clone(),
             driver_override: self.host.driver_override(bdf),
-            owner: self.owner.clone(),
+            owner: self.owner,
         };
         self.state.add(rec, lock).map_err(Self::state_err(bdf))?;
         let dir = self.host.device_dir(bdf);
@@ -313,11 +316,47 @@ impl Binder {
         Ok(None)
     }
 
-    /// Restores every recorded device (of any owner). Each device's result is reported; one
-    /// failure does not stop the others.
-    pub fn restore_all(&self) -> Result<Vec<DeviceRestore>, StateError> {
+    /// The running viaduct process that holds a record, if any (see [`PciHost::vmm_running`]).
+    fn running_owner(&self, rec: &BindingRecord) -> Option<u32> {
+        match rec.owner {
+            Owner::Vmm { pid } if self.host.vmm_running(pid) => Some(pid),
+            _ => None,
+        }
+    }
+
+    fn restore_abandoned_locked(&self, bdf: Bdf, force: bool, lock: &StateLock) -> Result<RestoreOutcome, BindError> {
+        let rec = self.state.record(bdf).map_err(Self::state_err(bdf))?;
+        if let Some(pid) = rec.as_ref().and_then(|r| self.running_owner(r)) {
+            if !force {
+                log::warn!(
+                    "{bdf}: not restored: viaduct[{pid}] bound it and is still running (force to take it anyway)"
+                );
+                return Ok(RestoreOutcome::OwnerRunning { pid });
+            }
+            // vfio-pci's unbind waits until that VMM lets go of the device.
+            log::warn!("{bdf}: restoring although viaduct[{pid}] is still running (forced)");
+        }
+        self.restore_locked(bdf, lock)
+    }
+
+    /// Like [`Self::restore`], for a device some other process may have bound: a device whose
+    /// owning viaduct process still runs is left alone ([`RestoreOutcome::OwnerRunning`])
+    /// unless `force`.
+    pub fn restore_abandoned(&self, bdf: Bdf, force: bool) -> Result<RestoreOutcome, BindError> {
+        let lock = self.state.lock().map_err(Self::state_err(bdf))?;
+        self.restore_abandoned_locked(bdf, force, &lock)
+    }
+
+    /// Restores every recorded device (of any owner) as [`Self::restore_abandoned`] does.
+    /// Each device's result is reported; one failure does not stop the others.
+    pub fn restore_all(&self, force: bool) -> Result<Vec<DeviceRestore>, StateError> {
         let lock = self.state.lock()?;
-        Ok(self.state.records()?.into_iter().map(|r| (r.bdf, self.restore_locked(r.bdf, &lock))).collect())
+        Ok(self
+            .state
+            .records()?
+            .into_iter()
+            .map(|r| (r.bdf, self.restore_abandoned_locked(r.bdf, force, &lock)))
+            .collect())
     }
 
     /// Restores the devices this binder's owner recorded (a VMM's exit path).
@@ -369,7 +408,7 @@ mod tests {
     fn setup(tag: &str) -> (FakeSysfs, Binder) {
         let f = testbed_like(temp_root(tag).unwrap()).unwrap();
         let h = f.live_host();
-        let b = Binder::new(h.clone(), StateFile::for_host(&h), "viaductctl");
+        let b = Binder::new(h.clone(), StateFile::for_host(&h), Owner::Viaductctl);
         (f, b)
     }
 
@@ -438,7 +477,7 @@ mod tests {
     #[test]
     fn restore_all_after_a_killed_owner() {
         let (f, b) = setup("killed");
-        let vmm = Binder::new(b.host().clone(), b.state().clone(), "viaduct[42]");
+        let vmm = Binder::new(b.host().clone(), b.state().clone(), Owner::Vmm { pid: 42 });
         vmm.bind(PF).unwrap();
         b.bind(NVME).unwrap();
         // The VMM restores only its own devices.
@@ -446,7 +485,7 @@ mod tests {
         assert_eq!(r.len(), 1);
         assert_eq!(b.host().driver(PF).as_deref(), Some("igb"));
         assert_eq!(b.host().driver(NVME).as_deref(), Some("vfio-pci"));
-        let r = b.restore_all().unwrap();
+        let r = b.restore_all(false).unwrap();
         assert_eq!(r.len(), 1);
         assert!(r[0].1.is_ok());
         assert_eq!(b.host().driver(NVME).as_deref(), Some("nvme"));
@@ -497,7 +536,7 @@ mod tests {
             }
             me.kernel_write(p, v)
         }));
-        let b = Binder::new(live, b.state().clone(), "viaductctl");
+        let b = Binder::new(live, b.state().clone(), Owner::Viaductctl);
         match b.bind(PF) {
             Err(BindError::Probe { found: None, .. }) => {}
             other => panic!("{other:?}"),
@@ -526,12 +565,12 @@ mod tests {
             f.add_device(d).unwrap();
         }
         let h = f.live_host();
-        let b = Binder::new(h.clone(), StateFile::for_host(&h), "viaductctl");
+        let b = Binder::new(h.clone(), StateFile::for_host(&h), Owner::Viaductctl);
         let done = b.bind_group(a.bdf).unwrap();
         assert_eq!(done.len(), 2);
         assert_eq!(h.driver(c.bdf).as_deref(), Some("vfio-pci"));
         assert_eq!(h.driver(br.bdf).as_deref(), Some("pcieport"));
-        assert_eq!(b.restore_all().unwrap().len(), 2);
+        assert_eq!(b.restore_all(false).unwrap().len(), 2);
         assert_eq!(h.driver(a.bdf).as_deref(), Some("e1000e"));
         assert_eq!(h.driver(c.bdf).as_deref(), Some("e1000e"));
         std::fs::remove_dir_all(f.root()).unwrap();
@@ -553,6 +592,53 @@ mod tests {
         assert_eq!(b.unbind(NVME).unwrap(), RestoreOutcome::NothingToDo { driver: Some("mlx5_vfio_pci".into()) });
         assert_eq!(b.restore(NVME).unwrap(), RestoreOutcome::NothingToDo { driver: Some("mlx5_vfio_pci".into()) });
         assert_eq!(b.host().driver(NVME).as_deref(), Some("mlx5_vfio_pci"));
+        std::fs::remove_dir_all(f.root()).unwrap();
+    }
+
+    /// restore leaves a device alone while the viaduct process that bound it runs (its guest
+    /// may be using it), restores it once that pid is gone or belongs to another program, and
+    /// takes it anyway when forced.
+    #[test]
+    fn restore_skips_a_live_owner_unless_forced() {
+        let (f, b) = setup("live-owner");
+        let vmm = Binder::new(b.host().clone(), b.state().clone(), Owner::Vmm { pid: 4242 });
+        vmm.bind(PF).unwrap();
+        vmm.bind(NVME).unwrap();
+        f.add_process(4242, "viaduct", Some("/usr/bin/viaduct"), 'S').unwrap();
+        let r = b.restore_all(false).unwrap();
+        assert!(r.iter().all(|(_, o)| matches!(o, Ok(RestoreOutcome::OwnerRunning { pid: 4242 }))), "{r:?}");
+        assert_eq!(b.restore_abandoned(PF, false).unwrap(), RestoreOutcome::OwnerRunning { pid: 4242 });
+        assert_eq!(b.host().driver(PF).as_deref(), Some("vfio-pci"));
+        assert_eq!(b.state().records().unwrap().len(), 2);
+        // Forced: given back.
+        assert_eq!(b.restore_abandoned(PF, true).unwrap(), RestoreOutcome::Restored { driver: Some("igb".into()) });
+        assert_eq!(b.host().driver(PF).as_deref(), Some("igb"));
+        // The pid now belongs to another program: the VMM is gone, its device goes back.
+        f.add_process(4242, "viaduct", Some("/usr/bin/sleep"), 'S').unwrap();
+        let r = b.restore_all(false).unwrap();
+        assert_eq!(r.len(), 1);
+        assert!(
+            matches!(&r[0], (b, Ok(RestoreOutcome::Restored { driver: Some(d) })) if *b == NVME && d == "nvme"),
+            "{r:?}"
+        );
+        assert!(b.state().records().unwrap().is_empty());
+        std::fs::remove_dir_all(f.root()).unwrap();
+    }
+
+    /// A tampered record (a driver name that would leave sysfs' drivers directory) is never
+    /// acted upon: the device stays where it is.
+    #[test]
+    fn a_tampered_record_is_not_acted_upon() {
+        let (f, b) = setup("tampered");
+        f.unbind(NVME).unwrap();
+        f.bind(NVME, "vfio-pci").unwrap();
+        let state = b.state().path().to_path_buf();
+        std::fs::create_dir_all(state.parent().unwrap()).unwrap();
+        std::fs::write(&state, "0000:02:00.0 driver=../../../../../tmp/evil override=- owner=viaductctl\n").unwrap();
+        assert!(b.restore_all(false).unwrap().is_empty());
+        assert_eq!(b.restore(NVME).unwrap(), RestoreOutcome::NothingToDo { driver: Some("vfio-pci".into()) });
+        assert_eq!(b.host().driver(NVME).as_deref(), Some("vfio-pci"));
+        assert!(std::fs::read_to_string(&state).unwrap().contains("tmp/evil"), "the line is kept for the admin");
         std::fs::remove_dir_all(f.root()).unwrap();
     }
 }

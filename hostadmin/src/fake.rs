@@ -211,6 +211,20 @@ impl FakeSysfs {
         Ok(())
     }
 
+    /// Adds a process as `/proc/PID` shows it: `stat` with its state letter (`S`, `R`, `Z`...),
+    /// `comm`, and an `exe` link to `exe` (None: no link, as when it cannot be read).
+    pub fn add_process(&self, pid: u32, comm: &str, exe: Option<&str>, state: char) -> io::Result<()> {
+        let dir = self.root.join("proc").join(pid.to_string());
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir)?;
+        write(&dir.join("stat"), &format!("{pid} ({comm}) {state} 1 {pid} {pid} 0 -1 4194560\n"))?;
+        write(&dir.join("comm"), &format!("{comm}\n"))?;
+        if let Some(exe) = exe {
+            symlink(exe, dir.join("exe"))?;
+        }
+        Ok(())
+    }
+
     /// Adds a kernel module directory (`/sys/module/NAME`).
     pub fn add_module(&self, name: &str) -> io::Result<()> {
         fs::create_dir_all(self.root.join("sys/module").join(name))

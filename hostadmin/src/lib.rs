@@ -14,6 +14,7 @@ pub mod fake;
 mod host;
 mod inventory;
 mod managed;
+mod owner;
 pub mod preflight;
 mod sriov;
 mod state;
@@ -26,6 +27,7 @@ pub use check::{blocked, parse_size, CheckError, CheckOptions, Finding, Severity
 pub use host::PciHost;
 pub use inventory::{class_names, HostBar, InventoryError, PciFunction, SriovInfo, CLASS_KEYS};
 pub use managed::ManagedDevices;
+pub use owner::Owner;
 pub use sriov::{SriovError, SriovOptions};
 pub use state::{BindingRecord, StateError, StateFile, StateLock};
 pub use usage::HostUse;

@@ -7,7 +7,7 @@
 
 use pci::Bdf;
 
-use super::{BindError, BindOutcome, Binder, DeviceRestore, PciHost, StateFile};
+use super::{BindError, BindOutcome, Binder, DeviceRestore, Owner, PciHost, StateFile};
 
 /// The managed devices of one VMM process.
 #[derive(Debug)]
@@ -18,11 +18,6 @@ pub struct ManagedDevices {
 }
 
 impl ManagedDevices {
-    /// Owner tag of a VMM process in the state file.
-    pub fn owner_for_pid(pid: u32) -> String {
-        format!("viaduct[{pid}]")
-    }
-
     /// For this process, with the host's default state file.
     pub fn new(host: PciHost) -> Self {
         let state = StateFile::for_host(&host);
@@ -30,7 +25,7 @@ impl ManagedDevices {
     }
 
     pub fn with_state(host: PciHost, state: StateFile) -> Self {
-        Self { binder: Binder::new(host, state, Self::owner_for_pid(std::process::id())), bound: Vec::new() }
+        Self { binder: Binder::new(host, state, Owner::this_vmm()), bound: Vec::new() }
     }
 
     /// Binds `bdf` and the rest of its IOMMU group to vfio-pci (all or nothing). Devices
@@ -106,7 +101,7 @@ mod tests {
             assert_eq!(m.attach(vfs[1]).unwrap(), Vec::<Bdf>::new());
             assert_eq!(h.driver(vfs[0]).as_deref(), Some("vfio-pci"));
             let rec = state.record(vfs[0]).unwrap().unwrap();
-            assert_eq!(rec.owner, ManagedDevices::owner_for_pid(std::process::id()));
+            assert_eq!(rec.owner, Owner::this_vmm());
             assert_eq!(rec.driver, None);
             // Dropped without release(): Drop gives the device back.
         }

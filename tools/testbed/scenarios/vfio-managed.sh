@@ -7,7 +7,8 @@
 #    disk signature; the guest powers off, viaduct exits 0, each device is back where it was.
 # 2. sigterm: VF0 is first bound by `viaductctl bind` (someone else's binding), then VF0, VF1
 #    and the NVMe with managed=on; while the guest runs, level 1 sees VF1 and the NVMe on
-#    vfio-pci with records owned by viaduct[PID]; SIGTERM: exit 143, VF1 and the NVMe back,
+#    vfio-pci with records owned by viaduct[PID], and `viaductctl restore VF1 NVME` refuses
+#    to take them from the running VMM; SIGTERM: exit 143, VF1 and the NVMe back,
 #    VF0 still on vfio-pci with viaductctl's record (viaduct did not bind it, so it does not
 #    release it).
 # 3. sigkill: VF1 and the NVMe with managed=on; SIGKILL leaves them on vfio-pci with
@@ -178,6 +179,14 @@ done
 tb_value sigterm/pid "$PID"
 tb_value sigterm/records_during "$(records "viaduct[$PID]")"
 tb_value sigterm/records_viaductctl "$(records viaductctl)"
+# `viaductctl restore` leaves the devices of a running viaduct alone (no --force).
+viaductctl restore "$VF1" "$NVME" >/tmp/restore-live.out 2>/tmp/restore-live.err
+tb_value sigterm/restore_live_rc "$?"
+tb_value sigterm/restore_live_err "$(cat /tmp/restore-live.err)"
+for n in vf1 nvme; do
+    eval "b=\$$(echo "$n" | tr '[:lower:]' '[:upper:]')"
+    tb_value "sigterm/state_after_live_restore_$n" "$(state_of "$b")"
+done
 kill -TERM "$PID"
 finish_bg sigterm
 [ "$VMM_RC" = 143 ] && tb_check sigterm/exit-143 pass || tb_check sigterm/exit-143 fail "viaduct exited $VMM_RC"

@@ -36,6 +36,10 @@ pub struct UnbindArgs {
 pub struct RestoreArgs {
     /// Devices to restore; none: every device in the state file.
     devices: Vec<String>,
+    /// Also restore devices whose viaduct process (managed=on) is still running; the unbind
+    /// then waits until that VMM lets the device go.
+    #[arg(long)]
+    force: bool,
     /// One JSON document on stdout.
     #[arg(long)]
     pub json: bool,
@@ -44,13 +48,15 @@ pub struct RestoreArgs {
 #[derive(Serialize)]
 struct ResultDoc {
     bdf: String,
-    /// bound, already-bound, restored, released, nothing-to-do, gone, failed
+    /// bound, already-bound, restored, released, nothing-to-do, gone, owner-running, failed
     action: &'static str,
     /// The driver it had before (bind) or was given back (restore).
     previous_driver: Option<String>,
     /// The driver now bound.
     driver: Option<String>,
     error: Option<String>,
+    /// Why nothing was done, when that is not an error (owner-running).
+    reason: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -67,11 +73,11 @@ fn text(results: &[ResultDoc]) -> String {
                 r.action.to_string(),
                 opt(r.previous_driver.as_deref()),
                 opt(r.driver.as_deref()),
-                opt(r.error.as_deref()),
+                opt(r.error.as_deref().or(r.reason.as_deref())),
             ]
         })
         .collect();
-    render(&["BDF", "ACTION", "BEFORE", "NOW", "ERROR"], &rows)
+    render(&["BDF", "ACTION", "BEFORE", "NOW", "DETAIL"], &rows)
 }
 
 fn bind_doc(binder: &Binder, bdf: Bdf, o: &BindOutcome) -> ResultDoc {
@@ -85,6 +91,7 @@ fn bind_doc(binder: &Binder, bdf: Bdf, o: &BindOutcome) -> ResultDoc {
         previous_driver: previous,
         driver: binder.host().driver(bdf),
         error: None,
+        reason: None,
     }
 }
 
@@ -94,13 +101,27 @@ fn restore_doc(binder: &Binder, bdf: Bdf, r: &Result<RestoreOutcome, BindError>)
         Ok(RestoreOutcome::Released { .. }) => ("released", None),
         Ok(RestoreOutcome::NothingToDo { .. }) => ("nothing-to-do", None),
         Ok(RestoreOutcome::Gone) => ("gone", None),
+        Ok(RestoreOutcome::OwnerRunning { .. }) => ("owner-running", None),
         Err(e) => ("failed", Some(error_chain(e))),
+    };
+    let reason = match r {
+        Ok(RestoreOutcome::OwnerRunning { pid }) => {
+            Some(format!("viaduct[{pid}] bound it and is still running; --force restores it anyway"))
+        }
+        _ => None,
     };
     let previous = match r {
         Ok(RestoreOutcome::Restored { driver }) => driver.clone(),
         _ => None,
     };
-    ResultDoc { bdf: bdf.to_string(), action, previous_driver: previous, driver: binder.host().driver(bdf), error }
+    ResultDoc {
+        bdf: bdf.to_string(),
+        action,
+        previous_driver: previous,
+        driver: binder.host().driver(bdf),
+        error,
+        reason,
+    }
 }
 
 /// An error with its causes on one line.
@@ -152,10 +173,11 @@ pub fn run_unbind(binder: &Binder, args: &UnbindArgs) -> anyhow::Result<()> {
 }
 
 /// Restores the named devices or all recorded ones; fails if any device failed, after
-/// trying them all.
+/// trying them all. A device whose viaduct process still runs is skipped unless `--force`:
+/// with a warning when restoring everything, as a failure when it was named.
 pub fn run_restore(binder: &Binder, args: &RestoreArgs) -> anyhow::Result<()> {
     let results: Vec<(Bdf, Result<RestoreOutcome, BindError>)> = if args.devices.is_empty() {
-        binder.restore_all().context("reading the binding state")?
+        binder.restore_all(args.force).context("reading the binding state")?
     } else {
         let mut v = Vec::new();
         for spec in &args.devices {
@@ -164,12 +186,25 @@ pub fn run_restore(binder: &Binder, args: &RestoreArgs) -> anyhow::Result<()> {
                 Ok(b) => b,
                 Err(_) => resolve(binder, spec)?,
             };
-            v.push((bdf, binder.restore(bdf)));
+            v.push((bdf, binder.restore_abandoned(bdf, args.force)));
         }
         v
     };
     let failed: Vec<String> = results.iter().filter(|(_, r)| r.is_err()).map(|(b, _)| b.to_string()).collect();
     let doc = ResultsDoc { results: results.iter().map(|(b, r)| restore_doc(binder, *b, r)).collect() };
+    let in_use: Vec<String> = results
+        .iter()
+        .filter_map(|(b, r)| match r {
+            Ok(RestoreOutcome::OwnerRunning { pid }) => Some(format!("{b} (viaduct[{pid}])")),
+            _ => None,
+        })
+        .collect();
+    if !in_use.is_empty() && !args.devices.is_empty() {
+        anyhow::bail!(
+            "not restored: {} still in use by a running viaduct; stop it, or --force to take the devices anyway (the unbind waits until it lets go)",
+            in_use.join(", ")
+        );
+    }
     if !failed.is_empty() {
         for r in doc.results.iter().filter_map(|r| r.error.as_deref()) {
             log::error!("{r}");

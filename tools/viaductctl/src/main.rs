@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use hostadmin::{Binder, PciHost, StateFile};
+use hostadmin::{Binder, Owner, PciHost, StateFile};
 
 /// Exit status when `check` finds something that blocks assignment.
 const EXIT_BLOCKED: u8 = 3;
@@ -74,7 +74,7 @@ impl Command {
 fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     let host = PciHost::new(&cli.root);
     let state = cli.state_file.clone().map_or_else(|| StateFile::for_host(&host), StateFile::new);
-    let binder = || Binder::new(host.clone(), state.clone(), "viaductctl");
+    let binder = || Binder::new(host.clone(), state.clone(), Owner::Viaductctl);
     match &cli.command {
         Command::List(a) => list::run(&host, a)?,
         Command::Check(a) => {

@@ -53,6 +53,15 @@ fn snapshot(root: &Path) -> BTreeMap<PathBuf, String> {
     m
 }
 
+/// Paths that differ between two snapshots (added, removed or changed), except `ignore`.
+fn changed(before: &BTreeMap<PathBuf, String>, after: &BTreeMap<PathBuf, String>, ignore: &[&str]) -> Vec<PathBuf> {
+    let keys: std::collections::BTreeSet<&PathBuf> = before.keys().chain(after.keys()).collect();
+    keys.into_iter()
+        .filter(|k| before.get(*k) != after.get(*k) && !ignore.iter().any(|i| k.ends_with(i)))
+        .cloned()
+        .collect()
+}
+
 fn testbed(tag: &str) -> FakeSysfs {
     let f = testbed_like(temp_root(tag).unwrap()).unwrap();
     std::fs::write(f.path("sys/class/net/eth0/ifindex"), "2\n").unwrap();
@@ -228,6 +237,58 @@ fn a_variant_driver_is_shown_as_such_and_accepted() {
     let r = &json(&out)["results"][0];
     assert_eq!(r["action"], "already-bound");
     assert_eq!(r["driver"], "mlx5_vfio_pci");
-    assert_eq!(before, snapshot(f.root()), "bind changed a device that was ready");
+    let diff = changed(&before, &snapshot(f.root()), &[]);
+    assert!(diff.is_empty(), "bind changed a device that was ready: {diff:?}");
+    std::fs::remove_dir_all(f.root()).unwrap();
+}
+
+/// restore and the state file's rules as a user meets them: a device of a running viaduct is
+/// skipped (all) or refused (named) unless --force, a tampered record is skipped with a
+/// warning naming it, a symlinked state file is refused.
+#[test]
+fn restore_respects_a_running_vmm_and_refuses_a_tampered_state_file() {
+    let f = testbed("cli-restore-owner");
+    std::fs::create_dir_all(f.path("run/viaduct")).unwrap();
+    let state = f.path("run/viaduct/bindings");
+    std::fs::write(
+        &state,
+        "0000:02:00.0 driver=nvme override=- owner=viaduct[4242]\n0000:01:00.0 driver=igb override=- owner=viaduct[12ab]\n",
+    )
+    .unwrap();
+    f.add_process(4242, "viaduct", Some("/usr/bin/viaduct"), 'S').unwrap();
+    let before = snapshot(f.root());
+
+    let out = viaductctl(f.root(), &["restore", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let r = json(&out)["results"].clone();
+    assert_eq!(r.as_array().unwrap().len(), 1, "the tampered record is not acted upon: {r}");
+    assert_eq!(r[0]["bdf"], "0000:02:00.0");
+    assert_eq!(r[0]["action"], "owner-running");
+    assert!(r[0]["reason"].as_str().unwrap().contains("viaduct[4242]"), "{r}");
+    let err = stderr(&out);
+    assert!(err.contains("viaduct[4242]") && err.contains("still running"), "{err}");
+    assert!(err.contains("ignoring the record") && err.contains("viaduct[12ab]"), "{err}");
+
+    let out = viaductctl(f.root(), &["restore", "0000:02:00.0"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("still in use by a running viaduct") && stderr(&out).contains("--force"));
+    let diff = changed(&before, &snapshot(f.root()), &["run/viaduct/bindings.lock"]);
+    assert!(diff.is_empty(), "a skipped restore changed {diff:?}");
+
+    // Forced, the device is taken (the fake tree has no kernel to probe: the attempt fails,
+    // which shows it was not skipped).
+    let out = viaductctl(f.root(), &["restore", "0000:02:00.0", "--force"]);
+    let err = stderr(&out);
+    assert!(err.contains("restoring although viaduct[4242] is still running (forced)"), "{err}");
+    assert!(!err.contains("still in use"), "{err}");
+
+    // A symlink where the state file should be: refused, its target untouched.
+    std::fs::write(f.path("elsewhere"), "x\n").unwrap();
+    std::fs::remove_file(&state).unwrap();
+    std::os::unix::fs::symlink(f.path("elsewhere"), &state).unwrap();
+    let out = viaductctl(f.root(), &["restore"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("is a symbolic link"), "{}", stderr(&out));
+    assert_eq!(std::fs::read_to_string(f.path("elsewhere")).unwrap(), "x\n");
     std::fs::remove_dir_all(f.root()).unwrap();
 }
