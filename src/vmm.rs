@@ -253,7 +253,7 @@ fn boot_once(
     let mut timing = StartupTiming::new();
     // Declared before the VM so it is dropped after it (KVM memslots point into it).
     let ram = create_guest_memory(&cfg.memory).context("allocating guest memory")?;
-    let mem = &ram.mem;
+    let mem = &ram;
     let vm = Arc::new(Vm::create(kvm)?);
     vm.map_guest_memory(mem)?;
     timing.mark("memory");

@@ -1,16 +1,60 @@
 //! Guest RAM: anonymous, shared (memfd) or hugetlbfs-backed mappings laid out by `layout`.
+//!
+//! [`GuestMemory`] owns the host mappings jointly with every clone of it: an I/O thread, the
+//! DMA-mapping thread or a device holding one keeps guest RAM mapped, so nothing can touch
+//! unmapped (or, after a guest reset, re-used) memory; RAM is unmapped when the last holder
+//! is gone.
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::sync::Arc;
 
 use vm_memory::mmap::MmapRegionBuilder;
-use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap};
+use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestRegionMmap};
 
 use crate::config::MemoryConfig;
 use crate::layout;
 
-pub type GuestMemory = GuestMemoryMmap<()>;
+/// Guest RAM as vm-memory sees it, plus a share of the host mappings behind it.
+#[derive(Clone, Debug)]
+pub struct GuestMemory {
+    /// Declared first, so dropped first: the regions point into `_mappings`.
+    mem: GuestMemoryMmap<()>,
+    _mappings: Arc<Vec<HostMapping>>,
+}
+
+impl GuestMemory {
+    /// Memory that vm-memory maps and unmaps itself (tests, and callers without a layout).
+    pub fn from_ranges(ranges: &[(GuestAddress, usize)]) -> Result<Self, vm_memory::mmap::FromRangesError> {
+        let mem = GuestMemoryMmap::from_ranges(ranges)?;
+        Ok(Self { mem, _mappings: Arc::new(Vec::new()) })
+    }
+}
+
+impl std::ops::Deref for GuestMemory {
+    type Target = GuestMemoryMmap<()>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.mem
+    }
+}
+
+/// Delegated, so `GuestMemory` is itself a vm-memory `GuestMemory` (virtio queues, `Bytes`).
+impl GuestMemoryBackend for GuestMemory {
+    type R = GuestRegionMmap<()>;
+
+    fn num_regions(&self) -> usize {
+        self.mem.num_regions()
+    }
+
+    fn find_region(&self, addr: GuestAddress) -> Option<&Self::R> {
+        self.mem.find_region(addr)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Self::R> {
+        self.mem.iter()
+    }
+}
 
 const HUGEPAGE_SIZE: u64 = 2 << 20;
 const HUGEPAGES_FREE: &str = "/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages";
@@ -69,6 +113,7 @@ fn create_memfd(size: u64, hugepages: bool) -> Result<File, MemoryError> {
 }
 
 /// A host mapping backing guest RAM, unmapped on drop.
+#[derive(Debug)]
 struct HostMapping {
     addr: *mut libc::c_void,
     size: usize,
@@ -82,17 +127,11 @@ unsafe impl Sync for HostMapping {}
 impl Drop for HostMapping {
     fn drop(&mut self) {
         // SAFETY: [addr, addr+size) was mapped by map_aligned and nothing refers to it any
-        // more: GuestRam drops its GuestMemory (and with it every region) first.
+        // more: the last GuestMemory holding these mappings dropped its regions first.
         if unsafe { libc::munmap(self.addr, self.size) } != 0 {
             log::warn!("munmap of guest RAM failed: {}", std::io::Error::last_os_error());
         }
     }
-}
-
-/// Guest RAM and the host mappings behind it. Field order matters: `mem` drops first.
-pub struct GuestRam {
-    pub mem: GuestMemory,
-    _mappings: Vec<HostMapping>,
 }
 
 /// Guest-physical RAM starts on 2 MiB boundaries; the host mapping must too, or KVM cannot
@@ -169,7 +208,7 @@ fn map_aligned(size: usize, file: Option<(&File, u64)>, addr: u64) -> Result<Hos
 
 /// Allocates and maps guest RAM. With `hugepages` or `shared`, RAM is a memfd mapped
 /// MAP_SHARED (so another process, e.g. a vhost-user backend, can map it too).
-pub fn create_guest_memory(cfg: &MemoryConfig) -> Result<GuestRam, MemoryError> {
+pub fn create_guest_memory(cfg: &MemoryConfig) -> Result<GuestMemory, MemoryError> {
     if cfg.hugepages {
         if cfg.size % HUGEPAGE_SIZE != 0 {
             return Err(MemoryError::HugepageAlignment { size: cfg.size });
@@ -195,8 +234,8 @@ pub fn create_guest_memory(cfg: &MemoryConfig) -> Result<GuestRam, MemoryError> 
                 .with_mmap_flags(libc::MAP_SHARED | libc::MAP_NORESERVE),
             None => builder.with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE),
         };
-        // SAFETY: `mapping` is a live mapping of exactly `size` bytes that GuestRam keeps
-        // until the regions built here are gone.
+        // SAFETY: `mapping` is a live mapping of exactly `size` bytes that every GuestMemory
+        // built from these regions keeps (shared) until its regions are gone.
         let region = unsafe { builder.with_raw_mmap_pointer(mapping.addr.cast()) }
             .build()
             .map_err(|source| MemoryError::Map { addr, size, source })?;
@@ -210,7 +249,7 @@ pub fn create_guest_memory(cfg: &MemoryConfig) -> Result<GuestRam, MemoryError> 
         file_offset += size;
     }
     let mem = GuestMemoryMmap::from_regions(regions).map_err(MemoryError::Regions)?;
-    Ok(GuestRam { mem, _mappings: mappings })
+    Ok(GuestMemory { mem, _mappings: Arc::new(mappings) })
 }
 
 #[cfg(test)]
@@ -222,14 +261,36 @@ mod tests {
     fn anonymous_and_shared_memory_are_usable() {
         for shared in [false, true] {
             let cfg = MemoryConfig { size: 64 << 20, hugepages: false, shared };
-            let ram = create_guest_memory(&cfg).unwrap();
-            let mem = &ram.mem;
+            let mem = create_guest_memory(&cfg).unwrap();
             assert_eq!(mem.num_regions(), 1);
             let host = mem.get_host_address(GuestAddress(0)).unwrap() as usize;
             assert_eq!(host % HOST_ALIGN, 0, "guest RAM must be 2 MiB aligned on the host");
             mem.write_obj(0xdead_beefu32, GuestAddress(0x1000)).unwrap();
             assert_eq!(mem.read_obj::<u32>(GuestAddress(0x1000)).unwrap(), 0xdead_beef);
         }
+    }
+
+    /// Whether `addr` is mapped in this process (mincore fails with ENOMEM on a hole).
+    fn is_mapped(addr: usize) -> bool {
+        let mut vec = [0u8; 1];
+        // SAFETY: mincore only reads the page tables for one page and writes one byte.
+        unsafe { libc::mincore(addr as *mut libc::c_void, 4096, vec.as_mut_ptr()) == 0 }
+    }
+
+    #[test]
+    fn ram_stays_mapped_while_any_clone_lives() {
+        let cfg = MemoryConfig { size: 16 << 20, hugepages: false, shared: true };
+        let mem = create_guest_memory(&cfg).unwrap();
+        let host = mem.get_host_address(GuestAddress(0)).unwrap() as usize;
+        let worker_copy = mem.clone();
+        drop(mem);
+        assert!(is_mapped(host), "a clone (an I/O thread's) keeps RAM mapped");
+        let t = std::thread::spawn(move || {
+            worker_copy.write_obj(0x5a5a_u16, GuestAddress(0x2000)).unwrap();
+            worker_copy.read_obj::<u16>(GuestAddress(0x2000)).unwrap()
+        });
+        assert_eq!(t.join().unwrap(), 0x5a5a);
+        assert!(!is_mapped(host), "the last holder gone: RAM unmapped");
     }
 
     #[test]
