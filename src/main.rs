@@ -10,6 +10,7 @@ mod resources;
 mod signals;
 mod stop;
 mod terminal;
+mod threads;
 mod vmm;
 mod vstate;
 

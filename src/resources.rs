@@ -30,12 +30,27 @@ pub enum ResourceError {
         #[source]
         source: vm_allocator::Error,
     },
+    #[error("giving back {what} failed")]
+    Free {
+        what: String,
+        #[source]
+        source: vm_allocator::Error,
+    },
     #[error("allocating a {what} GSI failed: all are in use")]
     AllocateGsi {
         what: &'static str,
         #[source]
         source: vm_allocator::Error,
     },
+}
+
+/// Something taken from [`Resources`] for one device, given back when it detaches.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Allocation {
+    Mmio32(RangeInclusive),
+    Mmio64(RangeInclusive),
+    Io(RangeInclusive),
+    MsiGsi(u32),
 }
 
 pub struct Resources {
@@ -91,6 +106,79 @@ impl Resources {
     pub fn allocate_msi_gsi(&mut self) -> Result<u32, ResourceError> {
         self.msi_gsi.allocate_id().map_err(|source| ResourceError::AllocateGsi { what: "MSI", source })
     }
+
+    /// Gives `a` back (a device detached); a failure means it was not allocated here.
+    pub fn free(&mut self, a: &Allocation) -> Result<(), ResourceError> {
+        let r = match a {
+            Allocation::Mmio32(r) => self.mmio32.free(r),
+            Allocation::Mmio64(r) => self.mmio64.free(r),
+            Allocation::Io(r) => self.io.free(r),
+            Allocation::MsiGsi(g) => self.msi_gsi.free_id(*g).map(|_| ()),
+        };
+        r.map_err(|source| ResourceError::Free { what: format!("{a:?}"), source })
+    }
+}
+
+/// Resources taken for a device being built: given back if building fails (dropped), kept
+/// (to be recorded with the device and given back when it detaches) with [`Self::keep`].
+pub struct Taken<'a> {
+    resources: &'a std::sync::Mutex<Resources>,
+    list: Vec<Allocation>,
+}
+
+impl<'a> Taken<'a> {
+    pub fn new(resources: &'a std::sync::Mutex<Resources>) -> Self {
+        Self { resources, list: Vec::new() }
+    }
+
+    // Allocator calls cannot panic halfway: a poisoned lock still holds whole allocators.
+    fn lock(&self) -> std::sync::MutexGuard<'a, Resources> {
+        self.resources.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn msi_gsi(&mut self) -> Result<u32, ResourceError> {
+        let gsi = self.lock().allocate_msi_gsi()?;
+        self.list.push(Allocation::MsiGsi(gsi));
+        Ok(gsi)
+    }
+
+    pub fn mmio32(&mut self, size: u64, align: u64) -> Result<u64, ResourceError> {
+        let r = self.lock().allocate_mmio32(size, align)?;
+        let start = r.start();
+        self.list.push(Allocation::Mmio32(r));
+        Ok(start)
+    }
+
+    pub fn mmio64(&mut self, size: u64, align: u64) -> Result<u64, ResourceError> {
+        let r = self.lock().allocate_mmio64(size, align)?;
+        let start = r.start();
+        self.list.push(Allocation::Mmio64(r));
+        Ok(start)
+    }
+
+    pub fn io(&mut self, size: u64, align: u64) -> Result<u64, ResourceError> {
+        let r = self.lock().allocate_io(size, align)?;
+        let start = r.start();
+        self.list.push(Allocation::Io(r));
+        Ok(start)
+    }
+
+    /// What was taken, now owned by the caller.
+    pub fn keep(mut self) -> Vec<Allocation> {
+        std::mem::take(&mut self.list)
+    }
+}
+
+impl Drop for Taken<'_> {
+    fn drop(&mut self) {
+        let list = std::mem::take(&mut self.list);
+        let mut r = self.lock();
+        for a in &list {
+            if let Err(e) = r.free(a) {
+                log::warn!("{e}");
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -111,5 +199,11 @@ mod tests {
         }
         assert!(r.allocate_msi_gsi().is_err());
         assert!(r.allocate_mmio32(layout::PCI_MMIO32_SIZE, 4096).is_err());
+        // What a detached device gives back is handed out again.
+        r.free(&Allocation::MsiGsi(MSI_GSI_FIRST + 1)).unwrap();
+        assert_eq!(r.allocate_msi_gsi().unwrap(), MSI_GSI_FIRST + 1);
+        r.free(&Allocation::Mmio32(a)).unwrap();
+        assert_eq!(r.allocate_mmio32(0x4000, 0x4000).unwrap(), a);
+        assert!(r.free(&Allocation::Mmio64(a)).is_err(), "not from that window");
     }
 }

@@ -1,11 +1,13 @@
-//! Host signals: SIGTERM/SIGINT arrive on a signalfd read by the control loop (blocked in
-//! every thread), and a no-op SIGRTMIN handler lets us kick vCPU threads out of KVM_RUN.
+//! Host signals: SIGTERM, SIGINT and SIGHUP (the terminal went away) arrive on a signalfd
+//! read by the control loop (blocked in every thread) and stop the VM the orderly way
+//! (devices released, `managed=on` devices given back); a no-op SIGRTMIN handler lets us kick
+//! vCPU threads out of KVM_RUN.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use vmm_sys_util::signal::{block_signal, create_sigset, register_signal_handler, SIGRTMIN};
 
-pub const STOP_SIGNALS: [libc::c_int; 2] = [libc::SIGTERM, libc::SIGINT];
+pub const STOP_SIGNALS: [libc::c_int; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
 
 #[derive(Debug, thiserror::Error)]
 pub enum SignalError {

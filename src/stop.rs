@@ -10,7 +10,7 @@ pub enum StopReason {
     PowerOff,
     /// The guest asked for a reset (ACPI reset register, i8042, triple fault).
     Reset,
-    /// The host asked us to stop (SIGTERM/SIGINT).
+    /// The host asked us to stop (SIGTERM/SIGINT/SIGHUP).
     Signal(i32),
     /// Something failed; the message is the one line the user sees.
     Error(String),

@@ -5,7 +5,7 @@ use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -16,7 +16,8 @@ use vmm_sys_util::signal::Killable;
 
 use crate::boot::{self, acpi::AcpiConfig};
 use crate::config::{KernelCache, RebootAction, SerialConfig, VmConfig};
-use crate::device_manager::DeviceManager;
+use crate::device_manager::seams::VmSeams;
+use crate::device_manager::{DeviceManager, DeviceManagerConfig};
 use crate::devices::cmos::Cmos;
 use crate::devices::serial::{self, ConsoleOut, FlushingWriter, SerialDevice};
 use crate::signals;
@@ -27,8 +28,15 @@ use crate::vstate::memory::{create_guest_memory, GuestMemory};
 use crate::vstate::vcpu::Vcpu;
 use crate::vstate::vm::Vm;
 
-/// The serial device host input goes to; replaced on every (re)boot.
-type ConsoleInput = Arc<Mutex<Option<Arc<Mutex<SerialDevice>>>>>;
+/// The serial device host input goes to; replaced on every (re)boot. The device manager
+/// owns the device: input arriving after it is gone is dropped.
+type ConsoleInput = Arc<Mutex<Option<Weak<Mutex<SerialDevice>>>>>;
+
+/// The console input slot only ever gets assigned: a poisoned lock still holds a whole
+/// value.
+fn console_slot(input: &ConsoleInput) -> std::sync::MutexGuard<'_, Option<Weak<Mutex<SerialDevice>>>> {
+    input.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// Where guest console output goes, reopened for every boot.
 enum ConsoleSink {
@@ -62,6 +70,7 @@ pub struct Vmm;
 impl Vmm {
     /// Runs the guest until it powers off, is stopped by a signal, or fails.
     pub fn run(cfg: &VmConfig) -> anyhow::Result<ExitCode> {
+        crate::threads::install_panic_hook();
         preflight(cfg)?;
         let signal_fd = signals::setup()?;
         let kvm = KvmSystem::open()?;
@@ -84,6 +93,11 @@ impl Vmm {
             let platform = Platform { sink: &sink, console_input: &console_input, cmos: &cmos };
             let mut reason = boot_once(&kvm, &cpuid, cfg, &kernel, &platform, &signal_fd, first_boot)?;
             first_boot = false;
+            // Whatever ended the VM, a panic on any thread (also during the teardown) is the
+            // error the user sees.
+            if let Some(panic) = crate::threads::first_panic() {
+                bail!(panic);
+            }
             // The control loop reads signals only while it waits on a running guest: a guest
             // that resets as soon as it starts would keep a stop signal waiting forever.
             if reason == StopReason::Reset {
@@ -167,12 +181,14 @@ pub struct SerialProxy(ConsoleInput);
 
 impl serial::InputSink for SerialProxy {
     fn enqueue_input(&mut self, bytes: &[u8]) -> usize {
-        let current = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        match current {
-            Some(dev) => dev.lock().unwrap_or_else(|e| e.into_inner()).enqueue_input(bytes),
-            // No guest yet (or between reboots): drop the input rather than block.
-            None => bytes.len(),
-        }
+        let current = console_slot(&self.0).as_ref().and_then(Weak::upgrade);
+        let taken = match current.as_deref().map(Mutex::lock) {
+            Some(Ok(mut dev)) => dev.enqueue_input(bytes),
+            // No guest yet (or between reboots), or COM1 failed: drop the input rather than
+            // block.
+            Some(Err(_)) | None => bytes.len(),
+        };
+        taken
     }
 }
 
@@ -251,15 +267,23 @@ fn boot_once(
 ) -> anyhow::Result<StopReason> {
     let Platform { sink, console_input, cmos } = platform;
     let mut timing = StartupTiming::new();
-    // Declared before the VM so it is dropped after it (KVM memslots point into it).
+    // Declared before the VM and the devices so it is dropped after them (KVM memslots
+    // point into it); whoever holds a clone keeps it mapped longer.
     let ram = create_guest_memory(&cfg.memory).context("allocating guest memory")?;
     let mem = &ram;
     let vm = Arc::new(Vm::create(kvm)?);
     vm.map_guest_memory(mem)?;
     timing.mark("memory");
     let stop = StopNotifier::new().context("creating the stop eventfd")?;
+    crate::threads::report_panics_to(&stop);
     let mmio64 = crate::layout::mmio64_window(cfg.memory.size, crate::vstate::cpuid::phys_bits(cpuid.as_slice()));
-    let mut dm = DeviceManager::new(&vm, mmio64, &stop, sink.writer()?, Arc::clone(cmos))?;
+    let mut dm = DeviceManager::new(DeviceManagerConfig {
+        seams: VmSeams::of(&vm),
+        mmio64,
+        stop: stop.clone(),
+        console: sink.writer()?,
+        cmos: Arc::clone(cmos),
+    })?;
     // Reading the kernel and initramfs into guest RAM needs nothing from the devices, and
     // attaching passed-through devices mostly waits on the host (open, reset): done side
     // by side, the shorter of the two is hidden (0.3-0.6 s with a VFIO device in the testbed).
@@ -281,10 +305,10 @@ fn boot_once(
     });
     attached?;
     let images = images?;
-    *console_input.lock().unwrap_or_else(|e| e.into_inner()) = dm.serial.clone();
+    *console_slot(console_input) = dm.serial();
     timing.mark_parallel(&[("devices", devices_time), ("kernel", kernel_time)]);
 
-    let pci_aml = dm.pci.aml()?;
+    let pci_aml = dm.pci_aml()?;
     let aml: [&dyn acpi_tables::Aml; 1] = [&pci_aml];
     let acpi = AcpiConfig { vcpus: cfg.vcpus, pci_last_bus: pci_aml.last_bus(), sb_aml: &aml };
     let entry = boot::prepare(mem, &images, &cfg.cmdline, cfg.memory.size, &acpi)?;
@@ -313,11 +337,9 @@ fn boot_once(
     dm.start_background_work()?;
     let mut threads = Vec::with_capacity(vcpus.len());
     for vcpu in vcpus {
-        let buses = dm.buses.clone();
+        let buses = dm.buses().clone();
         let vcpu_stop = stop.clone();
-        let handle =
-            std::thread::Builder::new().name(format!("vcpu{}", vcpu.id)).spawn(move || vcpu.run(&buses, &vcpu_stop));
-        match handle {
+        match crate::threads::spawn(format!("vcpu{}", vcpu.id), move || vcpu.run(&buses, &vcpu_stop)) {
             Ok(h) => threads.push(h),
             Err(e) => {
                 stop.request(StopReason::Error(format!("starting a vCPU thread failed: {e}")));
@@ -326,9 +348,17 @@ fn boot_once(
         }
     }
 
-    wait_for_stop(&stop, signal_fd)?;
+    let waited = wait_for_stop(&stop, signal_fd);
+    // The teardown, in order: vCPUs (released from any wait first), then every device and
+    // the VFIO container (DeviceManager::shutdown), then the VM, guest RAM last.
+    dm.cancel_waits();
     stop_vcpus(threads);
-    *console_input.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    *console_slot(console_input) = None;
+    dm.shutdown();
+    drop(dm);
+    drop(vm);
+    drop(ram);
+    waited?;
     stop.reason().ok_or_else(|| anyhow!("the VM stopped without a reason (internal error)"))
 }
 
@@ -375,9 +405,8 @@ fn stop_vcpus(threads: Vec<JoinHandle<()>>) {
         std::thread::sleep(Duration::from_millis(2));
     }
     for t in threads {
-        if t.join().is_err() {
-            log::error!("a vCPU thread panicked");
-        }
+        // A panic was reported by the panic hook (and is the run's error).
+        let _ = t.join();
     }
 }
 

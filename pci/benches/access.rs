@@ -7,8 +7,9 @@ use std::sync::{Arc, Mutex};
 use criterion::{criterion_group, criterion_main, Criterion};
 use pci::synthetic::{synthetic_function, SyntheticSpec};
 use pci::{
-    BarIndex, BarKind, BarSlot, BarSpec, Bdf, Bus, BusDevice, ConfigEffects, ConfigEffectsHandler, DeviceIds,
-    EmulatedFunction, FunctionConfig, HeaderType, NoRegisters, PciConfigMmio, PciDevice, PciRoot, SharedPciDevice,
+    BarIndex, BarKind, BarSlot, BarSpec, Bdf, Bus, BusAccess, BusDevice, ConfigEffects, ConfigEffectsHandler,
+    DeviceIds, EmulatedFunction, FunctionConfig, HeaderType, NoRegisters, PciConfigMmio, PciDevice, PciRoot,
+    SharedPciDevice,
 };
 
 struct Ignore;
@@ -55,10 +56,12 @@ fn benches(c: &mut Criterion) {
     });
 
     let mut root = PciRoot::new(0, Box::new(Ignore)).expect("root");
-    for dev in 1..8 {
-        root.add_device(dev, 0, Arc::new(Mutex::new(function()))).expect("slot");
+    let functions: Vec<SharedPciDevice> = (1..8).map(|_| Arc::new(Mutex::new(function())) as SharedPciDevice).collect();
+    for (dev, f) in (1..8).zip(&functions) {
+        root.add_device(dev, 0, f).expect("slot");
     }
-    let mut ecam = PciConfigMmio::new(Arc::new(Mutex::new(root)));
+    let root = Arc::new(Mutex::new(root));
+    let ecam = PciConfigMmio::new(&root);
     let target = Bdf::new(0, 0, 5, 0).expect("bdf").ecam_offset();
     let mut buf = [0u8; 4];
     c.bench_function("config read (ECAM, 4 bytes)", |b| {
@@ -85,7 +88,7 @@ fn benches(c: &mut Criterion) {
     let mut synth = synthetic_function("bench", &spec).expect("synthetic function");
     synth.place_bar(BarIndex(0), 0xd000_0000).expect("place");
     let shared: SharedPciDevice = Arc::new(Mutex::new(synth));
-    bus.insert(Arc::new(Mutex::new(BarSlot::new(shared, BarIndex(0)))), 0xd000_0000, 0x4000).expect("insert BAR");
+    bus.insert(Arc::new(BarSlot::new(Arc::downgrade(&shared), BarIndex(0))), 0xd000_0000, 0x4000).expect("insert BAR");
     c.bench_function("BAR write (Bus -> BarSlot -> function, 4 bytes)", |b| {
         b.iter(|| black_box(bus.write(black_box(0xd000_0010), &[1, 2, 3, 4])))
     });

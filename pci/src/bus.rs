@@ -1,4 +1,10 @@
 //! Address-range dispatch for MMIO and port I/O.
+//!
+//! A bus range dispatches to a [`BusAccess`]: either a `Mutex` around a [`BusDevice`] (the
+//! usual case, one access at a time) or an adapter that locks what it needs itself, so it
+//! can wait with no lock held (the config-access devices wait for a Bus Master enable's DMA
+//! mapping that way, see [`crate::root`]). The bus holds its entries, never the devices
+//! behind adapters: those are owned by the VMM's device manager.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -9,6 +15,56 @@ pub trait BusDevice: Send {
     /// `offset` is relative to the start of the range the device was inserted at.
     fn read(&mut self, offset: u64, data: &mut [u8]);
     fn write(&mut self, offset: u64, data: &[u8]);
+}
+
+/// What a bus range dispatches to; it synchronizes itself (see the module docs).
+pub trait BusAccess: Send + Sync {
+    fn read(&self, offset: u64, data: &mut [u8]);
+    fn write(&self, offset: u64, data: &[u8]);
+}
+
+/// One access at a time. A lock poisoned by a panic in the device means its state is
+/// unknown: the device is treated as failed (reads all-ones, writes dropped), never used
+/// again. The panic itself stops the VM (every VMM thread's panic does).
+impl<T: BusDevice> BusAccess for Mutex<T> {
+    fn read(&self, offset: u64, data: &mut [u8]) {
+        match self.lock() {
+            Ok(mut d) => d.read(offset, data),
+            Err(_) => {
+                data.fill(0xff);
+                failed_device(std::any::type_name::<T>());
+            }
+        }
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) {
+        match self.lock() {
+            Ok(mut d) => d.write(offset, data),
+            Err(_) => failed_device(std::any::type_name::<T>()),
+        }
+    }
+}
+
+/// An entry that refers to its device without keeping it alive: the device's owner (the
+/// VMM's device manager) decides when it goes; after that the range reads all-ones.
+impl BusAccess for std::sync::Weak<dyn BusAccess> {
+    fn read(&self, offset: u64, data: &mut [u8]) {
+        match self.upgrade() {
+            Some(d) => d.read(offset, data),
+            None => data.fill(0xff),
+        }
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) {
+        if let Some(d) = self.upgrade() {
+            d.write(offset, data);
+        }
+    }
+}
+
+/// Logs (rate-limited) that a device's lock was poisoned by a panic.
+pub fn failed_device(what: &str) {
+    ratelog::error_limited!("{what}: a panic left the device in an unknown state; it is treated as failed");
 }
 
 /// A half-open address range `[base, base + len)`.
@@ -45,24 +101,36 @@ pub enum BusError {
     NotFound(u64),
 }
 
-pub type SharedDevice = Arc<Mutex<dyn BusDevice>>;
+pub type SharedDevice = Arc<dyn BusAccess>;
 
 /// Maps address ranges to devices. Overlaps are refused; accesses that straddle the end of a
 /// range are rejected (they would reach a neighbour's registers).
 #[derive(Default)]
 pub struct Bus {
-    ranges: RwLock<BTreeMap<u64, (BusRange, SharedDevice)>>,
+    ranges: RwLock<Ranges>,
 }
+
+type Ranges = BTreeMap<u64, (BusRange, SharedDevice)>;
 
 impl Bus {
     pub fn new() -> Self {
         Self::default()
     }
 
+    // Only map operations run under this lock, none calls out or leaves the map half
+    // changed when it panics: a poisoned lock still guards a consistent map.
+    fn read_ranges(&self) -> std::sync::RwLockReadGuard<'_, Ranges> {
+        self.ranges.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write_ranges(&self) -> std::sync::RwLockWriteGuard<'_, Ranges> {
+        self.ranges.write().unwrap_or_else(|e| e.into_inner())
+    }
+
     pub fn insert(&self, device: SharedDevice, base: u64, len: u64) -> Result<(), BusError> {
         let new = BusRange { base, len };
         let new_last = new.last().ok_or(BusError::InvalidRange { base, len })?;
-        let mut ranges = self.ranges.write().unwrap_or_else(|e| e.into_inner());
+        let mut ranges = self.write_ranges();
         // The only candidates for overlap: the last range starting at or before new_last.
         if let Some((_, (existing, _))) = ranges.range(..=new_last).next_back() {
             if existing.overlaps(&new) {
@@ -74,14 +142,14 @@ impl Bus {
     }
 
     pub fn remove(&self, base: u64) -> Result<SharedDevice, BusError> {
-        let mut ranges = self.ranges.write().unwrap_or_else(|e| e.into_inner());
+        let mut ranges = self.write_ranges();
         ranges.remove(&base).map(|(_, d)| d).ok_or(BusError::NotFound(base))
     }
 
     /// Moves the range starting at `old_base` to `new_base` (a BAR was reprogrammed).
     /// On overlap the old mapping stays in place.
     pub fn relocate(&self, old_base: u64, new_base: u64) -> Result<(), BusError> {
-        let mut ranges = self.ranges.write().unwrap_or_else(|e| e.into_inner());
+        let mut ranges = self.write_ranges();
         let (range, device) = ranges.remove(&old_base).ok_or(BusError::NotFound(old_base))?;
         let moved = BusRange { base: new_base, len: range.len };
         let clash =
@@ -108,7 +176,7 @@ impl Bus {
 
     /// The device covering all of `[addr, addr + len)` and the offset of `addr` in its range.
     pub fn resolve(&self, addr: u64, len: usize) -> Option<(SharedDevice, u64)> {
-        let ranges = self.ranges.read().unwrap_or_else(|e| e.into_inner());
+        let ranges = self.read_ranges();
         let (_, (range, device)) = ranges.range(..=addr).next_back()?;
         let offset = addr - range.base;
         let end = offset.checked_add(len as u64)?;
@@ -122,7 +190,7 @@ impl Bus {
     pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
         match self.resolve(addr, data.len()) {
             Some((dev, offset)) => {
-                dev.lock().unwrap_or_else(|e| e.into_inner()).read(offset, data);
+                dev.read(offset, data);
                 true
             }
             None => false,
@@ -132,11 +200,16 @@ impl Bus {
     pub fn write(&self, addr: u64, data: &[u8]) -> bool {
         match self.resolve(addr, data.len()) {
             Some((dev, offset)) => {
-                dev.lock().unwrap_or_else(|e| e.into_inner()).write(offset, data);
+                dev.write(offset, data);
                 true
             }
             None => false,
         }
+    }
+
+    /// Every range on the bus (tests and diagnostics).
+    pub fn ranges(&self) -> Vec<BusRange> {
+        self.read_ranges().values().map(|(r, _)| *r).collect()
     }
 }
 

@@ -193,7 +193,7 @@ impl ConfigSpace {
     /// accesses are dropped.
     pub fn write(&mut self, reg: usize, offset: u64, data: &[u8]) {
         let Some((value, bytes)) = merge_bytes(offset, data) else {
-            log::debug!("config write of {} bytes at {reg:#x}+{offset} dropped", data.len());
+            ratelog::debug_limited!("config write of {} bytes at {reg:#x}+{offset} dropped", data.len());
             return;
         };
         if !self.reg_implemented(reg) {

@@ -44,13 +44,54 @@ pub struct ConfigEffects {
     pub mem_decode: Option<bool>,
     /// `Some(on)` when the command register's I/O-space decode bit changed.
     pub io_decode: Option<bool>,
+    /// Part of the write could not be done yet (see [`ConfigWait`]).
+    pub wait: Option<ConfigWait>,
 }
 
 impl ConfigEffects {
     pub fn is_empty(&self) -> bool {
-        self.bar_moves.is_empty() && self.mem_decode.is_none() && self.io_decode.is_none()
+        self.bar_moves.is_empty() && self.mem_decode.is_none() && self.io_decode.is_none() && self.wait.is_none()
     }
 }
+
+/// Something a config write has to wait for, e.g. guest RAM being DMA-mapped before the
+/// device may master the bus.
+pub trait AccessGate: Send + Sync {
+    /// Blocks until the gate opens (true), or until it never will or the VM stops (false).
+    /// Implementations must return promptly once the VM is stopping.
+    fn wait(&self) -> bool;
+}
+
+/// A config write the device did only in part: the writing vCPU waits for `gate` with no
+/// lock held (other vCPUs' config accesses go on), then writes `data` at (`reg`, `offset`)
+/// again, which the device then completes. If the gate never opens the write stays partial
+/// (e.g. Bus Master stays off).
+#[derive(Clone)]
+pub struct ConfigWait {
+    pub gate: std::sync::Arc<dyn AccessGate>,
+    pub reg: usize,
+    pub offset: u64,
+    pub data: Vec<u8>,
+}
+
+impl std::fmt::Debug for ConfigWait {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConfigWait")
+            .field("reg", &self.reg)
+            .field("offset", &self.offset)
+            .field("data", &self.data)
+            .finish()
+    }
+}
+
+impl PartialEq for ConfigWait {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.gate, &other.gate)
+            && (self.reg, self.offset, &self.data) == (other.reg, other.offset, &other.data)
+    }
+}
+
+impl Eq for ConfigWait {}
 
 /// A PCI function as the bus sees it. All methods are infallible for the same reason as
 /// [`crate::BusDevice`]: the guest drives them.
@@ -65,28 +106,56 @@ pub trait PciDevice: Send {
     fn write_bar(&mut self, bar: BarIndex, offset: u64, data: &[u8]);
 }
 
-/// A PCI function shared between the config-space path and its BAR slots.
+/// A PCI function: the one strong reference is the device manager's; the root complex and
+/// the BAR slots hold [`WeakPciDevice`]s.
 pub type SharedPciDevice = std::sync::Arc<std::sync::Mutex<dyn PciDevice>>;
+pub type WeakPciDevice = std::sync::Weak<std::sync::Mutex<dyn PciDevice>>;
+
+/// Locks a function for one access; `None` (logged, rate-limited) when a panic poisoned it:
+/// its state is unknown, so it is treated as failed (config and BARs read all-ones).
+pub fn lock_function<'a>(
+    device: &'a std::sync::Mutex<dyn PciDevice + 'static>,
+) -> Option<std::sync::MutexGuard<'a, dyn PciDevice + 'static>> {
+    match device.lock() {
+        Ok(d) => Some(d),
+        Err(_) => {
+            crate::bus::failed_device("PCI function");
+            None
+        }
+    }
+}
 
 /// The bus entry for one BAR: forwards accesses (offset relative to the BAR) to the
 /// function, so the bus resolves the BAR with its range lookup and no per-access search.
+/// It does not keep the function alive: once it is gone the BAR reads all-ones.
 pub struct BarSlot {
-    device: SharedPciDevice,
+    device: WeakPciDevice,
     bar: BarIndex,
 }
 
 impl BarSlot {
-    pub fn new(device: SharedPciDevice, bar: BarIndex) -> Self {
+    pub fn new(device: WeakPciDevice, bar: BarIndex) -> Self {
         Self { device, bar }
     }
 }
 
-impl crate::BusDevice for BarSlot {
-    fn read(&mut self, offset: u64, data: &mut [u8]) {
-        self.device.lock().unwrap_or_else(|e| e.into_inner()).read_bar(self.bar, offset, data);
+impl crate::BusAccess for BarSlot {
+    fn read(&self, offset: u64, data: &mut [u8]) {
+        let Some(device) = self.device.upgrade() else {
+            data.fill(0xff);
+            return;
+        };
+        match lock_function(&device) {
+            Some(mut d) => d.read_bar(self.bar, offset, data),
+            None => data.fill(0xff),
+        };
     }
 
-    fn write(&mut self, offset: u64, data: &[u8]) {
-        self.device.lock().unwrap_or_else(|e| e.into_inner()).write_bar(self.bar, offset, data);
+    fn write(&self, offset: u64, data: &[u8]) {
+        if let Some(device) = self.device.upgrade() {
+            if let Some(mut d) = lock_function(&device) {
+                d.write_bar(self.bar, offset, data);
+            }
+        }
     }
 }

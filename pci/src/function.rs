@@ -236,22 +236,22 @@ impl<B: FunctionBackend> EmulatedFunction<B> {
             return;
         }
         let Some(vectors) = self.vectors.as_mut() else {
-            log::debug!("{}: interrupt change with no vectors attached", self.name);
+            ratelog::debug_limited!("{}: interrupt change with no vectors attached", self.name);
             return;
         };
         for (v, route) in routes {
             if let Err(e) = vectors.set_route(*v, *route) {
-                log::warn!("{}: routing vector {:?} failed: {e}", self.name, v);
+                ratelog::warn_limited!("{}: routing vector {:?} failed: {e}", self.name, v);
             }
         }
         if !routes.is_empty() {
             if let Err(e) = vectors.commit() {
-                log::warn!("{}: committing interrupt routes failed: {e}", self.name);
+                ratelog::warn_limited!("{}: committing interrupt routes failed: {e}", self.name);
             }
         }
         for v in fire {
             if let Err(e) = vectors.trigger(*v) {
-                log::warn!("{}: raising pending vector {:?} failed: {e}", self.name, v);
+                ratelog::warn_limited!("{}: raising pending vector {:?} failed: {e}", self.name, v);
             }
         }
     }
@@ -314,6 +314,7 @@ impl<B: FunctionBackend> PciDevice for EmulatedFunction<B> {
             bar_moves: self.bars.take_moves(mem, io),
             mem_decode: (changed & COMMAND_MEMORY != 0).then_some(mem),
             io_decode: (changed & COMMAND_IO != 0).then_some(io),
+            wait: None,
         }
     }
 
@@ -334,7 +335,7 @@ impl<B: FunctionBackend> PciDevice for EmulatedFunction<B> {
                 }
             }
             // The PBA is read-only (PCI 3.0 6.8.2.10).
-            Some((false, _)) => log::debug!("{}: PBA write dropped", self.name),
+            Some((false, _)) => ratelog::debug_limited!("{}: PBA write dropped", self.name),
             None => self.backend.write_bar(bar, offset, data),
         }
     }

@@ -2,7 +2,7 @@
 //! dispatch bus that every emulated or assigned device hangs off.
 //!
 //! Pure model: no KVM, no VFIO, no ioctls. The VMM reaches it through the seams below
-//! ([`BusDevice`], [`PciDevice`], [`MsiVectors`]) so every behaviour is unit-testable.
+//! ([`BusDevice`], [`BusAccess`], [`PciDevice`], [`MsiVectors`]) so every behaviour is unit-testable.
 
 pub mod allocator;
 pub mod aml;
@@ -22,9 +22,12 @@ pub mod topology;
 
 pub use bar::{BarError, Bars};
 pub use bdf::{Bdf, BdfError};
-pub use bus::{Bus, BusDevice, BusError, BusRange};
+pub use bus::{Bus, BusAccess, BusDevice, BusError, BusRange};
 pub use config_space::{ConfigSpace, DeviceIds, HeaderType};
-pub use device::{BarIndex, BarKind, BarMove, BarRegion, BarSlot, ConfigEffects, PciDevice, SharedPciDevice};
+pub use device::{
+    lock_function, AccessGate, BarIndex, BarKind, BarMove, BarRegion, BarSlot, ConfigEffects, ConfigWait, PciDevice,
+    SharedPciDevice, WeakPciDevice,
+};
 pub use function::{BarSpec, EmulatedFunction, FunctionBackend, FunctionConfig, FunctionError, NoRegisters};
 pub use interrupt::{InterruptError, MsiMessage, MsiVectors, VectorIndex};
 pub use root::{BusRelocator, ConfigEffectsHandler, PciConfigIo, PciConfigMmio, PciRoot, RootError};

@@ -3,17 +3,26 @@
 //!
 //! Config writes return [`ConfigEffects`]; the root hands them to a
 //! [`ConfigEffectsHandler`] together with the function, outside the function's lock.
+//!
+//! Ownership: the root owns the host bridge and its root ports; the functions it routes to
+//! are owned by the VMM's device manager and held here (and in the relocator's BAR slots)
+//! weakly. The config-access devices on the buses hold the root weakly too, so nothing on a
+//! bus keeps the root, and through it the buses, alive.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use crate::bdf::Bdf;
 use crate::bridge::{self, BridgeWindows, BusNumbers};
-use crate::bus::{Bus, BusError};
+use crate::bus::{failed_device, Bus, BusError};
 use crate::capability::{pcie, CAP_ID_PCIE};
-use crate::device::{BarIndex, BarKind, BarMove, BarSlot, ConfigEffects, SharedPciDevice};
+use crate::device::{
+    lock_function, BarIndex, BarKind, BarMove, BarRegion, BarSlot, ConfigEffects, ConfigWait, SharedPciDevice,
+    WeakPciDevice,
+};
 use crate::function::{EmulatedFunction, FunctionError, NoRegisters};
-use crate::BusDevice;
+use crate::BusAccess;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RootError {
@@ -57,8 +66,10 @@ pub struct BusRelocator {
     mmio: Arc<Bus>,
     pio: Arc<Bus>,
     mapped: HashMap<(usize, BarIndex), u64>,
+    /// The bus each mapped BAR is on.
+    kinds: HashMap<(usize, BarIndex), BarKind>,
     /// Refused moves, by function identity and BAR: the function and where it wants to be.
-    pending: HashMap<(usize, BarIndex), (Bdf, SharedPciDevice, BarMove)>,
+    pending: HashMap<(usize, BarIndex), (Bdf, WeakPciDevice, BarMove)>,
     /// The last BDF each function was seen at.
     functions: HashMap<Bdf, usize>,
 }
@@ -70,7 +81,14 @@ fn identity(device: &SharedPciDevice) -> usize {
 
 impl BusRelocator {
     pub fn new(mmio: Arc<Bus>, pio: Arc<Bus>) -> Self {
-        Self { mmio, pio, mapped: HashMap::new(), pending: HashMap::new(), functions: HashMap::new() }
+        Self {
+            mmio,
+            pio,
+            mapped: HashMap::new(),
+            kinds: HashMap::new(),
+            pending: HashMap::new(),
+            functions: HashMap::new(),
+        }
     }
 
     fn bus(&self, kind: BarKind) -> &Bus {
@@ -81,22 +99,48 @@ impl BusRelocator {
         }
     }
 
-    /// Maps every BAR of `device` where it currently sits (initial attach).
+    /// Maps every BAR of `device` where it currently sits (initial attach). This and
+    /// [`Self::detach`] are the one place a function's BAR entries go on and off the buses.
+    /// On an error the BARs this call mapped are taken off again.
     pub fn attach(&mut self, bdf: Bdf, device: &SharedPciDevice) -> Result<(), RootError> {
         let id = identity(device);
-        self.functions.insert(bdf, id);
-        let regions = device.lock().unwrap_or_else(|e| e.into_inner()).bars();
+        let regions = lock_function(device).map(|d| d.bars()).unwrap_or_default();
+        let mut done: Vec<BarRegion> = Vec::new();
         for r in regions {
-            let slot = Arc::new(Mutex::new(BarSlot::new(device.clone(), r.index)));
-            self.bus(r.kind).insert(slot, r.addr, r.size).map_err(|source| RootError::MapBar {
-                bdf,
-                bar: r.index,
-                addr: r.addr,
-                source,
-            })?;
+            let slot = Arc::new(BarSlot::new(Arc::downgrade(device), r.index));
+            if let Err(source) = self.bus(r.kind).insert(slot, r.addr, r.size) {
+                for d in done {
+                    let _ = self.bus(d.kind).remove(d.addr);
+                }
+                return Err(RootError::MapBar { bdf, bar: r.index, addr: r.addr, source });
+            }
+            done.push(r);
+        }
+        self.functions.insert(bdf, id);
+        for r in done {
             self.mapped.insert((id, r.index), r.addr);
+            self.kinds.insert((id, r.index), r.kind);
         }
         Ok(())
+    }
+
+    /// Takes every BAR of `device` off the buses and forgets its refused moves: from now
+    /// on its BARs' ranges are free and read all-ones.
+    pub fn detach(&mut self, device: &SharedPciDevice) {
+        let id = identity(device);
+        let bars: Vec<(BarIndex, u64)> =
+            self.mapped.iter().filter(|((f, _), _)| *f == id).map(|((_, bar), addr)| (*bar, *addr)).collect();
+        for (bar, addr) in bars {
+            self.mapped.remove(&(id, bar));
+            if let Some(kind) = self.kinds.remove(&(id, bar)) {
+                if let Err(e) = self.bus(kind).remove(addr) {
+                    log::warn!("BAR {bar:?} at {addr:#x}: {e} while detaching its function");
+                }
+            }
+        }
+        self.kinds.retain(|(f, _), _| *f != id);
+        self.pending.retain(|(f, _), _| *f != id);
+        self.functions.retain(|_, f| *f != id);
     }
 
     /// Where BAR `bar` of the function last seen at `bdf` is mapped now, if anywhere.
@@ -113,18 +157,20 @@ impl BusRelocator {
         let bus = if m.kind == BarKind::Io { self.pio.clone() } else { self.mmio.clone() };
         let result = match self.mapped.get(&(id, m.index)) {
             Some(&cur) => bus.relocate(cur, m.new_addr),
-            None => bus.insert(Arc::new(Mutex::new(BarSlot::new(device.clone(), m.index))), m.new_addr, m.size),
+            None => bus.insert(Arc::new(BarSlot::new(Arc::downgrade(device), m.index)), m.new_addr, m.size),
         };
         match result {
             Ok(()) => {
                 log::debug!("{bdf}: BAR {:?} now at {:#x}", m.index, m.new_addr);
                 self.mapped.insert((id, m.index), m.new_addr);
+                self.kinds.insert((id, m.index), m.kind);
             }
             Err(_) => {
                 if let Some(cur) = self.mapped.remove(&(id, m.index)) {
                     let _ = bus.remove(cur);
                 }
-                self.pending.insert((id, m.index), (bdf, device.clone(), m));
+                self.kinds.remove(&(id, m.index));
+                self.pending.insert((id, m.index), (bdf, Arc::downgrade(device), m));
             }
         }
         result
@@ -137,6 +183,12 @@ impl BusRelocator {
             let waiting: Vec<_> = self.pending.values().cloned().collect();
             let mut progressed = false;
             for (bdf, device, m) in waiting {
+                // A function detached meanwhile has no pending moves left; one merely gone
+                // (not detached) is dropped here.
+                let Some(device) = device.upgrade() else {
+                    self.pending.retain(|_, (_, d, _)| d.strong_count() > 0);
+                    continue;
+                };
                 if self.map(bdf, &device, m).is_ok() {
                     log::info!("{bdf}: BAR {:?} mapped at {:#x} now that the range is free", m.index, m.new_addr);
                     progressed = true;
@@ -155,7 +207,7 @@ impl ConfigEffectsHandler for BusRelocator {
         let moved = !effects.bar_moves.is_empty();
         for m in effects.bar_moves {
             if let Err(e) = self.map(bdf, device, m) {
-                log::warn!(
+                ratelog::warn_limited!(
                     "{bdf}: BAR {:?} move to {:#x} refused ({e}); BAR disabled until the range is free",
                     m.index,
                     m.new_addr
@@ -172,15 +224,23 @@ struct RootPort {
     devfn: u8,
     function: Arc<Mutex<EmulatedFunction<NoRegisters>>>,
     pcie_offset: Option<usize>,
-    children: [Option<SharedPciDevice>; 8],
+    children: [Option<WeakPciDevice>; 8],
 }
 
 /// The PCI segment's topology and config-space router.
 pub struct PciRoot {
     segment: u16,
-    bus0: BTreeMap<u8, SharedPciDevice>,
+    /// Owned here, like the root ports (`ports`); `bus0` refers to both weakly.
+    _host_bridge: SharedPciDevice,
+    bus0: BTreeMap<u8, WeakPciDevice>,
     ports: Vec<RootPort>,
     handler: Box<dyn ConfigEffectsHandler>,
+}
+
+/// Locks a root port; `None` (logged) once a panic poisoned it, which takes the port and
+/// what is behind it out of the guest's view.
+fn lock_port(port: &Mutex<EmulatedFunction<NoRegisters>>) -> Option<MutexGuard<'_, EmulatedFunction<NoRegisters>>> {
+    port.lock().map_err(|_| failed_device("PCIe root port")).ok()
 }
 
 impl PciRoot {
@@ -188,9 +248,10 @@ impl PciRoot {
     pub fn new(segment: u16, handler: Box<dyn ConfigEffectsHandler>) -> Result<Self, RootError> {
         let host = bridge::host_bridge()
             .map_err(|source| RootError::CreateFunction { what: "the host bridge".into(), source })?;
-        let mut bus0: BTreeMap<u8, SharedPciDevice> = BTreeMap::new();
-        bus0.insert(0, Arc::new(Mutex::new(host)));
-        Ok(Self { segment, bus0, ports: Vec::new(), handler })
+        let host: SharedPciDevice = Arc::new(Mutex::new(host));
+        let mut bus0: BTreeMap<u8, WeakPciDevice> = BTreeMap::new();
+        bus0.insert(0, Arc::downgrade(&host));
+        Ok(Self { segment, _host_bridge: host, bus0, ports: Vec::new(), handler })
     }
 
     pub fn segment(&self) -> u16 {
@@ -204,14 +265,41 @@ impl PciRoot {
         Ok(Bdf::from_devfn(self.segment, 0, (device << 3) | function))
     }
 
-    /// Puts a function directly on bus 0 (a root complex integrated endpoint).
-    pub fn add_device(&mut self, device: u8, function: u8, dev: SharedPciDevice) -> Result<Bdf, RootError> {
+    /// Puts a function directly on bus 0 (a root complex integrated endpoint). The root
+    /// refers to it without keeping it alive.
+    pub fn add_device(&mut self, device: u8, function: u8, dev: &SharedPciDevice) -> Result<Bdf, RootError> {
         let bdf = self.bus0_bdf(device, function)?;
         if self.bus0.contains_key(&bdf.devfn()) {
             return Err(RootError::SlotInUse { bdf });
         }
-        self.bus0.insert(bdf.devfn(), dev);
+        self.bus0.insert(bdf.devfn(), Arc::downgrade(dev));
         Ok(bdf)
+    }
+
+    /// Takes `dev` out of its slot (on bus 0 or behind a root port, whose slot then shows
+    /// no device present); config accesses to its address read all-ones from now on.
+    /// Returns the address it had, `None` if it was not attached.
+    pub fn remove_device(&mut self, dev: &SharedPciDevice) -> Option<Bdf> {
+        let is_dev = |w: &WeakPciDevice| std::ptr::addr_eq(w.as_ptr(), Arc::as_ptr(dev));
+        if let Some(devfn) = self.bus0.iter().find(|(_, w)| is_dev(w)).map(|(d, _)| *d) {
+            self.bus0.remove(&devfn);
+            return Some(Bdf::from_devfn(self.segment, 0, devfn));
+        }
+        for idx in 0..self.ports.len() {
+            let Some(f) = self.ports[idx].children.iter().position(|c| c.as_ref().is_some_and(is_dev)) else {
+                continue;
+            };
+            let bus = self.port_buses(&self.ports[idx]).secondary;
+            let port = &mut self.ports[idx];
+            port.children[f] = None;
+            if let (Some(off), true) = (port.pcie_offset, port.children.iter().all(Option::is_none)) {
+                if let Some(mut pf) = lock_port(&port.function) {
+                    pcie::set_slot_occupied(pf.config_mut(), off, false);
+                }
+            }
+            return Some(Bdf::from_devfn(self.segment, bus, f as u8));
+        }
+        None
     }
 
     /// Adds a root port at 00:`device`.0 whose secondary bus is `secondary_bus`.
@@ -229,7 +317,8 @@ impl PciRoot {
         let pcie_offset =
             port.config().capabilities().iter().find(|c| c.id == u16::from(CAP_ID_PCIE)).map(|c| c.offset);
         let function = Arc::new(Mutex::new(port));
-        self.bus0.insert(bdf.devfn(), function.clone());
+        let weak: WeakPciDevice = Arc::downgrade(&function) as WeakPciDevice;
+        self.bus0.insert(bdf.devfn(), weak);
         self.ports.push(RootPort { devfn: bdf.devfn(), function, pcie_offset, children: Default::default() });
         Ok(bdf)
     }
@@ -239,12 +328,13 @@ impl PciRoot {
     }
 
     fn port_buses(&self, p: &RootPort) -> BusNumbers {
-        bridge::read_bus_numbers(p.function.lock().unwrap_or_else(|e| e.into_inner()).config())
+        lock_port(&p.function)
+            .map_or(BusNumbers { primary: 0, secondary: 0, subordinate: 0 }, |f| bridge::read_bus_numbers(f.config()))
     }
 
     /// Puts `dev` behind the root port at 00:`port_device`.0 as function `function` of
     /// device 0 on its secondary bus. Returns its address.
-    pub fn attach_to_port(&mut self, port_device: u8, function: u8, dev: SharedPciDevice) -> Result<Bdf, RootError> {
+    pub fn attach_to_port(&mut self, port_device: u8, function: u8, dev: &SharedPciDevice) -> Result<Bdf, RootError> {
         if function > 7 {
             return Err(RootError::InvalidSlot { device: 0 });
         }
@@ -259,9 +349,8 @@ impl PciRoot {
         if port.children[usize::from(function)].is_some() {
             return Err(RootError::SlotInUse { bdf });
         }
-        port.children[usize::from(function)] = Some(dev);
-        if let Some(off) = port.pcie_offset {
-            let mut f = port.function.lock().unwrap_or_else(|e| e.into_inner());
+        port.children[usize::from(function)] = Some(Arc::downgrade(dev));
+        if let (Some(off), Some(mut f)) = (port.pcie_offset, lock_port(&port.function)) {
             pcie::set_slot_occupied(f.config_mut(), off, true);
         }
         Ok(bdf)
@@ -270,16 +359,16 @@ impl PciRoot {
     /// Programs a root port's forwarding windows (firmware-time).
     pub fn set_port_windows(&mut self, port_device: u8, windows: &BridgeWindows) -> Result<(), RootError> {
         let port = self.port(port_device)?;
-        let mut f = port.function.lock().unwrap_or_else(|e| e.into_inner());
-        bridge::write_bridge_windows(f.config_mut(), windows);
+        if let Some(mut f) = lock_port(&port.function) {
+            bridge::write_bridge_windows(f.config_mut(), windows);
+        }
         Ok(())
     }
 
     /// The windows a root port forwards now (as the guest last programmed them).
     pub fn port_windows(&self, port_device: u8) -> Result<BridgeWindows, RootError> {
         let port = self.port(port_device)?;
-        let f = port.function.lock().unwrap_or_else(|e| e.into_inner());
-        Ok(bridge::read_bridge_windows(f.config()))
+        Ok(lock_port(&port.function).map(|f| bridge::read_bridge_windows(f.config())).unwrap_or_default())
     }
 
     /// The highest free device number on bus 0. Late additions (test devices) take
@@ -304,14 +393,14 @@ impl PciRoot {
             return None;
         }
         if bdf.bus() == 0 {
-            return self.bus0.get(&bdf.devfn()).cloned();
+            return self.bus0.get(&bdf.devfn()).and_then(Weak::upgrade);
         }
         // A PCIe link carries only device 0 (PCIe base spec 7.3.1).
         if bdf.device() != 0 {
             return None;
         }
         let port = self.ports.iter().find(|p| self.port_buses(p).secondary == bdf.bus())?;
-        port.children[usize::from(bdf.function())].clone()
+        port.children[usize::from(bdf.function())].as_ref().and_then(Weak::upgrade)
     }
 
     /// Every function except root ports and the host bridge, at its current address.
@@ -320,34 +409,37 @@ impl PciRoot {
             .bus0
             .iter()
             .filter(|(devfn, _)| **devfn != 0 && !self.ports.iter().any(|p| p.devfn == **devfn))
-            .map(|(devfn, d)| (Bdf::from_devfn(self.segment, 0, *devfn), d.clone()))
+            .filter_map(|(devfn, d)| Some((Bdf::from_devfn(self.segment, 0, *devfn), d.upgrade()?)))
             .collect();
         for p in &self.ports {
             let bus = self.port_buses(p).secondary;
             for (f, c) in p.children.iter().enumerate() {
-                if let Some(c) = c {
-                    out.push((Bdf::from_devfn(self.segment, bus, f as u8), c.clone()));
+                if let Some(c) = c.as_ref().and_then(Weak::upgrade) {
+                    out.push((Bdf::from_devfn(self.segment, bus, f as u8), c));
                 }
             }
         }
         out
     }
 
-    /// Guest config read; absent functions read all-ones (PCI "master abort").
+    /// Guest config read; absent (and failed) functions read all-ones (PCI "master abort").
     pub fn read_config(&self, bdf: Bdf, reg: usize) -> u32 {
-        match self.function(bdf) {
-            Some(d) => d.lock().unwrap_or_else(|e| e.into_inner()).read_config(reg),
-            None => u32::MAX,
-        }
+        let Some(d) = self.function(bdf) else { return u32::MAX };
+        let value = lock_function(&d).map_or(u32::MAX, |mut f| f.read_config(reg));
+        value
     }
 
-    /// Guest config write; writes to absent functions are dropped.
-    pub fn write_config(&mut self, bdf: Bdf, reg: usize, offset: u64, data: &[u8]) {
-        let Some(d) = self.function(bdf) else { return };
-        let effects = d.lock().unwrap_or_else(|e| e.into_inner()).write_config(reg, offset, data);
+    /// Guest config write; writes to absent functions are dropped. Returns what the write
+    /// still waits for ([`ConfigWait`]): the caller waits with no lock held, then writes
+    /// again.
+    pub fn write_config(&mut self, bdf: Bdf, reg: usize, offset: u64, data: &[u8]) -> Option<ConfigWait> {
+        let d = self.function(bdf)?;
+        let mut effects = lock_function(&d)?.write_config(reg, offset, data);
+        let wait = effects.wait.take();
         if !effects.is_empty() {
             self.handler.apply(bdf, &d, effects);
         }
+        wait
     }
 
     /// Direct access to the effects handler (e.g. the [`BusRelocator`] for initial attach).
@@ -356,8 +448,10 @@ impl PciRoot {
     }
 }
 
-fn lock(root: &Mutex<PciRoot>) -> std::sync::MutexGuard<'_, PciRoot> {
-    root.lock().unwrap_or_else(|e| e.into_inner())
+/// Locks the root for one access; `None` (logged) once a panic poisoned it: config space
+/// then reads all-ones, as if nothing were there.
+fn lock(root: &Mutex<PciRoot>) -> Option<MutexGuard<'_, PciRoot>> {
+    root.lock().map_err(|_| failed_device("PCI root complex")).ok()
 }
 
 /// Splits a config access of `len` bytes at byte `offset` into (dword, byte in dword);
@@ -367,20 +461,31 @@ fn dword_access(offset: usize, len: usize) -> Option<(usize, u64)> {
     (matches!(len, 1 | 2 | 4) && byte + len <= 4).then_some((offset / 4, byte as u64))
 }
 
-fn read_bytes(root: &Mutex<PciRoot>, bdf: Bdf, offset: usize, data: &mut [u8]) {
+fn read_bytes(root: &Weak<Mutex<PciRoot>>, bdf: Bdf, offset: usize, data: &mut [u8]) {
     let Some((reg, byte)) = dword_access(offset, data.len()) else {
         data.fill(0xff);
         return;
     };
-    let v = lock(root).read_config(bdf, reg) >> (byte * 8);
+    let root = root.upgrade();
+    let value = root.as_deref().and_then(lock).map_or(u32::MAX, |r| r.read_config(bdf, reg) >> (byte * 8));
     for (i, b) in data.iter_mut().enumerate() {
-        *b = (v >> (i * 8)) as u8;
+        *b = (value >> (i * 8)) as u8;
     }
 }
 
-fn write_bytes(root: &Mutex<PciRoot>, bdf: Bdf, offset: usize, data: &[u8]) {
-    if let Some((reg, byte)) = dword_access(offset, data.len()) {
-        lock(root).write_config(bdf, reg, byte, data);
+/// A config write. When the function cannot complete it yet (a Bus Master enable waiting
+/// for guest RAM's DMA mapping), this vCPU waits here with no lock held, so every other
+/// vCPU's config accesses go on meanwhile, then writes again.
+fn write_bytes(root: &Weak<Mutex<PciRoot>>, bdf: Bdf, offset: usize, data: &[u8]) {
+    let Some((reg, byte)) = dword_access(offset, data.len()) else { return };
+    let Some(wait) = root.upgrade().and_then(|r| lock(&r)?.write_config(bdf, reg, byte, data)) else { return };
+    if wait.gate.wait() {
+        if let Some(r) = root.upgrade() {
+            if let Some(mut r) = lock(&r) {
+                // The gate is open now: this write completes (no second wait).
+                let _ = r.write_config(bdf, wait.reg, wait.offset, &wait.data);
+            }
+        }
     }
 }
 
@@ -389,31 +494,34 @@ fn write_bytes(root: &Mutex<PciRoot>, bdf: Bdf, offset: usize, data: &[u8]) {
 /// extended register bits 11:8 (the AMD convention Linux also uses), reaching the whole
 /// 4 KiB config space.
 pub struct PciConfigIo {
-    root: Arc<Mutex<PciRoot>>,
-    address: u32,
+    root: Weak<Mutex<PciRoot>>,
+    segment: u16,
+    /// The latch; guests serialize CF8/CFC pairs themselves (Linux: pci_config_lock).
+    address: AtomicU32,
 }
 
 impl PciConfigIo {
-    pub fn new(root: Arc<Mutex<PciRoot>>) -> Self {
-        Self { root, address: 0 }
+    pub fn new(root: &Arc<Mutex<PciRoot>>) -> Self {
+        let segment = lock(root).map_or(0, |r| r.segment());
+        Self { root: Arc::downgrade(root), segment, address: AtomicU32::new(0) }
     }
 
     fn target(&self) -> Option<(Bdf, usize)> {
-        if self.address & 0x8000_0000 == 0 {
+        let address = self.address.load(Ordering::Relaxed);
+        if address & 0x8000_0000 == 0 {
             return None;
         }
-        let segment = lock(&self.root).segment();
-        let bus = (self.address >> 16) as u8;
-        let devfn = (self.address >> 8) as u8;
-        let offset = (self.address & 0xfc) as usize | (((self.address >> 24) & 0xf) as usize) << 8;
-        Some((Bdf::from_devfn(segment, bus, devfn), offset))
+        let bus = (address >> 16) as u8;
+        let devfn = (address >> 8) as u8;
+        let offset = (address & 0xfc) as usize | (((address >> 24) & 0xf) as usize) << 8;
+        Some((Bdf::from_devfn(self.segment, bus, devfn), offset))
     }
 }
 
-impl BusDevice for PciConfigIo {
-    fn read(&mut self, offset: u64, data: &mut [u8]) {
+impl BusAccess for PciConfigIo {
+    fn read(&self, offset: u64, data: &mut [u8]) {
         match offset {
-            0 if data.len() == 4 => data.copy_from_slice(&self.address.to_le_bytes()),
+            0 if data.len() == 4 => data.copy_from_slice(&self.address.load(Ordering::Relaxed).to_le_bytes()),
             4..=7 => match self.target() {
                 Some((bdf, reg_off)) => read_bytes(&self.root, bdf, reg_off + (offset as usize - 4), data),
                 None => data.fill(0xff),
@@ -422,17 +530,19 @@ impl BusDevice for PciConfigIo {
         }
     }
 
-    fn write(&mut self, offset: u64, data: &[u8]) {
+    fn write(&self, offset: u64, data: &[u8]) {
         match offset {
             // Only dword writes latch the address; byte writes to 0xCF8..0xCFB are other
             // devices' registers on real chipsets (e.g. 0xCF9 reset control).
-            0 if data.len() == 4 => self.address = u32::from_le_bytes([data[0], data[1], data[2], data[3]]),
+            0 if data.len() == 4 => {
+                self.address.store(u32::from_le_bytes([data[0], data[1], data[2], data[3]]), Ordering::Relaxed)
+            }
             4..=7 => {
                 if let Some((bdf, reg_off)) = self.target() {
                     write_bytes(&self.root, bdf, reg_off + (offset as usize - 4), data);
                 }
             }
-            _ => log::debug!("PCI config port write of {} bytes at {offset} dropped", data.len()),
+            _ => ratelog::debug_limited!("PCI config port write of {} bytes at {offset} dropped", data.len()),
         }
     }
 }
@@ -441,19 +551,19 @@ impl BusDevice for PciConfigIo {
 /// bus << 20 | devfn << 12. Insert it on the MMIO bus at the window advertised in MCFG,
 /// `(last_bus + 1) << 20` bytes long.
 pub struct PciConfigMmio {
-    root: Arc<Mutex<PciRoot>>,
+    root: Weak<Mutex<PciRoot>>,
     segment: u16,
 }
 
 impl PciConfigMmio {
-    pub fn new(root: Arc<Mutex<PciRoot>>) -> Self {
-        let segment = lock(&root).segment();
-        Self { root, segment }
+    pub fn new(root: &Arc<Mutex<PciRoot>>) -> Self {
+        let segment = lock(root).map_or(0, |r| r.segment());
+        Self { root: Arc::downgrade(root), segment }
     }
 }
 
-impl BusDevice for PciConfigMmio {
-    fn read(&mut self, offset: u64, data: &mut [u8]) {
+impl BusAccess for PciConfigMmio {
+    fn read(&self, offset: u64, data: &mut [u8]) {
         if offset >> 28 != 0 {
             data.fill(0xff);
             return;
@@ -462,7 +572,7 @@ impl BusDevice for PciConfigMmio {
         read_bytes(&self.root, bdf, reg_off, data);
     }
 
-    fn write(&mut self, offset: u64, data: &[u8]) {
+    fn write(&self, offset: u64, data: &[u8]) {
         if offset >> 28 != 0 {
             return;
         }
@@ -488,7 +598,11 @@ mod tests {
         Arc::new(Mutex::new(EmulatedFunction::new("ep", &test_config(), Scratch([0; 64])).unwrap()))
     }
 
-    fn ecam_read(ecam: &mut PciConfigMmio, bdf: Bdf, off: u64) -> u32 {
+    fn shared_endpoint() -> SharedPciDevice {
+        endpoint()
+    }
+
+    fn ecam_read(ecam: &PciConfigMmio, bdf: Bdf, off: u64) -> u32 {
         let mut b = [0u8; 4];
         ecam.read(bdf.ecam_offset() + off, &mut b);
         u32::from_le_bytes(b)
@@ -512,8 +626,9 @@ mod tests {
         let log = Arc::new(Mutex::new(Vec::new()));
         let mut root = PciRoot::new(0, Box::new(Recorder(log.clone()))).unwrap();
         let rp = root.add_root_port(1, 1).unwrap();
-        let ep_bdf = root.attach_to_port(1, 0, endpoint()).unwrap();
-        let direct = root.add_device(3, 0, endpoint()).unwrap();
+        let (ep, direct_ep) = (shared_endpoint(), shared_endpoint());
+        let ep_bdf = root.attach_to_port(1, 0, &ep).unwrap();
+        let direct = root.add_device(3, 0, &direct_ep).unwrap();
         assert_eq!(
             (rp.to_string(), ep_bdf.to_string(), direct.to_string()),
             ("0000:00:01.0".into(), "0000:01:00.0".into(), "0000:00:03.0".into())
@@ -523,15 +638,15 @@ mod tests {
         assert_eq!(root.highest_free_slot(), Some(31));
         assert_eq!(root.lowest_free_bus(), Some(2));
         let root = Arc::new(Mutex::new(root));
-        let mut ecam = PciConfigMmio::new(root.clone());
+        let ecam = PciConfigMmio::new(&root);
         let host: Bdf = "00:00.0".parse().unwrap();
-        assert_eq!(ecam_read(&mut ecam, host, 0), 0x0008_1b36);
-        assert_eq!(ecam_read(&mut ecam, rp, 0x08) >> 8, 0x060400);
-        assert_eq!(ecam_read(&mut ecam, rp, 0x18), 0x0001_0100);
-        assert_eq!(ecam_read(&mut ecam, ep_bdf, 0), 0x1041_1af4);
-        assert_eq!(ecam_read(&mut ecam, "01:01.0".parse().unwrap(), 0), u32::MAX, "only device 0 behind a port");
-        assert_eq!(ecam_read(&mut ecam, "02:00.0".parse().unwrap(), 0), u32::MAX);
-        assert_eq!(ecam_read(&mut ecam, "00:1f.7".parse().unwrap(), 0), u32::MAX);
+        assert_eq!(ecam_read(&ecam, host, 0), 0x0008_1b36);
+        assert_eq!(ecam_read(&ecam, rp, 0x08) >> 8, 0x060400);
+        assert_eq!(ecam_read(&ecam, rp, 0x18), 0x0001_0100);
+        assert_eq!(ecam_read(&ecam, ep_bdf, 0), 0x1041_1af4);
+        assert_eq!(ecam_read(&ecam, "01:01.0".parse().unwrap(), 0), u32::MAX, "only device 0 behind a port");
+        assert_eq!(ecam_read(&ecam, "02:00.0".parse().unwrap(), 0), u32::MAX);
+        assert_eq!(ecam_read(&ecam, "00:1f.7".parse().unwrap(), 0), u32::MAX);
         // The root port's slot shows a device present.
         let mut b = [0u8; 2];
         ecam.read(rp.ecam_offset() + 0x40 + 0x1a, &mut b);
@@ -539,10 +654,10 @@ mod tests {
         // Renumbering the port's secondary bus moves the device with it.
         ecam.write(rp.ecam_offset() + 0x19, &[5]);
         ecam.write(rp.ecam_offset() + 0x1a, &[5]);
-        assert_eq!(ecam_read(&mut ecam, ep_bdf, 0), u32::MAX);
-        assert_eq!(ecam_read(&mut ecam, "05:00.0".parse().unwrap(), 0), 0x1041_1af4);
+        assert_eq!(ecam_read(&ecam, ep_bdf, 0), u32::MAX);
+        assert_eq!(ecam_read(&ecam, "05:00.0".parse().unwrap(), 0), 0x1041_1af4);
         // Mechanism #1 reaches the same functions.
-        let mut io = PciConfigIo::new(root.clone());
+        let io = PciConfigIo::new(&root);
         io.write(0, &0x8000_1800u32.to_le_bytes());
         let mut w = [0u8; 4];
         io.read(0, &mut w);
@@ -569,7 +684,7 @@ mod tests {
     #[test]
     fn malformed_config_accesses() {
         let root = Arc::new(Mutex::new(PciRoot::new(0, Box::new(Recorder(Default::default()))).unwrap()));
-        let mut ecam = PciConfigMmio::new(root.clone());
+        let ecam = PciConfigMmio::new(&root);
         let mut b = [0u8; 4];
         ecam.read(2, &mut b);
         assert_eq!(b, [0xff; 4], "straddles a dword");
@@ -579,7 +694,7 @@ mod tests {
         ecam.read(1 << 28, &mut b);
         assert_eq!(b, [0xff; 4]);
         ecam.write(u64::MAX, &[1, 2, 3]);
-        let mut io = PciConfigIo::new(root);
+        let io = PciConfigIo::new(&root);
         io.write(1, &[0x80]);
         io.read(0, &mut b);
         assert_eq!(b, [0; 4], "byte write does not latch");
@@ -589,13 +704,14 @@ mod tests {
     #[test]
     fn slot_errors() {
         let mut root = PciRoot::new(0, Box::new(Recorder(Default::default()))).unwrap();
-        assert!(matches!(root.add_device(0, 0, endpoint()), Err(RootError::InvalidSlot { .. })));
+        let ep = shared_endpoint();
+        assert!(matches!(root.add_device(0, 0, &ep), Err(RootError::InvalidSlot { .. })));
         root.add_root_port(2, 1).unwrap();
         assert!(matches!(root.add_root_port(3, 1), Err(RootError::BusInUse { bus: 1 })));
-        assert!(matches!(root.add_device(2, 0, endpoint()), Err(RootError::SlotInUse { .. })));
-        assert!(matches!(root.attach_to_port(4, 0, endpoint()), Err(RootError::NoSuchPort { device: 4 })));
-        root.attach_to_port(2, 0, endpoint()).unwrap();
-        assert!(matches!(root.attach_to_port(2, 0, endpoint()), Err(RootError::SlotInUse { .. })));
+        assert!(matches!(root.add_device(2, 0, &ep), Err(RootError::SlotInUse { .. })));
+        assert!(matches!(root.attach_to_port(4, 0, &ep), Err(RootError::NoSuchPort { device: 4 })));
+        root.attach_to_port(2, 0, &ep).unwrap();
+        assert!(matches!(root.attach_to_port(2, 0, &ep), Err(RootError::SlotInUse { .. })));
     }
 
     #[test]
@@ -679,5 +795,206 @@ mod tests {
         rel.apply(abdf, &ad, e);
         assert_eq!(rel.mapped(abdf, BarIndex(0)), Some(0xc020_0000));
         assert!(rel.pending.is_empty());
+    }
+
+    /// The set-up the VMM builds: buses, relocator, root, config-access devices on the
+    /// buses. `owner` plays the device manager.
+    struct Segment {
+        mmio: Arc<Bus>,
+        pio: Arc<Bus>,
+        relocator: Arc<Mutex<BusRelocator>>,
+        root: Arc<Mutex<PciRoot>>,
+    }
+
+    struct Shared(Arc<Mutex<BusRelocator>>);
+    impl ConfigEffectsHandler for Shared {
+        fn apply(&mut self, bdf: Bdf, d: &SharedPciDevice, e: ConfigEffects) {
+            self.0.lock().unwrap().apply(bdf, d, e);
+        }
+    }
+
+    fn segment() -> Segment {
+        let (mmio, pio) = (Arc::new(Bus::new()), Arc::new(Bus::new()));
+        let relocator = Arc::new(Mutex::new(BusRelocator::new(mmio.clone(), pio.clone())));
+        let root = Arc::new(Mutex::new(PciRoot::new(0, Box::new(Shared(relocator.clone()))).unwrap()));
+        pio.insert(Arc::new(PciConfigIo::new(&root)), 0xcf8, 8).unwrap();
+        mmio.insert(Arc::new(PciConfigMmio::new(&root)), 0xb000_0000, 1 << 28).unwrap();
+        Segment { mmio, pio, relocator, root }
+    }
+
+    fn attach(seg: &Segment, slot: u8, dev: &SharedPciDevice) -> Bdf {
+        let bdf = seg.root.lock().unwrap().add_device(slot, 0, dev).unwrap();
+        seg.relocator.lock().unwrap().attach(bdf, dev).unwrap();
+        bdf
+    }
+
+    fn ecam_dword(seg: &Segment, bdf: Bdf, off: u64) -> u32 {
+        let mut b = [0u8; 4];
+        assert!(seg.mmio.read(0xb000_0000 + bdf.ecam_offset() + off, &mut b));
+        u32::from_le_bytes(b)
+    }
+
+    #[test]
+    fn nothing_on_a_bus_keeps_the_root_or_a_function_alive() {
+        let seg = segment();
+        let ep = endpoint();
+        ep.lock().unwrap().place_bar(BarIndex(0), 0xc000_0000).unwrap();
+        let dev: SharedPciDevice = ep.clone();
+        let bdf = attach(&seg, 1, &dev);
+        assert_eq!(ecam_dword(&seg, bdf, 0), 0x1041_1af4);
+        let (weak_dev, weak_root, weak_mmio) =
+            (Arc::downgrade(&ep), Arc::downgrade(&seg.root), Arc::downgrade(&seg.mmio));
+        drop((ep, dev));
+        assert!(weak_dev.upgrade().is_none(), "the root, relocator and BAR slot do not own the function");
+        let mut b = [0u8; 4];
+        assert!(seg.mmio.read(0xc000_0000, &mut b), "the slot is still on the bus...");
+        assert_eq!(b, [0xff; 4], "...but reads all-ones without its function");
+        assert_eq!(ecam_dword(&seg, bdf, 0), u32::MAX);
+        drop(seg);
+        assert!(weak_root.upgrade().is_none(), "no cycle: buses -> config access -> root -> relocator -> buses");
+        assert!(weak_mmio.upgrade().is_none());
+    }
+
+    #[test]
+    fn detached_functions_leave_the_buses_and_the_root() {
+        let seg = segment();
+        let a = endpoint();
+        a.lock().unwrap().place_bar(BarIndex(0), 0xc000_0000).unwrap();
+        a.lock().unwrap().place_bar(BarIndex(2), 0x1_0000_0000).unwrap();
+        let ad: SharedPciDevice = a.clone();
+        let bdf = attach(&seg, 2, &ad);
+        let behind_port: SharedPciDevice = endpoint();
+        let port = seg.root.lock().unwrap().add_root_port(5, 1).unwrap();
+        let child = seg.root.lock().unwrap().attach_to_port(5, 0, &behind_port).unwrap();
+        let slot_status = |seg: &Segment| ecam_dword(seg, port, 0x40 + 0x18) >> 16;
+        assert_eq!(slot_status(&seg) & 0x40, 0x40, "presence detect set");
+        let ranges_before = seg.mmio.ranges().len();
+        assert!(seg.mmio.write(0xc000_0004, &[7]));
+
+        seg.relocator.lock().unwrap().detach(&ad);
+        assert_eq!(seg.root.lock().unwrap().remove_device(&ad), Some(bdf));
+        assert_eq!(seg.mmio.ranges().len(), ranges_before - 2, "both BARs off the bus");
+        let mut b = [0u8; 1];
+        assert!(!seg.mmio.read(0xc000_0004, &mut b), "nothing dispatches there any more");
+        assert_eq!(ecam_dword(&seg, bdf, 0), u32::MAX);
+        assert_eq!(seg.relocator.lock().unwrap().mapped(bdf, BarIndex(0)), None);
+        assert_eq!(seg.root.lock().unwrap().remove_device(&ad), None, "only once");
+        // The range is free for the next function.
+        let next = endpoint();
+        next.lock().unwrap().place_bar(BarIndex(0), 0xc000_0000).unwrap();
+        next.lock().unwrap().place_bar(BarIndex(2), 0x1_0000_0000).unwrap();
+        let next: SharedPciDevice = next;
+        assert_eq!(attach(&seg, 2, &next), bdf);
+
+        assert_eq!(seg.root.lock().unwrap().remove_device(&behind_port), Some(child));
+        assert_eq!(slot_status(&seg) & 0x40, 0, "the port's slot is empty again");
+        assert_eq!(ecam_dword(&seg, child, 0), u32::MAX);
+    }
+
+    /// A function whose Bus Master enable must wait for `gate` (like an assigned device's
+    /// for the DMA mapping): it returns the wait instead of blocking.
+    struct Gated {
+        gate: Arc<Gate>,
+        command: u16,
+        writes: Vec<u16>,
+    }
+
+    #[derive(Default)]
+    struct Gate {
+        state: Mutex<Option<bool>>,
+        changed: std::sync::Condvar,
+    }
+
+    impl Gate {
+        fn set(&self, open: bool) {
+            *self.state.lock().unwrap() = Some(open);
+            self.changed.notify_all();
+        }
+    }
+
+    impl crate::AccessGate for Gate {
+        fn wait(&self) -> bool {
+            let s = self.state.lock().unwrap();
+            let s = self.changed.wait_while(s, |s| s.is_none()).unwrap();
+            s.unwrap_or(false)
+        }
+    }
+
+    impl crate::PciDevice for Gated {
+        fn bars(&self) -> Vec<crate::BarRegion> {
+            Vec::new()
+        }
+        fn read_config(&mut self, reg: usize) -> u32 {
+            match reg {
+                0 => 0x1234_5678,
+                1 => u32::from(self.command),
+                _ => 0,
+            }
+        }
+        fn write_config(&mut self, reg: usize, _offset: u64, data: &[u8]) -> ConfigEffects {
+            let mut effects = ConfigEffects::default();
+            if reg != 1 {
+                return effects;
+            }
+            let mut value = u16::from(data[0]);
+            self.writes.push(value);
+            if value & 4 != 0 && self.gate.state.lock().unwrap().is_none() {
+                value &= !4;
+                let gate: Arc<dyn crate::AccessGate> = self.gate.clone();
+                effects.wait = Some(ConfigWait { gate, reg, offset: 0, data: data.to_vec() });
+            }
+            if *self.gate.state.lock().unwrap() == Some(false) {
+                value &= !4;
+            }
+            self.command = value;
+            effects
+        }
+        fn read_bar(&mut self, _bar: BarIndex, _offset: u64, data: &mut [u8]) {
+            data.fill(0xff);
+        }
+        fn write_bar(&mut self, _bar: BarIndex, _offset: u64, _data: &[u8]) {}
+    }
+
+    #[test]
+    fn a_bus_master_wait_holds_no_lock_and_completes_after() {
+        for open in [true, false] {
+            let seg = Arc::new(segment());
+            let gate = Arc::new(Gate::default());
+            let gated = Arc::new(Mutex::new(Gated { gate: gate.clone(), command: 0, writes: Vec::new() }));
+            let other = endpoint();
+            other.lock().unwrap().place_bar(BarIndex(0), 0xc000_0000).unwrap();
+            other.lock().unwrap().place_bar(BarIndex(2), 0x1_0000_0000).unwrap();
+            let (gd, od): (SharedPciDevice, SharedPciDevice) = (gated.clone(), other.clone());
+            let (gbdf, obdf) = (attach(&seg, 1, &gd), attach(&seg, 2, &od));
+            let writer = {
+                let seg = seg.clone();
+                std::thread::spawn(move || {
+                    let mut b = [0u8; 2];
+                    // Through CF8/CFC: the latch device is shared by every vCPU.
+                    assert!(seg.pio.write(0xcf8, &(0x8000_0000u32 | (u32::from(gbdf.devfn()) << 8) | 4).to_le_bytes()));
+                    assert!(seg.pio.write(0xcfc, &[0x06, 0x00]));
+                    assert!(seg.pio.read(0xcfc, &mut b));
+                    u16::from_le_bytes(b)
+                })
+            };
+            while gated.lock().unwrap().writes.is_empty() {
+                std::thread::yield_now();
+            }
+            // The writer waits: the root, both config-access devices and other functions
+            // (the other vCPUs' accesses) are free meanwhile.
+            assert!(!writer.is_finished());
+            assert_eq!(ecam_dword(&seg, obdf, 0), 0x1041_1af4);
+            assert_eq!(ecam_dword(&seg, gbdf, 4) & 4, 0, "Bus Master not on before the gate opens");
+            gate.set(open);
+            let command = writer.join().unwrap();
+            let writes = gated.lock().unwrap().writes.clone();
+            if open {
+                assert_eq!(command & 4, 4, "completed after the wait");
+                assert_eq!(writes, vec![6, 6], "written again once the gate opened");
+            } else {
+                assert_eq!(command, 2, "a gate that never opens leaves Bus Master off");
+                assert_eq!(writes, vec![6], "and no second write");
+            }
+        }
     }
 }

@@ -82,6 +82,9 @@ pub struct PciTopology {
     next_bus: u8,
     /// (bdf, route to it: bus-0 slot then device numbers below)
     paths: Vec<(Bdf, Vec<u8>)>,
+    /// The functions attached through the topology: it owns them (the root and the buses
+    /// refer to them weakly).
+    devices: Vec<SharedPciDevice>,
 }
 
 impl PciTopology {
@@ -108,6 +111,7 @@ impl PciTopology {
             next_slot: 1,
             next_bus: 1,
             paths: Vec::new(),
+            devices: Vec::new(),
         })
     }
 
@@ -135,7 +139,7 @@ impl PciTopology {
         let attach_err = |source| TopologyError::Attach { what: name.to_string(), source };
         let mut root = self.root.lock().unwrap_or_else(|e| e.into_inner());
         let port = root.add_root_port(slot, bus).map_err(attach_err)?;
-        let bdf = root.attach_to_port(slot, 0, dev.clone()).map_err(attach_err)?;
+        let bdf = root.attach_to_port(slot, 0, &dev).map_err(attach_err)?;
         let requests = bar_requests(bdf, &dev);
         let layout = self
             .allocator
@@ -145,6 +149,7 @@ impl PciTopology {
         program_bars(&mut root, bdf, &dev, &layout.bars);
         drop(root);
         self.paths.push((bdf, vec![slot, 0]));
+        self.devices.push(dev);
         log::info!("{bdf}: {name} behind root port {port}, windows {:x?}", layout.windows);
         Ok(bdf)
     }
@@ -157,7 +162,7 @@ impl PciTopology {
             .root
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .add_device(slot, 0, dev.clone())
+            .add_device(slot, 0, &dev)
             .map_err(|source| TopologyError::Attach { what: name.to_string(), source })?;
         let mut placed = Vec::new();
         for req in bar_requests(bdf, &dev) {
@@ -169,6 +174,7 @@ impl PciTopology {
         }
         program_bars(&mut self.root.lock().unwrap_or_else(|e| e.into_inner()), bdf, &dev, &placed);
         self.paths.push((bdf, vec![slot]));
+        self.devices.push(dev);
         log::info!("{bdf}: {name} on bus 0");
         Ok(bdf)
     }
@@ -184,12 +190,12 @@ impl PciTopology {
 
     /// The 0xCF8 device (insert at 0xCF8, length 8, on the port I/O bus).
     pub fn config_io(&self) -> PciConfigIo {
-        PciConfigIo::new(self.root.clone())
+        PciConfigIo::new(&self.root)
     }
 
     /// The ECAM device (insert at `ecam_window().base` on the MMIO bus).
     pub fn config_mmio(&self) -> PciConfigMmio {
-        PciConfigMmio::new(self.root.clone())
+        PciConfigMmio::new(&self.root)
     }
 
     /// For MCFG: base address, segment, start bus 0, end bus.
@@ -273,7 +279,7 @@ mod tests {
     use super::*;
     use crate::function::tests::{test_config, Scratch};
     use crate::function::{BarSpec, EmulatedFunction};
-    use crate::{BusDevice, PciDevice};
+    use crate::{BusAccess, PciDevice};
     use acpi_tables::Aml;
 
     const GIB: u64 = 1 << 30;
@@ -324,7 +330,7 @@ mod tests {
         assert!(mmio.write(bar0 + 3, &[0x5a]));
         assert_eq!(gpu.lock().unwrap().backend().0[3], 0x5a);
         // ...and its config space through ECAM.
-        let mut ecam = topo.config_mmio();
+        let ecam = topo.config_mmio();
         let mut id = [0u8; 4];
         ecam.read(gpu_bdf.ecam_offset(), &mut id);
         assert_eq!(u32::from_le_bytes(id), 0x1041_1af4);

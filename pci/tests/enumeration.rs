@@ -11,7 +11,7 @@ use pci::allocator::{mmio64_window, PciWindows, WindowReserve};
 use pci::bridge::Window;
 use pci::intx::IntxRouting;
 use pci::synthetic::{synthetic_function, SyntheticSpec};
-use pci::{Bdf, Bus, BusDevice, PciConfigMmio, PciTopology, SharedPciDevice, TopologyConfig};
+use pci::{Bdf, Bus, BusAccess, PciConfigMmio, PciTopology, SharedPciDevice, TopologyConfig};
 
 const GIB: u64 = 1 << 30;
 

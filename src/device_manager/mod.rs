@@ -1,22 +1,43 @@
-//! Wiring only: which device sits where on the buses, and which interrupt it raises.
-//! Sub-managers (legacy, pci, vfio, ...) each have one file.
+//! The device manager: owns every device of the VM, by id, with everything it was given
+//! (its slot, bus range, GSIs, interrupt lines). Devices come in through
+//! [`DeviceManager::attach_pci`] / [`DeviceManager::attach_platform`] and go out through
+//! [`DeviceManager::detach`], on a running VM as well (hot-plug), at a guest reset and at the
+//! VM's end. Buses, the root complex and the relocator only refer to devices (weakly).
+//!
+//! Detaching runs in one order: the device leaves the guest's view (bus entries, slot) ->
+//! its I/O threads are stopped and joined -> its ioeventfds, INTx irqfd, MSI irqfds, GSI
+//! routes and memory slots are removed -> an assigned device is reset and closed -> its
+//! resources are given back. When the VM ends, every device goes that way, then the VFIO
+//! container (DMA unmapped); guest RAM is unmapped last, by whoever holds it last.
+//!
+//! Sub-managers (legacy, pci, vfio, virtio, testdev) build devices, one file each.
 
 pub mod legacy;
 pub mod pci;
+pub mod seams;
 pub mod testdev;
+#[cfg(test)]
+mod tests;
 pub mod vfio;
 pub mod virtio;
 
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+
+use ::pci::{BusAccess, SharedPciDevice};
+use vmm_sys_util::eventfd::EventFd;
 
 use crate::devices::cmos::Cmos;
 use crate::devices::serial::{ConsoleOut, SerialDevice};
-use crate::irq::{GsiRouting, IrqChip};
-use crate::resources::Resources;
+use crate::devices::virtio::pci::VirtioPciDevice;
+use crate::irq::{GsiRouting, KvmIntx};
+use crate::resources::{Allocation, Resources};
 use crate::stop::StopNotifier;
 use crate::vstate::memory::GuestMemory;
 use crate::vstate::vcpu::IoBuses;
 use crate::vstate::vm::Vm;
+use seams::VmSeams;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceManagerError {
@@ -29,13 +50,26 @@ pub enum DeviceManagerError {
     },
     #[error("creating an eventfd failed")]
     CreateEventFd(#[source] std::io::Error),
-    #[error("KVM_IRQFD for {what} on GSI {gsi} failed")]
+    #[error("KVM_IRQFD for {id} on GSI {gsi} failed")]
     RegisterIrqfd {
-        what: &'static str,
+        id: DeviceId,
         gsi: u32,
         #[source]
-        source: kvm_ioctls::Error,
+        source: std::io::Error,
     },
+    #[error("{id}: wiring INTx to GSI {gsi}")]
+    ConnectIntx {
+        id: DeviceId,
+        gsi: u32,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("device id {0} is used twice")]
+    DuplicateId(DeviceId),
+    #[error("no device with id {0}")]
+    UnknownDevice(DeviceId),
+    #[error("no free slot on PCI bus 0")]
+    NoFreeSlot,
     #[error("PCI: {what} failed")]
     Pci {
         what: &'static str,
@@ -54,44 +88,265 @@ pub enum DeviceManagerError {
     TestDev(#[from] Box<testdev::TestDevError>),
 }
 
-/// Field order is drop order: assigned devices go (DMA unmapped, vectors off) before the
-/// routing table and the buses they hang off.
-pub struct DeviceManager {
-    pub vfio: Option<vfio::VfioManager>,
-    pub pci: pci::PciSegment,
-    pub routing: Arc<Mutex<GsiRouting>>,
-    pub buses: Arc<IoBuses>,
-    pub resources: Mutex<Resources>,
-    pub serial: Option<Arc<Mutex<SerialDevice>>>,
-}
+/// A device's name in the VM: the `id=` of its option (or the default, e.g. `disk0`), or the
+/// platform device's (`com1`, `i8042`, `cmos`, `acpi-pm`).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DeviceId(String);
 
-impl DeviceManager {
-    pub fn new(
-        vm: &Arc<Vm>,
-        mmio64: ::pci::bridge::Window,
-        stop: &Arc<StopNotifier>,
-        console: Option<ConsoleOut>,
-        cmos: Arc<Mutex<Cmos>>,
-    ) -> Result<Self, DeviceManagerError> {
-        let buses = Arc::new(IoBuses { pio: Arc::new(::pci::Bus::new()), mmio: Arc::new(::pci::Bus::new()) });
-        let legacy = legacy::attach(vm, &buses.pio, stop, console, cmos)?;
-        let pci = pci::PciSegment::new(&buses, mmio64)?;
-        let chip: Arc<dyn IrqChip> = vm.clone();
-        Ok(Self {
-            vfio: None,
-            pci,
-            routing: Arc::new(Mutex::new(GsiRouting::new(chip))),
-            buses,
-            resources: Mutex::new(Resources::new(mmio64)?),
-            serial: legacy.serial,
-        })
+impl From<&str> for DeviceId {
+    fn from(s: &str) -> Self {
+        Self(s.to_string())
     }
 }
 
+impl std::fmt::Display for DeviceId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A PCI function as its owner holds it: typed, for what only the owner does with it.
+pub enum PciFunction {
+    Virtio(Arc<Mutex<VirtioPciDevice>>),
+    Assigned(Arc<Mutex<::vfio::device::VfioPciDevice>>),
+    Emulated(SharedPciDevice),
+}
+
+impl PciFunction {
+    fn shared(&self) -> SharedPciDevice {
+        match self {
+            Self::Virtio(d) => d.clone(),
+            Self::Assigned(d) => d.clone(),
+            Self::Emulated(d) => d.clone(),
+        }
+    }
+
+    fn strong_count(&self) -> usize {
+        match self {
+            Self::Virtio(d) => Arc::strong_count(d),
+            Self::Assigned(d) => Arc::strong_count(d),
+            Self::Emulated(d) => Arc::strong_count(d),
+        }
+    }
+
+    /// Stops the function's I/O threads and waits for them.
+    fn stop_workers(&self) {
+        if let Self::Virtio(d) = self {
+            lock_for_teardown(d, "a virtio device").stop();
+        }
+    }
+}
+
+/// A lock taken to tear a device down. Poisoned means a panic in the device, which is
+/// stopping the VM already (the panic hook); its threads and KVM resources must still go,
+/// so teardown goes on, and says so.
+fn lock_for_teardown<'a, T: ?Sized>(m: &'a Mutex<T>, what: &str) -> MutexGuard<'a, T> {
+    m.lock().unwrap_or_else(|e| {
+        log::warn!("{what} failed (a panic poisoned it); tearing it down anyway");
+        e.into_inner()
+    })
+}
+
+/// A PCI function built and ready for a slot, with what it was given.
+pub struct NewPciFunction {
+    pub function: PciFunction,
+    /// Given back to [`Resources`] when it detaches.
+    pub allocations: Vec<Allocation>,
+    /// Its INTx line, wired to its slot's `_PRT` GSI once it has a slot.
+    pub intx: Option<Arc<KvmIntx>>,
+    /// Already in a slot, BARs mapped (a function behind a root port of its own, see
+    /// `testdev`); else it goes in the lowest free slot on bus 0.
+    pub placed: Option<::pci::Bdf>,
+    /// How it is named in the log when attached (the id if empty).
+    pub label: String,
+}
+
+impl NewPciFunction {
+    pub fn on_bus0(function: PciFunction, allocations: Vec<Allocation>) -> Self {
+        Self { function, allocations, intx: None, placed: None, label: String::new() }
+    }
+}
+
+enum Entry {
+    Platform { device: Arc<dyn BusAccess>, port: u64, irq: Option<(EventFd, u32)> },
+    Pci { function: PciFunction, bdf: ::pci::Bdf, allocations: Vec<Allocation>, intx: Option<Arc<KvmIntx>> },
+}
+
+/// What the device manager is built from.
+pub struct DeviceManagerConfig {
+    pub seams: VmSeams,
+    /// The 64-bit MMIO window ([`crate::layout::mmio64_window`]).
+    pub mmio64: ::pci::bridge::Window,
+    pub stop: Arc<StopNotifier>,
+    /// Where COM1 writes; no COM1 without it.
+    pub console: Option<ConsoleOut>,
+    pub cmos: Arc<Mutex<Cmos>>,
+}
+
+/// Field order is drop order, after [`Drop`] detached every device: the VFIO container
+/// (DMA unmapped, managed devices given back) goes before the routing table and the buses.
+pub struct DeviceManager {
+    devices: BTreeMap<DeviceId, Entry>,
+    /// Attach order; the VM's end detaches in reverse.
+    order: Vec<DeviceId>,
+    vfio: Option<vfio::VfioContainer>,
+    /// What a vCPU access may wait for (the DMA mapping before a Bus Master enable), to be
+    /// released when the VM stops.
+    waits: Vec<Arc<::vfio::dma::DmaMapping>>,
+    pci: pci::PciSegment,
+    seams: VmSeams,
+    routing: Arc<Mutex<GsiRouting>>,
+    buses: Arc<IoBuses>,
+    resources: Mutex<Resources>,
+    serial: Option<Weak<Mutex<SerialDevice>>>,
+}
+
+/// How long detach waits for a guest access in flight to let go of the device.
+const IN_FLIGHT_GRACE: Duration = Duration::from_secs(1);
+
 impl DeviceManager {
-    /// Attaches the devices named by `--device`, `--disk` and `--net`; each kind's
-    /// sub-manager (vfio.rs, ...) parses its own keys from the [`crate::config::DeviceSpec`]s.
-    /// Must run before the vCPUs start (DMA mappings, BAR placement).
+    /// The buses with the PCI segment and the legacy platform devices on them.
+    pub fn new(cfg: DeviceManagerConfig) -> Result<Self, DeviceManagerError> {
+        let buses = Arc::new(IoBuses { pio: Arc::new(::pci::Bus::new()), mmio: Arc::new(::pci::Bus::new()) });
+        let pci = pci::PciSegment::new(&buses, cfg.mmio64)?;
+        let mut dm = Self {
+            devices: BTreeMap::new(),
+            order: Vec::new(),
+            vfio: None,
+            waits: Vec::new(),
+            pci,
+            routing: Arc::new(Mutex::new(GsiRouting::new(cfg.seams.irq.clone()))),
+            seams: cfg.seams,
+            buses,
+            resources: Mutex::new(Resources::new(cfg.mmio64)?),
+            serial: None,
+        };
+        let legacy = legacy::build(&cfg.stop, cfg.console, cfg.cmos)?;
+        dm.serial = legacy.serial.as_ref().map(Arc::downgrade);
+        drop(legacy.serial);
+        for dev in legacy.devices {
+            dm.attach_platform(dev)?;
+        }
+        Ok(dm)
+    }
+
+    pub fn buses(&self) -> &Arc<IoBuses> {
+        &self.buses
+    }
+
+    /// COM1, for console input (gone once the VM is).
+    pub fn serial(&self) -> Option<Weak<Mutex<SerialDevice>>> {
+        self.serial.clone()
+    }
+
+    /// `Device (PCI0)` and the ECAM reservation for the DSDT.
+    pub fn pci_aml(&self) -> Result<::pci::aml::PciHostBridgeAml, DeviceManagerError> {
+        self.pci.aml()
+    }
+
+    fn claim(&mut self, id: &DeviceId) -> Result<(), DeviceManagerError> {
+        if self.devices.contains_key(id) {
+            return Err(DeviceManagerError::DuplicateId(id.clone()));
+        }
+        Ok(())
+    }
+
+    /// Puts a platform device on the port I/O bus and wires its interrupt.
+    pub fn attach_platform(&mut self, dev: legacy::PlatformDevice) -> Result<(), DeviceManagerError> {
+        self.claim(&dev.id)?;
+        let entry: Arc<dyn BusAccess> = Arc::new(Arc::downgrade(&dev.device));
+        self.buses.pio.insert(entry, dev.port, dev.len).map_err(|source| DeviceManagerError::InsertDevice {
+            what: "a platform device",
+            base: dev.port,
+            source,
+        })?;
+        if let Some((fd, gsi)) = &dev.irq {
+            if let Err(source) = self.seams.irq.register_irqfd(fd, *gsi) {
+                let _ = self.buses.pio.remove(dev.port);
+                return Err(DeviceManagerError::RegisterIrqfd { id: dev.id, gsi: *gsi, source });
+            }
+        }
+        self.order.push(dev.id.clone());
+        self.devices.insert(dev.id, Entry::Platform { device: dev.device, port: dev.port, irq: dev.irq });
+        Ok(())
+    }
+
+    /// Puts a PCI function in a slot (unless it is placed already), maps its BARs and wires
+    /// its INTx line; from then on the guest can find it. Returns its address.
+    pub fn attach_pci(&mut self, id: DeviceId, new: NewPciFunction) -> Result<::pci::Bdf, DeviceManagerError> {
+        self.claim(&id)?;
+        let NewPciFunction { function, allocations, intx, placed, label } = new;
+        let shared = function.shared();
+        let bdf = match placed {
+            Some(bdf) => bdf,
+            None => self.pci.attach_function(&shared)?,
+        };
+        let pin = intx.as_ref().and_then(|_| {
+            let reg = ::pci::lock_function(&shared).map_or(0, |mut f| f.read_config(0x3c / 4));
+            ::pci::intx::IntxPin::from_register((reg >> 8) as u8)
+        });
+        drop(shared);
+        self.order.push(id.clone());
+        self.devices.insert(id.clone(), Entry::Pci { function, bdf, allocations, intx: intx.clone() });
+        if let (Some(line), Some(pin)) = (intx, pin) {
+            let gsi = self.pci.intx_gsi(bdf, pin);
+            if let Err(source) = line.connect(gsi) {
+                let _ = self.detach(&id);
+                return Err(DeviceManagerError::ConnectIntx { id, gsi, source });
+            }
+        }
+        log::info!("{} is guest {bdf}", if label.is_empty() { id.to_string() } else { label });
+        Ok(bdf)
+    }
+
+    /// Takes device `id` out of the VM, in the order of the module docs. Works on a running
+    /// VM: a vCPU access in flight finishes first (or, after a grace period, the device is
+    /// released when that access lets go of it).
+    pub fn detach(&mut self, id: &DeviceId) -> Result<(), DeviceManagerError> {
+        let entry = self.devices.remove(id).ok_or_else(|| DeviceManagerError::UnknownDevice(id.clone()))?;
+        self.order.retain(|d| d != id);
+        match entry {
+            Entry::Platform { device, port, irq } => {
+                let _ = self.buses.pio.remove(port);
+                if let Some((fd, gsi)) = irq {
+                    if let Err(e) = self.seams.irq.unregister_irqfd(&fd, gsi) {
+                        log::warn!("{id}: removing the irqfd on GSI {gsi}: {e}");
+                    }
+                }
+                drop(device);
+            }
+            Entry::Pci { function, bdf, allocations, intx } => {
+                self.pci.detach_function(&function.shared());
+                function.stop_workers();
+                if let Some(line) = &intx {
+                    line.disconnect();
+                }
+                let started = Instant::now();
+                while function.strong_count() > 1 && started.elapsed() < IN_FLIGHT_GRACE {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                if function.strong_count() > 1 {
+                    log::warn!("{id}: still in use {IN_FLIGHT_GRACE:?} after detach; released when let go");
+                }
+                // Its MSI irqfds and routes, memory slots, and for an assigned device the reset
+                // and the device fd go with it.
+                drop(function);
+                drop(intx);
+                let mut resources = self.resources.lock().unwrap_or_else(|e| e.into_inner());
+                for a in &allocations {
+                    if let Err(e) = resources.free(a) {
+                        log::warn!("{id}: {e}");
+                    }
+                }
+                log::info!("{id} ({bdf}): detached");
+            }
+        }
+        Ok(())
+    }
+
+    /// Attaches the devices named by `--device`, `--disk`, `--net`, `--rng` and
+    /// `--pci-synthetic`; each kind's sub-manager parses its own keys. Must run before the
+    /// vCPUs start (DMA mappings, BAR placement).
     pub fn attach_cli_devices(
         &mut self,
         vm: &Arc<Vm>,
@@ -101,30 +356,27 @@ impl DeviceManager {
         let disks = virtio::parse_disks(&cfg.disks)?;
         let nets = virtio::parse_nets(&cfg.nets)?;
         let specs = vfio::parse_cli(&cfg.devices)?;
-        let vctx = virtio::AttachContext { vm, memory, resources: &self.resources, routing: &self.routing };
-        for dev in virtio::create_devices(&vctx, &disks, &nets, cfg.rng)? {
-            let name = dev.lock().unwrap_or_else(|e| e.into_inner()).name().to_string();
-            let bdf = self.pci.attach_pci_device(dev, &self.buses)?;
-            log::info!("{name} is guest {bdf}");
+        let vctx =
+            virtio::AttachContext { seams: &self.seams, memory, resources: &self.resources, routing: &self.routing };
+        for (id, new) in virtio::create_devices(&vctx, &disks, &nets, cfg.rng)? {
+            self.attach_pci(id, new)?;
         }
-        let tctx = testdev::AttachContext { buses: &self.buses, resources: &self.resources };
         for (i, spec) in cfg.pci_synthetic.iter().enumerate() {
-            testdev::attach(&tctx, &mut self.pci, i, spec)?;
+            let tctx = testdev::AttachContext { resources: &self.resources };
+            let (id, new) = testdev::build(&tctx, &mut self.pci, i, spec)?;
+            self.attach_pci(id, new)?;
         }
         if specs.is_empty() {
             return Ok(());
         }
         let ctx =
-            vfio::AttachContext { vm, memory, resources: &self.resources, buses: &self.buses, routing: &self.routing };
-        let mgr = vfio::VfioManager::attach(&ctx, &specs)?;
-        for dev in &mgr.devices {
-            let bdf = self.pci.attach_pci_device(dev.shared(), &self.buses)?;
-            if let Some(pin) = ::pci::intx::IntxPin::from_register(dev.interrupt_pin()) {
-                dev.connect_intx(self.pci.intx_gsi(bdf, pin))?;
-            }
-            log::info!("{} (host {}) is guest {bdf}", dev.id, dev.bdf);
+            vfio::AttachContext { vm, seams: &self.seams, memory, resources: &self.resources, routing: &self.routing };
+        let (container, functions) = vfio::VfioContainer::open(&ctx, &specs)?;
+        self.waits.push(container.mapping());
+        self.vfio = Some(container);
+        for (id, new) in functions {
+            self.attach_pci(id, new)?;
         }
-        self.vfio = Some(mgr);
         Ok(())
     }
 
@@ -135,5 +387,31 @@ impl DeviceManager {
             v.start_dma_mapping()?;
         }
         Ok(())
+    }
+
+    /// The VM is stopping: every wait a vCPU may be in (a Bus Master enable waiting for the
+    /// DMA mapping) returns, so the vCPUs can be stopped.
+    pub fn cancel_waits(&self) {
+        for w in &self.waits {
+            w.cancel();
+        }
+    }
+
+    /// Every device detached (last attached first), then the VFIO container. Runs once the
+    /// vCPUs are stopped; [`Drop`] does it otherwise.
+    pub fn shutdown(&mut self) {
+        self.cancel_waits();
+        for id in self.order.clone().into_iter().rev() {
+            if let Err(e) = self.detach(&id) {
+                log::warn!("{e}");
+            }
+        }
+        self.vfio.take();
+    }
+}
+
+impl Drop for DeviceManager {
+    fn drop(&mut self) {
+        self.shutdown();
     }
 }

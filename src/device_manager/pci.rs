@@ -1,15 +1,18 @@
 //! The PCI segment: the root complex (pci::PciRoot) behind 0xCF8/0xCFC and ECAM, its DSDT
-//! description, and attaching functions so their BARs land on the buses (and follow the
-//! guest when it moves them).
+//! description, and putting functions in and out of slots so their BARs land on the buses
+//! (and follow the guest when it moves them).
+//!
+//! The segment owns the root complex and the relocator; the config-access devices on the
+//! buses refer to the root weakly, and the root and the BAR slots refer to functions weakly:
+//! the device manager owns the functions.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use pci::aml::{HostBridgeResources, PciHostBridgeAml};
 use pci::bridge::Window;
 use pci::intx::{IntxPin, IntxRouting};
 use pci::{
-    BarKind, Bdf, BusRelocator, ConfigEffects, ConfigEffectsHandler, PciConfigIo, PciConfigMmio, PciRoot,
-    SharedPciDevice,
+    Bdf, BusRelocator, ConfigEffects, ConfigEffectsHandler, PciConfigIo, PciConfigMmio, PciRoot, SharedPciDevice,
 };
 
 use super::DeviceManagerError;
@@ -17,13 +20,26 @@ use crate::layout;
 use crate::resources;
 use crate::vstate::vcpu::IoBuses;
 
-/// Forwards config-write effects to a relocator we can still reach for initial attaches.
+/// The root's effects handler: the relocator, shared with the segment for attach/detach.
 struct SharedRelocator(Arc<Mutex<BusRelocator>>);
 
 impl ConfigEffectsHandler for SharedRelocator {
     fn apply(&mut self, bdf: Bdf, device: &SharedPciDevice, effects: ConfigEffects) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).apply(bdf, device, effects);
+        match self.0.lock() {
+            Ok(mut r) => r.apply(bdf, device, effects),
+            Err(_) => pci::bus::failed_device("PCI BAR relocator"),
+        }
     }
+}
+
+/// Attach and detach run in the control loop. A lock poisoned by a panic in the pci model
+/// (on a vCPU) means the VM is stopping with that panic as its error: tearing down still has
+/// to take every function out, so it goes on, and says so.
+fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| {
+        ratelog::warn_limited!("PCI segment: a panic poisoned its state; going on to take the devices out");
+        e.into_inner()
+    })
 }
 
 pub struct PciSegment {
@@ -33,8 +49,6 @@ pub struct PciSegment {
     /// topology when the ACPI tables are built (see [`Self::aml`]).
     res: HostBridgeResources,
     intx: IntxRouting,
-    /// Next free device number on bus 0 (00:00.0 is the host bridge).
-    next_slot: u8,
 }
 
 impl PciSegment {
@@ -43,20 +57,20 @@ impl PciSegment {
         let root = PciRoot::new(0, Box::new(SharedRelocator(relocator.clone())))
             .map_err(|source| DeviceManagerError::Pci { what: "creating the root complex", source })?;
         let root = Arc::new(Mutex::new(root));
-        let insert = |bus: &pci::Bus, what: &'static str, dev: Arc<Mutex<dyn pci::BusDevice>>, base: u64, len: u64| {
+        let insert = |bus: &pci::Bus, what: &'static str, dev: Arc<dyn pci::BusAccess>, base: u64, len: u64| {
             bus.insert(dev, base, len).map_err(|source| DeviceManagerError::InsertDevice { what, base, source })
         };
         insert(
             &buses.pio,
             "PCI config ports",
-            Arc::new(Mutex::new(PciConfigIo::new(root.clone()))),
+            Arc::new(PciConfigIo::new(&root)),
             layout::PCI_CONFIG_IO_PORT,
             layout::PCI_CONFIG_IO_LEN,
         )?;
         insert(
             &buses.mmio,
             "PCI ECAM",
-            Arc::new(Mutex::new(PciConfigMmio::new(root.clone()))),
+            Arc::new(PciConfigMmio::new(&root)),
             layout::PCI_ECAM_START,
             layout::PCI_ECAM_SIZE,
         )?;
@@ -77,7 +91,7 @@ impl PciSegment {
         };
         // The windows are checked now, so a bad layout fails before anything runs.
         PciHostBridgeAml::new(res).map_err(|e| DeviceManagerError::PciAml(e.to_string()))?;
-        Ok(Self { root, relocator, res, intx, next_slot: 1 })
+        Ok(Self { root, relocator, res, intx })
     }
 
     /// The highest bus number in use (0 without root ports): the end of the bus range the
@@ -88,7 +102,7 @@ impl PciSegment {
     /// hotplug), and Linux keeps bridges' buses inside the host bridge's range; a guest that
     /// renumbers past it still reaches them through 0xCF8 and the (full-size) ECAM window.
     fn last_bus(&self) -> u8 {
-        self.root.lock().unwrap_or_else(|e| e.into_inner()).last_bus()
+        lock(&self.root).last_bus()
     }
 
     /// The GSI the DSDT's `_PRT` gives INTx `pin` of the bus-0 function `bdf`.
@@ -108,29 +122,30 @@ impl PciSegment {
         PciHostBridgeAml::new(res).map_err(|e| DeviceManagerError::PciAml(e.to_string()))
     }
 
-    /// Puts `device` in the next free slot on bus 0 and maps its BARs where they are placed.
-    /// From here on the segment's relocator owns the BARs' bus entries (it moves them when the
-    /// guest reprograms a BAR), so entries a caller inserted at those addresses are replaced.
-    pub fn attach_pci_device(&mut self, device: SharedPciDevice, buses: &IoBuses) -> Result<Bdf, DeviceManagerError> {
-        for bar in device.lock().unwrap_or_else(|e| e.into_inner()).bars() {
-            let bus = if bar.kind == BarKind::Io { &buses.pio } else { &buses.mmio };
-            // NotFound is the normal case: nothing was mapped there yet.
-            let _ = bus.remove(bar.addr);
+    /// Puts `device` in the lowest free slot on bus 0 and maps its BARs where they are
+    /// placed. From here on the relocator keeps the BARs' bus entries where the guest puts
+    /// them, until [`Self::detach_function`].
+    pub fn attach_function(&mut self, device: &SharedPciDevice) -> Result<Bdf, DeviceManagerError> {
+        let bdf = {
+            let mut root = lock(&self.root);
+            let slot = (1..=31u8)
+                .find(|d| root.function(Bdf::from_devfn(self.res.segment, 0, d << 3)).is_none())
+                .ok_or(DeviceManagerError::NoFreeSlot)?;
+            root.add_device(slot, 0, device)
+                .map_err(|source| DeviceManagerError::Pci { what: "adding a device to bus 0", source })?
+        };
+        if let Err(source) = lock(&self.relocator).attach(bdf, device) {
+            lock(&self.root).remove_device(device);
+            return Err(DeviceManagerError::Pci { what: "mapping BARs", source });
         }
-        let slot = self.next_slot;
-        let bdf = self
-            .root
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .add_device(slot, 0, device.clone())
-            .map_err(|source| DeviceManagerError::Pci { what: "adding a device to bus 0", source })?;
-        self.relocator
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .attach(bdf, &device)
-            .map_err(|source| DeviceManagerError::Pci { what: "mapping BARs", source })?;
-        self.next_slot += 1;
         log::info!("{bdf}: attached");
         Ok(bdf)
+    }
+
+    /// Takes `device` out of the guest's view: its BARs off the buses, its slot empty (config
+    /// space reads all-ones). Returns the address it had.
+    pub fn detach_function(&mut self, device: &SharedPciDevice) -> Option<Bdf> {
+        lock(&self.relocator).detach(device);
+        lock(&self.root).remove_device(device)
     }
 }

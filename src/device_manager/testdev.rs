@@ -16,8 +16,8 @@ use pci::topology::{bar_requests, program_bars, program_root_port};
 use pci::{Bdf, EmulatedFunction, FunctionError, PciDevice, RootError, SharedPciDevice};
 
 use super::pci::PciSegment;
-use crate::resources::{ResourceError, Resources};
-use crate::vstate::vcpu::IoBuses;
+use super::{DeviceId, NewPciFunction, PciFunction};
+use crate::resources::{ResourceError, Resources, Taken};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TestDevError {
@@ -58,61 +58,65 @@ pub enum TestDevError {
     },
 }
 
-/// What `attach` needs from the device manager.
+/// What `build` needs from the device manager.
 pub struct AttachContext<'a> {
-    pub buses: &'a IoBuses,
     pub resources: &'a Mutex<Resources>,
 }
 
-fn allocate(resources: &Mutex<Resources>, pool: Pool, size: u64, align: u64) -> Result<u64, ResourceError> {
-    let mut r = resources.lock().unwrap_or_else(|e| e.into_inner());
-    let range = match pool {
-        Pool::Mmio32 => r.allocate_mmio32(size, align)?,
-        Pool::Mmio64 => r.allocate_mmio64(size, align)?,
-        Pool::Io => r.allocate_io(size, align)?,
-    };
-    Ok(range.start())
+fn allocate(taken: &mut Taken<'_>, pool: Pool, size: u64, align: u64) -> Result<u64, ResourceError> {
+    match pool {
+        Pool::Mmio32 => taken.mmio32(size, align),
+        Pool::Mmio64 => taken.mmio64(size, align),
+        Pool::Io => taken.io(size, align),
+    }
 }
 
-/// Builds the function `spec` describes and puts it on the bus; returns its address.
-/// `index` numbers the option occurrences (for log names).
-pub fn attach(
+/// Builds the function `spec` describes, BARs placed; with `port=on` it is put behind a root
+/// port of its own already. `index` numbers the option occurrences (id and log names).
+pub fn build(
     ctx: &AttachContext<'_>,
     segment: &mut PciSegment,
     index: usize,
     spec_text: &str,
-) -> Result<Bdf, super::DeviceManagerError> {
+) -> Result<(DeviceId, NewPciFunction), super::DeviceManagerError> {
     let spec: SyntheticSpec = spec_text.parse().map_err(|e| Box::new(TestDevError::ParseSpec(e)))?;
     let name = format!("pci-synthetic#{index}");
     let mut func = synthetic_function(&name, &spec)
         .map_err(|source| Box::new(TestDevError::CreateFunction { spec: spec_text.to_string(), source }))?;
-    let bdf = if spec.behind_port {
+    let mut taken = Taken::new(ctx.resources);
+    let (dev, placed) = if spec.behind_port {
         let dev: SharedPciDevice = Arc::new(Mutex::new(func));
-        attach_behind_port(ctx, segment, spec_text, &dev).map_err(Box::new)?
+        let bdf = attach_behind_port(&mut taken, segment, spec_text, &dev).map_err(Box::new)?;
+        (dev, Some(bdf))
     } else {
-        place_on_bus0(ctx, spec_text, &mut func).map_err(Box::new)?;
-        segment.attach_pci_device(Arc::new(Mutex::new(func)), ctx.buses)?
+        place_on_bus0(&mut taken, spec_text, &mut func).map_err(Box::new)?;
+        (Arc::new(Mutex::new(func)) as SharedPciDevice, None)
     };
-    log::info!("{bdf}: {name} ({spec_text})");
-    Ok(bdf)
+    let mut new = NewPciFunction::on_bus0(PciFunction::Emulated(dev), taken.keep());
+    new.placed = placed;
+    new.label = format!("{name} ({spec_text})");
+    Ok((DeviceId::from(name.as_str()), new))
 }
 
 /// Natural alignment for every BAR, from the pool its kind belongs in.
 fn place_on_bus0(
-    ctx: &AttachContext<'_>,
+    taken: &mut Taken<'_>,
     spec: &str,
     func: &mut EmulatedFunction<ScratchRegisters>,
 ) -> Result<(), TestDevError> {
     for r in func.bars() {
-        let addr = allocate(ctx.resources, pool_for(r.kind), r.size, r.size)
+        let addr = allocate(taken, pool_for(r.kind), r.size, r.size)
             .map_err(|source| TestDevError::AllocateAddress { spec: spec.to_string(), source })?;
         func.place_bar(r.index, addr).map_err(|source| TestDevError::PlaceBar { spec: spec.to_string(), source })?;
     }
     Ok(())
 }
 
+/// The root port and the function behind it, windows and BARs programmed and decode on as
+/// firmware would leave them (the relocator maps the BARs as decode turns on). The port
+/// stays when the function is detached: it is the root complex's.
 fn attach_behind_port(
-    ctx: &AttachContext<'_>,
+    taken: &mut Taken<'_>,
     segment: &PciSegment,
     spec: &str,
     dev: &SharedPciDevice,
@@ -124,12 +128,12 @@ fn attach_behind_port(
     let bus = root.lowest_free_bus().ok_or_else(no_slot)?;
     let attach_err = |source| TestDevError::AttachToPort { spec: spec.to_string(), slot, source };
     let port = root.add_root_port(slot, bus).map_err(attach_err)?;
-    let bdf = root.attach_to_port(slot, 0, dev.clone()).map_err(attach_err)?;
+    let bdf = root.attach_to_port(slot, 0, dev).map_err(attach_err)?;
     let plan = PortPlan::new(port, &bar_requests(bdf, dev), WindowReserve::default())
         .map_err(|source| TestDevError::SizeWindows { spec: spec.to_string(), source })?;
     let mut bases = Vec::with_capacity(plan.windows.len());
     for w in &plan.windows {
-        let base = allocate(ctx.resources, w.pool, w.size, w.align)
+        let base = allocate(taken, w.pool, w.size, w.align)
             .map_err(|source| TestDevError::AllocateAddress { spec: spec.to_string(), source })?;
         bases.push(base);
     }
@@ -143,38 +147,40 @@ fn attach_behind_port(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pci::{BarIndex, BarKind, BusDevice, PciConfigMmio};
-
-    fn setup() -> (IoBuses, PciSegment, Mutex<Resources>) {
-        let buses = IoBuses { pio: Arc::new(pci::Bus::new()), mmio: Arc::new(pci::Bus::new()) };
-        let segment = PciSegment::new(&buses, crate::layout::mmio64_window(512 << 20, 40)).unwrap();
-        (buses, segment, Mutex::new(Resources::new(crate::layout::mmio64_window(512 << 20, 40)).unwrap()))
-    }
+    use crate::device_manager::tests::test_dm;
+    use crate::device_manager::DeviceManager;
+    use pci::{BarIndex, BarKind, BusAccess, PciConfigMmio};
 
     fn ecam_read(segment: &PciSegment, bdf: Bdf, off: u64) -> u32 {
-        let mut ecam = PciConfigMmio::new(segment.root.clone());
+        let ecam = PciConfigMmio::new(&segment.root);
         let mut b = [0u8; 4];
         ecam.read(bdf.ecam_offset() + off, &mut b);
         u32::from_le_bytes(b)
     }
 
+    fn attach(dm: &mut DeviceManager, index: usize, spec: &str) -> Result<Bdf, super::super::DeviceManagerError> {
+        let ctx = AttachContext { resources: &dm.resources };
+        let (id, new) = build(&ctx, &mut dm.pci, index, spec)?;
+        dm.attach_pci(id, new)
+    }
+
     #[test]
     fn functions_behind_root_ports_and_on_bus0() {
-        let (buses, mut segment, resources) = setup();
-        let ctx = AttachContext { buses: &buses, resources: &resources };
-        let a = attach(&ctx, &mut segment, 0, "bar0=mem32:16K,bar2=mem64-pf:16G,msix=4").unwrap();
-        let b = attach(&ctx, &mut segment, 1, "bar0=mem32:1M,bar1=io:256,rom=64K").unwrap();
-        let c = attach(&ctx, &mut segment, 2, "bar0=mem32:4K,port=off").unwrap();
+        let (mut dm, _vm) = test_dm();
+        let a = attach(&mut dm, 0, "bar0=mem32:16K,bar2=mem64-pf:16G,msix=4").unwrap();
+        let b = attach(&mut dm, 1, "bar0=mem32:1M,bar1=io:256,rom=64K").unwrap();
+        let c = attach(&mut dm, 2, "bar0=mem32:4K,port=off").unwrap();
+        let (buses, segment) = (dm.buses.clone(), &dm.pci);
         assert_eq!(
             (a.to_string(), b.to_string(), c.to_string()),
             ("0000:01:00.0".into(), "0000:02:00.0".into(), "0000:00:01.0".into())
         );
         // Host bridge -> root port 00:1f.0 (secondary bus 1) -> 1b36:0005.
         let port: Bdf = "00:1f.0".parse().unwrap();
-        assert_eq!(ecam_read(&segment, port, 0), 0x000c_1b36);
-        assert_eq!(ecam_read(&segment, port, 0x18) & 0xff_ffff, 0x01_0100);
-        assert_eq!(ecam_read(&segment, a, 0), 0x0005_1b36);
-        assert_eq!(ecam_read(&segment, c, 0), 0x0005_1b36);
+        assert_eq!(ecam_read(segment, port, 0), 0x000c_1b36);
+        assert_eq!(ecam_read(segment, port, 0x18) & 0xff_ffff, 0x01_0100);
+        assert_eq!(ecam_read(segment, a, 0), 0x0005_1b36);
+        assert_eq!(ecam_read(segment, c, 0), 0x0005_1b36);
         // Every BAR of the function behind the port sits inside the port's windows, is
         // naturally aligned and reachable on the MMIO / PIO bus.
         let root = segment.root.lock().unwrap();
@@ -206,15 +212,14 @@ mod tests {
 
     #[test]
     fn bad_specs_are_one_line_errors() {
-        let (buses, mut segment, resources) = setup();
-        let ctx = AttachContext { buses: &buses, resources: &resources };
+        let (mut dm, _vm) = test_dm();
         for (spec, want) in [
             ("bar0=mem32:3K", "building the function failed"),
             ("bar0=mem64-pf:524288G", "no guest address space"),
             ("bar9=mem32:4K", "unknown key"),
             ("port=sideways", "use on or off"),
         ] {
-            let e = attach(&ctx, &mut segment, 0, spec).unwrap_err();
+            let e = attach(&mut dm, 0, spec).unwrap_err();
             let mut msg = e.to_string();
             let mut src = std::error::Error::source(&e);
             while let Some(s) = src {

@@ -1,29 +1,29 @@
 //! Wiring of assigned devices (`--device`): pre-flight checks, one VFIO container with the
 //! KVM-VFIO device, guest RAM DMA-mapped, then per device its vectors, INTx line, BAR
-//! addresses, memory slots and bus entries. The device logic itself lives in the `vfio` crate.
+//! addresses and memory slots. The device logic itself lives in the `vfio` crate; the device
+//! manager owns the functions built here.
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use hostadmin::preflight::{preflight, PreflightError};
 use hostadmin::{BindError, ManagedDevices, PciHost};
 use kvm_bindings::{kvm_create_device, kvm_device_type_KVM_DEV_TYPE_VFIO};
-use pci::{BarIndex, BarKind, BarRegion, BarSlot, ConfigEffects, PciDevice, SharedPciDevice};
+use pci::{BarKind, PciDevice as _};
 use vfio::container::{Container, ContainerError, RamRange};
 use vfio::device::{DeviceParts, VfioPciDevice};
 use vfio::dma::{DmaError, DmaMapping};
 use vfio::host::{HostDevice, HostError, IrqIndex, MmapArea, RegionInfo, RegionMapping, VfioHost};
-use vfio::regions::MemorySlots;
 use vfio::spec::{parse_devices, DeviceSpec, SpecError};
 use vm_memory::{GuestMemoryBackend as _, GuestMemoryRegion as _};
 
+use super::seams::{DeviceSlots, VmSeams};
+use super::{DeviceId, NewPciFunction, PciFunction};
 use crate::config::DeviceSpec as CliDeviceSpec;
-use crate::irq::{GsiRouting, IntxHandle, IrqChip, KvmIntx, KvmMsiVectors};
+use crate::irq::{GsiRouting, IntxHandle, KvmIntx, KvmMsiVectors};
 use crate::resources::Resources;
 use crate::vstate::memory::GuestMemory;
-use crate::vstate::vcpu::IoBuses;
-use crate::vstate::vm::{MemSlot, Vm};
+use crate::vstate::vm::Vm;
 
 /// 64-bit BARs this large go above RAM (the 32-bit hole is too small for them).
 const HIGH_BAR_MIN: u64 = 256 << 20;
@@ -77,20 +77,6 @@ pub enum VfioManagerError {
         #[source]
         source: vfio::device::DeviceError,
     },
-    #[error("{id}: wiring INTx to GSI {gsi}")]
-    ConnectIntx {
-        id: String,
-        gsi: u32,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{id}: BAR at {base:#x} on the bus")]
-    Bus {
-        id: String,
-        base: u64,
-        #[source]
-        source: pci::BusError,
-    },
 }
 
 /// Turns the generic `--device` option lists into vfio specs (the vfio crate owns the syntax).
@@ -111,158 +97,66 @@ pub fn parse_cli(specs: &[CliDeviceSpec]) -> Result<Vec<DeviceSpec>, VfioManager
     Ok(parse_devices(&texts)?)
 }
 
-/// KVM memory slots for one device's BAR mmaps.
-struct VmSlots {
-    vm: Arc<Vm>,
-    live: BTreeMap<u32, MemSlot>,
-}
-
-impl MemorySlots for VmSlots {
-    fn map_slot(&mut self, gpa: u64, size: u64, host_addr: u64) -> std::io::Result<u32> {
-        let slot = self.vm.map_memslot(gpa, size, host_addr, false).map_err(std::io::Error::other)?;
-        self.live.insert(slot.slot, slot);
-        Ok(slot.slot)
-    }
-
-    fn unmap_slot(&mut self, slot: u32) -> std::io::Result<()> {
-        let s = self.live.remove(&slot).ok_or_else(|| std::io::Error::from_raw_os_error(libc::ENOENT))?;
-        self.vm.unmap_memslot(s).map_err(std::io::Error::other)
-    }
-}
-
-/// An assigned device as the PCI root and its BAR slots hold it.
-///
-/// The root, the relocator and the buses reference each other, so they can outlive the VM;
-/// [`VfioManager`] therefore takes the device out on teardown. With it go the device fd, the
-/// BAR mmaps, the vectors, the memory slots and their references to the VM, so the VM is
-/// destroyed, KVM drops its hold on the VFIO group and the device can be opened again at once
-/// (a guest reboot with `--on-reboot restart` builds a new VM in the same process). After
-/// that the guest (there is none left) would read all-ones.
-pub struct AssignedFunction(Option<VfioPciDevice>);
-
-impl AssignedFunction {
-    /// Resets and releases the device (VfioPciDevice's drop), now.
-    fn release(&mut self) {
-        self.0.take();
-    }
-}
-
-impl PciDevice for AssignedFunction {
-    fn bars(&self) -> Vec<BarRegion> {
-        self.0.as_ref().map_or_else(Vec::new, |d| d.bars())
-    }
-
-    fn read_config(&mut self, reg: usize) -> u32 {
-        self.0.as_mut().map_or(u32::MAX, |d| d.read_config(reg))
-    }
-
-    fn write_config(&mut self, reg: usize, offset: u64, data: &[u8]) -> ConfigEffects {
-        self.0.as_mut().map_or_else(ConfigEffects::default, |d| d.write_config(reg, offset, data))
-    }
-
-    fn read_bar(&mut self, bar: BarIndex, offset: u64, data: &mut [u8]) {
-        match self.0.as_mut() {
-            Some(d) => d.read_bar(bar, offset, data),
-            None => data.fill(0xff),
-        }
-    }
-
-    fn write_bar(&mut self, bar: BarIndex, offset: u64, data: &[u8]) {
-        if let Some(d) = self.0.as_mut() {
-            d.write_bar(bar, offset, data);
-        }
-    }
-}
-
-/// One assigned device, ready for the PCI root to expose at a BDF.
-pub struct AssignedDevice {
-    pub id: String,
-    pub bdf: String,
-    pub device: Arc<Mutex<AssignedFunction>>,
-    /// The device's INTx line (None: the device has no INTx); wire it with
-    /// [`Self::connect_intx`] once the device's slot, and so its `_PRT` GSI, is known.
-    intx: Option<Arc<KvmIntx>>,
-}
-
-impl AssignedDevice {
-    /// The handle the PCI root uses for config accesses.
-    pub fn shared(&self) -> SharedPciDevice {
-        self.device.clone()
-    }
-
-    /// Routes the device's INTx to `gsi` (the `_PRT` entry of its slot and pin); a no-op for
-    /// devices without INTx. Until then an INTx-only guest driver gets no interrupts.
-    pub fn connect_intx(&self, gsi: u32) -> Result<(), VfioManagerError> {
-        match &self.intx {
-            Some(line) => {
-                line.connect(gsi).map_err(|source| VfioManagerError::ConnectIntx { id: self.id.clone(), gsi, source })
-            }
-            None => Ok(()),
-        }
-    }
-
-    /// The interrupt pin the guest sees (1 = INTA .. 4 = INTD, 0 = none).
-    pub fn interrupt_pin(&self) -> u8 {
-        if self.intx.is_none() {
-            return 0;
-        }
-        let pin = self.device.lock().unwrap_or_else(|e| e.into_inner()).read_config(0x3c / 4) >> 8;
-        pin as u8
-    }
-}
-
-/// Everything VFIO for the VM. Drop order matters: devices (reset, vectors off, slots out)
-/// before the container (DMA unmapped, groups released), and `managed` last: the devices it
-/// bound go back to their drivers only once no VFIO fd of them is open (see [`ManagedHost`]).
-pub struct VfioManager {
-    pub devices: Vec<AssignedDevice>,
+/// Everything VFIO the assigned devices share: the container (DMA mappings of guest RAM,
+/// groups), the thread mapping guest RAM, and the `managed=on` bindings. Dropped after every
+/// assigned device (see [`super::DeviceManager`]'s teardown): the mapping thread is waited
+/// for, the container closed (DMA unmapped), guest RAM released, and devices bound for
+/// `managed=on` go back to their drivers.
+pub struct VfioContainer {
     /// The container and guest RAM to map, until [`Self::start_dma_mapping`] hands them to
     /// the mapping thread.
-    unmapped: Option<(Container, Vec<RamRange>, Arc<DmaMapping>)>,
+    unmapped: Option<(Container, Vec<RamRange>)>,
     /// The thread DMA-mapping guest RAM; it gives the container back when joined.
     dma: Option<JoinHandle<Container>>,
+    mapping: Arc<DmaMapping>,
     managed: Option<Arc<ManagedDevices>>,
+    /// Keeps guest RAM mapped until the container's DMA mappings of it are gone.
+    memory: Option<GuestMemory>,
 }
 
-impl Drop for VfioManager {
+impl Drop for VfioContainer {
     fn drop(&mut self) {
-        // Release each device even though the bus may still hold its slot (see
-        // AssignedFunction); then its INTx irqfd (AssignedDevice.intx), then the container.
-        for d in &self.devices {
-            d.device.lock().unwrap_or_else(|e| e.into_inner()).release();
-        }
-        self.devices.clear();
         // A mapping still running is waited for: its pages must not be unmapped under it.
         if let Some(t) = self.dma.take() {
             match t.join() {
                 Ok(container) => drop(container),
-                Err(_) => log::error!("the DMA-mapping thread panicked"),
+                Err(_) => log::error!("the DMA-mapping thread panicked; its container is lost"),
             }
         }
+        self.unmapped.take();
+        self.memory.take();
+        self.managed.take();
     }
 }
 
 /// Context the attach step needs from the VMM.
 pub struct AttachContext<'a> {
     pub vm: &'a Arc<Vm>,
+    pub seams: &'a VmSeams,
     pub memory: &'a GuestMemory,
     pub resources: &'a Mutex<Resources>,
-    pub buses: &'a IoBuses,
     pub routing: &'a Arc<Mutex<GsiRouting>>,
 }
 
-impl VfioManager {
-    /// Checks, opens and wires every `--device`; all-or-nothing (a failure drops what was set
-    /// up, which releases it). Must run before the first vCPU starts. Guest RAM is DMA-mapped
-    /// later, on a thread of its own started by [`Self::start_dma_mapping`] as the vCPUs
-    /// start; each device's Bus Master enable waits for it (see `vfio::dma`), so the guest
-    /// boots while the IOMMU is programmed.
-    pub fn attach(ctx: &AttachContext<'_>, specs: &[DeviceSpec]) -> Result<Self, VfioManagerError> {
-        let mut mgr = VfioManager { devices: Vec::new(), unmapped: None, dma: None, managed: None };
-        if specs.is_empty() {
-            return Ok(mgr);
-        }
-        mgr.managed = bind_managed(specs)?;
+impl VfioContainer {
+    /// Checks and opens every `--device` in one container with the KVM-VFIO device and
+    /// builds their functions (not attached yet); all-or-nothing (a failure drops what was
+    /// set up, which releases it). Guest RAM is DMA-mapped later, on a thread of its own
+    /// started by [`Self::start_dma_mapping`] as the vCPUs start; each device's Bus Master
+    /// enable waits for it (see `vfio::dma`), so the guest boots while the IOMMU is
+    /// programmed.
+    pub fn open(
+        ctx: &AttachContext<'_>,
+        specs: &[DeviceSpec],
+    ) -> Result<(Self, Vec<(DeviceId, NewPciFunction)>), VfioManagerError> {
+        let mut this = VfioContainer {
+            unmapped: None,
+            dma: None,
+            mapping: DmaMapping::pending(),
+            managed: None,
+            memory: Some(ctx.memory.clone()),
+        };
+        this.managed = bind_managed(specs)?;
         let ram: u64 = ctx.memory.iter().map(|r| r.len()).sum();
         preflight(&PciHost::system(), &specs.iter().map(|s| s.bdf).collect::<Vec<_>>(), ram)?;
 
@@ -274,7 +168,7 @@ impl VfioManager {
             .iter()
             .map(|s| {
                 let host = container.open_device(s.bdf, &s.path)?;
-                Ok(match &mgr.managed {
+                Ok(match &this.managed {
                     Some(m) => Arc::new(ManagedHost { host, _managed: m.clone() }) as Arc<dyn HostDevice>,
                     None => Arc::new(host) as Arc<dyn HostDevice>,
                 })
@@ -289,24 +183,29 @@ impl VfioManager {
                 host_addr: ctx.memory.get_host_address(r.start_addr()).map_or(0, |p| p as u64),
             })
             .collect();
-        let mapping = DmaMapping::pending();
+        let mut functions = Vec::new();
         for (spec, host) in specs.iter().zip(hosts) {
-            let dev = attach_one(ctx, spec, host, &mapping)?;
-            mgr.devices.push(dev);
+            functions.push(build_one(ctx, spec, host, &this.mapping)?);
         }
-        mgr.unmapped = Some((container, ranges, mapping));
-        Ok(mgr)
+        this.unmapped = Some((container, ranges));
+        Ok((this, functions))
     }
 
     /// Starts DMA-mapping guest RAM on a thread of its own; call once the VMM's set-up is
     /// done and right before the vCPUs run (the devices' Bus Master enables wait for it).
     pub fn start_dma_mapping(&mut self) -> Result<(), VfioManagerError> {
-        if let Some((container, ranges, mapping)) = self.unmapped.take() {
-            // SAFETY: guest RAM is mapped for the VM's whole life; VfioManager joins the
-            // thread and drops the container (which unmaps these IOVAs) before the memory goes.
-            self.dma = Some(unsafe { mapping.spawn(container, ranges) }?);
+        if let Some((container, ranges)) = self.unmapped.take() {
+            // SAFETY: the ranges are guest RAM, which `self.memory` keeps mapped until after
+            // this thread is joined and the container (which unmaps these IOVAs) dropped.
+            self.dma = Some(unsafe { self.mapping.spawn(container, ranges) }?);
         }
         Ok(())
+    }
+
+    /// The mapping the devices' Bus Master enables wait for (released when the VM stops,
+    /// [`DmaMapping::cancel`]).
+    pub fn mapping(&self) -> Arc<DmaMapping> {
+        self.mapping.clone()
     }
 }
 
@@ -325,10 +224,10 @@ fn bind_managed(specs: &[DeviceSpec]) -> Result<Option<Arc<ManagedDevices>>, Vfi
 
 /// A managed device's VFIO device, holding the VMM's managed bindings alive. vfio-pci's
 /// unbind waits until every fd of the device is closed, so the bindings may only be given
-/// back after the last `VfioHost` is gone; the device Arcs are shared with the PCI root and
-/// the buses, so that moment is not VfioManager's drop. Fields drop in declaration order:
-/// `host` (device fd closed, group out of the container and the KVM-VFIO device) first,
-/// then this reference; the last reference restores the drivers ([`ManagedDevices`]' Drop).
+/// back after the last `VfioHost` is gone: the last of the assigned devices and the
+/// container to drop gives them back. Fields drop in declaration order: `host` (device fd
+/// closed, group out of the container and the KVM-VFIO device) first, then this reference;
+/// the last reference restores the drivers ([`ManagedDevices`]' Drop).
 struct ManagedHost {
     host: VfioHost,
     _managed: Arc<ManagedDevices>,
@@ -370,12 +269,14 @@ impl HostDevice for ManagedHost {
     }
 }
 
-fn attach_one(
+/// Builds one assigned function: vectors, INTx line, BARs placed (their ranges and GSIs
+/// recorded with it), interrupts started. The device manager puts it in a slot.
+fn build_one(
     ctx: &AttachContext<'_>,
     spec: &DeviceSpec,
     host: Arc<dyn HostDevice>,
     dma: &Arc<DmaMapping>,
-) -> Result<AssignedDevice, VfioManagerError> {
+) -> Result<(DeviceId, NewPciFunction), VfioManagerError> {
     let id = spec.id.clone();
     let romfile = match &spec.romfile {
         Some(p) => Some(std::fs::read(p).map_err(|source| VfioManagerError::ReadRomFile {
@@ -389,16 +290,16 @@ fn attach_one(
         let id = id.clone();
         move |source| VfioManagerError::Allocate { id, what, source }
     };
+    let mut taken = crate::resources::Taken::new(ctx.resources);
     let nvec = host.irq_count(IrqIndex::Msix).max(host.irq_count(IrqIndex::Msi)) as usize;
-    let gsis = {
-        let mut r = ctx.resources.lock().unwrap_or_else(|e| e.into_inner());
-        (0..nvec).map(|_| r.allocate_msi_gsi()).collect::<Result<Vec<_>, _>>().map_err(alloc_err("MSI GSIs"))?
-    };
+    let gsis = (0..nvec).map(|_| taken.msi_gsi()).collect::<Result<Vec<_>, _>>().map_err(alloc_err("MSI GSIs"))?;
     let vectors = KvmMsiVectors::new(ctx.routing.clone(), &gsis)
         .map_err(|source| VfioManagerError::Eventfds { id: id.clone(), source })?;
-    let chip: Arc<dyn IrqChip> = ctx.vm.clone();
     let intx = if host.irq_count(IrqIndex::Intx) > 0 {
-        Some(KvmIntx::new(chip).map_err(|source| VfioManagerError::Eventfds { id: id.clone(), source })?)
+        Some(
+            KvmIntx::new(ctx.seams.irq.clone())
+                .map_err(|source| VfioManagerError::Eventfds { id: id.clone(), source })?,
+        )
     } else {
         None
     };
@@ -409,49 +310,40 @@ fn attach_one(
         romfile,
         vectors: Box::new(vectors),
         intx: intx.clone().map(|l| Box::new(IntxHandle(l)) as Box<dyn vfio::interrupts::IntxLine>),
-        slots: Box::new(VmSlots { vm: ctx.vm.clone(), live: BTreeMap::new() }),
+        slots: Box::new(DeviceSlots::new(ctx.seams.memslots.clone())),
     })
     .map_err(|source| VfioManagerError::Device { id: id.clone(), source })?;
 
     let mut failed = None;
-    {
-        let mut res = ctx.resources.lock().unwrap_or_else(|e| e.into_inner());
-        let placed = device.place_bars(&mut |bar| {
-            let align = bar.size.max(4096);
-            let r = match bar.kind {
-                BarKind::Io => res.allocate_io(bar.size, bar.size.max(4)),
-                BarKind::Mem64 { .. } if bar.size >= HIGH_BAR_MIN => res.allocate_mmio64(bar.size, align),
-                _ => res.allocate_mmio32(bar.size, align),
-            };
-            match r {
-                Ok(range) => Some(range.start()),
-                Err(e) => {
-                    failed = Some(e);
-                    None
-                }
+    let placed = device.place_bars(&mut |bar| {
+        let align = bar.size.max(4096);
+        let r = match bar.kind {
+            BarKind::Io => taken.io(bar.size, bar.size.max(4)),
+            BarKind::Mem64 { .. } if bar.size >= HIGH_BAR_MIN => taken.mmio64(bar.size, align),
+            _ => taken.mmio32(bar.size, align),
+        };
+        match r {
+            Ok(start) => Some(start),
+            Err(e) => {
+                failed = Some(e);
+                None
             }
-        });
-        if let Err(source) = placed {
-            if let Some(e) = failed.take() {
-                log::error!("{id}: {e}");
-            }
-            return Err(VfioManagerError::Device { id, source });
         }
+    });
+    if let Err(source) = placed {
+        if let Some(e) = failed.take() {
+            log::error!("{id}: {e}");
+        }
+        return Err(VfioManagerError::Device { id, source });
     }
     device.gate_bus_master(dma.clone());
     device.start().map_err(|source| VfioManagerError::Device { id: id.clone(), source })?;
-    let regions = device.bars();
-    let device = Arc::new(Mutex::new(AssignedFunction(Some(device))));
-    let shared: SharedPciDevice = device.clone();
-    for r in regions {
-        let bus = if r.kind == BarKind::Io { &ctx.buses.pio } else { &ctx.buses.mmio };
-        let slot = Arc::new(Mutex::new(BarSlot::new(shared.clone(), r.index)));
-        bus.insert(slot, r.addr, r.size).map_err(|source| VfioManagerError::Bus {
-            id: id.clone(),
-            base: r.addr,
-            source,
-        })?;
+    for r in device.bars() {
         log::info!("{id} ({bdf}): BAR{} {:?} at {:#x} ({:#x} bytes)", r.index.0, r.kind, r.addr, r.size);
     }
-    Ok(AssignedDevice { id, bdf, device, intx })
+    let function = PciFunction::Assigned(Arc::new(Mutex::new(device)));
+    let mut new = NewPciFunction::on_bus0(function, taken.keep());
+    new.intx = intx;
+    new.label = format!("{id} (host {bdf})");
+    Ok((DeviceId::from(id.as_str()), new))
 }

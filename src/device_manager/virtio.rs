@@ -7,34 +7,19 @@ use std::sync::{Arc, Mutex};
 
 use pci::PciDevice;
 
+use super::seams::VmSeams;
+use super::{DeviceId, NewPciFunction, PciFunction};
 use crate::config::{ConfigError, DeviceSpec};
 use crate::devices::virtio::block::{Block, DiskConfig};
 use crate::devices::virtio::net::{Net, NetConfig};
-use crate::devices::virtio::pci::{NotifyRegistry, VirtioPciDevice, VirtioPciParts};
+use crate::devices::virtio::pci::{VirtioPciDevice, VirtioPciParts};
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::{VirtioDevice, VirtioError};
 use crate::irq::{GsiRouting, KvmMsiVectors};
 use crate::resources::Resources;
 use crate::vstate::memory::GuestMemory;
-use crate::vstate::vm::Vm;
 
 const DISK_KEYS: &str = "path,readonly,id";
-
-/// Queue notifications become KVM ioeventfds on the notify area.
-impl NotifyRegistry for Vm {
-    fn register(&self, fd: &vmm_sys_util::eventfd::EventFd, addr: u64) -> std::io::Result<()> {
-        use kvm_ioctls::{IoEventAddress, NoDatamatch};
-        self.fd
-            .register_ioevent(fd, &IoEventAddress::Mmio(addr), NoDatamatch)
-            .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
-    }
-    fn unregister(&self, fd: &vmm_sys_util::eventfd::EventFd, addr: u64) -> std::io::Result<()> {
-        use kvm_ioctls::{IoEventAddress, NoDatamatch};
-        self.fd
-            .unregister_ioevent(fd, &IoEventAddress::Mmio(addr), NoDatamatch)
-            .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum VirtioManagerError {
@@ -153,7 +138,7 @@ pub fn parse_nets(specs: &[DeviceSpec]) -> Result<Vec<NetSpec>, VirtioManagerErr
 }
 
 pub struct AttachContext<'a> {
-    pub vm: &'a Arc<Vm>,
+    pub seams: &'a VmSeams,
     pub memory: &'a GuestMemory,
     pub resources: &'a Mutex<Resources>,
     pub routing: &'a Arc<Mutex<GsiRouting>>,
@@ -165,7 +150,7 @@ pub fn create_devices(
     disks: &[DiskSpec],
     nets: &[NetSpec],
     rng: bool,
-) -> Result<Vec<Arc<Mutex<VirtioPciDevice>>>, VirtioManagerError> {
+) -> Result<Vec<(DeviceId, NewPciFunction)>, VirtioManagerError> {
     let mut out = Vec::new();
     for d in disks {
         let block = Block::open(d.config.clone()).map_err(|source| VirtioManagerError::Device {
@@ -215,10 +200,24 @@ pub fn create_devices(
     Ok(out)
 }
 
-fn create_one(
+/// Builds one function: its MSI GSIs and BAR ranges come from `ctx.resources` and are
+/// recorded with it (given back at detach, or at once if building fails).
+pub fn create_one(
     ctx: &AttachContext<'_>,
     id: &str,
     device: Box<dyn VirtioDevice>,
+) -> Result<(DeviceId, NewPciFunction), VirtioManagerError> {
+    let mut taken = crate::resources::Taken::new(ctx.resources);
+    let function = build_function(ctx, id, device, &mut taken)?;
+    let new = NewPciFunction::on_bus0(PciFunction::Virtio(function), taken.keep());
+    Ok((DeviceId::from(id), new))
+}
+
+fn build_function(
+    ctx: &AttachContext<'_>,
+    id: &str,
+    device: Box<dyn VirtioDevice>,
+    taken: &mut crate::resources::Taken<'_>,
 ) -> Result<Arc<Mutex<VirtioPciDevice>>, VirtioManagerError> {
     let alloc = |what| {
         let id = id.to_string();
@@ -226,19 +225,15 @@ fn create_one(
     };
     // One vector per queue and one for configuration changes.
     let nvec = device.queue_max_sizes().len() + 1;
-    let gsis = {
-        let mut r = ctx.resources.lock().unwrap_or_else(|e| e.into_inner());
-        (0..nvec).map(|_| r.allocate_msi_gsi()).collect::<Result<Vec<_>, _>>().map_err(alloc("MSI GSIs"))?
-    };
+    let gsis = (0..nvec).map(|_| taken.msi_gsi()).collect::<Result<Vec<_>, _>>().map_err(alloc("MSI GSIs"))?;
     let vectors = KvmMsiVectors::new(ctx.routing.clone(), &gsis)
         .map_err(|source| VirtioManagerError::Vectors { id: id.to_string(), source })?;
-    let notify: Arc<dyn NotifyRegistry> = ctx.vm.clone();
     let mut dev = VirtioPciDevice::new(VirtioPciParts {
         name: id.to_string(),
         device,
         vectors: Box::new(vectors),
         mem: ctx.memory.clone(),
-        notify,
+        notify: ctx.seams.ioevents.clone(),
     })
     .map_err(|source| VirtioManagerError::Device {
         id: id.to_string(),
@@ -246,13 +241,8 @@ fn create_one(
         source: Box::new(source),
     })?;
     for (bar, size) in dev.bar_sizes() {
-        let range = ctx
-            .resources
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .allocate_mmio32(size, size.max(4096))
-            .map_err(alloc("a BAR"))?;
-        dev.place_bar(bar, range.start()).map_err(|source| VirtioManagerError::Device {
+        let start = taken.mmio32(size, size.max(4096)).map_err(alloc("a BAR"))?;
+        dev.place_bar(bar, start).map_err(|source| VirtioManagerError::Device {
             id: id.to_string(),
             what: "placing a BAR",
             source: Box::new(source),

@@ -29,10 +29,10 @@ impl pci::BusDevice for AcpiPm {
 
     fn write(&mut self, _offset: u64, data: &[u8]) {
         let [value] = data else {
-            log::debug!("ACPI sleep/reset register: {}-byte write ignored", data.len());
+            ratelog::debug_limited!("ACPI sleep/reset register: {}-byte write ignored", data.len());
             return;
         };
-        log::debug!("ACPI sleep/reset register write {value:#x}");
+        ratelog::debug_limited!("ACPI sleep/reset register write {value:#x}");
         if *value == layout::ACPI_RESET_VALUE {
             log::info!("guest requested a reset through the ACPI reset register");
             self.stop.request(StopReason::Reset);
@@ -42,7 +42,7 @@ impl pci::BusDevice for AcpiPm {
                 log::info!("guest powered off (ACPI S5)");
                 self.stop.request(StopReason::PowerOff);
             } else {
-                log::warn!("guest asked for sleep type {sleep_type}, which is not supported; ignored");
+                ratelog::warn_limited!("guest asked for sleep type {sleep_type}, which is not supported; ignored");
             }
         }
     }

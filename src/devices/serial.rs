@@ -72,7 +72,7 @@ impl pci::BusDevice for SerialDevice {
     fn write(&mut self, offset: u64, data: &[u8]) {
         if let (Ok(off), [value]) = (u8::try_from(offset), data) {
             if let Err(e) = self.uart.write(off, *value) {
-                log::warn!("serial: register write failed: {e:?}");
+                ratelog::warn_limited!("serial: register write failed: {e:?}");
             }
         }
     }
@@ -96,7 +96,7 @@ pub fn spawn_input_forwarder<R: Read + Send + 'static>(
     mut input: R,
     mut sink: impl InputSink,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new().name("serial-input".into()).spawn(move || {
+    crate::threads::spawn("serial-input", move || {
         let mut buf = [0u8; 64];
         loop {
             let n = match input.read(&mut buf) {

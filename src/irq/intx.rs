@@ -18,6 +18,8 @@ use super::IrqChip;
 
 pub struct KvmIntx {
     chip: Arc<dyn IrqChip>,
+    /// Only an assignment happens under this lock (the ioctls' results are checked
+    /// before), so a poisoned lock still holds the GSI the irqfd is on.
     gsi: Mutex<Option<u32>>,
     trigger: EventFd,
     resample: EventFd,
@@ -47,6 +49,17 @@ impl KvmIntx {
         Ok(())
     }
 
+    /// Takes the line off its GSI (the device is being detached); a no-op if not wired.
+    pub fn disconnect(&self) {
+        let mut cur = self.gsi.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(gsi) = cur.take() {
+            if let Err(e) = self.chip.unregister_irqfd(&self.trigger, gsi) {
+                log::warn!("unregistering INTx irqfd on GSI {gsi}: {e}");
+            }
+        }
+    }
+
+    #[cfg(test)]
     pub fn gsi(&self) -> Option<u32> {
         *self.gsi.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -67,11 +80,7 @@ impl vfio::interrupts::IntxLine for IntxHandle {
 
 impl Drop for KvmIntx {
     fn drop(&mut self) {
-        if let Some(gsi) = self.gsi() {
-            if let Err(e) = self.chip.unregister_irqfd(&self.trigger, gsi) {
-                log::warn!("unregistering INTx irqfd on GSI {gsi}: {e}");
-            }
-        }
+        self.disconnect();
     }
 }
 

@@ -24,7 +24,8 @@ pub struct GuestMemory {
 }
 
 impl GuestMemory {
-    /// Memory that vm-memory maps and unmaps itself (tests, and callers without a layout).
+    /// Memory that vm-memory maps and unmaps itself (tests).
+    #[cfg(test)]
     pub fn from_ranges(ranges: &[(GuestAddress, usize)]) -> Result<Self, vm_memory::mmap::FromRangesError> {
         let mem = GuestMemoryMmap::from_ranges(ranges)?;
         Ok(Self { mem, _mappings: Arc::new(Vec::new()) })

@@ -155,27 +155,27 @@ impl Vcpu {
         match self.fd.run() {
             Ok(VcpuExit::IoIn(port, data)) => {
                 if !buses.pio.read(u64::from(port), data) {
-                    log::trace!("vCPU {id}: unclaimed port read {port:#x}");
+                    ratelog::log_limited!(log::Level::Trace, "vCPU {id}: unclaimed port read {port:#x}");
                     data.fill(0xff);
                 }
                 None
             }
             Ok(VcpuExit::IoOut(port, data)) => {
                 if !buses.pio.write(u64::from(port), data) {
-                    log::trace!("vCPU {id}: unclaimed port write {port:#x} {data:x?}");
+                    ratelog::log_limited!(log::Level::Trace, "vCPU {id}: unclaimed port write {port:#x} {data:x?}");
                 }
                 None
             }
             Ok(VcpuExit::MmioRead(addr, data)) => {
                 if !buses.mmio.read(addr, data) {
-                    log::debug!("vCPU {id}: unclaimed MMIO read {addr:#x} ({} bytes)", data.len());
+                    ratelog::debug_limited!("vCPU {id}: unclaimed MMIO read {addr:#x} ({} bytes)", data.len());
                     data.fill(0xff);
                 }
                 None
             }
             Ok(VcpuExit::MmioWrite(addr, data)) => {
                 if !buses.mmio.write(addr, data) {
-                    log::debug!("vCPU {id}: unclaimed MMIO write {addr:#x} {data:x?}");
+                    ratelog::debug_limited!("vCPU {id}: unclaimed MMIO write {addr:#x} {data:x?}");
                 }
                 None
             }
@@ -192,7 +192,7 @@ impl Vcpu {
                     ),
                     _ => String::new(),
                 };
-                log::warn!("vCPU {id}: triple fault (shutdown exit){at}, treating as a reset");
+                ratelog::warn_limited!("vCPU {id}: triple fault (shutdown exit){at}, treating as a reset");
                 Some(StopReason::Reset)
             }
             Ok(VcpuExit::SystemEvent(kind, _)) => match kind {
@@ -210,7 +210,7 @@ impl Vcpu {
             }
             Ok(VcpuExit::Intr) => None,
             Ok(other) => {
-                log::warn!("vCPU {id}: unexpected exit {other:?}, ignored");
+                ratelog::warn_limited!("vCPU {id}: unexpected exit {other:?}, ignored");
                 None
             }
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => None,

@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use pci::{BarIndex, BarKind, BarRegion, ConfigEffects, MsiVectors, PciDevice};
+use pci::{BarIndex, BarKind, BarRegion, ConfigEffects, ConfigWait, MsiVectors, PciDevice};
 
 use crate::config::{BarInfo, ConfigError, RomOptions, VirtConfig, CONFIG_DWORDS};
 use crate::dma::DmaMapping;
@@ -68,7 +68,6 @@ pub struct VfioPciDevice {
     traps: [AtomicU64; 7],
     /// Of those, the accesses to the MSI-X table and PBA (expected: the guest programs them).
     msix_traps: AtomicU64,
-    warned_io: bool,
     /// While guest RAM is still being DMA-mapped: the guest's Bus Master enable waits for it.
     dma_gate: Option<Arc<DmaMapping>>,
     /// Last, so it is dropped last: the BAR mmaps (`maps`) keep the device file open in the
@@ -117,7 +116,6 @@ impl VfioPciDevice {
             romfile: parts.romfile,
             traps: Default::default(),
             msix_traps: AtomicU64::new(0),
-            warned_io: false,
             dma_gate: None,
         })
     }
@@ -147,21 +145,23 @@ impl VfioPciDevice {
         self.dma_gate = Some(mapping);
     }
 
-    /// Whether the device may master the bus: waits for a pending DMA mapping.
-    fn dma_ready(&mut self) -> bool {
-        let Some(gate) = &self.dma_gate else { return true };
-        match gate.wait() {
-            Ok(()) => {
+    /// Whether the device may master the bus now. While guest RAM is still being mapped the
+    /// answer is a wait for the caller to do outside every lock ([`ConfigWait`]), after
+    /// which it writes `data` at (`reg`, `offset`) again.
+    fn bus_master_gate(&mut self, reg: usize, offset: u64, data: &[u8]) -> Result<(), Option<ConfigWait>> {
+        let Some(gate) = &self.dma_gate else { return Ok(()) };
+        match gate.result() {
+            Some(Ok(())) => {
                 self.dma_gate = None;
-                true
+                Ok(())
             }
-            Err(e) => {
-                // Guest-triggered: logged once (the failure itself was logged when it happened).
-                if !self.warned_io {
-                    log::error!("{}: {e}: Bus Master stays off (further BAR/config errors not logged)", self.bdf);
-                    self.warned_io = true;
-                }
-                false
+            None => {
+                let gate: Arc<dyn pci::AccessGate> = gate.clone();
+                Err(Some(ConfigWait { gate, reg, offset, data: data.to_vec() }))
+            }
+            Some(Err(e)) => {
+                ratelog::error_limited!("{}: {e}: Bus Master stays off", self.bdf);
+                Err(None)
             }
         }
     }
@@ -259,13 +259,6 @@ impl VfioPciDevice {
         None
     }
 
-    fn io_error(&mut self, what: &str, e: HostError) {
-        if !self.warned_io {
-            log::warn!("{}: {what}: {e} (further BAR access errors not logged)", self.bdf);
-            self.warned_io = true;
-        }
-    }
-
     fn read_rom(&mut self, offset: u64, data: &mut [u8]) {
         if let Some(rom) = &self.romfile {
             for (i, b) in data.iter_mut().enumerate() {
@@ -276,7 +269,7 @@ impl VfioPciDevice {
         }
         if let Err(e) = self.host.region_read(ROM_REGION, offset, data) {
             data.fill(0xff);
-            self.io_error("ROM read", e);
+            ratelog::warn_limited!("{}: ROM read: {e}", self.bdf);
         }
     }
 }
@@ -305,7 +298,7 @@ impl PciDevice for VfioPciDevice {
             match self.host.region_read(CONFIG_REGION, reg as u64 * 4, &mut b) {
                 Ok(()) => host_value = u32::from_le_bytes(b),
                 Err(e) => {
-                    self.io_error("config read", e);
+                    ratelog::warn_limited!("{}: config read: {e}", self.bdf);
                     host_value = u32::MAX;
                 }
             }
@@ -316,20 +309,20 @@ impl PciDevice for VfioPciDevice {
     fn write_config(&mut self, reg: usize, offset: u64, data: &[u8]) -> ConfigEffects {
         let mut masked = [0u8; 4];
         let mut data = data;
-        if reg == COMMAND_DWORD
-            && offset == 0
-            && data.first().is_some_and(|b| b & CMD_BUS_MASTER != 0)
-            && !self.dma_ready()
-        {
-            let n = data.len().min(4);
-            masked[..n].copy_from_slice(&data[..n]);
-            masked[0] &= !CMD_BUS_MASTER;
-            data = &masked[..n];
+        let mut wait = None;
+        if reg == COMMAND_DWORD && offset == 0 && data.first().is_some_and(|b| b & CMD_BUS_MASTER != 0) {
+            if let Err(w) = self.bus_master_gate(reg, offset, data) {
+                wait = w;
+                let n = data.len().min(4);
+                masked[..n].copy_from_slice(&data[..n]);
+                masked[0] &= !CMD_BUS_MASTER;
+                data = &masked[..n];
+            }
         }
         let w = self.cfg.write(reg, offset, data);
         for (off, bytes) in &w.host_writes {
             if let Err(e) = self.host.region_write(CONFIG_REGION, *off, bytes) {
-                self.io_error("config write", e);
+                ratelog::warn_limited!("{}: config write: {e}", self.bdf);
             }
         }
         if w.msi_changed {
@@ -343,7 +336,7 @@ impl PciDevice for VfioPciDevice {
             }
         }
         self.apply_effects(&w.effects);
-        w.effects
+        ConfigEffects { wait, ..w.effects }
     }
 
     fn read_bar(&mut self, bar: BarIndex, offset: u64, data: &mut [u8]) {
@@ -371,7 +364,7 @@ impl PciDevice for VfioPciDevice {
             None => {
                 if let Err(e) = self.host.region_read(u32::from(bar.0), offset, data) {
                     data.fill(0xff);
-                    self.io_error("BAR read", e);
+                    ratelog::warn_limited!("{}: BAR read: {e}", self.bdf);
                 }
             }
         }
@@ -392,7 +385,7 @@ impl PciDevice for VfioPciDevice {
             }
             None => {
                 if let Err(e) = self.host.region_write(u32::from(bar.0), offset, data) {
-                    self.io_error("BAR write", e);
+                    ratelog::warn_limited!("{}: BAR write: {e}", self.bdf);
                 }
             }
         }
@@ -507,18 +500,21 @@ mod tests {
         let (host, mut dev, _, _) = device();
         let m = DmaMapping::pending();
         dev.gate_bus_master(m.clone());
-        dev.write_config(1, 0, &[0x02]);
-        assert_eq!(host.region_bytes(CONFIG_REGION)[4] & 0x04, 0, "no Bus Master asked: no wait");
-        let m2 = m.clone();
-        let t = std::thread::spawn(move || {
-            std::thread::sleep(std::time::Duration::from_millis(50));
-            m2.finish(Ok(()));
-        });
-        let started = std::time::Instant::now();
-        dev.write_config(1, 0, &[0x06, 0x00]);
-        assert!(started.elapsed() >= std::time::Duration::from_millis(40), "Bus Master waited for the mapping");
+        assert_eq!(dev.write_config(1, 0, &[0x02]).wait, None, "no Bus Master asked: no wait");
+        // Asked while mapping: the device does the rest of the write and returns the wait
+        // instead of blocking (the caller holds locks).
+        let fx = dev.write_config(1, 0, &[0x06, 0x00]);
+        let wait = fx.wait.expect("Bus Master waits for the mapping");
+        assert_eq!(dev.read_config(1) & 0x6, 0x2, "the rest of the write applied, Bus Master not yet");
+        assert_eq!(host.region_bytes(CONFIG_REGION)[4] & 0x04, 0, "not on the device yet");
+        assert_eq!((wait.reg, wait.offset, wait.data.as_slice()), (1, 0, &[0x06, 0x00][..]));
+        let t = std::thread::spawn(move || wait.gate.wait());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert!(!t.is_finished(), "the gate holds while mapping");
+        m.finish(Ok(()));
+        assert!(t.join().unwrap());
+        assert_eq!(dev.write_config(1, 0, &[0x06, 0x00]).wait, None, "the second write completes");
         assert_eq!(host.region_bytes(CONFIG_REGION)[4] & 0x04, 0x04, "then reached the device");
-        t.join().unwrap();
 
         let (host, mut dev, _, _) = device();
         let failed = DmaMapping::pending();

@@ -4,8 +4,10 @@
 //! MiB on a nested or emulated IOMMU, most of a passthrough guest's start-up. A device cannot
 //! DMA before its Bus Master Enable bit is set (PCI Local Bus 3.0, 6.2.2; it is off after the
 //! reset at start), and the guest sets it long after its kernel started. So the VMM starts the
-//! vCPUs at once and [`DmaMapping::wait`] holds back the guest's first Bus Master enable until
-//! the mapping is complete (`VfioPciDevice::gate_bus_master`).
+//! vCPUs at once and holds back the guest's first Bus Master enable until the mapping is
+//! complete (`VfioPciDevice::gate_bus_master`): the device returns the wait as data
+//! ([`pci::ConfigWait`]) and the writing vCPU waits with no lock held. The wait ends early,
+//! with Bus Master left off, when the VM stops ([`DmaMapping::cancel`]).
 
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -18,6 +20,8 @@ enum State {
     Mapping,
     Mapped,
     Failed(String),
+    /// The VM is stopping: nobody waits for the mapping any more (it may still finish).
+    Cancelled,
 }
 
 /// The progress of one container's guest RAM mapping.
@@ -33,6 +37,8 @@ pub enum DmaError {
     SpawnThread(#[source] std::io::Error),
     #[error("DMA-mapping guest RAM failed: {0}")]
     Map(String),
+    #[error("the VM stopped before guest RAM was DMA-mapped")]
+    Cancelled,
 }
 
 impl DmaMapping {
@@ -71,9 +77,15 @@ impl DmaMapping {
     }
 
     fn fail(&self, why: &str) {
-        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut s = self.lock();
         *s = State::Failed(why.to_string());
         self.done.notify_all();
+    }
+
+    // Only plain assignments of `State` happen under the lock: one poisoned by a panic
+    // elsewhere still holds a whole state.
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// An already complete mapping (the caller mapped synchronously).
@@ -82,7 +94,10 @@ impl DmaMapping {
     }
 
     pub(crate) fn finish(&self, r: Result<(), ContainerError>) {
-        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut s = self.lock();
+        if matches!(*s, State::Cancelled) {
+            return;
+        }
         *s = match r {
             Ok(()) => State::Mapped,
             Err(e) => {
@@ -93,10 +108,10 @@ impl DmaMapping {
         self.done.notify_all();
     }
 
-    /// Blocks until the mapping is complete.
+    /// Blocks until the mapping is complete, or cancelled.
     pub fn wait(&self) -> Result<(), DmaError> {
         let started = Instant::now();
-        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut s = self.lock();
         let waited = matches!(*s, State::Mapping);
         while matches!(*s, State::Mapping) {
             s = self.done.wait(s).unwrap_or_else(|e| e.into_inner());
@@ -104,15 +119,43 @@ impl DmaMapping {
         if waited {
             log::info!("guest enabled bus mastering: waited {} ms for the DMA mapping", started.elapsed().as_millis());
         }
-        match &*s {
+        self.outcome(&s)
+    }
+
+    fn outcome(&self, s: &State) -> Result<(), DmaError> {
+        match s {
             State::Failed(e) => Err(DmaError::Map(e.clone())),
-            _ => Ok(()),
+            State::Cancelled => Err(DmaError::Cancelled),
+            State::Mapping | State::Mapped => Ok(()),
         }
+    }
+
+    /// The result once the mapping is complete; `None` while it runs.
+    pub fn result(&self) -> Option<Result<(), DmaError>> {
+        let s = self.lock();
+        (!matches!(*s, State::Mapping)).then(|| self.outcome(&s))
     }
 
     /// Whether the mapping is complete (successfully or not).
     pub fn is_done(&self) -> bool {
-        !matches!(*self.state.lock().unwrap_or_else(|e| e.into_inner()), State::Mapping)
+        !matches!(*self.lock(), State::Mapping)
+    }
+
+    /// The VM is stopping: every waiter returns at once (Bus Master stays off). A mapping
+    /// already complete stays so.
+    pub fn cancel(&self) {
+        let mut s = self.lock();
+        if matches!(*s, State::Mapping) {
+            *s = State::Cancelled;
+        }
+        self.done.notify_all();
+    }
+}
+
+/// A Bus Master enable waits here (see the module docs).
+impl pci::AccessGate for DmaMapping {
+    fn wait(&self) -> bool {
+        self.wait().is_ok()
     }
 }
 
@@ -136,5 +179,24 @@ mod tests {
         f.finish(Err(ContainerError::NoInterruptRemapping));
         assert!(matches!(f.wait(), Err(DmaError::Map(_))));
         assert!(DmaMapping::mapped().wait().is_ok());
+    }
+
+    #[test]
+    fn cancel_releases_waiters_of_a_mapping_that_never_ends() {
+        let m = DmaMapping::pending();
+        let waiters: Vec<_> = (0..2)
+            .map(|_| {
+                let m = m.clone();
+                std::thread::spawn(move || <DmaMapping as pci::AccessGate>::wait(&m))
+            })
+            .collect();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        m.cancel();
+        assert!(waiters.into_iter().all(|w| !w.join().unwrap()), "released, gate closed");
+        m.finish(Ok(()));
+        assert!(matches!(m.result(), Some(Err(DmaError::Cancelled))), "a late finish changes nothing");
+        let done = DmaMapping::mapped();
+        done.cancel();
+        assert!(done.wait().is_ok(), "a complete mapping stays complete");
     }
 }

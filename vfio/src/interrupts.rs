@@ -68,8 +68,6 @@ pub struct Interrupts {
     mode: Mode,
     /// Host vectors enabled (MSI-X: table size, MSI: vector count).
     host_msix_count: u32,
-    /// Guest-caused host errors are logged once per kind, not per access.
-    warned: bool,
 }
 
 impl Interrupts {
@@ -88,7 +86,6 @@ impl Interrupts {
             routes: vec![None; slots],
             mode: Mode::None,
             host_msix_count: 0,
-            warned: false,
         }
     }
 
@@ -333,11 +330,9 @@ impl Interrupts {
         }
     }
 
-    fn warn_once(&mut self, args: std::fmt::Arguments<'_>) {
-        if !self.warned {
-            log::warn!("{}: {args} (further guest-caused interrupt errors not logged)", self.bdf);
-            self.warned = true;
-        }
+    /// Guest-caused interrupt errors (rate-limited).
+    fn warn_once(&self, args: std::fmt::Arguments<'_>) {
+        ratelog::warn_limited!("{}: {args}", self.bdf);
     }
 
     /// Guest reset: everything off, entries masked, INTx back on.

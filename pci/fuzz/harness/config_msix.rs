@@ -18,7 +18,7 @@ use pci::capability::msix::MsixConfig;
 use pci::capability::pcie::{PcieCapabilityConfig, PciePortType};
 use pci::ConfigEffectsHandler;
 use pci::{
-    BarIndex, BarKind, BarSpec, Bdf, Bus, BusDevice, BusRelocator, DeviceIds, EmulatedFunction, FunctionConfig,
+    BarIndex, BarKind, BarSpec, Bdf, Bus, BusAccess, BusRelocator, DeviceIds, EmulatedFunction, FunctionConfig,
     HeaderType, InterruptError, MsiMessage, MsiVectors, NoRegisters, PciConfigIo, PciConfigMmio, PciDevice, PciRoot,
     SharedPciDevice, VectorIndex,
 };
@@ -69,6 +69,8 @@ fn ids(device_id: u16) -> DeviceIds {
 const MSIX_VECTORS: u16 = 70;
 
 struct Rig {
+    /// The config-access devices refer to the root weakly: the rig owns it.
+    _root: Arc<Mutex<PciRoot>>,
     ecam: PciConfigMmio,
     cf8: PciConfigIo,
     mmio: Arc<Bus>,
@@ -137,14 +139,15 @@ fn rig() -> Rig {
     let (ad, bd): (SharedPciDevice, SharedPciDevice) = (a.clone(), b.clone());
     let mut root = PciRoot::new(0, Box::new(Relay(relocator.clone()))).unwrap();
     root.add_root_port(1, 1).unwrap();
-    let abdf = root.attach_to_port(1, 0, ad.clone()).unwrap();
-    let bbdf = root.add_device(2, 0, bd.clone()).unwrap();
+    let abdf = root.attach_to_port(1, 0, &ad).unwrap();
+    let bbdf = root.add_device(2, 0, &bd).unwrap();
     relocator.lock().unwrap().attach(abdf, &ad).unwrap();
     relocator.lock().unwrap().attach(bbdf, &bd).unwrap();
     let root = Arc::new(Mutex::new(root));
     Rig {
-        ecam: PciConfigMmio::new(root.clone()),
-        cf8: PciConfigIo::new(root),
+        ecam: PciConfigMmio::new(&root),
+        cf8: PciConfigIo::new(&root),
+        _root: root,
         mmio,
         pio,
         relocator,
@@ -210,7 +213,7 @@ fn check_routes(r: &Rig) {
 
 /// Runs one input: a sequence of guest accesses, invariants checked after each.
 pub fn run(data: &[u8]) {
-    let mut rig = rig();
+    let rig = rig();
     let mut input = Input(data);
     let mut ops = 0;
     while let Some(op) = input.byte() {

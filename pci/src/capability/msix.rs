@@ -196,7 +196,7 @@ impl Table {
             return MsixChange::default();
         };
         if data.is_empty() || data.len() > 8 || end > self.table_bytes() {
-            log::debug!("MSI-X table write of {} bytes at {offset:#x} dropped", data.len());
+            ratelog::debug_limited!("MSI-X table write of {} bytes at {offset:#x} dropped", data.len());
             return MsixChange::default();
         }
         let first = (offset / ENTRY_SIZE) as usize;

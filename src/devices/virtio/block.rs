@@ -163,7 +163,7 @@ impl BlockHandler {
             VIRTIO_BLK_T_IN => {
                 let len = data.available_bytes();
                 let Some(offset) = self.range(sector, len) else {
-                    log::debug!("{}: read of {len} bytes at sector {sector} outside the disk", self.name);
+                    ratelog::debug_limited!("{}: read of {len} bytes at sector {sector} outside the disk", self.name);
                     return (VIRTIO_BLK_S_IOERR, 0);
                 };
                 // Straight into guest memory when the buffers allow (the data buffers are
@@ -174,11 +174,11 @@ impl BlockHandler {
                         return match iov::read_at(self.file.as_raw_fd(), buffers, offset) {
                             Ok(n) if n == len => (VIRTIO_BLK_S_OK, len),
                             Ok(n) => {
-                                log::warn!("{}: short read at {offset:#x}: {n} of {len} bytes", self.name);
+                                ratelog::warn_limited!("{}: short read at {offset:#x}: {n} of {len} bytes", self.name);
                                 (VIRTIO_BLK_S_IOERR, n)
                             }
                             Err(e) => {
-                                log::warn!("{}: read at {offset:#x}: {e}", self.name);
+                                ratelog::warn_limited!("{}: read at {offset:#x}: {e}", self.name);
                                 (VIRTIO_BLK_S_IOERR, 0)
                             }
                         };
@@ -186,7 +186,7 @@ impl BlockHandler {
                 }
                 self.buf.resize(len, 0);
                 if let Err(e) = self.file.read_exact_at(&mut self.buf, offset) {
-                    log::warn!("{}: read at {offset:#x}: {e}", self.name);
+                    ratelog::warn_limited!("{}: read at {offset:#x}: {e}", self.name);
                     return (VIRTIO_BLK_S_IOERR, 0);
                 }
                 match data.write_all(&self.buf) {
@@ -200,7 +200,7 @@ impl BlockHandler {
                 }
                 let len = reader.available_bytes();
                 let Some(offset) = self.range(sector, len) else {
-                    log::debug!("{}: write of {len} bytes at sector {sector} outside the disk", self.name);
+                    ratelog::debug_limited!("{}: write of {len} bytes at sector {sector} outside the disk", self.name);
                     return (VIRTIO_BLK_S_IOERR, 0);
                 };
                 if let Some((mut buffers, _)) = iovs {
@@ -209,11 +209,11 @@ impl BlockHandler {
                         return match iov::write_at(self.file.as_raw_fd(), buffers, offset) {
                             Ok(n) if n == len => (VIRTIO_BLK_S_OK, 0),
                             Ok(n) => {
-                                log::warn!("{}: short write at {offset:#x}: {n} of {len} bytes", self.name);
+                                ratelog::warn_limited!("{}: short write at {offset:#x}: {n} of {len} bytes", self.name);
                                 (VIRTIO_BLK_S_IOERR, 0)
                             }
                             Err(e) => {
-                                log::warn!("{}: write at {offset:#x}: {e}", self.name);
+                                ratelog::warn_limited!("{}: write at {offset:#x}: {e}", self.name);
                                 (VIRTIO_BLK_S_IOERR, 0)
                             }
                         };
@@ -226,7 +226,7 @@ impl BlockHandler {
                 match self.file.write_all_at(&self.buf, offset) {
                     Ok(()) => (VIRTIO_BLK_S_OK, 0),
                     Err(e) => {
-                        log::warn!("{}: write at {offset:#x}: {e}", self.name);
+                        ratelog::warn_limited!("{}: write at {offset:#x}: {e}", self.name);
                         (VIRTIO_BLK_S_IOERR, 0)
                     }
                 }
@@ -234,7 +234,7 @@ impl BlockHandler {
             VIRTIO_BLK_T_FLUSH => match self.file.sync_data() {
                 Ok(()) => (VIRTIO_BLK_S_OK, 0),
                 Err(e) => {
-                    log::warn!("{}: flush: {e}", self.name);
+                    ratelog::warn_limited!("{}: flush: {e}", self.name);
                     (VIRTIO_BLK_S_IOERR, 0)
                 }
             },
@@ -255,13 +255,13 @@ impl BlockHandler {
         let (mut reader, mut writer) = match (chain.clone().reader(mem), chain.writer(mem)) {
             (Ok(r), Ok(w)) => (r, w),
             (Err(e), _) | (_, Err(e)) => {
-                log::debug!("{}: bad descriptor chain: {e}", self.name);
+                ratelog::debug_limited!("{}: bad descriptor chain: {e}", self.name);
                 return 0;
             }
         };
         // The status byte is the last writable byte (spec 5.2.6).
         let Some(data_len) = writer.available_bytes().checked_sub(1) else {
-            log::debug!("{}: request without a status byte", self.name);
+            ratelog::debug_limited!("{}: request without a status byte", self.name);
             return 0;
         };
         let Ok(mut status_writer) = writer.split_at(data_len) else { return 0 };
@@ -283,7 +283,7 @@ impl QueueHandler for BlockHandler {
             let head = chain.head_index();
             let len = self.serve(chain, mem);
             if let Err(e) = queue.add_used(mem, head, len) {
-                log::warn!("{}: add_used: {e}", self.name);
+                ratelog::warn_limited!("{}: add_used: {e}", self.name);
                 break;
             }
             used = true;

@@ -42,7 +42,7 @@ pub trait VirtioDevice: Send {
     fn read_config(&self, offset: u64, data: &mut [u8]);
     /// Guest writes to the device configuration; the devices here have no writable fields.
     fn write_config(&mut self, offset: u64, data: &[u8]) {
-        log::debug!("virtio device config write at {offset:#x} ({} bytes) dropped", data.len());
+        ratelog::debug_limited!("virtio device config write at {offset:#x} ({} bytes) dropped", data.len());
     }
     /// The queue server handed to the I/O thread when the driver sets DRIVER_OK.
     fn activate(&mut self, acked_features: u64) -> Result<Box<dyn QueueHandler>, VirtioError>;

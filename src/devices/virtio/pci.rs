@@ -64,6 +64,9 @@ pub struct VirtioPciDevice {
     /// Queue notification eventfds registered with KVM, and where.
     registered: Vec<(EventFd, u64)>,
     worker: Option<Worker>,
+    /// The I/O thread of a driver reset, told to stop: device_status reads non-zero until
+    /// it has ended (see [`VirtioRegisters::reset_done`]).
+    stopping: Option<Worker>,
 }
 
 /// A virtio_pci_cap body (from byte 2 on): cap_len, cfg_type, bar, id, padding, offset, length.
@@ -145,11 +148,7 @@ impl VirtioPciDevice {
                 source: pci::FunctionError::AddCapability { name: name.clone(), source },
             })?;
         }
-        Ok(Self { name, function, irqfds, mem, notify, registered: Vec::new(), worker: None })
-    }
-
-    pub fn name(&self) -> &str {
-        &self.name
+        Ok(Self { name, function, irqfds, mem, notify, registered: Vec::new(), worker: None, stopping: None })
     }
 
     /// Firmware-time BAR placement, before the device is attached.
@@ -183,7 +182,7 @@ impl VirtioPciDevice {
             match registered {
                 Ok(fd) => self.registered.push((fd, addr)),
                 // Still correct (the trap signals the eventfd), only slower.
-                Err(e) => log::warn!("{}: ioeventfd for queue {i} at {addr:#x}: {e}", self.name),
+                Err(e) => ratelog::warn_limited!("{}: ioeventfd for queue {i} at {addr:#x}: {e}", self.name),
             }
         }
     }
@@ -191,7 +190,7 @@ impl VirtioPciDevice {
     fn unregister_notifications(&mut self) {
         for (fd, addr) in self.registered.drain(..) {
             if let Err(e) = self.notify.unregister(&fd, addr) {
-                log::warn!("{}: removing the ioeventfd at {addr:#x}: {e}", self.name);
+                ratelog::warn_limited!("{}: removing the ioeventfd at {addr:#x}: {e}", self.name);
             }
         }
     }
@@ -223,24 +222,52 @@ impl VirtioPciDevice {
         Ok(())
     }
 
-    fn deactivate(&mut self) {
-        self.unregister_notifications();
-        if let Some(mut w) = self.worker.take() {
+    /// Stops the I/O threads and waits for them, then takes the ioeventfds off KVM: the
+    /// device does nothing on its own any more (detach, VM teardown, and a driver that
+    /// reactivates without waiting for its reset to complete).
+    pub fn stop(&mut self) {
+        for mut w in [self.worker.take(), self.stopping.take()].into_iter().flatten() {
             w.stop();
+        }
+        self.unregister_notifications();
+        self.function.backend_mut().reset_done();
+    }
+
+    /// A driver reset: the I/O thread is told to stop but not waited for here, under the
+    /// device lock; [`Self::reap_reset`] completes the reset once it has ended.
+    fn begin_reset(&mut self) {
+        self.unregister_notifications();
+        if let Some(w) = self.worker.take() {
+            w.signal_stop();
             log::info!("{}: reset by the driver", self.name);
+            self.stopping = Some(w);
+        }
+        self.reap_reset();
+    }
+
+    /// Completes a driver reset whose I/O thread has ended (joining it cannot block then).
+    fn reap_reset(&mut self) {
+        if self.stopping.as_ref().is_some_and(|w| !w.is_finished()) {
+            return;
+        }
+        if let Some(mut w) = self.stopping.take() {
+            w.stop();
+        }
+        if self.function.backend().is_resetting() {
+            self.function.backend_mut().reset_done();
         }
     }
 
     fn handle_transition(&mut self) {
         match self.function.backend_mut().take_transition() {
             Some(Transition::Activate) => {
-                self.deactivate();
+                self.stop();
                 if let Err(e) = self.activate() {
-                    log::error!("{}: activation failed: {e}", self.name);
+                    ratelog::error_limited!("{}: activation failed: {e}", self.name);
                     self.function.backend_mut().set_needs_reset();
                 }
             }
-            Some(Transition::Reset) => self.deactivate(),
+            Some(Transition::Reset) => self.begin_reset(),
             None => {}
         }
     }
@@ -248,7 +275,7 @@ impl VirtioPciDevice {
 
 impl Drop for VirtioPciDevice {
     fn drop(&mut self) {
-        self.deactivate();
+        self.stop();
     }
 }
 
@@ -272,10 +299,12 @@ impl PciDevice for VirtioPciDevice {
     }
 
     fn read_bar(&mut self, bar: BarIndex, offset: u64, data: &mut [u8]) {
+        self.reap_reset();
         self.function.read_bar(bar, offset, data);
     }
 
     fn write_bar(&mut self, bar: BarIndex, offset: u64, data: &[u8]) {
+        self.reap_reset();
         self.function.write_bar(bar, offset, data);
         self.handle_transition();
     }

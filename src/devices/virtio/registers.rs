@@ -77,6 +77,10 @@ pub struct VirtioRegisters {
     /// notification reaches the trap (before the ioeventfd is registered, or at a moved BAR).
     queue_evts: Vec<EventFd>,
     transition: Option<Transition>,
+    /// Set by a reset until the transport says it is complete (its I/O thread has ended):
+    /// device_status reads this (non-zero) meanwhile. The driver polls device_status for 0
+    /// after writing it (virtio 1.2, 4.1.4.3.2), so it reinitializes only a quiet device.
+    resetting: Option<u8>,
 }
 
 impl VirtioRegisters {
@@ -96,6 +100,7 @@ impl VirtioRegisters {
             queues,
             queue_evts,
             transition: None,
+            resetting: None,
         }
     }
 
@@ -135,7 +140,19 @@ impl VirtioRegisters {
         let name = std::mem::take(&mut self.name);
         let device = std::mem::replace(&mut self.device, Box::new(NoDevice));
         let evts = std::mem::take(&mut self.queue_evts);
+        let before = self.status;
         *self = Self::new(name, device, self.msix_vectors, evts);
+        // Complete when the transport says so (a reset of an untouched device at once).
+        self.resetting = (before != 0).then_some(before);
+    }
+
+    /// The reset the driver asked for is complete: device_status reads 0 from now on.
+    pub fn reset_done(&mut self) {
+        self.resetting = None;
+    }
+
+    pub fn is_resetting(&self) -> bool {
+        self.resetting.is_some()
     }
 
     fn selected(&mut self) -> Option<&mut QueueConfig> {
@@ -160,7 +177,7 @@ impl VirtioRegisters {
             },
             0x10 => u64::from(self.config_vector),
             0x12 => self.queues.len() as u64,
-            0x14 => u64::from(self.status),
+            0x14 => u64::from(self.resetting.unwrap_or(self.status)),
             0x15 => u64::from(self.config_generation),
             0x16 => u64::from(self.queue_select),
             0x18 => qf(|q| u64::from(q.size)),
@@ -201,7 +218,7 @@ impl VirtioRegisters {
                     if v16.is_power_of_two() && v16 <= q.max_size {
                         q.size = v16;
                     } else {
-                        log::debug!("virtio queue size {v16} refused (max {})", q.max_size);
+                        ratelog::debug_limited!("virtio queue size {v16} refused (max {})", q.max_size);
                     }
                 }
             }
@@ -229,7 +246,7 @@ impl VirtioRegisters {
                     (*field & !0xffff_ffff) | u64::from(v32)
                 };
             }
-            _ => log::debug!("{}: virtio common config write at {offset:#x} dropped", self.name),
+            _ => ratelog::debug_limited!("{}: virtio common config write at {offset:#x} dropped", self.name),
         }
     }
 
@@ -247,7 +264,11 @@ impl VirtioRegisters {
             // (spec 3.1.1): the driver reads it back to learn the outcome.
             let ok = acked & !self.device_features() == 0 && acked & (1 << VIRTIO_F_VERSION_1) != 0;
             if !ok {
-                log::warn!("{}: driver features {acked:#x} refused (offered {:#x})", self.name, self.device_features());
+                ratelog::warn_limited!(
+                    "{}: driver features {acked:#x} refused (offered {:#x})",
+                    self.name,
+                    self.device_features()
+                );
                 status &= !STATUS_FEATURES_OK;
             }
         }
@@ -341,7 +362,7 @@ impl FunctionBackend for VirtioRegisters {
                 if common_access_ok(o, data.len()) {
                     self.write_common(o, le_value(data));
                 } else {
-                    log::debug!("{}: misaligned common config write at {o:#x} dropped", self.name);
+                    ratelog::debug_limited!("{}: misaligned common config write at {o:#x} dropped", self.name);
                 }
             }
             o if (DEVICE_OFFSET..DEVICE_OFFSET + DEVICE_LEN).contains(&o) => {
@@ -351,7 +372,7 @@ impl FunctionBackend for VirtioRegisters {
                 let q = ((o - NOTIFY_OFFSET) / u64::from(NOTIFY_MULTIPLIER)) as usize;
                 if let Some(evt) = self.queue_evts.get(q) {
                     if let Err(e) = evt.write(1) {
-                        log::warn!("{}: queue {q} notification lost: {e}", self.name);
+                        ratelog::warn_limited!("{}: queue {q} notification lost: {e}", self.name);
                     }
                 }
             }
@@ -429,10 +450,12 @@ mod tests {
         assert_eq!(r.take_transition(), None);
         w(&mut r, 0x14, &[STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK]);
         assert_eq!(r.take_transition(), Some(Transition::Activate));
-        // Reset forgets everything.
+        // Reset forgets everything; device_status reads 0 once the transport completed it.
         w(&mut r, 0x14, &[0]);
         assert_eq!(r.take_transition(), Some(Transition::Reset));
         assert_eq!(r.queues()[0].size, 256);
+        assert_ne!(r8(&mut r, 0x14), 0, "reset still in progress");
+        r.reset_done();
         assert_eq!(r8(&mut r, 0x14), 0);
     }
 

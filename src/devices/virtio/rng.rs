@@ -61,20 +61,20 @@ impl RngHandler {
         let mut writer = match chain.writer(mem) {
             Ok(w) => w,
             Err(e) => {
-                log::debug!("virtio-rng: bad descriptor chain: {e}");
+                ratelog::debug_limited!("virtio-rng: bad descriptor chain: {e}");
                 return 0;
             }
         };
         let n = writer.available_bytes().min(MAX_REQUEST);
         let Some(buf) = self.buf.get_mut(..n) else { return 0 };
         if let Err(e) = self.source.read_exact(buf) {
-            log::warn!("virtio-rng: reading {ENTROPY_SOURCE}: {e}");
+            ratelog::warn_limited!("virtio-rng: reading {ENTROPY_SOURCE}: {e}");
             return 0;
         }
         match writer.write_all(buf) {
             Ok(()) => n as u32,
             Err(e) => {
-                log::debug!("virtio-rng: writing to the guest: {e}");
+                ratelog::debug_limited!("virtio-rng: writing to the guest: {e}");
                 writer.bytes_written() as u32
             }
         }
@@ -88,7 +88,7 @@ impl QueueHandler for RngHandler {
             let head = chain.head_index();
             let len = self.fill(chain, mem);
             if let Err(e) = queue.add_used(mem, head, len) {
-                log::warn!("virtio-rng: add_used: {e}");
+                ratelog::warn_limited!("virtio-rng: add_used: {e}");
                 break;
             }
             used = true;

@@ -44,7 +44,7 @@ pub fn build_queue(name: &str, index: usize, cfg: &QueueConfig, event_idx: bool,
     q.set_ready(true);
     q.set_event_idx(event_idx);
     if !q.is_valid(mem) {
-        log::warn!("{name}: queue {index} rings are outside guest memory or misaligned: not served");
+        ratelog::warn_limited!("{name}: queue {index} rings are outside guest memory or misaligned: not served");
         return None;
     }
     Some(q)
@@ -87,26 +87,32 @@ impl Worker {
         }
         let kill_clone = kill.try_clone().map_err(evt_err(&name))?;
         let thread_name = format!("virtio-{}", name.chars().filter(|c| c.is_ascii_alphanumeric()).collect::<String>());
-        let thread = std::thread::Builder::new()
-            .name(thread_name)
-            .spawn({
-                let name = name.clone();
-                move || run(&name, &epoll, &kill_clone, &mem, queues, &extra, handler)
-            })
-            .map_err(|source| VirtioError::SpawnWorker { name, source })?;
+        let thread = crate::threads::spawn(thread_name, {
+            let name = name.clone();
+            move || run(&name, &epoll, &kill_clone, &mem, queues, &extra, handler)
+        })
+        .map_err(|source| VirtioError::SpawnWorker { name, source })?;
         Ok(Self { kill, thread: Some(thread) })
     }
 
-    /// Stops the thread and waits for it (device reset, VM teardown).
+    /// Asks the thread to stop and returns at once; it ends after the request it is
+    /// serving (a driver reset: the device lock is not held while it finishes).
+    pub fn signal_stop(&self) {
+        // A failed write means the counter is saturated: a stop is pending anyway.
+        let _ = self.kill.write(1);
+    }
+
+    /// Whether the thread has ended (joining it then does not block).
+    pub fn is_finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(JoinHandle::is_finished)
+    }
+
+    /// Stops the thread and waits for it (device detach, VM teardown).
     pub fn stop(&mut self) {
         if let Some(t) = self.thread.take() {
-            if let Err(e) = self.kill.write(1) {
-                log::error!("stopping a virtio I/O thread: {e}");
-                return;
-            }
-            if t.join().is_err() {
-                log::error!("a virtio I/O thread panicked");
-            }
+            self.signal_stop();
+            // A panic on the thread was reported by its panic hook already.
+            let _ = t.join();
         }
     }
 }
@@ -171,7 +177,7 @@ fn serve(name: &str, q: &mut ActiveQueue, mem: &GuestMemory, handler: &mut dyn Q
     }
     if let (true, Some(irq)) = (needs_interrupt(&q.queue, mem, old_used), &q.interrupt) {
         if let Err(e) = irq.write(1) {
-            log::warn!("{name}: raising queue {} interrupt: {e}", q.index);
+            ratelog::warn_limited!("{name}: raising queue {} interrupt: {e}", q.index);
         }
     }
 }

@@ -194,7 +194,7 @@ impl<B: FrameBackend> NetHandler<B> {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
                 Err(e) => {
-                    log::warn!("{}: reading a frame: {e}", self.name);
+                    ratelog::warn_limited!("{}: reading a frame: {e}", self.name);
                     return false;
                 }
             }
@@ -228,7 +228,10 @@ impl<B: FrameBackend> NetHandler<B> {
             let Some(chain) = next_chain(queue, mem) else { return Delivery::NoBuffers };
             let capacity = chain.clone().writer(mem).map(|w| w.available_bytes()).unwrap_or(0);
             if capacity < len {
-                log::debug!("{}: a {len}-byte frame does not fit a {capacity}-byte buffer: dropped", self.name);
+                ratelog::debug_limited!(
+                    "{}: a {len}-byte frame does not fit a {capacity}-byte buffer: dropped",
+                    self.name
+                );
                 Self::give_back(queue, 1);
                 return Delivery::Dropped;
             }
@@ -257,7 +260,10 @@ impl<B: FrameBackend> NetHandler<B> {
                 if self.used.len() >= usize::from(queue.size()) && off < len {
                     // Not even the whole ring holds it: a broken driver; drop the frame.
                     Self::give_back(queue, self.used.len());
-                    log::debug!("{}: a {len}-byte frame does not fit the whole RX ring: dropped", self.name);
+                    ratelog::debug_limited!(
+                        "{}: a {len}-byte frame does not fit the whole RX ring: dropped",
+                        self.name
+                    );
                     return Delivery::Dropped;
                 }
             }
@@ -272,7 +278,7 @@ impl<B: FrameBackend> NetHandler<B> {
         match add_used_batch(queue, mem, &self.used) {
             Ok(()) => Delivery::Delivered,
             Err(e) => {
-                log::warn!("{}: RX used ring: {e}", self.name);
+                ratelog::warn_limited!("{}: RX used ring: {e}", self.name);
                 Delivery::Dropped
             }
         }
@@ -300,7 +306,7 @@ impl<B: FrameBackend> NetHandler<B> {
 
     fn flush_tx_used(&mut self, queue: &mut Queue, mem: &GuestMemory) {
         if let Err(e) = add_used_batch(queue, mem, &self.used) {
-            log::warn!("{}: TX used ring: {e}", self.name);
+            ratelog::warn_limited!("{}: TX used ring: {e}", self.name);
         }
         self.used.clear();
     }
@@ -330,36 +336,36 @@ impl<B: FrameBackend> NetHandler<B> {
         if let (Some(fd), Some((mut frame, _))) = (self.backend.raw_fd(), iov::chain_iovecs(&chain, mem)) {
             let n = frame.len();
             if !(VNET_HDR_LEN..=MAX_FRAME).contains(&n) {
-                log::debug!("{}: TX chain of {n} bytes dropped", self.name);
+                ratelog::debug_limited!("{}: TX chain of {n} bytes dropped", self.name);
                 return;
             }
             if !self.backend.has_vnet_hdr() {
                 frame.skip_front(VNET_HDR_LEN);
             }
             if let Err(e) = iov::write_message(fd, &frame) {
-                log::debug!("{}: sending a {n}-byte frame: {e}", self.name);
+                ratelog::debug_limited!("{}: sending a {n}-byte frame: {e}", self.name);
             }
             return;
         }
         let mut reader = match chain.reader(mem) {
             Ok(r) => r,
             Err(e) => {
-                log::debug!("{}: bad TX chain: {e}", self.name);
+                ratelog::debug_limited!("{}: bad TX chain: {e}", self.name);
                 return;
             }
         };
         let n = reader.available_bytes();
         if !(VNET_HDR_LEN..=self.tx_buf.len()).contains(&n) {
-            log::debug!("{}: TX chain of {n} bytes dropped", self.name);
+            ratelog::debug_limited!("{}: TX chain of {n} bytes dropped", self.name);
             return;
         }
         if std::io::Read::read_exact(&mut reader, &mut self.tx_buf[..n]).is_err() {
-            log::debug!("{}: TX chain unreadable", self.name);
+            ratelog::debug_limited!("{}: TX chain unreadable", self.name);
             return;
         }
         let start = if self.backend.has_vnet_hdr() { 0 } else { VNET_HDR_LEN };
         if let Err(e) = self.backend.write_frame(&self.tx_buf[start..n]) {
-            log::debug!("{}: sending a {n}-byte frame: {e}", self.name);
+            ratelog::debug_limited!("{}: sending a {n}-byte frame: {e}", self.name);
         }
     }
 }
