@@ -45,7 +45,13 @@ fn main() -> ExitCode {
         }
     };
     env_logger::Builder::new().filter_level(cli.log_level).format_target(false).format_timestamp_millis().init();
-    let result = config::VmConfig::try_from(&cli).map_err(anyhow::Error::from).and_then(|cfg| vmm::Vmm::run(&cfg));
+    threads::install_panic_hook();
+    let run = || config::VmConfig::try_from(&cli).map_err(anyhow::Error::from).and_then(|cfg| vmm::Vmm::run(&cfg));
+    // A panic on this thread ends up here (the hook recorded it); on any other thread it
+    // stops the VM, and Vmm::run returns it as the error.
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)).unwrap_or_else(|_| {
+        Err(anyhow::anyhow!(threads::first_panic().unwrap_or_else(|| "the main thread panicked".to_string())))
+    });
     match result {
         Ok(code) => code,
         Err(e) => {

@@ -86,12 +86,17 @@ pub fn first_panic() -> Option<String> {
     reporter().first_panic.clone()
 }
 
+/// Tests that route panics to a stop notifier of their own take turns (the route is global).
+#[cfg(test)]
+pub static PANIC_ROUTE: Mutex<()> = Mutex::new(());
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn a_panicking_thread_stops_the_vm_with_its_name() {
+        let _turn = PANIC_ROUTE.lock().unwrap_or_else(|e| e.into_inner());
         install_panic_hook();
         let stop = StopNotifier::new().unwrap();
         report_panics_to(&stop);

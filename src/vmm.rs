@@ -70,7 +70,6 @@ pub struct Vmm;
 impl Vmm {
     /// Runs the guest until it powers off, is stopped by a signal, or fails.
     pub fn run(cfg: &VmConfig) -> anyhow::Result<ExitCode> {
-        crate::threads::install_panic_hook();
         preflight(cfg)?;
         let signal_fd = signals::setup()?;
         let kvm = KvmSystem::open()?;
@@ -413,6 +412,33 @@ fn stop_vcpus(threads: Vec<JoinHandle<()>>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::FromRawFd;
+
+    #[test]
+    fn a_panicking_vmm_thread_ends_the_control_loop_with_its_name() {
+        let _turn = crate::threads::PANIC_ROUTE.lock().unwrap_or_else(|e| e.into_inner());
+        crate::threads::install_panic_hook();
+        let stop = StopNotifier::new().unwrap();
+        crate::threads::report_panics_to(&stop);
+        let mut fds = [0; 2];
+        // SAFETY: pipe fills the two-int array it is given.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: both fds are fresh and owned here only.
+        let (quiet, _writer) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let vcpu = crate::threads::spawn("vcpu7", || {
+            std::thread::sleep(Duration::from_millis(20));
+            panic!("emulation bug");
+        })
+        .unwrap();
+        wait_for_stop(&stop, &quiet).unwrap();
+        assert!(vcpu.join().is_err());
+        match stop.reason() {
+            Some(StopReason::Error(line)) => {
+                assert!(line.starts_with("thread vcpu7 panicked at") && line.ends_with("emulation bug"), "{line}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[test]
     fn process_age_is_this_process_lifetime() {
