@@ -16,7 +16,8 @@ pub enum StopReason {
     Error(String),
 }
 
-/// First reason wins; the eventfd wakes the VMM's control loop.
+/// First reason wins; the eventfd wakes the VMM's control loop. Only an assignment runs under
+/// its lock, so a poisoned lock still holds a whole reason (and a stop must get through).
 pub struct StopNotifier {
     reason: Mutex<Option<StopReason>>,
     evt: EventFd,

@@ -58,7 +58,11 @@ impl MsiVectors for KvmMsiVectors {
     }
 
     fn commit(&mut self) -> Result<(), InterruptError> {
-        let mut routing = self.routing.lock().unwrap_or_else(|e| e.into_inner());
+        // Poisoned: a panic while the VM's table was being changed, which is stopping the
+        // VM; its routes are no longer trusted, so nothing more is routed.
+        let mut routing = self.routing.lock().map_err(|_| {
+            InterruptError::Routing(std::io::Error::other("the GSI routing table is poisoned by a panic"))
+        })?;
         let chip = routing.chip().clone();
         for (i, v) in self.vectors.iter_mut().enumerate() {
             if v.wanted.is_none() && v.registered {
@@ -87,6 +91,8 @@ impl MsiVectors for KvmMsiVectors {
 
 impl Drop for KvmMsiVectors {
     fn drop(&mut self) {
+        // Teardown takes the vectors' irqfds and routes out even after a panic poisoned the
+        // table (the VM is stopping with that panic as its error).
         let mut routing = self.routing.lock().unwrap_or_else(|e| e.into_inner());
         let chip = routing.chip().clone();
         for v in &mut self.vectors {

@@ -49,6 +49,7 @@ pub struct MemSlot {
 
 pub struct Vm {
     pub fd: VmFd,
+    /// Only flag flips run under this lock: a poisoned one still holds a whole table.
     used_slots: Mutex<Vec<bool>>,
 }
 
