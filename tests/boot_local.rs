@@ -200,7 +200,7 @@ fn i8042_reset_exits_zero_or_restarts_the_guest() {
 fn sigterm_stops_a_running_guest_in_order() {
     require_kvm();
     let k = write_kernel("spin.elf", &pvh_elf(&print_then("spinning\n", SPIN)));
-    for (signal, vcpus) in [(libc::SIGTERM, "1"), (libc::SIGINT, "2")] {
+    for (signal, vcpus) in [(libc::SIGTERM, "1"), (libc::SIGINT, "2"), (libc::SIGHUP, "1")] {
         let child = spawn(&k, &["--cpus", vcpus]);
         std::thread::sleep(Duration::from_secs(2));
         // SAFETY: plain kill(2) on our own child's pid.
