@@ -11,6 +11,7 @@ pub mod bdf;
 pub mod bridge;
 pub mod bus;
 pub mod capability;
+pub mod config_access;
 pub mod config_space;
 pub mod device;
 pub mod function;
@@ -23,6 +24,7 @@ pub mod topology;
 pub use bar::{BarError, Bars};
 pub use bdf::{Bdf, BdfError};
 pub use bus::{Bus, BusAccess, BusDevice, BusError, BusRange};
+pub use config_access::{PciConfigIo, PciConfigMmio};
 pub use config_space::{ConfigSpace, DeviceIds, HeaderType};
 pub use device::{
     lock_function, AccessGate, BarIndex, BarKind, BarMove, BarRegion, BarSlot, ConfigEffects, ConfigWait, PciDevice,
@@ -30,5 +32,5 @@ pub use device::{
 };
 pub use function::{BarSpec, EmulatedFunction, FunctionBackend, FunctionConfig, FunctionError, NoRegisters};
 pub use interrupt::{InterruptError, MsiMessage, MsiVectors, VectorIndex};
-pub use root::{BusRelocator, ConfigEffectsHandler, PciConfigIo, PciConfigMmio, PciRoot, RootError};
+pub use root::{BusRelocator, ConfigEffectsHandler, PciRoot, RootError};
 pub use topology::{PciTopology, TopologyConfig, TopologyError};

@@ -1,5 +1,5 @@
 //! The root complex: host bridge at 00:00.0, device slots on bus 0, PCIe root ports with
-//! one slot each behind them, and config access through ports 0xCF8/0xCFC and ECAM.
+//! one slot each behind them; the guest reaches it through [`crate::config_access`].
 //!
 //! Config writes return [`ConfigEffects`]; the root hands them to a
 //! [`ConfigEffectsHandler`] together with the function, outside the function's lock.
@@ -10,7 +10,6 @@
 //! bus keeps the root, and through it the buses, alive.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use crate::bdf::Bdf;
@@ -22,7 +21,6 @@ use crate::device::{
     WeakPciDevice,
 };
 use crate::function::{EmulatedFunction, FunctionError, NoRegisters};
-use crate::BusAccess;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RootError {
@@ -448,144 +446,12 @@ impl PciRoot {
     }
 }
 
-/// Locks the root for one access; `None` (logged) once a panic poisoned it: config space
-/// then reads all-ones, as if nothing were there.
-fn lock(root: &Mutex<PciRoot>) -> Option<MutexGuard<'_, PciRoot>> {
-    root.lock().map_err(|_| failed_device("PCI root complex")).ok()
-}
-
-/// Splits a config access of `len` bytes at byte `offset` into (dword, byte in dword);
-/// `None` if it is not 1, 2 or 4 bytes or straddles a dword.
-fn dword_access(offset: usize, len: usize) -> Option<(usize, u64)> {
-    let byte = offset % 4;
-    (matches!(len, 1 | 2 | 4) && byte + len <= 4).then_some((offset / 4, byte as u64))
-}
-
-fn read_bytes(root: &Weak<Mutex<PciRoot>>, bdf: Bdf, offset: usize, data: &mut [u8]) {
-    let Some((reg, byte)) = dword_access(offset, data.len()) else {
-        data.fill(0xff);
-        return;
-    };
-    let root = root.upgrade();
-    let value = root.as_deref().and_then(lock).map_or(u32::MAX, |r| r.read_config(bdf, reg) >> (byte * 8));
-    for (i, b) in data.iter_mut().enumerate() {
-        *b = (value >> (i * 8)) as u8;
-    }
-}
-
-/// A config write. When the function cannot complete it yet (a Bus Master enable waiting
-/// for guest RAM's DMA mapping), this vCPU waits here with no lock held, so every other
-/// vCPU's config accesses go on meanwhile, then writes again.
-fn write_bytes(root: &Weak<Mutex<PciRoot>>, bdf: Bdf, offset: usize, data: &[u8]) {
-    let Some((reg, byte)) = dword_access(offset, data.len()) else { return };
-    let Some(wait) = root.upgrade().and_then(|r| lock(&r)?.write_config(bdf, reg, byte, data)) else { return };
-    if wait.gate.wait() {
-        if let Some(r) = root.upgrade() {
-            if let Some(mut r) = lock(&r) {
-                // The gate is open now: this write completes (no second wait).
-                let _ = r.write_config(bdf, wait.reg, wait.offset, &wait.data);
-            }
-        }
-    }
-}
-
-/// Configuration mechanism #1: address latch at 0xCF8, data window at 0xCFC..0xCFF.
-/// Insert it on the port I/O bus at 0xCF8 with length 8. Bits 27:24 of the address carry
-/// extended register bits 11:8 (the AMD convention Linux also uses), reaching the whole
-/// 4 KiB config space.
-pub struct PciConfigIo {
-    root: Weak<Mutex<PciRoot>>,
-    segment: u16,
-    /// The latch; guests serialize CF8/CFC pairs themselves (Linux: pci_config_lock).
-    address: AtomicU32,
-}
-
-impl PciConfigIo {
-    pub fn new(root: &Arc<Mutex<PciRoot>>) -> Self {
-        let segment = lock(root).map_or(0, |r| r.segment());
-        Self { root: Arc::downgrade(root), segment, address: AtomicU32::new(0) }
-    }
-
-    fn target(&self) -> Option<(Bdf, usize)> {
-        let address = self.address.load(Ordering::Relaxed);
-        if address & 0x8000_0000 == 0 {
-            return None;
-        }
-        let bus = (address >> 16) as u8;
-        let devfn = (address >> 8) as u8;
-        let offset = (address & 0xfc) as usize | (((address >> 24) & 0xf) as usize) << 8;
-        Some((Bdf::from_devfn(self.segment, bus, devfn), offset))
-    }
-}
-
-impl BusAccess for PciConfigIo {
-    fn read(&self, offset: u64, data: &mut [u8]) {
-        match offset {
-            0 if data.len() == 4 => data.copy_from_slice(&self.address.load(Ordering::Relaxed).to_le_bytes()),
-            4..=7 => match self.target() {
-                Some((bdf, reg_off)) => read_bytes(&self.root, bdf, reg_off + (offset as usize - 4), data),
-                None => data.fill(0xff),
-            },
-            _ => data.fill(0xff),
-        }
-    }
-
-    fn write(&self, offset: u64, data: &[u8]) {
-        match offset {
-            // Only dword writes latch the address; byte writes to 0xCF8..0xCFB are other
-            // devices' registers on real chipsets (e.g. 0xCF9 reset control).
-            0 if data.len() == 4 => {
-                self.address.store(u32::from_le_bytes([data[0], data[1], data[2], data[3]]), Ordering::Relaxed)
-            }
-            4..=7 => {
-                if let Some((bdf, reg_off)) = self.target() {
-                    write_bytes(&self.root, bdf, reg_off + (offset as usize - 4), data);
-                }
-            }
-            _ => ratelog::debug_limited!("PCI config port write of {} bytes at {offset} dropped", data.len()),
-        }
-    }
-}
-
-/// ECAM (PCIe enhanced configuration access, base spec 7.2.2): 4 KiB per function,
-/// bus << 20 | devfn << 12. Insert it on the MMIO bus at the window advertised in MCFG,
-/// `(last_bus + 1) << 20` bytes long.
-pub struct PciConfigMmio {
-    root: Weak<Mutex<PciRoot>>,
-    segment: u16,
-}
-
-impl PciConfigMmio {
-    pub fn new(root: &Arc<Mutex<PciRoot>>) -> Self {
-        let segment = lock(root).map_or(0, |r| r.segment());
-        Self { root: Arc::downgrade(root), segment }
-    }
-}
-
-impl BusAccess for PciConfigMmio {
-    fn read(&self, offset: u64, data: &mut [u8]) {
-        if offset >> 28 != 0 {
-            data.fill(0xff);
-            return;
-        }
-        let (bdf, reg_off) = Bdf::from_ecam_offset(self.segment, offset);
-        read_bytes(&self.root, bdf, reg_off, data);
-    }
-
-    fn write(&self, offset: u64, data: &[u8]) {
-        if offset >> 28 != 0 {
-            return;
-        }
-        let (bdf, reg_off) = Bdf::from_ecam_offset(self.segment, offset);
-        write_bytes(&self.root, bdf, reg_off, data);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config_access::{PciConfigIo, PciConfigMmio};
     use crate::function::tests::{test_config, Scratch};
-    use crate::PciDevice;
+    use crate::{BusAccess, PciDevice};
 
     struct Recorder(Arc<Mutex<Vec<(Bdf, ConfigEffects)>>>);
     impl ConfigEffectsHandler for Recorder {
@@ -795,206 +661,5 @@ mod tests {
         rel.apply(abdf, &ad, e);
         assert_eq!(rel.mapped(abdf, BarIndex(0)), Some(0xc020_0000));
         assert!(rel.pending.is_empty());
-    }
-
-    /// The set-up the VMM builds: buses, relocator, root, config-access devices on the
-    /// buses. `owner` plays the device manager.
-    struct Segment {
-        mmio: Arc<Bus>,
-        pio: Arc<Bus>,
-        relocator: Arc<Mutex<BusRelocator>>,
-        root: Arc<Mutex<PciRoot>>,
-    }
-
-    struct Shared(Arc<Mutex<BusRelocator>>);
-    impl ConfigEffectsHandler for Shared {
-        fn apply(&mut self, bdf: Bdf, d: &SharedPciDevice, e: ConfigEffects) {
-            self.0.lock().unwrap().apply(bdf, d, e);
-        }
-    }
-
-    fn segment() -> Segment {
-        let (mmio, pio) = (Arc::new(Bus::new()), Arc::new(Bus::new()));
-        let relocator = Arc::new(Mutex::new(BusRelocator::new(mmio.clone(), pio.clone())));
-        let root = Arc::new(Mutex::new(PciRoot::new(0, Box::new(Shared(relocator.clone()))).unwrap()));
-        pio.insert(Arc::new(PciConfigIo::new(&root)), 0xcf8, 8).unwrap();
-        mmio.insert(Arc::new(PciConfigMmio::new(&root)), 0xb000_0000, 1 << 28).unwrap();
-        Segment { mmio, pio, relocator, root }
-    }
-
-    fn attach(seg: &Segment, slot: u8, dev: &SharedPciDevice) -> Bdf {
-        let bdf = seg.root.lock().unwrap().add_device(slot, 0, dev).unwrap();
-        seg.relocator.lock().unwrap().attach(bdf, dev).unwrap();
-        bdf
-    }
-
-    fn ecam_dword(seg: &Segment, bdf: Bdf, off: u64) -> u32 {
-        let mut b = [0u8; 4];
-        assert!(seg.mmio.read(0xb000_0000 + bdf.ecam_offset() + off, &mut b));
-        u32::from_le_bytes(b)
-    }
-
-    #[test]
-    fn nothing_on_a_bus_keeps_the_root_or_a_function_alive() {
-        let seg = segment();
-        let ep = endpoint();
-        ep.lock().unwrap().place_bar(BarIndex(0), 0xc000_0000).unwrap();
-        let dev: SharedPciDevice = ep.clone();
-        let bdf = attach(&seg, 1, &dev);
-        assert_eq!(ecam_dword(&seg, bdf, 0), 0x1041_1af4);
-        let (weak_dev, weak_root, weak_mmio) =
-            (Arc::downgrade(&ep), Arc::downgrade(&seg.root), Arc::downgrade(&seg.mmio));
-        drop((ep, dev));
-        assert!(weak_dev.upgrade().is_none(), "the root, relocator and BAR slot do not own the function");
-        let mut b = [0u8; 4];
-        assert!(seg.mmio.read(0xc000_0000, &mut b), "the slot is still on the bus...");
-        assert_eq!(b, [0xff; 4], "...but reads all-ones without its function");
-        assert_eq!(ecam_dword(&seg, bdf, 0), u32::MAX);
-        drop(seg);
-        assert!(weak_root.upgrade().is_none(), "no cycle: buses -> config access -> root -> relocator -> buses");
-        assert!(weak_mmio.upgrade().is_none());
-    }
-
-    #[test]
-    fn detached_functions_leave_the_buses_and_the_root() {
-        let seg = segment();
-        let a = endpoint();
-        a.lock().unwrap().place_bar(BarIndex(0), 0xc000_0000).unwrap();
-        a.lock().unwrap().place_bar(BarIndex(2), 0x1_0000_0000).unwrap();
-        let ad: SharedPciDevice = a.clone();
-        let bdf = attach(&seg, 2, &ad);
-        let behind_port: SharedPciDevice = endpoint();
-        let port = seg.root.lock().unwrap().add_root_port(5, 1).unwrap();
-        let child = seg.root.lock().unwrap().attach_to_port(5, 0, &behind_port).unwrap();
-        let slot_status = |seg: &Segment| ecam_dword(seg, port, 0x40 + 0x18) >> 16;
-        assert_eq!(slot_status(&seg) & 0x40, 0x40, "presence detect set");
-        let ranges_before = seg.mmio.ranges().len();
-        assert!(seg.mmio.write(0xc000_0004, &[7]));
-
-        seg.relocator.lock().unwrap().detach(&ad);
-        assert_eq!(seg.root.lock().unwrap().remove_device(&ad), Some(bdf));
-        assert_eq!(seg.mmio.ranges().len(), ranges_before - 2, "both BARs off the bus");
-        let mut b = [0u8; 1];
-        assert!(!seg.mmio.read(0xc000_0004, &mut b), "nothing dispatches there any more");
-        assert_eq!(ecam_dword(&seg, bdf, 0), u32::MAX);
-        assert_eq!(seg.relocator.lock().unwrap().mapped(bdf, BarIndex(0)), None);
-        assert_eq!(seg.root.lock().unwrap().remove_device(&ad), None, "only once");
-        // The range is free for the next function.
-        let next = endpoint();
-        next.lock().unwrap().place_bar(BarIndex(0), 0xc000_0000).unwrap();
-        next.lock().unwrap().place_bar(BarIndex(2), 0x1_0000_0000).unwrap();
-        let next: SharedPciDevice = next;
-        assert_eq!(attach(&seg, 2, &next), bdf);
-
-        assert_eq!(seg.root.lock().unwrap().remove_device(&behind_port), Some(child));
-        assert_eq!(slot_status(&seg) & 0x40, 0, "the port's slot is empty again");
-        assert_eq!(ecam_dword(&seg, child, 0), u32::MAX);
-    }
-
-    /// A function whose Bus Master enable must wait for `gate` (like an assigned device's
-    /// for the DMA mapping): it returns the wait instead of blocking.
-    struct Gated {
-        gate: Arc<Gate>,
-        command: u16,
-        writes: Vec<u16>,
-    }
-
-    #[derive(Default)]
-    struct Gate {
-        state: Mutex<Option<bool>>,
-        changed: std::sync::Condvar,
-    }
-
-    impl Gate {
-        fn set(&self, open: bool) {
-            *self.state.lock().unwrap() = Some(open);
-            self.changed.notify_all();
-        }
-    }
-
-    impl crate::AccessGate for Gate {
-        fn wait(&self) -> bool {
-            let s = self.state.lock().unwrap();
-            let s = self.changed.wait_while(s, |s| s.is_none()).unwrap();
-            s.unwrap_or(false)
-        }
-    }
-
-    impl crate::PciDevice for Gated {
-        fn bars(&self) -> Vec<crate::BarRegion> {
-            Vec::new()
-        }
-        fn read_config(&mut self, reg: usize) -> u32 {
-            match reg {
-                0 => 0x1234_5678,
-                1 => u32::from(self.command),
-                _ => 0,
-            }
-        }
-        fn write_config(&mut self, reg: usize, _offset: u64, data: &[u8]) -> ConfigEffects {
-            let mut effects = ConfigEffects::default();
-            if reg != 1 {
-                return effects;
-            }
-            let mut value = u16::from(data[0]);
-            self.writes.push(value);
-            if value & 4 != 0 && self.gate.state.lock().unwrap().is_none() {
-                value &= !4;
-                let gate: Arc<dyn crate::AccessGate> = self.gate.clone();
-                effects.wait = Some(ConfigWait { gate, reg, offset: 0, data: data.to_vec() });
-            }
-            if *self.gate.state.lock().unwrap() == Some(false) {
-                value &= !4;
-            }
-            self.command = value;
-            effects
-        }
-        fn read_bar(&mut self, _bar: BarIndex, _offset: u64, data: &mut [u8]) {
-            data.fill(0xff);
-        }
-        fn write_bar(&mut self, _bar: BarIndex, _offset: u64, _data: &[u8]) {}
-    }
-
-    #[test]
-    fn a_bus_master_wait_holds_no_lock_and_completes_after() {
-        for open in [true, false] {
-            let seg = Arc::new(segment());
-            let gate = Arc::new(Gate::default());
-            let gated = Arc::new(Mutex::new(Gated { gate: gate.clone(), command: 0, writes: Vec::new() }));
-            let other = endpoint();
-            other.lock().unwrap().place_bar(BarIndex(0), 0xc000_0000).unwrap();
-            other.lock().unwrap().place_bar(BarIndex(2), 0x1_0000_0000).unwrap();
-            let (gd, od): (SharedPciDevice, SharedPciDevice) = (gated.clone(), other.clone());
-            let (gbdf, obdf) = (attach(&seg, 1, &gd), attach(&seg, 2, &od));
-            let writer = {
-                let seg = seg.clone();
-                std::thread::spawn(move || {
-                    let mut b = [0u8; 2];
-                    // Through CF8/CFC: the latch device is shared by every vCPU.
-                    assert!(seg.pio.write(0xcf8, &(0x8000_0000u32 | (u32::from(gbdf.devfn()) << 8) | 4).to_le_bytes()));
-                    assert!(seg.pio.write(0xcfc, &[0x06, 0x00]));
-                    assert!(seg.pio.read(0xcfc, &mut b));
-                    u16::from_le_bytes(b)
-                })
-            };
-            while gated.lock().unwrap().writes.is_empty() {
-                std::thread::yield_now();
-            }
-            // The writer waits: the root, both config-access devices and other functions
-            // (the other vCPUs' accesses) are free meanwhile.
-            assert!(!writer.is_finished());
-            assert_eq!(ecam_dword(&seg, obdf, 0), 0x1041_1af4);
-            assert_eq!(ecam_dword(&seg, gbdf, 4) & 4, 0, "Bus Master not on before the gate opens");
-            gate.set(open);
-            let command = writer.join().unwrap();
-            let writes = gated.lock().unwrap().writes.clone();
-            if open {
-                assert_eq!(command & 4, 4, "completed after the wait");
-                assert_eq!(writes, vec![6, 6], "written again once the gate opened");
-            } else {
-                assert_eq!(command, 2, "a gate that never opens leaves Bus Master off");
-                assert_eq!(writes, vec![6], "and no second write");
-            }
-        }
     }
 }

@@ -12,10 +12,11 @@ use crate::bar::{REG_BAR0, REG_ROM_ENDPOINT};
 use crate::bdf::Bdf;
 use crate::bridge::{BridgeWindows, Window};
 use crate::bus::Bus;
+use crate::config_access::{PciConfigIo, PciConfigMmio};
 use crate::config_space::{COMMAND_BUS_MASTER, COMMAND_IO, COMMAND_MEMORY, REG_BIST_HEADER, REG_INTERRUPT};
 use crate::device::{BarIndex, BarKind, ConfigEffects, SharedPciDevice};
 use crate::intx::{IntxPin, IntxRouting};
-use crate::root::{BusRelocator, ConfigEffectsHandler, PciConfigIo, PciConfigMmio, PciRoot, RootError};
+use crate::root::{BusRelocator, ConfigEffectsHandler, PciRoot, RootError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TopologyError {
