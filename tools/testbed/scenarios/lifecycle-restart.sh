@@ -3,8 +3,8 @@
 # One viaduct process boots the guest BOOTS times: the guest counts its boots in sector 1 of
 # the virtio disk, and every boot reads the disk's signature and writes its own sector
 # (LBA 2048+N), reads the NVMe's signature and writes LBA 110000+N of disk.img, pings level 1
-# over the tap vt0 (created persistent here with tunctl, before viaduct, with level 1's address on it),
-# and reads /dev/hwrng. Then it prints "@@G lifecycle-mark N" and waits until level 1 has
+# over the tap vt0 (made persistent here with tunctl before viaduct starts, level 1's address
+# on it), and reads /dev/hwrng. Then it prints "@@G lifecycle-mark N" and waits until level 1 has
 # counted viaduct's threads (/proc/PID/task) and open fds (/proc/PID/fd) and published
 # ackN on its web server; boots 1..BOOTS-1 end with `reboot -f`, the last one powers off.
 # Level 1 checks the virtio disk's sectors after the run, tests/lifecycle.rs the NVMe's in
