@@ -168,6 +168,18 @@ impl OptionList {
         Ok(Self { flag, values })
     }
 
+    /// An option list from `(key, value)` pairs (the API's JSON bodies), with the same
+    /// duplicate-key rule as the command line.
+    pub fn from_pairs(flag: &'static str, pairs: &[(&str, String)]) -> Result<Self, ConfigError> {
+        let mut values = BTreeMap::new();
+        for (key, value) in pairs {
+            if values.insert(key.to_string(), value.clone()).is_some() {
+                return Err(ConfigError::DuplicateKey { flag, key: key.to_string() });
+            }
+        }
+        Ok(Self { flag, values })
+    }
+
     pub fn get(&self, key: &str) -> Option<&str> {
         self.values.get(key).map(String::as_str)
     }
@@ -219,10 +231,15 @@ impl MemoryConfig {
         let opts = OptionList::parse("memory", spec, Some("size"))?;
         opts.check_keys("size,hugepages,shared")?;
         let size = parse_size("memory", opts.require("size")?)?;
+        Self::new(size, opts.toggle("hugepages")?, opts.toggle("shared")?)
+    }
+
+    /// The one place guest RAM sizes are checked (command line and API).
+    pub fn new(size: u64, hugepages: bool, shared: bool) -> Result<Self, ConfigError> {
         if !(64 << 20..=1 << 40).contains(&size) || size % 4096 != 0 {
             return Err(ConfigError::MemorySize { size });
         }
-        Ok(Self { size, hugepages: opts.toggle("hugepages")?, shared: opts.toggle("shared")? })
+        Ok(Self { size, hugepages, shared })
     }
 }
 
@@ -231,6 +248,11 @@ pub fn parse_cpus(spec: &str) -> Result<u8, ConfigError> {
     opts.check_keys("boot")?;
     let value = opts.require("boot")?;
     let count: u64 = value.parse().map_err(|_| ConfigError::ParseNumber { flag: "cpus", value: value.to_string() })?;
+    cpu_count(count)
+}
+
+/// The one place vCPU counts are checked (command line and API).
+pub fn cpu_count(count: u64) -> Result<u8, ConfigError> {
     // APIC IDs are 8 bits in the xAPIC MADT entries we emit; 255 is the broadcast ID.
     match u8::try_from(count) {
         Ok(n @ 1..=254) => Ok(n),

@@ -1,5 +1,6 @@
 //! viaduct: a KVM virtual machine monitor built for PCI device passthrough.
 
+mod api;
 mod boot;
 mod config;
 mod device_manager;
