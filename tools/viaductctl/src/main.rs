@@ -1,6 +1,7 @@
 //! viaductctl: the host side of PCI passthrough — inventory, pre-flight checks, vfio-pci
-//! binding with a state file, SR-IOV VFs and their settings.
+//! binding with a state file, SR-IOV VFs and their settings; and a client of viaduct's API.
 
+mod api_client;
 mod bind;
 mod check;
 mod list;
@@ -8,6 +9,7 @@ mod output;
 mod sriov;
 mod table;
 mod vf;
+mod vm;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -55,6 +57,9 @@ enum Command {
     Sriov(sriov::SriovArgs),
     /// Show or set a VF's MAC, VLAN, trust, spoof check and link state (rtnetlink).
     Vf(vf::VfArgs),
+    /// Talk to a running viaduct over its API socket: state, counters, pause, power button,
+    /// hot-plug.
+    Vm(vm::VmArgs),
 }
 
 impl Command {
@@ -67,6 +72,7 @@ impl Command {
             Command::Restore(a) => a.json,
             Command::Sriov(a) => a.json,
             Command::Vf(a) => a.json,
+            Command::Vm(a) => a.json,
         }
     }
 }
@@ -87,6 +93,7 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::Restore(a) => bind::run_restore(&binder(), a)?,
         Command::Sriov(a) => sriov::run(&host, a)?,
         Command::Vf(a) => vf::run(&host, a)?,
+        Command::Vm(a) => vm::run(a)?,
     }
     Ok(ExitCode::SUCCESS)
 }
