@@ -72,6 +72,10 @@ pub const CMOS_LEN: u64 = 2;
 /// ACPI sleep control / status and reset registers (hardware-reduced ACPI, one byte).
 pub const ACPI_SLEEP_CONTROL_PORT: u64 = 0x600;
 pub const ACPI_RESET_VALUE: u8 = 1;
+/// The Generic Event Device's event register (one byte, see `devices::ged`) and its
+/// interrupt, an ISA line no other device uses.
+pub const GED_PORT: u64 = 0x610;
+pub const GED_GSI: u32 = 5;
 pub const PCI_CONFIG_IO_PORT: u64 = 0xcf8;
 pub const PCI_CONFIG_IO_LEN: u64 = 8;
 

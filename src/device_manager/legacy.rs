@@ -9,6 +9,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::{DeviceId, DeviceManagerError};
 use crate::devices::acpi_pm::AcpiPm;
 use crate::devices::cmos::Cmos;
+use crate::devices::ged::Ged;
 use crate::devices::i8042::I8042;
 use crate::devices::serial::{ConsoleOut, SerialDevice};
 use crate::layout;
@@ -28,10 +29,12 @@ pub struct LegacyDevices {
     pub devices: Vec<PlatformDevice>,
     /// COM1, for console input.
     pub serial: Option<Arc<Mutex<SerialDevice>>>,
+    /// The ACPI power button's event device.
+    pub ged: Arc<Mutex<Ged>>,
 }
 
-/// Builds COM1 (when `console` is given), i8042, CMOS and the ACPI sleep/reset port. The
-/// CMOS is passed in because it outlives a guest reset, like a battery-backed one.
+/// Builds COM1 (when `console` is given), i8042, CMOS, the ACPI sleep/reset port and the GED
+/// (the ACPI power button). The CMOS is passed in because it outlives a guest reset, like a battery-backed one.
 pub fn build(
     stop: &Arc<StopNotifier>,
     console: Option<ConsoleOut>,
@@ -70,5 +73,15 @@ pub fn build(
         layout::ACPI_SLEEP_CONTROL_PORT,
         1,
     ));
-    Ok(LegacyDevices { devices, serial })
+    let ged_irq = EventFd::new(EFD_NONBLOCK).map_err(DeviceManagerError::CreateEventFd)?;
+    let kvm_side = ged_irq.try_clone().map_err(DeviceManagerError::CreateEventFd)?;
+    let ged = Arc::new(Mutex::new(Ged::new(ged_irq)));
+    devices.push(PlatformDevice {
+        id: DeviceId::from("ged"),
+        device: ged.clone(),
+        port: layout::GED_PORT,
+        len: 1,
+        irq: Some((kvm_side, layout::GED_GSI)),
+    });
+    Ok(LegacyDevices { devices, serial, ged })
 }
