@@ -7,6 +7,8 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+#[cfg(test)]
+use clap::{CommandFactory, FromArgMatches};
 use clap::{Parser, ValueEnum};
 
 const EXAMPLES: &str = "\
@@ -22,10 +24,11 @@ Exit status: 0 when the guest powers off (or reboots with --on-reboot exit),
 #[derive(Parser, Debug)]
 #[command(name = "viaduct", version, about, after_help = EXAMPLES)]
 pub struct Cli {
-    /// Guest kernel: a bzImage, or an ELF vmlinux with a PVH entry point.
+    /// Guest kernel: a bzImage, or an ELF vmlinux with a PVH entry point. Needed unless
+    /// --api-socket is given (the VM then comes from the API's vm.create).
     /// Example: --kernel /boot/vmlinuz
-    #[arg(long, value_name = "PATH")]
-    pub kernel: PathBuf,
+    #[arg(long, value_name = "PATH", required_unless_present = "api_socket")]
+    pub kernel: Option<PathBuf>,
 
     /// Initramfs (cpio, optionally compressed) loaded below the 32-bit hole.
     /// Example: --initramfs initrd.cpio.gz
@@ -84,6 +87,12 @@ pub struct Cli {
     #[arg(long, value_enum, value_name = "ACTION", default_value = "exit")]
     pub on_reboot: RebootAction,
 
+    /// Serve the control API (cloud-hypervisor's REST endpoints, HTTP over a Unix socket
+    /// created mode 0600): path=PATH, or just PATH. See docs/api.md.
+    /// Example: --api-socket /run/viaduct/vm1.sock
+    #[arg(long, value_name = "PATH")]
+    pub api_socket: Option<String>,
+
     /// Log level for messages on stderr: off, error, warn, info, debug, trace.
     /// Example: --log-level info
     #[arg(long, value_name = "LEVEL", default_value = "warn")]
@@ -140,6 +149,10 @@ pub enum ConfigError {
     KernelCache,
     #[error("--{flag}: missing required key '{key}'")]
     MissingKey { flag: &'static str, key: &'static str },
+    #[error("--{flag} needs --kernel (with only --api-socket the VM is configured by vm.create)")]
+    NeedsKernel { flag: &'static str },
+    #[error("no kernel: give --kernel, or --api-socket to configure the VM over the API")]
+    NoKernel,
 }
 
 /// A `key=value,key=value` list. A leading bare value is stored under `default_key`
@@ -283,6 +296,71 @@ impl SerialConfig {
 /// One `--device`, `--disk` or `--net` occurrence; the owning device manager validates keys.
 pub type DeviceSpec = OptionList;
 
+/// What viaduct was started with: a VM from the command line, the API socket, or both.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    /// None: the VM comes from the API (`vm.create`).
+    pub vm: Option<VmConfig>,
+    pub api_socket: Option<PathBuf>,
+}
+
+/// The VM options a command line without --kernel must not have: they would be ignored.
+const VM_FLAGS: &[&str] = &[
+    "initramfs",
+    "kernel-cache",
+    "cmdline",
+    "memory",
+    "cpus",
+    "serial",
+    "device",
+    "disk",
+    "net",
+    "rng",
+    "pci-synthetic",
+    "on-reboot",
+];
+
+impl TryFrom<&Cli> for RunConfig {
+    type Error = ConfigError;
+
+    fn try_from(cli: &Cli) -> Result<Self, ConfigError> {
+        let api_socket = match &cli.api_socket {
+            Some(spec) => {
+                let opts = OptionList::parse("api-socket", spec, Some("path"))?;
+                opts.check_keys("path")?;
+                let path = opts.require("path")?;
+                if path.is_empty() {
+                    return Err(ConfigError::MissingKey { flag: "api-socket", key: "path" });
+                }
+                Some(PathBuf::from(path))
+            }
+            None => None,
+        };
+        let vm = match &cli.kernel {
+            Some(_) => Some(VmConfig::try_from(cli)?),
+            None => None,
+        };
+        Ok(Self { vm, api_socket })
+    }
+}
+
+impl RunConfig {
+    /// Refuses VM options next to `--api-socket` without `--kernel` (given on the command
+    /// line, not defaulted): the API's config would silently replace them.
+    pub fn check_unused(cli: &Cli, matches: &clap::ArgMatches) -> Result<(), ConfigError> {
+        if cli.kernel.is_some() {
+            return Ok(());
+        }
+        for flag in VM_FLAGS {
+            let id = flag.replace('-', "_");
+            if matches.value_source(&id) == Some(clap::parser::ValueSource::CommandLine) {
+                return Err(ConfigError::NeedsKernel { flag });
+            }
+        }
+        Ok(())
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct VmConfig {
     pub kernel: PathBuf,
@@ -309,7 +387,7 @@ impl TryFrom<&Cli> for VmConfig {
             specs.iter().map(|s| OptionList::parse(flag, s, Some(default_key))).collect::<Result<Vec<_>, _>>()
         };
         Ok(Self {
-            kernel: cli.kernel.clone(),
+            kernel: cli.kernel.clone().ok_or(ConfigError::NoKernel)?,
             initramfs: cli.initramfs.clone(),
             kernel_cache: KernelCache::parse(&cli.kernel_cache)?,
             cmdline: cli.cmdline.clone(),
@@ -384,6 +462,30 @@ mod tests {
         ] {
             assert!(cli(args).is_err(), "{args:?} was accepted");
         }
+    }
+
+    fn run(args: &[&str]) -> Result<RunConfig, String> {
+        let mut full = vec!["viaduct"];
+        full.extend_from_slice(args);
+        let m = Cli::command().try_get_matches_from(full).map_err(|e| e.to_string())?;
+        let cli = Cli::from_arg_matches(&m).map_err(|e| e.to_string())?;
+        RunConfig::check_unused(&cli, &m).map_err(|e| e.to_string())?;
+        RunConfig::try_from(&cli).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn api_socket_alone_or_beside_a_vm() {
+        let r = run(&["--api-socket", "/tmp/a.sock"]).unwrap();
+        assert!(r.vm.is_none());
+        assert_eq!(r.api_socket, Some(PathBuf::from("/tmp/a.sock")));
+        let r = run(&["--api-socket", "path=/tmp/b.sock", "--kernel", "k", "--memory", "1G"]).unwrap();
+        assert_eq!(r.vm.unwrap().memory.size, 1 << 30);
+        assert_eq!(r.api_socket, Some(PathBuf::from("/tmp/b.sock")));
+        assert!(run(&[]).unwrap_err().contains("--kernel"));
+        let e = run(&["--api-socket", "/tmp/a.sock", "--memory", "1G"]).unwrap_err();
+        assert!(e.contains("--memory needs --kernel"), "{e}");
+        assert!(run(&["--api-socket", "path="]).is_err());
+        assert!(run(&["--api-socket", "path=/a,mode=0666"]).unwrap_err().contains("unknown key"));
     }
 
     #[test]

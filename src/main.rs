@@ -3,6 +3,7 @@
 mod api;
 mod boot;
 mod config;
+mod control;
 mod device_manager;
 mod devices;
 mod irq;
@@ -17,7 +18,7 @@ mod vstate;
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 
 /// Clap's own message, squeezed to one line (no usage block), for the one-line error rule.
 fn one_line(e: &clap::Error) -> String {
@@ -33,8 +34,12 @@ fn one_line(e: &clap::Error) -> String {
 }
 
 fn main() -> ExitCode {
-    let cli = match config::Cli::try_parse() {
-        Ok(cli) => cli,
+    let parsed = config::Cli::command().try_get_matches().and_then(|m| {
+        let cli = config::Cli::from_arg_matches(&m)?;
+        Ok((cli, m))
+    });
+    let (cli, matches) = match parsed {
+        Ok(parsed) => parsed,
         Err(e) if !e.use_stderr() => {
             // --help and --version: print as clap formats them, exit 0.
             let _ = e.print();
@@ -47,7 +52,12 @@ fn main() -> ExitCode {
     };
     env_logger::Builder::new().filter_level(cli.log_level).format_target(false).format_timestamp_millis().init();
     threads::install_panic_hook();
-    let run = || config::VmConfig::try_from(&cli).map_err(anyhow::Error::from).and_then(|cfg| vmm::Vmm::run(&cfg));
+    let run = || {
+        config::RunConfig::check_unused(&cli, &matches)
+            .and_then(|()| config::RunConfig::try_from(&cli))
+            .map_err(anyhow::Error::from)
+            .and_then(vmm::Vmm::run)
+    };
     // A panic on this thread ends up here (the hook recorded it); on any other thread it
     // stops the VM, and Vmm::run returns it as the error.
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)).unwrap_or_else(|_| {
@@ -64,7 +74,7 @@ fn main() -> ExitCode {
 
 /// The error and its causes on one line. A cause whose text an outer message already
 /// contains is left out: some library errors print their source themselves.
-fn error_line(e: &anyhow::Error) -> String {
+pub fn error_line(e: &anyhow::Error) -> String {
     let mut line = String::new();
     for cause in e.chain() {
         let text = cause.to_string();

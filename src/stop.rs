@@ -12,6 +12,12 @@ pub enum StopReason {
     Reset,
     /// The host asked us to stop (SIGTERM/SIGINT/SIGHUP).
     Signal(i32),
+    /// `vm.reboot`: boot the guest again, whatever `--on-reboot` says.
+    Reboot,
+    /// `vm.shutdown`: the guest stops, viaduct stays for `vm.boot` or `vmm.shutdown`.
+    Shutdown,
+    /// `vmm.shutdown`: the guest stops and viaduct ends with status 0.
+    VmmShutdown,
     /// Something failed; the message is the one line the user sees.
     Error(String),
 }

@@ -14,8 +14,10 @@ use kvm_bindings::CpuId;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::signal::Killable;
 
+use crate::api::ApiServer;
 use crate::boot::{self, acpi::AcpiConfig};
-use crate::config::{KernelCache, RebootAction, SerialConfig, VmConfig};
+use crate::config::{KernelCache, RebootAction, RunConfig, SerialConfig, VmConfig};
+use crate::control::{Control, IdleOutcome, RunningVm};
 use crate::device_manager::seams::VmSeams;
 use crate::device_manager::{DeviceManager, DeviceManagerConfig};
 use crate::devices::cmos::Cmos;
@@ -25,7 +27,7 @@ use crate::stop::{StopNotifier, StopReason};
 use crate::terminal::RawModeGuard;
 use crate::vstate::kvm::KvmSystem;
 use crate::vstate::memory::{create_guest_memory, GuestMemory};
-use crate::vstate::vcpu::Vcpu;
+use crate::vstate::vcpu::{Vcpu, VcpuGate};
 use crate::vstate::vm::Vm;
 
 /// The serial device host input goes to; replaced on every (re)boot. The device manager
@@ -67,36 +69,83 @@ impl ConsoleSink {
 
 pub struct Vmm;
 
+/// What belongs to one VM config: where its console goes and the kernel image to load.
+struct Prepared {
+    sink: ConsoleSink,
+    kernel: PathBuf,
+}
+
 impl Vmm {
-    /// Runs the guest until it powers off, is stopped by a signal, or fails.
-    pub fn run(cfg: &VmConfig) -> anyhow::Result<ExitCode> {
-        preflight(cfg)?;
+    /// Runs the guest until it powers off, is stopped by a signal or `vmm.shutdown`, or fails.
+    /// With only an API socket, waits for `vm.create` and `vm.boot` first.
+    pub fn run(run: RunConfig) -> anyhow::Result<ExitCode> {
+        if let Some(cfg) = &run.vm {
+            preflight(cfg)?;
+        }
+        // Before any thread is spawned (the API's too): every thread inherits the mask.
         let signal_fd = signals::setup()?;
+        let api = run.api_socket.as_deref().map(ApiServer::start).transpose()?;
         let kvm = KvmSystem::open()?;
         let cpuid = kvm.supported_cpuid()?;
-        let sink = ConsoleSink::open(&cfg.serial)?;
         let console_input: ConsoleInput = Arc::new(Mutex::new(None));
         // Kept across guest resets (its NVRAM and clock offset survive a reboot, as on a PC).
         let cmos = Arc::new(Mutex::new(Cmos::new()));
-        let kernel = kernel_to_boot(cfg)?;
-        let _raw_mode = match cfg.serial {
-            SerialConfig::Stdio => {
-                let guard = RawModeGuard::enable_on_stdin();
-                spawn_stdin_forwarder(console_input.clone())?;
-                guard
-            }
-            _ => None,
-        };
+        let from_command_line = run.vm.is_some();
+        let mut control = Control::new(api, run.vm);
+        let mut raw_mode = None;
+        let mut prepared: Option<(VmConfig, Prepared)> = None;
+        let mut boot_next = from_command_line;
         let mut first_boot = true;
         loop {
-            let platform = Platform { sink: &sink, console_input: &console_input, cmos: &cmos };
-            let mut reason = boot_once(&kvm, &cpuid, cfg, &kernel, &platform, &signal_fd, first_boot)?;
-            first_boot = false;
+            if !boot_next {
+                match wait_idle(&mut control, &signal_fd)? {
+                    Idle::Boot => {}
+                    Idle::Exit(code) => return Ok(code),
+                }
+            }
+            boot_next = true;
+            let cfg =
+                control.config().cloned().ok_or_else(|| anyhow!("booting without a VM config (internal error)"))?;
+            // The console and kernel are set up once per config (the console file is not
+            // truncated by a guest reboot).
+            if prepared.as_ref().is_none_or(|(c, _)| c.kernel != cfg.kernel || c.serial != cfg.serial) {
+                let p = match prepare(&cfg) {
+                    Ok(p) => p,
+                    Err(e) if control.boot_pending() => {
+                        control.boot_done(Err(format!("{e:#}")));
+                        boot_next = false;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
+                prepared = Some((cfg.clone(), p));
+            }
+            let Some((_, p)) = &prepared else { continue };
+            if cfg.serial == SerialConfig::Stdio && raw_mode.is_none() {
+                raw_mode = Some(RawModeGuard::enable_on_stdin());
+                spawn_stdin_forwarder(console_input.clone())?;
+            }
+            let platform = Platform { sink: &p.sink, console_input: &console_input, cmos: &cmos };
+            let ctx = BootContext { kvm: &kvm, cpuid: &cpuid, signal_fd: &signal_fd, first_boot };
+            let booted = boot_once(&ctx, &cfg, &p.kernel, &platform, &mut control);
             // Whatever ended the VM, a panic on any thread (also during the teardown) is the
             // error the user sees.
             if let Some(panic) = crate::threads::first_panic() {
                 bail!(panic);
             }
+            let mut reason = match booted {
+                Ok(reason) => reason,
+                // A VM booted over the API that fails to start leaves viaduct waiting.
+                Err(e) if control.boot_pending() => {
+                    log::warn!("vm.boot failed: {}", crate::error_line(&e));
+                    control.boot_done(Err(crate::error_line(&e)));
+                    boot_next = false;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            first_boot = false;
+            control.vm_ended(&reason);
             // The control loop reads signals only while it waits on a running guest: a guest
             // that resets as soon as it starts would keep a stop signal waiting forever.
             if reason == StopReason::Reset {
@@ -113,12 +162,64 @@ impl Vmm {
                     log::info!("guest rebooted: exiting (--on-reboot exit)");
                     return Ok(ExitCode::SUCCESS);
                 }
+                StopReason::Reboot => log::info!("vm.reboot: restarting the guest"),
+                StopReason::Shutdown => {
+                    log::info!("vm.shutdown: the guest is stopped; waiting for vm.boot or vmm.shutdown");
+                    boot_next = false;
+                }
+                StopReason::VmmShutdown => return Ok(ExitCode::SUCCESS),
                 StopReason::Signal(n) => {
                     log::info!("stopped by signal {n}");
-                    return Ok(ExitCode::from(128u8.saturating_add(n as u8)));
+                    return Ok(signal_exit(n));
                 }
                 StopReason::Error(msg) => bail!(msg),
             }
+        }
+    }
+}
+
+fn signal_exit(n: i32) -> ExitCode {
+    ExitCode::from(128u8.saturating_add(n as u8))
+}
+
+fn prepare(cfg: &VmConfig) -> anyhow::Result<Prepared> {
+    Ok(Prepared { sink: ConsoleSink::open(&cfg.serial)?, kernel: kernel_to_boot(cfg)? })
+}
+
+enum Idle {
+    Boot,
+    Exit(ExitCode),
+}
+
+/// No VM runs: serves the API until a `vm.boot`, `vmm.shutdown` or a stop signal.
+fn wait_idle(control: &mut Control, signal_fd: &OwnedFd) -> anyhow::Result<Idle> {
+    const API: u64 = 0;
+    const SIGNAL: u64 = 1;
+    let Some(api_fd) = control.api().map(|a| a.eventfd().as_raw_fd()) else {
+        bail!("no VM to run and no API socket to get one from (internal error)");
+    };
+    let epoll = Epoll::new().context("creating the control epoll")?;
+    epoll.ctl(ControlOperation::Add, api_fd, EpollEvent::new(EventSet::IN, API)).context("watching the API")?;
+    epoll
+        .ctl(ControlOperation::Add, signal_fd.as_raw_fd(), EpollEvent::new(EventSet::IN, SIGNAL))
+        .context("watching the signalfd")?;
+    let mut events = vec![EpollEvent::default(); 2];
+    loop {
+        if let Some(sig) = signals::read_signal(signal_fd) {
+            log::info!("stopped by signal {sig}");
+            return Ok(Idle::Exit(signal_exit(sig)));
+        }
+        while let Some(call) = control.api().and_then(ApiServer::next_call) {
+            match control.serve_idle(call, &preflight) {
+                Some(IdleOutcome::Boot) => return Ok(Idle::Boot),
+                Some(IdleOutcome::Exit) => return Ok(Idle::Exit(ExitCode::SUCCESS)),
+                None => {}
+            }
+        }
+        match epoll.wait(-1, &mut events) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e).context("waiting on the control epoll"),
         }
     }
 }
@@ -254,16 +355,23 @@ struct Platform<'a> {
     cmos: &'a Arc<Mutex<Cmos>>,
 }
 
+/// What every boot uses, unchanged from one to the next.
+struct BootContext<'a> {
+    kvm: &'a KvmSystem,
+    cpuid: &'a CpuId,
+    signal_fd: &'a OwnedFd,
+    first_boot: bool,
+}
+
 /// Builds one VM, runs it to a stop reason and tears it down.
 fn boot_once(
-    kvm: &KvmSystem,
-    cpuid: &CpuId,
+    ctx: &BootContext,
     cfg: &VmConfig,
     kernel: &Path,
     platform: &Platform,
-    signal_fd: &OwnedFd,
-    first_boot: bool,
+    control: &mut Control,
 ) -> anyhow::Result<StopReason> {
+    let BootContext { kvm, cpuid, signal_fd, first_boot } = *ctx;
     let Platform { sink, console_input, cmos } = platform;
     let mut timing = StartupTiming::new();
     // Declared before the VM and the devices so it is dropped after them (KVM memslots
@@ -308,7 +416,7 @@ fn boot_once(
     timing.mark_parallel(&[("devices", devices_time), ("kernel", kernel_time)]);
 
     let pci_aml = dm.pci_aml()?;
-    let aml: [&dyn acpi_tables::Aml; 1] = [&pci_aml];
+    let aml: [&dyn acpi_tables::Aml; 2] = [&pci_aml, &crate::devices::ged::GedAml];
     let acpi = AcpiConfig { vcpus: cfg.vcpus, pci_last_bus: pci_aml.last_bus(), sb_aml: &aml };
     let entry = boot::prepare(mem, &images, &cfg.cmdline, cfg.memory.size, &acpi)?;
     timing.mark("tables");
@@ -334,11 +442,13 @@ fn boot_once(
         timing
     );
     dm.start_background_work()?;
+    let gate = VcpuGate::new();
     let mut threads = Vec::with_capacity(vcpus.len());
     for vcpu in vcpus {
         let buses = dm.buses().clone();
         let vcpu_stop = stop.clone();
-        match crate::threads::spawn(format!("vcpu{}", vcpu.id), move || vcpu.run(&buses, &vcpu_stop)) {
+        let vcpu_gate = gate.clone();
+        match crate::threads::spawn(format!("vcpu{}", vcpu.id), move || vcpu.run(&buses, &vcpu_stop, &vcpu_gate)) {
             Ok(h) => threads.push(h),
             Err(e) => {
                 stop.request(StopReason::Error(format!("starting a vCPU thread failed: {e}")));
@@ -347,9 +457,14 @@ fn boot_once(
         }
     }
 
-    let waited = wait_for_stop(&stop, signal_fd);
-    // The teardown, in order: vCPUs (released from any wait first), then every device and
-    // the VFIO container (DeviceManager::shutdown), then the VM, guest RAM last.
+    control.boot_done(Ok(()));
+    let kick = || kick_vcpus(&threads);
+    let running = RunningVm { vm: &vm, devices: &dm, gate: &gate, kick: &kick, vcpus: threads.len(), stop: &stop };
+    let waited = wait_for_stop(&stop, signal_fd, Some((&mut *control, &running)));
+    // The teardown, in order: vCPUs (released from any wait, a pause included, first), then
+    // every device and the VFIO container (DeviceManager::shutdown), then the VM, guest RAM
+    // last.
+    control.release_vcpus(&gate);
     dm.cancel_waits();
     stop_vcpus(threads);
     *console_slot(console_input) = None;
@@ -361,11 +476,22 @@ fn boot_once(
     stop.reason().ok_or_else(|| anyhow!("the VM stopped without a reason (internal error)"))
 }
 
-/// Blocks until a vCPU or device asks to stop, or a stop signal arrives.
-fn wait_for_stop(stop: &StopNotifier, signal_fd: &OwnedFd) -> anyhow::Result<()> {
+/// The control loop while the guest runs: serves the API (when there is one) and blocks until
+/// a vCPU, a device or the API asks to stop, or a stop signal arrives.
+fn wait_for_stop(
+    stop: &StopNotifier,
+    signal_fd: &OwnedFd,
+    mut api: Option<(&mut Control, &RunningVm)>,
+) -> anyhow::Result<()> {
     const STOP_EVT: u64 = 0;
     const SIGNAL: u64 = 1;
+    const API: u64 = 2;
     let epoll = Epoll::new().context("creating the control epoll")?;
+    if let Some(api) = api.as_ref().and_then(|(control, _)| control.api()) {
+        epoll
+            .ctl(ControlOperation::Add, api.eventfd().as_raw_fd(), EpollEvent::new(EventSet::IN, API))
+            .context("watching the API")?;
+    }
     epoll
         .ctl(ControlOperation::Add, stop.eventfd().as_raw_fd(), EpollEvent::new(EventSet::IN, STOP_EVT))
         .context("watching the stop eventfd")?;
@@ -374,22 +500,45 @@ fn wait_for_stop(stop: &StopNotifier, signal_fd: &OwnedFd) -> anyhow::Result<()>
         .context("watching the signalfd")?;
     let mut events = vec![EpollEvent::default(); 4];
     while !stop.is_requested() {
+        // Requests that came in while the VM was being built are served first.
+        if let Some((control, running)) = api.as_mut() {
+            while let Some(call) = control.api().and_then(ApiServer::next_call) {
+                control.serve_running(call, running);
+            }
+        }
+        if stop.is_requested() {
+            break;
+        }
         let n = match epoll.wait(-1, &mut events) {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e).context("waiting on the control epoll"),
         };
         for ev in &events[..n] {
-            if ev.data() == SIGNAL {
-                while let Some(sig) = signals::read_signal(signal_fd) {
-                    stop.request(StopReason::Signal(sig));
+            match ev.data() {
+                SIGNAL => {
+                    while let Some(sig) = signals::read_signal(signal_fd) {
+                        stop.request(StopReason::Signal(sig));
+                    }
                 }
-            } else {
-                let _ = stop.eventfd().read();
+                STOP_EVT => {
+                    let _ = stop.eventfd().read();
+                }
+                // API calls are taken at the top of the loop.
+                _ => {}
             }
         }
     }
     Ok(())
+}
+
+/// Forces every vCPU thread out of KVM_RUN once (a pause checks its gate then).
+fn kick_vcpus(threads: &[JoinHandle<()>]) {
+    for t in threads.iter().filter(|t| !t.is_finished()) {
+        if let Err(e) = t.kill(signals::vcpu_kick_signal()) {
+            log::debug!("kicking a vCPU thread failed: {e}");
+        }
+    }
 }
 
 /// Kicks every vCPU out of KVM_RUN until its thread has seen the stop request and ended.
@@ -430,7 +579,7 @@ mod tests {
             panic!("emulation bug");
         })
         .unwrap();
-        wait_for_stop(&stop, &quiet).unwrap();
+        wait_for_stop(&stop, &quiet, None).unwrap();
         assert!(vcpu.join().is_err());
         match stop.reason() {
             Some(StopReason::Error(line)) => {

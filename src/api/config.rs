@@ -13,8 +13,8 @@ use super::types::{
 use crate::config::{
     cpu_count, ConfigError, DeviceSpec, KernelCache, MemoryConfig, OptionList, RebootAction, SerialConfig, VmConfig,
 };
-use crate::device_manager::virtio::{parse_disks, parse_nets, DiskSpec, NetSpec};
 use crate::device_manager::vfio::parse_cli;
+use crate::device_manager::virtio::{parse_disks, parse_nets, DiskSpec, NetSpec};
 
 const DEFAULT_MEMORY: u64 = 512 << 20;
 const DEFAULT_CMDLINE: &str = "console=ttyS0";
@@ -229,7 +229,10 @@ mod tests {
             (r#"{"payload": {"kernel": "/k"}, "devices": [{"path": "/nope"}]}"#, "--device"),
             (r#"{"payload": {"kernel": "/k"}, "net": [{"tap": "a/b"}]}"#, "not a valid interface name"),
             (r#"{"payload": {"kernel": "/k"}, "net": [{"tap": "t", "mac": "zz"}]}"#, "zz"),
-            (r#"{"payload": {"kernel": "/k"}, "disks": [{"path": "a", "id": "x"}, {"path": "b", "id": "x"}]}"#, "twice"),
+            (
+                r#"{"payload": {"kernel": "/k"}, "disks": [{"path": "a", "id": "x"}, {"path": "b", "id": "x"}]}"#,
+                "twice",
+            ),
             (r#"{"payload": {"kernel": "/k"}, "serial": {"mode": "File"}}"#, "needs \"file\""),
             (r#"{"payload": {"kernel": "/k"}, "rng": {"src": "/dev/random"}}"#, "/dev/urandom"),
         ] {

@@ -136,6 +136,7 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, HttpError> {
 
 /// Frames a whole request held in `buf` (the fuzz target's entry point, and what
 /// [`read_request`] does incrementally). `Ok(None)`: incomplete.
+#[allow(dead_code)] // used by the fuzz target and the tests
 pub fn parse_request(buf: &[u8]) -> Result<Option<Request>, HttpError> {
     let Some(head) = parse_head(buf)? else { return Ok(None) };
     let end = head.len + head.content_length;
@@ -184,7 +185,12 @@ pub fn read_request(conn: &mut dyn Connection, deadline: Duration) -> Result<Req
     Ok(Request { method: head.method, path: head.path, body: buf.split_off(head.len) })
 }
 
-fn read_some(conn: &mut dyn Connection, chunk: &mut [u8], end: Instant, deadline: Duration) -> Result<usize, HttpError> {
+fn read_some(
+    conn: &mut dyn Connection,
+    chunk: &mut [u8],
+    end: Instant,
+    deadline: Duration,
+) -> Result<usize, HttpError> {
     loop {
         let left = end.saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -223,7 +229,8 @@ impl Response {
 
     /// The bytes on the wire.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut head = format!("HTTP/1.1 {} {}\r\nServer: viaduct\r\nConnection: close\r\n", self.status, reason(self.status));
+        let mut head =
+            format!("HTTP/1.1 {} {}\r\nServer: viaduct\r\nConnection: close\r\n", self.status, reason(self.status));
         if let Some(allow) = self.allow {
             head.push_str(&format!("Allow: {allow}\r\n"));
         }
@@ -325,7 +332,10 @@ mod tests {
             Some(b":1}"),
         ])
         .unwrap();
-        assert_eq!(r, Request { method: Method::Put, path: "/api/v1/vm.add-device".into(), body: b"{\"a\":1}".to_vec() });
+        assert_eq!(
+            r,
+            Request { method: Method::Put, path: "/api/v1/vm.add-device".into(), body: b"{\"a\":1}".to_vec() }
+        );
     }
 
     #[test]
@@ -392,6 +402,8 @@ mod tests {
             b"HTTP/1.1 200 OK\r\nServer: viaduct\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
         );
         let r = String::from_utf8(Response::no_content().to_bytes()).unwrap();
-        assert!(r.starts_with("HTTP/1.1 204 No Content\r\n") && !r.contains("Content-Length") && r.ends_with("\r\n\r\n"));
+        assert!(
+            r.starts_with("HTTP/1.1 204 No Content\r\n") && !r.contains("Content-Length") && r.ends_with("\r\n\r\n")
+        );
     }
 }

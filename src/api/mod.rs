@@ -52,23 +52,33 @@ pub struct ApiServer {
     inode: (u64, u64),
     calls: Receiver<ApiCall>,
     evt: Arc<EventFd>,
+    /// Connections being served, so the last answers (`vmm.shutdown`'s) go out before exit.
+    live: Arc<AtomicUsize>,
 }
+
+/// How long exit waits for answers still being written.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl ApiServer {
     /// Binds `path` and starts serving it.
     pub fn start(path: &Path) -> Result<Self, ApiServerError> {
         let listener = socket::bind(path)?;
-        let meta = std::fs::metadata(path)
-            .map_err(|source| socket::SocketError::Io { path: path.to_path_buf(), what: "reading its metadata", source })?;
+        let meta = std::fs::metadata(path).map_err(|source| socket::SocketError::Io {
+            path: path.to_path_buf(),
+            what: "reading its metadata",
+            source,
+        })?;
         let evt = Arc::new(EventFd::new(EFD_NONBLOCK).map_err(ApiServerError::EventFd)?);
         let (tx, calls) = std::sync::mpsc::channel();
         let thread_evt = evt.clone();
+        let live = Arc::new(AtomicUsize::new(0));
+        let thread_live = live.clone();
         std::thread::Builder::new()
             .name("api".into())
-            .spawn(move || accept_loop(listener, tx, thread_evt))
+            .spawn(move || accept_loop(listener, tx, thread_evt, thread_live))
             .map_err(ApiServerError::Thread)?;
         log::info!("API listening on {}", path.display());
-        Ok(Self { path: path.to_path_buf(), inode: (meta.dev(), meta.ino()), calls, evt })
+        Ok(Self { path: path.to_path_buf(), inode: (meta.dev(), meta.ino()), calls, evt, live })
     }
 
     pub fn eventfd(&self) -> &EventFd {
@@ -85,6 +95,15 @@ impl ApiServer {
 
 impl Drop for ApiServer {
     fn drop(&mut self) {
+        // Calls not taken get 503; answers given are let out (a slow reader is not waited
+        // for beyond the timeout).
+        while let Ok(call) = self.calls.try_recv() {
+            call.answer(Err(ApiError::new(503, "viaduct is shutting down")));
+        }
+        let start = std::time::Instant::now();
+        while self.live.load(Ordering::Relaxed) > 0 && start.elapsed() < DRAIN_TIMEOUT {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         if let Ok(meta) = std::fs::symlink_metadata(&self.path) {
             if (meta.dev(), meta.ino()) == self.inode {
                 let _ = std::fs::remove_file(&self.path);
@@ -102,8 +121,7 @@ impl Drop for Slot {
     }
 }
 
-fn accept_loop(listener: UnixListener, tx: Sender<ApiCall>, evt: Arc<EventFd>) {
-    let live = Arc::new(AtomicUsize::new(0));
+fn accept_loop(listener: UnixListener, tx: Sender<ApiCall>, evt: Arc<EventFd>, live: Arc<AtomicUsize>) {
     for stream in listener.incoming() {
         let mut stream = match stream {
             Ok(s) => s,

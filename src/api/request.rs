@@ -27,7 +27,9 @@ pub enum ApiRequest {
     /// Press the guest's ACPI power button.
     VmPowerButton,
     VmAddDevice(vfio::spec::DeviceSpec),
-    VmRemoveDevice { id: String },
+    VmRemoveDevice {
+        id: String,
+    },
     VmAddDisk(Hotplug<DiskSpec>),
     VmAddNet(Hotplug<NetSpec>),
 }

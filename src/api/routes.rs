@@ -75,7 +75,9 @@ pub fn route(req: &Request) -> Result<ApiRequest, ApiError> {
         "vm.reboot" => simple(ApiRequest::VmReboot),
         "vm.shutdown" => simple(ApiRequest::VmShutdown),
         "vm.power-button" => simple(ApiRequest::VmPowerButton),
-        "vm.add-device" => Ok(ApiRequest::VmAddDevice(config::add_device(&json_body::<DeviceConfigBody>(name, body)?)?)),
+        "vm.add-device" => {
+            Ok(ApiRequest::VmAddDevice(config::add_device(&json_body::<DeviceConfigBody>(name, body)?)?))
+        }
         "vm.remove-device" => {
             let RemoveDeviceBody { id } = json_body(name, body)?;
             if id.is_empty() {

@@ -12,6 +12,7 @@
 //!
 //! Sub-managers (legacy, pci, vfio, virtio, testdev) build devices, one file each.
 
+pub mod inventory;
 pub mod legacy;
 pub mod pci;
 pub mod seams;
@@ -29,6 +30,7 @@ use ::pci::{BusAccess, SharedPciDevice};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::devices::cmos::Cmos;
+use crate::devices::ged::Ged;
 use crate::devices::serial::{ConsoleOut, SerialDevice};
 use crate::devices::virtio::pci::VirtioPciDevice;
 use crate::irq::{GsiRouting, KvmIntx};
@@ -199,6 +201,8 @@ pub struct DeviceManager {
     buses: Arc<IoBuses>,
     resources: Mutex<Resources>,
     serial: Option<Weak<Mutex<SerialDevice>>>,
+    /// The ACPI power button (owned as the platform device `ged`).
+    ged: Weak<Mutex<Ged>>,
 }
 
 /// How long detach waits for a guest access in flight to let go of the device.
@@ -220,10 +224,13 @@ impl DeviceManager {
             buses,
             resources: Mutex::new(Resources::new(cfg.mmio64)?),
             serial: None,
+            ged: Weak::new(),
         };
         let legacy = legacy::build(&cfg.stop, cfg.console, cfg.cmos)?;
         dm.serial = legacy.serial.as_ref().map(Arc::downgrade);
         drop(legacy.serial);
+        dm.ged = Arc::downgrade(&legacy.ged);
+        drop(legacy.ged);
         for dev in legacy.devices {
             dm.attach_platform(dev)?;
         }
@@ -237,6 +244,13 @@ impl DeviceManager {
     /// COM1, for console input (gone once the VM is).
     pub fn serial(&self) -> Option<Weak<Mutex<SerialDevice>>> {
         self.serial.clone()
+    }
+
+    /// Presses the guest's ACPI power button.
+    pub fn press_power_button(&self) -> std::io::Result<()> {
+        let ged = self.ged.upgrade().ok_or_else(|| std::io::Error::other("the power button device is gone"))?;
+        let mut ged = ged.lock().map_err(|_| std::io::Error::other("the power button device failed"))?;
+        ged.press_power_button()
     }
 
     /// `Device (PCI0)` and the ECAM reservation for the DSDT.

@@ -1,7 +1,9 @@
 //! One vCPU: its initial state (CPUID, MSRs, FPU, LAPIC, boot registers) and its KVM_RUN loop,
 //! which hands port I/O and MMIO exits to the `pci::Bus`es.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use kvm_bindings::{
     kvm_fpu, kvm_msr_entry, CpuId, Msrs, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
@@ -49,6 +51,79 @@ pub enum VcpuError {
     },
     #[error("vCPU {id}: building the MSR list failed")]
     MsrList { id: u8 },
+}
+
+/// Where vCPU threads wait while the VM is paused. The control loop pauses and resumes;
+/// each vCPU thread checks [`Self::is_paused`] (one relaxed load) between KVM_RUN calls and
+/// parks itself until resumed or stopped.
+#[derive(Default)]
+pub struct VcpuGate {
+    paused: AtomicBool,
+    parked: Mutex<usize>,
+    changed: Condvar,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{parked} of {want} vCPUs stopped within {ms} ms")]
+pub struct PauseTimeout {
+    parked: usize,
+    want: usize,
+    ms: u128,
+}
+
+impl VcpuGate {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    fn parked(&self) -> std::sync::MutexGuard<'_, usize> {
+        // A count only ever incremented and decremented under the lock: still whole.
+        self.parked.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::Relaxed)
+    }
+
+    /// Asks the vCPUs to stop and waits until `count` of them are parked, calling `kick`
+    /// (which forces them out of KVM_RUN) every few milliseconds: a kick that lands just
+    /// before KVM_RUN is lost. On a timeout the vCPUs are let go again.
+    pub fn pause(&self, count: usize, kick: &dyn Fn(), timeout: Duration) -> Result<(), PauseTimeout> {
+        self.paused.store(true, Ordering::SeqCst);
+        let start = Instant::now();
+        let mut parked = self.parked();
+        while *parked < count {
+            if start.elapsed() >= timeout {
+                let err = PauseTimeout { parked: *parked, want: count, ms: timeout.as_millis() };
+                drop(parked);
+                self.resume();
+                return Err(err);
+            }
+            kick();
+            parked = self.changed.wait_timeout(parked, Duration::from_millis(2)).unwrap_or_else(|e| e.into_inner()).0;
+        }
+        Ok(())
+    }
+
+    /// Lets parked vCPUs run again (also used to release them for a stop).
+    pub fn resume(&self) {
+        let _parked = self.parked();
+        self.paused.store(false, Ordering::SeqCst);
+        self.changed.notify_all();
+    }
+
+    /// The vCPU side: parks until resumed or the VM stops. `on_park` runs once parked (it
+    /// tells the guest's kvmclock it was stopped).
+    fn park(&self, stop: &StopNotifier, on_park: impl FnOnce()) {
+        let mut parked = self.parked();
+        *parked += 1;
+        self.changed.notify_all();
+        on_park();
+        while self.is_paused() && !stop.is_requested() {
+            parked = self.changed.wait_timeout(parked, Duration::from_millis(100)).unwrap_or_else(|e| e.into_inner()).0;
+        }
+        *parked -= 1;
+    }
 }
 
 /// Address spaces a vCPU dispatches its exits to.
@@ -137,9 +212,21 @@ impl Vcpu {
         Ok(())
     }
 
-    /// Runs until the VM is asked to stop. Exits that end the VM are reported to `stop`.
-    pub fn run(mut self, buses: &IoBuses, stop: &StopNotifier) {
+    /// Runs until the VM is asked to stop. Exits that end the VM are reported to `stop`;
+    /// while `gate` says paused, the thread parks.
+    pub fn run(mut self, buses: &IoBuses, stop: &StopNotifier, gate: &VcpuGate) {
         while !stop.is_requested() {
+            if gate.is_paused() {
+                let (id, fd) = (self.id, &self.fd);
+                gate.park(stop, || {
+                    // KVM_KVMCLOCK_CTRL: the guest's watchdogs do not take the pause for a
+                    // soft lockup. EINVAL: the guest does not use kvmclock, nothing to tell.
+                    if let Err(e) = fd.kvmclock_ctrl() {
+                        log::debug!("vCPU {id}: KVM_KVMCLOCK_CTRL: {e}");
+                    }
+                });
+                continue;
+            }
             if let Some(reason) = self.run_once(buses) {
                 stop.request(reason);
             }
@@ -222,6 +309,45 @@ impl Vcpu {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_gate_parks_and_releases_vcpu_threads() {
+        let gate = VcpuGate::new();
+        let stop = StopNotifier::new().unwrap();
+        let spins = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let threads: Vec<_> = (0..2)
+            .map(|_| {
+                let (gate, stop, spins) = (gate.clone(), stop.clone(), spins.clone());
+                std::thread::spawn(move || {
+                    while !stop.is_requested() {
+                        if gate.is_paused() {
+                            gate.park(&stop, || {});
+                            continue;
+                        }
+                        spins.fetch_add(1, Ordering::Relaxed);
+                        std::thread::yield_now();
+                    }
+                })
+            })
+            .collect();
+        gate.pause(2, &|| {}, Duration::from_secs(10)).unwrap();
+        let frozen = spins.load(Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(spins.load(Ordering::Relaxed), frozen, "a parked thread ran");
+        gate.resume();
+        while spins.load(Ordering::Relaxed) == frozen {
+            std::thread::yield_now();
+        }
+        // Paused again, then stopped while paused: the threads end.
+        gate.pause(2, &|| {}, Duration::from_secs(10)).unwrap();
+        assert!(gate.pause(3, &|| {}, Duration::from_millis(10)).is_err(), "only two can park");
+        assert!(!gate.is_paused(), "a failed pause lets the vCPUs go");
+        stop.request(StopReason::PowerOff);
+        gate.resume();
+        for t in threads {
+            t.join().unwrap();
+        }
+    }
 
     #[test]
     fn lvt_mode_only_touches_delivery_mode() {

@@ -116,6 +116,7 @@ impl VirtioDevice for Block {
             capacity_bytes: self.capacity_sectors * SECTOR_SIZE,
             serial,
             buf: Vec::new(),
+            traffic: super::Traffic::default(),
         }))
     }
 }
@@ -139,6 +140,7 @@ pub struct BlockHandler {
     capacity_bytes: u64,
     serial: [u8; VIRTIO_BLK_ID_BYTES as usize],
     buf: Vec<u8>,
+    traffic: super::Traffic,
 }
 
 impl BlockHandler {
@@ -203,6 +205,7 @@ impl BlockHandler {
                     ratelog::debug_limited!("{}: write of {len} bytes at sector {sector} outside the disk", self.name);
                     return (VIRTIO_BLK_S_IOERR, 0);
                 };
+                self.traffic.from_guest += len as u64;
                 if let Some((mut buffers, _)) = iovs {
                     buffers.skip_front(std::mem::size_of::<RequestHeader>());
                     if buffers.len() == len {
@@ -286,6 +289,7 @@ impl QueueHandler for BlockHandler {
                 ratelog::warn_limited!("{}: add_used: {e}", self.name);
                 break;
             }
+            self.traffic.to_guest += u64::from(len);
             used = true;
         }
         // Keep the buffer from pinning a large allocation between bursts.
@@ -293,6 +297,10 @@ impl QueueHandler for BlockHandler {
             self.buf = Vec::new();
         }
         used
+    }
+
+    fn take_traffic(&mut self) -> super::Traffic {
+        self.traffic.take()
     }
 }
 

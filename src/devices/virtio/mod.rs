@@ -58,6 +58,25 @@ pub trait QueueHandler: Send {
     fn extra_fds(&self) -> Vec<(RawFd, usize)> {
         Vec::new()
     }
+    /// Bytes moved since the last call, for the device's counters (`vm.counters`).
+    fn take_traffic(&mut self) -> Traffic {
+        Traffic::default()
+    }
+}
+
+/// Payload bytes a queue handler moved: from the guest's device-readable buffers (disk
+/// writes, sent frames) and into its device-writable ones (disk reads, received frames,
+/// entropy).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Traffic {
+    pub from_guest: u64,
+    pub to_guest: u64,
+}
+
+impl Traffic {
+    pub fn take(&mut self) -> Self {
+        std::mem::take(self)
+    }
 }
 
 /// The next available chain; when the ring looks empty, re-arms the driver's notification

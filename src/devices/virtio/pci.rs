@@ -18,7 +18,7 @@ use super::registers::{
     Transition, VirtioRegisters, BAR0_SIZE, COMMON_LEN, COMMON_OFFSET, DEVICE_LEN, DEVICE_OFFSET, ISR_LEN, ISR_OFFSET,
     NOTIFY_LEN, NOTIFY_MULTIPLIER, NOTIFY_OFFSET, REGISTERS_BAR,
 };
-use super::worker::{build_queue, ActiveQueue, Worker};
+use super::worker::{build_queue, ActiveQueue, VirtioCounters, Worker};
 use super::{VirtioDevice, VirtioError};
 use crate::vstate::memory::GuestMemory;
 
@@ -67,6 +67,8 @@ pub struct VirtioPciDevice {
     /// The I/O thread of a driver reset, told to stop: device_status reads non-zero until
     /// it has ended (see [`VirtioRegisters::reset_done`]).
     stopping: Option<Worker>,
+    counters: Arc<VirtioCounters>,
+    device_type: u32,
 }
 
 /// A virtio_pci_cap body (from byte 2 on): cap_len, cfg_type, bar, id, padding, offset, length.
@@ -93,7 +95,8 @@ impl VirtioPciDevice {
             move |source| VirtioError::EventFd { name, source }
         };
         let nvec = u16::try_from(vectors.len()).unwrap_or(u16::MAX);
-        let device_id = VIRTIO_PCI_DEVICE_ID_BASE.saturating_add(device.device_type() as u16);
+        let device_type = device.device_type();
+        let device_id = VIRTIO_PCI_DEVICE_ID_BASE.saturating_add(device_type as u16);
         let cfg = FunctionConfig {
             ids: DeviceIds {
                 vendor_id: VIRTIO_PCI_VENDOR_ID,
@@ -148,7 +151,33 @@ impl VirtioPciDevice {
                 source: pci::FunctionError::AddCapability { name: name.clone(), source },
             })?;
         }
-        Ok(Self { name, function, irqfds, mem, notify, registered: Vec::new(), worker: None, stopping: None })
+        Ok(Self {
+            name,
+            function,
+            irqfds,
+            mem,
+            notify,
+            registered: Vec::new(),
+            worker: None,
+            stopping: None,
+            counters: Arc::default(),
+            device_type,
+        })
+    }
+
+    /// The device's kind as `vm.info` names it.
+    pub fn kind(&self) -> &'static str {
+        match self.device_type {
+            virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK => "virtio-blk",
+            virtio_bindings::virtio_ids::VIRTIO_ID_NET => "virtio-net",
+            virtio_bindings::virtio_ids::VIRTIO_ID_RNG => "virtio-rng",
+            _ => "virtio",
+        }
+    }
+
+    /// The I/O thread's counters (they survive driver resets).
+    pub fn counters(&self) -> Arc<VirtioCounters> {
+        self.counters.clone()
     }
 
     /// Firmware-time BAR placement, before the device is attached.
@@ -217,7 +246,7 @@ impl VirtioPciDevice {
             queues.push(ActiveQueue { index: i, queue, notify, interrupt });
         }
         log::info!("{}: driver ready (features {acked:#x}, {} queue(s))", self.name, queues.len());
-        self.worker = Some(Worker::spawn(self.name.clone(), self.mem.clone(), queues, handler)?);
+        self.worker = Some(Worker::spawn(self.name.clone(), self.mem.clone(), queues, handler, self.counters.clone())?);
         self.register_notifications();
         Ok(())
     }

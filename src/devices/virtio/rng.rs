@@ -46,13 +46,14 @@ impl VirtioDevice for Rng {
     fn activate(&mut self, _acked: u64) -> Result<Box<dyn QueueHandler>, VirtioError> {
         let source =
             self.source.try_clone().map_err(|source| VirtioError::CloneFile { what: ENTROPY_SOURCE.into(), source })?;
-        Ok(Box::new(RngHandler { source, buf: vec![0; MAX_REQUEST] }))
+        Ok(Box::new(RngHandler { source, buf: vec![0; MAX_REQUEST], traffic: super::Traffic::default() }))
     }
 }
 
 pub struct RngHandler {
     source: File,
     buf: Vec<u8>,
+    traffic: super::Traffic,
 }
 
 impl RngHandler {
@@ -91,9 +92,14 @@ impl QueueHandler for RngHandler {
                 ratelog::warn_limited!("virtio-rng: add_used: {e}");
                 break;
             }
+            self.traffic.to_guest += u64::from(len);
             used = true;
         }
         used
+    }
+
+    fn take_traffic(&mut self) -> super::Traffic {
+        self.traffic.take()
     }
 }
 

@@ -2,6 +2,8 @@
 //! device's [`QueueHandler`] and raises the queue's MSI-X vector by signalling its irqfd, so
 //! neither a notification nor an interrupt goes through a vCPU thread or the device lock.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use virtio_queue::{Queue, QueueT};
@@ -50,6 +52,34 @@ pub fn build_queue(name: &str, index: usize, cfg: &QueueConfig, event_idx: bool,
     Some(q)
 }
 
+/// What a device's I/O thread did, for `vm.counters`: relaxed increments on the I/O thread,
+/// read by the control loop on request.
+#[derive(Debug, Default)]
+pub struct VirtioCounters {
+    /// Queue notifications (kicks) the thread woke up for.
+    pub notifications: AtomicU64,
+    /// Requests completed (used-ring entries).
+    pub requests: AtomicU64,
+    /// MSI-X interrupts raised.
+    pub interrupts: AtomicU64,
+    pub bytes_from_guest: AtomicU64,
+    pub bytes_to_guest: AtomicU64,
+}
+
+impl VirtioCounters {
+    /// Name and value of each counter.
+    pub fn snapshot(&self) -> [(&'static str, u64); 5] {
+        let v = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        [
+            ("notifications", v(&self.notifications)),
+            ("requests", v(&self.requests)),
+            ("interrupts", v(&self.interrupts)),
+            ("bytes_from_guest", v(&self.bytes_from_guest)),
+            ("bytes_to_guest", v(&self.bytes_to_guest)),
+        ]
+    }
+}
+
 pub struct Worker {
     kill: EventFd,
     thread: Option<JoinHandle<()>>,
@@ -61,6 +91,7 @@ impl Worker {
         mem: GuestMemory,
         queues: Vec<ActiveQueue>,
         handler: Box<dyn QueueHandler>,
+        counters: Arc<VirtioCounters>,
     ) -> Result<Self, VirtioError> {
         let evt_err = |name: &str| {
             let name = name.to_string();
@@ -89,7 +120,7 @@ impl Worker {
         let thread_name = format!("virtio-{}", name.chars().filter(|c| c.is_ascii_alphanumeric()).collect::<String>());
         let thread = crate::threads::spawn(thread_name, {
             let name = name.clone();
-            move || run(&name, &epoll, &kill_clone, &mem, queues, &extra, handler)
+            move || run(&name, &epoll, &kill_clone, &mem, queues, &extra, handler, &counters)
         })
         .map_err(|source| VirtioError::SpawnWorker { name, source })?;
         Ok(Self { kill, thread: Some(thread) })
@@ -123,6 +154,7 @@ impl Drop for Worker {
     }
 }
 
+#[allow(clippy::too_many_arguments)] // the thread's whole state, handed over once
 fn run(
     name: &str,
     epoll: &Epoll,
@@ -131,12 +163,13 @@ fn run(
     mut queues: Vec<ActiveQueue>,
     extra: &[usize],
     mut handler: Box<dyn QueueHandler>,
+    counters: &VirtioCounters,
 ) {
     log::debug!("{name}: I/O thread serving {} queue(s)", queues.len());
     // Buffers the driver made available before DRIVER_OK (or before a notification was
     // registered) would otherwise wait for the next kick.
     for q in &mut queues {
-        serve(name, q, mem, handler.as_mut());
+        serve(name, q, mem, handler.as_mut(), counters);
     }
     let mut events = vec![EpollEvent::default(); queues.len() + extra.len() + 1];
     loop {
@@ -158,26 +191,42 @@ fn run(
             if token >= EXTRA_TOKEN_BASE {
                 let pos = usize::try_from(token - EXTRA_TOKEN_BASE).ok().and_then(|n| extra.get(n));
                 if let Some(q) = pos.and_then(|&p| queues.get_mut(p)) {
-                    serve(name, q, mem, handler.as_mut());
+                    serve(name, q, mem, handler.as_mut(), counters);
                 }
                 continue;
             }
             let Some(q) = usize::try_from(token).ok().and_then(|i| queues.get_mut(i)) else { continue };
             // EAGAIN: another wake-up already consumed it; serving again is harmless.
             let _ = q.notify.read();
-            serve(name, q, mem, handler.as_mut());
+            counters.notifications.fetch_add(1, Ordering::Relaxed);
+            serve(name, q, mem, handler.as_mut(), counters);
         }
     }
 }
 
-fn serve(name: &str, q: &mut ActiveQueue, mem: &GuestMemory, handler: &mut dyn QueueHandler) {
+fn serve(
+    name: &str,
+    q: &mut ActiveQueue,
+    mem: &GuestMemory,
+    handler: &mut dyn QueueHandler,
+    counters: &VirtioCounters,
+) {
     let old_used = q.queue.next_used();
-    if !handler.process(q.index, &mut q.queue, mem) {
+    let used = handler.process(q.index, &mut q.queue, mem);
+    let traffic = handler.take_traffic();
+    counters.bytes_from_guest.fetch_add(traffic.from_guest, Ordering::Relaxed);
+    counters.bytes_to_guest.fetch_add(traffic.to_guest, Ordering::Relaxed);
+    if !used {
         return;
     }
+    let completed = q.queue.next_used().wrapping_sub(old_used);
+    counters.requests.fetch_add(u64::from(completed), Ordering::Relaxed);
     if let (true, Some(irq)) = (needs_interrupt(&q.queue, mem, old_used), &q.interrupt) {
-        if let Err(e) = irq.write(1) {
-            ratelog::warn_limited!("{name}: raising queue {} interrupt: {e}", q.index);
+        match irq.write(1) {
+            Ok(()) => {
+                counters.interrupts.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => ratelog::warn_limited!("{name}: raising queue {} interrupt: {e}", q.index),
         }
     }
 }

@@ -26,8 +26,9 @@ pub struct Answer {
 
 /// Sends one request and reads the whole answer.
 pub fn request(socket: &Path, method: Method, endpoint: &str, body: Option<&str>) -> anyhow::Result<Answer> {
-    let mut stream = UnixStream::connect(socket)
-        .with_context(|| format!("connecting to the API socket {} (is viaduct running with --api-socket?)", socket.display()))?;
+    let mut stream = UnixStream::connect(socket).with_context(|| {
+        format!("connecting to the API socket {} (is viaduct running with --api-socket?)", socket.display())
+    })?;
     stream.set_read_timeout(Some(TIMEOUT))?;
     stream.set_write_timeout(Some(TIMEOUT))?;
     let method = match method {
@@ -105,7 +106,8 @@ mod tests {
         assert_eq!(a.into_result("x").unwrap(), serde_json::json!({"a": true}));
         let a = parse_response(b"HTTP/1.1 204 No Content\r\n\r\n").unwrap();
         assert_eq!(a.into_result("x").unwrap(), serde_json::Value::Null);
-        let a = parse_response(b"HTTP/1.1 409 Conflict\r\nContent-Length: 21\r\n\r\n{\"error\":\"no VM yet\"}").unwrap();
+        let a =
+            parse_response(b"HTTP/1.1 409 Conflict\r\nContent-Length: 21\r\n\r\n{\"error\":\"no VM yet\"}").unwrap();
         assert_eq!(a.into_result("vm.pause").unwrap_err().to_string(), "vm.pause: HTTP 409: no VM yet");
         assert!(parse_response(b"").is_err());
         assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n{}").is_err());

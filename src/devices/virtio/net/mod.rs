@@ -160,6 +160,7 @@ pub struct NetHandler<B: FrameBackend> {
     rx_len: usize,
     tx_buf: Vec<u8>,
     used: Vec<(u16, u32)>,
+    traffic: super::Traffic,
 }
 
 impl<B: FrameBackend> NetHandler<B> {
@@ -172,6 +173,7 @@ impl<B: FrameBackend> NetHandler<B> {
             rx_len: 0,
             tx_buf: vec![0; MAX_FRAME],
             used: Vec::new(),
+            traffic: super::Traffic::default(),
         }
     }
 
@@ -276,7 +278,10 @@ impl<B: FrameBackend> NetHandler<B> {
             }
         }
         match add_used_batch(queue, mem, &self.used) {
-            Ok(()) => Delivery::Delivered,
+            Ok(()) => {
+                self.traffic.to_guest += self.used.iter().map(|&(_, n)| u64::from(n)).sum::<u64>();
+                Delivery::Delivered
+            }
             Err(e) => {
                 ratelog::warn_limited!("{}: RX used ring: {e}", self.name);
                 Delivery::Dropped
@@ -335,6 +340,7 @@ impl<B: FrameBackend> NetHandler<B> {
         // Straight from guest memory to the tap (one writev) when the buffers allow.
         if let (Some(fd), Some((mut frame, _))) = (self.backend.raw_fd(), iov::chain_iovecs(&chain, mem)) {
             let n = frame.len();
+            self.traffic.from_guest += n as u64;
             if !(VNET_HDR_LEN..=MAX_FRAME).contains(&n) {
                 ratelog::debug_limited!("{}: TX chain of {n} bytes dropped", self.name);
                 return;
@@ -355,6 +361,7 @@ impl<B: FrameBackend> NetHandler<B> {
             }
         };
         let n = reader.available_bytes();
+        self.traffic.from_guest += n as u64;
         if !(VNET_HDR_LEN..=self.tx_buf.len()).contains(&n) {
             ratelog::debug_limited!("{}: TX chain of {n} bytes dropped", self.name);
             return;
@@ -381,6 +388,10 @@ impl<B: FrameBackend> QueueHandler for NetHandler<B> {
 
     fn extra_fds(&self) -> Vec<(RawFd, usize)> {
         self.backend.raw_fd().map(|fd| vec![(fd, RX_QUEUE)]).unwrap_or_default()
+    }
+
+    fn take_traffic(&mut self) -> super::Traffic {
+        self.traffic.take()
     }
 }
 
