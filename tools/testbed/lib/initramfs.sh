@@ -7,7 +7,7 @@
 # archive (scenarios, binaries under test) is rebuilt each time.
 
 L1_MODULES="kvm-amd vfio-pci vfio_iommu_type1 igb igbvf nvme e1000e virtio_net virtio_pci tun pci-pf-stub"
-L2_MODULES="igbvf igb nvme e1000e e1000 virtio_pci virtio_net virtio_blk virtio_rng virtio_console ahci sd_mod"
+L2_MODULES="igbvf igb nvme e1000e e1000 virtio_pci virtio_net virtio_blk virtio_rng virtio_console ahci sd_mod button evdev"
 
 # copy_file SRC DEST_ROOT: copy SRC to the same absolute path under DEST_ROOT.
 copy_file() {
@@ -78,7 +78,7 @@ build_l2_base() {
 l1_base_archive() {
     local ver h out d
     ver=$(kernel_version)
-    h=$(inputs_hash "$TB_ROOT/lib/initramfs.sh" "$TB_ROOT/l2" /bin/busybox /usr/bin/lspci /usr/sbin/nvme "$TB_KDIR/vmlinuz" "$ver")
+    h=$(inputs_hash "$TB_ROOT/lib/initramfs.sh" "$TB_ROOT/l2" /bin/busybox /usr/bin/lspci /usr/sbin/nvme /usr/bin/curl "$TB_KDIR/vmlinuz" "$ver")
     out="$TB_CACHE/initramfs/l1-base-$h.cpio"
     if [ ! -f "$out" ]; then
         log "building the L1 base archive ($h)"
@@ -89,6 +89,8 @@ l1_base_archive() {
         copy_modules "$d" $L1_MODULES
         copy_elf /usr/bin/lspci "$d"
         copy_elf /usr/sbin/nvme "$d"
+        # curl talks to viaduct's API socket (scenario api).
+        copy_elf /usr/bin/curl "$d"
         cp /usr/share/misc/pci.ids "$d/usr/share/misc/" 2>/dev/null || true
         mkdir -p "$d/tb/l2"
         cp "$TB_KDIR/vmlinuz" "$d/tb/l2/vmlinuz"
