@@ -1,5 +1,5 @@
-//! Fuzzing harness for the queue handling of viaduct's virtio devices. The device models are
-//! compiled from the binary's own source files (`#[path]` below), with the one item they take
+//! Fuzzing harnesses for viaduct's virtio queue handling and its API request parsing. The
+//! device models are compiled from the binary's own source files (`#[path]` below), with the one item they take
 //! from the rest of the binary, the guest memory type, defined here identically.
 //!
 //! [`run`] lays a guest out from the fuzz input: a small RAM region with a hole after it, the
@@ -19,6 +19,22 @@ pub mod vstate {
 
 #[path = "../../src/devices/virtio/mod.rs"]
 pub mod virtio;
+
+/// The API's HTTP framing and JSON bodies (src/api/http.rs, types.rs: std, httparse and serde
+/// only), and the harness of the `api_request` target.
+#[path = "../../src/api/http.rs"]
+pub mod api_http;
+#[path = "../../src/api/types.rs"]
+pub mod api_types;
+
+pub mod api {
+    pub use super::api_http as http;
+    pub use super::api_types as types;
+
+    pub mod harness {
+        include!("../harness/api_request.rs");
+    }
+}
 
 use std::sync::atomic::Ordering;
 

@@ -197,6 +197,27 @@ fn call(request: ApiRequest, tx: &Sender<ApiCall>, evt: &EventFd) -> ApiReply {
     }
 }
 
+/// The `api_request` fuzz target's harness over its committed seeds (fuzz/seeds/api_request).
+#[cfg(test)]
+mod fuzz_replay {
+    include!("../../fuzz/harness/api_request.rs");
+
+    #[test]
+    fn committed_seeds_replay_without_findings() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/api_request");
+        let mut seeds: Vec<_> =
+            std::fs::read_dir(&dir).expect("fuzz/seeds/api_request").map(|e| e.unwrap().path()).collect();
+        seeds.sort();
+        assert!(seeds.len() >= 20, "only {} seeds in {}", seeds.len(), dir.display());
+        for path in seeds {
+            let data = std::fs::read(&path).unwrap();
+            if std::panic::catch_unwind(|| run(&data)).is_err() {
+                panic!("seed {} fails the harness", path.display());
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
