@@ -86,6 +86,9 @@ impl HttpError {
 
 /// Parses a request head from the start of `buf`. `Ok(None)`: incomplete, read more.
 pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, HttpError> {
+    // Only the first MAX_HEAD bytes are a head's: whatever lies beyond is not looked at, so
+    // the answer does not depend on how much of the stream has arrived.
+    let buf = &buf[..buf.len().min(MAX_HEAD)];
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let len = match req.parse(buf) {
@@ -96,9 +99,6 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, HttpError> {
         Err(httparse::Error::Version) => return Err(HttpError::Version),
         Err(e) => return Err(HttpError::Malformed(e.to_string())),
     };
-    if len > MAX_HEAD {
-        return Err(HttpError::HeadTooLarge);
-    }
     let method = match req.method {
         Some("GET") => Method::Get,
         Some("PUT") => Method::Put,
