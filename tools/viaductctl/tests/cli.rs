@@ -292,3 +292,65 @@ fn restore_respects_a_running_vmm_and_refuses_a_tampered_state_file() {
     assert_eq!(std::fs::read_to_string(f.path("elsewhere")).unwrap(), "x\n");
     std::fs::remove_dir_all(f.root()).unwrap();
 }
+
+/// A one-shot API server: answers the next connection with `response`, returns the request.
+fn fake_api(path: &Path, response: &'static str) -> std::thread::JoinHandle<String> {
+    use std::io::{Read, Write};
+    let listener = std::os::unix::net::UnixListener::bind(path).unwrap();
+    std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut buf = vec![0u8; 4096];
+        let mut req = Vec::new();
+        // Head and body arrive together for these small requests; read until the head ends
+        // and Content-Length bytes follow.
+        loop {
+            let n = s.read(&mut buf).unwrap();
+            req.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&req).into_owned();
+            if let Some(end) = text.find("\r\n\r\n") {
+                let len = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Content-Length: "))
+                    .and_then(|v| v.trim().parse::<usize>().ok())
+                    .unwrap_or(0);
+                if req.len() >= end + 4 + len || n == 0 {
+                    break;
+                }
+            }
+        }
+        s.write_all(response.as_bytes()).unwrap();
+        String::from_utf8_lossy(&req).into_owned()
+    })
+}
+
+#[test]
+fn vm_talks_http_over_the_api_socket() {
+    let dir = temp_root("vm-api").unwrap();
+    let sock = dir.join("api.sock");
+    let body = r#"{"state":"Running","config":{"payload":{"kernel":"/k"},"cpus":{"boot_vcpus":1}},"memory_actual_size":268435456,"devices":[{"id":"disk0","kind":"virtio-blk","bdf":"0000:00:01.0"}]}"#;
+    let response: &'static str = Box::leak(
+        format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len())
+            .into_boxed_str(),
+    );
+    let server = fake_api(&sock, response);
+    let out = viaductctl(&dir, &["vm", "--api-socket", sock.to_str().unwrap(), "info"]);
+    let req = server.join().unwrap();
+    assert!(req.starts_with("GET /api/v1/vm.info HTTP/1.1\r\n"), "{req}");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("state: Running") && text.contains("disk0  virtio-blk  0000:00:01.0"), "{text}");
+
+    std::fs::remove_file(&sock).unwrap();
+    let server =
+        fake_api(&sock, "HTTP/1.1 501 Not Implemented\r\nContent-Length: 27\r\n\r\n{\"error\":\"no hot-plug yet\"}");
+    let out = viaductctl(&dir, &["vm", "--api-socket", sock.to_str().unwrap(), "add-disk", "/d.img", "--json"]);
+    let req = server.join().unwrap();
+    assert!(req.starts_with("PUT /api/v1/vm.add-disk HTTP/1.1\r\n"), "{req}");
+    assert!(req.ends_with(r#"{"path":"/d.img","readonly":false}"#), "{req}");
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(json(&out)["error"]["message"], "vm.add-disk: HTTP 501: no hot-plug yet");
+
+    let out = viaductctl(&dir, &["vm", "--api-socket", "/nonexistent/api.sock", "ping"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("connecting to the API socket /nonexistent/api.sock"), "{}", stderr(&out));
+}
