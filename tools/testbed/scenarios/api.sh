@@ -90,7 +90,7 @@ sleep 5
 dd if=/dev/vda of=/dev/null bs=4k count=256 iflag=direct 2>/dev/null && echo "GUEST-READ-DONE"
 # The clock: level 1 pauses the VM during this.
 n=0
-while [ $n -lt 60 ]; do
+while [ $n -lt 150 ]; do
     echo "CLK $(cut -d' ' -f1 /proc/uptime)"
     sleep 0.5
     n=$((n + 1))
