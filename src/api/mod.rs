@@ -14,7 +14,7 @@ pub mod routes;
 pub mod socket;
 pub mod types;
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -33,6 +33,12 @@ pub const MAX_CONNECTIONS: usize = 8;
 pub const READ_DEADLINE: Duration = Duration::from_secs(5);
 /// A client that does not read its answer within this time loses it.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a closing connection reads what the client still sends (see [`linger_close`]).
+const LINGER: Duration = Duration::from_secs(1);
+/// Refusals when every connection slot is busy linger shorter: the accept thread waits.
+const BUSY_LINGER: Duration = Duration::from_millis(200);
+/// At most this much is read and dropped while lingering.
+const LINGER_MAX: usize = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiServerError {
@@ -138,6 +144,7 @@ fn accept_loop(listener: UnixListener, tx: Sender<ApiCall>, evt: Arc<EventFd>, l
             let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
             let busy = ApiError::new(503, format!("{MAX_CONNECTIONS} API requests are in progress; try again"));
             let _ = stream.write_all(&routes::error_response(&busy).to_bytes());
+            linger_close(stream, BUSY_LINGER);
             continue;
         }
         let slot = Slot(live.clone());
@@ -176,7 +183,30 @@ fn serve_connection(mut stream: UnixStream, tx: &Sender<ApiCall>, evt: &EventFd)
     };
     // The client may be gone by now: nothing to do about it.
     let _ = stream.write_all(&response.to_bytes());
-    let _ = stream.shutdown(std::net::Shutdown::Both);
+    linger_close(stream, LINGER);
+}
+
+/// Closes a connection so that the client gets its answer: a socket closed with request bytes
+/// still unread (a body refused without reading it, a request not read at all) makes the
+/// client's next write fail, and clients such as curl then drop the answer too. So the write
+/// side is closed first (the client sees the end of the answer), and what the client still
+/// sends is read and dropped until it closes, for a bounded time and size: HTTP servers'
+/// "lingering close".
+fn linger_close(mut stream: UnixStream, wait: Duration) {
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let start = std::time::Instant::now();
+    let mut buf = [0u8; 4096];
+    let mut total = 0;
+    while total < LINGER_MAX {
+        let left = wait.saturating_sub(start.elapsed());
+        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+            break;
+        }
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => total += n,
+        }
+    }
 }
 
 /// Hands `request` to the control loop and waits for its answer.

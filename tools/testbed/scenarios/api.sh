@@ -221,7 +221,8 @@ tb_run_l2 $run 420 /tmp/api-guest.sh -- viaduct --kernel @KERNEL@ --initramfs @I
     --memory 256M --api-socket $sock --disk path=$img,id=disk0 --rng $nvme_arg --log-level info
 wait $driver
 [ -e $sock ] && tb_check cli/socket-removed fail "$sock still there after exit" || tb_check cli/socket-removed pass "gone"
-tb_unbind "$TB_NVME"; tb_bind nvme "$TB_NVME" >/dev/null 2>&1
+# Back on nvme, with no driver_override left behind (api-only needs it off vfio-pci).
+tb_unbind "$TB_NVME"; echo "$TB_NVME" >/sys/bus/pci/drivers_probe
 
 # ---- api-only: viaduct --api-socket alone ------------------------------------------------
 run=api-only
