@@ -79,9 +79,7 @@ impl ApiServer {
         let thread_evt = evt.clone();
         let live = Arc::new(AtomicUsize::new(0));
         let thread_live = live.clone();
-        std::thread::Builder::new()
-            .name("api".into())
-            .spawn(move || accept_loop(listener, tx, thread_evt, thread_live))
+        crate::threads::spawn("api", move || accept_loop(listener, tx, thread_evt, thread_live))
             .map_err(ApiServerError::Thread)?;
         log::info!("API listening on {}", path.display());
         Ok(Self { path: path.to_path_buf(), inode: (meta.dev(), meta.ino()), calls, evt, live })
@@ -149,7 +147,7 @@ fn accept_loop(listener: UnixListener, tx: Sender<ApiCall>, evt: Arc<EventFd>, l
         }
         let slot = Slot(live.clone());
         let (tx, evt) = (tx.clone(), evt.clone());
-        let spawned = std::thread::Builder::new().name("api-conn".into()).spawn(move || {
+        let spawned = crate::threads::spawn("api-conn", move || {
             let _slot = slot;
             serve_connection(stream, &tx, &evt);
         });
