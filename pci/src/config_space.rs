@@ -164,6 +164,30 @@ impl ConfigSpace {
         cs
     }
 
+    /// A config space holding a device's own registers (`image`: its config bytes, e.g. an
+    /// assigned function's as the host reads them; missing bytes read 0), with nothing
+    /// writable: the owner sets the masks of the bits it emulates. Capabilities are already
+    /// in the image, so [`Self::add_capability`] is not for this kind of space.
+    pub fn from_image(header: HeaderType, extended: bool, image: &[u8]) -> Self {
+        let mut regs = vec![0u32; CONFIG_SPACE_DWORDS];
+        for (r, chunk) in regs.iter_mut().zip(image.chunks(4)) {
+            let mut b = [0u8; 4];
+            b[..chunk.len()].copy_from_slice(chunk);
+            *r = u32::from_le_bytes(b);
+        }
+        Self {
+            regs: regs.into_boxed_slice(),
+            write_mask: vec![0; CONFIG_SPACE_DWORDS].into_boxed_slice(),
+            w1c_mask: vec![0; CONFIG_SPACE_DWORDS].into_boxed_slice(),
+            header,
+            extended,
+            last_cap_next: None,
+            next_free_cap: CONVENTIONAL_DWORDS * 4,
+            last_ext_cap: None,
+            next_free_ext: CONFIG_SPACE_DWORDS * 4,
+        }
+    }
+
     pub fn header(&self) -> HeaderType {
         self.header
     }
@@ -577,6 +601,24 @@ mod tests {
             }
             proptest::prop_assert_eq!((after ^ before) & !(wm | c), 0);
         }
+    }
+
+    #[test]
+    fn from_image_holds_the_bytes_with_nothing_writable() {
+        let mut image = vec![0u8; 0x102];
+        image[..4].copy_from_slice(&0x0010_1b36u32.to_le_bytes());
+        image[4] = 0x06;
+        image[0x100..].copy_from_slice(&[0x01, 0x00]);
+        let mut cs = ConfigSpace::from_image(HeaderType::Endpoint, true, &image);
+        assert_eq!((cs.read(0), cs.command(), cs.read(0x40)), (0x0010_1b36, 0x0006, 0x0001));
+        assert_eq!(cs.read(0x41), 0, "beyond the image reads 0");
+        for reg in [1, 3, 15, 0x40] {
+            cs.write(reg, 0, &[0xff; 4]);
+            assert_eq!((cs.write_mask(reg), cs.w1c_mask(reg)), (0, 0));
+        }
+        assert_eq!(cs.read(1), 0x0000_0006);
+        assert!(cs.add_capability(0x05, &[0; 8]).is_err(), "no room for appended capabilities");
+        assert!(cs.add_extended_capability(0x01, 1, &[0; 4]).is_err());
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use crate::bar::{BarError, Bars};
 use crate::capability::msi::{self, MsiCapability, MsiConfig, MsiError};
-use crate::capability::msix::{MsixCapability, MsixChange, MsixConfig, MsixError, Table};
+use crate::capability::msix::{MsixCapability, MsixChange, MsixConfig, MsixError, MsixRegion, Table};
 use crate::capability::pcie::{add_pcie_capability, PcieCapabilityConfig};
 use crate::capability::pm::add_pm_capability;
 use crate::config_space::{ConfigSpace, ConfigSpaceError, DeviceIds, HeaderType, COMMAND_IO, COMMAND_MEMORY};
@@ -260,18 +260,9 @@ impl<B: FunctionBackend> EmulatedFunction<B> {
         self.apply_routes(&change.routes, &change.fire);
     }
 
-    /// Which MSI-X structure `offset` in `bar` falls in, with the offset inside it.
-    fn msix_target(&self, bar: BarIndex, offset: u64) -> Option<(bool, u64)> {
-        let (cap, table) = self.msix.as_ref()?;
-        let m = cap.config();
-        let inside = |b: BarIndex, start: u32, len: u64| {
-            let rel = offset.checked_sub(u64::from(start))?;
-            (b == bar && rel < len).then_some(rel)
-        };
-        if let Some(rel) = inside(m.table_bar, m.table_offset, table.table_bytes()) {
-            return Some((true, rel));
-        }
-        inside(m.pba_bar, m.pba_offset, table.pba_bytes()).map(|rel| (false, rel))
+    /// Which MSI-X structure an access falls in.
+    fn msix_target(&self, bar: BarIndex, offset: u64, len: usize) -> Option<MsixRegion> {
+        self.msix.as_ref()?.0.config().locate(bar, offset, len)
     }
 }
 
@@ -319,23 +310,27 @@ impl<B: FunctionBackend> PciDevice for EmulatedFunction<B> {
     }
 
     fn read_bar(&mut self, bar: BarIndex, offset: u64, data: &mut [u8]) {
-        match self.msix_target(bar, offset) {
-            Some((true, rel)) => self.msix.as_ref().map_or((), |(_, t)| t.read(rel, data)),
-            Some((false, rel)) => self.msix.as_ref().map_or((), |(_, t)| t.read_pba(rel, data)),
+        match self.msix_target(bar, offset, data.len()) {
+            Some(MsixRegion::Table(rel)) => self.msix.as_ref().map_or((), |(_, t)| t.read(rel, data)),
+            Some(MsixRegion::Pba(rel)) => self.msix.as_ref().map_or((), |(_, t)| t.read_pba(rel, data)),
+            Some(MsixRegion::Straddle) => data.fill(0xff),
             None => self.backend.read_bar(bar, offset, data),
         }
     }
 
     fn write_bar(&mut self, bar: BarIndex, offset: u64, data: &[u8]) {
-        match self.msix_target(bar, offset) {
-            Some((true, rel)) => {
+        match self.msix_target(bar, offset, data.len()) {
+            Some(MsixRegion::Table(rel)) => {
                 if let Some((_, t)) = self.msix.as_mut() {
                     let change = t.write(rel, data);
                     self.apply_msix(change);
                 }
             }
             // The PBA is read-only (PCI 3.0 6.8.2.10).
-            Some((false, _)) => ratelog::debug_limited!("{}: PBA write dropped", self.name),
+            Some(MsixRegion::Pba(_)) => ratelog::debug_limited!("{}: PBA write dropped", self.name),
+            Some(MsixRegion::Straddle) => {
+                ratelog::debug_limited!("{}: write straddling the MSI-X table or PBA dropped", self.name)
+            }
             None => self.backend.write_bar(bar, offset, data),
         }
     }

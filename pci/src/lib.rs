@@ -17,6 +17,7 @@ pub mod device;
 pub mod function;
 pub mod interrupt;
 pub mod intx;
+pub mod passthrough;
 pub mod root;
 pub mod synthetic;
 pub mod topology;
@@ -32,5 +33,6 @@ pub use device::{
 };
 pub use function::{BarSpec, EmulatedFunction, FunctionBackend, FunctionConfig, FunctionError, NoRegisters};
 pub use interrupt::{InterruptError, MsiMessage, MsiVectors, VectorIndex};
+pub use passthrough::{CapabilityView, DeviceWrite, PassthroughConfig};
 pub use root::{BusRelocator, ConfigEffectsHandler, PciRoot, RootError};
 pub use topology::{PciTopology, TopologyConfig, TopologyError};

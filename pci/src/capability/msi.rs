@@ -2,7 +2,7 @@
 //! optional per-vector masking. Guest writes are interpreted as a list of route changes.
 
 use super::{touches, CAP_ID_MSI};
-use crate::config_space::{ConfigSpace, ConfigSpaceError};
+use crate::config_space::{ConfigSpace, ConfigSpaceError, CONVENTIONAL_DWORDS};
 use crate::interrupt::{MsiMessage, VectorIndex};
 
 const CONTROL_ENABLE: u16 = 1 << 0;
@@ -15,6 +15,8 @@ pub enum MsiError {
     VectorCount(u8),
     #[error("adding the MSI capability failed")]
     AddCapability(#[source] ConfigSpaceError),
+    #[error("the MSI capability at {offset:#x} does not fit in conventional config space")]
+    Placement { offset: usize },
 }
 
 /// What the function offers.
@@ -38,27 +40,52 @@ impl MsiCapability {
         if !n.is_power_of_two() || n > 32 {
             return Err(MsiError::VectorCount(n));
         }
-        let mmc = n.trailing_zeros() as u16;
+        let body = vec![0u8; Self { offset: 0, config }.size() - 2];
+        let offset = cs.add_capability(CAP_ID_MSI, &body).map_err(MsiError::AddCapability)?;
+        let cap = Self { offset, config };
+        cap.init(cs);
+        Ok(cap)
+    }
+
+    /// The MSI capability a function already has at `offset` (an assigned device's, as its
+    /// config space holds it): the layout comes from its Message Control (a reserved
+    /// Multiple Message Capable value counts as 32 vectors); the registers then start as
+    /// [`Self::add`] leaves them: disabled, message and mask zero, the same write masks.
+    pub fn parse(cs: &mut ConfigSpace, offset: usize) -> Result<Self, MsiError> {
+        let control = cs.word(offset + 2);
+        let config = MsiConfig {
+            vectors: 1 << ((control >> 1) & 0x7).min(5),
+            address_64bit: control & CONTROL_64BIT != 0,
+            per_vector_mask: control & CONTROL_PER_VECTOR_MASK != 0,
+        };
+        let cap = Self { offset, config };
+        if offset < 0x40 || offset + cap.size() > CONVENTIONAL_DWORDS * 4 {
+            return Err(MsiError::Placement { offset });
+        }
+        cap.init(cs);
+        Ok(cap)
+    }
+
+    /// Registers at their reset values and the write masks.
+    fn init(&self, cs: &mut ConfigSpace) {
+        let config = self.config;
+        let mmc = config.vectors.trailing_zeros() as u16;
         let control = (mmc << 1)
             | if config.address_64bit { CONTROL_64BIT } else { 0 }
             | if config.per_vector_mask { CONTROL_PER_VECTOR_MASK } else { 0 };
-        let cap = Self { offset: 0, config };
-        let mut body = vec![0u8; cap.len() - 2];
-        body[..2].copy_from_slice(&control.to_le_bytes());
-        let offset = cs.add_capability(CAP_ID_MSI, &body).map_err(MsiError::AddCapability)?;
-        let cap = Self { offset, config };
-        let reg = offset / 4;
+        cs.set_bytes(self.offset + 2, &control.to_le_bytes());
+        cs.set_bytes(self.offset + 4, &vec![0; self.size() - 4]);
+        let reg = self.offset / 4;
         // Enable (bit 0) and Multiple Message Enable (6:4).
         cs.set_write_mask(reg, 0x0071 << 16);
         cs.set_write_mask(reg + 1, 0xffff_fffc);
         if config.address_64bit {
             cs.set_write_mask(reg + 2, u32::MAX);
         }
-        cs.set_write_mask(cap.data_offset() / 4, 0x0000_ffff);
-        if let Some(mask_off) = cap.mask_offset() {
-            cs.set_write_mask(mask_off / 4, cap.all_vectors_mask());
+        cs.set_write_mask(self.data_offset() / 4, 0x0000_ffff);
+        if let Some(mask_off) = self.mask_offset() {
+            cs.set_write_mask(mask_off / 4, self.all_vectors_mask());
         }
-        Ok(cap)
     }
 
     pub fn offset(&self) -> usize {
@@ -69,7 +96,8 @@ impl MsiCapability {
         self.config.vectors
     }
 
-    fn len(&self) -> usize {
+    /// Bytes the capability takes in config space, header included.
+    pub fn size(&self) -> usize {
         match (self.config.address_64bit, self.config.per_vector_mask) {
             (false, false) => 0x0c,
             (true, false) => 0x10,
@@ -96,7 +124,7 @@ impl MsiCapability {
 
     /// Whether a write to dword `reg` can change MSI state.
     pub fn covers(&self, reg: usize) -> bool {
-        touches(self.offset, self.len(), reg)
+        touches(self.offset, self.size(), reg)
     }
 
     pub fn enabled(&self, cs: &ConfigSpace) -> bool {
@@ -196,7 +224,7 @@ mod tests {
             let mut c = cs();
             let cap = MsiCapability::add(&mut c, MsiConfig { vectors: 4, address_64bit: is64, per_vector_mask: pvm })
                 .unwrap();
-            assert_eq!(cap.len(), len);
+            assert_eq!(cap.size(), len);
             let control = c.word(cap.offset() + 2);
             assert_eq!(control, (2 << 1) | ((is64 as u16) << 7) | ((pvm as u16) << 8));
         }
@@ -244,6 +272,31 @@ mod tests {
         assert_eq!(cap.pending(&c), 2);
         c.write(o / 4, 2, &[0x00]);
         assert_eq!(cap.routes(&c), vec![None; 4]);
+    }
+
+    #[test]
+    fn parse_an_existing_capability() {
+        use crate::config_space::HeaderType;
+        let mut image = vec![0u8; 0x100];
+        // 64-bit, per-vector mask, MMC = 3 (8 vectors), enabled with a stale message.
+        image[0x50..0x54].copy_from_slice(&0x0187_7005u32.to_le_bytes());
+        image[0x54..0x68].copy_from_slice(&[0xaa; 0x14]);
+        let mut c = ConfigSpace::from_image(HeaderType::Endpoint, false, &image);
+        let cap = MsiCapability::parse(&mut c, 0x50).unwrap();
+        assert_eq!((cap.vectors(), cap.size()), (8, 0x18));
+        assert_eq!(c.read(0x50 / 4), 0x0186_7005, "disabled, id and next pointer kept");
+        assert!((0x54..0x68).step_by(4).all(|o| c.dword(o) == 0), "message, mask, pending cleared");
+        c.write(0x50 / 4, 2, &[0x31, 0xff]);
+        assert_eq!(c.word(0x52), 0x01b7, "enable and MME writable, the rest read-only");
+        w(&mut c, 0x60, u32::MAX);
+        w(&mut c, 0x64, u32::MAX);
+        assert_eq!((c.dword(0x60), c.dword(0x64)), (0xff, 0), "8 mask bits, pending read-only");
+        assert_eq!(cap.routes(&c).len(), 8);
+        // Reserved MMC values count as 32 vectors; a capability running past 0x100 is refused.
+        c.set_bytes(0x52, &0x000eu16.to_le_bytes());
+        assert_eq!(MsiCapability::parse(&mut c, 0x50).map(|m| m.vectors()), Ok(32));
+        c.set_bytes(0xf2, &0x0180u16.to_le_bytes());
+        assert_eq!(MsiCapability::parse(&mut c, 0xf0), Err(MsiError::Placement { offset: 0xf0 }));
     }
 
     #[test]

@@ -15,6 +15,8 @@ pub const MAX_VECTORS: u16 = 2048;
 const CONTROL_ENABLE: u16 = 1 << 15;
 const CONTROL_FUNCTION_MASK: u16 = 1 << 14;
 const ENTRY_MASKED: u32 = 1;
+/// Header, Message Control, Table and PBA offset/BIR.
+const CAPABILITY_BYTES: usize = 12;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum MsixError {
@@ -24,6 +26,8 @@ pub enum MsixError {
     Unaligned { what: &'static str, bar: BarIndex, offset: u32 },
     #[error("adding the MSI-X capability failed")]
     AddCapability(#[source] ConfigSpaceError),
+    #[error("the MSI-X capability at {offset:#x} does not fit in conventional config space")]
+    Placement { offset: usize },
 }
 
 /// One vector table entry as the guest programmed it.
@@ -267,6 +271,56 @@ pub struct MsixConfig {
     pub pba_offset: u32,
 }
 
+impl MsixConfig {
+    /// Bytes of the vector table in its BAR.
+    pub fn table_bytes(&self) -> u64 {
+        u64::from(self.vectors) * ENTRY_SIZE
+    }
+
+    /// Bytes of the PBA (whole qwords).
+    pub fn pba_bytes(&self) -> u64 {
+        u64::from(self.vectors).div_ceil(64) * 8
+    }
+
+    /// Which MSI-X structure a BAR access of `len` bytes at `offset` of `bar` falls in.
+    pub fn locate(&self, bar: BarIndex, offset: u64, len: usize) -> Option<MsixRegion> {
+        // Saturating: an access wrapping past 2^64 counts as overlapping whatever lies above
+        // its start, so it is dropped rather than passed on.
+        let end = offset.saturating_add(len as u64);
+        let inside = |b: BarIndex, start: u32, size: u64| {
+            let start = u64::from(start);
+            (b == bar && offset >= start && end <= start + size).then(|| offset - start)
+        };
+        let overlaps = |b: BarIndex, start: u32, size: u64| {
+            let start = u64::from(start);
+            b == bar && offset < start + size && end > start
+        };
+        let (table, pba) = (self.table_bytes(), self.pba_bytes());
+        if let Some(rel) = inside(self.table_bar, self.table_offset, table) {
+            return Some(MsixRegion::Table(rel));
+        }
+        if let Some(rel) = inside(self.pba_bar, self.pba_offset, pba) {
+            return Some(MsixRegion::Pba(rel));
+        }
+        (overlaps(self.table_bar, self.table_offset, table) || overlaps(self.pba_bar, self.pba_offset, pba))
+            .then_some(MsixRegion::Straddle)
+    }
+}
+
+/// Where a BAR access lands relative to the MSI-X table and PBA.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MsixRegion {
+    /// Inside the vector table, at this offset from its start.
+    Table(u64),
+    /// Inside the PBA, at this offset from its start.
+    Pba(u64),
+    /// Partly inside the table or the PBA. Only misaligned accesses can do that (both start
+    /// 8-byte aligned and are whole qwords long; the spec allows aligned dword and qword
+    /// accesses only): dropped, or read as all-ones, so no byte of it reaches a device's
+    /// own table (an assigned device's belongs to the host kernel).
+    Straddle,
+}
+
 /// The MSI-X capability in config space.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MsixCapability {
@@ -291,6 +345,27 @@ impl MsixCapability {
         body[2..6].copy_from_slice(&(config.table_offset | u32::from(config.table_bar.0 & 7)).to_le_bytes());
         body[6..].copy_from_slice(&(config.pba_offset | u32::from(config.pba_bar.0 & 7)).to_le_bytes());
         let offset = cs.add_capability(CAP_ID_MSIX, &body).map_err(MsixError::AddCapability)?;
+        cs.set_write_mask(offset / 4, u32::from(CONTROL_ENABLE | CONTROL_FUNCTION_MASK) << 16);
+        Ok(Self { offset, config })
+    }
+
+    /// The MSI-X capability a function already has at `offset` (an assigned device's, as
+    /// its config space holds it): table size, BIRs and offsets are read from it; Message
+    /// Control starts as [`Self::add`] leaves it (disabled, unmasked), with the same masks.
+    pub fn parse(cs: &mut ConfigSpace, offset: usize) -> Result<Self, MsixError> {
+        if offset < 0x40 || offset + CAPABILITY_BYTES > crate::config_space::CONVENTIONAL_DWORDS * 4 {
+            return Err(MsixError::Placement { offset });
+        }
+        let vectors = (cs.word(offset + 2) & 0x7ff) + 1;
+        let (table, pba) = (cs.dword(offset + 4), cs.dword(offset + 8));
+        let config = MsixConfig {
+            vectors,
+            table_bar: BarIndex((table & 7) as u8),
+            table_offset: table & !7,
+            pba_bar: BarIndex((pba & 7) as u8),
+            pba_offset: pba & !7,
+        };
+        cs.set_bytes(offset + 2, &(vectors - 1).to_le_bytes());
         cs.set_write_mask(offset / 4, u32::from(CONTROL_ENABLE | CONTROL_FUNCTION_MASK) << 16);
         Ok(Self { offset, config })
     }
@@ -421,6 +496,47 @@ mod tests {
         assert_eq!(q, [0xff; 8]);
         t.read_pba(4, &mut q);
         assert_eq!(q, [0xff; 8]);
+    }
+
+    #[test]
+    fn locate_table_pba_and_straddles() {
+        let cfg = MsixConfig {
+            vectors: 4,
+            table_bar: BarIndex(0),
+            table_offset: 0x2000,
+            pba_bar: BarIndex(0),
+            pba_offset: 0x3000,
+        };
+        assert_eq!((cfg.table_bytes(), cfg.pba_bytes()), (64, 8));
+        assert_eq!(cfg.locate(BarIndex(0), 0x2010, 4), Some(MsixRegion::Table(0x10)));
+        assert_eq!(cfg.locate(BarIndex(0), 0x2038, 8), Some(MsixRegion::Table(0x38)));
+        assert_eq!(cfg.locate(BarIndex(0), 0x3000, 8), Some(MsixRegion::Pba(0)));
+        for (offset, len) in [(0x1ffc, 8), (0x1fff, 2), (0x203c, 8), (0x3007, 2), (0x2ffc, 8), (u64::MAX, 2)] {
+            let want = if offset == u64::MAX { None } else { Some(MsixRegion::Straddle) };
+            assert_eq!(cfg.locate(BarIndex(0), offset, len), want, "{offset:#x}+{len}");
+        }
+        assert_eq!(cfg.locate(BarIndex(0), 0x1ffc, 4), None, "just before the table");
+        assert_eq!(cfg.locate(BarIndex(0), 0x3008, 2), None, "just after the PBA");
+        assert_eq!(cfg.locate(BarIndex(2), 0x2000, 4), None, "another BAR");
+        assert_eq!(cfg.locate(BarIndex(0), 0xffff_ffff_ffff_fff0, 0x20), None, "wraps, far from both");
+    }
+
+    #[test]
+    fn parse_an_existing_capability() {
+        use crate::config_space::HeaderType;
+        let mut image = vec![0u8; 0x100];
+        // 65 vectors, enabled and masked; table in BAR0 at 0x2000, PBA in BAR4 at 0x3000.
+        image[0x40..0x4c].copy_from_slice(&[0x11, 0x80, 0x40, 0xc0, 0x00, 0x20, 0, 0, 0x04, 0x30, 0, 0]);
+        let mut cs = ConfigSpace::from_image(HeaderType::Endpoint, false, &image);
+        let cap = MsixCapability::parse(&mut cs, 0x40).unwrap();
+        let cfg = cap.config();
+        assert_eq!((cfg.vectors, cfg.table_bar, cfg.table_offset), (65, BarIndex(0), 0x2000));
+        assert_eq!((cfg.pba_bar, cfg.pba_offset, cfg.pba_bytes()), (BarIndex(4), 0x3000, 16));
+        assert_eq!(cs.read(0x10), 0x0040_8011, "disabled, unmasked");
+        cs.write(0x10, 0, &[0xff; 4]);
+        assert_eq!(cs.read(0x10), 0xc040_8011);
+        assert_eq!(cap.control(&cs), (true, true));
+        assert_eq!(MsixCapability::parse(&mut cs, 0xf8), Err(MsixError::Placement { offset: 0xf8 }));
     }
 
     #[test]
