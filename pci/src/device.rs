@@ -93,6 +93,30 @@ impl PartialEq for ConfigWait {
 
 impl Eq for ConfigWait {}
 
+/// A host mapping of part of a BAR that may back guest memory directly (a memory slot over
+/// it while the BAR is decoded), so guest accesses there never reach the VMM.
+#[derive(Clone)]
+pub struct MmapArea {
+    /// Offset of the area in its BAR.
+    pub offset: u64,
+    pub size: u64,
+    /// Where the area is mapped in the VMM.
+    pub host_addr: u64,
+    /// Holds the host mapping alive: whoever puts a memory slot over the area keeps a clone
+    /// until the slot is gone, so the slot never outlives the memory behind it.
+    pub mapping: std::sync::Arc<dyn std::any::Any + Send + Sync>,
+}
+
+impl std::fmt::Debug for MmapArea {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MmapArea")
+            .field("offset", &format_args!("{:#x}", self.offset))
+            .field("size", &format_args!("{:#x}", self.size))
+            .field("host_addr", &format_args!("{:#x}", self.host_addr))
+            .finish_non_exhaustive()
+    }
+}
+
 /// A PCI function as the bus sees it. All methods are infallible for the same reason as
 /// [`crate::BusDevice`]: the guest drives them.
 pub trait PciDevice: Send {
@@ -104,6 +128,13 @@ pub trait PciDevice: Send {
     fn write_config(&mut self, reg: usize, offset: u64, data: &[u8]) -> ConfigEffects;
     fn read_bar(&mut self, bar: BarIndex, offset: u64, data: &mut [u8]);
     fn write_bar(&mut self, bar: BarIndex, offset: u64, data: &[u8]);
+    /// The parts of memory BAR `bar` the VMM may map into the guest as memory while the BAR
+    /// is decoded (an assigned device's mmapped registers); accesses elsewhere in the BAR
+    /// still come through [`Self::read_bar`] and [`Self::write_bar`]. Emulated functions
+    /// have none.
+    fn mmap_areas(&self, _bar: BarIndex) -> Vec<MmapArea> {
+        Vec::new()
+    }
 }
 
 /// A PCI function: the one strong reference is the device manager's; the root complex and

@@ -17,6 +17,7 @@ pub mod device;
 pub mod function;
 pub mod interrupt;
 pub mod intx;
+pub mod memslots;
 pub mod passthrough;
 pub mod root;
 pub mod synthetic;
@@ -28,11 +29,12 @@ pub use bus::{Bus, BusAccess, BusDevice, BusError, BusRange};
 pub use config_access::{PciConfigIo, PciConfigMmio};
 pub use config_space::{ConfigSpace, DeviceIds, HeaderType};
 pub use device::{
-    lock_function, AccessGate, BarIndex, BarKind, BarMove, BarRegion, BarSlot, ConfigEffects, ConfigWait, PciDevice,
-    SharedPciDevice, WeakPciDevice,
+    lock_function, AccessGate, BarIndex, BarKind, BarMove, BarRegion, BarSlot, ConfigEffects, ConfigWait, MmapArea,
+    PciDevice, SharedPciDevice, WeakPciDevice,
 };
 pub use function::{BarSpec, EmulatedFunction, FunctionBackend, FunctionConfig, FunctionError, NoRegisters};
 pub use interrupt::{InterruptError, MsiMessage, MsiVectors, VectorIndex};
+pub use memslots::{BarMemslots, MemorySlots};
 pub use passthrough::{CapabilityView, DeviceWrite, PassthroughConfig};
 pub use root::{BusRelocator, ConfigEffectsHandler, PciRoot, RootError};
 pub use topology::{PciTopology, TopologyConfig, TopologyError};

@@ -2,7 +2,10 @@
 //! one slot each behind them; the guest reaches it through [`crate::config_access`].
 //!
 //! Config writes return [`ConfigEffects`]; the root hands them to a
-//! [`ConfigEffectsHandler`] together with the function, outside the function's lock.
+//! [`ConfigEffectsHandler`] together with the function, outside the function's lock. The
+//! [`BusRelocator`] is that handler for every function, emulated or assigned: it moves BARs'
+//! bus entries and, with [`BusRelocator::set_memory_slots`], the memory slots over their
+//! mmapped areas.
 //!
 //! Ownership: the root owns the host bridge and its root ports; the functions it routes to
 //! are owned by the VMM's device manager and held here (and in the relocator's BAR slots)
@@ -21,6 +24,7 @@ use crate::device::{
     WeakPciDevice,
 };
 use crate::function::{EmulatedFunction, FunctionError, NoRegisters};
+use crate::memslots::{BarMemslots, MemorySlots};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RootError {
@@ -70,6 +74,8 @@ pub struct BusRelocator {
     pending: HashMap<(usize, BarIndex), (Bdf, WeakPciDevice, BarMove)>,
     /// The last BDF each function was seen at.
     functions: HashMap<Bdf, usize>,
+    /// The memory slots over mmapped BAR areas, which follow the bus mappings.
+    memslots: Option<BarMemslots>,
 }
 
 /// A function's identity: the address of its shared allocation.
@@ -86,6 +92,26 @@ impl BusRelocator {
             kinds: HashMap::new(),
             pending: HashMap::new(),
             functions: HashMap::new(),
+            memslots: None,
+        }
+    }
+
+    /// Gives the relocator the VMM's memory slots: from then on the mmapped areas of every
+    /// function's BARs ([`crate::PciDevice::mmap_areas`]) are guest memory wherever and
+    /// whenever the BAR is mapped and decoded (see [`BarMemslots`]).
+    pub fn set_memory_slots(&mut self, slots: Box<dyn MemorySlots>) {
+        self.memslots = Some(BarMemslots::new(slots));
+    }
+
+    /// The memory slots of the functions a change touched follow their BARs.
+    fn sync_memslots(&mut self, decode: Option<bool>, touched: &[(Bdf, SharedPciDevice)]) {
+        let Some(memslots) = self.memslots.as_mut() else { return };
+        let mapped = &self.mapped;
+        for (i, (bdf, device)) in touched.iter().enumerate() {
+            let id = identity(device);
+            let Some(dev) = lock_function(device) else { continue };
+            let decode = if i == 0 { decode } else { None };
+            memslots.sync(bdf, id, &*dev, decode, &|bar| mapped.get(&(id, bar)).copied());
         }
     }
 
@@ -122,10 +148,14 @@ impl BusRelocator {
         Ok(())
     }
 
-    /// Takes every BAR of `device` off the buses and forgets its refused moves: from now
-    /// on its BARs' ranges are free and read all-ones.
+    /// Takes every BAR of `device` off the buses, removes the memory slots over them and
+    /// forgets its refused moves: from now on its BARs' ranges are free and read all-ones,
+    /// and the host mappings behind the slots may go.
     pub fn detach(&mut self, device: &SharedPciDevice) {
         let id = identity(device);
+        if let Some(m) = self.memslots.as_mut() {
+            m.unmap_function(&"PCI function", id);
+        }
         let bars: Vec<(BarIndex, u64)> =
             self.mapped.iter().filter(|((f, _), _)| *f == id).map(|((_, bar), addr)| (*bar, *addr)).collect();
         for (bar, addr) in bars {
@@ -175,8 +205,10 @@ impl BusRelocator {
     }
 
     /// Retries refused moves until a round maps none; a round that progresses maps at
-    /// least one, so this ends within as many rounds as there are pending moves.
-    fn retry_pending(&mut self) {
+    /// least one, so this ends within as many rounds as there are pending moves. Returns the
+    /// functions whose BARs got mapped.
+    fn retry_pending(&mut self) -> Vec<(Bdf, SharedPciDevice)> {
+        let mut retried = Vec::new();
         loop {
             let waiting: Vec<_> = self.pending.values().cloned().collect();
             let mut progressed = false;
@@ -190,10 +222,11 @@ impl BusRelocator {
                 if self.map(bdf, &device, m).is_ok() {
                     log::info!("{bdf}: BAR {:?} mapped at {:#x} now that the range is free", m.index, m.new_addr);
                     progressed = true;
+                    retried.push((bdf, device));
                 }
             }
             if !progressed {
-                return;
+                return retried;
             }
         }
     }
@@ -203,6 +236,7 @@ impl ConfigEffectsHandler for BusRelocator {
     fn apply(&mut self, bdf: Bdf, device: &SharedPciDevice, effects: ConfigEffects) {
         self.functions.insert(bdf, identity(device));
         let moved = !effects.bar_moves.is_empty();
+        let mut touched = vec![(bdf, device.clone())];
         for m in effects.bar_moves {
             if let Err(e) = self.map(bdf, device, m) {
                 ratelog::warn_limited!(
@@ -213,8 +247,9 @@ impl ConfigEffectsHandler for BusRelocator {
             }
         }
         if moved && !self.pending.is_empty() {
-            self.retry_pending();
+            touched.extend(self.retry_pending());
         }
+        self.sync_memslots(effects.mem_decode, &touched);
     }
 }
 
@@ -661,5 +696,82 @@ mod tests {
         rel.apply(abdf, &ad, e);
         assert_eq!(rel.mapped(abdf, BarIndex(0)), Some(0xc020_0000));
         assert!(rel.pending.is_empty());
+    }
+
+    /// An emulated function whose BAR 0 (4 KiB) is also host memory the guest may map.
+    struct WithArea(EmulatedFunction<Scratch>, Arc<Vec<u8>>);
+    impl PciDevice for WithArea {
+        fn bars(&self) -> Vec<BarRegion> {
+            self.0.bars()
+        }
+        fn read_config(&mut self, reg: usize) -> u32 {
+            self.0.read_config(reg)
+        }
+        fn write_config(&mut self, reg: usize, offset: u64, data: &[u8]) -> ConfigEffects {
+            self.0.write_config(reg, offset, data)
+        }
+        fn read_bar(&mut self, bar: BarIndex, offset: u64, data: &mut [u8]) {
+            self.0.read_bar(bar, offset, data)
+        }
+        fn write_bar(&mut self, bar: BarIndex, offset: u64, data: &[u8]) {
+            self.0.write_bar(bar, offset, data)
+        }
+        fn mmap_areas(&self, bar: BarIndex) -> Vec<crate::MmapArea> {
+            let host_addr = self.1.as_ptr() as u64;
+            let area = crate::MmapArea { offset: 0, size: 0x1000, host_addr, mapping: self.1.clone() };
+            if bar == BarIndex(0) {
+                vec![area]
+            } else {
+                Vec::new()
+            }
+        }
+    }
+
+    #[test]
+    fn relocator_moves_memory_slots_with_the_bus_entries() {
+        let mmio = Arc::new(Bus::new());
+        let mut rel = BusRelocator::new(mmio.clone(), Arc::new(Bus::new()));
+        let slots = crate::memslots::tests::FakeSlots::default();
+        rel.set_memory_slots(Box::new(slots.clone()));
+        let live = || slots.live.lock().unwrap().values().map(|(g, s, _)| (*g, *s)).collect::<Vec<_>>();
+        let make = |low: u64, high: u64| {
+            let mut f = EmulatedFunction::new("ep", &test_config(), Scratch([0; 64])).unwrap();
+            f.place_bar(BarIndex(0), low).unwrap();
+            f.place_bar(BarIndex(2), high).unwrap();
+            Arc::new(Mutex::new(WithArea(f, Arc::new(vec![0; 0x1000]))))
+        };
+        let (a, b) = (make(0xc000_0000, 0x1_0000_0000), make(0xc010_0000, 0x1_0001_0000));
+        let (abdf, bbdf): (Bdf, Bdf) = ("01:00.0".parse().unwrap(), "02:00.0".parse().unwrap());
+        let (ad, bd): (SharedPciDevice, SharedPciDevice) = (a.clone(), b.clone());
+        rel.attach(abdf, &ad).unwrap();
+        rel.attach(bbdf, &bd).unwrap();
+        assert!(live().is_empty(), "decode is off at attach");
+        let e = a.lock().unwrap().write_config(1, 0, &[2]);
+        rel.apply(abdf, &ad, e);
+        let e = b.lock().unwrap().write_config(1, 0, &[2]);
+        rel.apply(bbdf, &bd, e);
+        assert_eq!(live(), vec![(0xc000_0000, 0x1000), (0xc010_0000, 0x1000)]);
+        // The guest swaps the BARs one register at a time: A's move is refused (its slot goes
+        // with its bus entry), then B moves away and A's retried move brings its slot back.
+        let e = a.lock().unwrap().write_config(4, 0, &0xc010_0000u32.to_le_bytes());
+        rel.apply(abdf, &ad, e);
+        assert_eq!(live(), vec![(0xc010_0000, 0x1000)]);
+        let e = b.lock().unwrap().write_config(4, 0, &0xc000_0000u32.to_le_bytes());
+        rel.apply(bbdf, &bd, e);
+        assert_eq!(live(), vec![(0xc000_0000, 0x1000), (0xc010_0000, 0x1000)]);
+        assert_eq!(rel.mapped(abdf, BarIndex(0)), Some(0xc010_0000));
+        // Decode off removes A's slot only; detaching B removes its slot and frees the mapping.
+        let e = a.lock().unwrap().write_config(1, 0, &[0]);
+        rel.apply(abdf, &ad, e);
+        assert_eq!(live(), vec![(0xc000_0000, 0x1000)]);
+        assert_eq!(Arc::strong_count(&b.lock().unwrap().1), 2);
+        rel.detach(&bd);
+        assert!(live().is_empty());
+        assert_eq!(Arc::strong_count(&b.lock().unwrap().1), 1);
+        let e = a.lock().unwrap().write_config(1, 0, &[2]);
+        rel.apply(abdf, &ad, e);
+        assert_eq!(live(), vec![(0xc010_0000, 0x1000)]);
+        rel.detach(&ad);
+        assert!(live().is_empty());
     }
 }
