@@ -305,6 +305,10 @@ impl Bars {
         self.bar(index).map(|b| b.size)
     }
 
+    pub fn kind(&self, index: BarIndex) -> Option<BarKind> {
+        self.bar(index).map(|b| b.kind)
+    }
+
     pub fn rom_enabled(&self) -> bool {
         self.rom_enable
     }

@@ -32,7 +32,7 @@ pub struct CapabilityView {
 }
 
 /// A device's config space with a per-bit passthrough layer.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct PassthroughConfig {
     space: ConfigSpace,
     /// Bits the VMM emulates (read from and written to `space`); the others are the device's.
@@ -40,6 +40,16 @@ pub struct PassthroughConfig {
     /// For emulated bits of dwords that also hold device bits: what a forwarded write
     /// carries in their place.
     device_value: Box<[u32]>,
+}
+
+impl std::fmt::Debug for PassthroughConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let emulated = self.emulated.iter().filter(|e| **e != 0).count();
+        f.debug_struct("PassthroughConfig")
+            .field("space", &self.space)
+            .field("dwords_with_emulated_bits", &emulated)
+            .finish_non_exhaustive()
+    }
 }
 
 impl PassthroughConfig {

@@ -4,10 +4,10 @@
 //! [`DeviceManager::detach`], on a running VM as well (hot-plug), at a guest reset and at the
 //! VM's end. Buses, the root complex and the relocator only refer to devices (weakly).
 //!
-//! Detaching runs in one order: the device leaves the guest's view (bus entries, slot) ->
-//! its I/O threads are stopped and joined -> its ioeventfds, INTx irqfd, MSI irqfds, GSI
-//! routes and memory slots are removed -> an assigned device is reset and closed -> its
-//! resources are given back. When the VM ends, every device goes that way, then the VFIO
+//! Detaching runs in one order: the device leaves the guest's view (bus entries, the memory
+//! slots over its BARs, slot) -> its I/O threads are stopped and joined -> its ioeventfds,
+//! INTx irqfd, MSI irqfds and GSI routes are removed -> an assigned device is reset and
+//! closed -> its resources are given back. When the VM ends, every device goes that way, then the VFIO
 //! container (DMA unmapped); guest RAM is unmapped last, by whoever holds it last.
 //!
 //! Sub-managers (legacy, pci, vfio, virtio, testdev) build devices, one file each.
@@ -213,6 +213,7 @@ impl DeviceManager {
     pub fn new(cfg: DeviceManagerConfig) -> Result<Self, DeviceManagerError> {
         let buses = Arc::new(IoBuses { pio: Arc::new(::pci::Bus::new()), mmio: Arc::new(::pci::Bus::new()) });
         let pci = pci::PciSegment::new(&buses, cfg.mmio64)?;
+        pci.set_memory_slots(Box::new(seams::DeviceSlots::new(cfg.seams.memslots.clone())));
         let mut dm = Self {
             devices: BTreeMap::new(),
             order: Vec::new(),
@@ -342,8 +343,9 @@ impl DeviceManager {
                 if function.strong_count() > 1 {
                     log::warn!("{id}: still in use {IN_FLIGHT_GRACE:?} after detach; released when let go");
                 }
-                // Its MSI irqfds and routes, memory slots, and for an assigned device the reset
-                // and the device fd go with it.
+                // Its MSI irqfds and routes, and for an assigned device the reset, the BAR
+                // mmaps (their memory slots went with detach_function) and the device fd go
+                // with it.
                 drop(function);
                 drop(intx);
                 let mut resources = self.resources.lock().unwrap_or_else(|e| e.into_inner());

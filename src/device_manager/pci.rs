@@ -12,7 +12,8 @@ use pci::aml::{HostBridgeResources, PciHostBridgeAml};
 use pci::bridge::Window;
 use pci::intx::{IntxPin, IntxRouting};
 use pci::{
-    Bdf, BusRelocator, ConfigEffects, ConfigEffectsHandler, PciConfigIo, PciConfigMmio, PciRoot, SharedPciDevice,
+    Bdf, BusRelocator, ConfigEffects, ConfigEffectsHandler, MemorySlots, PciConfigIo, PciConfigMmio, PciRoot,
+    SharedPciDevice,
 };
 
 use super::DeviceManagerError;
@@ -92,6 +93,12 @@ impl PciSegment {
         // The windows are checked now, so a bad layout fails before anything runs.
         PciHostBridgeAml::new(res).map_err(|e| DeviceManagerError::PciAml(e.to_string()))?;
         Ok(Self { root, relocator, res, intx })
+    }
+
+    /// The VM's memory slots for mmapped BAR areas: from now on they follow the BARs (and
+    /// leave with [`Self::detach_function`]).
+    pub fn set_memory_slots(&self, slots: Box<dyn MemorySlots>) {
+        lock(&self.relocator).set_memory_slots(slots);
     }
 
     /// The highest bus number in use (0 without root ports): the end of the bus range the

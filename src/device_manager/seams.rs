@@ -59,8 +59,8 @@ impl VmSeams {
     }
 }
 
-/// One device's memory slots (an assigned device's BAR mmaps), each given back when the
-/// device unmaps it or, at the latest, when the device is gone.
+/// The memory slots over devices' BAR mmaps (the relocator's, `pci::BusRelocator`), each
+/// given back when the relocator unmaps it or, at the latest, when the relocator is gone.
 pub struct DeviceSlots {
     map: Arc<dyn MemslotMap>,
     live: BTreeMap<u32, MemSlot>,
@@ -72,7 +72,7 @@ impl DeviceSlots {
     }
 }
 
-impl vfio::regions::MemorySlots for DeviceSlots {
+impl pci::MemorySlots for DeviceSlots {
     fn map_slot(&mut self, gpa: u64, size: u64, host_addr: u64) -> std::io::Result<u32> {
         let slot = self.map.map_memslot(gpa, size, host_addr, false).map_err(std::io::Error::other)?;
         self.live.insert(slot.slot, slot);

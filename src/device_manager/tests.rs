@@ -152,13 +152,9 @@ fn detach_takes_a_running_virtio_device_out_completely() {
     assert_eq!((bdf2, bar0_2, gsis2), (bdf, bar0, gsis));
 }
 
-/// An assigned function over an in-memory host device, gated on `dma`, its memory slots on
-/// the fake VM's.
-fn attach_assigned(
-    dm: &mut DeviceManager,
-    vm: &FakeVm,
-    dma: &Arc<::vfio::dma::DmaMapping>,
-) -> (Bdf, Arc<::vfio::host::FakeHost>) {
+/// An assigned function over an in-memory host device, gated on `dma`; the relocator puts
+/// its BAR mmaps in the fake VM's memory slots.
+fn attach_assigned(dm: &mut DeviceManager, dma: &Arc<::vfio::dma::DmaMapping>) -> (Bdf, Arc<::vfio::host::FakeHost>) {
     use ::vfio::fuzz_support::{sample_config, SAMPLE_SIZES};
     let host = Arc::new(::vfio::host::FakeHost::new(&sample_config(), SAMPLE_SIZES, [1, 8, 4]));
     let mut taken = crate::resources::Taken::new(&dm.resources);
@@ -170,10 +166,13 @@ fn attach_assigned(
         romfile: None,
         vectors: Box::new(vectors),
         intx: None,
-        slots: Box::new(seams::DeviceSlots::new(vm.memslots.clone())),
     })
     .unwrap();
-    dev.place_bars(&mut |b| taken.mmio32(b.size, b.size.max(4096)).ok()).unwrap();
+    dev.place_bars(&mut |b| match b.kind {
+        ::pci::BarKind::Io => taken.io(b.size, b.size).ok(),
+        _ => taken.mmio32(b.size, b.size.max(4096)).ok(),
+    })
+    .unwrap();
     dev.gate_bus_master(dma.clone());
     dev.start().unwrap();
     let new = NewPciFunction::on_bus0(PciFunction::Assigned(Arc::new(Mutex::new(dev))), taken.keep());
@@ -183,7 +182,7 @@ fn attach_assigned(
 #[test]
 fn detach_resets_an_assigned_device_and_removes_its_memory_slots() {
     let (mut dm, vm) = test_dm();
-    let (bdf, host) = attach_assigned(&mut dm, &vm, &::vfio::dma::DmaMapping::mapped());
+    let (bdf, host) = attach_assigned(&mut dm, &::vfio::dma::DmaMapping::mapped());
     config_write(&dm, bdf, 0x04, &[0x06]);
     assert!(!vm.memslots.live.lock().unwrap().is_empty(), "decode on: BAR mmaps are memory slots");
     assert_eq!(config_read(&dm, bdf, 4) & 0x4, 0x4, "Bus Master on (the mapping was complete)");
@@ -197,9 +196,9 @@ fn detach_resets_an_assigned_device_and_removes_its_memory_slots() {
 
 #[test]
 fn a_stop_releases_a_bus_master_enable_waiting_for_a_dma_map_that_never_ends() {
-    let (mut dm, vm) = test_dm();
+    let (mut dm, _vm) = test_dm();
     let never = ::vfio::dma::DmaMapping::pending();
-    let (bdf, host) = attach_assigned(&mut dm, &vm, &never);
+    let (bdf, host) = attach_assigned(&mut dm, &never);
     dm.waits.push(never.clone());
     let stop = StopNotifier::new().unwrap();
     let dm = Arc::new(Mutex::new(dm));

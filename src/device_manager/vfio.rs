@@ -1,7 +1,7 @@
 //! Wiring of assigned devices (`--device`): pre-flight checks, one VFIO container with the
-//! KVM-VFIO device, guest RAM DMA-mapped, then per device its vectors, INTx line, BAR
-//! addresses and memory slots. The device logic itself lives in the `vfio` crate; the device
-//! manager owns the functions built here.
+//! KVM-VFIO device, guest RAM DMA-mapped, then per device its vectors, INTx line and BAR
+//! addresses (the memory slots over its BAR mmaps are the relocator's). The device logic
+//! itself lives in the `vfio` crate; the device manager owns the functions built here.
 
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -13,11 +13,11 @@ use pci::{BarKind, PciDevice as _};
 use vfio::container::{Container, ContainerError, RamRange};
 use vfio::device::{DeviceParts, VfioPciDevice};
 use vfio::dma::{DmaError, DmaMapping};
-use vfio::host::{HostDevice, HostError, IrqIndex, MmapArea, RegionInfo, RegionMapping, VfioHost};
+use vfio::host::{HostDevice, HostError, IrqIndex, RegionInfo, RegionMapping, SparseArea, VfioHost};
 use vfio::spec::{parse_devices, DeviceSpec, SpecError};
 use vm_memory::{GuestMemoryBackend as _, GuestMemoryRegion as _};
 
-use super::seams::{DeviceSlots, VmSeams};
+use super::seams::VmSeams;
 use super::{DeviceId, NewPciFunction, PciFunction};
 use crate::config::DeviceSpec as CliDeviceSpec;
 use crate::irq::{GsiRouting, IntxHandle, KvmIntx, KvmMsiVectors};
@@ -264,7 +264,7 @@ impl HostDevice for ManagedHost {
     fn resettable(&self) -> bool {
         self.host.resettable()
     }
-    fn map_region(&self, region: u32, area: MmapArea) -> Result<RegionMapping, HostError> {
+    fn map_region(&self, region: u32, area: SparseArea) -> Result<RegionMapping, HostError> {
         self.host.map_region(region, area)
     }
 }
@@ -310,7 +310,6 @@ fn build_one(
         romfile,
         vectors: Box::new(vectors),
         intx: intx.clone().map(|l| Box::new(IntxHandle(l)) as Box<dyn vfio::interrupts::IntxLine>),
-        slots: Box::new(DeviceSlots::new(ctx.seams.memslots.clone())),
     })
     .map_err(|source| VfioManagerError::Device { id: id.clone(), source })?;
 

@@ -18,11 +18,12 @@ use std::time::{Duration, Instant};
 
 use hostadmin::preflight::preflight;
 use hostadmin::PciHost;
-use pci::{BarIndex, InterruptError, MsiMessage, MsiVectors, PciDevice, VectorIndex};
+use pci::{
+    BarIndex, BarMemslots, ConfigEffects, InterruptError, MemorySlots, MsiMessage, MsiVectors, PciDevice, VectorIndex,
+};
 use vfio::container::{Container, RamRange};
 use vfio::device::{DeviceParts, VfioPciDevice};
 use vfio::host::HostDevice;
-use vfio::regions::MemorySlots;
 use vfio::spec::parse_devices;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -82,7 +83,8 @@ impl vfio::interrupts::IntxLine for Line {
     }
 }
 
-/// Records "memory slots": here the probe reads through the host mapping itself.
+/// Records "memory slots": here the probe reads through the host mapping itself. Slots come
+/// and go as in the VMM: `pci::BarMemslots` follows the device's config effects.
 #[derive(Clone, Default)]
 struct Slots(Arc<Mutex<Vec<(u64, u64, u64)>>>);
 
@@ -95,6 +97,13 @@ impl MemorySlots for Slots {
     fn unmap_slot(&mut self, _slot: u32) -> std::io::Result<()> {
         Ok(())
     }
+}
+
+/// What the VMM's config-effects handler does after a config write: the memory slots follow
+/// the BARs (the probe has no bus: a BAR is where it was placed).
+fn follow(memslots: &mut BarMemslots, dev: &VfioPciDevice, fx: &ConfigEffects) {
+    let bars = PciDevice::bars(dev);
+    memslots.sync(&"probe", 0, dev, fx.mem_decode, &|b| bars.iter().find(|r| r.index == b).map(|r| r.addr));
 }
 
 struct Ram {
@@ -230,7 +239,6 @@ fn run(bdf_arg: &str, expect: Option<&str>) -> Result<bool, String> {
             routes: routes.clone(),
         }),
         intx: Some(Box::new(line)),
-        slots: Box::new(slots.clone()),
     })
     .map_err(|e| e.to_string())?;
     let mut ok = true;
@@ -261,7 +269,7 @@ fn run(bdf_arg: &str, expect: Option<&str>) -> Result<bool, String> {
     dev.write_config(4, 0, &u32::MAX.to_le_bytes());
     let sized = dev.read_config(4);
     let size = (!(sized & !0xf)).wrapping_add(1);
-    let bar0_size = dev.bar_infos().first().map_or(0, |b| b.size);
+    let bar0_size = dev.bar_specs().first().map_or(0, |b| b.size);
     ok &= check(
         "bar0-sizing",
         u64::from(size) == bar0_size.min(1 << 31) || bar0_size > u64::from(u32::MAX),
@@ -278,7 +286,9 @@ fn run(bdf_arg: &str, expect: Option<&str>) -> Result<bool, String> {
     .map_err(|e| e.to_string())?;
     dev.start().map_err(|e| e.to_string())?;
     // Memory decode + bus master on: slots appear.
+    let mut memslots = BarMemslots::new(Box::new(slots.clone()));
     let fx = dev.write_config(1, 0, &[0x06, 0x00]);
+    follow(&mut memslots, &dev, &fx);
     let mapped = slots.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
     ok &= check("decode-maps-slots", fx.mem_decode == Some(true) && !mapped.is_empty(), format!("{mapped:x?}"));
 
@@ -382,6 +392,7 @@ fn run(bdf_arg: &str, expect: Option<&str>) -> Result<bool, String> {
         ok &= check("nvme-no-intx", true, "VFIO reports 0 INTx IRQs: an SR-IOV VF has no INTx");
         ok &= check("trap-counts", true, format!("{:?}", dev.trap_counts()));
         wr32(&mut dev, 0x14, 0);
+        memslots.unmap_all();
         drop(dev);
         drop(container);
         check("release", true, "device reset, DMA unmapped, fds closed");
@@ -410,14 +421,24 @@ fn run(bdf_arg: &str, expect: Option<&str>) -> Result<bool, String> {
     ok &= check("nvme-read-intx", intx_ok && mode == "Intx", format!("mode {mode}: {}", details.join("; ")));
     ok &= check("trap-counts", true, format!("{:?}", dev.trap_counts()));
     wr32(&mut dev, 0x14, 0);
+    memslots.unmap_all();
     drop(dev);
     drop(container);
     check("release", true, "device reset, DMA unmapped, fds closed");
     Ok(ok)
 }
 
+/// A device opened by [`open_plain`]; fields drop in order: slots, device, container.
+struct Plain {
+    /// Holds the memory slots (and so the BAR mappings) until dropped, first.
+    _memslots: BarMemslots,
+    slots: Slots,
+    dev: VfioPciDevice,
+    _container: Container,
+}
+
 /// Opens any device without driving it: what `--bar` and `--info` share.
-fn open_plain(bdf_arg: &str) -> Result<(Container, VfioPciDevice, Slots), String> {
+fn open_plain(bdf_arg: &str) -> Result<Plain, String> {
     let specs = parse_devices(&[bdf_arg]).map_err(|e| e.to_string())?;
     preflight(&PciHost::system(), &bdfs(&specs), RAM_SIZE as u64).map_err(|e| e.to_string())?;
     let container = Container::open(None).map_err(|e| format!("{e}: {:?}", std::error::Error::source(&e)))?;
@@ -434,33 +455,38 @@ fn open_plain(bdf_arg: &str) -> Result<(Container, VfioPciDevice, Slots), String
         romfile: None,
         vectors: Box::new(Vectors { fds, routes: Arc::default() }),
         intx: None,
-        slots: Box::new(slots.clone()),
     })
     .map_err(|e| e.to_string())?;
-    // 64-bit BARs of 256 MiB and more above 4 GiB, like the VMM does.
-    let (mut low, mut high) = (0xc000_0000u64, 0x80_0000_0000u64);
+    // 64-bit BARs of 256 MiB and more above 4 GiB, like the VMM does; I/O BARs in port space.
+    let (mut low, mut high, mut io) = (0xc000_0000u64, 0x80_0000_0000u64, 0xc000u64);
     dev.place_bars(&mut |b| {
-        let next = if b.size >= 256 << 20 { &mut high } else { &mut low };
+        let next = match b.kind {
+            pci::BarKind::Io => &mut io,
+            _ if b.size >= 256 << 20 => &mut high,
+            _ => &mut low,
+        };
         let a = next.next_multiple_of(b.size.max(0x1000));
         *next = a + b.size.max(0x1000);
         Some(a)
     })
     .map_err(|e| e.to_string())?;
-    dev.write_config(1, 0, &[0x06]);
-    Ok((container, dev, slots))
+    let mut memslots = BarMemslots::new(Box::new(slots.clone()));
+    let fx = dev.write_config(1, 0, &[0x06]);
+    follow(&mut memslots, &dev, &fx);
+    Ok(Plain { _memslots: memslots, slots, dev, _container: container })
 }
 
 fn bar_mode(args: &[String]) -> Result<bool, String> {
     let [bdf, bar, offsets @ ..] = args else { return Err("usage: --bar BDF BAR OFFSET...".into()) };
     let bar: u8 = bar.parse().map_err(|_| "BAR must be 0-5")?;
-    let (_c, dev, slots) = open_plain(bdf)?;
-    let Some(info) = dev.bar_infos().into_iter().find(|b| b.index == BarIndex(bar)) else {
+    let p = open_plain(bdf)?;
+    let Some(info) = p.dev.bar_specs().into_iter().find(|b| b.index == BarIndex(bar)) else {
         return Err(format!("BAR{bar} does not exist"));
     };
-    let regions = pci::PciDevice::bars(&dev);
+    let regions = pci::PciDevice::bars(&p.dev);
     let region = regions.iter().find(|r| r.index == BarIndex(bar)).ok_or("BAR not placed")?;
     check("bar-placed", true, format!("BAR{bar} {:?} size {:#x} at {:#x}", info.kind, info.size, region.addr));
-    let mapped = slots.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let mapped = p.slots.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let mut ok = true;
     for off in offsets {
         let off = off
@@ -484,23 +510,23 @@ fn bar_mode(args: &[String]) -> Result<bool, String> {
 
 fn info_mode(args: &[String]) -> Result<bool, String> {
     let [bdf] = args else { return Err("usage: --info BDF".into()) };
-    let (_c, mut dev, slots) = open_plain(bdf)?;
-    let id = dev.read_config(0);
+    let mut p = open_plain(bdf)?;
+    let id = p.dev.read_config(0);
     check("info-ids", id != u32::MAX && id != 0, format!("{:04x}:{:04x}", id & 0xffff, id >> 16));
     let mut caps = Vec::new();
-    let mut ptr = dev.read_config(0x34 / 4) & 0xfc;
+    let mut ptr = p.dev.read_config(0x34 / 4) & 0xfc;
     while ptr >= 0x40 && caps.len() < 48 {
-        let d = dev.read_config(ptr as usize / 4);
+        let d = p.dev.read_config(ptr as usize / 4);
         caps.push(format!("{:02x}@{ptr:02x}", d & 0xff));
         ptr = (d >> 8) & 0xfc;
     }
     check("info-caps", true, caps.join(","));
-    let bars: Vec<String> = pci::PciDevice::bars(&dev)
+    let bars: Vec<String> = pci::PciDevice::bars(&p.dev)
         .iter()
         .map(|b| format!("BAR{} {:?} {:#x}@{:#x}", b.index.0, b.kind, b.size, b.addr))
         .collect();
     check("info-bars", !bars.is_empty(), bars.join("; "));
-    let mapped = slots.0.lock().unwrap_or_else(|e| e.into_inner()).len();
+    let mapped = p.slots.0.lock().unwrap_or_else(|e| e.into_inner()).len();
     check("info-mmapped-areas", true, mapped);
     Ok(true)
 }

@@ -3,13 +3,15 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use pci::{BarIndex, BarKind, BarRegion, ConfigEffects, ConfigWait, MsiVectors, PciDevice};
+use pci::capability::msix::MsixRegion;
+use pci::config_space::{COMMAND_BUS_MASTER, CONFIG_SPACE_DWORDS, REG_COMMAND_STATUS};
+use pci::{BarIndex, BarRegion, BarSpec, ConfigEffects, ConfigWait, MmapArea, MsiVectors, PciDevice};
 
-use crate::config::{BarInfo, ConfigError, RomOptions, VirtConfig, CONFIG_DWORDS};
+use crate::config::{AssignedConfig, ConfigError, RomOptions};
 use crate::dma::DmaMapping;
 use crate::host::{HostDevice, HostError, CONFIG_REGION, ROM_REGION};
 use crate::interrupts::{Interrupts, InterruptsError, IntxLine};
-use crate::regions::{BarMappings, MemorySlots, RegionsError};
+use crate::regions::{BarMappings, RegionsError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
@@ -30,6 +32,14 @@ pub enum DeviceError {
     },
     #[error("{bdf}: no guest address for BAR{bar} ({size:#x} bytes)")]
     PlaceBar { bdf: String, bar: u8, size: u64 },
+    #[error("{bdf}: BAR{bar} cannot go at {addr:#x}")]
+    BarAddress {
+        bdf: String,
+        bar: u8,
+        addr: u64,
+        #[source]
+        source: pci::BarError,
+    },
     #[error(transparent)]
     Regions(#[from] RegionsError),
     #[error(transparent)]
@@ -50,19 +60,16 @@ pub struct DeviceParts {
     pub romfile: Option<Vec<u8>>,
     pub vectors: Box<dyn MsiVectors>,
     pub intx: Option<Box<dyn IntxLine>>,
-    pub slots: Box<dyn MemorySlots>,
 }
 
-/// The command register's dword and its Bus Master Enable bit (PCI Local Bus 3.0, 6.2.2).
-const COMMAND_DWORD: usize = 1;
-const CMD_BUS_MASTER: u8 = 0x04;
-
+/// An assigned PCI function. Its memory BARs' mmapped areas ([`PciDevice::mmap_areas`])
+/// become guest memory through whoever applies its [`ConfigEffects`] (`pci::BusRelocator`
+/// with memory slots), not here: config writes only return what changed.
 pub struct VfioPciDevice {
     bdf: String,
-    cfg: VirtConfig,
+    cfg: AssignedConfig,
     irq: Interrupts,
     maps: BarMappings,
-    slots: Box<dyn MemorySlots>,
     romfile: Option<Vec<u8>>,
     /// Guest accesses that trapped to the VMM, per BAR (index 6 = ROM).
     traps: [AtomicU64; 7],
@@ -92,7 +99,7 @@ impl VfioPciDevice {
             *s = host.region_info(i as u32).map_or(0, |r| r.size);
         }
         let rom = RomOptions { hidden: !parts.rombar, file_size: parts.romfile.as_ref().map_or(0, |r| r.len() as u64) };
-        let cfg = VirtConfig::new(&bdf, &config, sizes, rom)?;
+        let cfg = AssignedConfig::new(&bdf, &config, sizes, rom)?;
         // vfio-pci resets a device as it opens it, and offers VFIO_DEVICE_RESET only when
         // that reset worked (with the same method): resetting again here would only cost
         // time (a function-level reset waits at least 100 ms), which QEMU pays at machine reset.
@@ -102,7 +109,7 @@ impl VfioPciDevice {
             log::info!("{bdf}: device has no reset method; starting as is");
         }
         let irq = Interrupts::new(&bdf, &cfg, parts.vectors, parts.intx);
-        let maps = BarMappings::new(host.as_ref(), cfg.bar_infos(), cfg.msix_info())?;
+        let maps = BarMappings::new(host.as_ref(), cfg.bar_specs().into_iter(), cfg.msix().map(|m| m.config()))?;
         for (bar, off, size) in maps.areas() {
             log::debug!("{bdf}: BAR{} +{off:#x} {size:#x} bytes mmapped", bar.0);
         }
@@ -112,7 +119,6 @@ impl VfioPciDevice {
             cfg,
             irq,
             maps,
-            slots: parts.slots,
             romfile: parts.romfile,
             traps: Default::default(),
             msix_traps: AtomicU64::new(0),
@@ -125,16 +131,22 @@ impl VfioPciDevice {
     }
 
     /// The BARs to place, with kind and size.
-    pub fn bar_infos(&self) -> Vec<BarInfo> {
-        self.cfg.bar_infos().collect()
+    pub fn bar_specs(&self) -> Vec<BarSpec> {
+        self.cfg.bar_specs()
     }
 
-    /// Gives every BAR a guest address from `alloc(bar)`; `None` fails the set-up.
-    pub fn place_bars(&mut self, alloc: &mut dyn FnMut(&BarInfo) -> Option<u64>) -> Result<(), DeviceError> {
-        for bar in self.bar_infos() {
+    /// Gives every BAR a guest address from `alloc(bar)` (naturally aligned); `None` fails
+    /// the set-up.
+    pub fn place_bars(&mut self, alloc: &mut dyn FnMut(&BarSpec) -> Option<u64>) -> Result<(), DeviceError> {
+        for bar in self.bar_specs() {
             let addr =
                 alloc(&bar).ok_or(DeviceError::PlaceBar { bdf: self.bdf.clone(), bar: bar.index.0, size: bar.size })?;
-            self.cfg.place_bar(bar.index, addr);
+            self.cfg.place_bar(bar.index, addr).map_err(|source| DeviceError::BarAddress {
+                bdf: self.bdf.clone(),
+                bar: bar.index.0,
+                addr,
+                source,
+            })?;
         }
         Ok(())
     }
@@ -168,14 +180,15 @@ impl VfioPciDevice {
 
     /// Last set-up step before vCPUs run: INTx on (the guest may never use MSI).
     pub fn start(&mut self) -> Result<(), DeviceError> {
-        self.irq.enable_intx(self.host.as_ref(), &self.cfg)?;
+        self.irq.enable_intx(self.host.as_ref())?;
         Ok(())
     }
 
-    /// Guest reboot: reset the device and our emulation to power-on state.
+    /// Guest reboot: reset the device and our emulation to power-on state. Memory decode is
+    /// off afterwards, so the memory slots over the BARs must go: their owner removes them
+    /// (`pci::BusRelocator::detach`).
     pub fn reset(&mut self) -> Result<(), DeviceError> {
-        self.maps.unmap_all(self.slots.as_mut());
-        self.irq.reset(self.host.as_ref(), &self.cfg)?;
+        self.irq.reset(self.host.as_ref())?;
         self.cfg.reset();
         self.host.reset().map_err(|source| DeviceError::Reset { bdf: self.bdf.clone(), source })?;
         Ok(())
@@ -192,10 +205,6 @@ impl VfioPciDevice {
         self.msix_traps.load(Ordering::Relaxed)
     }
 
-    pub fn mapped_areas(&self) -> usize {
-        self.maps.mapped_count()
-    }
-
     pub fn interrupt_mode(&self) -> crate::interrupts::Mode {
         self.irq.mode()
     }
@@ -206,57 +215,9 @@ impl VfioPciDevice {
         }
     }
 
-    fn apply_effects(&mut self, effects: &ConfigEffects) {
-        for m in &effects.bar_moves {
-            self.maps.unmap_bar(self.slots.as_mut(), m.index);
-            if self.cfg.bar_decodes(m.index) {
-                self.map_bar(m.index, m.new_addr);
-            }
-        }
-        match effects.mem_decode {
-            Some(true) => {
-                for r in self.cfg.bar_regions() {
-                    if !matches!(r.kind, BarKind::Io | BarKind::Rom) {
-                        self.map_bar(r.index, r.addr);
-                    }
-                }
-            }
-            Some(false) => self.maps.unmap_all(self.slots.as_mut()),
-            None => {}
-        }
-    }
-
-    fn map_bar(&mut self, bar: BarIndex, addr: u64) {
-        if let Err(e) = self.maps.map_bar(self.slots.as_mut(), bar, addr) {
-            // The BAR stays trapped: slower, still correct.
-            log::error!("{}: {e}; accesses to BAR{} stay trapped", self.bdf, bar.0);
-        }
-    }
-
-    /// Which part of a BAR an access falls in.
-    fn msix_part(&self, bar: BarIndex, offset: u64, len: usize) -> Option<MsixPart> {
-        let m = self.irq.msix_info()?;
-        let (table_len, pba_len) = (m.table_len(), m.pba_len());
-        // Saturating: an access wrapping past 2^64 counts as overlapping whatever lies above
-        // its start, so it is dropped rather than forwarded.
-        let end = offset.saturating_add(len as u64);
-        let inside = |start: u64, size: u64| offset >= start && end <= start + size;
-        let overlaps = |start: u64, size: u64| offset < start + size && end > start;
-        if bar == m.table_bar && inside(m.table_offset, table_len) {
-            return Some(MsixPart::Table(offset - m.table_offset));
-        }
-        if bar == m.pba_bar && inside(m.pba_offset, pba_len) {
-            return Some(MsixPart::Pba(offset - m.pba_offset));
-        }
-        // Found by the config_writes fuzz target: a misaligned access that only partly covers
-        // the table or PBA used to go to the device whole, so its bytes inside reached the
-        // host's own MSI-X table / PBA (and a read returned the host's MSI addresses).
-        if (bar == m.table_bar && overlaps(m.table_offset, table_len))
-            || (bar == m.pba_bar && overlaps(m.pba_offset, pba_len))
-        {
-            return Some(MsixPart::Straddle);
-        }
-        None
+    /// Which part of the MSI-X table or PBA an access falls in, if any.
+    fn msix_part(&self, bar: BarIndex, offset: u64, len: usize) -> Option<MsixRegion> {
+        self.cfg.msix()?.config().locate(bar, offset, len)
     }
 
     fn read_rom(&mut self, offset: u64, data: &mut [u8]) {
@@ -274,26 +235,17 @@ impl VfioPciDevice {
     }
 }
 
-enum MsixPart {
-    Table(u64),
-    Pba(u64),
-    /// Partly inside the table or PBA. Only misaligned accesses can do that (both start
-    /// 8-byte aligned and are whole qwords long, the spec allows aligned dword/qword
-    /// accesses only), so like pci's emulated table it is dropped / reads all-ones.
-    Straddle,
-}
-
 impl PciDevice for VfioPciDevice {
     fn bars(&self) -> Vec<BarRegion> {
         self.cfg.bar_regions()
     }
 
     fn read_config(&mut self, reg: usize) -> u32 {
-        if reg >= CONFIG_DWORDS {
+        if reg >= CONFIG_SPACE_DWORDS {
             return u32::MAX;
         }
         let mut host_value = 0;
-        if self.cfg.passthrough_mask(reg) != 0 {
+        if self.cfg.device_bits(reg) != 0 {
             let mut b = [0u8; 4];
             match self.host.region_read(CONFIG_REGION, reg as u64 * 4, &mut b) {
                 Ok(()) => host_value = u32::from_le_bytes(b),
@@ -310,18 +262,18 @@ impl PciDevice for VfioPciDevice {
         let mut masked = [0u8; 4];
         let mut data = data;
         let mut wait = None;
-        if reg == COMMAND_DWORD && offset == 0 && data.first().is_some_and(|b| b & CMD_BUS_MASTER != 0) {
+        if reg == REG_COMMAND_STATUS && offset == 0 && data.first().is_some_and(|b| b & COMMAND_BUS_MASTER as u8 != 0) {
             if let Err(w) = self.bus_master_gate(reg, offset, data) {
                 wait = w;
                 let n = data.len().min(4);
                 masked[..n].copy_from_slice(&data[..n]);
-                masked[0] &= !CMD_BUS_MASTER;
+                masked[0] &= !(COMMAND_BUS_MASTER as u8);
                 data = &masked[..n];
             }
         }
         let w = self.cfg.write(reg, offset, data);
-        for (off, bytes) in &w.host_writes {
-            if let Err(e) = self.host.region_write(CONFIG_REGION, *off, bytes) {
+        for dw in &w.device_writes {
+            if let Err(e) = self.host.region_write(CONFIG_REGION, dw.offset, &dw.data) {
                 ratelog::warn_limited!("{}: config write: {e}", self.bdf);
             }
         }
@@ -335,7 +287,6 @@ impl PciDevice for VfioPciDevice {
                 log::error!("{}: MSI-X update: {e}", self.bdf);
             }
         }
-        self.apply_effects(&w.effects);
         ConfigEffects { wait, ..w.effects }
     }
 
@@ -349,15 +300,15 @@ impl PciDevice for VfioPciDevice {
             return self.read_rom(offset, data);
         }
         match self.msix_part(bar, offset, data.len()) {
-            Some(MsixPart::Table(off)) => {
+            Some(MsixRegion::Table(off)) => {
                 self.msix_traps.fetch_add(1, Ordering::Relaxed);
                 self.irq.read_table(off, data)
             }
-            Some(MsixPart::Pba(off)) => {
+            Some(MsixRegion::Pba(off)) => {
                 self.msix_traps.fetch_add(1, Ordering::Relaxed);
                 self.irq.read_pba(off, data)
             }
-            Some(MsixPart::Straddle) => {
+            Some(MsixRegion::Straddle) => {
                 self.msix_traps.fetch_add(1, Ordering::Relaxed);
                 data.fill(0xff);
             }
@@ -370,17 +321,22 @@ impl PciDevice for VfioPciDevice {
         }
     }
 
+    fn mmap_areas(&self, bar: BarIndex) -> Vec<MmapArea> {
+        self.maps.mmap_areas(bar)
+    }
+
     fn write_bar(&mut self, bar: BarIndex, offset: u64, data: &[u8]) {
         self.count_trap(bar);
         if !self.cfg.bar_decodes(bar) || bar == BarIndex::ROM {
             return;
         }
         match self.msix_part(bar, offset, data.len()) {
-            Some(MsixPart::Table(off)) => {
+            Some(MsixRegion::Table(off)) => {
                 self.msix_traps.fetch_add(1, Ordering::Relaxed);
                 self.irq.write_table(self.host.as_ref(), off, data)
             }
-            Some(MsixPart::Pba(_) | MsixPart::Straddle) => {
+            // The PBA is read-only; straddling accesses never reach the host's table.
+            Some(MsixRegion::Pba(_) | MsixRegion::Straddle) => {
                 self.msix_traps.fetch_add(1, Ordering::Relaxed);
             }
             None => {
@@ -393,8 +349,9 @@ impl PciDevice for VfioPciDevice {
 }
 
 impl Drop for VfioPciDevice {
-    /// Leaves the device as we found it: no interrupts, no slots, reset, so the next VMM can
-    /// take it at once (the fds close after this; the kernel does the rest).
+    /// Leaves the device as we found it: no interrupts, reset, so the next VMM can take it at
+    /// once (the fds close after this; the kernel does the rest). The memory slots over its
+    /// BARs must be gone by now (their owner removes them first).
     fn drop(&mut self) {
         // The data path should not trap: these counts show whether it did (the benchmark
         // reads this line).
@@ -412,7 +369,12 @@ impl Drop for VfioPciDevice {
             t.iter().sum::<u64>(),
             self.msix_trap_count()
         );
-        self.maps.unmap_all(self.slots.as_mut());
+        let held = self.maps.held_elsewhere();
+        if held > 0 {
+            // Memory safe (the slots hold the mappings), but the device stays open in the
+            // kernel until they go: VFIO cannot release its group before.
+            log::warn!("{}: {held} BAR area(s) still under memory slots at release", self.bdf);
+        }
         self.irq.shutdown(self.host.as_ref());
         if let Err(e) = self.host.reset() {
             log::warn!("{}: reset at release: {e}", self.bdf);
@@ -426,20 +388,32 @@ mod tests {
     use crate::config::tests::{sample_config, sample_sizes};
     use crate::host::{FakeHost, IrqCall, IrqIndex};
     use crate::interrupts::tests::{FakeVectors, Recorder};
-    use crate::regions::tests::FakeSlots;
+    use pci::{BarMemslots, MemorySlots};
     use std::collections::BTreeMap;
     use std::sync::Mutex;
 
-    /// Slots shared with the test so it can look at them after the device took ownership.
+    /// Memory slots the test can look at: the last id, and id -> (guest address, size).
+    type SlotTable = (u32, BTreeMap<u32, (u64, u64)>);
+
     #[derive(Clone, Default)]
-    struct SharedSlots(Arc<Mutex<FakeSlots>>);
+    struct SharedSlots(Arc<Mutex<SlotTable>>);
     impl MemorySlots for SharedSlots {
-        fn map_slot(&mut self, gpa: u64, size: u64, host_addr: u64) -> std::io::Result<u32> {
-            self.0.lock().unwrap().map_slot(gpa, size, host_addr)
+        fn map_slot(&mut self, gpa: u64, size: u64, _host_addr: u64) -> std::io::Result<u32> {
+            let mut s = self.0.lock().unwrap();
+            s.0 += 1;
+            let id = s.0;
+            s.1.insert(id, (gpa, size));
+            Ok(id)
         }
         fn unmap_slot(&mut self, slot: u32) -> std::io::Result<()> {
-            self.0.lock().unwrap().unmap_slot(slot)
+            self.0.lock().unwrap().1.remove(&slot).map(|_| ()).ok_or_else(|| std::io::Error::other("no slot"))
         }
+    }
+
+    /// What the VMM's config-effects handler does with the slots: they follow the BARs.
+    fn follow(ms: &mut BarMemslots, dev: &VfioPciDevice, fx: &ConfigEffects) {
+        let bars = dev.bars();
+        ms.sync(&"t", 1, dev, fx.mem_decode, &|b| bars.iter().find(|r| r.index == b).map(|r| r.addr));
     }
 
     fn device() -> (Arc<FakeHost>, VfioPciDevice, SharedSlots, Recorder) {
@@ -452,43 +426,40 @@ mod tests {
             romfile: None,
             vectors: Box::new(FakeVectors::new(8, rec.clone())),
             intx: None,
-            slots: Box::new(slots.clone()),
         })
         .unwrap();
-        let mut next = 0xe000_0000u64;
-        dev.place_bars(&mut |b| {
-            let a = next;
-            next += b.size.max(0x1000);
-            Some(a)
-        })
-        .unwrap();
+        crate::fuzz_support::place_bars(&mut dev).unwrap();
         dev.start().unwrap();
         (host, dev, slots, rec)
     }
 
     fn live(slots: &SharedSlots) -> BTreeMap<u32, (u64, u64)> {
-        slots.0.lock().unwrap().live.clone()
+        slots.0.lock().unwrap().1.clone()
     }
 
     #[test]
     fn decode_controls_slots_and_traps() {
         let (host, mut dev, slots, _) = device();
+        let mut ms = BarMemslots::new(Box::new(slots.clone()));
         assert_eq!(*host.resets.lock().unwrap(), 0, "vfio-pci reset it at open: no second reset");
-        assert!(live(&slots).is_empty(), "decode off: nothing mapped");
         let mut b = [0u8; 4];
         dev.read_bar(BarIndex(0), 0, &mut b);
         assert_eq!(b, [0xff; 4], "decode off reads all-ones");
         let fx = dev.write_config(1, 0, &[0x06]);
         assert_eq!(fx.mem_decode, Some(true));
+        assert!(live(&slots).is_empty(), "the device maps nothing itself");
+        follow(&mut ms, &dev, &fx);
         assert_eq!(live(&slots).values().copied().collect::<Vec<_>>(), vec![(0xe000_0000, 0x2000)]);
         // Move BAR0 while decoding: slots follow.
         let fx = dev.write_config(4, 0, &0xd000_0004u32.to_le_bytes());
         assert_eq!(fx.bar_moves.len(), 1);
+        follow(&mut ms, &dev, &fx);
         assert_eq!(live(&slots).values().copied().collect::<Vec<_>>(), vec![(0xd000_0000, 0x2000)]);
         // Trapped register write reaches the device.
         dev.write_bar(BarIndex(0), 0x10, &[1, 2, 3, 4]);
         assert_eq!(&host.region_bytes(0)[0x10..0x14], &[1, 2, 3, 4]);
-        dev.write_config(1, 0, &[0x04]);
+        let fx = dev.write_config(1, 0, &[0x04]);
+        follow(&mut ms, &dev, &fx);
         assert!(live(&slots).is_empty());
         assert_eq!(dev.trap_counts()[0], 2);
         // Config the guest wrote never moved the device's own BAR register.

@@ -10,10 +10,9 @@ use std::sync::Arc;
 use pci::{BarIndex, InterruptError, MsiMessage, MsiVectors, PciDevice, VectorIndex};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::config::{RomOptions, VirtConfig};
+use crate::config::{AssignedConfig, RomOptions};
 use crate::device::{DeviceParts, VfioPciDevice};
 use crate::host::{FakeHost, CONFIG_REGION};
-use crate::regions::MemorySlots;
 
 struct NullVectors(Vec<EventFd>);
 
@@ -31,18 +30,6 @@ impl MsiVectors for NullVectors {
         Ok(())
     }
     fn commit(&mut self) -> Result<(), InterruptError> {
-        Ok(())
-    }
-}
-
-struct NullSlots(u32);
-
-impl MemorySlots for NullSlots {
-    fn map_slot(&mut self, _gpa: u64, _size: u64, _host_addr: u64) -> std::io::Result<u32> {
-        self.0 += 1;
-        Ok(self.0)
-    }
-    fn unmap_slot(&mut self, _slot: u32) -> std::io::Result<()> {
         Ok(())
     }
 }
@@ -76,13 +63,25 @@ pub fn sample_config() -> Vec<u8> {
 
 pub const SAMPLE_SIZES: [u64; 7] = [0x4000, 0, 0x100, 0, 0, 0, 0x10000];
 
+/// Places memory BARs one after the other from 0xe000_0000 (at least a page each) and I/O
+/// BARs from port 0xc000, naturally aligned, as a test VMM would.
+pub fn place_bars(dev: &mut VfioPciDevice) -> Result<(), crate::device::DeviceError> {
+    let (mut mem, mut io) = (0xe000_0000u64, 0xc000u64);
+    dev.place_bars(&mut |b| {
+        let next = if b.kind == pci::BarKind::Io { &mut io } else { &mut mem };
+        let at = next.next_multiple_of(b.size);
+        *next = at + b.size.max(if b.kind == pci::BarKind::Io { 1 } else { 0x1000 });
+        Some(at)
+    })
+}
+
 /// Runs the guest accesses encoded in `data` and panics on any host-only field reached.
 /// Records: kind (bit 0: config/BAR), dword or BAR offset (2 bytes), byte offset, length,
 /// then the bytes written.
 pub fn run_guest_writes(data: &[u8]) {
     let cfg_bytes = sample_config();
     let host = Arc::new(FakeHost::new(&cfg_bytes, SAMPLE_SIZES, [1, 8, 4]));
-    let model = VirtConfig::new("fuzz", &cfg_bytes, SAMPLE_SIZES, RomOptions::default()).expect("sample parses");
+    let model = AssignedConfig::new("fuzz", &cfg_bytes, SAMPLE_SIZES, RomOptions::default()).expect("sample parses");
     let fds = (0..8).filter_map(|_| EventFd::new(0).ok()).collect();
     let Ok(mut dev) = VfioPciDevice::new(DeviceParts {
         host: host.clone(),
@@ -90,25 +89,20 @@ pub fn run_guest_writes(data: &[u8]) {
         romfile: None,
         vectors: Box::new(NullVectors(fds)),
         intx: None,
-        slots: Box::new(NullSlots(0)),
     }) else {
         return;
     };
-    let mut next = 0xe000_0000u64;
-    let _ = dev.place_bars(&mut |b| {
-        let a = next;
-        next += b.size.max(0x1000);
-        Some(a)
-    });
+    place_bars(&mut dev).expect("the sample's BARs fit");
     // The MSI-X table and PBA where the model found them: emulated, so no guest access may
     // change the device's bytes there (misaligned accesses straddling their edges once did).
     let msix: Vec<(u32, std::ops::Range<usize>)> = model
-        .msix_info()
+        .msix()
         .map(|m| {
-            let range = |at: u64, len: u64| at as usize..(at + len) as usize;
+            let m = m.config();
+            let range = |at: u32, len: u64| at as usize..(u64::from(at) + len) as usize;
             vec![
-                (u32::from(m.table_bar.0), range(m.table_offset, m.table_len())),
-                (u32::from(m.pba_bar.0), range(m.pba_offset, m.pba_len())),
+                (u32::from(m.table_bar.0), range(m.table_offset, m.table_bytes())),
+                (u32::from(m.pba_bar.0), range(m.pba_offset, m.pba_bytes())),
             ]
         })
         .unwrap_or_default();
@@ -138,14 +132,14 @@ pub fn run_guest_writes(data: &[u8]) {
         assert_eq!(msix_bytes(), msix_before, "a guest access reached the device's MSI-X table or PBA");
         let after = host.region_bytes(CONFIG_REGION);
         for (i, (b, a)) in before.iter().zip(after.iter()).enumerate() {
-            let virt = model.byte_is_virtualized(i);
+            let virt = model.byte_emulated(i);
             let changed = b ^ a;
             if virt == 0xff {
                 assert_eq!(changed, 0, "host-only config byte {i:#x} changed {b:#x} -> {a:#x}");
             } else if changed & virt != 0 {
                 assert_eq!(
                     a & virt,
-                    model.host_fixed_byte(i) & virt,
+                    model.device_value_byte(i) & virt,
                     "virtualized bits of byte {i:#x} reached the device"
                 );
             }
@@ -155,9 +149,9 @@ pub fn run_guest_writes(data: &[u8]) {
     for off in
         (0x10..0x28).chain(0x30..0x34).chain(0x50..0x68).chain(0x70..0x7c).chain(0x100..0x140).chain(0x180..0x184)
     {
-        assert_eq!(model.byte_is_virtualized(off), 0xff, "byte {off:#x} should be host-only");
+        assert_eq!(model.byte_emulated(off), 0xff, "byte {off:#x} should be host-only");
     }
-    assert_eq!(model.byte_is_virtualized(4) & 0x3, 0x3, "command decode bits are virtualized");
+    assert_eq!(model.byte_emulated(4) & 0x3, 0x3, "command decode bits are virtualized");
 }
 
 #[cfg(test)]

@@ -28,7 +28,7 @@ pub enum IrqIndex {
 
 /// A part of a region that may be mmapped (VFIO sparse mmap capability).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct MmapArea {
+pub struct SparseArea {
     pub offset: u64,
     pub size: u64,
 }
@@ -39,7 +39,7 @@ pub struct RegionInfo {
     pub readable: bool,
     pub writable: bool,
     /// The areas that may be mmapped. Empty when the region is not mmappable at all.
-    pub mmap_areas: Vec<MmapArea>,
+    pub mmap_areas: Vec<SparseArea>,
     /// VFIO_REGION_INFO_CAP_MSIX_MAPPABLE: the MSI-X table may be mmapped too.
     pub msix_mappable: bool,
 }
@@ -153,7 +153,7 @@ pub trait HostDevice: Send + Sync {
     /// was just reset.
     fn resettable(&self) -> bool;
     /// Maps `area` of a region into the VMM (for a KVM memslot).
-    fn map_region(&self, region: u32, area: MmapArea) -> Result<RegionMapping, HostError>;
+    fn map_region(&self, region: u32, area: SparseArea) -> Result<RegionMapping, HostError>;
 }
 
 // Our own VFIO_DEVICE_SET_IRQS: vfio-ioctls' enable_irq always starts at vector 0 and has no
@@ -242,8 +242,8 @@ impl HostDevice for VfioHost {
                 _ => None,
             });
             info.mmap_areas = match sparse {
-                Some(s) => s.areas.iter().map(|a| MmapArea { offset: a.offset, size: a.size }).collect(),
-                None => vec![MmapArea { offset: 0, size }],
+                Some(s) => s.areas.iter().map(|a| SparseArea { offset: a.offset, size: a.size }).collect(),
+                None => vec![SparseArea { offset: 0, size }],
             };
         }
         Some(info)
@@ -319,7 +319,7 @@ impl HostDevice for VfioHost {
         ret >= 0 && info.flags & VFIO_DEVICE_FLAGS_RESET != 0
     }
 
-    fn map_region(&self, region: u32, area: MmapArea) -> Result<RegionMapping, HostError> {
+    fn map_region(&self, region: u32, area: SparseArea) -> Result<RegionMapping, HostError> {
         let pos = self.check_bounds(region, area.offset, area.size as usize)?;
         let err =
             |source| HostError::Mmap { bdf: self.bdf.clone(), region, offset: area.offset, size: area.size, source };
@@ -376,7 +376,7 @@ impl FakeHost {
                 size,
                 readable: true,
                 writable: true,
-                mmap_areas: vec![MmapArea { offset: 0, size }],
+                mmap_areas: vec![SparseArea { offset: 0, size }],
                 msix_mappable: false,
             }));
         }
@@ -476,7 +476,7 @@ impl HostDevice for FakeHost {
         true
     }
 
-    fn map_region(&self, region: u32, area: MmapArea) -> Result<RegionMapping, HostError> {
+    fn map_region(&self, region: u32, area: SparseArea) -> Result<RegionMapping, HostError> {
         let info = self.region_info(region);
         let fits = info.is_some_and(|i| area.offset.checked_add(area.size).is_some_and(|e| e <= i.size));
         if !fits {

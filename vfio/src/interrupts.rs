@@ -15,10 +15,10 @@
 
 use std::os::unix::io::{AsRawFd, RawFd};
 
-use pci::capability::msix::{MsixChange, Table};
+use pci::capability::msix::{MsixChange, MsixConfig, Table};
 use pci::{InterruptError, MsiMessage, MsiVectors, VectorIndex};
 
-use crate::config::{MsiState, MsixInfo, VirtConfig};
+use crate::config::AssignedConfig;
 use crate::host::{HostDevice, HostError, IrqIndex};
 
 /// pci's table model takes accesses of at most 8 bytes; wider ones are split.
@@ -58,7 +58,9 @@ pub struct Interrupts {
     bdf: String,
     vectors: Box<dyn MsiVectors>,
     intx: Option<Box<dyn IntxLine>>,
-    msix: Option<MsixInfo>,
+    /// The device's interrupt pin (0: no INTx).
+    pin: u8,
+    msix: Option<MsixConfig>,
     /// The guest's vector table (pure model from the pci crate: path B of the architecture).
     table: Option<Table>,
     /// Whether vector v has its eventfd attached on the host.
@@ -71,19 +73,19 @@ pub struct Interrupts {
 }
 
 impl Interrupts {
-    pub fn new(bdf: &str, cfg: &VirtConfig, vectors: Box<dyn MsiVectors>, intx: Option<Box<dyn IntxLine>>) -> Self {
-        let msix = cfg.msix_info();
-        let table = msix.and_then(|m| Table::new(m.table_size).ok());
+    pub fn new(bdf: &str, cfg: &AssignedConfig, vectors: Box<dyn MsiVectors>, intx: Option<Box<dyn IntxLine>>) -> Self {
+        let msix = cfg.msix().map(|m| m.config());
+        let table = msix.and_then(|m| Table::new(m.vectors).ok());
         let n = table.as_ref().map_or(0, |t| t.len());
-        let slots = n.max(cfg.msi_info().map_or(0, |m| 1usize << m.max_log2));
         Self {
             bdf: bdf.into(),
             vectors,
             intx,
+            pin: cfg.interrupt_pin(),
             msix,
             table,
             wired: vec![false; n],
-            routes: vec![None; slots],
+            routes: vec![None; Self::vectors_needed(cfg)],
             mode: Mode::None,
             host_msix_count: 0,
         }
@@ -94,9 +96,9 @@ impl Interrupts {
     }
 
     /// Number of vectors the VMM must provide in [`MsiVectors`] for this device.
-    pub fn vectors_needed(cfg: &VirtConfig) -> usize {
-        let msix = cfg.msix_info().map_or(0, |m| m.table_size as usize);
-        msix.max(cfg.msi_info().map_or(0, |m| 1usize << m.max_log2))
+    pub fn vectors_needed(cfg: &AssignedConfig) -> usize {
+        let msix = cfg.msix().map_or(0, |m| usize::from(m.config().vectors));
+        msix.max(cfg.msi().map_or(0, |m| usize::from(m.vectors())))
     }
 
     fn fd(&self, v: u32) -> Result<RawFd, InterruptsError> {
@@ -112,9 +114,9 @@ impl Interrupts {
     }
 
     /// Enables INTx on the host (device start and after MSI/MSI-X is turned off).
-    pub fn enable_intx(&mut self, host: &dyn HostDevice, cfg: &VirtConfig) -> Result<(), InterruptsError> {
+    pub fn enable_intx(&mut self, host: &dyn HostDevice) -> Result<(), InterruptsError> {
         let Some(line) = self.intx.as_ref() else { return Ok(()) };
-        if cfg.interrupt_pin() == 0 || host.irq_count(IrqIndex::Intx) == 0 {
+        if self.pin == 0 || host.irq_count(IrqIndex::Intx) == 0 {
             return Ok(());
         }
         host.set_irqs(IrqIndex::Intx, 0, &[Some(line.trigger_fd())]).map_err(InterruptsError::EnableHost)?;
@@ -168,29 +170,28 @@ impl Interrupts {
     }
 
     /// The guest changed the MSI capability.
-    pub fn update_msi(&mut self, host: &dyn HostDevice, cfg: &VirtConfig) -> Result<(), InterruptsError> {
-        let Some(state) = cfg.msi_state() else { return Ok(()) };
+    pub fn update_msi(&mut self, host: &dyn HostDevice, cfg: &AssignedConfig) -> Result<(), InterruptsError> {
+        let Some(msi) = cfg.msi() else { return Ok(()) };
         if matches!(self.mode, Mode::Msix) {
             return Ok(());
         }
-        let MsiState { enabled, vectors, address, data, mask } = state;
-        let vectors = vectors.min(host.irq_count(IrqIndex::Msi).max(1)).min(self.routes.len() as u32);
-        if !enabled {
+        let space = cfg.space();
+        if !msi.enabled(space) {
             if let Mode::Msi(_) = self.mode {
                 self.clear_routes()?;
                 self.leave_mode(host)?;
-                self.enable_intx(host, cfg)?;
+                self.enable_intx(host)?;
             }
             return Ok(());
         }
+        let vectors = u32::from(msi.enabled_vectors(space))
+            .min(host.irq_count(IrqIndex::Msi).max(1))
+            .min(self.routes.len() as u32);
         // Routes first, so the first interrupt after enabling lands.
+        let routes = msi.routes(space);
         let mut changed = false;
         for v in 0..self.routes.len() as u32 {
-            let msg = (v < vectors && mask & (1 << v) == 0).then(|| MsiMessage {
-                address,
-                // Multiple Message: the device ORs the vector number into the low data bits.
-                data: u32::from(data & !((vectors - 1) as u16)) | v,
-            });
+            let msg = if v < vectors { routes.get(v as usize).copied().flatten() } else { None };
             changed |= self.set_route(v, msg)?;
         }
         if changed {
@@ -206,15 +207,15 @@ impl Interrupts {
     }
 
     /// The guest changed the MSI-X control register (enable, function mask).
-    pub fn update_msix_control(&mut self, host: &dyn HostDevice, cfg: &VirtConfig) -> Result<(), InterruptsError> {
-        let Some((enabled, function_mask)) = cfg.msix_control() else { return Ok(()) };
+    pub fn update_msix_control(&mut self, host: &dyn HostDevice, cfg: &AssignedConfig) -> Result<(), InterruptsError> {
+        let Some((enabled, function_mask)) = cfg.msix().map(|m| m.control(cfg.space())) else { return Ok(()) };
         if !enabled && self.mode == Mode::Msix {
             if let Some(t) = self.table.as_mut() {
                 t.set_control(false, function_mask);
             }
             self.clear_routes()?;
             self.leave_mode(host)?;
-            return self.enable_intx(host, cfg);
+            return self.enable_intx(host);
         }
         if enabled && self.mode != Mode::Msix {
             if let Mode::Msi(_) = self.mode {
@@ -336,11 +337,11 @@ impl Interrupts {
     }
 
     /// Guest reset: everything off, entries masked, INTx back on.
-    pub fn reset(&mut self, host: &dyn HostDevice, cfg: &VirtConfig) -> Result<(), InterruptsError> {
+    pub fn reset(&mut self, host: &dyn HostDevice) -> Result<(), InterruptsError> {
         self.clear_routes()?;
         self.leave_mode(host)?;
-        self.table = self.msix.and_then(|m| Table::new(m.table_size).ok());
-        self.enable_intx(host, cfg)
+        self.table = self.msix.and_then(|m| Table::new(m.vectors).ok());
+        self.enable_intx(host)
     }
 
     /// Releases the host vectors (device teardown).
@@ -349,10 +350,6 @@ impl Interrupts {
         if let Err(e) = self.leave_mode(host) {
             log::warn!("{}: disabling interrupts at teardown: {e}", self.bdf);
         }
-    }
-
-    pub fn msix_info(&self) -> Option<MsixInfo> {
-        self.msix
     }
 }
 
@@ -416,9 +413,9 @@ pub(crate) mod tests {
         }
     }
 
-    fn setup() -> (FakeHost, VirtConfig, Interrupts, Recorder) {
+    fn setup() -> (FakeHost, AssignedConfig, Interrupts, Recorder) {
         let host = FakeHost::new(&sample_config(), sample_sizes(), [1, 8, 4]);
-        let cfg = VirtConfig::new("t", &sample_config(), sample_sizes(), RomOptions::default()).unwrap();
+        let cfg = AssignedConfig::new("t", &sample_config(), sample_sizes(), RomOptions::default()).unwrap();
         let rec = Recorder::default();
         let n = Interrupts::vectors_needed(&cfg);
         let line = Line(EventFd::new(0).unwrap(), EventFd::new(0).unwrap());
@@ -437,7 +434,7 @@ pub(crate) mod tests {
     #[test]
     fn msix_lazy_enable_and_mask_storm() {
         let (host, mut cfg, mut irq, rec) = setup();
-        irq.enable_intx(&host, &cfg).unwrap();
+        irq.enable_intx(&host).unwrap();
         cfg.write(0x70 / 4, 2, &[0x00, 0x80]);
         irq.update_msix_control(&host, &cfg).unwrap();
         assert_eq!(set_irq_calls(&host)[2], IrqCall::Disable(IrqIndex::Intx));
@@ -492,7 +489,7 @@ pub(crate) mod tests {
         // VFIO reports no MSI-X IRQs: nothing is enabled, so nothing may be disabled (VFIO
         // would say EINVAL), and an unmask does not try either.
         let host = FakeHost::new(&sample_config(), sample_sizes(), [1, 8, 0]);
-        let mut cfg = VirtConfig::new("t", &sample_config(), sample_sizes(), RomOptions::default()).unwrap();
+        let mut cfg = AssignedConfig::new("t", &sample_config(), sample_sizes(), RomOptions::default()).unwrap();
         let n = Interrupts::vectors_needed(&cfg);
         let mut irq = Interrupts::new("t", &cfg, Box::new(FakeVectors::new(n, Recorder::default())), None);
         cfg.write(0x70 / 4, 2, &[0x00, 0x80]);
@@ -548,12 +545,12 @@ pub(crate) mod tests {
         let mut dump = sample_config();
         dump[0x52..0x54].copy_from_slice(&0x0080u16.to_le_bytes()); // 64-bit, MMC=0, no PVM
         let host = FakeHost::new(&dump, sample_sizes(), [1, 1, 4]);
-        let mut cfg = VirtConfig::new("t", &dump, sample_sizes(), RomOptions::default()).unwrap();
+        let mut cfg = AssignedConfig::new("t", &dump, sample_sizes(), RomOptions::default()).unwrap();
         let rec = Recorder::default();
         let n = Interrupts::vectors_needed(&cfg);
         let line = Line(EventFd::new(0).unwrap(), EventFd::new(0).unwrap());
         let mut irq = Interrupts::new("t", &cfg, Box::new(FakeVectors::new(n, rec.clone())), Some(Box::new(line)));
-        irq.enable_intx(&host, &cfg).unwrap();
+        irq.enable_intx(&host).unwrap();
         assert_eq!(irq.mode(), Mode::Intx);
         let fd0 = irq.vectors.irqfd(VectorIndex(0)).map(|e| e.as_raw_fd());
 

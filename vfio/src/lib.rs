@@ -3,6 +3,10 @@
 //! side (sysfs inventory, binding, SR-IOV) is the `hostadmin` crate's.
 
 pub mod config;
+#[cfg(test)]
+mod config_golden;
+#[cfg(test)]
+mod config_old;
 pub mod container;
 pub mod device;
 pub mod dma;
