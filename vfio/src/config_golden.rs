@@ -64,34 +64,13 @@ pub(crate) type Write = (usize, u64, Vec<u8>);
 /// What one write did: the forwarded bytes (offset, bytes) and the decode changes.
 pub(crate) type WriteOutcome = (Vec<(u64, Vec<u8>)>, Option<bool>, Option<bool>);
 
-/// The guest's view of one engine plus the device's config bytes behind it.
-pub(crate) trait Engine {
-    fn device_bits(&self, reg: usize) -> u32;
-    fn read(&self, reg: usize, device: u32) -> u32;
-    /// Applies a write; returns the forwarded bytes and the decode changes.
-    fn write(&mut self, reg: usize, offset: u64, data: &[u8]) -> WriteOutcome;
-}
-
-impl Engine for AssignedConfig {
-    fn device_bits(&self, reg: usize) -> u32 {
-        AssignedConfig::device_bits(self, reg)
-    }
-    fn read(&self, reg: usize, device: u32) -> u32 {
-        AssignedConfig::read(self, reg, device)
-    }
-    fn write(&mut self, reg: usize, offset: u64, data: &[u8]) -> WriteOutcome {
-        let w = AssignedConfig::write(self, reg, offset, data);
-        let fwd = w.device_writes.into_iter().map(|d| (d.offset, d.data)).collect();
-        (fwd, w.effects.mem_decode, w.effects.io_decode)
-    }
-}
-
-pub(crate) struct Sim<E> {
-    pub engine: E,
+/// The guest's view of an assigned function plus the device's config bytes behind it.
+pub(crate) struct Sim {
+    pub engine: AssignedConfig,
     pub device: Vec<u8>,
 }
 
-impl<E: Engine> Sim<E> {
+impl Sim {
     /// What a guest read of `reg` returns (the device is read only for device bits, as
     /// VfioPciDevice does).
     pub fn read(&self, reg: usize) -> u32 {
@@ -108,11 +87,12 @@ impl<E: Engine> Sim<E> {
 
     pub fn write(&mut self, w: &Write) -> WriteOutcome {
         let out = self.engine.write(w.0, w.1, &w.2);
-        for (off, bytes) in &out.0 {
-            let off = *off as usize;
-            self.device[off..off + bytes.len()].copy_from_slice(bytes);
+        for d in &out.device_writes {
+            let off = d.offset as usize;
+            self.device[off..off + d.data.len()].copy_from_slice(&d.data);
         }
-        out
+        let forwarded = out.device_writes.into_iter().map(|d| (d.offset, d.data)).collect();
+        (forwarded, out.effects.mem_decode, out.effects.io_decode)
     }
 }
 
@@ -143,7 +123,7 @@ fn w32(reg: usize, v: u32) -> Write {
 }
 
 /// The guest-visible standard capabilities: (id, offset).
-fn visible_caps<E: Engine>(sim: &Sim<E>) -> Vec<(u8, usize)> {
+fn visible_caps(sim: &Sim) -> Vec<(u8, usize)> {
     let mut out = Vec::new();
     let mut ptr = (sim.read(13) & 0xfc) as usize;
     while ptr >= 0x40 && out.len() < 48 {
@@ -155,7 +135,7 @@ fn visible_caps<E: Engine>(sim: &Sim<E>) -> Vec<(u8, usize)> {
 }
 
 /// The fixed write sequences, built from what the guest sees of the device.
-pub(crate) fn sequences<E: Engine>(sim: &Sim<E>) -> Vec<(&'static str, Vec<Write>)> {
+pub(crate) fn sequences(sim: &Sim) -> Vec<(&'static str, Vec<Write>)> {
     let caps = visible_caps(sim);
     let cap = |id: u8| caps.iter().find(|c| c.0 == id).map(|c| c.1);
     // Firmware: size every BAR and the ROM, put them back, enable decode and bus master.
@@ -246,7 +226,7 @@ fn runs(out: &mut String, what: &str, values: &[Option<u32>]) {
 /// The record of one sequence: the guest's view of every dword at the end (0 left out), the
 /// device's config dwords that changed, and digests of every forwarded write and of the
 /// written dword's read-back after each write.
-pub(crate) fn record<E: Engine>(sim: &mut Sim<E>, writes: &[Write]) -> String {
+pub(crate) fn record(sim: &mut Sim, writes: &[Write]) -> String {
     let initial = sim.device.clone();
     let (mut fwd_digest, mut read_digest, mut forwarded) = (0xcbf2_9ce4_8422_2325u64, 0xcbf2_9ce4_8422_2325u64, 0);
     for w in writes {
@@ -304,106 +284,5 @@ fn golden_records() {
             panic!("{}: line {}: got '{got}', expected '{exp}'", path.display(), i + 1);
         }
         assert_eq!(text.lines().count(), want.lines().count(), "{}: line count", path.display());
-    }
-}
-
-/// The engine before it moved onto the pci crate, read through the same harness.
-mod old {
-    use super::*;
-    use crate::config_old::{RomOptions as OldRom, VirtConfig};
-
-    impl Engine for VirtConfig {
-        fn device_bits(&self, reg: usize) -> u32 {
-            self.passthrough_mask(reg)
-        }
-        fn read(&self, reg: usize, device: u32) -> u32 {
-            VirtConfig::read(self, reg, device)
-        }
-        fn write(&mut self, reg: usize, offset: u64, data: &[u8]) -> WriteOutcome {
-            let w = VirtConfig::write(self, reg, offset, data);
-            (w.host_writes, w.effects.mem_decode, w.effects.io_decode)
-        }
-    }
-
-    fn old_engine(d: &Dump, new: &AssignedConfig, rom: RomOptions) -> VirtConfig {
-        let rom = OldRom { hidden: rom.hidden, file_size: rom.file_size };
-        let mut c = VirtConfig::new(d.name, &d.config, d.sizes, rom).expect("dump parses");
-        let old_bars: Vec<_> = c.bar_infos().map(|b| (b.index, b.kind, b.size)).collect();
-        let new_bars: Vec<_> = new.bar_specs().iter().map(|b| (b.index, b.kind, b.size)).collect();
-        assert_eq!(old_bars, new_bars, "{}: BARs", d.name);
-        for (index, addr) in placements(new) {
-            c.place_bar(index, addr);
-        }
-        c
-    }
-
-    /// Bits where the two engines differ on purpose, per dword: the pci model's I/O BARs
-    /// implement 16 address bits (x86 port space, as Linux sizes them), the old engine 32;
-    /// pci's MSI mask register implements one bit per vector the device offers (PCI 3.0
-    /// 6.8.1.7), the old engine all 32.
-    fn known_differences(new: &AssignedConfig) -> Vec<(usize, u32)> {
-        let mut out = Vec::new();
-        for r in new.bar_regions() {
-            if r.kind == BarKind::Io {
-                out.push((4 + usize::from(r.index.0), 0xffff_0000));
-            }
-        }
-        if let Some(msi) = new.msi() {
-            let size = msi.size();
-            if size >= 0x14 {
-                let mask_reg = (msi.offset() + size - 8) / 4;
-                let vectors = u32::from(msi.vectors());
-                let implemented = if vectors >= 32 { u32::MAX } else { (1 << vectors) - 1 };
-                out.push((mask_reg, !implemented));
-            }
-        }
-        out
-    }
-
-    #[test]
-    fn the_merged_engine_reads_and_forwards_like_the_old_one() {
-        let roms = [
-            RomOptions::default(),
-            RomOptions { hidden: true, file_size: 0 },
-            RomOptions { hidden: false, file_size: 3000 },
-        ];
-        for (d, rom) in dumps().iter().flat_map(|d| roms.iter().map(move |r| (d, *r))) {
-            let fresh_new = Sim { engine: new_engine(d, rom), device: d.config.clone() };
-            let seqs = sequences(&fresh_new);
-            for (name, writes) in seqs {
-                let mut new = Sim { engine: new_engine(d, rom), device: d.config.clone() };
-                let old_engine = old_engine(d, &new.engine, rom);
-                let mut old = Sim { engine: old_engine, device: d.config.clone() };
-                let skip = known_differences(&new.engine);
-                let ignored = |reg: usize| skip.iter().filter(|(r, _)| *r == reg).fold(0, |m, (_, b)| m | b);
-                let compare = |new: &Sim<AssignedConfig>, old: &Sim<VirtConfig>, at: &str| {
-                    for reg in 0..1024 {
-                        let (n, o) = (new.read(reg), old.read(reg));
-                        assert_eq!(
-                            n & !ignored(reg),
-                            o & !ignored(reg),
-                            "{} {name} {at}: dword {:#x}: new {n:#010x} old {o:#010x}",
-                            d.name,
-                            reg * 4
-                        );
-                    }
-                    assert_eq!(new.device, old.device, "{} {name} {at}: the device's config bytes", d.name);
-                };
-                compare(&new, &old, "before");
-                for (i, w) in writes.iter().enumerate() {
-                    let (nf, nm, ni) = new.write(w);
-                    let (of, om, oi) = old.write(w);
-                    let at = format!("write {i} {w:x?}");
-                    assert_eq!(nf, of, "{} {name} {at}: forwarded bytes", d.name);
-                    assert_eq!((nm, ni), (om, oi), "{} {name} {at}: decode changes", d.name);
-                    let (n, o) = (new.read(w.0), old.read(w.0));
-                    assert_eq!(n & !ignored(w.0), o & !ignored(w.0), "{} {name} {at}: read-back", d.name);
-                    if i % 128 == 127 {
-                        compare(&new, &old, &at);
-                    }
-                }
-                compare(&new, &old, "after");
-            }
-        }
     }
 }

@@ -5,8 +5,6 @@
 pub mod config;
 #[cfg(test)]
 mod config_golden;
-#[cfg(test)]
-mod config_old;
 pub mod container;
 pub mod device;
 pub mod dma;
