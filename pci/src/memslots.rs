@@ -86,8 +86,9 @@ impl BarMemslots {
                 let Some(gpa) = base.checked_add(area.offset) else { continue };
                 match self.slots.map_slot(gpa, area.size, area.host_addr) {
                     Ok(slot) => mapped.slots.push(LiveSlot { slot, gpa, area }),
-                    // The area stays trapped: slower, still correct.
-                    Err(e) => log::error!(
+                    // The area stays trapped: slower, still correct. A guest can ask for this
+                    // (a BAR moved over its own RAM), so the message is rate-limited.
+                    Err(e) => ratelog::error_limited!(
                         "{name}: BAR{} area +{:#x} ({:#x} bytes) as guest memory at {gpa:#x}: {e}; accesses there \
                          stay trapped",
                         bar.0,
