@@ -1,13 +1,4 @@
 #![no_main]
-//! virtio-rng request queue: any ring layout and descriptor table.
+//! virtio-rng request queue (the harness: fuzz/harness/queues.rs).
 
-use libfuzzer_sys::fuzz_target;
-use virtio_fuzz::virtio::rng::Rng;
-use virtio_fuzz::virtio::VirtioDevice;
-
-fuzz_target!(|data: &[u8]| {
-    let Ok(mut rng) = Rng::open() else { return };
-    let Ok(mut handler) = rng.activate(0) else { return };
-    let mem = virtio_fuzz::memory();
-    virtio_fuzz::run(data, handler.as_mut(), 0, &mem);
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| virtio_fuzz::rng(data));

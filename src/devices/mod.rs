@@ -7,3 +7,5 @@ pub mod ged;
 pub mod i8042;
 pub mod serial;
 pub mod virtio;
+#[cfg(test)]
+mod virtio_fuzz_replay;
