@@ -4,6 +4,7 @@
 # Run by tools/demo with --script (not part of the test suite). DEMO_VMM: viaduct (default),
 # qemu (the reference VMM), or auto (viaduct, and QEMU if viaduct could not show the devices,
 # said loudly). Lines starting with "DEMO:" are what tools/demo prints.
+# shellcheck shell=dash  # busybox ash in level 1/2: dash plus the few extensions marked below
 
 vmm=${DEMO_VMM:-viaduct}
 say() { echo "DEMO: $*"; }
@@ -97,6 +98,7 @@ GUEST
 viaduct_guest() {
     local run=$1; shift
     guest_script $# >/tmp/demo-$run.sh
+    # shellcheck disable=SC2046 # one word per option and its value
     set -- $(for b in "$@"; do echo --device "path=/sys/bus/pci/devices/$b"; done)
     tb_run_l2 "$run" 240 /tmp/demo-$run.sh -- viaduct --kernel @KERNEL@ --initramfs @INITRD@ \
         --cmdline "@CMDLINE@" --memory 256M "$@"

@@ -14,6 +14,7 @@
 # test passed (an earlier QEMU run failed it); under viaduct it took 29 ms, the ICS came
 # 448 ms before the LSC, no MSI was sent (no e1000e_irq_msi_notify) and the guest fell back
 # to INTx. Check `viaduct/msi` fails today; it passes once the guest keeps MSI.
+# shellcheck shell=dash  # busybox ash in level 1/2: dash plus the few extensions marked below
 command -v viaduct >/dev/null || { tb_skip "viaduct is not in level 1"; exit 0; }
 l1if=$(ls /sys/bus/pci/devices/$TB_NIC_L1/net 2>/dev/null | head -n1)
 ip addr add 192.168.78.1/24 dev "$l1if"; ip link set "$l1if" up

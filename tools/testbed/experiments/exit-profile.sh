@@ -7,6 +7,7 @@
 # reasons, then the guest's dmesg (as "DMESG" lines, after init, so its serial output counts
 # too: subtract about 3.5 port exits per character of it). How the 2026-12-06 profile found
 # Linux probing 255 empty PCI buses through 0xCF8/0xCFC (16 500 of 18 000 exits of a boot).
+# shellcheck shell=dash  # busybox ash in level 1/2: dash plus the few extensions marked below
 mountpoint -q /sys/kernel/debug || mount -t debugfs none /sys/kernel/debug 2>/dev/null
 T=/sys/kernel/tracing
 [ -d $T/events ] || mount -t tracefs none $T 2>/dev/null

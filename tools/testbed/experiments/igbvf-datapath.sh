@@ -4,6 +4,7 @@
 # TB_QEMU_EXTRA="-trace igb_* -trace e1000e_core_ctrl_* -D /tmp/igb-trace.log" to see the
 # model's side. Fails today: see README "igb VF: PF still in reset". The check vf-ping-gateway
 # passes once the VF moves packets.
+# shellcheck shell=dash  # busybox ash in level 1/2: dash plus the few extensions marked below
 pf=$TB_IGB_PF
 ifc=$(ls /sys/bus/pci/devices/$pf/net)
 tb_value pf_if "$ifc"

@@ -7,6 +7,7 @@
 #   @@TB value SCENARIO KEY VALUE...
 #   @@TB skip SCENARIO REASON...
 # plus begin/end/timeout/boot/finished lines written by /init.
+# shellcheck shell=dash  # busybox ash in level 1/2: dash plus the few extensions marked below
 
 TB_MARKS=${TB_MARKS:-/dev/ttyS1}
 TB_L2_KERNEL=/tb/l2/vmlinuz
@@ -16,13 +17,8 @@ TB_L2_CMDLINE=${TB_L2_CMDLINE:-console=ttyS0 quiet panic=-1 no_timer_check}
 TB_L2_INIT_DEADLINE=${TB_L2_INIT_DEADLINE:-120}
 TB_L2_RETRYING=""
 # Known testbed devices (tools/testbed/run puts them at these addresses every boot).
-TB_IGB_PF=0000:01:00.0
-TB_NVME=0000:02:00.0
-TB_NVME_SRIOV_PF=0000:03:00.0
-TB_NIC_L1=0000:04:00.0
-TB_NIC_PT=0000:05:00.0
-TB_IVSHMEM=0000:06:00.0
-TB_BRIDGE=0000:07:00.0
+export TB_IGB_PF=0000:01:00.0 TB_NVME=0000:02:00.0 TB_NVME_SRIOV_PF=0000:03:00.0 TB_NIC_L1=0000:04:00.0 \
+    TB_NIC_PT=0000:05:00.0 TB_IVSHMEM=0000:06:00.0 TB_BRIDGE=0000:07:00.0
 
 tb_mark() {
     local line="@@TB $*"
@@ -187,6 +183,7 @@ tb_proc() {
     local k v rest
     TB_PROC_STATE="" TB_PROC_LCK="" TB_PROC_HWM=""
     [ -r "/proc/$1/status" ] || return 0
+    # shellcheck disable=SC2034 # TB_PROC_LCK is for the scenarios (vfio-bench polls it)
     while read -r k v rest; do
         case "$k" in
         State:) TB_PROC_STATE=$v ;;
@@ -272,7 +269,13 @@ tb_run_l2() {
     local n=$#
     while [ "$n" -gt 0 ]; do
         a=$1; shift; n=$((n - 1))
-        a=${a//@KERNEL@/$TB_L2_KERNEL}; a=${a//@INITRD@/$dir/initrd.cpio}; a=${a//@CMDLINE@/$TB_L2_CMDLINE}
+        # busybox ash has ${var//pattern/string}.
+        # shellcheck disable=SC3060
+        {
+            a=${a//@KERNEL@/$TB_L2_KERNEL}
+            a=${a//@INITRD@/$dir/initrd.cpio}
+            a=${a//@CMDLINE@/$TB_L2_CMDLINE}
+        }
         set -- "$@" "$a"
     done
     echo "tb: l2[$run] $*"
@@ -328,6 +331,7 @@ tb_run_l2() {
         return $rc
     fi
     tb_now; now=$TB_NOW_MS
+    # shellcheck disable=SC2034 # for the scenarios (tb_bench)
     TB_L2_INIT_MS=$init_ms TB_L2_WALL_MS=$((now - t0)) TB_L2_PEAK_RSS_KB=$rss
     sed "s/^/l2[$run]| /" "$log"
     tb_value "$run/vmm_rc" "$rc"

@@ -1,6 +1,7 @@
 # Guest-side (L2) helpers, sourced before the scenario's guest script. busybox sh.
 # Markers go to the console; tb_run_l2 in L1 turns `@@G check NAME ...` into the L1 check
 # RUN/NAME and `@@G value KEY ...` into the L1 value RUN/KEY.
+# shellcheck shell=dash  # busybox ash in level 1/2: dash plus the few extensions marked below
 
 # g_check NAME pass|fail [DETAIL...]
 g_check() {

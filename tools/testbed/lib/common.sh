@@ -1,5 +1,7 @@
 # Shared helpers for the testbed scripts on level 0 (sourced, not run).
+# shellcheck shell=bash  # sourced by the bash scripts tools/testbed/run and setup
 TB_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck disable=SC2034 # for the scripts that source this file
 REPO_ROOT=$(cd "$TB_ROOT/../.." && pwd)
 # Downloads, the unpacked kernel and the cached base archives survive across clones on the
 # same machine.

@@ -5,6 +5,7 @@
 # more than copying it. The base archive (busybox, modules, tools, guest kernel and guest base
 # initramfs) and the QEMU archive are cached by a hash of their inputs; only a small per-run
 # archive (scenarios, binaries under test) is rebuilt each time.
+# shellcheck shell=bash  # sourced by the bash scripts tools/testbed/run and setup
 
 L1_MODULES="kvm-amd vfio-pci vfio_iommu_type1 igb igbvf nvme e1000e virtio_net virtio_pci tun pci-pf-stub"
 L2_MODULES="igbvf igb nvme e1000e e1000 virtio_pci virtio_net virtio_blk virtio_rng virtio_console ahci sd_mod button evdev"

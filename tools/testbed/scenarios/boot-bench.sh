@@ -21,6 +21,7 @@
 #                 VM went away: a lower bound), with the I/O, MMIO and HLT parts as values
 # A run whose guest never printed its init line gives no numbers (its checks fail); for QEMU
 # the reset log (-d cpu_reset) is printed then, to see whether the guest reset itself.
+# shellcheck shell=dash  # busybox ash in level 1/2: dash plus the few extensions marked below
 
 command -v viaduct >/dev/null || { tb_skip "viaduct is not in level 1"; exit 0; }
 command -v qemu-system-x86_64 >/dev/null || { tb_skip "QEMU is not in level 1"; exit 0; }
@@ -78,6 +79,7 @@ bench() {
     rss=$(cat "/tmp/bench-$run.rss")
     tb_value "$run/nonram_rss_kb" "$rss"
     if [ -s "/tmp/bench-$run.rss.exits" ]; then
+        # shellcheck disable=SC2046 # the four counters, one word each
         set -- $(cat "/tmp/bench-$run.rss.exits")
         tb_value "$run/kvm_exits" "exits=$1 io=$2 mmio=$3 halt=$4"
         [ -n "$TB_L2_INIT_MS" ] && tb_bench exits_count "$vmm" "$1"

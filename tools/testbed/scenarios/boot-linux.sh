@@ -11,6 +11,7 @@
 #                   (1 vCPU: 2-vCPU guests hang at AP bring-up now and then in this testbed,
 #                   see docs/known-issues.md; viaduct-2cpu keeps the 2-vCPU boot)
 #   serial-off      --serial off: the guest boots and powers off, nothing on stdout, status 0
+# shellcheck shell=dash  # busybox ash in level 1/2: dash plus the few extensions marked below
 
 command -v viaduct >/dev/null || { tb_skip "viaduct is not in level 1 (build failed?)"; exit 0; }
 

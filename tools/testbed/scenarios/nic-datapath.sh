@@ -5,6 +5,7 @@
 # The NIC data path with a whole NIC (an igb VF does not pass traffic in this emulation; see
 # tools/testbed/README.md). L1 keeps 04:00.0 (192.168.77.1), 05:00.0 goes to the guest
 # (192.168.77.2), and the guest pings L1. Swap tb_qemu_l2 for viaduct once it does passthrough.
+# shellcheck shell=dash  # busybox ash in level 1/2: dash plus the few extensions marked below
 
 l1if=$(ls /sys/bus/pci/devices/$TB_NIC_L1/net 2>/dev/null | head -n1)
 [ -n "$l1if" ] && tb_check l1-nic pass "$TB_NIC_L1 is $l1if" || tb_check l1-nic fail "no netdev on $TB_NIC_L1 (driver $(tb_driver $TB_NIC_L1))"

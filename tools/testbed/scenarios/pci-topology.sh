@@ -3,6 +3,7 @@
 # viaduct's --pci-synthetic option (pci crate's `synthetic` module, behind a root port of its
 # own unless port=off; see docs/pci.md). A viaduct without the option makes
 # the scenario SKIPPED, never passed. tests/pci_topology.rs asserts the checks and values.
+# shellcheck shell=dash  # busybox ash in level 1/2: dash plus the few extensions marked below
 
 command -v viaduct >/dev/null || { tb_skip "viaduct is not in level 1 (build failed?)"; exit 0; }
 viaduct --help 2>&1 | grep -q -- '--pci-synthetic' ||

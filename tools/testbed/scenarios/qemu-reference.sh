@@ -5,6 +5,7 @@
 # each disk's signature sector, writes "VIADUCT-GUEST-WROTE <signature>" at LBA 2048 (the
 # Rust test finds it in the image files on L0), and the devices' MSI-X vectors count.
 # Also the peer numbers for benchmarks: qemu/init_ms and qemu/peak_rss_kb.
+# shellcheck shell=dash  # busybox ash in level 1/2: dash plus the few extensions marked below
 
 igb_vfs=$(tb_create_vfs "$TB_IGB_PF" 2 0)
 igb_vf=$(echo $igb_vfs | cut -d' ' -f1)

@@ -1,11 +1,13 @@
 # tb-description: the optional L0 devices: ivshmem with a 4 GiB 64-bit BAR holding L0's pattern; two devices behind a PCIe-to-PCI bridge share one IOMMU group
 # tb-timeout: 90
 # tb-devices: ivshmem pci-bridge
+# shellcheck shell=dash  # busybox ash in level 1/2: dash plus the few extensions marked below
 
 d=/sys/bus/pci/devices/$TB_IVSHMEM
 id="$(cut -c3- $d/vendor 2>/dev/null):$(cut -c3- $d/device 2>/dev/null)"
 [ "$id" = 1af4:1110 ] && tb_check ivshmem-present pass "$TB_IVSHMEM $id" || tb_check ivshmem-present fail "$TB_IVSHMEM is '$id'"
 # resource line 3 = BAR2: start end flags.
+# shellcheck disable=SC2046 # start, end and flags: one word each
 set -- $(sed -n 3p $d/resource 2>/dev/null)
 start=$(($1)); end=$(($2)); flags=$(($3))
 size=$((end - start + 1))

@@ -1,6 +1,7 @@
 # tb-description: level 1 itself: /dev/kvm, IOMMU groups, igb SR-IOV VFs, binding to vfio-pci
 # tb-timeout: 120
 # The testbed's own health. If this fails, every other scenario's result is suspect.
+# shellcheck shell=dash  # busybox ash in level 1/2: dash plus the few extensions marked below
 
 [ -c /dev/kvm ] && tb_check kvm-dev pass "/dev/kvm present" || tb_check kvm-dev fail "no /dev/kvm"
 if grep -q '^kvm_amd ' /proc/modules; then tb_check kvm-amd pass "kvm_amd loaded"

@@ -28,6 +28,7 @@
 # hugetlbfs.
 # VFIO_BENCH_ROUNDS (default 5) guests per VMM, alternating viaduct and QEMU, with viaduct's
 # kernel cache warm (a warm-up boot first when it is empty).
+# shellcheck shell=dash  # busybox ash in level 1/2: dash plus the few extensions marked below
 
 command -v viaduct >/dev/null || { tb_skip "viaduct is not in level 1"; exit 0; }
 command -v qemu-system-x86_64 >/dev/null || { tb_skip "QEMU is not in level 1"; exit 0; }

@@ -8,6 +8,7 @@
 # viaduct with `ulimit -l` raised to what the memlock error said gets its device too.
 # Values ERR_rc, ERR_lines, ERR_msg, ERR_state_before/_after are what tests/vfio_errors.rs
 # asserts.
+# shellcheck shell=dash  # busybox ash in level 1/2: dash plus the few extensions marked below
 
 command -v viaduct >/dev/null || { tb_skip "viaduct is not in level 1 (build failed?)"; exit 0; }
 command -v viaductctl >/dev/null || { tb_skip "viaductctl is not in level 1 (build failed?)"; exit 0; }
@@ -69,7 +70,7 @@ if modprobe pci-pf-stub 2>/tmp/modprobe.err; then
     tb_bind_vfio "$EDU1" >/dev/null
     tb_bind pci-pf-stub "$EDU2"
     tb_value bridge_driver "$(tb_driver "$TB_BRIDGE")"
-    tb_value group_members "$(ls /sys/kernel/iommu_groups/$(tb_iommu_group $EDU1)/devices | tr '\n' ' ')"
+    tb_value group_members "$(ls "/sys/kernel/iommu_groups/$(tb_iommu_group $EDU1)/devices" | tr '\n' ' ')"
     run_err group "$EDU2 (pci-pf-stub)" "$EDU1 $EDU2" -- $VIADUCT --device "$EDU1"
     grep -q "not viable" /tmp/group.err && tb_check group/says-not-viable pass || tb_check group/says-not-viable fail "$(cat /tmp/group.err)"
     tb_unbind "$EDU1"; tb_unbind "$EDU2"

@@ -2,6 +2,7 @@
 # tb-timeout: 600
 # tb-devices: nic-pair ivshmem
 # The rest of the "done when" with viaduct as the L2 VMM (tests/vfio_guest.rs asserts).
+# shellcheck shell=dash  # busybox ash in level 1/2: dash plus the few extensions marked below
 
 command -v viaduct >/dev/null || { tb_skip "viaduct is not in level 1 (build failed?)"; exit 0; }
 VIADUCT="viaduct --kernel @KERNEL@ --initramfs @INITRD@ --memory 256M"

@@ -6,6 +6,7 @@
 # vfio-guest-more). Level 0's ICH9 AHCI has a single-vector MSI capability, INTx, no MSI-X, and
 # a SATA disk (ahci.img with a signature sector). tests/vfio_guest_msi.rs finds both guests'
 # tokens in ahci.img on level 0.
+# shellcheck shell=dash  # busybox ash in level 1/2: dash plus the few extensions marked below
 
 command -v viaduct >/dev/null || { tb_skip "viaduct is not in level 1 (build failed?)"; exit 0; }
 # q35's own ICH9 AHCI (00:1f.2) has the same ID; ours is the one behind a root port.
@@ -17,7 +18,8 @@ g=$(tb_bind_vfio "$ahci") && tb_check ahci-vfio-bind pass "$ahci group $g" ||
 
 # ahci_run RUN MODE CMDLINE-EXTRA LBA: one guest; MODE (msi|intx) is what its ahci driver must use.
 ahci_run() {
-    local run=$1 mode=$2 extra=$3 lba=$4 token="$TB_RUN_ID-$1-$(date +%s)"
+    local run=$1 mode=$2 extra=$3 lba=$4 token
+    token="$TB_RUN_ID-$1-$(date +%s)"
     tb_value "$run/token" "$token"
     tb_value "$run/lba" "$lba"
     cat >/tmp/vgm-$run.sh <<GUEST

@@ -9,6 +9,7 @@
 #    first guest wrote), with pci=nomsi: interrupts on the IO-APIC line, no timeouts.
 # 3. viaduct-reboot: `--on-reboot restart`; the guest writes a token and reboots, the next boot
 #    finds the token and uses the device again (viaduct reset the device at each start).
+# shellcheck shell=dash  # busybox ash in level 1/2: dash plus the few extensions marked below
 
 command -v viaduct >/dev/null || { tb_skip "viaduct is not in level 1 (build failed?)"; exit 0; }
 

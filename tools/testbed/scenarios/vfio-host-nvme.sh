@@ -5,6 +5,7 @@
 # tb-bin: release/examples/nvme_probe:/usr/bin/vfio-nvme-probe
 # The probe (vfio/examples/nvme_probe.rs) drives the devices through the vfio crate itself;
 # `run` builds it (tb-cargo) and puts it into level 1 (tb-bin). tests/vfio_host.rs asserts.
+# shellcheck shell=dash  # busybox ash in level 1/2: dash plus the few extensions marked below
 
 probe=${TB_VFIO_PROBE:-/usr/bin/vfio-nvme-probe}
 if [ ! -x "$probe" ]; then

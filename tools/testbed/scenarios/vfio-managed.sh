@@ -16,6 +16,7 @@
 #    reads the disk signature again.
 # Values `STATE_before_X`, `RUN/state_during_X`, `RUN/state_after_X` (X = vf0, vf1, nvme:
 # "DRIVER override=OVERRIDE") and `RUN/records_*` are what tests/vfio_managed.rs asserts.
+# shellcheck shell=dash  # busybox ash in level 1/2: dash plus the few extensions marked below
 
 command -v viaduct >/dev/null || { tb_skip "viaduct is not in level 1 (build failed?)"; exit 0; }
 command -v viaductctl >/dev/null || { tb_skip "viaductctl is not in level 1 (build failed?)"; exit 0; }
@@ -24,6 +25,7 @@ STATE=/run/viaduct/bindings
 NVME=$TB_NVME
 viaductctl restore >/dev/null 2>&1
 
+# shellcheck disable=SC2046 # one word per VF
 set -- $(tb_create_vfs "$TB_IGB_PF" 2 0)
 VF0=$1 VF1=$2
 tb_value vfs "$VF0 $VF1"
@@ -40,11 +42,10 @@ state_of() { echo "$(tb_driver "$1") override=$(cat "/sys/bus/pci/devices/$1/dri
 # records OWNER: the state file's lines for OWNER, on one line.
 records() { grep -F "owner=$1" "$STATE" 2>/dev/null | tr '\n' ';'; }
 
-for x in vf0:$VF0 vf1:$VF1 nvme:$NVME; do
-    n=${x%%:*} b=${x#*:}
-    eval "BEFORE_$n=\"\$(state_of $b)\""
-    eval "tb_value state_before_$n \"\$BEFORE_$n\""
-done
+BEFORE_vf0=$(state_of "$VF0") BEFORE_vf1=$(state_of "$VF1") BEFORE_nvme=$(state_of "$NVME")
+tb_value state_before_vf0 "$BEFORE_vf0"
+tb_value state_before_vf1 "$BEFORE_vf1"
+tb_value state_before_nvme "$BEFORE_nvme"
 [ "$BEFORE_vf0" = "none override=(null)" ] && [ "$BEFORE_vf1" = "igbvf override=(null)" ] &&
     [ "$BEFORE_nvme" = "nvme override=(null)" ] && tb_check setup pass "VF0 none, VF1 igbvf, NVMe nvme" ||
     tb_check setup fail "VF0 '$BEFORE_vf0', VF1 '$BEFORE_vf1', NVMe '$BEFORE_nvme'"

@@ -4,6 +4,7 @@
 #
 # Results go out as values holding viaductctl's JSON (newlines squeezed) so tests/viaductctl.rs
 # asserts on the documents themselves; the tb_checks here make the log readable on its own.
+# shellcheck shell=dash  # busybox ash in level 1/2: dash plus the few extensions marked below
 
 PF=$TB_IGB_PF
 NVME=$TB_NVME
@@ -168,7 +169,7 @@ tb_value restore_unprobed_driver "$(tb_driver $VF0)"
 EDU1=0000:08:01.0
 EDU2=0000:08:02.0
 if [ -e /sys/bus/pci/devices/$EDU1 ]; then
-    tb_value group_members "$(ls /sys/kernel/iommu_groups/$(tb_iommu_group $EDU1)/devices | tr '\n' ' ')"
+    tb_value group_members "$(ls "/sys/kernel/iommu_groups/$(tb_iommu_group $EDU1)/devices" | tr '\n' ' ')"
     tb_value edu_drivers_before "$(tb_driver $EDU1) $(tb_driver $EDU2) $(tb_driver $TB_BRIDGE)"
     run group_bind bind $EDU1 --group --json
     tb_value group_bind_drivers "$(tb_driver $EDU1) $(tb_driver $EDU2) $(tb_driver $TB_BRIDGE)"

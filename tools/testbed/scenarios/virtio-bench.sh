@@ -14,6 +14,7 @@
 # that level 1 downloads (net_tx_mbps, guest transmit). MB/s = 2^20 bytes/s. Rounds:
 # VIRTIO_BENCH_ROUNDS (default 3: single runs vary by tens of percent on a shared machine),
 # alternating QEMU and viaduct.
+# shellcheck shell=dash  # busybox ash in level 1/2: dash plus the few extensions marked below
 
 command -v viaduct >/dev/null || { tb_skip "viaduct is not in level 1 (build failed?)"; exit 0; }
 command -v qemu-system-x86_64 >/dev/null || { tb_skip "no QEMU in level 1"; exit 0; }

@@ -7,6 +7,7 @@
 # the images. A third disk is level 1's NVMe namespace (block device, backed by OUT/disk.img on
 # level 0): the guest reads its signature and writes a token at LBA $NVME_LBA, which
 # tests/virtio.rs then finds in disk.img itself. tests/virtio.rs asserts on these checks.
+# shellcheck shell=dash  # busybox ash in level 1/2: dash plus the few extensions marked below
 
 command -v viaduct >/dev/null || { tb_skip "viaduct is not in level 1 (build failed?)"; exit 0; }
 

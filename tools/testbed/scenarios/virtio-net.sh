@@ -5,6 +5,7 @@
 # (10.77.0.2) checks the function and the negotiated features (checksum, TSO, mergeable
 # buffers, EVENT_IDX), pings level 1, downloads level 1's file and serves its own, which level
 # 1 downloads. Both sides report their packet counters. tests/virtio_net.rs asserts on them.
+# shellcheck shell=dash  # busybox ash in level 1/2: dash plus the few extensions marked below
 
 command -v viaduct >/dev/null || { tb_skip "viaduct is not in level 1 (build failed?)"; exit 0; }
 modprobe tun 2>/dev/null
@@ -122,7 +123,7 @@ while ! grep -q "@@G serving" $console 2>/dev/null && [ $i -lt 1800 ] && kill -0
 done
 got=""
 if grep -q "@@G serving" $console 2>/dev/null; then
-    for try in 1 2 3 4 5; do
+    for _ in 1 2 3 4 5; do
         wget -q -O /tmp/virtio-net-gblob http://$gip:8080/gblob 2>/dev/null && break
         sleep 1
     done

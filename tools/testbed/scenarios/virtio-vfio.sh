@@ -6,6 +6,7 @@
 # writes a token through each (nvme at LBA 120008 of disk.img, virtio-blk at LBA 2048 of the
 # image), and both devices count MSI-X interrupts. tests/virtio_vfio.rs checks the token in
 # disk.img on level 0; level 1 checks its image. The NVMe goes back to the nvme driver.
+# shellcheck shell=dash  # busybox ash in level 1/2: dash plus the few extensions marked below
 
 command -v viaduct >/dev/null || { tb_skip "viaduct is not in level 1 (build failed?)"; exit 0; }
 
