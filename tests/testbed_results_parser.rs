@@ -97,3 +97,94 @@ fn checks_values_and_paths_survive_the_round_trip() {
     assert!(skipped.is_err(), "a failed scenario must not pass assert_passed");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// Runs results.awk over `markers` with the known-flake list `flakes` and budget `budget`:
+/// (results.json parsed, the text summary).
+fn judge_retries(tag: &str, markers: &str, flakes: &str, budget: u32) -> (serde_json::Value, String) {
+    let dir = std::env::temp_dir().join(format!("viaduct-tb-retries-{}-{tag}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    std::fs::write(dir.join("markers.log"), markers).expect("markers");
+    std::fs::write(dir.join("known-flakes"), flakes).expect("flakes");
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let run = |fmt: &str| {
+        let out = Command::new("awk")
+            .args(["-v", &format!("out={}", dir.display()), "-v", "want=a b"])
+            .args(["-v", &format!("flakes={}", dir.join("known-flakes").display())])
+            .args(["-v", &format!("budget={budget}"), "-v", &format!("fmt={fmt}"), "-f"])
+            .arg(root.join("tools/testbed/lib/results.awk"))
+            .arg(dir.join("markers.log"))
+            .output()
+            .expect("run awk");
+        assert!(out.status.success(), "awk failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).expect("utf-8")
+    };
+    let json = serde_json::from_str(&run("json")).expect("results.json parses");
+    let text = run("text");
+    std::fs::remove_dir_all(&dir).ok();
+    (json, text)
+}
+
+const RETRIED: &str = "\
+@@TB boot - uptime=3.50 kernel=6.1.0\r
+@@TB begin a\r
+@@TB check a x pass ok\r
+@@TB retry a l2-hang a/vm-2cpu guest hung before init (no init after 120 s)\r
+@@TB end a rc=0 ms=10\r
+@@TB begin b\r
+@@TB check b y pass ok\r
+@@TB end b rc=0 ms=10\r
+@@TB finished -\r
+@@TB retry b l1-crash level-1 level 1 crashed (Kernel panic - not syncing: stack guard page was hit)\r
+";
+
+#[test]
+fn retries_are_listed_and_fail_the_run_unless_known_and_within_budget() {
+    let both_known = "# comment\n\nl2-hang  a/*-2cpu  issue 12: AP bring-up\nl1-crash level-1 nested SVM under TCG\n";
+    let (json, text) = judge_retries("known", RETRIED, both_known, 2);
+    let retries = json["retries"].as_array().expect("retries");
+    assert_eq!(retries.len(), 2, "{json}");
+    assert_eq!(retries[0]["kind"], "l2-hang");
+    assert_eq!(retries[0]["where"], "a/vm-2cpu");
+    assert_eq!(retries[0]["known"], "issue 12: AP bring-up");
+    assert_eq!(retries[1]["scenario"], "b");
+    assert_eq!(json["retries_ok"], true);
+    // Every retry is in the summary, with its reason and its known-flake line.
+    assert!(text.contains("RETRY    a") && text.contains("guest hung before init"), "{text}");
+    assert!(text.contains("known flake: nested SVM under TCG"), "{text}");
+    assert!(text.contains("RETRIES: 2 (budget 2)") && text.contains("(ok)"), "{text}");
+
+    // An unlisted retry fails the run, even when everything passed.
+    let (json, text) = judge_retries("unknown", RETRIED, "l2-hang a/* issue 12\n", 2);
+    assert_eq!(json["retries"][1]["known"], serde_json::Value::Null);
+    assert_eq!(json["retries_ok"], false);
+    assert!(text.contains("NOT a known flake") && text.trim_end().ends_with("(FAIL)"), "{text}");
+
+    // So do more retries than the budget, all of them known.
+    let (json, text) = judge_retries("budget", RETRIED, both_known, 1);
+    assert_eq!(json["retries_ok"], false);
+    assert!(text.contains("OVER BUDGET") && text.trim_end().ends_with("(FAIL)"), "{text}");
+
+    // No retries: nothing listed, the run passes.
+    let (json, text) = judge_retries("none", MARKERS.split("@@TB begin bad").next().unwrap(), both_known, 2);
+    assert_eq!(json["retries"], serde_json::json!([]));
+    assert!(text.contains("RETRIES: 0 (budget 2)"), "{text}");
+}
+
+#[test]
+fn an_undeclared_check_name_is_refused() {
+    let dir = run_parser("good");
+    let mut good = common::load_results(&dir).expect("results.json parses").remove("good").unwrap();
+    // No scenario file for hand-written results: no declarations, nothing refused.
+    assert!(good.declared.is_none());
+    good.declared = Some(common::declarations::Declarations::parse(
+        std::path::Path::new("good.sh"),
+        "# tb-check: kvm\n# tb-run: guest\n",
+    ));
+    good.assert_check("kvm");
+    good.assert_check("guest/boot");
+    let msg = std::panic::catch_unwind(|| good.assert_check("kmv")).expect_err("a typo must panic");
+    let msg = msg.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(msg.contains("good/kmv is not declared in good.sh"), "{msg}");
+    assert!(std::panic::catch_unwind(|| good.check("guest/first-try")).is_err(), "lookups are held to it too");
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -190,9 +190,7 @@ mod testbed {
     /// The error run NAME: exit 1, one line, holding `want`, the devices unchanged.
     #[track_caller]
     fn assert_error_run(s: &common::Scenario, name: &str, want: &[&str]) {
-        for c in ["one-line-exit-1", "message", "devices-unchanged"] {
-            s.assert_check(&format!("{name}/{c}"));
-        }
+        s.assert_run_checks(name, &["one-line-exit-1", "message", "devices-unchanged"]);
         assert_eq!(s.value(&format!("{name}_rc")), Some("1"), "{name}");
         assert_eq!(s.value(&format!("{name}_lines")), Some("1"), "{name}");
         let msg = s.value(&format!("{name}_msg")).unwrap_or_default();
@@ -261,23 +259,15 @@ mod testbed {
     #[test]
     fn good_runs_after_the_errors() {
         let s = scenario();
-        for c in [
-            "good/boot",
-            "good/vf-on-igbvf",
-            "good/nvme-bound",
-            "good/nvme-read-signature",
-            "good/done",
-            "good/nvme-back-on-nvme",
-        ] {
-            s.assert_check(c);
-        }
+        s.assert_run_checks(
+            "good",
+            &["boot", "vf-on-igbvf", "nvme-bound", "nvme-read-signature", "done", "nvme-back-on-nvme"],
+        );
         let sig = s.signature("disk.img").unwrap();
-        assert!(s.check("good/nvme-read-signature").unwrap().detail.contains(&sig));
+        assert!(s.detail("good/nvme-read-signature").contains(&sig));
         assert_eq!(s.value("good/vmm_rc"), Some("0"));
         // Non-root, with exactly the limit the memlock error named.
-        for c in ["good-user/boot", "good-user/vf-on-igbvf", "good-user/done"] {
-            s.assert_check(c);
-        }
+        s.assert_run_checks("good-user", &["boot", "vf-on-igbvf", "done"]);
     }
 
     #[test]

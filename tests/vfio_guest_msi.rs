@@ -12,13 +12,11 @@ fn results() -> common::Scenario {
 }
 
 fn assert_run(s: &common::Scenario, run: &str, host_kind: &str) {
-    for c in ["boot", "ahci-bound", "read-signature", "write", "irq-mode", "done"] {
-        s.assert_check(&format!("{run}/{c}"));
-    }
+    s.assert_run_checks(run, &["boot", "ahci-bound", "read-signature", "write", "irq-mode", "done"]);
     s.assert_check(&format!("{run}/host-{host_kind}"));
     assert!(s.value_u64(&format!("{run}/irqs")).expect("irqs") > 0);
     let sig = s.signature("ahci.img").expect("ahci.sig");
-    let read = s.check(&format!("{run}/read-signature")).map(|c| c.detail.clone()).unwrap_or_default();
+    let read = s.detail(&format!("{run}/read-signature"));
     assert_eq!(read, sig, "{run} read another sector 0 than level 0 wrote");
     let token = s.value(&format!("{run}/token")).expect("token");
     let lba = s.value_u64(&format!("{run}/lba")).expect("lba");

@@ -16,23 +16,18 @@ fn results() -> common::Scenario {
 #[test]
 fn every_driver_binds_and_no_nvme_command_times_out() {
     let s = results();
-    for c in ["setup", "vfio-bind"] {
-        s.assert_check(c);
-    }
-    for c in ["boot", "igbvf-bound", "nvme-both-bound", "no-timeouts", "done"] {
-        s.assert_check(&format!("{RUN}/{c}"));
-    }
+    s.assert_checks(&["setup", "vfio-bind"]);
+    s.assert_run_checks(RUN, &["boot", "igbvf-bound", "nvme-both-bound", "no-timeouts", "done"]);
 }
 
 #[test]
 fn both_nvmes_read_their_signature_and_their_writes_land_in_level_0() {
     let s = results();
     let token = s.value(&format!("{RUN}/token")).expect("token");
+    s.assert_run_checks(RUN, &["nvme-read-signature", "nvme-write", "nvmevf-read-signature", "nvmevf-write"]);
     for (name, img) in [("nvme", "disk.img"), ("nvmevf", "sriov.img")] {
-        s.assert_check(&format!("{RUN}/{name}-read-signature"));
-        s.assert_check(&format!("{RUN}/{name}-write"));
         let sig = s.signature(img).expect("signature");
-        let detail = s.check(&format!("{RUN}/{name}-read-signature")).map(|c| c.detail.clone()).unwrap_or_default();
+        let detail = s.detail(&format!("{RUN}/{name}-read-signature"));
         assert!(detail.contains(&sig), "{name} read '{detail}', {img} holds '{sig}'");
         s.assert_sector(img, 6200, &format!("VIADUCT-TRIO-WROTE {token}"), &format!("the guest's {name} write"));
     }

@@ -15,19 +15,20 @@ fn results() -> common::Scenario {
 #[test]
 fn both_kinds_of_device_work_in_one_guest() {
     let s = results();
-    for c in [
-        "vfio-bind",
-        "boot",
-        "nvme-bound",
-        "virtio-bound",
-        "nvme-read",
-        "virtio-read",
-        "copy-nvme-to-virtio",
-        "hwrng",
-        "msix-both",
-    ] {
-        s.assert_check(&format!("{RUN}/{c}"));
-    }
+    s.assert_run_checks(
+        RUN,
+        &[
+            "vfio-bind",
+            "boot",
+            "nvme-bound",
+            "virtio-bound",
+            "nvme-read",
+            "virtio-read",
+            "copy-nvme-to-virtio",
+            "hwrng",
+            "msix-both",
+        ],
+    );
     assert!(s.value_u64(&format!("{RUN}/nvme_irqs")).expect("nvme_irqs") > 0);
     assert!(s.value_u64(&format!("{RUN}/virtio_blk_irqs")).expect("virtio_blk_irqs") > 0);
 }

@@ -6,7 +6,12 @@
 //! now with `tools/testbed/run` (one level-1 boot per scenario, cached per test binary).
 //!
 //! Test files include it with `mod common;` and start with `#![cfg(feature = "testbed")]`.
+//! Every check name a test looks up must be declared in the scenario's header
+//! ([`declarations`]): a typo panics here, and tests/testbed_declarations.rs finds it in
+//! `cargo test` without a testbed.
 #![allow(dead_code)] // Each test binary uses a different part of the harness.
+
+pub mod declarations;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -17,6 +22,8 @@ use std::sync::{Mutex, OnceLock};
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
+
+use declarations::Declarations;
 
 /// Env var naming the output dir of a finished suite run (holding results.json).
 pub const RESULTS_ENV: &str = "VIADUCT_TESTBED_RESULTS";
@@ -49,18 +56,61 @@ pub struct Scenario {
     pub out_dir: PathBuf,
     pub checks: Vec<Check>,
     pub values: BTreeMap<String, String>,
+    /// The scenario file's declared check names (None for a `--script` run or hand-written
+    /// results: nothing to check names against).
+    pub declared: Option<Declarations>,
 }
 
 impl Scenario {
+    /// Panics unless check `name` is declared in the scenario's header: a name no scenario
+    /// can emit is a typo, not a missing result.
+    #[track_caller]
+    pub fn require_declared(&self, name: &str) {
+        if let Some(d) = &self.declared {
+            assert!(
+                d.matches(name),
+                "check {}/{name} is not declared in {} (a `# tb-check:` or `# tb-run:` header line): a typo?",
+                self.name,
+                d.file.display()
+            );
+        }
+    }
+
+    /// The check `name` as emitted (None when it was not); `name` must be declared.
+    #[track_caller]
     pub fn check(&self, name: &str) -> Option<&Check> {
+        self.require_declared(name);
         self.checks.iter().find(|c| c.name == name)
+    }
+
+    /// The detail text of check `name` ("" when it was not emitted); `name` must be declared.
+    #[track_caller]
+    pub fn detail(&self, name: &str) -> &str {
+        self.check(name).map_or("", |c| c.detail.as_str())
+    }
+
+    /// [`Self::assert_check`] for each name.
+    #[track_caller]
+    pub fn assert_checks(&self, names: &[&str]) {
+        for n in names {
+            self.assert_check(n);
+        }
+    }
+
+    /// [`Self::assert_check`] for RUN/NAME, each name: the checks of one level-2 run.
+    #[track_caller]
+    pub fn assert_run_checks(&self, run: &str, names: &[&str]) {
+        for n in names {
+            self.assert_check(&format!("{run}/{n}"));
+        }
     }
 
     /// Panics unless check `name` was emitted with status pass; the message names the check,
     /// what was seen instead and the log to read.
     #[track_caller]
     pub fn assert_check(&self, name: &str) {
-        match self.check(name) {
+        self.require_declared(name);
+        match self.checks.iter().find(|c| c.name == name) {
             Some(c) if c.status == "pass" => {}
             Some(c) => panic!(
                 "testbed check {}/{} is {}{}: {}\n  log: {}",
@@ -203,6 +253,7 @@ pub fn load_results(dir: &Path) -> Result<HashMap<String, Scenario>> {
                 out_dir: out_dir.clone(),
                 checks,
                 values,
+                declared: Declarations::for_scenario(name),
             },
         );
     }

@@ -1,6 +1,8 @@
 # tb-description: tools/demo: a guest with an igb SR-IOV VF, the NVMe controller and an NVMe SR-IOV VF passed through
 # tb-timeout: 420
 # tb-needs: qemu
+# tb-run: viaduct qemu
+# tb-check: viaduct/devices-bound viaduct/read-* qemu/devices-bound qemu/read-*
 # Run by tools/demo with --script (not part of the test suite). DEMO_VMM: viaduct (default),
 # qemu (the reference VMM), or auto (viaduct, and QEMU if viaduct could not show the devices,
 # said loudly). Lines starting with "DEMO:" are what tools/demo prints.

@@ -2,6 +2,8 @@
 # tb-needs: qemu
 # tb-devices: nic-pair
 # tb-timeout: 400
+# tb-run: qemu viaduct
+# tb-check: qemu/msi viaduct/msi
 # Run: TB_QEMU_EXTRA="-msg timestamp=on -trace e1000e_irq_* -trace pci_cfg_write -D /tmp/e1000e-trace.log" \
 #        tools/testbed/run --no-build --script tools/testbed/experiments/e1000e-msi.sh
 # Seen 2026-12-06: when e1000e opens the interface in MSI mode it restarts autonegotiation,

@@ -1,6 +1,8 @@
 # tb-description: tool (not in the suite): which ports, MMIO pages and exit reasons a booting guest costs, per VMM
 # tb-needs: qemu
 # tb-timeout: 600
+# tb-run: viaduct qemu
+# tb-check: tracepoints
 # Run: tools/testbed/run --no-build --qemu --script tools/testbed/experiments/exit-profile.sh
 # Boots the same guest under viaduct and QEMU with level 1's kvm_pio, kvm_mmio and kvm_exit
 # tracepoints on, and prints per VMM the busiest ports, MMIO pages (4 KiB granules) and exit

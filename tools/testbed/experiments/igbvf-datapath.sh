@@ -1,5 +1,6 @@
 # tb-description: experiment (not in the suite): an igb VF data path in level 1, no VMM: PF up first, 1 VF on igbvf, ping QEMU's user-net gateway through the VF
 # tb-timeout: 180
+# tb-check: vf-ping-gateway vf-netdev
 # Run: tools/testbed/run --script tools/testbed/experiments/igbvf-datapath.sh, with
 # TB_QEMU_EXTRA="-trace igb_* -trace e1000e_core_ctrl_* -D /tmp/igb-trace.log" to see the
 # model's side. Fails today: see README "igb VF: PF still in reset". The check vf-ping-gateway

@@ -1,11 +1,12 @@
 # Level-1 helper library for scenarios (busybox sh). Sourced for every scenario, with
-# TB_SCENARIO set to the scenario's name.
+# TB_SCENARIO set to the scenario's name and TB_SCENARIO_FILE to its file.
 #
 # Results travel to level 0 as marker lines on /dev/ttyS1 (its own serial port, written to
 # a file by QEMU), and are echoed on the console for humans:
 #   @@TB check SCENARIO NAME pass|fail|skip DETAIL...
 #   @@TB value SCENARIO KEY VALUE...
 #   @@TB skip SCENARIO REASON...
+#   @@TB retry SCENARIO KIND WHERE REASON...
 # plus begin/end/timeout/boot/finished lines written by /init.
 # shellcheck shell=dash  # busybox ash in level 1/2: dash plus the few extensions marked below
 
@@ -34,11 +35,60 @@ tb_mark() {
 # Marker fields are space separated: squeeze newlines out of free text.
 tb_oneline() { printf '%s' "$*" | tr '\n\r\t' '   '; }
 
-# tb_check NAME pass|fail [DETAIL...]
+# --- Declared checks (README "Declaring checks") ---
+# TB_DECLARED: the check-name patterns in the header of TB_SCENARIO_FILE: every name of its
+# `# tb-check:` lines and, for each name RUN of its `# tb-run:` lines, RUN/boot, RUN/done and
+# RUN/timeout (what tb_run_l2 reports). `*` matches any text. Loaded on first use.
+tb_declared_load() {
+    local r
+    TB_DECLARED=$(sed -n 's/^# tb-check:[[:space:]]*//p' "$TB_SCENARIO_FILE" | tr '\n' ' ')
+    for r in $(sed -n 's/^# tb-run:[[:space:]]*//p' "$TB_SCENARIO_FILE"); do
+        TB_DECLARED="$TB_DECLARED $r/boot $r/done $r/timeout"
+    done
+    TB_DECLARED_LOADED=1
+}
+
+# tb_declared NAME: whether check NAME is declared (always, in an interactive shell).
+tb_declared() {
+    local p noglob=""
+    [ -n "${TB_SCENARIO_FILE:-}" ] || return 0
+    [ -n "${TB_DECLARED_LOADED:-}" ] || tb_declared_load
+    # The patterns must not expand against file names.
+    case $- in *f*) noglob=1 ;; esac
+    set -f
+    for p in $TB_DECLARED; do
+        # shellcheck disable=SC2254 # $p is a pattern on purpose
+        case "$1" in $p) [ -n "$noglob" ] || set +f; return 0 ;; esac
+    done
+    [ -n "$noglob" ] || set +f
+    return 1
+}
+
+# tb_emit_check NAME STATUS DETAIL: the marker, unchecked (tb_check and the helpers' own
+# error reports use it).
+tb_emit_check() {
+    tb_mark check "${TB_SCENARIO:-adhoc}" "$1" "$2" "$(tb_oneline "$3")"
+}
+
+# tb_check NAME pass|fail|skip [DETAIL...]: NAME must be declared in the scenario's header; an
+# undeclared name is recorded as failed, saying so (a typo must not pass or go missing).
 tb_check() {
     local name=$1 status=$2; shift 2
     case "$status" in pass|fail|skip) ;; *) status=fail; set -- "bad status: $*" ;; esac
-    tb_mark check "${TB_SCENARIO:-adhoc}" "$name" "$status" "$(tb_oneline "$*")"
+    if ! tb_declared "$name"; then
+        set -- "undeclared check (reported $status): add $name to a '# tb-check:' (or '# tb-run:') line of $TB_SCENARIO's header${*:+; $*}"
+        status=fail
+    fi
+    tb_emit_check "$name" "$status" "$*"
+}
+
+# tb_retry KIND WHERE REASON...: a retry of something that failed for a reason outside the
+# code under test (README "Retries and known flakes"). KIND is one of l2-hang,
+# l2-triple-fault, l2-reset; WHERE names what was retried (SCENARIO/RUN). Level 0 counts
+# every retry against the budget and the known-flake list.
+tb_retry() {
+    local kind=$1 where=$2; shift 2
+    tb_mark retry "${TB_SCENARIO:-adhoc}" "$kind" "$where" "$(tb_oneline "$*")"
 }
 
 # tb_value KEY VALUE...
@@ -52,9 +102,9 @@ tb_value() {
 # (negative allowed: a difference can be). A malformed sample becomes a
 # failed check rather than a silently missing table row.
 tb_bench() {
-    case "$1" in ''|*[!a-z0-9_]*) tb_check "bench-$1" fail "tb_bench: bad metric name '$1'"; return 1 ;; esac
-    case "$2" in viaduct|qemu) ;; *) tb_check "bench-$1" fail "tb_bench: VMM must be viaduct or qemu, got '$2'"; return 1 ;; esac
-    case "${3#-}" in ''|*[!0-9.]*|*.*.*|.) tb_check "bench-$1-$2" fail "tb_bench: value '$3' is not a number"; return 1 ;; esac
+    case "$1" in ''|*[!a-z0-9_]*) tb_emit_check "bench-$1" fail "tb_bench: bad metric name '$1'"; return 1 ;; esac
+    case "$2" in viaduct|qemu) ;; *) tb_emit_check "bench-$1" fail "tb_bench: VMM must be viaduct or qemu, got '$2'"; return 1 ;; esac
+    case "${3#-}" in ''|*[!0-9.]*|*.*.*|.) tb_emit_check "bench-$1-$2" fail "tb_bench: value '$3' is not a number"; return 1 ;; esac
     tb_value "bench/$1/$2" "$3"
 }
 
@@ -260,7 +310,7 @@ tb_settle_memory() {
 # Returns 0 when the guest script finished with rc 0. Also sets TB_L2_INIT_MS (empty when the
 # guest's init never showed), TB_L2_WALL_MS and TB_L2_PEAK_RSS_KB for `tb_bench`.
 tb_run_l2() {
-    local run=$1 timeout=$2 script=$3 dir a log pid t0 now init_ms="" done_ms="" rss=0 r rc early=""
+    local run=$1 timeout=$2 script=$3 dir a log pid t0 now init_ms="" done_ms="" rss=0 r rc early="" kind=""
     shift 3; [ "$1" = "--" ] && shift
     dir=/tmp/l2/$run; mkdir -p "$dir"; log=$dir/console.log
     tb_l2_initrd "$script" "$dir/initrd.cpio" || { tb_check "$run/boot" fail "cannot build the guest initramfs"; return 1; }
@@ -297,7 +347,7 @@ tb_run_l2() {
         # A guest that shows no init long after any normal boot (10-45 s here) hung early
         # (see the retry below).
         if [ -z "$init_ms" ] && [ -z "$TB_L2_RETRYING" ] && [ $((now - t0)) -gt $((TB_L2_INIT_DEADLINE * 1000)) ]; then
-            early="hung before init (no init after ${TB_L2_INIT_DEADLINE} s)"
+            early="hung before init (no init after ${TB_L2_INIT_DEADLINE} s)" kind=l2-hang
             kill -KILL "$pid" 2>/dev/null
             break
         fi
@@ -315,16 +365,18 @@ tb_run_l2() {
     # 8 two-vCPU boots under viaduct (at "Booting SMP configuration"), now and then with one
     # vCPU under viaduct and under QEMU, in the same runs as level-1 kernel panics in KVM_RUN
     # (nested SVM under TCG); viaduct logs the triple fault. Start it once more, loudly: a
-    # skipped check, the first console kept.
-    [ -z "$init_ms" ] && [ -z "$early" ] && grep -q 'triple fault' "$log" && early="triple-faulted before init"
+    # retry that level 0 counts against the budget and the known-flake list, the first
+    # console kept.
+    [ -z "$init_ms" ] && [ -z "$early" ] && grep -q 'triple fault' "$log" &&
+        early="triple-faulted before init" kind=l2-triple-fault
     # QEMU (-no-reboot) ends with status 0 on such a reset and logs nothing: seen 2026-12-06,
     # so this is the testbed's, not one VMM's. No VMM here ends with 0 before init otherwise.
-    [ -z "$init_ms" ] && [ -z "$early" ] && [ "$rc" = 0 ] && early="ended with status 0 (a reset) before init"
+    [ -z "$init_ms" ] && [ -z "$early" ] && [ "$rc" = 0 ] && early="ended with status 0 (a reset) before init" kind=l2-reset
     if [ -z "$init_ms" ] && [ -z "$TB_L2_RETRYING" ] && [ -n "$early" ]; then
         echo "tb: l2[$run] !!! guest $early: starting it once more"
         sed "s/^/l2[$run, first try]| /" "$log"
         cp "$log" "$dir/console-first-try.log"
-        tb_check "$run/first-try" skip "guest $early; started again, first console in $dir/console-first-try.log"
+        tb_retry "$kind" "${TB_SCENARIO:-adhoc}/$run" "guest $early; first console in $dir/console-first-try.log"
         TB_L2_RETRYING=1
         tb_run_l2 "$run" "$timeout" "$script" -- "$@"; rc=$?
         TB_L2_RETRYING=""

@@ -1,6 +1,8 @@
 # Turns the L1 marker log into results.json. Variables: out (output dir), want (space
 # separated scenario names expected in this run), global_timeout (seconds, set when the L0
-# QEMU was killed by run's global timeout), booted/finished are derived here.
+# QEMU was killed by run's global timeout), flakes (the known-flake list, KIND WHERE WHY
+# lines), budget (retries allowed in one run); booted/finished are derived here. fmt=text:
+# the human summary instead.
 # Input lines: "@@TB KIND ..." (see tools/testbed/README.md); anything else is ignored.
 function esc(s,   n, i, parts, r) {
     # Backslashes by split/join: gsub's replacement-string escapes differ between awks.
@@ -16,7 +18,27 @@ function rest(from,   i, s) {
     for (i = from; i <= NF; i++) s = s (i > from ? " " : "") $i
     return s
 }
-BEGIN { nscen = split(want, order, " ") }
+# glob_re(G): an anchored regex for the glob G ('*' matches any text).
+function glob_re(g,   r) {
+    r = g
+    gsub(/[][\\^$.|?+(){}]/, "\\\\&", r)
+    gsub(/\*/, ".*", r)
+    return "^" r "$"
+}
+BEGIN {
+    nscen = split(want, order, " ")
+    # The known-flake list: "KIND WHERE WHY...", comments and blank lines skipped.
+    nflakes = 0
+    if (flakes != "")
+        while ((getline line < flakes) > 0) {
+            if (line ~ /^[ \t]*(#|$)/) continue
+            n = split(line, f, /[ \t]+/)
+            if (n < 3) continue
+            nflakes++; fkind[nflakes] = f[1]; fwhere[nflakes] = glob_re(f[2])
+            why = line; sub(/^[ \t]*[^ \t]+[ \t]+[^ \t]+[ \t]+/, "", why); fwhy[nflakes] = why
+        }
+    if (budget == "") budget = 2
+}
 { sub(/\r$/, "") }
 $1 != "@@TB" { next }
 $2 == "boot" { booted = 1; for (i = 3; i <= NF; i++) { split($i, kv, "="); bootinfo[kv[1]] = kv[2] } next }
@@ -33,6 +55,14 @@ $2 == "check" {
     s = $3; n = ++nchecks[s]
     cname[s, n] = $4; cstat[s, n] = $5; cdet[s, n] = rest(6)
     if ($5 == "fail") nfail[s]++
+    next
+}
+$2 == "retry" {
+    nretry++; rscen[nretry] = $3; rkind[nretry] = $4; rwhere[nretry] = $5; rreason[nretry] = rest(6)
+    rknown[nretry] = ""
+    for (i = 1; i <= nflakes; i++)
+        if (fkind[i] == $4 && $5 ~ fwhere[i]) { rknown[nretry] = fwhy[i]; break }
+    if (rknown[nretry] == "") nunknown++
     next
 }
 $2 == "value" { s = $3; k = $4; if (!((s, k) in val)) vkeys[s] = vkeys[s] SUBSEP k; val[s, k] = rest(5); next }
@@ -58,11 +88,19 @@ function reason(s) {
     if (nchecks[s] == 0) return "scenario emitted no checks"
     return ""
 }
+# Retries fail the run when one is not a known flake or when there are more than the budget.
+function retries_ok() { return nunknown == 0 && nretry <= budget }
 END {
     if (fmt == "text") { text(); exit }
     printf "{\n  \"out_dir\": \"%s\",\n  \"console_log\": \"%s/console.log\",\n", esc(out), esc(out)
     printf "  \"booted\": %s,\n  \"finished\": %s,\n", booted ? "true" : "false", finished ? "true" : "false"
-    printf "  \"l1_boot_uptime\": \"%s\",\n  \"scenarios\": {", esc(bootinfo["uptime"])
+    printf "  \"l1_boot_uptime\": \"%s\",\n", esc(bootinfo["uptime"])
+    printf "  \"retry_budget\": %d,\n  \"retries_ok\": %s,\n  \"retries\": [", budget, retries_ok() ? "true" : "false"
+    for (n = 1; n <= nretry; n++)
+        printf "%s\n    {\"scenario\": \"%s\", \"kind\": \"%s\", \"where\": \"%s\", \"reason\": \"%s\", \"known\": %s}", \
+            (n > 1 ? "," : ""), esc(rscen[n]), esc(rkind[n]), esc(rwhere[n]), esc(rreason[n]), \
+            (rknown[n] == "" ? "null" : "\"" esc(rknown[n]) "\"")
+    printf "%s],\n  \"scenarios\": {", (nretry ? "\n  " : "")
     for (i = 1; i <= nscen; i++) {
         s = order[i]
         printf "%s\n    \"%s\": {\n", (i > 1 ? "," : ""), esc(s)
@@ -99,5 +137,14 @@ function text(   i, s, st, n, line, fails) {
         for (n = 1; n <= nchecks[s]; n++)
             if (cstat[s, n] == "fail") printf "           failed check %s/%s: %s\n", s, cname[s, n], cdet[s, n]
     }
-    printf "RESULT: %d passed, %d failed, %d SKIPPED%s (%s)\n", np, nf, nsk, (nskc ? sprintf(", %d check(s) SKIPPED", nskc) : ""), (nf ? "FAIL" : "ok")
+    # Every retry, with its reason and whether the known-flake list allows it.
+    for (n = 1; n <= nretry; n++) {
+        printf "  RETRY    %-26s %s at %s: %s\n", rscen[n], rkind[n], rwhere[n], rreason[n]
+        if (rknown[n] != "") printf "           known flake: %s\n", rknown[n]
+        else printf "           NOT a known flake (tools/testbed/known-flakes): this fails the run\n"
+    }
+    printf "RETRIES: %d (budget %d)%s%s\n", nretry, budget, (nretry > budget ? ", OVER BUDGET: this fails the run" : ""), \
+        (nunknown ? sprintf(", %d not in the known-flake list", nunknown) : "")
+    printf "RESULT: %d passed, %d failed, %d SKIPPED%s%s (%s)\n", np, nf, nsk, (nskc ? sprintf(", %d check(s) SKIPPED", nskc) : ""), \
+        (nretry ? sprintf(", %d retried", nretry) : ""), (nf || !retries_ok() ? "FAIL" : "ok")
 }

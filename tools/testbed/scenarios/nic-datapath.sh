@@ -2,6 +2,8 @@
 # tb-timeout: 240
 # tb-needs: qemu
 # tb-devices: nic-pair
+# tb-run: qemu
+# tb-check: l1-nic nic-vfio-bind qemu/e1000e-bound qemu/ping-l1 qemu/nic-msix l1-received
 # The NIC data path with a whole NIC (an igb VF does not pass traffic in this emulation; see
 # tools/testbed/README.md). L1 keeps 04:00.0 (192.168.77.1), 05:00.0 goes to the guest
 # (192.168.77.2), and the guest pings L1. Swap tb_qemu_l2 for viaduct once it does passthrough.

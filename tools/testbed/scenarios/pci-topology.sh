@@ -1,5 +1,10 @@
 # tb-description: viaduct builds PCIe root ports with synthetic functions (BARs up to 64 GiB); the guest enumerates them through ECAM with no BAR assignment errors and sees the sizes we gave
 # tb-timeout: 300
+# tb-run: pci-topology
+# tb-check: pci-topology/ecam pci-topology/no-bar-errors pci-topology/host-bridge pci-topology/root-ports
+# tb-check: pci-topology/fn1-bar-sizes pci-topology/fn2-bar-sizes pci-topology/fn3-bar-sizes
+# tb-check: pci-topology/fn1-placement pci-topology/fn2-placement pci-topology/fn3-placement
+# tb-check: pci-topology/synthetic-count pci-topology/big-bar-64bit-pref pci-topology/msix-capability
 # viaduct's --pci-synthetic option (pci crate's `synthetic` module, behind a root port of its
 # own unless port=off; see docs/pci.md). A viaduct without the option makes
 # the scenario SKIPPED, never passed. tests/pci_topology.rs asserts the checks and values.

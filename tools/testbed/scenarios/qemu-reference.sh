@@ -1,6 +1,10 @@
 # tb-description: QEMU 10 as the L2 VMM (the reference): igb VF + NVMe + NVMe SR-IOV VF passed through
 # tb-timeout: 240
 # tb-needs: qemu
+# tb-run: qemu
+# tb-check: nvme-sriov-vf-created vfio-bind-*
+# tb-check: qemu/igbvf-bound qemu/nvme-bound qemu/nvme-read-signature qemu/nvme-vf-read-signature
+# tb-check: qemu/read-* qemu/nvme-write qemu/nvme-vf-write qemu/nvme-msix-* qemu/igbvf-msix-vectors
 # What a correct VMM achieves in L1, measured with QEMU: the guest binds igbvf and nvme, reads
 # each disk's signature sector, writes "VIADUCT-GUEST-WROTE <signature>" at LBA 2048 (the
 # Rust test finds it in the image files on L0), and the devices' MSI-X vectors count.

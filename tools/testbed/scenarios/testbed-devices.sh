@@ -1,6 +1,8 @@
 # tb-description: the optional L0 devices: ivshmem with a 4 GiB 64-bit BAR holding L0's pattern; two devices behind a PCIe-to-PCI bridge share one IOMMU group
 # tb-timeout: 90
 # tb-devices: ivshmem pci-bridge
+# tb-check: ivshmem-present ivshmem-bar-size ivshmem-bar-64bit ivshmem-pattern-0x* bridge-shared-group
+# tb-check: bridge-group-vfio
 # shellcheck shell=dash  # busybox ash in level 1/2: dash plus the few extensions marked below
 
 d=/sys/bus/pci/devices/$TB_IVSHMEM

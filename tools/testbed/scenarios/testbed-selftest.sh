@@ -1,5 +1,7 @@
 # tb-description: level 1 itself: /dev/kvm, IOMMU groups, igb SR-IOV VFs, binding to vfio-pci
 # tb-timeout: 120
+# tb-check: kvm-dev kvm-amd iommu-groups group-per-device igb-pf nvme igb-totalvfs vfs-created
+# tb-check: vf-own-group vf-vfio-bind nvme-vfio-bind
 # The testbed's own health. If this fails, every other scenario's result is suspect.
 # shellcheck shell=dash  # busybox ash in level 1/2: dash plus the few extensions marked below
 

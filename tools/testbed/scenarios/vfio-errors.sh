@@ -1,6 +1,16 @@
 # tb-description: viaduct's --device errors on a real host: missing device, not on vfio-pci, the same device twice, IOMMU group not viable, memlock too low (non-root); one line, exit 1, devices untouched; then good runs (root, and non-root with the ulimit the error asked for)
 # tb-timeout: 600
 # tb-devices: pci-bridge
+# tb-run: good good-user
+# tb-check: setup-vf0-vfio
+# tb-check: missing/one-line-exit-1 missing/message missing/devices-unchanged
+# tb-check: not-bound/one-line-exit-1 not-bound/message not-bound/devices-unchanged
+# tb-check: not-bound/says-how-to-bind not-bound/nvme-still-in-l1
+# tb-check: twice/one-line-exit-1 twice/message twice/devices-unchanged
+# tb-check: group/one-line-exit-1 group/message group/devices-unchanged group/says-not-viable
+# tb-check: memlock/one-line-exit-1 memlock/message memlock/devices-unchanged
+# tb-check: good/bind-nvme good/vf-on-igbvf good/nvme-bound good/nvme-read-signature good/nvme-back-on-nvme
+# tb-check: good-user/vf-on-igbvf good-user/nvme-bound good-user/nvme-read-signature
 #
 # Each error run: viaduct must exit 1 with exactly one line on stderr that names the problem
 # and the fix, and every device involved must have the driver and override it had before.

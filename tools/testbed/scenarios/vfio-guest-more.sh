@@ -1,6 +1,18 @@
 # tb-description: viaduct passthrough, more devices: e1000e NIC pings L1 with MSI-X, MSI and INTx, NVMe SR-IOV VF read/write, 4 GiB ivshmem BAR read in the guest, the NVMe again after a SIGKILLed viaduct
 # tb-timeout: 600
 # tb-devices: nic-pair ivshmem
+# tb-run: vnvmevf vnic vnic-msi vnic-intx vivshmem vafterkill
+# tb-check: nvmevf-bind vnvmevf/nvme-bound vnvmevf/read-signature vnvmevf/write vnvmevf/msix vnvmevf/no-timeouts
+# tb-check: nic-vfio-bind
+# tb-check: vnic/e1000e-bound vnic/ping-l1 vnic/nic-both-ways vnic/nic-irq-mode vnic/nic-interrupts
+# tb-check: vnic/l1-received vnic/l1-sent vnic/host-irq-mode
+# tb-check: vnic-msi/e1000e-bound vnic-msi/ping-l1 vnic-msi/nic-both-ways vnic-msi/nic-irq-mode
+# tb-check: vnic-msi/nic-interrupts vnic-msi/l1-received vnic-msi/l1-sent vnic-msi/host-irq-mode
+# tb-check: vnic-msi/host-msi-enabled
+# tb-check: vnic-intx/e1000e-bound vnic-intx/ping-l1 vnic-intx/nic-both-ways vnic-intx/nic-irq-mode
+# tb-check: vnic-intx/nic-interrupts vnic-intx/l1-received vnic-intx/l1-sent vnic-intx/host-irq-mode
+# tb-check: ivshmem-bind vivshmem/bar2-placed vivshmem/read-VIADUCT-IVSHMEM@0x*
+# tb-check: killed-guest-ran vafterkill/read-signature vafterkill/msix vafterkill/no-timeouts
 # The rest of the "done when" with viaduct as the L2 VMM (tests/vfio_guest.rs asserts).
 # shellcheck shell=dash  # busybox ash in level 1/2: dash plus the few extensions marked below
 

@@ -1,6 +1,11 @@
 # tb-description: viaduct passes an AHCI controller (MSI, no MSI-X, and INTx) to a guest twice: with MSI and with pci=nomsi; each guest reads level 0's disk signature by DMA and writes a token, its driver really uses that interrupt mode, and level 1 sees vfio-msi / vfio-intx interrupts
 # tb-timeout: 360
 # tb-devices: ahci
+# tb-run: vahci-msi vahci-intx
+# tb-check: ahci-present ahci-vfio-bind
+# tb-check: vahci-msi/ahci-bound vahci-msi/read-signature vahci-msi/write vahci-msi/irq-mode vahci-msi/host-vfio-msi
+# tb-check: vahci-intx/ahci-bound vahci-intx/read-signature vahci-intx/write vahci-intx/irq-mode
+# tb-check: vahci-intx/host-vfio-intx
 # Issue 5's "with MSI, where the device offers it": the NVMe and igb VF offer only MSI-X, and
 # e1000e's driver drops back to INTx under emulation (its MSI self-test, see
 # vfio-guest-more). Level 0's ICH9 AHCI has a single-vector MSI capability, INTx, no MSI-X, and

@@ -1,5 +1,8 @@
 # tb-description: viaduct gives one guest an igb VF, the whole NVMe and the NVMe SR-IOV VF: every driver binds, both NVMes read their level-0 signature and write, each device counts MSI-X interrupts, no admin command times out
 # tb-timeout: 300
+# tb-run: trio
+# tb-check: setup vfio-bind trio/igbvf-bound trio/nvme-both-bound trio/nvme-read-signature trio/nvme-write
+# tb-check: trio/nvmevf-read-signature trio/nvmevf-write trio/read-* trio/msix-* trio/no-timeouts
 # Three assigned functions from three IOMMU groups in one guest, two of them SR-IOV VFs.
 # Why it is a test of its own: the NVMe VF's admin completions were lost whenever MSI-X was
 # enabled on the host only at the guest's first vector unmask (QEMU's NVMe marks a completion

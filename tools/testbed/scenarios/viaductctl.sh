@@ -1,6 +1,8 @@
 # tb-description: viaductctl on a real host: list, check, sriov, vf settings via rtnetlink, bind/unbind/restore round trips, bad input
 # tb-timeout: 300
 # tb-devices: pci-bridge
+# tb-check: list-pf check-passes sriov-create vf-set bad-input-changed-nothing bind-vf0-devnode
+# tb-check: vf0-round-trip nvme-round-trip group-bind-devnode check-fix
 #
 # Results go out as values holding viaductctl's JSON (newlines squeezed) so tests/viaductctl.rs
 # asserts on the documents themselves; the tb_checks here make the log readable on its own.

@@ -6,6 +6,8 @@
 # tb-bench-target: blk_write_mbps >= 1.0
 # tb-bench-target: net_rx_mbps >= 1.0
 # tb-bench-target: net_tx_mbps >= 1.0
+# tb-run: bench-qemu-* bench-viaduct-*
+# tb-check: tun bench-*/blk-io bench-*/net-rx bench-*/net-tx
 # Each VMM boots the same guest with one virtio-blk disk (a raw image in level 1, host page
 # cache on both sides: QEMU's default cache=writeback, viaduct's buffered I/O) and one
 # virtio-net on a tap (QEMU: vhost=off, so both are user-space device models). The guest

@@ -1,5 +1,13 @@
 # tb-description: viaduct gives a Linux guest three virtio-blk disks (read-write file, read-only file, level 1's NVMe block device) and virtio-rng; bytes cross both ways, flushes reach the device, the read-only disk refuses writes, /dev/hwrng gives data
 # tb-timeout: 300
+# tb-run: viaduct-virtio
+# tb-check: viaduct-virtio/l1-nvme-blockdev viaduct-virtio/blk-functions viaduct-virtio/virtio-pci-bound
+# tb-check: viaduct-virtio/disk-serials viaduct-virtio/disk-capacity viaduct-virtio/read-rw-signature
+# tb-check: viaduct-virtio/read-ro-signature viaduct-virtio/rw-pattern viaduct-virtio/write-rw viaduct-virtio/flush
+# tb-check: viaduct-virtio/nvme-disk-signature viaduct-virtio/nvme-disk-write viaduct-virtio/ro-flag
+# tb-check: viaduct-virtio/ro-write-refused viaduct-virtio/hwrng-virtio viaduct-virtio/hwrng-data
+# tb-check: viaduct-virtio/blk-msix-interrupts viaduct-virtio/l1-sees-guest-write
+# tb-check: viaduct-virtio/l1-sees-nvme-write viaduct-virtio/l1-ro-image-unchanged
 # Level 1 writes a signature into two raw images, viaduct boots the guest with
 # --disk (rw + readonly=on) and --rng; the guest checks the virtio-pci functions, reads the
 # signatures, writes a line at LBA 2048 of the rw disk, tries to write the read-only disk at

@@ -1,5 +1,10 @@
 # tb-description: viaduct gives a Linux guest virtio-net on a tap it creates in level 1: pings both ways, 2 MiB each way over HTTP, offloads negotiated, packet counts on both sides
 # tb-timeout: 300
+# tb-run: viaduct-net
+# tb-check: tun tap-absent-before viaduct-net/net-function viaduct-net/mac viaduct-net/offloads-negotiated
+# tb-check: viaduct-net/ping-l1 viaduct-net/download-from-l1 viaduct-net/net-msix-interrupts
+# tb-check: viaduct-net/tap-created viaduct-net/l1-ping-guest viaduct-net/download-from-guest
+# tb-check: viaduct-net/tap-removed
 # viaduct --net tap=vtnet0 creates the tap (TUNSETIFF, IFF_VNET_HDR) and sets it up; level 1
 # gives it 10.77.0.1/24 once it appears and serves a 2 MiB file with busybox httpd. The guest
 # (10.77.0.2) checks the function and the negotiated features (checksum, TSO, mergeable

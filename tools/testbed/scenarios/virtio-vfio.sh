@@ -1,5 +1,10 @@
 # tb-description: one guest with the NVMe passed through (VFIO, MSI-X) and virtio-blk + virtio-rng beside it: both disks read what level 1/level 0 wrote and keep what the guest wrote
 # tb-timeout: 300
+# tb-run: viaduct-virtio-vfio
+# tb-check: viaduct-virtio-vfio/vfio-bind viaduct-virtio-vfio/nvme-bound viaduct-virtio-vfio/virtio-bound
+# tb-check: viaduct-virtio-vfio/nvme-read viaduct-virtio-vfio/virtio-read viaduct-virtio-vfio/copy-nvme-to-virtio
+# tb-check: viaduct-virtio-vfio/nvme-write viaduct-virtio-vfio/virtio-write viaduct-virtio-vfio/hwrng
+# tb-check: viaduct-virtio-vfio/msix-both viaduct-virtio-vfio/l1-sees-virtio-write viaduct-virtio-vfio/nvme-restored
 # The NVMe 0000:02:00.0 goes to vfio-pci and into the guest next to a virtio-blk disk (a raw
 # image in level 1) and virtio-rng, all on the guest's bus 0. The guest finds both drivers,
 # reads disk.img's signature through nvme and the image's signature through virtio-blk,
