@@ -75,6 +75,8 @@ fn guest_reboot_exits_with_on_reboot_exit() {
     s.assert_check("viaduct-reboot/reboot-exit");
     let rc = s.value_u64("viaduct-reboot/vmm_rc").expect("vmm_rc");
     assert_eq!(rc, 0, "viaduct exited with {rc} after the guest's reboot (--on-reboot exit)");
+    // One boot: viaduct ended the VM at the reset instead of starting the guest again.
+    assert_eq!(s.value_u64("viaduct-reboot/guest_inits").expect("guest_inits"), 1);
     assert!(s.check("viaduct-reboot/timeout").is_none(), "viaduct hung after the guest's reboot");
 }
 
@@ -108,6 +110,7 @@ fn guest_ram_on_hugepages_and_shared() {
 fn serial_console_to_a_file_or_off() {
     let s = common::scenario("boot-linux").expect("boot-linux results");
     s.assert_check("viaduct-reboot/serial-file");
+    // (The guest's only trace with the console off: the token it wrote to its disk.)
     s.assert_check("serial-off/quiet-poweroff");
     let rc = s.value_u64("serial-off/vmm_rc").expect("vmm_rc");
     assert_eq!(rc, 0, "--serial off: viaduct exited with {rc}");

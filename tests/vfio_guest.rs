@@ -2,7 +2,8 @@
 //! viaduct as the L2 VMM with devices assigned.
 //!
 //! Scenario vfio-guest: igb VF + NVMe with MSI-X; the same NVMe in the next guest with
-//! pci=nomsi (INTx); the NVMe across a guest reboot (`--on-reboot restart`). Scenario
+//! pci=nomsi (INTx); the NVMe across a guest reboot (`--on-reboot restart`), reset in between
+//! (the guest reads the controller's registers back at their reset values). Scenario
 //! vfio-guest-more: a whole e1000e pinging level 1 in three guests in a row (MSI-X, MSI with
 //! `e1000e.IntMode=1`, INTx with `pci=nomsi`), the NVMe SR-IOV VF, a 4 GiB ivshmem BAR read
 //! in the guest, the NVMe again after a SIGKILLed viaduct. Every check the scenarios emit is
@@ -13,37 +14,50 @@ mod common;
 
 use common::Scenario;
 
-/// Every check a scenario must have emitted, each passed; then the whole scenario passed.
+/// CC and CSTS from a value "CC=0x... CSTS=0x..." (or the guest's "0x... 0x... 0x..." read).
+fn nvme_regs(s: &Scenario, key: &str) -> (u32, u32) {
+    let v = s.value(key).unwrap_or_else(|| panic!("value {key} missing; log: {}", s.log.display()));
+    let nums: Vec<u32> = v
+        .split_whitespace()
+        .map(|w| w.rsplit('=').next().unwrap_or(w))
+        .map(|h| u32::from_str_radix(h.trim_start_matches("0x"), 16).unwrap_or_else(|e| panic!("{key} = {v:?}: {e}")))
+        .collect();
+    assert!(nums.len() >= 2, "{key} = {v:?}: CC and CSTS expected");
+    (nums[0], nums[1])
+}
+
+/// The controller registers a reset leaves: CC all zero (EN=0, SHN=00), CSTS.RDY=0, SHST=00.
 #[track_caller]
-fn assert_checks(s: &Scenario, names: &[&str]) {
-    for n in names {
-        s.assert_check(n);
-    }
-    s.assert_passed();
+fn assert_nvme_reset(s: &Scenario, key: &str) {
+    let (cc, csts) = nvme_regs(s, key);
+    assert_eq!(cc, 0, "{key}: CC {cc:#x} is not its reset value");
+    assert_eq!(csts & 0xd, 0, "{key}: CSTS {csts:#x} has RDY or SHST set");
 }
 
 #[test]
 fn igbvf_and_nvme_with_msix() {
     let s = common::scenario("vfio-guest").expect("results");
-    assert_checks(
-        &s,
+    s.assert_checks(&["vfio-bind-0000:01:10.0", "vfio-bind-0000:02:00.0"]);
+    s.assert_run_checks(
+        "viaduct-msix",
         &[
-            "vfio-bind-0000:01:10.0",
-            "vfio-bind-0000:02:00.0",
-            "viaduct-msix/boot",
-            "viaduct-msix/nvme-bound",
-            "viaduct-msix/igbvf-bound",
-            "viaduct-msix/nvme-read-signature",
-            "viaduct-msix/nvme-write",
-            "viaduct-msix/nvme-no-timeouts",
-            "viaduct-msix/nvme-interrupts",
-            "viaduct-msix/nvme-reset-at-start",
-            "viaduct-msix/done",
+            "boot",
+            "nvme-reset-state",
+            "nvme-bound",
+            "igbvf-bound",
+            "nvme-read-signature",
+            "nvme-write",
+            "nvme-no-timeouts",
+            "nvme-interrupts",
+            "done",
         ],
     );
+    s.assert_passed();
     let sig = s.signature("disk.img").unwrap();
     assert_eq!(s.sector_line("disk.img", common::GUEST_WRITE_LBA).unwrap(), format!("VIADUCT-GUEST-WROTE {sig}"));
-    assert_eq!(s.value("viaduct-msix/nvme_irq_kind"), Some("msi"));
+    // Every nvme queue interrupt that counted came as MSI-X, by the guest's /proc/interrupts.
+    assert_eq!(s.value("viaduct-msix/nvme_irq_kind"), Some("msix"), "{:?}", s.value("viaduct-msix/nvme_irq_lines"));
+    assert_nvme_reset(&s, "viaduct-msix/nvme_regs_at_start");
     assert!(s.value_u64("viaduct-msix/nvme_irqs").unwrap() > 0);
     assert!(s.value_u64("viaduct-msix/nvme_msi_vectors").unwrap() > 0, "nvme allocated MSI-X vectors");
     assert_eq!(s.value_u64("viaduct-msix/nvme_timeouts").unwrap(), 0);
@@ -54,27 +68,32 @@ fn igbvf_and_nvme_with_msix() {
 #[test]
 fn nvme_with_intx_in_the_next_guest() {
     let s = common::scenario("vfio-guest").expect("results");
-    assert_checks(
-        &s,
+    s.assert_run_checks(
+        "viaduct-intx",
         &[
-            "viaduct-intx/boot",
-            "viaduct-intx/nvme-bound",
-            "viaduct-intx/nvme-read-signature",
-            "viaduct-intx/nvme-reads-previous-guest-write",
-            "viaduct-intx/nvme-write",
-            "viaduct-intx/nvme-no-msi",
-            "viaduct-intx/nvme-no-timeouts",
-            "viaduct-intx/nvme-interrupts",
-            "viaduct-intx/nvme-reset-at-start",
-            "viaduct-intx/done",
-            "nvme-released",
+            "boot",
+            "nvme-reset-state",
+            "nvme-bound",
+            "nvme-read-signature",
+            "nvme-reads-previous-guest-write",
+            "nvme-write",
+            "nvme-no-msi",
+            "nvme-no-timeouts",
+            "nvme-interrupts",
+            "done",
         ],
     );
-    assert_eq!(s.value("viaduct-intx/nvme_irq_kind"), Some("intx"), "pci=nomsi: interrupts came on the INTx line");
+    s.assert_check("nvme-released");
+    s.assert_passed();
+    // pci=nomsi: the guest's /proc/interrupts shows its nvme queues on an IO-APIC line.
+    let lines = s.value("viaduct-intx/nvme_irq_lines").unwrap_or_default();
+    assert_eq!(s.value("viaduct-intx/nvme_irq_kind"), Some("intx"), "{lines}");
     assert!(s.value_u64("viaduct-intx/nvme_irqs").unwrap() > 0);
     assert_eq!(s.value_u64("viaduct-intx/nvme_msi_vectors").unwrap(), 0);
     assert_eq!(s.value_u64("viaduct-intx/nvme_timeouts").unwrap(), 0, "no interrupt was lost and polled for");
-    assert!(s.value("viaduct-intx/nvme_intx_line").unwrap_or_default().contains("fasteoi"), "a level-triggered line");
+    assert!(lines.contains("IO-APIC") && lines.contains("fasteoi"), "a level-triggered IO-APIC line: {lines}");
+    // The first guest left the controller enabled; this one got it reset.
+    assert_nvme_reset(&s, "viaduct-intx/nvme_regs_at_start");
 }
 
 /// Issue 5: "two guests in a row get the same device". Runs viaduct-msix and viaduct-intx of
@@ -85,27 +104,25 @@ fn nvme_with_intx_in_the_next_guest() {
 #[test]
 fn two_guests_in_a_row_get_the_same_nvme() {
     let s = common::scenario("vfio-guest").expect("results");
-    assert_checks(
-        &s,
-        &[
-            "vfio-bind-0000:02:00.0",
-            "viaduct-msix/nvme-bound",
-            "viaduct-msix/nvme-write",
-            "viaduct-msix/done",
-            "viaduct-intx/nvme-bound",
-            "viaduct-intx/nvme-reads-previous-guest-write",
-            "viaduct-intx/nvme-write",
-            "viaduct-intx/done",
-        ],
-    );
+    s.assert_checks(&[
+        "vfio-bind-0000:02:00.0",
+        "viaduct-msix/nvme-bound",
+        "viaduct-msix/nvme-write",
+        "viaduct-msix/done",
+        "viaduct-intx/nvme-bound",
+        "viaduct-intx/nvme-reads-previous-guest-write",
+        "viaduct-intx/nvme-write",
+        "viaduct-intx/done",
+    ]);
+    s.assert_passed();
     assert_eq!(s.value_u64("viaduct-msix/vmm_rc").unwrap(), 0, "the first viaduct exited cleanly");
     assert_eq!(s.value_u64("viaduct-intx/vmm_rc").unwrap(), 0, "the second viaduct exited cleanly");
     let tok1 = s.value("token_lba2056").expect("first guest's token").to_string();
     let tok2 = s.value("token_lba2064").expect("second guest's token").to_string();
+    // (Distinct tokens, or the hand-over below would prove nothing.)
     assert_ne!(tok1, tok2);
-    assert!(tok1.starts_with("VIADUCT-VFIO-GUEST-1 ") && tok2.starts_with("VIADUCT-VFIO-GUEST-2 "));
     // What the second guest read at LBA 2056 is what the first one wrote there.
-    assert_eq!(s.check("viaduct-intx/nvme-reads-previous-guest-write").unwrap().detail.trim(), tok1);
+    assert_eq!(s.detail("viaduct-intx/nvme-reads-previous-guest-write").trim(), tok1);
     assert_eq!(s.sector_line("disk.img", 2056).unwrap(), tok1, "LBA 2056 of disk.img (first guest)");
     assert_eq!(s.sector_line("disk.img", 2064).unwrap(), tok2, "LBA 2064 of disk.img (second guest)");
 }
@@ -113,24 +130,31 @@ fn two_guests_in_a_row_get_the_same_nvme() {
 #[test]
 fn nvme_across_a_guest_reboot() {
     let s = common::scenario("vfio-guest").expect("results");
-    assert_checks(
-        &s,
+    s.assert_run_checks(
+        "viaduct-reboot",
         &[
-            "viaduct-reboot/boot",
-            "viaduct-reboot/boot1-read-signature",
-            "viaduct-reboot/boot1-rebooting",
-            "viaduct-reboot/boot2-found-token",
-            "viaduct-reboot/boot2-nvme-bound",
-            "viaduct-reboot/boot2-read-signature",
-            "viaduct-reboot/boot2-interrupts",
-            "viaduct-reboot/boot2-no-timeouts",
-            "viaduct-reboot/done",
-            "viaduct-reboot/restarted",
-            "viaduct-reboot/nvme-reset-each-boot",
+            "boot",
+            "boot1-nvme-reset-state",
+            "boot1-read-signature",
+            "boot1-nvme-changed",
+            "boot1-rebooting",
+            "boot2-found-token",
+            "boot2-nvme-reset-state",
+            "boot2-nvme-bound",
+            "boot2-read-signature",
+            "boot2-interrupts",
+            "boot2-no-timeouts",
+            "done",
+            "restarted",
         ],
     );
+    s.assert_passed();
     assert_eq!(s.value_u64("viaduct-reboot/guest_inits").unwrap(), 2);
-    assert!(s.value_u64("viaduct-reboot/nvme_resets").unwrap() >= 2);
+    // The first boot's driver left the controller enabled (and shut down); after the guest's
+    // reboot, before any driver, it was back at its reset values: the device was reset.
+    let (cc, csts) = nvme_regs(&s, "viaduct-reboot/boot1_regs_before_reboot");
+    assert!(cc != 0 || csts & 0xd != 0, "boot 1's driver left CC {cc:#x} CSTS {csts:#x}: nothing to reset");
+    assert_nvme_reset(&s, "viaduct-reboot/boot2_regs_at_start");
     assert!(s.value_u64("viaduct-reboot/boot2_irqs").unwrap() > 0);
     // The second boot cleared the token the first one wrote at LBA 4096.
     assert_eq!(s.read_file_at("disk.img", 4096 * 512, 512).unwrap(), vec![0u8; 512]);
@@ -151,19 +175,20 @@ fn host_irqs(s: &Scenario, run: &str, kind: &str) -> Option<(u64, u64)> {
 /// interrupts vfio-pci opened for the device while viaduct ran).
 #[track_caller]
 fn assert_nic_run(s: &Scenario, run: &str, mode: &str) {
-    for c in [
-        "boot",
-        "e1000e-bound",
-        "ping-l1",
-        "nic-both-ways",
-        "nic-interrupts",
-        "done",
-        "l1-received",
-        "l1-sent",
-        "host-irq-mode",
-    ] {
-        s.assert_check(&format!("{run}/{c}"));
-    }
+    s.assert_run_checks(
+        run,
+        &[
+            "boot",
+            "e1000e-bound",
+            "ping-l1",
+            "nic-both-ways",
+            "nic-interrupts",
+            "done",
+            "l1-received",
+            "l1-sent",
+            "host-irq-mode",
+        ],
+    );
     let num = |k: &str| s.value_u64(&format!("{run}/{k}")).unwrap_or_else(|e| panic!("{run}: {e}"));
     assert!(num("ping_received") >= 4, "{run}: echo replies the guest got");
     assert!(num("guest_tx_packets") >= 5, "{run}");
@@ -233,37 +258,26 @@ fn nic_pings_level1_with_msix_msi_and_intx() {
 #[test]
 fn nvme_sriov_vf_reads_and_writes() {
     let s = common::scenario("vfio-guest-more").expect("results");
-    assert_checks(
-        &s,
-        &[
-            "nvmevf-bind",
-            "vnvmevf/boot",
-            "vnvmevf/nvme-bound",
-            "vnvmevf/read-signature",
-            "vnvmevf/write",
-            "vnvmevf/msix",
-            "vnvmevf/no-timeouts",
-            "vnvmevf/done",
-        ],
-    );
+    s.assert_check("nvmevf-bind");
+    s.assert_run_checks("vnvmevf", &["boot", "nvme-bound", "read-signature", "write", "msix", "no-timeouts", "done"]);
+    s.assert_passed();
     let sig = s.signature("sriov.img").unwrap();
-    assert_eq!(s.check("vnvmevf/read-signature").unwrap().detail.trim(), sig);
+    assert_eq!(s.detail("vnvmevf/read-signature").trim(), sig);
     assert_eq!(s.sector_line("sriov.img", common::GUEST_WRITE_LBA).unwrap(), format!("VIADUCT-GUEST-WROTE {sig}"));
 }
 
 #[test]
 fn ivshmem_4_gib_bar_read_in_the_guest() {
     let s = common::scenario("vfio-guest-more").expect("results");
-    let offsets = [0u64, 0x4000_0000, 0x8000_0000, 0xffff_f000];
-    let names: Vec<String> = offsets.iter().map(|o| format!("vivshmem/read-VIADUCT-IVSHMEM@{o:#x}")).collect();
-    let mut all = vec!["vivshmem/boot", "vivshmem/bar2-placed", "vivshmem/done"];
-    all.extend(names.iter().map(String::as_str));
-    assert_checks(&s, &all);
+    s.assert_run_checks("vivshmem", &["boot", "bar2-placed", "done"]);
+    s.assert_passed();
     let run_id = s.signature("disk.img").unwrap().rsplit("run=").next().unwrap().to_string();
-    for (o, name) in offsets.iter().zip(&names) {
+    for o in [0u64, 0x4000_0000, 0x8000_0000, 0xffff_f000] {
+        s.assert_check(&format!("vivshmem/read-VIADUCT-IVSHMEM@{o:#x}"));
         let want = format!("VIADUCT-IVSHMEM@{o:#x} run={run_id}");
-        assert_eq!(s.check(name).unwrap().detail.trim(), want, "what the guest read at BAR2+{o:#x}");
-        let l0 = s.read_file_at("ivshmem.img", *o, want.len()).unwrap();
+        let read = s.detail(&format!("vivshmem/read-VIADUCT-IVSHMEM@{o:#x}"));
+        assert_eq!(read.trim(), want, "what the guest read at BAR2+{o:#x}");
+        let l0 = s.read_file_at("ivshmem.img", o, want.len()).unwrap();
         assert_eq!(String::from_utf8_lossy(&l0), want, "level 0's backing file at {o:#x}");
     }
     let bar = s.value("vivshmem/bar2").unwrap_or_default();
@@ -275,17 +289,9 @@ fn ivshmem_4_gib_bar_read_in_the_guest() {
 #[test]
 fn nvme_assignable_again_after_sigkill() {
     let s = common::scenario("vfio-guest-more").expect("results");
-    assert_checks(
-        &s,
-        &[
-            "killed-guest-ran",
-            "vafterkill/boot",
-            "vafterkill/read-signature",
-            "vafterkill/msix",
-            "vafterkill/no-timeouts",
-            "vafterkill/done",
-        ],
-    );
+    s.assert_check("killed-guest-ran");
+    s.assert_run_checks("vafterkill", &["boot", "read-signature", "msix", "no-timeouts", "done"]);
+    s.assert_passed();
     let sig = s.signature("disk.img").unwrap();
-    assert_eq!(s.check("vafterkill/read-signature").unwrap().detail.trim(), sig);
+    assert_eq!(s.detail("vafterkill/read-signature").trim(), sig);
 }

@@ -121,6 +121,7 @@ fn vf_sets_mac_and_vlan_and_the_pf_reports_them() {
     let dmesg = s.value("vf_dmesg").unwrap_or_default().to_lowercase();
     assert!(dmesg.contains("02:00:00:00:00:aa"), "igb did not log the MAC: {dmesg}");
     assert!(dmesg.contains("setting vlan 100, qos 0x0 on vf 0"), "igb did not log the VLAN: {dmesg}");
+    assert!(dmesg.contains("vf 1 is trusted"), "igb did not log VF 1's trust: {dmesg}");
 }
 
 #[test]

@@ -10,7 +10,8 @@
 //! (IOVA = its pretend guest address), config space through the virtualization layer, BAR0
 //! through both the trapped path and the mmap, MSI-X vectors enabled lazily through table
 //! writes, then a real NVMe admin Identify and an I/O Read of LBA 0 by DMA, completions
-//! signalled on the vectors' eventfds. Prints `@@CHECK NAME pass|fail DETAIL` lines.
+//! signalled on the vectors' eventfds. Prints `@@CHECK NAME pass|fail DETAIL` lines (an
+//! outcome that can fail) and `@@VALUE NAME TEXT` lines (what was seen on the way).
 
 use std::os::unix::io::AsRawFd;
 use std::sync::{Arc, Mutex};
@@ -44,6 +45,12 @@ fn bdfs(specs: &[vfio::spec::DeviceSpec]) -> Vec<pci::Bdf> {
 fn check(name: &str, ok: bool, detail: impl std::fmt::Display) -> bool {
     println!("@@CHECK {name} {} {detail}", if ok { "pass" } else { "fail" });
     ok
+}
+
+/// A report with no pass or fail of its own (a step that did not fail would have returned an
+/// error instead).
+fn value(name: &str, text: impl std::fmt::Display) {
+    println!("@@VALUE {name} {text}");
 }
 
 /// Each route change: vector and message (`None`: route removed).
@@ -214,13 +221,13 @@ fn run(bdf_arg: &str, expect: Option<&str>) -> Result<bool, String> {
     let mut container = Container::open(None).map_err(|e| format!("{e}: {:?}", std::error::Error::source(&e)))?;
     let host =
         container.open_device(spec.bdf, &spec.path).map_err(|e| format!("{e}: {:?}", std::error::Error::source(&e)))?;
-    check("open-device", true, format!("{} in {:?}", spec.bdf, t.elapsed()));
+    value("open-device", format!("{} in {:?}", spec.bdf, t.elapsed()));
     let ram = Ram::new();
     let t = Instant::now();
     // SAFETY: ram stays mapped for the whole process; the container unmaps on drop.
     unsafe { container.map_ram(&[RamRange { gpa: RAM_GPA, size: RAM_SIZE as u64, host_addr: ram.ptr as u64 }]) }
         .map_err(|e| format!("{e}: {:?}", std::error::Error::source(&e)))?;
-    check("dma-map", true, format!("{RAM_SIZE} bytes at iova {RAM_GPA:#x} in {:?}", t.elapsed()));
+    value("dma-map", format!("{RAM_SIZE} bytes at iova {RAM_GPA:#x} in {:?}", t.elapsed()));
 
     let host: Arc<dyn HostDevice> = Arc::new(host);
     let n_msix = host.irq_count(vfio::host::IrqIndex::Msix);
@@ -264,7 +271,7 @@ fn run(bdf_arg: &str, expect: Option<&str>) -> Result<bool, String> {
         ext.push(format!("{:04x}@{eptr:03x}", h & 0xffff));
         eptr = (h >> 20) as usize & 0xffc;
     }
-    check("config-ext-caps", true, if ext.is_empty() { "none".into() } else { ext.join(",") });
+    value("config-ext-caps", if ext.is_empty() { "none".into() } else { ext.join(",") });
     let bar0_before = dev.read_config(4);
     dev.write_config(4, 0, &u32::MAX.to_le_bytes());
     let sized = dev.read_config(4);
@@ -390,12 +397,12 @@ fn run(bdf_arg: &str, expect: Option<&str>) -> Result<bool, String> {
         // SR-IOV VFs have no INTx (PCIe SR-IOV 1.1, 3.4.1.14): what is checked is that VFIO
         // says so (zero INTx IRQs), so the INTx read is not attempted rather than skipped.
         ok &= check("nvme-no-intx", true, "VFIO reports 0 INTx IRQs: an SR-IOV VF has no INTx");
-        ok &= check("trap-counts", true, format!("{:?}", dev.trap_counts()));
+        value("trap-counts", format!("{:?}", dev.trap_counts()));
         wr32(&mut dev, 0x14, 0);
         memslots.unmap_all();
         drop(dev);
         drop(container);
-        check("release", true, "device reset, DMA unmapped, fds closed");
+        value("release", "device reset, DMA unmapped, fds closed");
         return Ok(ok);
     }
     // INTx: MSI-X off (INTx comes back on the host), controller interrupts unmasked, a read
@@ -419,12 +426,12 @@ fn run(bdf_arg: &str, expect: Option<&str>) -> Result<bool, String> {
         let _ = intx_resample.write(1);
     }
     ok &= check("nvme-read-intx", intx_ok && mode == "Intx", format!("mode {mode}: {}", details.join("; ")));
-    ok &= check("trap-counts", true, format!("{:?}", dev.trap_counts()));
+    value("trap-counts", format!("{:?}", dev.trap_counts()));
     wr32(&mut dev, 0x14, 0);
     memslots.unmap_all();
     drop(dev);
     drop(container);
-    check("release", true, "device reset, DMA unmapped, fds closed");
+    value("release", "device reset, DMA unmapped, fds closed");
     Ok(ok)
 }
 
@@ -485,7 +492,7 @@ fn bar_mode(args: &[String]) -> Result<bool, String> {
     };
     let regions = pci::PciDevice::bars(&p.dev);
     let region = regions.iter().find(|r| r.index == BarIndex(bar)).ok_or("BAR not placed")?;
-    check("bar-placed", true, format!("BAR{bar} {:?} size {:#x} at {:#x}", info.kind, info.size, region.addr));
+    value("bar-placed", format!("BAR{bar} {:?} size {:#x} at {:#x}", info.kind, info.size, region.addr));
     let mapped = p.slots.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let mut ok = true;
     for off in offsets {
@@ -520,14 +527,15 @@ fn info_mode(args: &[String]) -> Result<bool, String> {
         caps.push(format!("{:02x}@{ptr:02x}", d & 0xff));
         ptr = (d >> 8) & 0xfc;
     }
-    check("info-caps", true, caps.join(","));
+    // 0x11: MSI-X, which every device this is run on has (it is what viaduct virtualizes).
+    check("info-caps", caps.iter().any(|c| c.starts_with("11@")), caps.join(","));
     let bars: Vec<String> = pci::PciDevice::bars(&p.dev)
         .iter()
         .map(|b| format!("BAR{} {:?} {:#x}@{:#x}", b.index.0, b.kind, b.size, b.addr))
         .collect();
     check("info-bars", !bars.is_empty(), bars.join("; "));
     let mapped = p.slots.0.lock().unwrap_or_else(|e| e.into_inner()).len();
-    check("info-mmapped-areas", true, mapped);
+    value("info-mmapped-areas", mapped);
     Ok(true)
 }
 

@@ -92,3 +92,45 @@ g_dev_irq_count() {
         index(irqs, " " n " ") {for (i = 2; i <= ncpu + 1; i++) if ($i ~ /^[0-9]+$/) s += $i}
         END {print s + 0}' /proc/interrupts
 }
+
+# g_irq_kind PATTERN [BDF]: how the interrupts of the /proc/interrupts lines matching PATTERN
+# (an awk regex on the whole line, e.g. 'nvme[0-9]+q') that counted at least one were
+# delivered, from the guest's own view: intx (the line's chip is the IO-APIC), msix or msi
+# (an MSI chip; the mode is BDF's msi_irqs/IRQ when BDF is given, else PCI-MSIX/PCI-MSI).
+# Several kinds are joined by '+'; "none" when no such line counted.
+g_irq_kind() {
+    local irq line kind kinds=""
+    for irq in $(awk -v pat="$1" 'NR == 1 {ncpu = NF; next}
+            $0 ~ pat {s = 0; for (i = 2; i <= ncpu + 1; i++) if ($i ~ /^[0-9]+$/) s += $i
+                if (s > 0) {n = $1; sub(/:$/, "", n); print n}}' /proc/interrupts); do
+        line=$(grep -E "^ *$irq:" /proc/interrupts)
+        case "$line" in
+        *IO-APIC*) kind=intx ;;
+        *PCI-MSIX*) kind=msix ;;
+        *PCI-MSI*) kind=msi ;;
+        *) kind=other ;;
+        esac
+        if [ "$kind" != intx ] && [ "$kind" != other ] && [ -n "$2" ] && [ -r "/sys/bus/pci/devices/$2/msi_irqs/$irq" ]; then
+            kind=$(cat "/sys/bus/pci/devices/$2/msi_irqs/$irq")
+        fi
+        case " $kinds " in *" $kind "*) ;; *) kinds="$kinds $kind" ;; esac
+    done
+    kinds=$(echo $kinds | tr ' ' '+')
+    echo "${kinds:-none}"
+}
+
+# g_nvme_regs BDF: "CC CSTS AQA" (hex) of an NVMe function that no driver holds, read from
+# BAR0 (memory decoding turned on for the read through sysfs `enable`).
+g_nvme_regs() {
+    local p=/sys/bus/pci/devices/$1 bar
+    bar=$(($(head -n1 "$p/resource" | cut -d' ' -f1)))
+    echo 1 >"$p/enable"
+    echo "$(devmem $((bar + 0x14)) 32) $(devmem $((bar + 0x1c)) 32) $(devmem $((bar + 0x24)) 32)"
+    echo 0 >"$p/enable"
+}
+
+# g_nvme_is_reset CC CSTS: the controller registers hold their reset values: CC.EN=0 and
+# CC.SHN=00 (all of CC 0), CSTS.RDY=0 and CSTS.SHST=00.
+g_nvme_is_reset() {
+    [ $(($1)) = 0 ] && [ $(($2 & 0xd)) = 0 ]
+}

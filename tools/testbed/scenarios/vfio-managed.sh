@@ -1,10 +1,23 @@
 # tb-description: viaduct --device ...,managed=on: devices on no driver, igbvf and nvme are bound to vfio-pci by viaduct, driven by the guest, and given back at exit, on SIGTERM, and by `viaductctl restore` after a SIGKILL
 # tb-timeout: 720
+# tb-run: poweroff sigterm sigkill
+# tb-check: setup
+# tb-check: poweroff/exit-0 poweroff/bound-while-running poweroff/vfs-on-igbvf poweroff/nvme-bound
+# tb-check: poweroff/nvme-read-signature poweroff/vf0-restored poweroff/vf1-restored poweroff/nvme-restored
+# tb-check: poweroff/no-records-left
+# tb-check: sigterm/viaductctl-bind-vf0 sigterm/guest-ready sigterm/vfs-on-igbvf sigterm/nvme-bound
+# tb-check: sigterm/nvme-read-signature sigterm/ready sigterm/exit-143 sigterm/vf1-restored
+# tb-check: sigterm/nvme-restored sigterm/vf0-left-to-viaductctl sigterm/no-records-left
+# tb-check: sigterm-viaductctl/vf0-restored
+# tb-check: sigkill/guest-ready sigkill/vfs-on-igbvf sigkill/nvme-bound sigkill/nvme-read-signature
+# tb-check: sigkill/ready sigkill/records-survive sigkill/viaductctl-restore sigkill/vf1-restored
+# tb-check: sigkill/nvme-restored sigkill/nvme-works-in-l1
 #
 # Devices: the igb VFs VF0 (created with autoprobe off: no driver) and VF1 (bound to igbvf),
 # and the NVMe (nvme). Runs:
-# 1. poweroff: all three with managed=on; the guest binds igbvf x2 and nvme and reads the
-#    disk signature; the guest powers off, viaduct exits 0, each device is back where it was.
+# 1. poweroff: all three with managed=on; while the guest runs, level 1 sees each on vfio-pci;
+#    the guest binds igbvf x2 and nvme and reads the disk signature; the guest powers off,
+#    viaduct exits 0, each device is back where it was.
 # 2. sigterm: VF0 is first bound by `viaductctl bind` (someone else's binding), then VF0, VF1
 #    and the NVMe with managed=on; while the guest runs, level 1 sees VF1 and the NVMe on
 #    vfio-pci with records owned by viaduct[PID], and `viaductctl restore VF1 NVME` refuses
@@ -151,18 +164,34 @@ finish_bg() {
     VMM_RC=$rc
 }
 
+# sample_states FILE: while viaduct ($PID) runs, "NAME DRIVER override=..." of VF0, VF1 and
+# the NVMe every 0.5 s, as level 1 sees them.
+sample_states() {
+    while tb_running "$PID"; do
+        echo "vf0 $(state_of "$VF0")"; echo "vf1 $(state_of "$VF1")"; echo "nvme $(state_of "$NVME")"
+        sleep 0.5
+    done >"$1"
+}
+
 # --- 1. guest powers off ---
 # Not tb_run_l2: it stops a VMM 5 s after the guest is done, and viaduct's exit here includes
 # the host drivers' probes (igbvf waits for its PF for seconds under TCG).
 guest_script 2 poweroff >/tmp/vfio-managed-1.sh
 start_bg poweroff /tmp/vfio-managed-1.sh "$VF0" "$VF1" "$NVME"
+sample_states /tmp/vfio-managed-states &
+sampler=$!
 wait_exit poweroff 300
 finish_bg poweroff
+wait "$sampler"
 grep -q '@@G done rc=0' "$LOG" && tb_check poweroff/done pass "guest script finished" || tb_check poweroff/done fail "no '@@G done rc=0'"
 [ "$VMM_RC" = 0 ] && tb_check poweroff/exit-0 pass || tb_check poweroff/exit-0 fail "viaduct exited $VMM_RC"
-grep -q "managed: bound to vfio-pci" /tmp/l2/poweroff/console.log &&
-    tb_check poweroff/viaduct-bound pass "$(grep -c 'managed: bound to vfio-pci' /tmp/l2/poweroff/console.log) devices" ||
-    tb_check poweroff/viaduct-bound fail "no 'managed: bound to vfio-pci' in viaduct's log"
+# Level 1's view while viaduct ran: each device on vfio-pci (viaduct bound them; before the
+# run they were on no driver, igbvf and nvme).
+seen=""
+for n in vf0 vf1 nvme; do grep -q "^$n vfio-pci " /tmp/vfio-managed-states && seen="$seen $n"; done
+tb_value poweroff/seen_on_vfio_pci "${seen# }"
+[ "$seen" = " vf0 vf1 nvme" ] && tb_check poweroff/bound-while-running pass "vf0 vf1 nvme on vfio-pci while viaduct ran" ||
+    tb_check poweroff/bound-while-running fail "seen on vfio-pci while viaduct ran: '${seen# }' ($(sort -u /tmp/vfio-managed-states | tr '\n' ';'))"
 check_back poweroff vf0 vf1 nvme
 tb_value poweroff/records_left "$(cat $STATE 2>/dev/null | tr '\n' ';')"
 [ -z "$(cat $STATE 2>/dev/null)" ] && tb_check poweroff/no-records-left pass || tb_check poweroff/no-records-left fail "$(cat $STATE | tr '\n' ';')"
