@@ -1,5 +1,10 @@
 # tb-description: viaduct with --on-reboot restart, a virtio disk, virtio-net on a persistent tap, virtio-rng and the NVMe: 6 boots (5 guest reboots), every boot uses every device; viaduct's thread and fd counts are the same at the same point of every boot; exit 0
 # tb-timeout: 600
+# tb-run: lifecycle
+# tb-check: tun lifecycle/tap-persistent lifecycle/vfio-bind lifecycle/last-boot lifecycle/nvme-restored
+# tb-check: lifecycle/boot*-counter lifecycle/boot*-disk-read lifecycle/boot*-disk-write lifecycle/boot*-nvme-read
+# tb-check: lifecycle/boot*-nvme-write lifecycle/boot*-hwrng lifecycle/boot*-ping lifecycle/boot*-counted
+# tb-check: lifecycle/l1-sees-boot*-write
 # One viaduct process boots the guest BOOTS times: the guest counts its boots in sector 1 of
 # the virtio disk, and every boot reads the disk's signature and writes its own sector
 # (LBA 2048+N), reads the NVMe's signature and writes LBA 110000+N of disk.img, pings level 1
@@ -9,6 +14,7 @@
 # ackN on its web server; boots 1..BOOTS-1 end with `reboot -f`, the last one powers off.
 # Level 1 checks the virtio disk's sectors after the run, tests/lifecycle.rs the NVMe's in
 # disk.img and that the counts are equal across boots.
+# shellcheck shell=dash  # busybox ash in level 1/2: dash plus the few extensions marked below
 
 command -v viaduct >/dev/null || { tb_skip "viaduct is not in level 1 (build failed?)"; exit 0; }
 modprobe tun 2>/dev/null
