@@ -1,14 +1,27 @@
 //! Fuzzing harnesses for viaduct's virtio queue handling and its API request parsing. The
-//! device models are compiled from the binary's own source files (`#[path]` below), with the
-//! one item they take from the rest of the binary, the guest memory type, defined here
-//! identically. The harnesses (harness/queues.rs, harness/api_request.rs) are shared with the
-//! seed replay tests in `cargo test -p viaduct`.
+//! device models are compiled from the binary's own source files (`#[path]` below), with what
+//! they take from the rest of the binary defined here: the guest memory type (identical) and
+//! the thread spawner (without the binary's panic reporting). The harnesses
+//! (harness/queues.rs, harness/api_request.rs) are shared with the seed replay tests in
+//! `cargo test -p viaduct`; tools/test checks that this crate builds, so a new dependency of
+//! the models shows up there.
 
 #![allow(dead_code)]
 
 pub mod vstate {
     pub mod memory {
         pub type GuestMemory = vm_memory::GuestMemoryMmap<()>;
+    }
+}
+
+pub mod threads {
+    /// src/threads.rs's `spawn`: a named thread.
+    pub fn spawn<F, T>(name: impl Into<String>, f: F) -> std::io::Result<std::thread::JoinHandle<T>>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        std::thread::Builder::new().name(name.into()).spawn(f)
     }
 }
 
