@@ -312,7 +312,33 @@ fn array_items(arg: &str) -> Option<Vec<&str>> {
 /// that is not written out.
 type Lookup = Result<(usize, String), (usize, String)>;
 
+/// `text` with its `//` comments blanked out (string literals respected), lines kept.
+fn strip_comments(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        let (mut in_str, mut esc, mut cut) = (false, false, line.len());
+        let b = line.as_bytes();
+        for i in 0..b.len() {
+            match (in_str, esc, b[i]) {
+                (true, true, _) => esc = false,
+                (true, false, b'\\') => esc = true,
+                (true, false, b'"') => in_str = false,
+                (false, _, b'"') => in_str = true,
+                (false, _, b'/') if b.get(i + 1) == Some(&b'/') => {
+                    cut = i;
+                    break;
+                }
+                _ => {}
+            }
+        }
+        out.push_str(&line[..cut]);
+        out.push('\n');
+    }
+    out
+}
+
 fn rust_lookups(text: &str) -> Vec<Lookup> {
+    let text = &strip_comments(text);
     // `const NAME: &str = "...";` in the file.
     let mut consts = BTreeMap::new();
     for line in text.lines() {
