@@ -13,7 +13,7 @@ fn results() -> common::Scenario {
 #[test]
 fn ping_info_and_counters_describe_the_running_guest() {
     let s = results();
-    for c in [
+    s.assert_checks(&[
         "api-cli/boot",
         "cli/socket-mode",
         "cli/ping",
@@ -29,9 +29,7 @@ fn ping_info_and_counters_describe_the_running_guest() {
         "cli/counters-disk-requests",
         "cli/viaductctl-counters",
         "cli/socket-removed",
-    ] {
-        s.assert_check(c);
-    }
+    ]);
     let bdfs = s.value("cli/info_bdfs").unwrap_or_default();
     assert!(bdfs.split_whitespace().count() >= 3, "nvme0, disk0 and rng0 in vm.info: {bdfs}");
 }
@@ -39,7 +37,7 @@ fn ping_info_and_counters_describe_the_running_guest() {
 #[test]
 fn pause_stops_the_guest_and_its_clock() {
     let s = results();
-    for c in [
+    s.assert_checks(&[
         "cli/pause",
         "cli/pause-again",
         "cli/info-paused",
@@ -48,9 +46,7 @@ fn pause_stops_the_guest_and_its_clock() {
         "cli/resume-again",
         "cli/clock-continues",
         "cli/clock-stopped-while-paused",
-    ] {
-        s.assert_check(c);
-    }
+    ]);
     let wall = s.value_u64("cli/pause_wall_ms").expect("pause_wall_ms");
     let guest = s.value_u64("cli/pause_guest_ms").expect("pause_guest_ms");
     assert!(wall >= 8000, "level 1 waited {wall} ms around an 8 s pause");
@@ -60,7 +56,7 @@ fn pause_stops_the_guest_and_its_clock() {
 #[test]
 fn bad_requests_are_refused_and_the_guest_keeps_running() {
     let s = results();
-    for c in [
+    s.assert_checks(&[
         "bad/unknown-path",
         "bad/outside-api",
         "bad/wrong-method",
@@ -78,9 +74,7 @@ fn bad_requests_are_refused_and_the_guest_keeps_running() {
         "bad/too-many-clients",
         "bad/guest-still-running",
         "bad/ping-after",
-    ] {
-        s.assert_check(c);
-    }
+    ]);
 }
 
 #[test]
@@ -96,7 +90,7 @@ fn power_button_powers_the_guest_off_and_viaduct_exits_0() {
 #[test]
 fn a_vm_configured_over_the_api_boots() {
     let s = results();
-    for c in [
+    s.assert_checks(&[
         "only/info-before-create",
         "only/boot-before-create",
         "only/create-bad-memory",
@@ -112,9 +106,7 @@ fn a_vm_configured_over_the_api_boots() {
         "api-only/boot",
         "api-only/api-booted",
         "api-only/done",
-    ] {
-        s.assert_check(c);
-    }
+    ]);
     assert_eq!(s.value("api-only/vmm_rc"), Some("0"));
     let mem = s.value_u64("api-only/memtotal_kb").expect("memtotal_kb");
     assert!((200_000..=262_144).contains(&mem), "a 256 MiB guest has {mem} kB");
@@ -123,7 +115,7 @@ fn a_vm_configured_over_the_api_boots() {
 #[test]
 fn vm_shutdown_keeps_viaduct_and_vmm_shutdown_ends_it() {
     let s = results();
-    for c in [
+    s.assert_checks(&[
         "shutdown/create",
         "shutdown/boot",
         "shutdown/vm-shutdown",
@@ -132,8 +124,6 @@ fn vm_shutdown_keeps_viaduct_and_vmm_shutdown_ends_it() {
         "shutdown/state-shutdown",
         "shutdown/vmm-shutdown",
         "shutdown/exit-0",
-    ] {
-        s.assert_check(c);
-    }
+    ]);
     s.assert_passed();
 }

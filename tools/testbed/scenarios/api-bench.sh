@@ -4,6 +4,8 @@
 # tb-suite: bench
 # tb-cargo: --release -p viaduct --example api_rtt
 # tb-bin: release/examples/api_rtt:/usr/bin/api-rtt
+# tb-run: viaduct qemu
+# tb-check: viaduct/ready qemu/ready viaduct/*_us qemu/*_us viaduct/power-button qemu/power-button
 # Each VMM boots the same guest (1 vCPU, 256 MiB), which waits for its ACPI power button.
 # While it waits, api-rtt (examples/api_rtt.rs, one process, no fork per request) times
 # 200 requests; then the power button ends the guest (viaduct: vm.power-button, QEMU:

@@ -1,5 +1,21 @@
 # tb-description: viaduct's control API (--api-socket) with curl and viaductctl vm: ping, info (guest BDFs match the guest's sysfs), counters grow with guest I/O, pause/resume stops and continues the guest clock, bad requests refused while the guest runs, power button -> guest powers off -> status 0; vm.create + vm.boot with only --api-socket; vm.shutdown + vmm.shutdown
 # tb-timeout: 600
+# tb-run: api-cli api-only
+# tb-check: nvme-bind api-cli/power-button-device api-cli/power-button-press api-only/api-booted
+# tb-check: cli/guest-ready cli/socket-mode cli/ping cli/ping-version cli/viaductctl-ping cli/info
+# tb-check: cli/info-running cli/info-bdfs-match-guest cli/info-nvme-bdf cli/info-disk-bdf
+# tb-check: cli/counters-disk-requests cli/viaductctl-counters cli/pause cli/pause-again cli/info-paused
+# tb-check: cli/paused-guest-silent cli/resume cli/resume-again cli/clock-continues
+# tb-check: cli/clock-stopped-while-paused cli/guest-waits-for-button cli/power-button cli/socket-removed
+# tb-check: bad/unknown-path bad/outside-api bad/wrong-method bad/bad-json bad/wrong-type bad/unknown-field
+# tb-check: bad/bad-bdf bad/create-while-running bad/hotplug-not-yet bad/huge-body bad/huge-head
+# tb-check: bad/malformed-request-line bad/chunked bad/half-open-client bad/too-many-clients
+# tb-check: bad/guest-still-running bad/ping-after
+# tb-check: only/info-before-create only/boot-before-create only/create-bad-memory only/create-missing-kernel
+# tb-check: only/create-unbound-device only/boot-unbound-device only/bind-hint only/info-after-failed-boot
+# tb-check: only/create only/info-created only/state-created only/boot
+# tb-check: shutdown/create shutdown/boot shutdown/vm-shutdown shutdown/vmm-stays shutdown/info
+# tb-check: shutdown/state-shutdown shutdown/vmm-shutdown shutdown/exit-0
 # Three viaduct runs, each driven from level 1 while its guest runs (a background driver
 # waits for the guest's console lines, then talks to the socket):
 #   api-cli      --kernel ... --api-socket: an NVMe passed through, a virtio disk and rng. The
