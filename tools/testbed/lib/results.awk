@@ -1,9 +1,15 @@
 # Turns the L1 marker log into results.json. Variables: out (output dir), want (space
 # separated scenario names expected in this run), global_timeout (seconds, set when the L0
 # QEMU was killed by run's global timeout), flakes (the known-flake list, KIND WHERE WHY
-# lines), budget (retries allowed in one run); booted/finished are derived here. fmt=text:
-# the human summary instead.
+# lines: retries, and skipped checks as KIND skip), budget (retries allowed in one run);
+# booted/finished are derived here. fmt=text: the human summary instead.
 # Input lines: "@@TB KIND ..." (see tools/testbed/README.md); anything else is ignored.
+# known_flake(KIND, WHERE): the WHY of the first known-flake line that allows it, or "".
+function known_flake(kind, where,   i) {
+    for (i = 1; i <= nflakes; i++)
+        if (fkind[i] == kind && where ~ fwhere[i]) return fwhy[i]
+    return ""
+}
 function esc(s,   n, i, parts, r) {
     # Backslashes by split/join: gsub's replacement-string escapes differ between awks.
     n = split(s, parts, /\\/); r = parts[1]
@@ -55,13 +61,13 @@ $2 == "check" {
     s = $3; n = ++nchecks[s]
     cname[s, n] = $4; cstat[s, n] = $5; cdet[s, n] = rest(6)
     if ($5 == "fail") nfail[s]++
+    # A skipped check is never a pass: allowed only when the known-flake list names it.
+    if ($5 == "skip") { cknown[s, n] = known_flake("skip", s "/" $4); if (cknown[s, n] == "") nunknown_skip++ }
     next
 }
 $2 == "retry" {
     nretry++; rscen[nretry] = $3; rkind[nretry] = $4; rwhere[nretry] = $5; rreason[nretry] = rest(6)
-    rknown[nretry] = ""
-    for (i = 1; i <= nflakes; i++)
-        if (fkind[i] == $4 && $5 ~ fwhere[i]) { rknown[nretry] = fwhy[i]; break }
+    rknown[nretry] = known_flake($4, $5)
     if (rknown[nretry] == "") nunknown++
     next
 }
@@ -90,6 +96,8 @@ function reason(s) {
 }
 # Retries fail the run when one is not a known flake or when there are more than the budget.
 function retries_ok() { return nunknown == 0 && nretry <= budget }
+# Skipped checks fail the run when one is not in the known-flake list.
+function skips_ok() { return nunknown_skip == 0 }
 END {
     if (fmt == "text") { text(); exit }
     printf "{\n  \"out_dir\": \"%s\",\n  \"console_log\": \"%s/console.log\",\n", esc(out), esc(out)
@@ -100,7 +108,7 @@ END {
         printf "%s\n    {\"scenario\": \"%s\", \"kind\": \"%s\", \"where\": \"%s\", \"reason\": \"%s\", \"known\": %s}", \
             (n > 1 ? "," : ""), esc(rscen[n]), esc(rkind[n]), esc(rwhere[n]), esc(rreason[n]), \
             (rknown[n] == "" ? "null" : "\"" esc(rknown[n]) "\"")
-    printf "%s],\n  \"scenarios\": {", (nretry ? "\n  " : "")
+    printf "%s],\n  \"skips_ok\": %s,\n  \"scenarios\": {", (nretry ? "\n  " : ""), skips_ok() ? "true" : "false"
     for (i = 1; i <= nscen; i++) {
         s = order[i]
         printf "%s\n    \"%s\": {\n", (i > 1 ? "," : ""), esc(s)
@@ -108,7 +116,8 @@ END {
         printf "      \"rc\": %s,\n      \"ms\": %s,\n", (s in rc ? rc[s] + 0 : "null"), (s in ms ? ms[s] + 0 : "null")
         printf "      \"log\": \"%s/scenarios/%s.log\",\n      \"checks\": [", esc(out), esc(s)
         for (n = 1; n <= nchecks[s]; n++)
-            printf "%s\n        {\"name\": \"%s\", \"status\": \"%s\", \"detail\": \"%s\"}", (n > 1 ? "," : ""), esc(cname[s, n]), esc(cstat[s, n]), esc(cdet[s, n])
+            printf "%s\n        {\"name\": \"%s\", \"status\": \"%s\", \"detail\": \"%s\"%s}", (n > 1 ? "," : ""), esc(cname[s, n]), esc(cstat[s, n]), esc(cdet[s, n]), \
+                (cstat[s, n] != "skip" ? "" : ", \"known\": " (cknown[s, n] == "" ? "null" : "\"" esc(cknown[s, n]) "\""))
         printf "%s],\n      \"values\": {", (nchecks[s] ? "\n      " : "")
         nk = split(substr(vkeys[s], 2), ks, SUBSEP)
         for (n = 1; n <= nk; n++)
@@ -116,6 +125,15 @@ END {
         printf "%s}\n    }", (nk ? "\n      " : "")
     }
     printf "\n  }\n}\n"
+}
+# A skipped check is not a pass either: each one printed with its known-flake line.
+function skipped_checks(s,   n) {
+    for (n = 1; n <= nchecks[s]; n++) {
+        if (cstat[s, n] != "skip") continue
+        nskc++; printf "           SKIPPED check %s/%s: %s\n", s, cname[s, n], cdet[s, n]
+        if (cknown[s, n] != "") printf "           known skip: %s\n", cknown[s, n]
+        else printf "           NOT a known skip (tools/testbed/known-flakes): this fails the run\n"
+    }
 }
 # The human summary (fmt=text): one line per scenario, failing checks named with the log.
 function text(   i, s, st, n, line, fails) {
@@ -126,12 +144,10 @@ function text(   i, s, st, n, line, fails) {
         s = order[i]; st = status(s)
         if (st == "pass") {
             np++; printf "  PASS     %-26s %d checks, %.1f s\n", s, nchecks[s], ms[s] / 1000
-            # A skipped check inside a passing scenario is not a pass either: say so.
-            for (n = 1; n <= nchecks[s]; n++)
-                if (cstat[s, n] == "skip") { nskc++; printf "           SKIPPED check %s/%s: %s\n", s, cname[s, n], cdet[s, n] }
+            skipped_checks(s)
             continue
         }
-        if (st == "skipped") { nsk++; printf "  SKIPPED  %-26s %s\n", s, skipped[s]; continue }
+        if (st == "skipped") { nsk++; printf "  SKIPPED  %-26s %s\n", s, skipped[s]; skipped_checks(s); continue }
         nf++
         printf "  %-8s %-26s %s%s; log: %s/scenarios/%s.log\n", toupper(st), s, reason(s), (s in ms ? sprintf(" (%.1f s)", ms[s] / 1000) : ""), out, s
         for (n = 1; n <= nchecks[s]; n++)
@@ -146,5 +162,5 @@ function text(   i, s, st, n, line, fails) {
     printf "RETRIES: %d (budget %d)%s%s\n", nretry, budget, (nretry > budget ? ", OVER BUDGET: this fails the run" : ""), \
         (nunknown ? sprintf(", %d not in the known-flake list", nunknown) : "")
     printf "RESULT: %d passed, %d failed, %d SKIPPED%s%s (%s)\n", np, nf, nsk, (nskc ? sprintf(", %d check(s) SKIPPED", nskc) : ""), \
-        (nretry ? sprintf(", %d retried", nretry) : ""), (nf || !retries_ok() ? "FAIL" : "ok")
+        (nretry ? sprintf(", %d retried", nretry) : ""), (nf || !retries_ok() || !skips_ok() ? "FAIL" : "ok")
 }
