@@ -18,14 +18,14 @@
 # The VMMs take turns boot by boot (viaduct, QEMU, viaduct, ...) so both see the same level 1.
 # Both boot the scenarios' kernel and initramfs directly (QEMU: -M q35 -accel kvm -cpu host
 # -smp N, SeaBIOS) with 256 MiB; the guest prints its online CPUs and powers off.
-# A boot is: ok (init, all CPUs online), partial (init, fewer CPUs online), hang (no init
-# after SMP_DEADLINE s, VMM still running), early-exit (VMM ended before init: a reset or an
-# error). For each hang it prints the console's last lines, each VMM thread's state, CPU
+# A boot is: ok (all CPUs online), partial (fewer CPUs online), hang (no init after
+# SMP_DEADLINE s, VMM still running), reset (the VMM ended before the guest reported its CPUs,
+# before or after init: a triple fault, which QEMU -no-reboot ends with status 0, or an error). For each hang it prints the console's last lines, each VMM thread's state, CPU
 # time and kernel stack (twice, 2 s apart), level 1's KVM exits per vCPU over 3 s (reasons and
 # guest RIPs) and the interrupts KVM accepted per APIC. The first boot of each kind is printed
 # in full (l2[RUN]| lines), to compare a good boot under both VMMs. At the end, a table:
-#   SMP | VMM  vCPUs  boots  ok  hangs  partial  early-exit  hang-rate
-# and values VMM-Ncpu/{boots,hangs,partial,early_exit} (sum chunks from markers.log).
+#   SMP | VMM  vCPUs  boots  ok  hangs  partial  resets  hang-rate
+# and values VMM-Ncpu/{boots,hangs,partial,resets}, one value per boot too (RUN RESULT ...).
 # Checks VMM-Ncpu pass when every boot of that kind came up with all its CPUs.
 
 command -v viaduct >/dev/null || { tb_skip "viaduct is not in level 1"; exit 0; }
@@ -177,7 +177,7 @@ diagnose() {
     echo "smp: $run: IPIs over those 3 s: $(grep -o 'dst [0-9a-f]* vec [0-9]* ([A-Za-z]*' $T/trace | sort | uniq -c | tr '\n' ';')"
 }
 
-# boot VMM CPUS RUN: one boot; sets RESULT (ok|partial|hang|early-exit).
+# boot VMM CPUS RUN: one boot; sets RESULT (ok|partial|hang|reset).
 boot() {
     local vmm=$1 n=$2 run=$3 dir=/tmp/l2/$3 log pid t0 now init_ms="" done_ms="" online=""
     local cl=$cmdline diag=""
@@ -223,9 +223,11 @@ boot() {
     trace_off
     online=$(tr -d '\r' <"$log" | sed -n 's/.*@@G value cpus_online \(.*\)$/\1/p' | head -n 1)
     if [ -z "$RESULT" ]; then
-        if [ -z "$init_ms" ]; then
-            RESULT=early-exit
-            echo "smp: $run: VMM ended before the guest's init; console tail:"
+        if [ -z "$online" ]; then
+            # No CPU report: the VMM ended (a reset: QEMU -no-reboot exits 0, viaduct logs a
+            # triple fault) or the guest died, before or after its init.
+            RESULT=reset
+            echo "smp: $run: VMM ended before the guest reported its CPUs (init ${init_ms:+after $init_ms ms}${init_ms:-not reached}); console tail:"
             tr -d '\r' <"$log" | tail -n 15 | sed "s/^/  l2[$run]| /"
             if [ -n "$T" ]; then
                 echo "smp: $run: level 1's triple-fault exits and injected exceptions:"
@@ -267,23 +269,23 @@ for n in $cpus_list; do
     done
 done
 
-echo "SMP | VMM      vCPUs  boots  ok  hangs  partial  early-exit  hang-rate"
+echo "SMP | VMM      vCPUs  boots  ok  hangs  partial  resets  hang-rate"
 for n in $cpus_list; do
     for vmm in $vmms; do
         # shellcheck disable=SC2046 # five numbers, split on purpose
         set -- $(awk -v v="$vmm" -v n="$n" '$1 == v && $2 == n {b++; c[$3]++}
-            END {printf "%d %d %d %d %d", b, c["ok"], c["hang"], c["partial"], c["early-exit"]}' "$table")
+            END {printf "%d %d %d %d %d", b, c["ok"], c["hang"], c["partial"], c["reset"]}' "$table")
         [ "$1" -gt 0 ] || continue
-        printf 'SMP | %-8s %5s  %5s  %2s  %5s  %7s  %10s  %s\n' "$vmm" "$n" "$1" "$2" "$3" "$4" "$5" \
+        printf 'SMP | %-8s %5s  %5s  %2s  %5s  %7s  %6s  %s\n' "$vmm" "$n" "$1" "$2" "$3" "$4" "$5" \
             "$(awk -v h="$3" -v b="$1" 'BEGIN {printf "%.1f%%", 100 * h / b}')"
         tb_value "$vmm-${n}cpu/boots" "$1"
         tb_value "$vmm-${n}cpu/hangs" "$3"
         tb_value "$vmm-${n}cpu/partial" "$4"
-        tb_value "$vmm-${n}cpu/early_exit" "$5"
+        tb_value "$vmm-${n}cpu/resets" "$5"
         if [ "$2" = "$1" ]; then
             tb_check "$vmm-${n}cpu" pass "$1 of $1 boots came up with $n CPUs"
         else
-            tb_check "$vmm-${n}cpu" fail "$3 hung, $4 partial, $5 ended early, of $1 boots"
+            tb_check "$vmm-${n}cpu" fail "$3 hung, $4 partial, $5 reset, of $1 boots"
         fi
     done
 done
