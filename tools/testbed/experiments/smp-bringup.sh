@@ -25,8 +25,10 @@
 # guest RIPs) and the interrupts KVM accepted per APIC. The first boot of each kind is printed
 # in full (l2[RUN]| lines), to compare a good boot under both VMMs. At the end, a table:
 #   SMP | VMM  vCPUs  boots  ok  hangs  partial  resets  hang-rate
-# and values VMM-Ncpu/{boots,hangs,partial,resets}, one value per boot too (RUN RESULT ...).
+# and values VMM-Ncpu/{boots,hangs,partial,resets}, one value per boot too (RUN RESULT ...),
+# and "booting RUN" as each boot starts (smp-bringup-table names the boot level 1 died in).
 # Checks VMM-Ncpu pass when every boot of that kind came up with all its CPUs.
+# shellcheck shell=dash  # busybox ash in level 1
 
 command -v viaduct >/dev/null || { tb_skip "viaduct is not in level 1"; exit 0; }
 command -v qemu-system-x86_64 >/dev/null || { tb_skip "QEMU is not in level 1"; exit 0; }
@@ -183,6 +185,8 @@ boot() {
     local cl=$cmdline diag=""
     mkdir -p "$dir"; log=$dir/console.log
     [ "${SMP_DIAG_FIRST:-0}" = 1 ] && [ "${run##*-}" = 1 ] && { cl="$cl smp_hold"; diag=1; }
+    # On the console before the boot: if level 1 dies, this names the boot it died in.
+    tb_value booting "$run"
     trace_boot
     tb_now; t0=$TB_NOW_MS
     if [ "$vmm" = viaduct ]; then
