@@ -1,6 +1,7 @@
 # tb-description: tool (not in the suite): multi-vCPU guest boots under viaduct and QEMU in one level-1 boot, counting guests that hang before init (AP bring-up)
 # tb-needs: qemu
 # tb-timeout: 1500
+# tb-check: initrd viaduct-*cpu qemu-*cpu
 # Run (one chunk; pass --timeout, --script does not read tb-timeout):
 #   flock /tmp/viaduct-testbed.lock tools/testbed/run --out target/testbed/smp-1 \
 #       --script tools/testbed/experiments/smp-bringup.sh --timeout 1500 \
