@@ -9,9 +9,11 @@ use pci::{BarIndex, BarRegion, BarSpec, ConfigEffects, ConfigWait, MmapArea, Msi
 
 use crate::config::{AssignedConfig, ConfigError, RomOptions};
 use crate::dma::DmaMapping;
-use crate::host::{HostDevice, HostError, CONFIG_REGION, ROM_REGION};
+use crate::faults::{ErrorHandler, ErrorInterrupt};
+use crate::host::{HostDevice, HostError, IrqIndex, CONFIG_REGION, ROM_REGION};
 use crate::interrupts::{Interrupts, InterruptsError, IntxLine};
 use crate::regions::{BarMappings, RegionsError};
+use crate::reset::{choose, ResetChoice, ResetFacts, ResetMethod};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
@@ -44,6 +46,18 @@ pub enum DeviceError {
     Regions(#[from] RegionsError),
     #[error(transparent)]
     Interrupts(#[from] InterruptsError),
+    #[error("{bdf}: wiring the VFIO error interrupt failed")]
+    ErrorIrq {
+        bdf: String,
+        #[source]
+        source: HostError,
+    },
+    #[error("{bdf}: starting the error interrupt's thread failed")]
+    ErrorThread {
+        bdf: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{bdf}: device reset failed")]
     Reset {
         bdf: String,
@@ -77,6 +91,12 @@ pub struct VfioPciDevice {
     msix_traps: AtomicU64,
     /// While guest RAM is still being DMA-mapped: the guest's Bus Master enable waits for it.
     dma_gate: Option<Arc<DmaMapping>>,
+    /// The reset this device gets (see [`crate::reset`]).
+    reset: ResetChoice,
+    /// Set once the VMM reset it at the VM's end ([`Self::reset_at_vm_stop`]).
+    released_reset: bool,
+    /// The host's error interrupt, when wired ([`Self::enable_error_irq`]).
+    error_irq: Option<ErrorInterrupt>,
     /// Last, so it is dropped last: the BAR mmaps (`maps`) keep the device file open in the
     /// kernel, and vfio-ioctls takes the group out of the container when the host device
     /// drops, which fails with EBUSY while the device is still open.
@@ -103,10 +123,12 @@ impl VfioPciDevice {
         // vfio-pci resets a device as it opens it, and offers VFIO_DEVICE_RESET only when
         // that reset worked (with the same method): resetting again here would only cost
         // time (a function-level reset waits at least 100 ms), which QEMU pays at machine reset.
-        if host.resettable() {
-            log::info!("{bdf}: device reset (by vfio-pci as it was opened)");
-        } else {
-            log::info!("{bdf}: device has no reset method; starting as is");
+        let reset = choose_reset(host.as_ref());
+        match &reset.method {
+            ResetMethod::Function(m) => {
+                log::info!("{bdf}: reset method {m} (vfio-pci reset the device with it as it was opened)")
+            }
+            m => log::info!("{bdf}: reset method {m}: {}; the device starts as the host left it", reset.why),
         }
         let irq = Interrupts::new(&bdf, &cfg, parts.vectors, parts.intx);
         let maps = BarMappings::new(host.as_ref(), cfg.bar_specs().into_iter(), cfg.msix().map(|m| m.config()))?;
@@ -123,7 +145,31 @@ impl VfioPciDevice {
             traps: Default::default(),
             msix_traps: AtomicU64::new(0),
             dma_gate: None,
+            reset,
+            released_reset: false,
+            error_irq: None,
         })
+    }
+
+    /// The reset the device gets at guest reboot and release.
+    pub fn reset_method(&self) -> &ResetMethod {
+        &self.reset.method
+    }
+
+    /// Has `on_error` called (on a thread of its own) when the host kernel reports an
+    /// uncorrectable error on the device (VFIO_PCI_ERR_IRQ_INDEX, from AER). `Ok(false)` when
+    /// the device offers no error interrupt (no AER on the host, or not PCIe).
+    pub fn enable_error_irq(&mut self, on_error: ErrorHandler) -> Result<bool, DeviceError> {
+        if self.host.irq_count(IrqIndex::Err) == 0 {
+            return Ok(false);
+        }
+        let irq = ErrorInterrupt::new(&self.bdf, on_error)
+            .map_err(|source| DeviceError::ErrorThread { bdf: self.bdf.clone(), source })?;
+        self.host
+            .set_irqs(IrqIndex::Err, 0, &[Some(irq.fd())])
+            .map_err(|source| DeviceError::ErrorIrq { bdf: self.bdf.clone(), source })?;
+        self.error_irq = Some(irq);
+        Ok(true)
     }
 
     pub fn bdf(&self) -> &str {
@@ -190,7 +236,45 @@ impl VfioPciDevice {
     pub fn reset(&mut self) -> Result<(), DeviceError> {
         self.irq.reset(self.host.as_ref())?;
         self.cfg.reset();
-        self.host.reset().map_err(|source| DeviceError::Reset { bdf: self.bdf.clone(), source })?;
+        self.reset_device("guest reboot")
+    }
+
+    /// The VM is stopping (vCPUs stopped, every device about to go): interrupts off and the
+    /// device reset with its method, a hot reset included (it may reset other functions of
+    /// this VM on the same bus, which go too). Without this call the release does a
+    /// function reset only: a hot reset there could reset functions the guest still uses (a
+    /// hot-removed function's siblings); the kernel resets that bus itself once every
+    /// function on it is released.
+    pub fn reset_at_vm_stop(&mut self) {
+        self.irq.shutdown(self.host.as_ref());
+        if let Err(e) = self.reset_device("VM stop") {
+            log::warn!("{}", error_chain(&e));
+        }
+        self.released_reset = true;
+    }
+
+    /// Resets the device with its chosen method, saying which (info level).
+    fn reset_device(&self, when: &str) -> Result<(), DeviceError> {
+        let bdf = &self.bdf;
+        let err = |source| DeviceError::Reset { bdf: bdf.clone(), source };
+        match &self.reset.method {
+            ResetMethod::Function(m) => {
+                if self.host.reset().map_err(err)? {
+                    log::info!("{bdf}: reset ({m}) at {when}");
+                } else {
+                    log::warn!("{bdf}: no reset at {when}: the kernel no longer offers one");
+                }
+            }
+            ResetMethod::HotReset => {
+                // Asked again: the functions on the bus may have changed since the choice.
+                let deps = self.host.hot_reset_info().map_err(err)?;
+                let groups: Vec<u32> = deps.iter().map(|d| d.group).collect();
+                self.host.hot_reset(&groups).map_err(err)?;
+                let all: Vec<&str> = deps.iter().map(|d| d.bdf.as_str()).collect();
+                log::info!("{bdf}: reset (hot-reset of {}) at {when}", all.join(" "));
+            }
+            ResetMethod::None => log::info!("{bdf}: no reset at {when} ({})", self.reset.why),
+        }
         Ok(())
     }
 
@@ -375,11 +459,49 @@ impl Drop for VfioPciDevice {
             // kernel until they go: VFIO cannot release its group before.
             log::warn!("{}: {held} BAR area(s) still under memory slots at release", self.bdf);
         }
+        if let Some(irq) = self.error_irq.take() {
+            if let Err(e) = self.host.disable_irqs(IrqIndex::Err) {
+                log::warn!("{}: disabling the error interrupt at release: {e}", self.bdf);
+            }
+            drop(irq);
+        }
+        if self.released_reset {
+            return;
+        }
         self.irq.shutdown(self.host.as_ref());
-        if let Err(e) = self.host.reset() {
-            log::warn!("{}: reset at release: {e}", self.bdf);
+        match self.reset.method {
+            ResetMethod::Function(_) => {
+                if let Err(e) = self.reset_device("release") {
+                    log::warn!("{}", error_chain(&e));
+                }
+            }
+            _ => log::info!(
+                "{}: no reset at release (the kernel resets its bus once every function on it is released, if it can)",
+                self.bdf
+            ),
         }
     }
+}
+
+/// What the host offers, turned into the device's reset (see [`crate::reset`]).
+fn choose_reset(host: &dyn HostDevice) -> ResetChoice {
+    let function_reset = host.resettable();
+    let kernel_methods = host.kernel_reset_methods();
+    let hot_reset = if function_reset { Ok(Vec::new()) } else { host.hot_reset_info().map_err(|e| error_chain(&e)) };
+    let held_groups = if function_reset { Vec::new() } else { host.held_groups() };
+    choose(&ResetFacts { function_reset, kernel_methods: &kernel_methods, hot_reset, held_groups: &held_groups })
+}
+
+/// An error with its sources, on one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
 }
 
 #[cfg(test)]
@@ -543,5 +665,125 @@ mod tests {
         assert_eq!(&host.region_bytes(0)[0x1ffc..0x2000], &[1, 2, 3, 4]);
         assert_eq!(&host.region_bytes(0)[0x3008..0x300a], &[5, 6]);
         assert_eq!(dev.msix_trap_count(), 14, "each straddling access counted as an MSI-X trap");
+    }
+
+    fn device_on(host: FakeHost) -> (Arc<FakeHost>, VfioPciDevice) {
+        let host = Arc::new(host);
+        let dev = VfioPciDevice::new(DeviceParts {
+            host: host.clone(),
+            rombar: true,
+            romfile: None,
+            vectors: Box::new(FakeVectors::new(8, Recorder::default())),
+            intx: None,
+        })
+        .unwrap();
+        (host, dev)
+    }
+
+    fn fake() -> FakeHost {
+        FakeHost::new(&sample_config(), sample_sizes(), [1, 8, 4])
+    }
+
+    #[test]
+    fn error_interrupt_wired_when_offered_signalled_to_the_handler_and_disarmed_at_release() {
+        let (host, mut dev) = device_on(fake());
+        assert!(!dev.enable_error_irq(Box::new(|_| {})).unwrap(), "the fake offers none by default");
+        drop(dev);
+        assert!(!host.irq_calls.lock().unwrap().iter().any(|c| matches!(c, IrqCall::Disable(IrqIndex::Err))));
+
+        let mut h = fake();
+        h.error_irq = true;
+        let (host, mut dev) = device_on(h);
+        let (tx, rx) = std::sync::mpsc::channel();
+        assert!(dev.enable_error_irq(Box::new(move |n| tx.send(n).unwrap())).unwrap());
+        let fd = match host.irq_calls.lock().unwrap().last() {
+            Some(IrqCall::Set { index: IrqIndex::Err, start: 0, fds }) if fds.len() == 1 => fds[0].unwrap(),
+            c => panic!("no error interrupt set: {c:?}"),
+        };
+        // The host kernel signals the eventfd VFIO was given.
+        // SAFETY: fd is the device's live error eventfd; ManuallyDrop keeps it open.
+        let evt = std::mem::ManuallyDrop::new(unsafe {
+            <vmm_sys_util::eventfd::EventFd as std::os::fd::FromRawFd>::from_raw_fd(fd)
+        });
+        evt.write(1).unwrap();
+        assert_eq!(rx.recv_timeout(std::time::Duration::from_secs(5)).unwrap(), 1);
+        drop(dev);
+        assert!(host.irq_calls.lock().unwrap().contains(&IrqCall::Disable(IrqIndex::Err)));
+    }
+
+    #[test]
+    fn the_reset_method_follows_what_the_host_offers() {
+        use crate::reset::HotResetDep;
+        let (host, dev) = device_on(fake());
+        assert_eq!(dev.reset_method().name(), "flr");
+        drop(dev);
+        assert_eq!(*host.resets.lock().unwrap(), 1, "a function reset at release");
+
+        // No function reset; the bus holds this device and another function of this VM.
+        let deps = vec![
+            HotResetDep { group: 7, bdf: "0000:05:00.0".into() },
+            HotResetDep { group: 8, bdf: "0000:05:00.1".into() },
+        ];
+        let mut h = fake();
+        h.reset_facts.function_reset = false;
+        h.reset_facts.kernel_methods = Vec::new();
+        h.reset_facts.hot_reset = Some(deps.clone());
+        h.reset_facts.held_groups = vec![7, 8];
+        let (host, mut dev) = device_on(h);
+        assert_eq!(*dev.reset_method(), ResetMethod::HotReset);
+        dev.reset().unwrap();
+        assert_eq!(*host.hot_resets.lock().unwrap(), vec![vec![7, 8]], "guest reboot: a hot reset with both groups");
+        dev.reset_at_vm_stop();
+        drop(dev);
+        assert_eq!(host.hot_resets.lock().unwrap().len(), 2, "VM stop: one more, release none");
+        assert_eq!(*host.resets.lock().unwrap(), 0, "never a function reset");
+
+        // Dropped without the VM stopping (a hot removal): no hot reset, siblings may be in use.
+        let mut h = fake();
+        h.reset_facts.function_reset = false;
+        h.reset_facts.hot_reset = Some(deps.clone());
+        h.reset_facts.held_groups = vec![7, 8];
+        let (host, dev) = device_on(h);
+        drop(dev);
+        assert!(host.hot_resets.lock().unwrap().is_empty());
+
+        // The sibling is someone else's: no reset at all.
+        let mut h = fake();
+        h.reset_facts.function_reset = false;
+        h.reset_facts.hot_reset = Some(deps);
+        h.reset_facts.held_groups = vec![7];
+        let (host, mut dev) = device_on(h);
+        assert_eq!(*dev.reset_method(), ResetMethod::None);
+        dev.reset().unwrap();
+        dev.reset_at_vm_stop();
+        drop(dev);
+        assert!(host.hot_resets.lock().unwrap().is_empty());
+        assert_eq!(*host.resets.lock().unwrap(), 0);
+    }
+
+    /// Surprise removal: the host device is gone (every VFIO access fails with ENODEV) while
+    /// the guest still uses it. Reads see all-ones (what a removed PCIe device answers), writes
+    /// are dropped, MSI-X changes fail without effect, and the teardown completes.
+    #[test]
+    fn a_device_that_went_away_reads_all_ones_and_releases_cleanly() {
+        let mut h = fake();
+        h.error_irq = true;
+        let (host, mut dev) = device_on(h);
+        dev.enable_error_irq(Box::new(|_| {})).unwrap();
+        dev.start().unwrap();
+        dev.write_config(1, 0, &[0x06]);
+        host.gone.store(true, Ordering::Relaxed);
+        let mut b = [0u8; 4];
+        dev.read_bar(BarIndex(0), 0x10, &mut b);
+        assert_eq!(b, [0xff; 4]);
+        dev.write_bar(BarIndex(0), 0x10, &[1, 2, 3, 4]);
+        // Vendor/device come from the host: all-ones, as the guest's driver expects of a
+        // removed device.
+        assert_eq!(dev.read_config(0), u32::MAX);
+        dev.write_config(0x70 / 4, 2, &[0x00, 0x80]);
+        dev.write_bar(BarIndex(0), 0x2000, &[0u8; 16]);
+        assert!(dev.reset().is_err(), "a reset of a gone device is an error, not a panic");
+        dev.reset_at_vm_stop();
+        drop(dev);
     }
 }

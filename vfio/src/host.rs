@@ -13,6 +13,8 @@ use vfio_bindings::bindings::vfio::{
 };
 use vfio_ioctls::{VfioDevice, VfioRegionInfoCap};
 
+use crate::reset::HotResetDep;
+
 /// VFIO region index of the config space.
 pub const CONFIG_REGION: u32 = VFIO_PCI_CONFIG_REGION_INDEX;
 /// VFIO region index of the expansion ROM.
@@ -24,6 +26,9 @@ pub enum IrqIndex {
     Intx = 0,
     Msi = 1,
     Msix = 2,
+    /// VFIO_PCI_ERR_IRQ_INDEX: the host kernel's AER handling found an uncorrectable error on
+    /// the device (vfio-pci signals it from its `error_detected` callback).
+    Err = 3,
 }
 
 /// A part of a region that may be mmapped (VFIO sparse mmap capability).
@@ -79,6 +84,20 @@ pub enum HostError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{bdf}: VFIO_DEVICE_GET_PCI_HOT_RESET_INFO failed")]
+    HotResetInfo {
+        bdf: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{bdf}: VFIO_DEVICE_PCI_HOT_RESET failed")]
+    HotReset {
+        bdf: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{bdf}: hot reset needs IOMMU group {group}, which this process does not hold")]
+    GroupNotHeld { bdf: String, group: u32 },
     #[error("{bdf}: mmap of region {region} area {offset:#x}+{size:#x} failed")]
     Mmap {
         bdf: String,
@@ -152,6 +171,17 @@ pub trait HostDevice: Send + Sync {
     /// only when the reset it does as it opens the device worked: true means the device
     /// was just reset.
     fn resettable(&self) -> bool;
+    /// The kernel's reset methods for the device in the order it tries them (sysfs
+    /// `reset_method`); empty when unreadable.
+    fn kernel_reset_methods(&self) -> Vec<String>;
+    /// The functions a bus or slot reset of the device would reset, itself included
+    /// (VFIO_DEVICE_GET_PCI_HOT_RESET_INFO; an error when no such reset is possible).
+    fn hot_reset_info(&self) -> Result<Vec<HotResetDep>, HostError>;
+    /// The IOMMU groups whose VFIO group this process holds open.
+    fn held_groups(&self) -> Vec<u32>;
+    /// VFIO_DEVICE_PCI_HOT_RESET, proving ownership of every affected function with the fds
+    /// of `groups`.
+    fn hot_reset(&self, groups: &[u32]) -> Result<(), HostError>;
     /// Maps `area` of a region into the VMM (for a KVM memslot).
     fn map_region(&self, region: u32, area: SparseArea) -> Result<RegionMapping, HostError>;
 }
@@ -162,6 +192,30 @@ vmm_sys_util::ioctl_io_nr!(VFIO_DEVICE_SET_IRQS, 0x3b, 100 + 10);
 vmm_sys_util::ioctl_io_nr!(VFIO_DEVICE_RESET, 0x3b, 100 + 11);
 // vfio-ioctls reads the device info when it opens a device but keeps the flags to itself.
 vmm_sys_util::ioctl_io_nr!(VFIO_DEVICE_GET_INFO, 0x3b, 100 + 7);
+// vfio-ioctls defines these two but offers no call for them (and keeps its group fds,
+// which the hot reset needs, private).
+vmm_sys_util::ioctl_io_nr!(VFIO_DEVICE_GET_PCI_HOT_RESET_INFO, 0x3b, 100 + 12);
+vmm_sys_util::ioctl_io_nr!(VFIO_DEVICE_PCI_HOT_RESET, 0x3b, 100 + 13);
+
+/// The VFIO groups this process holds open, as (group, fd): the legacy container's group
+/// files `/dev/vfio/N`. vfio-ioctls opens them and keeps the files private, so they are found
+/// by their `/proc/self/fd` links; an fd closed or reused meanwhile makes the kernel refuse
+/// the hot reset (EBADF/EINVAL), never reset a device that is not ours.
+fn held_vfio_groups() -> Vec<(u32, RawFd)> {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else { return Vec::new() };
+    let mut out = Vec::new();
+    for entry in dir.flatten() {
+        let Some(fd) = entry.file_name().to_str().and_then(|n| n.parse::<RawFd>().ok()) else { continue };
+        let Ok(target) = std::fs::read_link(entry.path()) else { continue };
+        let group = target.to_str().and_then(|t| t.strip_prefix("/dev/vfio/")).and_then(|g| g.parse::<u32>().ok());
+        if let Some(g) = group {
+            out.push((g, fd));
+        }
+    }
+    out.sort_unstable();
+    out.dedup_by_key(|(g, _)| *g);
+    out
+}
 
 /// A real VFIO device.
 pub struct VfioHost {
@@ -319,6 +373,82 @@ impl HostDevice for VfioHost {
         ret >= 0 && info.flags & VFIO_DEVICE_FLAGS_RESET != 0
     }
 
+    fn kernel_reset_methods(&self) -> Vec<String> {
+        std::fs::read_to_string(format!("/sys/bus/pci/devices/{}/reset_method", self.bdf))
+            .map(|s| s.split_whitespace().map(str::to_string).collect())
+            .unwrap_or_default()
+    }
+
+    fn hot_reset_info(&self) -> Result<Vec<HotResetDep>, HostError> {
+        let err = |source| HostError::HotResetInfo { bdf: self.bdf.clone(), source };
+        // vfio_pci_hot_reset_info (argsz, flags, count) and `count` vfio_pci_dependent_device
+        // (group u32, segment u16, bus u8, devfn u8), in u32 words. The first call with no
+        // room fails with ENOSPC and says how many there are.
+        let mut count = 0u32;
+        for _ in 0..2 {
+            let mut buf = vec![0u32; 3 + 2 * count as usize];
+            buf[0] = (buf.len() * 4) as u32;
+            // SAFETY: the kernel writes at most argsz bytes (buf's size) into buf.
+            let ret = unsafe {
+                vmm_sys_util::ioctl::ioctl_with_mut_ptr(
+                    &self.device,
+                    VFIO_DEVICE_GET_PCI_HOT_RESET_INFO(),
+                    buf.as_mut_ptr(),
+                )
+            };
+            if ret < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.raw_os_error() == Some(libc::ENOSPC) && buf[2] > count && buf[2] <= 256 {
+                    count = buf[2];
+                    continue;
+                }
+                return Err(err(e));
+            }
+            let n = (buf[2] as usize).min(count as usize);
+            return Ok(buf[3..3 + 2 * n]
+                .chunks_exact(2)
+                .map(|d| {
+                    let [seg_lo, seg_hi, bus, devfn] = d[1].to_le_bytes();
+                    let segment = u16::from_le_bytes([seg_lo, seg_hi]);
+                    HotResetDep {
+                        group: d[0],
+                        bdf: format!("{segment:04x}:{bus:02x}:{:02x}.{}", devfn >> 3, devfn & 7),
+                    }
+                })
+                .collect());
+        }
+        Err(err(std::io::Error::from_raw_os_error(libc::ENOSPC)))
+    }
+
+    fn held_groups(&self) -> Vec<u32> {
+        held_vfio_groups().into_iter().map(|(g, _)| g).collect()
+    }
+
+    fn hot_reset(&self, groups: &[u32]) -> Result<(), HostError> {
+        let held = held_vfio_groups();
+        let mut fds = Vec::new();
+        for g in groups {
+            match held.iter().find(|(h, _)| h == g) {
+                Some((_, fd)) => fds.push(*fd),
+                None => return Err(HostError::GroupNotHeld { bdf: self.bdf.clone(), group: *g }),
+            }
+        }
+        fds.sort_unstable();
+        fds.dedup();
+        // vfio_pci_hot_reset (argsz, flags, count) followed by the group fds.
+        let mut buf = vec![0i32; 3 + fds.len()];
+        buf[0] = (buf.len() * 4) as i32;
+        buf[2] = fds.len() as i32;
+        buf[3..].copy_from_slice(&fds);
+        // SAFETY: buf is a complete vfio_pci_hot_reset with `count` fds; the kernel only reads it.
+        let ret =
+            unsafe { vmm_sys_util::ioctl::ioctl_with_ptr(&self.device, VFIO_DEVICE_PCI_HOT_RESET(), buf.as_ptr()) };
+        if ret < 0 {
+            return Err(HostError::HotReset { bdf: self.bdf.clone(), source: std::io::Error::last_os_error() });
+        }
+        Ok(())
+    }
+
     fn map_region(&self, region: u32, area: SparseArea) -> Result<RegionMapping, HostError> {
         let pos = self.check_bounds(region, area.offset, area.size as usize)?;
         let err =
@@ -358,8 +488,31 @@ pub struct FakeHost {
     regions: Mutex<Vec<Vec<u8>>>,
     infos: Vec<Option<RegionInfo>>,
     irq_counts: [u32; 3],
+    /// Whether the device offers the error interrupt (VFIO_PCI_ERR_IRQ_INDEX).
+    pub error_irq: bool,
     pub irq_calls: Mutex<Vec<IrqCall>>,
     pub resets: Mutex<u32>,
+    /// What the host says about resets ([`HostDevice::resettable`] and the rest).
+    pub reset_facts: FakeResetFacts,
+    /// Hot resets done, with the groups given.
+    pub hot_resets: Mutex<Vec<Vec<u32>>>,
+    /// The device went away (surprise removal): every access fails with ENODEV.
+    pub gone: std::sync::atomic::AtomicBool,
+}
+
+/// A [`FakeHost`]'s answers about resets.
+#[derive(Clone, Debug)]
+pub struct FakeResetFacts {
+    pub function_reset: bool,
+    pub kernel_methods: Vec<String>,
+    pub hot_reset: Option<Vec<HotResetDep>>,
+    pub held_groups: Vec<u32>,
+}
+
+impl Default for FakeResetFacts {
+    fn default() -> Self {
+        Self { function_reset: true, kernel_methods: vec!["flr".into()], hot_reset: None, held_groups: Vec::new() }
+    }
 }
 
 impl FakeHost {
@@ -387,8 +540,12 @@ impl FakeHost {
             regions: Mutex::new(regions),
             infos,
             irq_counts,
+            error_irq: false,
             irq_calls: Mutex::new(Vec::new()),
             resets: Mutex::new(0),
+            reset_facts: FakeResetFacts::default(),
+            hot_resets: Mutex::new(Vec::new()),
+            gone: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -396,6 +553,15 @@ impl FakeHost {
         if let Some(slot) = self.infos.get_mut(region as usize) {
             *slot = Some(info);
         }
+    }
+
+    fn is_gone(&self) -> bool {
+        self.gone.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn gone_error(&self, index: IrqIndex) -> HostError {
+        let source = std::io::Error::from_raw_os_error(libc::ENODEV);
+        HostError::SetIrqs { bdf: self.bdf.clone(), index, start: 0, count: 0, source }
     }
 
     /// Raw bytes of a region as the device holds them now.
@@ -411,6 +577,10 @@ impl FakeHost {
         len: usize,
         f: impl FnOnce(&mut [u8]) -> R,
     ) -> Result<R, HostError> {
+        if self.is_gone() {
+            let source = std::io::Error::from_raw_os_error(libc::ENODEV);
+            return Err(HostError::RegionRead { bdf: self.bdf.clone(), region, offset, source });
+        }
         let mut regions = self.regions.lock().unwrap_or_else(|e| e.into_inner());
         let bounds = || HostError::RegionBounds { bdf: self.bdf.clone(), region, offset, len };
         let bytes = regions.get_mut(region as usize).ok_or_else(bounds)?;
@@ -431,7 +601,10 @@ impl HostDevice for FakeHost {
     }
 
     fn irq_count(&self, index: IrqIndex) -> u32 {
-        self.irq_counts[index as usize]
+        match index {
+            IrqIndex::Err => u32::from(self.error_irq),
+            i => self.irq_counts.get(i as usize).copied().unwrap_or(0),
+        }
     }
 
     fn region_read(&self, region: u32, offset: u64, data: &mut [u8]) -> Result<(), HostError> {
@@ -443,6 +616,9 @@ impl HostDevice for FakeHost {
     }
 
     fn set_irqs(&self, index: IrqIndex, start: u32, fds: &[Option<RawFd>]) -> Result<(), HostError> {
+        if self.is_gone() {
+            return Err(self.gone_error(index));
+        }
         let end = start as u64 + fds.len() as u64;
         if end > self.irq_count(index) as u64 {
             return Err(HostError::SetIrqs {
@@ -458,6 +634,9 @@ impl HostDevice for FakeHost {
     }
 
     fn disable_irqs(&self, index: IrqIndex) -> Result<(), HostError> {
+        if self.is_gone() {
+            return Err(self.gone_error(index));
+        }
         self.irq_calls.lock().unwrap_or_else(|e| e.into_inner()).push(IrqCall::Disable(index));
         Ok(())
     }
@@ -468,12 +647,44 @@ impl HostDevice for FakeHost {
     }
 
     fn reset(&self) -> Result<bool, HostError> {
+        if self.is_gone() {
+            return Err(HostError::Reset {
+                bdf: self.bdf.clone(),
+                source: std::io::Error::from_raw_os_error(libc::ENODEV),
+            });
+        }
+        if !self.reset_facts.function_reset {
+            return Ok(false);
+        }
         *self.resets.lock().unwrap_or_else(|e| e.into_inner()) += 1;
         Ok(true)
     }
 
     fn resettable(&self) -> bool {
-        true
+        self.reset_facts.function_reset
+    }
+
+    fn kernel_reset_methods(&self) -> Vec<String> {
+        self.reset_facts.kernel_methods.clone()
+    }
+
+    fn hot_reset_info(&self) -> Result<Vec<HotResetDep>, HostError> {
+        self.reset_facts.hot_reset.clone().ok_or_else(|| HostError::HotResetInfo {
+            bdf: self.bdf.clone(),
+            source: std::io::Error::from_raw_os_error(libc::ENODEV),
+        })
+    }
+
+    fn held_groups(&self) -> Vec<u32> {
+        self.reset_facts.held_groups.clone()
+    }
+
+    fn hot_reset(&self, groups: &[u32]) -> Result<(), HostError> {
+        if let Some(g) = groups.iter().find(|g| !self.reset_facts.held_groups.contains(g)) {
+            return Err(HostError::GroupNotHeld { bdf: self.bdf.clone(), group: *g });
+        }
+        self.hot_resets.lock().unwrap_or_else(|e| e.into_inner()).push(groups.to_vec());
+        Ok(())
     }
 
     fn map_region(&self, region: u32, area: SparseArea) -> Result<RegionMapping, HostError> {

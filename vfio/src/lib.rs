@@ -8,9 +8,11 @@ mod config_golden;
 pub mod container;
 pub mod device;
 pub mod dma;
+pub mod faults;
 #[doc(hidden)]
 pub mod fuzz_support;
 pub mod host;
 pub mod interrupts;
 pub mod regions;
+pub mod reset;
 pub mod spec;
