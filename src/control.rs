@@ -205,7 +205,13 @@ impl Control {
                     .devices
                     .device_reports()
                     .into_iter()
-                    .map(|d| DeviceInfo { id: d.id, kind: d.kind.to_string(), bdf: d.bdf, host_bdf: d.host_bdf })
+                    .map(|d| DeviceInfo {
+                        id: d.id,
+                        kind: d.kind.to_string(),
+                        bdf: d.bdf,
+                        host_bdf: d.host_bdf,
+                        reset_method: d.reset_method,
+                    })
                     .collect();
                 self.info(state, devices)
             }

@@ -44,3 +44,26 @@ fn both_nvmes_count_msix_interrupts() {
     }
     s.assert_passed();
 }
+
+/// The reset method vm.info gives each device is the one level 1's kernel uses (the first of
+/// its sysfs reset_method), and a host-side `remove` of the whole NVMe while the guest reads
+/// it leaves viaduct running (API answering, the guest never reading other bytes); viaduct
+/// then exits 0 at the guest's own end, the removal completes and a rescan brings it back.
+#[test]
+fn reset_methods_match_level_1_and_a_host_remove_leaves_viaduct_running() {
+    let s = results();
+    for id in ["igbvf", "nvme", "nvmevf"] {
+        s.assert_check(&format!("{RUN}/reset-method-{id}"));
+    }
+    for c in [
+        "remove-started",
+        "vmm-alive-during-remove",
+        "api-during-remove",
+        "reads-during-remove",
+        "remove-completed",
+        "rescan",
+    ] {
+        s.assert_check(&format!("{RUN}/{c}"));
+    }
+    assert_eq!(s.value(&format!("{RUN}/vmm_rc")), Some("0"), "viaduct ends with status 0");
+}

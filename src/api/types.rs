@@ -170,6 +170,10 @@ pub struct DeviceInfo {
     /// The host device of an assigned function.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_bdf: Option<String>,
+    /// An assigned function's reset at guest reboot and at release: the kernel's method
+    /// (`flr`, `pm`, `bus`, ...), `hot-reset` or `none`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reset_method: Option<String>,
 }
 
 /// `GET vm.info`.

@@ -11,6 +11,9 @@ pub struct DeviceReport {
     pub bdf: String,
     /// The host device of an assigned function.
     pub host_bdf: Option<String>,
+    /// An assigned function's reset at guest reboot and release (`flr`, `pm`, `bus`,
+    /// `hot-reset`, `none`, ...: see `vfio::reset`).
+    pub reset_method: Option<String>,
 }
 
 impl DeviceManager {
@@ -18,12 +21,15 @@ impl DeviceManager {
     pub fn device_reports(&self) -> Vec<DeviceReport> {
         self.pci_entries()
             .map(|(id, function, bdf)| {
-                let (kind, host_bdf) = match function {
-                    PciFunction::Virtio(d) => (d.lock().map_or("virtio", |d| d.kind()), None),
-                    PciFunction::Assigned(d) => ("vfio", d.lock().ok().map(|d| d.bdf().to_string())),
-                    PciFunction::Emulated(_) => ("pci-synthetic", None),
+                let (kind, host_bdf, reset_method) = match function {
+                    PciFunction::Virtio(d) => (d.lock().map_or("virtio", |d| d.kind()), None, None),
+                    PciFunction::Assigned(d) => match d.lock() {
+                        Ok(d) => ("vfio", Some(d.bdf().to_string()), Some(d.reset_method().name().to_string())),
+                        Err(_) => ("vfio", None, None),
+                    },
+                    PciFunction::Emulated(_) => ("pci-synthetic", None, None),
                 };
-                DeviceReport { id: id.to_string(), kind, bdf: bdf.to_string(), host_bdf }
+                DeviceReport { id: id.to_string(), kind, bdf: bdf.to_string(), host_bdf, reset_method }
             })
             .collect()
     }

@@ -203,6 +203,8 @@ pub struct DeviceManager {
     serial: Option<Weak<Mutex<SerialDevice>>>,
     /// The ACPI power button (owned as the platform device `ged`).
     ged: Weak<Mutex<Ged>>,
+    /// Where a device's fatal fault stops the VM (an assigned device's AER error).
+    stop: Arc<StopNotifier>,
 }
 
 /// How long detach waits for a guest access in flight to let go of the device.
@@ -226,6 +228,7 @@ impl DeviceManager {
             resources: Mutex::new(Resources::new(cfg.mmio64)?),
             serial: None,
             ged: Weak::new(),
+            stop: cfg.stop.clone(),
         };
         let legacy = legacy::build(&cfg.stop, cfg.console, cfg.cmos)?;
         dm.serial = legacy.serial.as_ref().map(Arc::downgrade);
@@ -385,8 +388,14 @@ impl DeviceManager {
         if specs.is_empty() {
             return Ok(());
         }
-        let ctx =
-            vfio::AttachContext { vm, seams: &self.seams, memory, resources: &self.resources, routing: &self.routing };
+        let ctx = vfio::AttachContext {
+            vm,
+            seams: &self.seams,
+            memory,
+            resources: &self.resources,
+            routing: &self.routing,
+            stop: &self.stop,
+        };
         let (container, functions) = vfio::VfioContainer::open(&ctx, &specs)?;
         self.waits.push(container.mapping());
         self.vfio = Some(container);
@@ -417,6 +426,13 @@ impl DeviceManager {
     /// vCPUs are stopped; [`Drop`] does it otherwise.
     pub fn shutdown(&mut self) {
         self.cancel_waits();
+        // The whole VM goes: assigned devices get their full reset now, a bus reset included
+        // (see `vfio::reset`), before any of them is released.
+        for id in &self.order {
+            if let Some(Entry::Pci { function: PciFunction::Assigned(d), .. }) = self.devices.get(id) {
+                lock_for_teardown(d, "an assigned device").reset_at_vm_stop();
+            }
+        }
         for id in self.order.clone().into_iter().rev() {
             if let Err(e) = self.detach(&id) {
                 log::warn!("{e}");

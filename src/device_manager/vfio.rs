@@ -22,6 +22,7 @@ use super::{DeviceId, NewPciFunction, PciFunction};
 use crate::config::DeviceSpec as CliDeviceSpec;
 use crate::irq::{GsiRouting, IntxHandle, KvmIntx, KvmMsiVectors};
 use crate::resources::Resources;
+use crate::stop::{StopNotifier, StopReason};
 use crate::vstate::memory::GuestMemory;
 use crate::vstate::vm::Vm;
 
@@ -136,6 +137,8 @@ pub struct AttachContext<'a> {
     pub memory: &'a GuestMemory,
     pub resources: &'a Mutex<Resources>,
     pub routing: &'a Arc<Mutex<GsiRouting>>,
+    /// Where a device's AER error stops the VM.
+    pub stop: &'a Arc<StopNotifier>,
 }
 
 impl VfioContainer {
@@ -264,6 +267,18 @@ impl HostDevice for ManagedHost {
     fn resettable(&self) -> bool {
         self.host.resettable()
     }
+    fn kernel_reset_methods(&self) -> Vec<String> {
+        self.host.kernel_reset_methods()
+    }
+    fn hot_reset_info(&self) -> Result<Vec<vfio::reset::HotResetDep>, HostError> {
+        self.host.hot_reset_info()
+    }
+    fn held_groups(&self) -> Vec<u32> {
+        self.host.held_groups()
+    }
+    fn hot_reset(&self, groups: &[u32]) -> Result<(), HostError> {
+        self.host.hot_reset(groups)
+    }
     fn map_region(&self, region: u32, area: SparseArea) -> Result<RegionMapping, HostError> {
         self.host.map_region(region, area)
     }
@@ -337,6 +352,13 @@ fn build_one(
     }
     device.gate_bus_master(dma.clone());
     device.start().map_err(|source| VfioManagerError::Device { id: id.clone(), source })?;
+    match device.enable_error_irq(stop_on_error(ctx.stop, &id, &bdf)) {
+        Ok(true) => log::debug!("{id} ({bdf}): error interrupt wired"),
+        Ok(false) => {
+            log::info!("{id} ({bdf}): no VFIO error interrupt (no AER on the host): device errors go unnoticed")
+        }
+        Err(e) => log::warn!("{id}: {}: device errors go unnoticed", crate::error_line(&anyhow::Error::from(e))),
+    }
     for r in device.bars() {
         log::info!("{id} ({bdf}): BAR{} {:?} at {:#x} ({:#x} bytes)", r.index.0, r.kind, r.addr, r.size);
     }
@@ -345,4 +367,19 @@ fn build_one(
     new.intx = intx;
     new.label = format!("{id} (host {bdf})");
     Ok((DeviceId::from(id.as_str()), new))
+}
+
+/// An uncorrectable error on an assigned device (the host's AER handling reported it through
+/// VFIO's error interrupt) stops the VM: the device may have lost its state, the guest's DMA
+/// and interrupts from it cannot be trusted, and telling the guest through a virtual root
+/// port's AER is not built. One clear line names the device (see docs/vfio.md).
+fn stop_on_error(stop: &Arc<StopNotifier>, id: &str, bdf: &str) -> vfio::faults::ErrorHandler {
+    let stop = stop.clone();
+    let what = format!("assigned device {id} (host {bdf})");
+    Box::new(move |events| {
+        ratelog::error_limited!("{what}: the host reported an uncorrectable PCIe error (AER, {events} event(s))");
+        stop.request(StopReason::Error(format!(
+            "{what}: the host reported an uncorrectable PCIe error (AER); the VM is stopped (the host's log has the details)"
+        )));
+    })
 }

@@ -109,9 +109,11 @@ fn info_text(v: &Value) -> String {
     let devices = v.pointer("/devices").and_then(Value::as_array).cloned().unwrap_or_default();
     if !devices.is_empty() {
         out.push('\n');
-        let rows: Vec<Vec<String>> =
-            devices.iter().map(|d| vec![s(d, "/id"), s(d, "/kind"), s(d, "/bdf"), s(d, "/host_bdf")]).collect();
-        out.push_str(&render(&["ID", "KIND", "GUEST BDF", "HOST BDF"], &rows));
+        let rows: Vec<Vec<String>> = devices
+            .iter()
+            .map(|d| vec![s(d, "/id"), s(d, "/kind"), s(d, "/bdf"), s(d, "/host_bdf"), s(d, "/reset_method")])
+            .collect();
+        out.push_str(&render(&["ID", "KIND", "GUEST BDF", "HOST BDF", "RESET"], &rows));
     }
     out
 }
@@ -203,11 +205,11 @@ mod tests {
             "state": "Running",
             "config": {"payload": {"kernel": "/k", "cmdline": "console=ttyS0"}, "cpus": {"boot_vcpus": 2}},
             "memory_actual_size": 268435456u64,
-            "devices": [{"id": "nvme0", "kind": "vfio", "bdf": "0000:00:04.0", "host_bdf": "0000:02:00.0"}]
+            "devices": [{"id": "nvme0", "kind": "vfio", "bdf": "0000:00:04.0", "host_bdf": "0000:02:00.0", "reset_method": "flr"}]
         });
         let t = info_text(&info);
         assert!(t.starts_with("state: Running\nkernel: /k\n"), "{t}");
-        assert!(t.contains("memory: 256 MiB") && t.contains("nvme0  vfio  0000:00:04.0  0000:02:00.0"), "{t}");
+        assert!(t.contains("memory: 256 MiB") && t.contains("nvme0  vfio  0000:00:04.0  0000:02:00.0  flr"), "{t}");
         let c = counters_text(&json!({"disk0": {"read_bytes": 512, "requests": 3}}));
         assert_eq!(c, "DEVICE  COUNTER     VALUE\ndisk0   read_bytes  512\ndisk0   requests    3\n");
     }
