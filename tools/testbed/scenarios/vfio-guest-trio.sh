@@ -1,4 +1,4 @@
-# tb-description: viaduct gives one guest an igb VF, the whole NVMe and the NVMe SR-IOV VF: every driver binds, both NVMes read their level-0 signature and write, each device counts MSI-X interrupts, no admin command times out
+# tb-description: viaduct gives one guest an igb VF, the whole NVMe and the NVMe SR-IOV VF: every driver binds, both NVMes read their level-0 signature and write, each device counts MSI-X interrupts, no admin command times out; reset methods in vm.info match level 1's sysfs; a host-side remove of the NVMe leaves viaduct running
 # tb-timeout: 300
 # tb-run: trio
 # tb-check: setup vfio-bind trio/igbvf-bound trio/nvme-both-bound trio/nvme-read-signature trio/nvme-write
