@@ -383,3 +383,24 @@ fn stop_on_error(stop: &Arc<StopNotifier>, id: &str, bdf: &str) -> vfio::faults:
         )));
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_aer_error_stops_the_vm_with_one_line_naming_the_device() {
+        let stop = StopNotifier::new().unwrap();
+        let handler = stop_on_error(&stop, "nvme0", "0000:02:00.0");
+        assert!(!stop.is_requested());
+        handler(1);
+        handler(3);
+        match stop.reason() {
+            Some(StopReason::Error(line)) => {
+                assert!(line.contains("nvme0") && line.contains("0000:02:00.0") && line.contains("AER"), "{line}");
+                assert!(!line.contains('\n'));
+            }
+            r => panic!("want an error stop, got {r:?}"),
+        }
+    }
+}
