@@ -75,7 +75,7 @@ for d in /dev/nvme0n1 /dev/nvme1n1; do [ "$(g_read_sector $d 0)" = "$SIG_NVME" ]
 echo "TRIO-READY"
 ok=0 failed=0 wrong=0 n=0
 while [ $n -lt 24 ]; do
-    sig=$(dd if=$whole bs=512 count=1 iflag=direct 2>/dev/null | head -c ${#SIG_NVME})
+    sig=$(g_read_sector "$whole" 0)
     if [ "$sig" = "$SIG_NVME" ]; then ok=$((ok + 1)); elif [ -z "$sig" ]; then failed=$((failed + 1)); else wrong=$((wrong + 1)); fi
     sleep 0.5; n=$((n + 1))
 done
