@@ -248,7 +248,7 @@ impl VfioPciDevice {
     pub fn reset_at_vm_stop(&mut self) {
         self.irq.shutdown(self.host.as_ref());
         if let Err(e) = self.reset_device("VM stop") {
-            log::warn!("{}", error_chain(&e));
+            log::warn!("{}", reset_warning(&e));
         }
         self.released_reset = true;
     }
@@ -472,7 +472,7 @@ impl Drop for VfioPciDevice {
         match self.reset.method {
             ResetMethod::Function(_) => {
                 if let Err(e) = self.reset_device("release") {
-                    log::warn!("{}", error_chain(&e));
+                    log::warn!("{}", reset_warning(&e));
                 }
             }
             _ => log::info!(
@@ -490,6 +490,14 @@ fn choose_reset(host: &dyn HostDevice) -> ResetChoice {
     let hot_reset = if function_reset { Ok(Vec::new()) } else { host.hot_reset_info().map_err(|e| error_chain(&e)) };
     let held_groups = if function_reset { Vec::new() } else { host.held_groups() };
     choose(&ResetFacts { function_reset, kernel_methods: &kernel_methods, hot_reset, held_groups: &held_groups })
+}
+
+/// A failed reset for the log: the host's error names the device and the ioctl already.
+fn reset_warning(e: &DeviceError) -> String {
+    match e {
+        DeviceError::Reset { source, .. } => error_chain(source),
+        e => error_chain(e),
+    }
 }
 
 /// An error with its sources, on one line.

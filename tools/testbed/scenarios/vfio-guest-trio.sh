@@ -69,12 +69,12 @@ for b in $nv; do
 done
 t=$(dmesg | grep -ci 'nvme.*timeout')
 [ "$t" = 0 ] && g_check no-timeouts pass "no nvme command timed out" || g_check no-timeouts fail "$t timeouts: $(dmesg | grep -i 'nvme.*timeout' | head -n2 | tr '\n' '|')"
-# Level 1 removes the whole NVMe's host device now: keep reading it for 12 s. Each read
+# Level 1 removes the whole NVMe's host device now: keep reading it for 6 s. Each read
 # returns the level-0 signature or fails (the device gone); never other bytes.
 for d in /dev/nvme0n1 /dev/nvme1n1; do [ "$(g_read_sector $d 0)" = "$SIG_NVME" ] && whole=$d; done
 echo "TRIO-READY"
 ok=0 failed=0 wrong=0 n=0
-while [ $n -lt 24 ]; do
+while [ $n -lt 12 ]; do
     sig=$(g_read_sector "$whole" 0)
     if [ "$sig" = "$SIG_NVME" ]; then ok=$((ok + 1)); elif [ -z "$sig" ]; then failed=$((failed + 1)); else wrong=$((wrong + 1)); fi
     sleep 0.5; n=$((n + 1))
@@ -111,7 +111,7 @@ drive_trio() {
     rm -f /tmp/trio-remove.done
     (if echo 1 >"/sys/bus/pci/devices/$TB_NVME/remove"; then echo 0; else echo 1; fi >/tmp/trio-remove.done) &
     tb_check $run/remove-started pass "echo 1 > /sys/bus/pci/devices/$TB_NVME/remove"
-    sleep 4
+    sleep 2
     pidof viaduct >/dev/null && tb_check $run/vmm-alive-during-remove pass "viaduct $(pidof viaduct) runs" ||
         tb_check $run/vmm-alive-during-remove fail "viaduct is gone"
     got=$(api GET vmm.ping)
