@@ -197,6 +197,23 @@ vmm_sys_util::ioctl_io_nr!(VFIO_DEVICE_GET_INFO, 0x3b, 100 + 7);
 vmm_sys_util::ioctl_io_nr!(VFIO_DEVICE_GET_PCI_HOT_RESET_INFO, 0x3b, 100 + 12);
 vmm_sys_util::ioctl_io_nr!(VFIO_DEVICE_PCI_HOT_RESET, 0x3b, 100 + 13);
 
+/// The functions in a VFIO_DEVICE_GET_PCI_HOT_RESET_INFO answer (in u32 words: argsz, flags,
+/// count, then per function its group and segment/bus/devfn); a count beyond the buffer is
+/// cut to what it holds.
+fn decode_hot_reset_deps(buf: &[u32]) -> Vec<HotResetDep> {
+    let count = buf.get(2).map_or(0, |c| *c as usize);
+    buf.get(3..)
+        .unwrap_or_default()
+        .chunks_exact(2)
+        .take(count)
+        .map(|d| {
+            let [seg_lo, seg_hi, bus, devfn] = d[1].to_le_bytes();
+            let segment = u16::from_le_bytes([seg_lo, seg_hi]);
+            HotResetDep { group: d[0], bdf: format!("{segment:04x}:{bus:02x}:{:02x}.{}", devfn >> 3, devfn & 7) }
+        })
+        .collect()
+}
+
 /// The VFIO groups this process holds open, as (group, fd): the legacy container's group
 /// files `/dev/vfio/N`. vfio-ioctls opens them and keeps the files private, so they are found
 /// by their `/proc/self/fd` links; an fd closed or reused meanwhile makes the kernel refuse
@@ -404,18 +421,7 @@ impl HostDevice for VfioHost {
                 }
                 return Err(err(e));
             }
-            let n = (buf[2] as usize).min(count as usize);
-            return Ok(buf[3..3 + 2 * n]
-                .chunks_exact(2)
-                .map(|d| {
-                    let [seg_lo, seg_hi, bus, devfn] = d[1].to_le_bytes();
-                    let segment = u16::from_le_bytes([seg_lo, seg_hi]);
-                    HotResetDep {
-                        group: d[0],
-                        bdf: format!("{segment:04x}:{bus:02x}:{:02x}.{}", devfn >> 3, devfn & 7),
-                    }
-                })
-                .collect());
+            return Ok(decode_hot_reset_deps(&buf));
         }
         Err(err(std::io::Error::from_raw_os_error(libc::ENOSPC)))
     }
@@ -699,5 +705,26 @@ impl HostDevice for FakeHost {
             });
         }
         Ok(RegionMapping::owned(area.size.min(1 << 20) as usize))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hot_reset_info_answers_decode_to_bdfs_and_groups() {
+        // Two functions: group 7 at 0000:05:00.0, group 8 at 0001:05:1f.7.
+        let dep = |seg: u16, bus: u8, devfn: u8| u32::from_le_bytes([seg as u8, (seg >> 8) as u8, bus, devfn]);
+        let buf = [28, 0, 2, 7, dep(0, 5, 0), 8, dep(1, 5, (0x1f << 3) | 7)];
+        assert_eq!(
+            decode_hot_reset_deps(&buf),
+            vec![
+                HotResetDep { group: 7, bdf: "0000:05:00.0".into() },
+                HotResetDep { group: 8, bdf: "0001:05:1f.7".into() }
+            ]
+        );
+        assert_eq!(decode_hot_reset_deps(&[12, 0, 5, 7, dep(0, 5, 0)]).len(), 1, "count beyond the buffer is cut");
+        assert!(decode_hot_reset_deps(&[12]).is_empty());
     }
 }
