@@ -63,12 +63,20 @@ pub struct PciConfigIo {
     segment: u16,
     /// The latch; guests serialize CF8/CFC pairs themselves (Linux: pci_config_lock).
     address: AtomicU32,
+    /// The chipset register sharing the latch's ports: byte accesses to 0xCF9 (the reset
+    /// control register of PIIX/ICH southbridges), held weakly like the root.
+    port_cf9: Option<Weak<dyn BusAccess>>,
 }
 
 impl PciConfigIo {
     pub fn new(root: &Arc<Mutex<PciRoot>>) -> Self {
         let segment = lock(root).map_or(0, |r| r.segment());
-        Self { root: Arc::downgrade(root), segment, address: AtomicU32::new(0) }
+        Self { root: Arc::downgrade(root), segment, address: AtomicU32::new(0), port_cf9: None }
+    }
+
+    /// Also forwards byte accesses to port 0xCF9 to `device` (at its offset 0).
+    pub fn with_port_cf9(root: &Arc<Mutex<PciRoot>>, device: &Arc<dyn BusAccess>) -> Self {
+        Self { port_cf9: Some(Arc::downgrade(device)), ..Self::new(root) }
     }
 
     fn target(&self) -> Option<(Bdf, usize)> {
@@ -87,6 +95,11 @@ impl BusAccess for PciConfigIo {
     fn read(&self, offset: u64, data: &mut [u8]) {
         match offset {
             0 if data.len() == 4 => data.copy_from_slice(&self.address.load(Ordering::Relaxed).to_le_bytes()),
+            1 if data.len() == 1 && self.port_cf9.is_some() => {
+                if let Some(d) = &self.port_cf9 {
+                    d.read(0, data);
+                }
+            }
             4..=7 => match self.target() {
                 Some((bdf, reg_off)) => read_bytes(&self.root, bdf, reg_off + (offset as usize - 4), data),
                 None => data.fill(0xff),
@@ -101,6 +114,11 @@ impl BusAccess for PciConfigIo {
             // devices' registers on real chipsets (e.g. 0xCF9 reset control).
             0 if data.len() == 4 => {
                 self.address.store(u32::from_le_bytes([data[0], data[1], data[2], data[3]]), Ordering::Relaxed)
+            }
+            1 if data.len() == 1 && self.port_cf9.is_some() => {
+                if let Some(d) = &self.port_cf9 {
+                    d.write(0, data);
+                }
             }
             4..=7 => {
                 if let Some((bdf, reg_off)) = self.target() {

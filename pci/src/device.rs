@@ -35,6 +35,25 @@ pub struct BarMove {
     pub size: u64,
 }
 
+/// The address space a decode window lives in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WindowSpace {
+    Io,
+    Memory,
+}
+
+/// A chipset decode window that a function's own registers place, not a BAR: a host
+/// bridge's ECAM base (PCIEXBAR), an LPC bridge's ACPI PM I/O base (PMBASE). The function
+/// names its windows with small numbers of its own; the VMM moves the bus entry behind the
+/// window. `None` means "not decoded".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WindowMove {
+    pub window: u8,
+    pub space: WindowSpace,
+    pub old: Option<crate::bridge::Window>,
+    pub new: Option<crate::bridge::Window>,
+}
+
 /// What a config write asks the VMM to do. Returned as data, never executed inside the
 /// device model, which keeps config emulation free of side effects and testable.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -46,11 +65,17 @@ pub struct ConfigEffects {
     pub io_decode: Option<bool>,
     /// Part of the write could not be done yet (see [`ConfigWait`]).
     pub wait: Option<ConfigWait>,
+    /// Chipset decode windows that moved, appeared or went away.
+    pub windows: Vec<WindowMove>,
 }
 
 impl ConfigEffects {
     pub fn is_empty(&self) -> bool {
-        self.bar_moves.is_empty() && self.mem_decode.is_none() && self.io_decode.is_none() && self.wait.is_none()
+        self.bar_moves.is_empty()
+            && self.mem_decode.is_none()
+            && self.io_decode.is_none()
+            && self.wait.is_none()
+            && self.windows.is_empty()
     }
 }
 

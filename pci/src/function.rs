@@ -306,6 +306,7 @@ impl<B: FunctionBackend> PciDevice for EmulatedFunction<B> {
             mem_decode: (changed & COMMAND_MEMORY != 0).then_some(mem),
             io_decode: (changed & COMMAND_IO != 0).then_some(io),
             wait: None,
+            windows: Vec::new(),
         }
     }
 

@@ -30,7 +30,7 @@ pub use config_access::{PciConfigIo, PciConfigMmio};
 pub use config_space::{ConfigSpace, DeviceIds, HeaderType};
 pub use device::{
     lock_function, AccessGate, BarIndex, BarKind, BarMove, BarRegion, BarSlot, ConfigEffects, ConfigWait, MmapArea,
-    PciDevice, SharedPciDevice, WeakPciDevice,
+    PciDevice, SharedPciDevice, WeakPciDevice, WindowMove, WindowSpace,
 };
 pub use function::{BarSpec, EmulatedFunction, FunctionBackend, FunctionConfig, FunctionError, NoRegisters};
 pub use interrupt::{InterruptError, MsiMessage, MsiVectors, VectorIndex};

@@ -233,6 +233,8 @@ impl BusRelocator {
 }
 
 impl ConfigEffectsHandler for BusRelocator {
+    /// BAR moves only: chipset windows (`effects.windows`) belong to the platform, whose
+    /// handler moves them before handing the rest here.
     fn apply(&mut self, bdf: Bdf, device: &SharedPciDevice, effects: ConfigEffects) {
         self.functions.insert(bdf, identity(device));
         let moved = !effects.bar_moves.is_empty();
@@ -277,14 +279,19 @@ fn lock_port(port: &Mutex<EmulatedFunction<NoRegisters>>) -> Option<MutexGuard<'
 }
 
 impl PciRoot {
-    /// A root complex with the host bridge at 00:00.0.
+    /// A root complex with our generic host bridge at 00:00.0.
     pub fn new(segment: u16, handler: Box<dyn ConfigEffectsHandler>) -> Result<Self, RootError> {
         let host = bridge::host_bridge()
             .map_err(|source| RootError::CreateFunction { what: "the host bridge".into(), source })?;
-        let host: SharedPciDevice = Arc::new(Mutex::new(host));
+        Ok(Self::with_host_bridge(segment, handler, Arc::new(Mutex::new(host))))
+    }
+
+    /// A root complex with `host` as its host bridge at 00:00.0 (a chipset model firmware
+    /// recognises, for instance). The root owns it, like its root ports.
+    pub fn with_host_bridge(segment: u16, handler: Box<dyn ConfigEffectsHandler>, host: SharedPciDevice) -> Self {
         let mut bus0: BTreeMap<u8, WeakPciDevice> = BTreeMap::new();
         bus0.insert(0, Arc::downgrade(&host));
-        Ok(Self { segment, _host_bridge: host, bus0, ports: Vec::new(), handler })
+        Self { segment, _host_bridge: host, bus0, ports: Vec::new(), handler }
     }
 
     pub fn segment(&self) -> u16 {
@@ -600,6 +607,38 @@ mod tests {
         io.read(0, &mut b);
         assert_eq!(b, [0; 4], "byte write does not latch");
         io.read(9, &mut b);
+    }
+
+    #[test]
+    fn custom_host_bridge_and_port_cf9() {
+        struct Latch(Arc<Mutex<Vec<u8>>>);
+        impl crate::BusDevice for Latch {
+            fn read(&mut self, _offset: u64, data: &mut [u8]) {
+                data.fill(0x5a);
+            }
+            fn write(&mut self, _offset: u64, data: &[u8]) {
+                self.0.lock().unwrap().extend_from_slice(data);
+            }
+        }
+        let host: SharedPciDevice = endpoint();
+        let root = PciRoot::with_host_bridge(0, Box::new(Recorder(Default::default())), host);
+        let root = Arc::new(Mutex::new(root));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let latch: Arc<dyn crate::BusAccess> = Arc::new(Mutex::new(Latch(seen.clone())));
+        let io = PciConfigIo::with_port_cf9(&root, &latch);
+        io.write(0, &0x8000_0000u32.to_le_bytes());
+        let mut w = [0u8; 4];
+        io.read(4, &mut w);
+        assert_eq!(u32::from_le_bytes(w), 0x1041_1af4, "the given host bridge is 00:00.0");
+        io.write(1, &[6]);
+        let mut b = [0u8; 1];
+        io.read(1, &mut b);
+        assert_eq!((seen.lock().unwrap().clone(), b[0]), (vec![6], 0x5a));
+        // Only byte accesses reach 0xCF9; the latch still needs a dword.
+        io.write(1, &[1, 2]);
+        assert_eq!(seen.lock().unwrap().len(), 1);
+        io.read(0, &mut w);
+        assert_eq!(u32::from_le_bytes(w), 0x8000_0000);
     }
 
     #[test]

@@ -257,6 +257,7 @@ impl AssignedConfig {
             mem_decode: (changed & COMMAND_MEMORY != 0).then_some(mem),
             io_decode: (changed & COMMAND_IO != 0).then_some(io),
             wait: None,
+            windows: Vec::new(),
         };
         out
     }
