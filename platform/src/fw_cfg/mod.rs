@@ -12,6 +12,7 @@ pub mod dma;
 pub mod items;
 pub mod keys;
 pub mod linux;
+pub mod machine;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
