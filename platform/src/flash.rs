@@ -72,6 +72,36 @@ pub struct FlashWrite {
     pub dirty: Option<Range<usize>>,
 }
 
+/// The bytes behind the flash: a `Vec` in tests, the mapped variable store file in the VMM
+/// (which the guest also reads directly while the array is mapped).
+pub trait FlashStore: Send {
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Byte `at` (< `len()`).
+    fn byte(&self, at: usize) -> u8;
+    /// Writes `data` at `at`; the range is inside the store.
+    fn write(&mut self, at: usize, data: &[u8]);
+    /// Sets `range` (inside the store) to `value`.
+    fn fill(&mut self, range: Range<usize>, value: u8);
+}
+
+impl FlashStore for Vec<u8> {
+    fn len(&self) -> usize {
+        Vec::len(self)
+    }
+    fn byte(&self, at: usize) -> u8 {
+        self[at]
+    }
+    fn write(&mut self, at: usize, data: &[u8]) {
+        self[at..at + data.len()].copy_from_slice(data);
+    }
+    fn fill(&mut self, range: Range<usize>, value: u8) {
+        self[range].fill(value);
+    }
+}
+
 /// The flash device over `store` (the variable store file's bytes).
 pub struct CfiFlash<S> {
     store: S,
@@ -82,12 +112,12 @@ pub struct CfiFlash<S> {
     bad_commands: u32,
 }
 
-impl<S: AsRef<[u8]> + AsMut<[u8]>> CfiFlash<S> {
+impl<S: FlashStore> CfiFlash<S> {
     pub fn new(store: S, block_size: usize) -> Result<Self, FlashError> {
         if !block_size.is_power_of_two() || block_size < 256 {
             return Err(FlashError::BlockSize(block_size));
         }
-        let size = store.as_ref().len();
+        let size = store.len();
         if size == 0 || size % block_size != 0 {
             return Err(FlashError::Geometry { size, block: block_size });
         }
@@ -96,7 +126,7 @@ impl<S: AsRef<[u8]> + AsMut<[u8]>> CfiFlash<S> {
     }
 
     pub fn size(&self) -> usize {
-        self.store.as_ref().len()
+        self.store.len()
     }
 
     pub fn store(&self) -> &S {
@@ -110,12 +140,18 @@ impl<S: AsRef<[u8]> + AsMut<[u8]>> CfiFlash<S> {
 
     /// A guest read of `data.len()` bytes at `offset`.
     pub fn read(&mut self, offset: u64, data: &mut [u8]) {
-        let store = self.store.as_ref();
+        let size = self.size();
         for (i, b) in data.iter_mut().enumerate() {
             let at = usize::try_from(offset).ok().and_then(|o| o.checked_add(i));
             *b = match (self.mode, at) {
                 (_, None) => 0xff,
-                (Mode::ReadArray, Some(a)) => store.get(a).copied().unwrap_or(0xff),
+                (Mode::ReadArray, Some(a)) => {
+                    if a < size {
+                        self.store.byte(a)
+                    } else {
+                        0xff
+                    }
+                }
                 (Mode::ReadId, Some(a)) => match a % 4 {
                     0 => MANUFACTURER_ID,
                     1 => DEVICE_ID,
@@ -154,7 +190,7 @@ impl<S: AsRef<[u8]> + AsMut<[u8]>> CfiFlash<S> {
                     self.note_bad(offset, cmd);
                     return None;
                 };
-                self.store.as_mut()[range.clone()].copy_from_slice(data);
+                self.store.write(range.start, data);
                 self.status |= STATUS_READY;
                 Some(range)
             }
@@ -169,7 +205,7 @@ impl<S: AsRef<[u8]> + AsMut<[u8]>> CfiFlash<S> {
                 self.status |= STATUS_READY;
                 let start = usize::try_from(offset).ok().filter(|o| *o < self.size())? & !(self.block_size - 1);
                 let range = start..start + self.block_size;
-                self.store.as_mut()[range.clone()].fill(0xff);
+                self.store.fill(range.clone(), 0xff);
                 Some(range)
             }
             Mode::LockSetup => {
