@@ -15,6 +15,8 @@ const EXAMPLES: &str = "\
 Examples:
   viaduct --kernel bzImage --initramfs initrd.cpio.gz --cmdline 'console=ttyS0' \\
           --memory 512M --cpus 2
+  viaduct --firmware /usr/share/seabios/bios-256k.bin --disk path=disk.img
+  viaduct --firmware code=/usr/share/OVMF/OVMF_CODE_4M.fd,vars=vm1-vars.fd --disk path=disk.img
   viaduct --kernel bzImage --memory size=1G,hugepages=on --cpus boot=4 --serial file=/tmp/con
   viaduct --kernel bzImage --device path=/sys/bus/pci/devices/0000:01:10.0
 
@@ -24,11 +26,19 @@ Exit status: 0 when the guest powers off (or reboots with --on-reboot exit),
 #[derive(Parser, Debug)]
 #[command(name = "viaduct", version, about, after_help = EXAMPLES)]
 pub struct Cli {
-    /// Guest kernel: a bzImage, or an ELF vmlinux with a PVH entry point. Needed unless
-    /// --api-socket is given (the VM then comes from the API's vm.create).
-    /// Example: --kernel /boot/vmlinuz
-    #[arg(long, value_name = "PATH", required_unless_present = "api_socket")]
+    /// Guest kernel: a bzImage, or an ELF vmlinux with a PVH entry point. With --firmware,
+    /// a bzImage the firmware boots. Needed unless --firmware or --api-socket is given (with
+    /// only --api-socket the VM comes from the API's vm.create). Example: --kernel /boot/vmlinuz
+    #[arg(long, value_name = "PATH")]
     pub kernel: Option<PathBuf>,
+
+    /// Boot through firmware on a q35-compatible platform: a SeaBIOS or combined OVMF image
+    /// (UEFI variables then do not persist), or code=PATH,vars=PATH[,vars-template=PATH] for
+    /// OVMF with a per-VM variable store (created from the template, by default the VARS
+    /// file beside the code file, when it does not exist).
+    /// Example: --firmware code=/usr/share/OVMF/OVMF_CODE_4M.fd,vars=/var/lib/vm1/vars.fd
+    #[arg(long, value_name = "PATH|SPEC")]
+    pub firmware: Option<String>,
 
     /// Initramfs (cpio, optionally compressed) loaded below the 32-bit hole.
     /// Example: --initramfs initrd.cpio.gz
@@ -41,9 +51,9 @@ pub struct Cli {
     #[arg(long, value_name = "DIR|off", default_value = "default", hide_default_value = true)]
     pub kernel_cache: String,
 
-    /// Kernel command line. Example: --cmdline 'console=ttyS0 quiet'
-    #[arg(long, value_name = "STR", default_value = "console=ttyS0")]
-    pub cmdline: String,
+    /// Kernel command line (default: console=ttyS0). Example: --cmdline 'console=ttyS0 quiet'
+    #[arg(long, value_name = "STR")]
+    pub cmdline: Option<String>,
 
     /// Guest RAM: size=SIZE[,hugepages=on][,shared=on]; a bare SIZE is accepted
     /// (suffixes K, M, G). Example: --memory size=1G,hugepages=on  or  --memory 512M
@@ -151,8 +161,38 @@ pub enum ConfigError {
     MissingKey { flag: &'static str, key: &'static str },
     #[error("--{flag} needs --kernel (with only --api-socket the VM is configured by vm.create)")]
     NeedsKernel { flag: &'static str },
-    #[error("no kernel: give --kernel, or --api-socket to configure the VM over the API")]
-    NoKernel,
+    #[error("nothing to boot: give --kernel (direct kernel boot), --firmware (boot through firmware), or --api-socket to configure the VM over the API")]
+    NothingToBoot,
+    #[error("--{flag} needs --kernel (without it the firmware boots a disk's own kernel)")]
+    FirmwareNeedsKernel { flag: &'static str },
+    #[error("--kernel-cache makes no sense with --firmware: the firmware boots the bzImage itself")]
+    KernelCacheWithFirmware,
+    #[error("--firmware: give PATH, or code=PATH,vars=PATH[,vars-template=PATH]")]
+    FirmwareSpec,
+}
+
+/// Default kernel command line.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0";
+
+/// `--firmware`: one image, or OVMF's code and variable store as two files.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FirmwareSpec {
+    Image(PathBuf),
+    Split { code: PathBuf, vars: PathBuf, vars_template: Option<PathBuf> },
+}
+
+impl FirmwareSpec {
+    pub fn parse(spec: &str) -> Result<Self, ConfigError> {
+        let opts = OptionList::parse("firmware", spec, Some("path"))?;
+        opts.check_keys("path,code,vars,vars-template")?;
+        let path = |key| opts.get(key).filter(|p| !p.is_empty()).map(PathBuf::from);
+        match (path("path"), path("code"), path("vars"), path("vars-template")) {
+            (Some(image), None, None, None) => Ok(Self::Image(image)),
+            (None, Some(code), Some(vars), template) => Ok(Self::Split { code, vars, vars_template: template }),
+            (None, Some(_), None, _) => Err(ConfigError::MissingKey { flag: "firmware", key: "vars" }),
+            _ => Err(ConfigError::FirmwareSpec),
+        }
+    }
 }
 
 /// A `key=value,key=value` list. A leading bare value is stored under `default_key`
@@ -336,19 +376,22 @@ impl TryFrom<&Cli> for RunConfig {
             }
             None => None,
         };
-        let vm = match &cli.kernel {
-            Some(_) => Some(VmConfig::try_from(cli)?),
-            None => None,
+        let vm = if cli.kernel.is_some() || cli.firmware.is_some() {
+            Some(VmConfig::try_from(cli)?)
+        } else if api_socket.is_none() {
+            return Err(ConfigError::NothingToBoot);
+        } else {
+            None
         };
         Ok(Self { vm, api_socket })
     }
 }
 
 impl RunConfig {
-    /// Refuses VM options next to `--api-socket` without `--kernel` (given on the command
-    /// line, not defaulted): the API's config would silently replace them.
+    /// Refuses VM options next to `--api-socket` without `--kernel` or `--firmware` (given
+    /// on the command line, not defaulted): the API's config would silently replace them.
     pub fn check_unused(cli: &Cli, matches: &clap::ArgMatches) -> Result<(), ConfigError> {
-        if cli.kernel.is_some() {
+        if cli.kernel.is_some() || cli.firmware.is_some() {
             return Ok(());
         }
         for flag in VM_FLAGS {
@@ -363,10 +406,12 @@ impl RunConfig {
 
 #[derive(Clone, Debug)]
 pub struct VmConfig {
-    pub kernel: PathBuf,
+    /// Always there for direct boot; with firmware, a kernel the firmware boots (optional).
+    pub kernel: Option<PathBuf>,
     pub initramfs: Option<PathBuf>,
     pub kernel_cache: KernelCache,
     pub cmdline: String,
+    pub firmware: Option<FirmwareSpec>,
     pub memory: MemoryConfig,
     pub vcpus: u8,
     pub serial: SerialConfig,
@@ -386,11 +431,28 @@ impl TryFrom<&Cli> for VmConfig {
         let list = |flag: &'static str, specs: &[String], default_key: &str| {
             specs.iter().map(|s| OptionList::parse(flag, s, Some(default_key))).collect::<Result<Vec<_>, _>>()
         };
+        let firmware = cli.firmware.as_deref().map(FirmwareSpec::parse).transpose()?;
+        if cli.kernel.is_none() {
+            if firmware.is_none() {
+                return Err(ConfigError::NothingToBoot);
+            }
+            if cli.initramfs.is_some() {
+                return Err(ConfigError::FirmwareNeedsKernel { flag: "initramfs" });
+            }
+            if cli.cmdline.is_some() {
+                return Err(ConfigError::FirmwareNeedsKernel { flag: "cmdline" });
+            }
+        }
+        let kernel_cache = KernelCache::parse(&cli.kernel_cache)?;
+        if firmware.is_some() && kernel_cache != KernelCache::Default {
+            return Err(ConfigError::KernelCacheWithFirmware);
+        }
         Ok(Self {
-            kernel: cli.kernel.clone().ok_or(ConfigError::NoKernel)?,
+            kernel: cli.kernel.clone(),
             initramfs: cli.initramfs.clone(),
-            kernel_cache: KernelCache::parse(&cli.kernel_cache)?,
-            cmdline: cli.cmdline.clone(),
+            kernel_cache,
+            cmdline: cli.cmdline.clone().unwrap_or_else(|| DEFAULT_CMDLINE.to_string()),
+            firmware,
             memory: MemoryConfig::parse(&cli.memory)?,
             vcpus: parse_cpus(&cli.cpus)?,
             serial: SerialConfig::parse(&cli.serial)?,
@@ -486,6 +548,44 @@ mod tests {
         assert!(e.contains("--memory needs --kernel"), "{e}");
         assert!(run(&["--api-socket", "path="]).is_err());
         assert!(run(&["--api-socket", "path=/a,mode=0666"]).unwrap_err().contains("unknown key"));
+        let r = run(&["--api-socket", "/tmp/a.sock", "--firmware", "/fw", "--memory", "1G"]).unwrap();
+        assert!(r.vm.unwrap().kernel.is_none());
+    }
+
+    fn cli_raw(args: &[&str]) -> Result<VmConfig, String> {
+        let mut full = vec!["viaduct"];
+        full.extend_from_slice(args);
+        let cli = Cli::try_parse_from(full).map_err(|e| e.to_string())?;
+        VmConfig::try_from(&cli).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn firmware_specs() {
+        let c = cli_raw(&["--firmware", "/fw/bios.bin"]).unwrap();
+        assert_eq!(c.firmware, Some(FirmwareSpec::Image("/fw/bios.bin".into())));
+        assert_eq!((c.kernel, c.cmdline.as_str()), (None, DEFAULT_CMDLINE));
+        let c = cli_raw(&["--firmware", "code=/c.fd,vars=/v.fd", "--kernel", "k", "--cmdline", "x"]).unwrap();
+        assert_eq!(
+            c.firmware,
+            Some(FirmwareSpec::Split { code: "/c.fd".into(), vars: "/v.fd".into(), vars_template: None })
+        );
+        assert_eq!(c.kernel, Some("k".into()));
+        let c = cli_raw(&["--firmware", "code=/c.fd,vars=/v.fd,vars-template=/t.fd"]).unwrap();
+        assert!(matches!(c.firmware, Some(FirmwareSpec::Split { vars_template: Some(_), .. })));
+        for (args, want) in [
+            (&[][..], "nothing to boot"),
+            (&["--firmware", "code=/c.fd"][..], "missing required key 'vars'"),
+            (&["--firmware", "vars=/v.fd"], "give PATH, or code=PATH,vars=PATH"),
+            (&["--firmware", "/a,code=/c,vars=/v"], "give PATH, or code=PATH,vars=PATH"),
+            (&["--firmware", "path="], "give PATH"),
+            (&["--firmware", "code=/c,vars=/v,colour=red"], "unknown key 'colour'"),
+            (&["--firmware", "/fw", "--initramfs", "i"], "--initramfs needs --kernel"),
+            (&["--firmware", "/fw", "--cmdline", "quiet"], "--cmdline needs --kernel"),
+            (&["--firmware", "/fw", "--kernel", "k", "--kernel-cache", "off"], "--kernel-cache makes no sense"),
+        ] {
+            let err = cli_raw(args).unwrap_err();
+            assert!(err.contains(want), "{args:?}: {err}");
+        }
     }
 
     #[test]

@@ -137,7 +137,7 @@ impl Control {
             }
             ApiRequest::VmCreate(cfg) => match preflight(cfg) {
                 Ok(()) => {
-                    log::info!("vm.create: VM configured ({})", cfg.kernel.display());
+                    log::info!("vm.create: VM configured");
                     self.config = Some((**cfg).clone());
                     self.shut_down = false;
                     Ok(None)

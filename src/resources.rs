@@ -61,7 +61,7 @@ pub struct Resources {
 }
 
 impl Resources {
-    /// `mmio64`: the 64-bit MMIO window ([`layout::mmio64_window`]).
+    /// `mmio64`: the 64-bit MMIO window ([`layout::RamLayout::mmio64_window`]).
     pub fn new(mmio64: pci::bridge::Window) -> Result<Self, ResourceError> {
         let create = |what| move |source| ResourceError::Create { what, source };
         Ok(Self {
@@ -187,7 +187,7 @@ mod tests {
 
     #[test]
     fn windows_and_gsis() {
-        let mut r = Resources::new(layout::mmio64_window(256 << 20, 40)).unwrap();
+        let mut r = Resources::new(layout::RamLayout::direct(256 << 20).mmio64_window(40)).unwrap();
         let a = r.allocate_mmio32(0x4000, 0x4000).unwrap();
         assert_eq!(a.start(), layout::PCI_MMIO32_START);
         let b = r.allocate_mmio64(1 << 30, 1 << 30).unwrap();

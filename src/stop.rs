@@ -72,6 +72,19 @@ impl vm_superio::Trigger for StopTrigger {
     }
 }
 
+/// The platform crate's power requests (ACPI PM1_CNT, reset control, an unsupported
+/// firmware) end the VM like any other stop reason.
+impl platform::PowerControl for StopNotifier {
+    fn request(&self, request: platform::PowerRequest) {
+        let reason = match request {
+            platform::PowerRequest::PowerOff => StopReason::PowerOff,
+            platform::PowerRequest::Reset => StopReason::Reset,
+            platform::PowerRequest::Unsupported(msg) => StopReason::Error(msg),
+        };
+        StopNotifier::request(self, reason);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,10 +18,12 @@ use crate::api::ApiServer;
 use crate::boot::{self, acpi::AcpiConfig};
 use crate::config::{KernelCache, RebootAction, RunConfig, SerialConfig, VmConfig};
 use crate::control::{Control, IdleOutcome, RunningVm};
+use crate::device_manager::q35::Q35Chipset;
 use crate::device_manager::seams::VmSeams;
 use crate::device_manager::{DeviceManager, DeviceManagerConfig};
 use crate::devices::cmos::Cmos;
 use crate::devices::serial::{self, ConsoleOut, FlushingWriter, SerialDevice};
+use crate::layout::RamLayout;
 use crate::signals;
 use crate::stop::{StopNotifier, StopReason};
 use crate::terminal::RawModeGuard;
@@ -69,19 +71,16 @@ impl ConsoleSink {
 
 pub struct Vmm;
 
-/// What belongs to one VM config: where its console goes and the kernel image to load.
-struct Prepared {
-    sink: ConsoleSink,
-    kernel: PathBuf,
-}
-
 impl Vmm {
     /// Runs the guest until it powers off, is stopped by a signal or `vmm.shutdown`, or fails.
     /// With only an API socket, waits for `vm.create` and `vm.boot` first.
     pub fn run(run: RunConfig) -> anyhow::Result<ExitCode> {
-        if let Some(cfg) = &run.vm {
-            preflight(cfg)?;
-        }
+        // Checked (and the firmware files read) before anything starts; the boot plan is
+        // made once more with the rest of the VM's set-up below.
+        let mut checked = match &run.vm {
+            Some(cfg) => Some((cfg.clone(), preflight(cfg)?)),
+            None => None,
+        };
         // Before any thread is spawned (the API's too): every thread inherits the mask.
         let signal_fd = signals::setup()?;
         let api = run.api_socket.as_deref().map(ApiServer::start).transpose()?;
@@ -106,10 +105,11 @@ impl Vmm {
             boot_next = true;
             let cfg =
                 control.config().cloned().ok_or_else(|| anyhow!("booting without a VM config (internal error)"))?;
-            // The console and kernel are set up once per config (the console file is not
-            // truncated by a guest reboot).
-            if prepared.as_ref().is_none_or(|(c, _)| c.kernel != cfg.kernel || c.serial != cfg.serial) {
-                let p = match prepare(&cfg) {
+            // The console and boot plan are set up once per config (the console file is not
+            // truncated by a guest reboot, the firmware's UUID stays the same).
+            if prepared.as_ref().is_none_or(|(c, _)| !same_boot(c, &cfg)) {
+                let checked = checked.take().filter(|(c, _)| same_boot(c, &cfg)).map(|(_, plan)| plan);
+                let p = match prepare(&cfg, checked) {
                     Ok(p) => p,
                     Err(e) if control.boot_pending() => {
                         control.boot_done(Err(format!("{e:#}")));
@@ -127,7 +127,7 @@ impl Vmm {
             }
             let platform = Platform { sink: &p.sink, console_input: &console_input, cmos: &cmos };
             let ctx = BootContext { kvm: &kvm, cpuid: &cpuid, signal_fd: &signal_fd, first_boot };
-            let booted = boot_once(&ctx, &cfg, &p.kernel, &platform, &mut control);
+            let booted = boot_once(&ctx, &cfg, &p.plan, &platform, &mut control);
             // Whatever ended the VM, a panic on any thread (also during the teardown) is the
             // error the user sees.
             if let Some(panic) = crate::threads::first_panic() {
@@ -182,8 +182,27 @@ fn signal_exit(n: i32) -> ExitCode {
     ExitCode::from(128u8.saturating_add(n as u8))
 }
 
-fn prepare(cfg: &VmConfig) -> anyhow::Result<Prepared> {
-    Ok(Prepared { sink: ConsoleSink::open(&cfg.serial)?, kernel: kernel_to_boot(cfg)? })
+/// Whether two configs boot the same way (same console, kernel, firmware files and what the
+/// firmware hands a kernel), so one's prepared console and boot plan serve the other.
+fn same_boot(a: &VmConfig, b: &VmConfig) -> bool {
+    a.serial == b.serial
+        && a.kernel == b.kernel
+        && a.firmware == b.firmware
+        && a.kernel_cache == b.kernel_cache
+        && (a.firmware.is_none() || (a.initramfs == b.initramfs && a.cmdline == b.cmdline && a.memory == b.memory))
+}
+
+/// `preflight`'s plan for `cfg` (`checked` when it was made already) and the console.
+fn prepare(cfg: &VmConfig, checked: Option<Preflight>) -> anyhow::Result<Prepared> {
+    let plan = match checked {
+        Some(plan) => plan,
+        None => preflight(cfg)?,
+    };
+    let plan = match plan {
+        Preflight::Kernel(bzimage) => BootPlan::Kernel { image: kernel_to_boot(cfg, &bzimage)?, bzimage },
+        Preflight::Firmware(f) => BootPlan::Firmware(f),
+    };
+    Ok(Prepared { sink: ConsoleSink::open(&cfg.serial)?, plan })
 }
 
 enum Idle {
@@ -204,13 +223,14 @@ fn wait_idle(control: &mut Control, signal_fd: &OwnedFd) -> anyhow::Result<Idle>
         .ctl(ControlOperation::Add, signal_fd.as_raw_fd(), EpollEvent::new(EventSet::IN, SIGNAL))
         .context("watching the signalfd")?;
     let mut events = vec![EpollEvent::default(); 2];
+    let check = |cfg: &VmConfig| preflight(cfg).map(drop);
     loop {
         if let Some(sig) = signals::read_signal(signal_fd) {
             log::info!("stopped by signal {sig}");
             return Ok(Idle::Exit(signal_exit(sig)));
         }
         while let Some(call) = control.api().and_then(ApiServer::next_call) {
-            match control.serve_idle(call, &preflight) {
+            match control.serve_idle(call, &check) {
                 Some(IdleOutcome::Boot) => return Ok(Idle::Boot),
                 Some(IdleOutcome::Exit) => return Ok(Idle::Exit(ExitCode::SUCCESS)),
                 None => {}
@@ -224,26 +244,93 @@ fn wait_idle(control: &mut Control, signal_fd: &OwnedFd) -> anyhow::Result<Idle>
     }
 }
 
+/// What belongs to one VM config: where its console goes and how it boots.
+struct Prepared {
+    sink: ConsoleSink,
+    plan: BootPlan,
+}
+
+/// How each boot starts.
+enum BootPlan {
+    /// Direct kernel boot: `image` (the cached vmlinux, or the bzImage itself) is loaded.
+    Kernel {
+        image: PathBuf,
+        bzimage: PathBuf,
+    },
+    Firmware(Box<FirmwarePlan>),
+}
+
+enum Preflight {
+    Kernel(PathBuf),
+    Firmware(Box<FirmwarePlan>),
+}
+
+/// What `--firmware` boots with, read and checked once.
+struct FirmwarePlan {
+    files: boot::firmware::FirmwareFiles,
+    kernel: Option<platform::fw_cfg::linux::LinuxBoot>,
+    linuxboot_rom: Option<Vec<u8>>,
+    /// SMBIOS type 1's UUID: the same across guest reboots.
+    uuid: [u8; 16],
+}
+
 /// What can be refused without touching KVM is checked first: a typo costs nothing and gets
 /// the same one-line error on every host (also one without /dev/kvm).
-fn preflight(cfg: &VmConfig) -> anyhow::Result<()> {
-    boot::kernel::check_readable(&cfg.kernel, cfg.initramfs.as_deref())?;
+fn preflight(cfg: &VmConfig) -> anyhow::Result<Preflight> {
+    if let Some(kernel) = &cfg.kernel {
+        boot::kernel::check_readable(kernel, cfg.initramfs.as_deref())?;
+    }
     crate::device_manager::vfio::parse_cli(&cfg.devices)?;
     crate::device_manager::virtio::parse_disks(&cfg.disks)?;
-    Ok(())
+    let Some(spec) = &cfg.firmware else {
+        let kernel = cfg.kernel.clone().ok_or_else(|| anyhow!("nothing to boot"))?;
+        return Ok(Preflight::Kernel(kernel));
+    };
+    let low_end = crate::layout::RamLayout::firmware(cfg.memory.size).low_end;
+    let kernel = match &cfg.kernel {
+        Some(path) => {
+            let image = std::fs::read(path).with_context(|| format!("reading kernel image {}", path.display()))?;
+            let initrd = match &cfg.initramfs {
+                Some(p) => Some(std::fs::read(p).with_context(|| format!("reading initramfs {}", p.display()))?),
+                None => None,
+            };
+            let boot = platform::fw_cfg::linux::LinuxBoot::new(&image, initrd, &cfg.cmdline, low_end)
+                .with_context(|| format!("booting {} through firmware", path.display()))?;
+            Some(boot)
+        }
+        None => None,
+    };
+    // Last: a vars file may be created from its template here.
+    let files = boot::firmware::open(spec)?;
+    let linuxboot_rom = match (&kernel, files.kind) {
+        (Some(_), boot::firmware::FirmwareKind::LegacyBios) => {
+            let rom = boot::fw_cfg::LINUXBOOT_ROM;
+            Some(std::fs::read(rom).with_context(|| {
+                format!("--kernel through SeaBIOS needs QEMU's option ROM {rom} (Debian package qemu-system-data)")
+            })?)
+        }
+        _ => None,
+    };
+    let uuid = boot::fw_cfg::random_uuid();
+    Ok(Preflight::Firmware(Box::new(FirmwarePlan { files, kernel, linuxboot_rom, uuid })))
 }
 
 /// Loads the kernel (the cached vmlinux when there is one) and the initramfs into guest RAM.
-fn load_boot_images(mem: &GuestMemory, cfg: &VmConfig, kernel: &Path) -> anyhow::Result<boot::LoadedImages> {
+fn load_boot_images(
+    mem: &GuestMemory,
+    cfg: &VmConfig,
+    kernel: &Path,
+    bzimage: &Path,
+) -> anyhow::Result<boot::LoadedImages> {
     let initramfs = cfg.initramfs.as_deref();
     match boot::load_images(mem, kernel, initramfs, cfg.memory.size) {
         Ok(images) => Ok(images),
         // An extracted vmlinux needs room for its whole image and bss; the bzImage
         // decompresses itself wherever it fits. What the first try wrote is left in RAM the
         // bzImage either overwrites or hands to the guest as free memory.
-        Err(e) if kernel != cfg.kernel.as_path() => {
-            log::warn!("{:#}; booting the bzImage {} instead", anyhow::Error::from(e), cfg.kernel.display());
-            Ok(boot::load_images(mem, &cfg.kernel, initramfs, cfg.memory.size)?)
+        Err(e) if kernel != bzimage => {
+            log::warn!("{:#}; booting the bzImage {} instead", anyhow::Error::from(e), bzimage.display());
+            Ok(boot::load_images(mem, bzimage, initramfs, cfg.memory.size)?)
         }
         Err(e) => Err(e.into()),
     }
@@ -251,19 +338,19 @@ fn load_boot_images(mem: &GuestMemory, cfg: &VmConfig, kernel: &Path) -> anyhow:
 
 /// The kernel image to load on every boot: an extracted PVH vmlinux for an xz bzImage (see
 /// `boot::vmlinux_cache`), else the image given.
-fn kernel_to_boot(cfg: &VmConfig) -> anyhow::Result<PathBuf> {
+fn kernel_to_boot(cfg: &VmConfig, bzimage: &Path) -> anyhow::Result<PathBuf> {
     let dir = match &cfg.kernel_cache {
         KernelCache::Off => None,
         KernelCache::Dir(d) => Some(d.clone()),
         KernelCache::Default => boot::vmlinux_cache::default_dir(),
     };
-    let Some(dir) = dir else { return Ok(cfg.kernel.clone()) };
-    match boot::vmlinux_cache::resolve(&cfg.kernel, &dir) {
+    let Some(dir) = dir else { return Ok(bzimage.to_path_buf()) };
+    match boot::vmlinux_cache::resolve(bzimage, &dir) {
         Ok(path) => Ok(path),
         // The default cache is a convenience: when it cannot be used, boot the bzImage.
         Err(e) if cfg.kernel_cache == KernelCache::Default => {
             log::warn!("{:#}; booting the bzImage as is", anyhow::Error::from(e));
-            Ok(cfg.kernel.clone())
+            Ok(bzimage.to_path_buf())
         }
         Err(e) => Err(e.into()),
     }
@@ -367,36 +454,51 @@ struct BootContext<'a> {
 fn boot_once(
     ctx: &BootContext,
     cfg: &VmConfig,
-    kernel: &Path,
+    plan: &BootPlan,
     platform: &Platform,
     control: &mut Control,
 ) -> anyhow::Result<StopReason> {
     let BootContext { kvm, cpuid, signal_fd, first_boot } = *ctx;
     let Platform { sink, console_input, cmos } = platform;
     let mut timing = StartupTiming::new();
+    let ram_layout = match plan {
+        BootPlan::Kernel { .. } => RamLayout::direct(cfg.memory.size),
+        BootPlan::Firmware(_) => RamLayout::firmware(cfg.memory.size),
+    };
     // Declared before the VM and the devices so it is dropped after them (KVM memslots
     // point into it); whoever holds a clone keeps it mapped longer.
-    let ram = create_guest_memory(&cfg.memory).context("allocating guest memory")?;
+    let ram = create_guest_memory(&cfg.memory, &ram_layout).context("allocating guest memory")?;
     let mem = &ram;
     let vm = Arc::new(Vm::create(kvm)?);
     vm.map_guest_memory(mem)?;
     timing.mark("memory");
     let stop = StopNotifier::new().context("creating the stop eventfd")?;
     crate::threads::report_panics_to(&stop);
-    let mmio64 = crate::layout::mmio64_window(cfg.memory.size, crate::vstate::cpuid::phys_bits(cpuid.as_slice()));
+    let mmio64 = ram_layout.mmio64_window(crate::vstate::cpuid::phys_bits(cpuid.as_slice()));
+    let chipset = matches!(plan, BootPlan::Firmware(_)).then(|| Q35Chipset::new(&stop));
+    if chipset.is_some() {
+        let mut c = cmos.lock().unwrap_or_else(|e| e.into_inner());
+        c.set_memory_size(ram_layout.low_end, ram_layout.high_size);
+        c.set_cpu_count(cfg.vcpus);
+    }
     let mut dm = DeviceManager::new(DeviceManagerConfig {
         seams: VmSeams::of(&vm),
         mmio64,
         stop: stop.clone(),
         console: sink.writer()?,
         cmos: Arc::clone(cmos),
+        chipset,
     })?;
     // Reading the kernel and initramfs into guest RAM needs nothing from the devices, and
     // attaching passed-through devices mostly waits on the host (open, reset): done side
     // by side, the shorter of the two is hidden (0.3-0.6 s with a VFIO device in the testbed).
     let timed_load = || {
         let t = Instant::now();
-        (load_boot_images(mem, cfg, kernel), t.elapsed())
+        let images = match plan {
+            BootPlan::Kernel { image, bzimage } => load_boot_images(mem, cfg, image, bzimage).map(Some),
+            BootPlan::Firmware(_) => Ok(None),
+        };
+        (images, t.elapsed())
     };
     let (attached, devices_time, (images, kernel_time)) = std::thread::scope(|s| {
         let loader = std::thread::Builder::new().name("kernel-loader".into()).spawn_scoped(s, timed_load);
@@ -415,16 +517,44 @@ fn boot_once(
     *console_slot(console_input) = dm.serial();
     timing.mark_parallel(&[("devices", devices_time), ("kernel", kernel_time)]);
 
-    let pci_aml = dm.pci_aml()?;
-    let aml: [&dyn acpi_tables::Aml; 2] = [&pci_aml, &crate::devices::ged::GedAml];
-    let acpi = AcpiConfig { vcpus: cfg.vcpus, pci_last_bus: pci_aml.last_bus(), sb_aml: &aml };
-    let entry = boot::prepare(mem, &images, &cfg.cmdline, cfg.memory.size, &acpi)?;
+    let (entry, what) = match (plan, images) {
+        (BootPlan::Kernel { bzimage, .. }, Some(images)) => {
+            let pci_aml = dm.pci_aml()?;
+            let aml: [&dyn acpi_tables::Aml; 2] = [&pci_aml, &crate::devices::ged::GedAml];
+            let acpi = AcpiConfig {
+                vcpus: cfg.vcpus,
+                pci_last_bus: pci_aml.last_bus(),
+                ecam_base: crate::layout::PCI_ECAM_START,
+                pm: boot::acpi::PmRegisters::SleepPort,
+                sb_aml: &aml,
+            };
+            let entry = boot::prepare(mem, &images, &cfg.cmdline, cfg.memory.size, &acpi)?;
+            (Some(entry), bzimage.display().to_string())
+        }
+        (BootPlan::Firmware(f), _) => {
+            let boot = boot::fw_cfg::FirmwareBoot {
+                vcpus: cfg.vcpus,
+                ram: ram_layout,
+                cpuid_1: cpuid_leaf1(cpuid),
+                uuid: f.uuid,
+                boot_order: dm.boot_order(),
+                kernel: f.kernel.clone(),
+                linuxboot_rom: f.linuxboot_rom.clone(),
+            };
+            let fw_cfg = boot::fw_cfg::build(&boot, mem, firmware_acpi(&dm, cfg.vcpus, ram_layout)?)?;
+            dm.attach_firmware(&f.files, mem, fw_cfg)?;
+            (None, format!("firmware {}", f.files.code_path.display()))
+        }
+        _ => bail!("internal error: a kernel boot without its kernel"),
+    };
     timing.mark("tables");
 
     let mut vcpus = Vec::with_capacity(usize::from(cfg.vcpus));
     for id in 0..cfg.vcpus {
         let vcpu = Vcpu::new(&vm, id)?;
-        vcpu.configure(cpuid, cfg.vcpus, (id == 0).then_some(entry))?;
+        // Through firmware every vCPU starts from reset: the boot vCPU at 0xFFFFFFF0 in real
+        // mode, the others waiting for INIT/SIPI (KVM's initial state).
+        vcpu.configure(cpuid, cfg.vcpus, if id == 0 { entry } else { None })?;
         vcpus.push(vcpu);
     }
     timing.mark("vcpus");
@@ -435,8 +565,7 @@ fn boot_once(
         None => String::new(),
     };
     log::info!(
-        "booting {} with {} vCPU(s) and {} MiB (set up in {}{since_exec})",
-        cfg.kernel.display(),
+        "booting {what} with {} vCPU(s) and {} MiB (set up in {}{since_exec})",
         cfg.vcpus,
         cfg.memory.size >> 20,
         timing
@@ -474,6 +603,38 @@ fn boot_once(
     drop(ram);
     waited?;
     stop.reason().ok_or_else(|| anyhow!("the VM stopped without a reason (internal error)"))
+}
+
+/// CPUID leaf 1 EAX (signature) and EDX (features), for SMBIOS.
+fn cpuid_leaf1(cpuid: &CpuId) -> (u32, u32) {
+    cpuid.as_slice().iter().find(|e| e.function == 1).map_or((0, 0), |e| (e.eax, e.edx))
+}
+
+/// The ACPI tables for the firmware, built when it first reads them: ECAM and the PM block
+/// where it programmed them, the 32-bit windows it may allocate from.
+fn firmware_acpi(
+    dm: &DeviceManager,
+    vcpus: u8,
+    ram: RamLayout,
+) -> anyhow::Result<impl Fn() -> Result<boot::acpi::AcpiTables, boot::acpi::AcpiError> + Send + 'static> {
+    let source = dm.pci_aml_source();
+    let chipset =
+        dm.chipset().cloned().ok_or_else(|| anyhow!("internal error: firmware boot without the q35 chipset"))?;
+    Ok(move || {
+        let ecam = chipset.ecam();
+        let windows = crate::layout::firmware_mmio32_windows(ram.low_end, ecam);
+        let host = source.firmware_aml(ecam, &windows).map_err(|e| boot::acpi::AcpiError::Aml(e.to_string()))?;
+        let aml: [&dyn acpi_tables::Aml; 2] = [&host, &crate::devices::ged::GedAml];
+        // SeaBIOS and OVMF both put the PM block at 0x600 once fw_cfg has a table-loader.
+        let pm_base = chipset.pm_base().unwrap_or(0x600);
+        boot::acpi::build(&AcpiConfig {
+            vcpus,
+            pci_last_bus: host.last_bus(),
+            ecam_base: ecam.map_or(crate::layout::FIRMWARE_LOW_RAM_MAX, |e| e.base),
+            pm: boot::acpi::PmRegisters::Ich9 { pm_base },
+            sb_aml: &aml,
+        })
+    })
 }
 
 /// The control loop while the guest runs: serves the API (when there is one) and blocks until

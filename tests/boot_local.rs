@@ -215,7 +215,7 @@ fn sigterm_stops_a_running_guest_in_order() {
 fn errors_are_one_clear_line_and_non_zero() {
     let k = write_kernel("garbage", b"this is not a kernel");
     let cases: [(&[&str], &str); 7] = [
-        (&[], "the following required arguments were not provided: --kernel <PATH>"),
+        (&[], "nothing to boot: give --kernel"),
         (&["--kernel", "k", "--frobnicate"], "unexpected argument '--frobnicate'"),
         (&["--kernel", "/nonexistent/vmlinuz"], "opening kernel image /nonexistent/vmlinuz"),
         (&["--kernel", k.to_str().unwrap()], "loading kernel image"),

@@ -124,6 +124,65 @@ fn bad_device_specs() {
     assert_refused(&with_kernel(&["--disk", "path=a.img,speed=fast"]), "speed");
 }
 
+/// A directory of stand-in firmware files for the checks made before anything starts.
+fn firmware_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("viaduct-cli-fw-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    // An image starting with a firmware volume header; `nv`: OVMF's variable store volume.
+    let fv = |size: usize, nv: bool| {
+        let mut d = vec![0u8; size];
+        d[0x28..0x2c].copy_from_slice(b"_FVH");
+        if nv {
+            d[0x10..0x20].copy_from_slice(&[
+                0x8d, 0x2b, 0xf1, 0xff, 0x96, 0x76, 0x8b, 0x4c, 0xa9, 0x85, 0x27, 0x47, 0x07, 0x5b, 0x4f, 0x50,
+            ]);
+        }
+        d
+    };
+    let write = |name: &str, data: Vec<u8>| std::fs::write(dir.join(name), data).expect("writing a temp file");
+    write("bios.bin", vec![0x90; 256 << 10]);
+    write("short.bin", vec![0x90; 1000]);
+    write("OVMF_CODE_4M.fd", fv(0x37c000, false));
+    write("OVMF_CODE_4M.secboot.fd", fv(0x37c000, false));
+    write("OVMF_VARS_4M.fd", fv(0x84000, true));
+    write("small-vars.fd", fv(0x20000, true));
+    write("not-a-kernel", b"not a kernel".to_vec());
+    dir
+}
+
+#[test]
+fn bad_firmware() {
+    let d = firmware_dir();
+    let p = |name: &str| d.join(name).to_string_lossy().into_owned();
+    let fw = |spec: &str, more: &[&str]| {
+        let mut v = args(&["--firmware", spec]);
+        v.extend(args(more));
+        v
+    };
+    assert_refused(&fw("/nonexistent/bios.bin", &[]), "opening firmware /nonexistent/bios.bin failed: No such file");
+    assert_refused(&fw("/", &[]), "it is a directory");
+    assert_refused(&fw(&p("short.bin"), &[]), "1000 bytes is not a firmware image size");
+    assert_refused(&fw(&p("OVMF_CODE_4M.fd"), &[]), "OVMF code image without its variable store");
+    assert_refused(&fw(&p("OVMF_CODE_4M.secboot.fd"), &[]), "Secure Boot build, which needs SMM");
+    let code = p("OVMF_CODE_4M.fd");
+    assert_refused(&fw(&format!("code={},vars={}", p("bios.bin"), p("x.fd")), &[]), "is not a UEFI (OVMF) image");
+    assert_refused(&fw(&format!("code={code},vars={}", p("small-vars.fd")), &[]), "do not make up one flash device");
+    assert_refused(
+        &fw(&format!("code={code},vars=/nonexistent/dir/vm.fd"), &[]),
+        "creating vars file /nonexistent/dir/vm.fd from",
+    );
+    assert_refused(
+        &fw(&format!("code={code},vars={},vars-template={}", p("new.fd"), p("none.fd")), &[]),
+        "does not exist and there is no template",
+    );
+    assert_refused(&fw(&format!("code={code}"), &[]), "--firmware: missing required key 'vars'");
+    assert_refused(&fw(&p("bios.bin"), &["--initramfs", "i"]), "--initramfs needs --kernel");
+    assert_refused(&fw(&p("bios.bin"), &["--cmdline", "quiet"]), "--cmdline needs --kernel");
+    assert_refused(&fw(&p("bios.bin"), &["--kernel", "k", "--kernel-cache", "off"]), "--kernel-cache makes no sense");
+    assert_refused(&fw(&p("bios.bin"), &["--kernel", &p("not-a-kernel")]), "not a bzImage");
+    assert!(!d.join("new.fd").exists(), "nothing is created for a refused command line");
+}
+
 #[test]
 fn help_documents_every_option_with_an_example() {
     let out = run(["--help"]);
@@ -158,6 +217,7 @@ fn help_documents_every_option_with_an_example() {
         "--on-reboot",
         "--log-level",
         "--kernel-cache",
+        "--firmware",
     ] {
         assert!(documented.contains(&want), "{want} missing from --help: {documented:?}");
     }

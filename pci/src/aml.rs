@@ -23,6 +23,9 @@ pub struct HostBridgeResources {
     pub last_bus: u8,
     pub io: Window,
     pub mmio32: Window,
+    /// A second 32-bit range, for firmware that places ECAM inside the 32-bit hole and
+    /// allocates on both sides of it.
+    pub mmio32_above: Option<Window>,
     pub mmio64: Window,
     /// The ECAM window (MCFG) covering buses 0..=last_bus.
     pub ecam: Window,
@@ -44,6 +47,9 @@ impl PciHostBridgeAml {
     /// Validates the windows: 32-bit ones must lie below 4 GiB, I/O below 64 Ki.
     pub fn new(res: HostBridgeResources) -> Result<Self, AmlError> {
         check_32("32-bit MMIO", res.mmio32)?;
+        if let Some(w) = res.mmio32_above {
+            check_32("32-bit MMIO", w)?;
+        }
         check_32("ECAM", res.ecam)?;
         if u32::try_from(res.ecam.size).is_err() {
             return Err(AmlError::Window { what: "ECAM", base: res.ecam.base, size: res.ecam.size });
@@ -89,9 +95,18 @@ impl Aml for PciHostBridgeAml {
         let io = AddressSpace::<u16>::new_io(io_base, io_last, None);
         let mem32 =
             AddressSpace::<u32>::new_memory(AddressSpaceCacheable::NotCacheable, true, m32_base, m32_last, None);
+        let mem32_above = r.mmio32_above.map(|w| {
+            let (base, last) = (w.base as u32, w.last().unwrap_or(w.base) as u32);
+            AddressSpace::<u32>::new_memory(AddressSpaceCacheable::NotCacheable, true, base, last, None)
+        });
         let mem64 =
             AddressSpace::<u64>::new_memory(AddressSpaceCacheable::Cacheable, true, r.mmio64.base, m64_last, None);
-        let crs = aml::ResourceTemplate::new(vec![&bus, &cf8, &io, &mem32, &mem64]);
+        let mut resources: Vec<&dyn Aml> = vec![&bus, &cf8, &io, &mem32];
+        if let Some(m) = &mem32_above {
+            resources.push(m);
+        }
+        resources.push(&mem64);
+        let crs = aml::ResourceTemplate::new(resources);
         let prt = self.prt();
         let hid = aml::EISAName::new("PNP0A08");
         let cid = aml::EISAName::new("PNP0A03");
@@ -137,6 +152,7 @@ mod tests {
             last_bus: 3,
             io: Window { base: 0x1000, size: 0xf000 },
             mmio32: Window { base: 0xc000_0000, size: 0x2000_0000 },
+            mmio32_above: None,
             mmio64: Window { base: 1 << 32, size: 1 << 39 },
             ecam: Window { base: 0xe000_0000, size: 4 << 20 },
             intx: IntxRouting::new(16, 8).unwrap(),
@@ -171,10 +187,24 @@ mod tests {
     }
 
     #[test]
+    fn second_32bit_window() {
+        let mut r = res();
+        r.mmio32 = Window { base: 0x1000_0000, size: 0xa000_0000 };
+        r.mmio32_above = Some(Window { base: 0xc000_0000, size: 0x3ec0_0000 });
+        let mut bytes = Vec::new();
+        PciHostBridgeAml::new(r).unwrap().to_aml_bytes(&mut bytes);
+        assert!(find(&bytes, &[0x00, 0x00, 0x00, 0x10, 0xff, 0xff, 0xff, 0xaf]).is_some());
+        assert!(find(&bytes, &[0x00, 0x00, 0x00, 0xc0, 0xff, 0xff, 0xbf, 0xfe]).is_some());
+    }
+
+    #[test]
     fn invalid_windows_rejected() {
         let mut r = res();
         r.mmio32 = Window { base: 0xf000_0000, size: 0x2000_0000 };
         assert!(matches!(PciHostBridgeAml::new(r), Err(AmlError::Window { what: "32-bit MMIO", .. })));
+        let mut r = res();
+        r.mmio32_above = Some(Window { base: 0xfec0_0000, size: 0x1_0000_0000 });
+        assert!(PciHostBridgeAml::new(r).is_err());
         let mut r = res();
         r.io = Window { base: 0x1000, size: 0x10000 };
         assert!(PciHostBridgeAml::new(r).is_err());

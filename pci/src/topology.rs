@@ -212,6 +212,7 @@ impl PciTopology {
             last_bus: self.last_bus(),
             io: c.windows.io,
             mmio32: c.windows.mmio32,
+            mmio32_above: None,
             mmio64: c.windows.mmio64,
             ecam: c.ecam,
             intx: c.intx,

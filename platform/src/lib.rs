@@ -14,6 +14,7 @@
 //! guest asks for are returned as data (`pci::ConfigEffects::windows`,
 //! [`flash::FlashWrite`]). Every guest-input parser has a fuzz target (`platform/fuzz`).
 
+pub mod debugcon;
 pub mod flash;
 pub mod fw_cfg;
 pub mod q35;

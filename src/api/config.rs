@@ -86,7 +86,8 @@ pub fn vm_config(body: &VmConfigBody) -> Result<VmConfig, ApiError> {
         }
     }
     let cfg = VmConfig {
-        kernel: PathBuf::from(kernel),
+        kernel: Some(PathBuf::from(kernel)),
+        firmware: None,
         initramfs: initramfs.as_ref().map(PathBuf::from),
         kernel_cache: KernelCache::Default,
         cmdline: cmdline.clone().unwrap_or_else(|| DEFAULT_CMDLINE.into()),
@@ -115,7 +116,7 @@ pub fn vm_config_body(cfg: &VmConfig) -> VmConfigBody {
     let text = |p: &std::path::Path| p.display().to_string();
     VmConfigBody {
         payload: PayloadConfig {
-            kernel: text(&cfg.kernel),
+            kernel: cfg.kernel.as_deref().map(text).unwrap_or_default(),
             initramfs: cfg.initramfs.as_deref().map(text),
             cmdline: Some(cfg.cmdline.clone()),
         },

@@ -21,6 +21,7 @@ pub fn memory_map(ram_size: u64) -> Vec<E820Entry> {
         E820Entry { addr: layout::EBDA_START, size: layout::HIGH_RAM_START - layout::EBDA_START, kind: E820_RESERVED },
         E820Entry { addr: layout::HIGH_RAM_START, size: low_end - layout::HIGH_RAM_START, kind: E820_RAM },
         E820Entry { addr: layout::PCI_ECAM_START, size: layout::PCI_ECAM_SIZE, kind: E820_RESERVED },
+        E820Entry { addr: layout::KVM_IDENTITY_MAP_START, size: layout::KVM_PRIVATE_SIZE, kind: E820_RESERVED },
     ];
     for (addr, size) in layout::ram_regions(ram_size).into_iter().skip(1) {
         map.push(E820Entry { addr, size, kind: E820_RAM });

@@ -259,7 +259,8 @@ mod tests {
 
     #[test]
     fn garbage_kernel_is_a_clear_error() {
-        let ram = create_guest_memory(&MemoryConfig { size: 64 << 20, hugepages: false, shared: false }).unwrap();
+        let cfg = MemoryConfig { size: 64 << 20, hugepages: false, shared: false };
+        let ram = create_guest_memory(&cfg, &crate::layout::RamLayout::direct(cfg.size)).unwrap();
         let mem = &ram;
         let dir = std::env::temp_dir().join(format!("viaduct-kernel-test-{}", std::process::id()));
         std::fs::write(&dir, b"not a kernel at all, just some bytes").unwrap();

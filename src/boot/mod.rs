@@ -4,6 +4,8 @@
 pub mod acpi;
 pub mod cpu;
 pub mod e820;
+pub mod firmware;
+pub mod fw_cfg;
 pub mod kernel;
 pub mod reset_vector;
 mod sparse;

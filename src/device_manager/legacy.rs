@@ -33,12 +33,15 @@ pub struct LegacyDevices {
     pub ged: Arc<Mutex<Ged>>,
 }
 
-/// Builds COM1 (when `console` is given), i8042, CMOS, the ACPI sleep/reset port and the GED
-/// (the ACPI power button). The CMOS is passed in because it outlives a guest reset, like a battery-backed one.
+/// Builds COM1 (when `console` is given), i8042, CMOS, the GED (the ACPI power button) and
+/// (with `sleep_port`, for direct boot; firmware boot has the ICH9 PM block instead) the
+/// ACPI sleep/reset port. The CMOS is passed in because it outlives a guest reset, like a
+/// battery-backed one.
 pub fn build(
     stop: &Arc<StopNotifier>,
     console: Option<ConsoleOut>,
     cmos: Arc<Mutex<Cmos>>,
+    sleep_port: bool,
 ) -> Result<LegacyDevices, DeviceManagerError> {
     let mut devices = Vec::new();
     let serial = match console {
@@ -67,12 +70,14 @@ pub fn build(
     };
     devices.push(platform("i8042", Arc::new(Mutex::new(I8042::new(reset))), layout::I8042_PORT, layout::I8042_LEN));
     devices.push(platform("cmos", cmos, layout::CMOS_PORT, layout::CMOS_LEN));
-    devices.push(platform(
-        "acpi-pm",
-        Arc::new(Mutex::new(AcpiPm::new(stop.clone()))),
-        layout::ACPI_SLEEP_CONTROL_PORT,
-        1,
-    ));
+    if sleep_port {
+        devices.push(platform(
+            "acpi-pm",
+            Arc::new(Mutex::new(AcpiPm::new(stop.clone()))),
+            layout::ACPI_SLEEP_CONTROL_PORT,
+            1,
+        ));
+    }
     let ged_irq = EventFd::new(EFD_NONBLOCK).map_err(DeviceManagerError::CreateEventFd)?;
     let kvm_side = ged_irq.try_clone().map_err(DeviceManagerError::CreateEventFd)?;
     let ged = Arc::new(Mutex::new(Ged::new(ged_irq)));

@@ -15,6 +15,7 @@
 pub mod inventory;
 pub mod legacy;
 pub mod pci;
+pub mod q35;
 pub mod seams;
 pub mod testdev;
 #[cfg(test)]
@@ -80,6 +81,8 @@ pub enum DeviceManagerError {
     },
     #[error("PCI host bridge ACPI description: {0}")]
     PciAml(String),
+    #[error("firmware: {0}")]
+    Firmware(String),
     #[error(transparent)]
     Vfio(#[from] vfio::VfioManagerError),
     #[error(transparent)]
@@ -177,12 +180,14 @@ enum Entry {
 /// What the device manager is built from.
 pub struct DeviceManagerConfig {
     pub seams: VmSeams,
-    /// The 64-bit MMIO window ([`crate::layout::mmio64_window`]).
+    /// The 64-bit MMIO window ([`crate::layout::RamLayout::mmio64_window`]).
     pub mmio64: ::pci::bridge::Window,
     pub stop: Arc<StopNotifier>,
     /// Where COM1 writes; no COM1 without it.
     pub console: Option<ConsoleOut>,
     pub cmos: Arc<Mutex<Cmos>>,
+    /// The q35 chipset firmware boots on; `None`: direct kernel boot's platform.
+    pub chipset: Option<q35::Q35Chipset>,
 }
 
 /// Field order is drop order, after [`Drop`] detached every device: the VFIO container
@@ -205,6 +210,9 @@ pub struct DeviceManager {
     ged: Weak<Mutex<Ged>>,
     /// Where a device's fatal fault stops the VM (an assigned device's AER error).
     stop: Arc<StopNotifier>,
+    /// Firmware boot: the chipset registers behind its windows, and the firmware's memory.
+    chipset: Option<q35::Q35Chipset>,
+    firmware: Option<q35::FirmwareMemory>,
 }
 
 /// How long detach waits for a guest access in flight to let go of the device.
@@ -214,7 +222,7 @@ impl DeviceManager {
     /// The buses with the PCI segment and the legacy platform devices on them.
     pub fn new(cfg: DeviceManagerConfig) -> Result<Self, DeviceManagerError> {
         let buses = Arc::new(IoBuses { pio: Arc::new(::pci::Bus::new()), mmio: Arc::new(::pci::Bus::new()) });
-        let pci = pci::PciSegment::new(&buses, cfg.mmio64)?;
+        let pci = pci::PciSegment::new(&buses, cfg.mmio64, cfg.chipset.as_ref())?;
         pci.set_memory_slots(Box::new(seams::DeviceSlots::new(cfg.seams.memslots.clone())));
         let mut dm = Self {
             devices: BTreeMap::new(),
@@ -229,8 +237,22 @@ impl DeviceManager {
             serial: None,
             ged: Weak::new(),
             stop: cfg.stop.clone(),
+            chipset: None,
+            firmware: None,
         };
-        let legacy = legacy::build(&cfg.stop, cfg.console, cfg.cmos)?;
+        if let Some(c) = cfg.chipset {
+            // The LPC bridge sits where firmware looks for it: 00:1f.0.
+            let lpc = c.lpc_device();
+            let bdf = dm
+                .pci
+                .add_function(::platform::q35::LPC_SLOT, &lpc)
+                .map_err(|source| DeviceManagerError::Pci { what: "adding the LPC bridge", source })?;
+            let mut new = NewPciFunction::on_bus0(PciFunction::Emulated(lpc), Vec::new());
+            new.placed = Some(bdf);
+            dm.attach_pci(DeviceId::from("lpc"), new)?;
+            dm.chipset = Some(c);
+        }
+        let legacy = legacy::build(&cfg.stop, cfg.console, cfg.cmos, dm.chipset.is_none())?;
         dm.serial = legacy.serial.as_ref().map(Arc::downgrade);
         drop(legacy.serial);
         dm.ged = Arc::downgrade(&legacy.ged);
@@ -260,6 +282,59 @@ impl DeviceManager {
     /// `Device (PCI0)` and the ECAM reservation for the DSDT.
     pub fn pci_aml(&self) -> Result<::pci::aml::PciHostBridgeAml, DeviceManagerError> {
         self.pci.aml()
+    }
+
+    /// What describes the host bridge when firmware reads the ACPI tables.
+    pub fn pci_aml_source(&self) -> pci::AmlSource {
+        self.pci.aml_source()
+    }
+
+    /// The q35 chipset, on a VM booting through firmware.
+    pub fn chipset(&self) -> Option<&q35::Q35Chipset> {
+        self.chipset.as_ref()
+    }
+
+    /// Firmware boot: maps the firmware image and its variable flash, and puts fw_cfg and the
+    /// firmware's debug console on their ports.
+    pub fn attach_firmware(
+        &mut self,
+        files: &crate::boot::firmware::FirmwareFiles,
+        memory: &GuestMemory,
+        fw_cfg: ::platform::fw_cfg::FwCfg,
+    ) -> Result<(), DeviceManagerError> {
+        self.firmware = Some(q35::map_firmware(&self.seams.memslots, memory, &self.buses.mmio, files)?);
+        self.attach_platform(q35::fw_cfg_device(fw_cfg))?;
+        self.attach_platform(q35::debugcon_device())
+    }
+
+    /// Firmware boot order: the storage functions on bus 0 by slot (virtio disks before
+    /// assigned controllers), as QEMU-style OpenFirmware paths that SeaBIOS and OVMF both
+    /// match.
+    pub fn boot_order(&self) -> Vec<String> {
+        use ::platform::fw_cfg::items::{ofw_pci_path, OfwPciNode};
+        let mut virtio = Vec::new();
+        let mut assigned = Vec::new();
+        for (bdf, dev) in self.pci.endpoints() {
+            if bdf.bus() != 0 {
+                continue;
+            }
+            let Some((ids, class)) = ::pci::lock_function(&dev).map(|mut d| (d.read_config(0), d.read_config(2) >> 8))
+            else {
+                continue;
+            };
+            if class >> 16 != 0x01 {
+                continue;
+            }
+            let node = |name| OfwPciNode { name, slot: bdf.device(), function: bdf.function() };
+            match (ids, class >> 8) {
+                // virtio-blk: "scsi" is QEMU's name for it, and what OVMF translates.
+                (0x1042_1af4, _) => virtio.push(ofw_pci_path(&[node("scsi")], "disk@0,0")),
+                (_, 0x0108) => assigned.push(ofw_pci_path(&[node("nvme")], "namespace@1,0")),
+                _ => assigned.push(ofw_pci_path(&[OfwPciNode::for_class(class, bdf.device(), bdf.function())], "")),
+            }
+        }
+        virtio.extend(assigned);
+        virtio
     }
 
     fn claim(&mut self, id: &DeviceId) -> Result<(), DeviceManagerError> {
@@ -439,6 +514,7 @@ impl DeviceManager {
             }
         }
         self.vfio.take();
+        self.firmware.take();
     }
 }
 

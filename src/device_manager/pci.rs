@@ -6,7 +6,7 @@
 //! buses refer to the root weakly, and the root and the BAR slots refer to functions weakly:
 //! the device manager owns the functions.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use pci::aml::{HostBridgeResources, PciHostBridgeAml};
 use pci::bridge::Window;
@@ -16,6 +16,7 @@ use pci::{
     SharedPciDevice,
 };
 
+use super::q35::{ChipsetWindows, Q35Chipset};
 use super::DeviceManagerError;
 use crate::layout;
 use crate::resources;
@@ -53,28 +54,56 @@ pub struct PciSegment {
 }
 
 impl PciSegment {
-    pub fn new(buses: &IoBuses, mmio64: Window) -> Result<Self, DeviceManagerError> {
+    /// The segment with our generic host bridge and ECAM at its fixed place, or with the q35
+    /// chipset's host bridge (`chipset`), whose ECAM appears where firmware programs it.
+    pub fn new(buses: &IoBuses, mmio64: Window, chipset: Option<&Q35Chipset>) -> Result<Self, DeviceManagerError> {
         let relocator = Arc::new(Mutex::new(BusRelocator::new(buses.mmio.clone(), buses.pio.clone())));
-        let root = PciRoot::new(0, Box::new(SharedRelocator(relocator.clone())))
-            .map_err(|source| DeviceManagerError::Pci { what: "creating the root complex", source })?;
-        let root = Arc::new(Mutex::new(root));
         let insert = |bus: &pci::Bus, what: &'static str, dev: Arc<dyn pci::BusAccess>, base: u64, len: u64| {
             bus.insert(dev, base, len).map_err(|source| DeviceManagerError::InsertDevice { what, base, source })
         };
-        insert(
-            &buses.pio,
-            "PCI config ports",
-            Arc::new(PciConfigIo::new(&root)),
-            layout::PCI_CONFIG_IO_PORT,
-            layout::PCI_CONFIG_IO_LEN,
-        )?;
-        insert(
-            &buses.mmio,
-            "PCI ECAM",
-            Arc::new(PciConfigMmio::new(&root)),
-            layout::PCI_ECAM_START,
-            layout::PCI_ECAM_SIZE,
-        )?;
+        let root = match chipset {
+            None => {
+                let root = PciRoot::new(0, Box::new(SharedRelocator(relocator.clone())))
+                    .map_err(|source| DeviceManagerError::Pci { what: "creating the root complex", source })?;
+                let root = Arc::new(Mutex::new(root));
+                insert(
+                    &buses.pio,
+                    "PCI config ports",
+                    Arc::new(PciConfigIo::new(&root)),
+                    layout::PCI_CONFIG_IO_PORT,
+                    layout::PCI_CONFIG_IO_LEN,
+                )?;
+                insert(
+                    &buses.mmio,
+                    "PCI ECAM",
+                    Arc::new(PciConfigMmio::new(&root)),
+                    layout::PCI_ECAM_START,
+                    layout::PCI_ECAM_SIZE,
+                )?;
+                root
+            }
+            Some(c) => {
+                let ecam = Arc::new(OnceLock::new());
+                let windows = ChipsetWindows {
+                    relocator: relocator.clone(),
+                    mmio: buses.mmio.clone(),
+                    pio: buses.pio.clone(),
+                    ecam: ecam.clone(),
+                    pm: Arc::downgrade(&c.pm_access()),
+                };
+                let root = PciRoot::with_host_bridge(0, Box::new(windows), c.mch_device());
+                let root = Arc::new(Mutex::new(root));
+                let _ = ecam.set(Arc::new(PciConfigMmio::new(&root)) as Arc<dyn pci::BusAccess>);
+                insert(
+                    &buses.pio,
+                    "PCI config ports and reset control",
+                    Arc::new(PciConfigIo::with_port_cf9(&root, &c.reset_access())),
+                    layout::PCI_CONFIG_IO_PORT,
+                    layout::PCI_CONFIG_IO_LEN,
+                )?;
+                root
+            }
+        };
         let intx =
             IntxRouting::new(resources::INTX_GSI_FIRST, resources::INTX_GSI_LAST - resources::INTX_GSI_FIRST + 1)
                 .map_err(|e| DeviceManagerError::PciAml(e.to_string()))?;
@@ -86,6 +115,7 @@ impl PciSegment {
                 size: u64::from(layout::PCI_IO_END - layout::PCI_IO_START) + 1,
             },
             mmio32: Window { base: layout::PCI_MMIO32_START, size: layout::PCI_MMIO32_SIZE },
+            mmio32_above: None,
             mmio64,
             ecam: Window { base: layout::PCI_ECAM_START, size: layout::PCI_ECAM_SIZE },
             intx,
@@ -108,13 +138,19 @@ impl PciSegment {
     /// testbed (QEMU's q35 advertises 0-255 and pays 3.2 s). Buses never appear later (no
     /// hotplug), and Linux keeps bridges' buses inside the host bridge's range; a guest that
     /// renumbers past it still reaches them through 0xCF8 and the (full-size) ECAM window.
-    fn last_bus(&self) -> u8 {
+    pub fn last_bus(&self) -> u8 {
         lock(&self.root).last_bus()
     }
 
     /// The GSI the DSDT's `_PRT` gives INTx `pin` of the bus-0 function `bdf`.
     pub fn intx_gsi(&self, bdf: Bdf, pin: IntxPin) -> u32 {
         self.intx.slot_gsi(bdf.device(), pin)
+    }
+
+    /// What describes the host bridge later (firmware boot: when the firmware reads the
+    /// tables).
+    pub fn aml_source(&self) -> AmlSource {
+        AmlSource { root: Arc::downgrade(&self.root), res: self.res }
     }
 
     /// `Device (PCI0)` (with `_CRS`, `_PRT`) and the ECAM reservation, for `\_SB`, for
@@ -127,6 +163,16 @@ impl PciSegment {
             ..self.res
         };
         PciHostBridgeAml::new(res).map_err(|e| DeviceManagerError::PciAml(e.to_string()))
+    }
+
+    /// Puts a function without BARs (a chipset function) at 00:`slot`.0.
+    pub fn add_function(&mut self, slot: u8, device: &SharedPciDevice) -> Result<Bdf, pci::RootError> {
+        lock(&self.root).add_device(slot, 0, device)
+    }
+
+    /// Every function but the host bridge and root ports, at its current address.
+    pub fn endpoints(&self) -> Vec<(Bdf, SharedPciDevice)> {
+        lock(&self.root).endpoints()
     }
 
     /// Puts `device` in the lowest free slot on bus 0 and maps its BARs where they are
@@ -154,5 +200,33 @@ impl PciSegment {
     pub fn detach_function(&mut self, device: &SharedPciDevice) -> Option<Bdf> {
         lock(&self.relocator).detach(device);
         lock(&self.root).remove_device(device)
+    }
+}
+
+/// The host bridge's description, made when the firmware reads the ACPI tables.
+pub struct AmlSource {
+    root: std::sync::Weak<Mutex<PciRoot>>,
+    res: HostBridgeResources,
+}
+
+impl AmlSource {
+    /// ECAM where the firmware put it (if it has), and the 32-bit windows it may allocate
+    /// from (one or two, around the ECAM).
+    pub fn firmware_aml(
+        &self,
+        ecam: Option<Window>,
+        mmio32: &[Window],
+    ) -> Result<PciHostBridgeAml, DeviceManagerError> {
+        let last_bus = self.root.upgrade().map_or(0, |r| lock(&r).last_bus());
+        let ecam_base = ecam.map_or(layout::FIRMWARE_LOW_RAM_MAX, |e| e.base);
+        let fallback = Window { base: layout::FIRMWARE_MMIO32_END - (1 << 20), size: 1 << 20 };
+        let res = HostBridgeResources {
+            last_bus,
+            ecam: Window { base: ecam_base, size: (u64::from(last_bus) + 1) << 20 },
+            mmio32: mmio32.first().copied().unwrap_or(fallback),
+            mmio32_above: mmio32.get(1).copied(),
+            ..self.res
+        };
+        PciHostBridgeAml::new(res).map_err(|e| DeviceManagerError::PciAml(e.to_string()))
     }
 }

@@ -20,10 +20,11 @@ pub(crate) fn test_dm() -> (DeviceManager, FakeVm) {
     let vm = FakeVm::new();
     let dm = DeviceManager::new(DeviceManagerConfig {
         seams: vm.seams(),
-        mmio64: crate::layout::mmio64_window(512 << 20, 40),
+        mmio64: crate::layout::RamLayout::direct(512 << 20).mmio64_window(40),
         stop: StopNotifier::new().unwrap(),
         console: Some(Box::new(std::io::sink())),
         cmos: Arc::new(Mutex::new(Cmos::new())),
+        chipset: None,
     })
     .unwrap();
     (dm, vm)
@@ -289,4 +290,117 @@ fn a_virtio_reset_completes_only_once_the_io_thread_has_ended() {
     // The write returned without joining the thread; the driver polls for 0.
     eventually("device_status 0", || status(&dm) == 0);
     assert!(!thread_names().iter().any(|n| n == "virtio-lcrng4"), "0 only once the thread has ended");
+}
+
+/// A device manager on the q35 platform (firmware boot), over fake KVM seams.
+fn q35_dm() -> (DeviceManager, FakeVm, Arc<StopNotifier>) {
+    let vm = FakeVm::new();
+    let stop = StopNotifier::new().unwrap();
+    let dm = DeviceManager::new(DeviceManagerConfig {
+        seams: vm.seams(),
+        mmio64: crate::layout::RamLayout::firmware(512 << 20).mmio64_window(40),
+        stop: stop.clone(),
+        console: Some(Box::new(std::io::sink())),
+        cmos: Arc::new(Mutex::new(Cmos::new())),
+        chipset: Some(super::q35::Q35Chipset::new(&stop)),
+    })
+    .unwrap();
+    (dm, vm, stop)
+}
+
+/// Config access through 0xCF8/0xCFC, as firmware does before ECAM exists.
+fn cf8_write(dm: &DeviceManager, bdf: Bdf, off: u32, data: &[u8]) {
+    let addr = 0x8000_0000 | u32::from(bdf.bus()) << 16 | u32::from(bdf.devfn()) << 8 | (off & 0xfc);
+    assert!(dm.buses.pio.write(0xcf8, &addr.to_le_bytes()));
+    assert!(dm.buses.pio.write(0xcfc + u64::from(off & 3), data));
+}
+
+fn cf8_read(dm: &DeviceManager, bdf: Bdf, off: u32) -> u32 {
+    let addr = 0x8000_0000 | u32::from(bdf.bus()) << 16 | u32::from(bdf.devfn()) << 8 | (off & 0xfc);
+    assert!(dm.buses.pio.write(0xcf8, &addr.to_le_bytes()));
+    let mut b = [0u8; 4];
+    assert!(dm.buses.pio.read(0xcfc, &mut b));
+    u32::from_le_bytes(b)
+}
+
+#[test]
+fn q35_chipset_windows_follow_the_firmware() {
+    let (dm, _vm, stop) = q35_dm();
+    let (mch, lpc): (Bdf, Bdf) = ("00:00.0".parse().unwrap(), "00:1f.0".parse().unwrap());
+    assert_eq!(cf8_read(&dm, mch, 0), 0x29c0_8086);
+    assert_eq!(cf8_read(&dm, lpc, 0), 0x2918_8086);
+    // No ECAM and no direct-boot sleep port until the firmware places them.
+    let mut b = [0u8; 4];
+    assert!(!dm.buses.mmio.read(0xb000_0000, &mut b));
+    assert!(!dm.buses.mmio.read(crate::layout::PCI_ECAM_START, &mut b));
+    assert!(!dm.buses.pio.read(0x600, &mut b[..1]));
+    // SeaBIOS's sequence: PCIEXBAR, then PMBASE and ACPI_EN.
+    cf8_write(&dm, mch, 0x60, &0u32.to_le_bytes());
+    cf8_write(&dm, mch, 0x64, &0u32.to_le_bytes());
+    cf8_write(&dm, mch, 0x60, &0xb000_0001u32.to_le_bytes());
+    assert!(dm.buses.mmio.read(0xb000_0000 + lpc.ecam_offset(), &mut b));
+    assert_eq!(u32::from_le_bytes(b), 0x2918_8086, "ECAM at 0xb0000000 reaches 00:1f.0");
+    cf8_write(&dm, lpc, 0x40, &0x601u32.to_le_bytes());
+    cf8_write(&dm, lpc, 0x44, &[0x80]);
+    let t0 = {
+        assert!(dm.buses.pio.read(0x608, &mut b));
+        u32::from_le_bytes(b)
+    };
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    assert!(dm.buses.pio.read(0x608, &mut b));
+    assert!(u32::from_le_bytes(b) > t0, "the PM timer at PMBASE + 8 runs");
+    // The chipset reports where it put them (the ACPI tables describe that).
+    let c = dm.chipset().unwrap();
+    assert_eq!((c.ecam().map(|w| w.base), c.pm_base()), (Some(0xb000_0000), Some(0x600)));
+    // Moving ECAM removes the old window.
+    cf8_write(&dm, mch, 0x60, &0xc000_0001u32.to_le_bytes());
+    assert!(!dm.buses.mmio.read(0xb000_0000, &mut b));
+    assert!(dm.buses.mmio.read(0xc000_0000, &mut b));
+    // Reset through 0xCF9, poweroff through PM1_CNT.
+    assert_eq!(stop.reason(), None);
+    assert!(dm.buses.pio.write(0xcf9, &[0x06]));
+    assert_eq!(stop.reason(), Some(StopReason::Reset));
+}
+
+#[test]
+fn firmware_image_and_flash_are_memory_slots() {
+    use crate::boot::firmware::{FirmwareFiles, FirmwareKind};
+    let (mut dm, vm, _stop) = q35_dm();
+    let dir = std::env::temp_dir().join(format!("viaduct-dm-fw-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let vars_path = dir.join("vars.fd");
+    std::fs::write(&vars_path, vec![0xffu8; 0x20000]).unwrap();
+    let vars = std::fs::OpenOptions::new().read(true).write(true).open(&vars_path).unwrap();
+    let files = FirmwareFiles {
+        code: vec![0x90; 0x1e0000],
+        code_path: "OVMF_CODE.fd".into(),
+        kind: FirmwareKind::Uefi,
+        vars: Some((vars_path.clone(), vars, 0x20000)),
+    };
+    let mem = memory();
+    let fw_cfg = platform::fw_cfg::FwCfgBuilder::new().build(Arc::new(crate::boot::fw_cfg::GuestDma(mem.clone())));
+    dm.attach_firmware(&files, &mem, fw_cfg).unwrap();
+    let slots: Vec<(u64, u64, bool)> =
+        vm.memslots.live.lock().unwrap().values().map(|s| (s.guest_addr, s.size, s.read_only)).collect();
+    assert!(slots.contains(&(0xffe2_0000, 0x1e0000, true)), "code: {slots:x?}");
+    assert!(slots.contains(&(0xffe0_0000, 0x20000, true)), "vars array: {slots:x?}");
+    // The flash probe: read status unmaps the array (reads then come to the device).
+    assert!(dm.buses.mmio.write(0xffe0_0010, &[0x70]));
+    assert_eq!(vm.memslots.live.lock().unwrap().len(), 1);
+    let mut b = [0u8; 1];
+    assert!(dm.buses.mmio.read(0xffe0_0010, &mut b));
+    assert_eq!(b[0], 0x80, "status: ready");
+    // A programmed byte lands in the vars file.
+    assert!(dm.buses.mmio.write(0xffe0_0100, &[0x10]));
+    assert!(dm.buses.mmio.write(0xffe0_0100, &[0x42]));
+    assert!(dm.buses.mmio.write(0xffe0_0100, &[0xff]));
+    assert_eq!(vm.memslots.live.lock().unwrap().len(), 2, "array mapped again");
+    // fw_cfg and the debug console are on their ports.
+    assert!(dm.buses.pio.read(0x402, &mut b));
+    assert_eq!(b[0], 0xe9);
+    dm.shutdown();
+    drop(dm);
+    assert!(vm.memslots.live.lock().unwrap().is_empty(), "the VM's end removes the firmware's slots");
+    assert_eq!(std::fs::read(&vars_path).unwrap()[0x100], 0x42);
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -16,6 +16,13 @@ const REG_B: u8 = 0x0b;
 const REG_C: u8 = 0x0c;
 const REG_D: u8 = 0x0d;
 const REG_CENTURY: u8 = 0x32;
+// Memory size registers, as PC BIOSes (SeaBIOS, OVMF's fallback without fw_cfg) read them.
+const REG_BASE_MEM_KIB: u8 = 0x15;
+const REG_EXT_MEM_KIB: u8 = 0x17;
+const REG_EXT_MEM_KIB_COPY: u8 = 0x30;
+const REG_MEM_ABOVE_16M_64K: u8 = 0x34;
+const REG_MEM_ABOVE_4G_64K: u8 = 0x5b;
+const REG_CPU_COUNT_MINUS_1: u8 = 0x5f;
 
 /// Register A: 32.768 kHz time base, 1024 Hz rate; update-in-progress never set.
 const REG_A_DEFAULT: u8 = 0x26;
@@ -116,6 +123,32 @@ impl Cmos {
         nvram[REG_B as usize] = REG_B_24_HOUR;
         nvram[REG_D as usize] = REG_D_VRT;
         Self { index: 0, nvram, offset: 0, now }
+    }
+
+    /// Fills in the memory size registers the way QEMU's PC does: conventional memory (KiB,
+    /// at most 640), memory from 1 MiB up (KiB, at most 64 MiB), memory from 16 MiB to the
+    /// end of RAM below 4 GiB (64 KiB units) and memory above 4 GiB (64 KiB units, 24 bits).
+    pub fn set_memory_size(&mut self, below_4g: u64, above_4g: u64) {
+        let base = (below_4g >> 10).min(640);
+        let ext = (below_4g.saturating_sub(1 << 20) >> 10).min(0xffff);
+        let above_16m = (below_4g.saturating_sub(16 << 20) >> 16).min(0xffff);
+        let above_4g = (above_4g >> 16).min(0xff_ffff);
+        self.set_le(REG_BASE_MEM_KIB, base, 2);
+        self.set_le(REG_EXT_MEM_KIB, ext, 2);
+        self.set_le(REG_EXT_MEM_KIB_COPY, ext, 2);
+        self.set_le(REG_MEM_ABOVE_16M_64K, above_16m, 2);
+        self.set_le(REG_MEM_ABOVE_4G_64K, above_4g, 3);
+    }
+
+    /// SeaBIOS also takes the CPU count from here (the larger of this and fw_cfg's).
+    pub fn set_cpu_count(&mut self, vcpus: u8) {
+        self.nvram[REG_CPU_COUNT_MINUS_1 as usize] = vcpus.saturating_sub(1);
+    }
+
+    fn set_le(&mut self, reg: u8, value: u64, bytes: usize) {
+        for i in 0..bytes {
+            self.nvram[reg as usize + i] = (value >> (8 * i)) as u8;
+        }
     }
 
     fn binary(&self) -> bool {
@@ -293,6 +326,25 @@ mod tests {
         assert_eq!(read(&mut c, REG_CENTURY), 0x20);
         assert_eq!(read(&mut c, REG_D), REG_D_VRT);
         assert_eq!(read(&mut c, REG_A) & 0x80, 0, "update in progress must stay clear");
+    }
+
+    #[test]
+    fn memory_size_registers() {
+        let mut c = Cmos::with_clock(|| NOW);
+        c.set_memory_size(0x8000_0000, 6 << 30);
+        c.set_cpu_count(4);
+        let word = |c: &mut Cmos, r: u8| u32::from(read(c, r)) | (u32::from(read(c, r + 1)) << 8);
+        assert_eq!(word(&mut c, 0x15), 640);
+        assert_eq!(word(&mut c, 0x17), 0xffff);
+        assert_eq!(word(&mut c, 0x30), 0xffff);
+        // (2 GiB - 16 MiB) / 64 KiB, as OVMF and SeaBIOS read it back (+ 16 MiB).
+        assert_eq!(word(&mut c, 0x34), (0x8000_0000 - (16 << 20)) >> 16);
+        let high = word(&mut c, 0x5b) | (u32::from(read(&mut c, 0x5d)) << 16);
+        assert_eq!(u64::from(high) << 16, 6 << 30);
+        assert_eq!(read(&mut c, 0x5f), 3);
+        // A small guest: 8 MiB.
+        c.set_memory_size(8 << 20, 0);
+        assert_eq!((word(&mut c, 0x17), word(&mut c, 0x34), read(&mut c, 0x5b)), (7 << 10, 0, 0));
     }
 
     #[test]

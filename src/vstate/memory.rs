@@ -209,7 +209,7 @@ fn map_aligned(size: usize, file: Option<(&File, u64)>, addr: u64) -> Result<Hos
 
 /// Allocates and maps guest RAM. With `hugepages` or `shared`, RAM is a memfd mapped
 /// MAP_SHARED (so another process, e.g. a vhost-user backend, can map it too).
-pub fn create_guest_memory(cfg: &MemoryConfig) -> Result<GuestMemory, MemoryError> {
+pub fn create_guest_memory(cfg: &MemoryConfig, ram: &layout::RamLayout) -> Result<GuestMemory, MemoryError> {
     if cfg.hugepages {
         if cfg.size % HUGEPAGE_SIZE != 0 {
             return Err(MemoryError::HugepageAlignment { size: cfg.size });
@@ -224,7 +224,7 @@ pub fn create_guest_memory(cfg: &MemoryConfig) -> Result<GuestMemory, MemoryErro
     let mut regions = Vec::new();
     let mut mappings = Vec::new();
     let mut file_offset = 0u64;
-    for (addr, size) in layout::ram_regions(cfg.size) {
+    for (addr, size) in ram.regions() {
         let mapping = map_aligned(size as usize, memfd.as_deref().map(|f| (f, file_offset)), addr)?;
         let builder = MmapRegionBuilder::new(size as usize)
             .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
@@ -262,7 +262,7 @@ mod tests {
     fn anonymous_and_shared_memory_are_usable() {
         for shared in [false, true] {
             let cfg = MemoryConfig { size: 64 << 20, hugepages: false, shared };
-            let mem = create_guest_memory(&cfg).unwrap();
+            let mem = create_guest_memory(&cfg, &layout::RamLayout::direct(cfg.size)).unwrap();
             assert_eq!(mem.num_regions(), 1);
             let host = mem.get_host_address(GuestAddress(0)).unwrap() as usize;
             assert_eq!(host % HOST_ALIGN, 0, "guest RAM must be 2 MiB aligned on the host");
@@ -281,7 +281,7 @@ mod tests {
     #[test]
     fn ram_stays_mapped_while_any_clone_lives() {
         let cfg = MemoryConfig { size: 16 << 20, hugepages: false, shared: true };
-        let mem = create_guest_memory(&cfg).unwrap();
+        let mem = create_guest_memory(&cfg, &layout::RamLayout::direct(cfg.size)).unwrap();
         let host = mem.get_host_address(GuestAddress(0)).unwrap() as usize;
         let worker_copy = mem.clone();
         drop(mem);
@@ -297,13 +297,16 @@ mod tests {
     #[test]
     fn hugepages_shortage_is_a_clear_error() {
         let cfg = MemoryConfig { size: 1 << 40, hugepages: true, shared: false };
-        match create_guest_memory(&cfg) {
+        match create_guest_memory(&cfg, &layout::RamLayout::direct(cfg.size)) {
             Err(MemoryError::HugepagesExhausted { needed, .. }) => assert_eq!(needed, 1 << 19),
             Err(MemoryError::HugepagesUnavailable(_)) => {}
             Err(other) => panic!("unexpected {other:?}"),
             Ok(_) => panic!("1 TiB of huge pages should not be free"),
         }
         let cfg = MemoryConfig { size: (64 << 20) + 4096, hugepages: true, shared: false };
-        assert!(matches!(create_guest_memory(&cfg), Err(MemoryError::HugepageAlignment { .. })));
+        assert!(matches!(
+            create_guest_memory(&cfg, &layout::RamLayout::direct(cfg.size)),
+            Err(MemoryError::HugepageAlignment { .. })
+        ));
     }
 }

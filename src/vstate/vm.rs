@@ -8,10 +8,12 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
 use super::kvm::KvmSystem;
 use super::memory::GuestMemory;
+use crate::layout;
 
-/// Three pages below the IOAPIC that KVM needs for the real-mode TSS on Intel; harmless on AMD.
-const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
-const KVM_IDENTITY_MAP_ADDRESS: u64 = 0xfffb_c000;
+/// The pages KVM needs for the real-mode TSS and identity map on Intel (harmless on AMD);
+/// see `layout::KVM_IDENTITY_MAP_START`: below a firmware image at the top of 4 GiB.
+const KVM_TSS_ADDRESS: usize = layout::KVM_TSS_START as usize;
+const KVM_IDENTITY_MAP_ADDRESS: u64 = layout::KVM_IDENTITY_MAP_START;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
