@@ -211,6 +211,17 @@ tb_nvme_ctrl() {
     ls "/sys/bus/pci/devices/$1/nvme" | head -n1
 }
 
+# tb_nvme_by_serial SERIAL: the BDF of the NVMe controller (on level 1's nvme driver) whose
+# serial number is SERIAL, e.g. the firmware test disks' fwmbr001 / fwgpt001.
+tb_nvme_by_serial() {
+    local c
+    for c in /sys/class/nvme/nvme*; do
+        [ -e "$c/serial" ] || continue
+        [ "$(tr -d ' ' <"$c/serial")" = "$1" ] && basename "$(readlink -f "$c/device")" && return 0
+    done
+    return 1
+}
+
 # tb_nvme_sriov_vf: the testbed.md recipe: give secondary controller 1 of the SR-IOV NVMe
 # 2 flexible queues and 1 interrupt, create VF 0000:03:00.1 (no driver) and bring the
 # secondary controller online. Prints the VF's BDF.

@@ -122,3 +122,26 @@ l1_qemu_archive() {
     fi
     echo "$out"
 }
+
+# The firmware files viaduct's --firmware scenarios use, at their Debian paths, cached.
+FW_FILES="/usr/share/seabios/bios-256k.bin /usr/share/qemu/linuxboot_dma.bin /usr/share/ovmf/OVMF.fd
+/usr/share/OVMF/OVMF_CODE_4M.fd /usr/share/OVMF/OVMF_VARS_4M.fd /usr/share/OVMF/OVMF_CODE_4M.secboot.fd"
+
+# l1_firmware_archive: prints the path of the cached firmware archive, building it if needed.
+l1_firmware_archive() {
+    local h out d f
+    for f in $FW_FILES; do [ -e "$f" ] || die "$f missing: run tools/testbed/setup"; done
+    # shellcheck disable=SC2086 # a list of paths
+    h=$(inputs_hash "$TB_ROOT/lib/initramfs.sh" $FW_FILES)
+    out="$TB_CACHE/initramfs/l1-firmware-$h.cpio"
+    if [ ! -f "$out" ]; then
+        log "building the L1 firmware archive ($h)"
+        mkdir -p "$TB_CACHE/initramfs"
+        rm -f "$TB_CACHE"/initramfs/l1-firmware-*.cpio
+        d=$(mktemp -d)
+        for f in $FW_FILES; do copy_file "$f" "$d"; done
+        make_cpio "$d" "$out"
+        rm -rf "$d"
+    fi
+    echo "$out"
+}
