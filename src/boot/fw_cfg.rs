@@ -140,3 +140,90 @@ pub fn random_uuid() -> [u8; 16] {
     u[8] = (u[8] & 0x3f) | 0x80;
     u
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use pci::BusDevice;
+    use platform::fw_cfg::keys;
+
+    use super::*;
+    use crate::boot::acpi::{AcpiConfig, PmRegisters};
+
+    fn read(fw: &mut FwCfg, key: u16, len: usize) -> Vec<u8> {
+        fw.write(0, &key.to_le_bytes());
+        let mut out = vec![0u8; len];
+        for b in out.iter_mut() {
+            fw.read(1, std::slice::from_mut(b));
+        }
+        out
+    }
+
+    /// Name -> (key, size) from the directory, as firmware reads it.
+    fn directory(fw: &mut FwCfg) -> Vec<(String, u16, usize)> {
+        let count = u32::from_be_bytes(read(fw, keys::FILE_DIR, 4).try_into().unwrap()) as usize;
+        let dir = read(fw, keys::FILE_DIR, 4 + 64 * count);
+        dir[4..]
+            .chunks(64)
+            .map(|e| {
+                let name = String::from_utf8_lossy(&e[8..]).trim_end_matches('\0').to_string();
+                (name, u16::from_be_bytes([e[4], e[5]]), u32::from_be_bytes(e[..4].try_into().unwrap()) as usize)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn machine_kernel_and_acpi_items() {
+        let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let builds = Arc::new(AtomicU32::new(0));
+        let b = builds.clone();
+        let acpi = move || {
+            let n = b.fetch_add(1, Ordering::SeqCst);
+            acpi::build(&AcpiConfig {
+                vcpus: 2,
+                pci_last_bus: 0,
+                // The second build sees where the firmware put ECAM.
+                ecam_base: if n == 0 { layout::FIRMWARE_LOW_RAM_MAX } else { 0xe000_0000 },
+                pm: PmRegisters::Ich9 { pm_base: 0x600 },
+                sb_aml: &[],
+            })
+        };
+        let boot = FirmwareBoot {
+            vcpus: 2,
+            ram: RamLayout::firmware(256 << 20),
+            cpuid_1: (0x800f12, 0x178bfbff),
+            uuid: [9; 16],
+            boot_order: vec!["/pci@i0cf8/scsi@1/disk@0,0".into()],
+            kernel: None,
+            linuxboot_rom: Some(vec![0x55, 0xaa]),
+        };
+        let mut fw = build(&boot, &mem, acpi).unwrap();
+        assert_eq!(builds.load(Ordering::SeqCst), 1, "one build for the sizes");
+        let dir = directory(&mut fw);
+        let names: Vec<&str> = dir.iter().map(|d| d.0.as_str()).collect();
+        for want in [
+            "bootorder",
+            "etc/acpi/rsdp",
+            "etc/acpi/tables",
+            "etc/e820",
+            "etc/smbios/smbios-anchor",
+            "etc/table-loader",
+        ] {
+            assert!(names.contains(&want), "{want} missing from {names:?}");
+        }
+        assert!(!names.contains(&LINUXBOOT_FILE), "no option ROM without a kernel");
+        let (_, key, size) = dir.iter().find(|d| d.0 == "etc/acpi/tables").unwrap().clone();
+        assert_eq!(size % 4096, 0, "padded to leave room for the final build");
+        // The first read of an ACPI file builds the final tables: MCFG now at 0xe0000000.
+        let tables = read(&mut fw, key, size);
+        assert_eq!(builds.load(Ordering::SeqCst), 2);
+        let base = 0xe000_0000u64.to_le_bytes();
+        assert!(tables.windows(8).any(|w| w == base), "MCFG base from the final build");
+        read(&mut fw, key, 16);
+        assert_eq!(builds.load(Ordering::SeqCst), 2, "built once");
+        let (_, rsdp, _) = dir.iter().find(|d| d.0 == "etc/acpi/rsdp").unwrap().clone();
+        assert_eq!(&read(&mut fw, rsdp, 8), b"RSD PTR ");
+        assert_eq!(read(&mut fw, keys::NB_CPUS, 2), [2, 0]);
+    }
+}

@@ -1,0 +1,33 @@
+# tb-description: experiment (not in the suite): OVMF in level 2 (QEMU and viaduct) booting the GPT/GRUB test disk from virtio-blk; level 0's QEMU may abort (see docs/firmware.md)
+# tb-timeout: 900
+# tb-needs: qemu firmware
+# tb-devices: fw-disks
+# Run: tools/testbed/run --script tools/testbed/experiments/ovmf-boot.sh [--env OVMF_KVM_AMD="npt=0"]
+# With TB_L0_ACCEL=tcg,thread=single on level 0, and OVMF_KVM_AMD for the options level 1's
+# kvm_amd is reloaded with. An abort of level 0's QEMU (tcg_handle_interrupt: assertion
+# failed: (bql_locked())) ends level 1 mid-run: the console then shows how far it got.
+if [ -n "${OVMF_KVM_AMD:-}" ]; then
+    # shellcheck disable=SC2086 # options are split on purpose
+    { rmmod kvm_amd && modprobe kvm_amd $OVMF_KVM_AMD; } && tb_check kvm-amd-options pass "$OVMF_KVM_AMD" ||
+        tb_check kvm-amd-options fail "reloading kvm_amd with $OVMF_KVM_AMD failed"
+    tb_value kvm_amd_params "$(grep -H . /sys/module/kvm_amd/parameters/* 2>/dev/null | sed 's|.*/||' | tr '\n' ' ')"
+fi
+gpt=$(tb_nvme_by_serial fwgpt001) || { tb_check gpt-disk fail "no NVMe with serial fwgpt001"; exit 0; }
+dev=/dev/$(tb_nvme_ctrl "$gpt")n1
+tb_value gpt_dev "$dev"
+echo 'g_check unexpected fail "the disk guest script runs from the disk"' >/tmp/fw-unused.sh
+cp /usr/share/OVMF/OVMF_VARS_4M.fd /tmp/ovmf-vars-qemu.fd
+case " ${OVMF_VMMS:-qemu viaduct} " in *" qemu "*)
+    tb_run_l2 ovmf-qemu 400 /tmp/fw-unused.sh -- qemu-system-x86_64 -M q35 -accel kvm -cpu host -m 512M \
+        -smp 1 -nodefaults -display none -no-reboot -serial stdio \
+        -drive if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd \
+        -drive if=pflash,format=raw,file=/tmp/ovmf-vars-qemu.fd \
+        -drive file="$dev",if=virtio,format=raw,readonly=on ;;
+esac
+case " ${OVMF_VMMS:-qemu viaduct} " in *" viaduct "*)
+    rm -f /tmp/ovmf-vars-viaduct.fd
+    tb_run_l2 ovmf-viaduct 400 /tmp/fw-unused.sh -- viaduct \
+        --firmware code=/usr/share/OVMF/OVMF_CODE_4M.fd,vars=/tmp/ovmf-vars-viaduct.fd \
+        --memory 512M --disk path="$dev",readonly=on --log-level info ;;
+esac
+true
