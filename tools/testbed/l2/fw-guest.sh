@@ -22,7 +22,9 @@ g_value lpc_bridge "$(cat /sys/bus/pci/devices/0000:00:1f.0/vendor 2>/dev/null):
 g_value acpi_tables "$(ls /sys/firmware/acpi/tables 2>/dev/null | tr '\n' ' ')"
 g_value mmconfig "$(dmesg | grep -m1 'MMCONFIG for domain' | sed 's/^\[[^]]*\] //')"
 g_value pci_crs "$(dmesg | grep 'pci_bus 0000:00: root bus resource' | sed 's/^\[[^]]*\] //' | tr '\n' ';')"
-g_value bar_conflicts "$(dmesg | grep -c -i 'no compatible bridge window\|can.t claim\|BAR .* failed to assign')"
+conflicts=$(dmesg | grep -i 'no compatible bridge window\|can.t claim\|BAR .* failed to assign' | sed 's/^\[[^]]*\] //')
+g_value bar_conflicts "$(printf '%s' "$conflicts" | grep -c .)"
+g_value bar_conflict_lines "$(printf '%s' "$conflicts" | head -n 3 | tr '\n' ';')"
 g_value memtotal_kb "$(awk '/^MemTotal:/ {print $2}' /proc/meminfo)"
 g_value e820_ram "$(dmesg | grep 'BIOS-e820:' | grep ' usable' | sed 's/^\[[^]]*\] //' | tr '\n' ';')"
 g_value block_devices "$(ls /sys/block | tr '\n' ' ')"
