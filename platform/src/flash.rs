@@ -109,7 +109,6 @@ pub struct CfiFlash<S> {
     mode: Mode,
     status: u8,
     cfi: Vec<u8>,
-    bad_commands: u32,
 }
 
 impl<S: FlashStore> CfiFlash<S> {
@@ -122,7 +121,7 @@ impl<S: FlashStore> CfiFlash<S> {
             return Err(FlashError::Geometry { size, block: block_size });
         }
         let cfi = cfi_table(size, block_size);
-        Ok(Self { store, block_size, mode: Mode::ReadArray, status: STATUS_READY, cfi, bad_commands: 0 })
+        Ok(Self { store, block_size, mode: Mode::ReadArray, status: STATUS_READY, cfi })
     }
 
     pub fn size(&self) -> usize {
@@ -246,9 +245,7 @@ impl<S: FlashStore> CfiFlash<S> {
     }
 
     fn note_bad(&mut self, offset: u64, cmd: u8) {
-        if crate::log_allowed(&mut self.bad_commands) {
-            log::warn!("flash: unexpected command {cmd:#04x} at {offset:#x} in mode {:?}", self.mode);
-        }
+        ratelog::warn_limited!("flash: unexpected command {cmd:#04x} at {offset:#x} in mode {:?}", self.mode);
     }
 }
 

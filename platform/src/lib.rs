@@ -63,12 +63,6 @@ impl Clock for MonotonicClock {
     }
 }
 
-/// Rate limit for logs a guest can trigger: the first few of a kind, then one in 1024.
-pub(crate) fn log_allowed(counter: &mut u32) -> bool {
-    *counter = counter.saturating_add(1);
-    *counter <= 8 || *counter % 1024 == 0
-}
-
 #[cfg(test)]
 pub(crate) mod testing {
     use std::sync::Mutex;

@@ -171,7 +171,7 @@ impl FwCfgBuilder {
             keys: names.iter().filter_map(|n| file_keys.get(n).copied()).collect(),
             refresh: Some(refresh),
         });
-        FwCfg { items, file_keys, selected: keys::SIGNATURE, offset: 0, dma_high: 0, memory, deferred, bad_accesses: 0 }
+        FwCfg { items, file_keys, selected: keys::SIGNATURE, offset: 0, dma_high: 0, memory, deferred }
     }
 }
 
@@ -190,7 +190,6 @@ pub struct FwCfg {
     dma_high: u32,
     memory: Arc<dyn DmaMemory>,
     deferred: Option<Deferred>,
-    bad_accesses: u32,
 }
 
 impl FwCfg {
@@ -301,9 +300,7 @@ impl FwCfg {
     }
 
     fn note_bad(&mut self, what: std::fmt::Arguments) {
-        if crate::log_allowed(&mut self.bad_accesses) {
-            log::warn!("fw_cfg: {what}");
-        }
+        ratelog::warn_limited!("fw_cfg: {what}");
     }
 }
 

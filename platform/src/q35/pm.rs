@@ -53,7 +53,6 @@ pub struct AcpiPmBlock {
     smi_sts: u32,
     clock: Box<dyn Clock>,
     power: Arc<dyn PowerControl>,
-    ignored: u32,
 }
 
 impl AcpiPmBlock {
@@ -67,7 +66,6 @@ impl AcpiPmBlock {
             smi_sts: 0,
             clock,
             power,
-            ignored: 0,
         }
     }
 
@@ -117,11 +115,7 @@ impl AcpiPmBlock {
                 self.smi_en = (self.smi_en & !(0xff << shift)) | (u32::from(v) << shift);
             }
             SMI_STS..=0x37 => self.smi_sts &= !(u32::from(v) << ((offset - SMI_STS) * 8)),
-            _ => {
-                if crate::log_allowed(&mut self.ignored) {
-                    log::debug!("ACPI PM block: write of {v:#x} at +{offset:#x} ignored");
-                }
-            }
+            _ => ratelog::debug_limited!("ACPI PM block: write of {v:#x} at +{offset:#x} ignored"),
         }
     }
 
@@ -129,8 +123,8 @@ impl AcpiPmBlock {
         if SLEEP_TYPES_SOFT_OFF.contains(&sleep_type) {
             log::info!("guest powered off (ACPI PM1_CNT, sleep type {sleep_type})");
             self.power.request(PowerRequest::PowerOff);
-        } else if crate::log_allowed(&mut self.ignored) {
-            log::warn!("guest asked for ACPI sleep type {sleep_type}, which is not supported; ignored");
+        } else {
+            ratelog::warn_limited!("guest asked for ACPI sleep type {sleep_type}, which is not supported; ignored");
         }
     }
 }
