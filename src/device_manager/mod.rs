@@ -242,7 +242,7 @@ impl DeviceManager {
         };
         if let Some(c) = cfg.chipset {
             // The LPC bridge sits where firmware looks for it: 00:1f.0.
-            let lpc = c.lpc_device();
+            let lpc = c.take_lpc_device()?;
             let bdf = dm
                 .pci
                 .add_function(::platform::q35::LPC_SLOT, &lpc)

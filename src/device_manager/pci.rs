@@ -91,7 +91,7 @@ impl PciSegment {
                     ecam: ecam.clone(),
                     pm: Arc::downgrade(&c.pm_access()),
                 };
-                let root = PciRoot::with_host_bridge(0, Box::new(windows), c.mch_device());
+                let root = PciRoot::with_host_bridge(0, Box::new(windows), c.take_mch_device()?);
                 let root = Arc::new(Mutex::new(root));
                 let _ = ecam.set(Arc::new(PciConfigMmio::new(&root)) as Arc<dyn pci::BusAccess>);
                 insert(

@@ -30,32 +30,54 @@ use crate::stop::StopNotifier;
 use crate::vstate::memory::GuestMemory;
 use crate::vstate::vm::MemSlot;
 
-/// The chipset functions and the registers behind their windows.
+/// The chipset functions and the registers behind their windows. The host bridge and the LPC
+/// bridge are handed over once (to the root complex and the device manager, which own them);
+/// the chipset itself, cloned into whoever needs to know where the firmware put its windows,
+/// refers to them weakly.
 #[derive(Clone)]
 pub struct Q35Chipset {
-    pub mch: Arc<Mutex<Q35HostBridge>>,
-    pub lpc: Arc<Mutex<Ich9Lpc>>,
+    mch: Weak<Mutex<Q35HostBridge>>,
+    lpc: Weak<Mutex<Ich9Lpc>>,
+    unplaced: Arc<Mutex<Unplaced>>,
     pm: Arc<Mutex<AcpiPmBlock>>,
     reset: Arc<Mutex<ResetControl>>,
+}
+
+/// The functions not yet handed over.
+#[derive(Default)]
+struct Unplaced {
+    mch: Option<Arc<Mutex<Q35HostBridge>>>,
+    lpc: Option<Arc<Mutex<Ich9Lpc>>>,
 }
 
 impl Q35Chipset {
     pub fn new(stop: &Arc<StopNotifier>) -> Self {
         let power: Arc<dyn platform::PowerControl> = stop.clone();
+        let mch = Arc::new(Mutex::new(Q35HostBridge::new(power.clone())));
+        let lpc = Arc::new(Mutex::new(Ich9Lpc::new()));
         Self {
-            mch: Arc::new(Mutex::new(Q35HostBridge::new(power.clone()))),
-            lpc: Arc::new(Mutex::new(Ich9Lpc::new())),
+            mch: Arc::downgrade(&mch),
+            lpc: Arc::downgrade(&lpc),
+            unplaced: Arc::new(Mutex::new(Unplaced { mch: Some(mch), lpc: Some(lpc) })),
             pm: Arc::new(Mutex::new(AcpiPmBlock::new(Box::new(MonotonicClock::new()), power.clone()))),
             reset: Arc::new(Mutex::new(ResetControl::new(power))),
         }
     }
 
-    pub fn mch_device(&self) -> SharedPciDevice {
-        self.mch.clone()
+    fn unplaced(&self) -> std::sync::MutexGuard<'_, Unplaced> {
+        self.unplaced.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn lpc_device(&self) -> SharedPciDevice {
-        self.lpc.clone()
+    /// The host bridge, for the root complex to own (once).
+    pub fn take_mch_device(&self) -> Result<SharedPciDevice, DeviceManagerError> {
+        let mch = self.unplaced().mch.take();
+        mch.map(|m| m as SharedPciDevice).ok_or_else(|| already_placed("host bridge"))
+    }
+
+    /// The LPC bridge, for the device manager to own (once).
+    pub fn take_lpc_device(&self) -> Result<SharedPciDevice, DeviceManagerError> {
+        let lpc = self.unplaced().lpc.take();
+        lpc.map(|l| l as SharedPciDevice).ok_or_else(|| already_placed("LPC bridge"))
     }
 
     /// The PM block as a bus entry refers to it (weakly, through this allocation).
@@ -69,14 +91,21 @@ impl Q35Chipset {
 
     /// Where the firmware put ECAM (as the ACPI tables must say).
     pub fn ecam(&self) -> Option<pci::bridge::Window> {
-        self.mch.lock().map(|m| m.ecam()).unwrap_or(None)
+        let mch = self.mch.upgrade()?;
+        let ecam = mch.lock().map(|m| m.ecam()).unwrap_or(None);
+        ecam
     }
 
     /// Where the firmware put the PM block.
     pub fn pm_base(&self) -> Option<u16> {
-        let w = self.lpc.lock().map(|l| l.pm_block()).unwrap_or(None)?;
+        let lpc = self.lpc.upgrade()?;
+        let w = lpc.lock().map(|l| l.pm_block()).unwrap_or(None)?;
         u16::try_from(w.base).ok()
     }
+}
+
+fn already_placed(what: &str) -> DeviceManagerError {
+    DeviceManagerError::Firmware(format!("internal error: the q35 {what} was placed twice"))
 }
 
 /// Config-write effects of a q35 root complex: chipset windows move the ECAM and PM block

@@ -360,6 +360,14 @@ fn q35_chipset_windows_follow_the_firmware() {
     assert_eq!(stop.reason(), None);
     assert!(dm.buses.pio.write(0xcf9, &[0x06]));
     assert_eq!(stop.reason(), Some(StopReason::Reset));
+    // The device manager owns the LPC bridge: detaching it releases it at once (the chipset
+    // only refers to it), and its PM block leaves the bus.
+    let c = c.clone();
+    let mut dm = dm;
+    let started = std::time::Instant::now();
+    dm.detach(&DeviceId::from("lpc")).unwrap();
+    assert!(started.elapsed() < std::time::Duration::from_millis(500), "not held past detach");
+    assert_eq!(c.pm_base(), None);
 }
 
 #[test]
