@@ -26,6 +26,10 @@ pub struct HostBridgeResources {
     /// A second 32-bit range, for firmware that places ECAM inside the 32-bit hole and
     /// allocates on both sides of it.
     pub mmio32_above: Option<Window>,
+    /// Also route the ISA I/O range below the config ports (0x0000-0x0CF7) to the bus, as on
+    /// a PC whose LPC bridge decodes it (and as QEMU's q35 says): the chipset registers
+    /// firmware places there (the ACPI PM block at PMBASE) then lie inside a host bridge window.
+    pub io_isa: bool,
     pub mmio64: Window,
     /// The ECAM window (MCFG) covering buses 0..=last_bus.
     pub ecam: Window,
@@ -93,6 +97,7 @@ impl Aml for PciHostBridgeAml {
         let bus = AddressSpace::<u16>::new_bus_number(0, u16::from(r.last_bus));
         let cf8 = aml::IO::new(0xcf8, 0xcf8, 1, 8);
         let io = AddressSpace::<u16>::new_io(io_base, io_last, None);
+        let io_isa = AddressSpace::<u16>::new_io(0, 0xcf7, None);
         let mem32 =
             AddressSpace::<u32>::new_memory(AddressSpaceCacheable::NotCacheable, true, m32_base, m32_last, None);
         let mem32_above = r.mmio32_above.map(|w| {
@@ -101,7 +106,11 @@ impl Aml for PciHostBridgeAml {
         });
         let mem64 =
             AddressSpace::<u64>::new_memory(AddressSpaceCacheable::Cacheable, true, r.mmio64.base, m64_last, None);
-        let mut resources: Vec<&dyn Aml> = vec![&bus, &cf8, &io, &mem32];
+        let mut resources: Vec<&dyn Aml> = vec![&bus, &cf8];
+        if r.io_isa {
+            resources.push(&io_isa);
+        }
+        resources.extend([&io as &dyn Aml, &mem32]);
         if let Some(m) = &mem32_above {
             resources.push(m);
         }
@@ -153,6 +162,7 @@ mod tests {
             io: Window { base: 0x1000, size: 0xf000 },
             mmio32: Window { base: 0xc000_0000, size: 0x2000_0000 },
             mmio32_above: None,
+            io_isa: false,
             mmio64: Window { base: 1 << 32, size: 1 << 39 },
             ecam: Window { base: 0xe000_0000, size: 4 << 20 },
             intx: IntxRouting::new(16, 8).unwrap(),
@@ -195,6 +205,29 @@ mod tests {
         PciHostBridgeAml::new(r).unwrap().to_aml_bytes(&mut bytes);
         assert!(find(&bytes, &[0x00, 0x00, 0x00, 0x10, 0xff, 0xff, 0xff, 0xaf]).is_some());
         assert!(find(&bytes, &[0x00, 0x00, 0x00, 0xc0, 0xff, 0xff, 0xbf, 0xfe]).is_some());
+    }
+
+    #[test]
+    fn isa_io_range() {
+        // WordIO descriptor: 0x88, length 0x0d, type 1, general flags, type-specific flags,
+        // granularity 0, min, max.
+        let word_io = |min: u16, max: u16| {
+            let mut d = vec![0x88, 0x0d, 0x00, 0x01];
+            d.extend_from_slice(&[0x0c, 0x03, 0x00, 0x00]);
+            d.extend_from_slice(&min.to_le_bytes());
+            d.extend_from_slice(&max.to_le_bytes());
+            d
+        };
+        let mut bytes = Vec::new();
+        PciHostBridgeAml::new(res()).unwrap().to_aml_bytes(&mut bytes);
+        assert!(find(&bytes, &word_io(0x1000, 0xffff)).is_some());
+        assert!(find(&bytes, &word_io(0, 0xcf7)).is_none());
+        let mut r = res();
+        r.io_isa = true;
+        let mut bytes = Vec::new();
+        PciHostBridgeAml::new(r).unwrap().to_aml_bytes(&mut bytes);
+        assert!(find(&bytes, &word_io(0, 0xcf7)).is_some());
+        assert!(find(&bytes, &word_io(0x1000, 0xffff)).is_some());
     }
 
     #[test]

@@ -213,6 +213,7 @@ impl PciTopology {
             io: c.windows.io,
             mmio32: c.windows.mmio32,
             mmio32_above: None,
+            io_isa: false,
             mmio64: c.windows.mmio64,
             ecam: c.ecam,
             intx: c.intx,

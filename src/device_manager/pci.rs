@@ -116,6 +116,7 @@ impl PciSegment {
             },
             mmio32: Window { base: layout::PCI_MMIO32_START, size: layout::PCI_MMIO32_SIZE },
             mmio32_above: None,
+            io_isa: false,
             mmio64,
             ecam: Window { base: layout::PCI_ECAM_START, size: layout::PCI_ECAM_SIZE },
             intx,
@@ -225,6 +226,9 @@ impl AmlSource {
             ecam: Window { base: ecam_base, size: (u64::from(last_bus) + 1) << 20 },
             mmio32: mmio32.first().copied().unwrap_or(fallback),
             mmio32_above: mmio32.get(1).copied(),
+            // The LPC bridge's PM block (Linux's ICH quirk claims PMBASE as a window of
+            // 00:1f.0 and wants it inside the host bridge's).
+            io_isa: true,
             ..self.res
         };
         PciHostBridgeAml::new(res).map_err(|e| DeviceManagerError::PciAml(e.to_string()))
