@@ -11,6 +11,11 @@
 #                  loading the kernel and initramfs from the disk, the kernel's boot
 #   fw_pre_guest_ms  fw_boot_ms minus the guest's uptime at init: VMM set-up, firmware and
 #                  bootloader, before the guest kernel's clock starts
+# A last viaduct run at --log-level debug (not in the medians: the firmware's debug log costs
+# an exit per byte) splits viaduct's time (values profile/*_ms): setup (exec to the vCPUs
+# running), post (SeaBIOS's POST, to the MBR at 0x7c00), loader (SYSLINUX reading the kernel
+# and initramfs, the kernel's decompression: up to the guest clock's start), guest (the
+# kernel's boot to init).
 # QEMU runs with its SeaBIOS output on the serial port too (-nographic's fw_cfg flag is not
 # set, so SeaBIOS is quiet on the serial line under QEMU; viaduct asks for it: a few lines).
 
@@ -45,4 +50,30 @@ while [ "$round" -le "${FW_BENCH_ROUNDS:-3}" ]; do
     bench qemu "qemu-fw-r$round"
     round=$((round + 1))
 done
+
+# fw_ms LOG PATTERN: the log time (ms of the day) of the first line matching PATTERN.
+fw_ms() {
+    tr -d '\r\000' <"$1" | grep "$2" | head -n1 |
+        sed -n 's/.*\[[0-9-]*T\([0-9]*\):\([0-9]*\):\([0-9]*\)\.\([0-9]*\)Z.*/\1 \2 \3 \4/p' |
+        awk '{printf "%d", (($1 * 60 + $2) * 60 + $3) * 1000 + $4}'
+}
+tb_settle_memory
+tb_run_l2 viaduct-fw-profile 200 /tmp/fw-unused.sh -- viaduct --firmware $bios --memory 256M --cpus 1 \
+    --disk path="$dev",readonly=on --log-level debug
+log=/tmp/l2/viaduct-fw-profile/console.log
+start=$(fw_ms "$log" 'booting firmware')
+setup=$(tr -d '\r' <"$log" | sed -n 's/.*booting firmware.*; \([0-9]*\) ms since viaduct started.*/\1/p' | head -n1)
+mbr=$(fw_ms "$log" 'firmware: Booting from 0000:7c00')
+up=$(sed -n 's/^init uptime=\([0-9.]*\).*/\1/p' /tmp/l2/viaduct-fw-profile/markers 2>/dev/null | head -n1)
+if [ -n "$start" ] && [ -n "$setup" ] && [ -n "$mbr" ] && [ -n "$up" ] && [ -n "$TB_L2_INIT_MS" ]; then
+    pre=$(awk -v i="$TB_L2_INIT_MS" -v u="$up" 'BEGIN {printf "%d", i - u * 1000}')
+    tb_value profile/setup_ms "$setup"
+    tb_value profile/post_ms "$((mbr - start))"
+    tb_value profile/loader_ms "$((pre - setup - (mbr - start)))"
+    tb_value profile/guest_ms "$(awk -v u="$up" 'BEGIN {printf "%d", u * 1000}')"
+    tb_value profile/init_ms "$TB_L2_INIT_MS"
+    tb_value profile/firmware_log_lines "$(tr -d '\000' <"$log" | grep -c 'firmware: ')"
+else
+    tb_check profile fail "no time marks in $log (start=$start setup=$setup mbr=$mbr up=$up)"
+fi
 true
