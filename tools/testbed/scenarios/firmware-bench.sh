@@ -11,6 +11,8 @@
 #                  loading the kernel and initramfs from the disk, the kernel's boot
 #   fw_pre_guest_ms  fw_boot_ms minus the guest's uptime at init: VMM set-up, firmware and
 #                  bootloader, before the guest kernel's clock starts
+# Then one more run of each VMM with level 1's KVM exit counters sampled (values
+# exits-VMM: all exits, port I/O, MMIO, HLT; sampling costs level 1 CPU, so not in the medians).
 # A last viaduct run at --log-level debug (not in the medians: the firmware's debug log costs
 # an exit per byte) splits viaduct's time (values profile/*_ms): setup (exec to the vCPUs
 # running), post (SeaBIOS's POST, to the MBR at 0x7c00), loader (SYSLINUX reading the kernel
@@ -49,6 +51,43 @@ while [ "$round" -le "${FW_BENCH_ROUNDS:-3}" ]; do
     bench viaduct "viaduct-fw-r$round"
     bench qemu "qemu-fw-r$round"
     round=$((round + 1))
+done
+
+# exits PROCESS OUT: until /tmp/fw-bench-stop exists, the last KVM exit counters of
+# PROCESS's VM ("exits io_exits mmio_exits halt_exits"), into OUT.
+exits() {
+    local pid d e
+    rm -f "$2"
+    while [ ! -e /tmp/fw-bench-stop ]; do
+        pid=$(pidof "$1" | cut -d' ' -f1)
+        for d in /sys/kernel/debug/kvm/"$pid"-*; do
+            [ -n "$pid" ] || break
+            e=$(cat "$d/exits" "$d/io_exits" "$d/mmio_exits" "$d/halt_exits" 2>/dev/null | tr '\n' ' ')
+            case "$e" in *[!0-9\ ]*) continue ;; esac
+            [ "$(echo $e | wc -w)" -eq 4 ] && echo "$e" >"$2"
+        done
+        sleep 0.5
+    done
+}
+mountpoint -q /sys/kernel/debug || mount -t debugfs none /sys/kernel/debug 2>/dev/null
+for vmm in viaduct qemu; do
+    proc=viaduct; [ "$vmm" = qemu ] && proc=qemu-system-x86_64
+    rm -f /tmp/fw-bench-stop
+    tb_settle_memory
+    exits "$proc" "/tmp/fw-exits-$vmm" &
+    sampler=$!
+    if [ "$vmm" = viaduct ]; then
+        tb_run_l2 viaduct-fw-exits 200 /tmp/fw-unused.sh -- viaduct --firmware $bios --memory 256M --cpus 1 \
+            --disk path="$dev",readonly=on --log-level info
+    else
+        tb_run_l2 qemu-fw-exits 200 /tmp/fw-unused.sh -- qemu-system-x86_64 -M q35 -accel kvm -cpu host -m 256M \
+            -smp 1 -nodefaults -display none -no-reboot -serial stdio -bios $bios \
+            -drive file="$dev",if=virtio,format=raw,readonly=on
+    fi
+    touch /tmp/fw-bench-stop; wait "$sampler"
+    # shellcheck disable=SC2046 # four numbers
+    [ -s "/tmp/fw-exits-$vmm" ] && set -- $(cat "/tmp/fw-exits-$vmm") &&
+        tb_value "exits-$vmm" "exits=$1 io=$2 mmio=$3 halt=$4"
 done
 
 # fw_ms LOG PATTERN: the log time (ms of the day) of the first line matching PATTERN.
