@@ -175,6 +175,16 @@ fn bad_firmware() {
         &fw(&format!("code={code},vars={},vars-template={}", p("new.fd"), p("none.fd")), &[]),
         "does not exist and there is no template",
     );
+    // A vars file that exists but cannot be written: a directory, and (unless root, who may
+    // write anyway) a read-only file.
+    assert_refused(&fw(&format!("code={code},vars={}", d.display()), &[]), "cannot be opened for writing");
+    let ro = d.join("readonly-vars.fd");
+    std::fs::copy(d.join("OVMF_VARS_4M.fd"), &ro).expect("copying the vars template");
+    std::fs::set_permissions(&ro, std::os::unix::fs::PermissionsExt::from_mode(0o444)).expect("chmod");
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        assert_refused(&fw(&format!("code={code},vars={}", ro.display()), &[]), "cannot be opened for writing");
+    }
     assert_refused(&fw(&format!("code={code}"), &[]), "--firmware: missing required key 'vars'");
     assert_refused(&fw(&p("bios.bin"), &["--initramfs", "i"]), "--initramfs needs --kernel");
     assert_refused(&fw(&p("bios.bin"), &["--cmdline", "quiet"]), "--cmdline needs --kernel");

@@ -228,16 +228,20 @@ pub fn open(spec: &FirmwareSpec) -> Result<FirmwareFiles, FirmwareError> {
             if !is_fv(&code) {
                 return Err(FirmwareError::NotUefi { path: code_path.clone() });
             }
-            // A missing vars file is checked against the code before it is created.
-            let template = if vars.exists() {
-                None
-            } else {
-                let t = vars_template.clone().or_else(|| default_template(code_path)).unwrap_or_default();
-                Some((read_vars_template(vars, vars_template.as_deref(), code_path)?, t))
+            // An existing vars file must open read-write; a missing one is checked against
+            // the code before it is created.
+            let existing = if vars.exists() { Some(open_vars(vars)?) } else { None };
+            let template = match existing {
+                Some(_) => None,
+                None => {
+                    let t = vars_template.clone().or_else(|| default_template(code_path)).unwrap_or_default();
+                    Some((read_vars_template(vars, vars_template.as_deref(), code_path)?, t))
+                }
             };
-            let vars_size = match &template {
-                Some((image, _)) => image.len() as u64,
-                None => std::fs::metadata(vars).map_err(open_err(vars))?.len(),
+            let vars_size = match (&existing, &template) {
+                (Some((_, size)), _) => *size,
+                (None, Some((image, _))) => image.len() as u64,
+                (None, None) => 0,
             };
             let total = code.len() as u64 + vars_size;
             if !total.is_power_of_two() || !(1 << 20..=layout::FIRMWARE_MAX_SIZE).contains(&total) {
@@ -248,10 +252,15 @@ pub fn open(spec: &FirmwareSpec) -> Result<FirmwareFiles, FirmwareError> {
                     vars_size,
                 });
             }
-            if let Some((image, template)) = template {
-                create_vars(vars, &image, &template)?;
-            }
-            let (file, vars_size) = open_vars(vars)?;
+            let (file, vars_size) = match (existing, template) {
+                (Some(opened), _) => opened,
+                (None, template) => {
+                    if let Some((image, template)) = template {
+                        create_vars(vars, &image, &template)?;
+                    }
+                    open_vars(vars)?
+                }
+            };
             Ok(FirmwareFiles {
                 code,
                 code_path: code_path.clone(),
