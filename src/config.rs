@@ -171,6 +171,24 @@ pub enum ConfigError {
     FirmwareSpec,
 }
 
+/// What a VM boots from, on the command line and in the API's `payload`: a kernel, firmware,
+/// or a kernel through firmware; an initramfs and a command line go with a kernel only.
+pub fn check_boot_source(kernel: bool, firmware: bool, initramfs: bool, cmdline: bool) -> Result<(), ConfigError> {
+    if kernel {
+        return Ok(());
+    }
+    if !firmware {
+        return Err(ConfigError::NothingToBoot);
+    }
+    if initramfs {
+        return Err(ConfigError::FirmwareNeedsKernel { flag: "initramfs" });
+    }
+    if cmdline {
+        return Err(ConfigError::FirmwareNeedsKernel { flag: "cmdline" });
+    }
+    Ok(())
+}
+
 /// Default kernel command line.
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0";
 
@@ -191,6 +209,20 @@ impl FirmwareSpec {
             (None, Some(code), Some(vars), template) => Ok(Self::Split { code, vars, vars_template: template }),
             (None, Some(_), None, _) => Err(ConfigError::MissingKey { flag: "firmware", key: "vars" }),
             _ => Err(ConfigError::FirmwareSpec),
+        }
+    }
+
+    /// The spec as `--firmware` takes it (what `vm.info` shows).
+    pub fn to_spec(&self) -> String {
+        match self {
+            Self::Image(path) => path.display().to_string(),
+            Self::Split { code, vars, vars_template } => {
+                let mut s = format!("code={},vars={}", code.display(), vars.display());
+                if let Some(t) = vars_template {
+                    s.push_str(&format!(",vars-template={}", t.display()));
+                }
+                s
+            }
         }
     }
 }
@@ -432,17 +464,7 @@ impl TryFrom<&Cli> for VmConfig {
             specs.iter().map(|s| OptionList::parse(flag, s, Some(default_key))).collect::<Result<Vec<_>, _>>()
         };
         let firmware = cli.firmware.as_deref().map(FirmwareSpec::parse).transpose()?;
-        if cli.kernel.is_none() {
-            if firmware.is_none() {
-                return Err(ConfigError::NothingToBoot);
-            }
-            if cli.initramfs.is_some() {
-                return Err(ConfigError::FirmwareNeedsKernel { flag: "initramfs" });
-            }
-            if cli.cmdline.is_some() {
-                return Err(ConfigError::FirmwareNeedsKernel { flag: "cmdline" });
-            }
-        }
+        check_boot_source(cli.kernel.is_some(), firmware.is_some(), cli.initramfs.is_some(), cli.cmdline.is_some())?;
         let kernel_cache = KernelCache::parse(&cli.kernel_cache)?;
         if firmware.is_some() && kernel_cache != KernelCache::Default {
             return Err(ConfigError::KernelCacheWithFirmware);

@@ -11,7 +11,8 @@ use super::types::{
     SerialConfigBody, SerialMode, VmConfigBody,
 };
 use crate::config::{
-    cpu_count, ConfigError, DeviceSpec, KernelCache, MemoryConfig, OptionList, RebootAction, SerialConfig, VmConfig,
+    check_boot_source, cpu_count, ConfigError, DeviceSpec, FirmwareSpec, KernelCache, MemoryConfig, OptionList,
+    RebootAction, SerialConfig, VmConfig,
 };
 use crate::device_manager::vfio::parse_cli;
 use crate::device_manager::virtio::{parse_disks, parse_nets, DiskSpec, NetSpec};
@@ -62,10 +63,14 @@ fn serial(s: &SerialConfigBody) -> Result<SerialConfig, ApiError> {
 /// `vm.create`'s body as a validated [`VmConfig`]; the device lists are parsed by their
 /// managers here already, so a bad device is refused at create time, not at boot.
 pub fn vm_config(body: &VmConfigBody) -> Result<VmConfig, ApiError> {
-    let PayloadConfig { kernel, initramfs, cmdline } = &body.payload;
-    if kernel.is_empty() {
-        return Err(ApiError::bad_request("payload.kernel is empty"));
+    let PayloadConfig { kernel, firmware, initramfs, cmdline } = &body.payload;
+    for (field, value) in [("kernel", kernel), ("firmware", firmware), ("initramfs", initramfs)] {
+        if value.as_deref().is_some_and(str::is_empty) {
+            return Err(ApiError::bad_request(format!("payload.{field} is empty")));
+        }
     }
+    let firmware = firmware.as_deref().map(FirmwareSpec::parse).transpose().map_err(bad)?;
+    check_boot_source(kernel.is_some(), firmware.is_some(), initramfs.is_some(), cmdline.is_some()).map_err(bad)?;
     let vcpus = match &body.cpus {
         None => 1,
         Some(CpusConfig { boot_vcpus, max_vcpus }) => {
@@ -86,8 +91,8 @@ pub fn vm_config(body: &VmConfigBody) -> Result<VmConfig, ApiError> {
         }
     }
     let cfg = VmConfig {
-        kernel: Some(PathBuf::from(kernel)),
-        firmware: None,
+        kernel: kernel.as_ref().map(PathBuf::from),
+        firmware,
         initramfs: initramfs.as_ref().map(PathBuf::from),
         kernel_cache: KernelCache::Default,
         cmdline: cmdline.clone().unwrap_or_else(|| DEFAULT_CMDLINE.into()),
@@ -116,9 +121,11 @@ pub fn vm_config_body(cfg: &VmConfig) -> VmConfigBody {
     let text = |p: &std::path::Path| p.display().to_string();
     VmConfigBody {
         payload: PayloadConfig {
-            kernel: cfg.kernel.as_deref().map(text).unwrap_or_default(),
+            kernel: cfg.kernel.as_deref().map(text),
+            firmware: cfg.firmware.as_ref().map(FirmwareSpec::to_spec),
             initramfs: cfg.initramfs.as_deref().map(text),
-            cmdline: Some(cfg.cmdline.clone()),
+            // Without a kernel there is no command line to give (the disk's bootloader has it).
+            cmdline: cfg.kernel.is_some().then(|| cfg.cmdline.clone()),
         },
         cpus: Some(CpusConfig { boot_vcpus: u64::from(cfg.vcpus), max_vcpus: Some(u64::from(cfg.vcpus)) }),
         memory: Some(MemoryConfigBody {
@@ -221,9 +228,32 @@ mod tests {
     }
 
     #[test]
+    fn firmware_in_the_payload_is_the_firmware_option() {
+        let c = vm_config(&body(r#"{"payload": {"firmware": "code=/c.fd,vars=/v.fd"}}"#)).unwrap();
+        assert_eq!(
+            c.firmware,
+            Some(FirmwareSpec::Split { code: "/c.fd".into(), vars: "/v.fd".into(), vars_template: None })
+        );
+        assert_eq!(c.kernel, None);
+        let back = vm_config_body(&c);
+        assert_eq!((back.payload.kernel.as_deref(), back.payload.cmdline.as_deref()), (None, None));
+        assert_eq!(vm_config(&back).unwrap().firmware, c.firmware);
+        let c = vm_config(&body(r#"{"payload": {"firmware": "/bios.bin", "kernel": "/k", "cmdline": "x"}}"#)).unwrap();
+        assert_eq!(
+            (c.firmware, c.kernel, c.cmdline.as_str()),
+            (Some(FirmwareSpec::Image("/bios.bin".into())), Some("/k".into()), "x")
+        );
+    }
+
+    #[test]
     fn bad_values_get_the_command_line_messages() {
         for (json, want) in [
             (r#"{"payload": {"kernel": ""}}"#, "payload.kernel"),
+            (r#"{"payload": {}}"#, "nothing to boot"),
+            (r#"{"payload": {"firmware": ""}}"#, "payload.firmware is empty"),
+            (r#"{"payload": {"firmware": "code=/c.fd"}}"#, "missing required key 'vars'"),
+            (r#"{"payload": {"firmware": "/fw", "initramfs": "/i"}}"#, "--initramfs needs --kernel"),
+            (r#"{"payload": {"firmware": "/fw", "cmdline": "quiet"}}"#, "--cmdline needs --kernel"),
             (r#"{"payload": {"kernel": "/k"}, "memory": {"size": 1}}"#, "--memory: size 1 is out of range"),
             (r#"{"payload": {"kernel": "/k"}, "cpus": {"boot_vcpus": 0}}"#, "--cpus: boot=0"),
             (r#"{"payload": {"kernel": "/k"}, "cpus": {"boot_vcpus": 1, "max_vcpus": 2}}"#, "max_vcpus"),

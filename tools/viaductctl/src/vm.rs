@@ -98,6 +98,9 @@ fn s(v: &Value, pointer: &str) -> String {
 
 fn info_text(v: &Value) -> String {
     let mut out = format!("state: {}\n", s(v, "/state"));
+    if v.pointer("/config/payload/firmware").is_some() {
+        out.push_str(&format!("firmware: {}\n", s(v, "/config/payload/firmware")));
+    }
     out.push_str(&format!("kernel: {}\n", s(v, "/config/payload/kernel")));
     if v.pointer("/config/payload/initramfs").is_some() {
         out.push_str(&format!("initramfs: {}\n", s(v, "/config/payload/initramfs")));
