@@ -3,6 +3,8 @@
 # tb-needs: qemu firmware
 # tb-devices: fw-disks
 # tb-suite: bench
+# tb-run: viaduct-fw-r* qemu-fw-r* viaduct-fw-exits qemu-fw-exits viaduct-fw-profile
+# tb-check: mbr-disk profile
 # tb-bench-target: fw_boot_ms <= 0.7
 # Both VMMs boot the same disk (level 1's block device of the fw-mbr.img NVMe namespace, as a
 # read-only virtio-blk disk) with Debian's bios-256k.bin, 1 vCPU and 256 MiB; the disk's

@@ -2,6 +2,9 @@
 # tb-timeout: 720
 # tb-needs: firmware
 # tb-devices: fw-disks
+# tb-run: seabios-virtio seabios-nvme seabios-kernel
+# tb-check: firmware-files mbr-disk mbr-blockdev vfio-bind
+# tb-check: seabios-virtio/booted-from-disk seabios-nvme/booted-from-disk seabios-kernel/kernel-cmdline
 # The MBR disk (lib/fwdisks.sh) is level 0's fw-mbr.img behind an NVMe controller (serial
 # fwmbr001): first level 1's block device of it goes to the guest as a virtio-blk disk,
 # then the controller itself is assigned. Its bootloader's guest script (l2/fw-guest.sh)
