@@ -2,6 +2,9 @@
 # tb-timeout: 900
 # tb-needs: qemu firmware
 # tb-devices: fw-disks
+# tb-run: ovmf-qemu ovmf-viaduct
+# tb-check: kvm-amd-options gpt-disk ovmf-qemu/unexpected ovmf-viaduct/unexpected
+# tb-check: ovmf-qemu/booted-from-disk ovmf-viaduct/booted-from-disk ovmf-qemu/efivar-write ovmf-viaduct/efivar-write
 # Run: tools/testbed/run --script tools/testbed/experiments/ovmf-boot.sh [--env KEY=VALUE]...
 #   OVMF_VMMS="qemu viaduct"   which VMMs try, in this order
 #   OVMF_KVM_AMD="vgif=0"      options level 1's kvm_amd is reloaded with
@@ -14,6 +17,7 @@
 # ask for an interrupt window) calls cpu_interrupt() without the big QEMU lock. OVMF's
 # interrupt entry code restores CR8 at the end of every handler, so a timer tick arriving
 # during a handler is enough; SeaBIOS and Linux do not write CR8.
+# shellcheck shell=dash  # busybox ash in level 1/2
 if [ -n "${OVMF_KVM_AMD:-}" ]; then
     # shellcheck disable=SC2086 # options are split on purpose
     { rmmod kvm_amd && modprobe kvm_amd $OVMF_KVM_AMD; } && tb_check kvm-amd-options pass "$OVMF_KVM_AMD" ||

@@ -1,6 +1,7 @@
 # The guest script baked into the firmware test disks (tools/testbed/lib/fwdisks.sh), run
 # as /guest.sh by the generic guest init after a firmware booted the disk's bootloader: what
 # the firmware and the platform handed to the kernel. busybox sh, guest helpers loaded.
+# shellcheck shell=dash  # busybox ash in level 1/2
 
 disk=$(sed -n 's/.*fwdisk=\([a-z]*\).*/\1/p' /proc/cmdline)
 g_value cmdline "$(cat /proc/cmdline)"

@@ -9,6 +9,7 @@
 # The bootloaders pass the kernel `fwdisk=mbr|gpt` on top of the usual guest command line, so
 # the guest can tell it was booted from the disk. Everything comes from Debian's packages
 # (syslinux, syslinux-common, grub-efi-amd64-bin, grub2-common, mtools, dosfstools, fdisk).
+# shellcheck shell=bash  # sourced by the bash script tools/testbed/run
 
 FW_DISK_MIB=64
 FW_PART_START=2048

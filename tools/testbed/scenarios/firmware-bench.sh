@@ -5,6 +5,9 @@
 # tb-suite: bench
 # tb-run: viaduct-fw-r* qemu-fw-r* viaduct-fw-exits qemu-fw-exits viaduct-fw-profile
 # tb-check: mbr-disk profile
+# tb-check: viaduct-fw-r*/booted-from-disk qemu-fw-r*/booted-from-disk viaduct-fw-r*/unexpected qemu-fw-r*/unexpected
+# tb-check: viaduct-fw-exits/booted-from-disk qemu-fw-exits/booted-from-disk viaduct-fw-exits/unexpected
+# tb-check: qemu-fw-exits/unexpected viaduct-fw-profile/booted-from-disk viaduct-fw-profile/unexpected
 # tb-bench-target: fw_boot_ms <= 0.7
 # Both VMMs boot the same disk (level 1's block device of the fw-mbr.img NVMe namespace, as a
 # read-only virtio-blk disk) with Debian's bios-256k.bin, 1 vCPU and 256 MiB; the disk's
@@ -22,6 +25,7 @@
 # kernel's boot to init).
 # QEMU runs with its SeaBIOS output on the serial port too (-nographic's fw_cfg flag is not
 # set, so SeaBIOS is quiet on the serial line under QEMU; viaduct asks for it: a few lines).
+# shellcheck shell=dash  # busybox ash in level 1/2
 
 command -v viaduct >/dev/null || { tb_skip "viaduct is not in level 1"; exit 0; }
 command -v qemu-system-x86_64 >/dev/null || { tb_skip "QEMU is not in level 1"; exit 0; }

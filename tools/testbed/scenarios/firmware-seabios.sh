@@ -5,10 +5,12 @@
 # tb-run: seabios-virtio seabios-nvme seabios-kernel
 # tb-check: firmware-files mbr-disk mbr-blockdev vfio-bind
 # tb-check: seabios-virtio/booted-from-disk seabios-nvme/booted-from-disk seabios-kernel/kernel-cmdline
+# tb-check: seabios-virtio/unexpected seabios-nvme/unexpected
 # The MBR disk (lib/fwdisks.sh) is level 0's fw-mbr.img behind an NVMe controller (serial
 # fwmbr001): first level 1's block device of it goes to the guest as a virtio-blk disk,
 # then the controller itself is assigned. Its bootloader's guest script (l2/fw-guest.sh)
 # reports what the firmware handed over; tests/firmware.rs asserts on it.
+# shellcheck shell=dash  # busybox ash in level 1/2
 
 command -v viaduct >/dev/null || { tb_skip "viaduct is not in level 1 (build failed?)"; exit 0; }
 bios=/usr/share/seabios/bios-256k.bin
