@@ -22,8 +22,11 @@ pub enum StopReason {
     Error(String),
 }
 
-/// First reason wins; the eventfd wakes the VMM's control loop. Only an assignment runs under
-/// its lock, so a poisoned lock still holds a whole reason (and a stop must get through).
+/// First reason wins, except that a stop signal replaces a reset or reboot: the signal is
+/// consumed from the signalfd when it is read, so a guest reset that raced it would restart
+/// the VM with nothing left to stop it. The eventfd wakes the VMM's control loop. Only an
+/// assignment runs under its lock, so a poisoned lock still holds a whole reason (and a stop
+/// must get through).
 pub struct StopNotifier {
     reason: Mutex<Option<StopReason>>,
     evt: EventFd,
@@ -36,7 +39,11 @@ impl StopNotifier {
 
     pub fn request(&self, reason: StopReason) {
         let mut current = self.reason.lock().unwrap_or_else(|e| e.into_inner());
-        if current.is_none() {
+        let replace = matches!(
+            (&*current, &reason),
+            (None, _) | (Some(StopReason::Reset | StopReason::Reboot), StopReason::Signal(_))
+        );
+        if replace {
             log::debug!("stop requested: {reason:?}");
             *current = Some(reason);
         }
@@ -97,5 +104,19 @@ mod tests {
         n.request(StopReason::Reset);
         assert_eq!(n.reason(), Some(StopReason::PowerOff));
         assert_eq!(n.eventfd().read().unwrap(), 2);
+    }
+
+    #[test]
+    fn a_stop_signal_is_not_lost_to_a_racing_reset() {
+        for first in [StopReason::Reset, StopReason::Reboot] {
+            let n = StopNotifier::new().unwrap();
+            n.request(first);
+            n.request(StopReason::Signal(libc::SIGTERM));
+            assert_eq!(n.reason(), Some(StopReason::Signal(libc::SIGTERM)));
+        }
+        let n = StopNotifier::new().unwrap();
+        n.request(StopReason::Signal(libc::SIGTERM));
+        n.request(StopReason::Reset);
+        assert_eq!(n.reason(), Some(StopReason::Signal(libc::SIGTERM)));
     }
 }
