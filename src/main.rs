@@ -9,6 +9,7 @@ mod devices;
 mod irq;
 mod layout;
 mod resources;
+mod seccomp;
 mod signals;
 mod stop;
 mod terminal;

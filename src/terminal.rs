@@ -2,6 +2,11 @@
 //! including errors and unwinding panics).
 
 use std::io::IsTerminal;
+use std::sync::OnceLock;
+
+/// The settings raw mode replaced, for a fatal signal's handler (`seccomp`'s SIGSYS report),
+/// which cannot wait for the guard's drop. Set once, read without locks.
+static ORIGINAL: OnceLock<libc::termios> = OnceLock::new();
 
 pub struct RawModeGuard {
     original: libc::termios,
@@ -30,7 +35,17 @@ impl RawModeGuard {
             log::warn!("putting stdin in raw mode failed: {}", std::io::Error::last_os_error());
             return None;
         }
+        let _ = ORIGINAL.set(original);
         Some(Self { original })
+    }
+}
+
+/// Puts the terminal back as raw mode found it, from a signal handler about to end the
+/// process (async-signal-safe: one tcsetattr, no locks, no allocation).
+pub fn restore_after_fatal_signal() {
+    if let Some(original) = ORIGINAL.get() {
+        // SAFETY: restores settings read from the same fd; the result does not matter.
+        unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, original) };
     }
 }
 

@@ -43,3 +43,18 @@ pub fn prepare(
     cpu::write_boot_structures(mem, entry)?;
     Ok(entry)
 }
+
+/// The seccomp filter of the kernel loader thread: open and read the kernel and initramfs
+/// (skipping a cached kernel's holes with SEEK_DATA/SEEK_HOLE) into guest RAM. The fallback
+/// to the bzImage reopens a file, so opening stays allowed.
+pub fn seccomp_rules(r: &mut crate::seccomp::Rules) {
+    r.allow(&[
+        libc::SYS_openat,
+        libc::SYS_read,
+        libc::SYS_pread64,
+        libc::SYS_lseek,
+        libc::SYS_fstat,
+        libc::SYS_newfstatat,
+        libc::SYS_statx,
+    ]);
+}

@@ -384,6 +384,13 @@ fn stop_on_error(stop: &Arc<StopNotifier>, id: &str, bdf: &str) -> vfio::faults:
     })
 }
 
+/// The seccomp filter of the DMA-mapping thread: map guest RAM into the device's IOMMU
+/// (legacy container or iommufd), pinning it.
+pub fn dma_seccomp_rules(r: &mut crate::seccomp::Rules) {
+    use crate::seccomp::{iommufd, vfio};
+    r.allow_ioctls(&[vfio::IOMMU_MAP_DMA, iommufd::IOAS_MAP]);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -306,6 +306,38 @@ impl Vcpu {
     }
 }
 
+/// The vCPU threads' seccomp filter: KVM_RUN and the register reads an exit report needs, and
+/// what the device emulation behind an exit does on this thread: assigned devices' config
+/// space and trapped BAR accesses (pread/pwrite on the VFIO device fd), their interrupts
+/// (VFIO_DEVICE_SET_IRQS) and function-level reset, MSI routes and irqfds, BAR moves
+/// (memory slots, ioeventfds), virtio activation (eventfds, epoll, duplicated fds, a tap's
+/// offloads; the I/O thread itself is created by the spawner), console output and stop
+/// requests (write). Not KVM_CREATE_VM or KVM_CREATE_VCPU, no file opening, no sockets.
+pub fn seccomp_rules(r: &mut crate::seccomp::Rules) {
+    use crate::seccomp::{kvm, net, vfio, ArgEq};
+    r.allow(&[
+        libc::SYS_pread64,
+        libc::SYS_pwrite64,
+        libc::SYS_eventfd2,
+        libc::SYS_epoll_create1,
+        libc::SYS_epoll_ctl,
+        libc::SYS_dup,
+    ]);
+    r.allow_when(libc::SYS_fcntl, &[ArgEq::int(1, libc::F_DUPFD_CLOEXEC as u64)]);
+    r.allow_ioctls(&[
+        kvm::RUN,
+        kvm::GET_REGS,
+        kvm::GET_SREGS,
+        kvm::SET_GSI_ROUTING,
+        kvm::IRQFD,
+        kvm::IRQ_LINE,
+        kvm::SET_USER_MEMORY_REGION,
+        kvm::IOEVENTFD,
+        net::TUNSETOFFLOAD,
+    ]);
+    r.allow_ioctls(&vfio::DEVICE_RUNTIME);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

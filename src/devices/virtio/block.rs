@@ -304,6 +304,20 @@ impl QueueHandler for BlockHandler {
     }
 }
 
+/// The seccomp filter of a virtio-blk I/O thread: the worker's calls, and reads, writes and
+/// flushes of its disk file (vectored straight into guest memory where the chain allows).
+pub fn seccomp_rules(r: &mut crate::seccomp::Rules) {
+    super::worker::seccomp_rules(r);
+    r.allow(&[
+        libc::SYS_preadv,
+        libc::SYS_pwritev,
+        libc::SYS_pread64,
+        libc::SYS_pwrite64,
+        libc::SYS_fdatasync,
+        libc::SYS_fsync,
+    ]);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
