@@ -11,8 +11,14 @@ pub const INTX_GSI_FIRST: u32 = 16;
 pub const INTX_GSI_LAST: u32 = 23;
 /// MSI / MSI-X routes start after the IOAPIC's 24 pins.
 pub const MSI_GSI_FIRST: u32 = 24;
-/// KVM_MAX_IRQ_ROUTES is 4096 on x86.
-pub const MSI_GSI_LAST: u32 = 4095;
+
+/// The last MSI GSI a VM can use when KVM allows `max_routes` routing entries
+/// (KVM_CAP_IRQ_ROUTING): the default irqchip routes take 40 entries, every MSI GSI one more,
+/// and every GSI must be below `max_routes`. `None` when there is no room for any.
+pub fn msi_gsi_last(max_routes: usize) -> Option<u32> {
+    let msi_routes = max_routes.checked_sub(crate::irq::gsi::DEFAULT_ROUTES)?.checked_sub(1)?;
+    u32::try_from(msi_routes).ok()?.checked_add(MSI_GSI_FIRST)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ResourceError {
@@ -36,12 +42,15 @@ pub enum ResourceError {
         #[source]
         source: vm_allocator::Error,
     },
-    #[error("allocating a {what} GSI failed: all are in use")]
+    #[error("allocating a {what} GSI failed: all {count} that KVM's interrupt routing table allows are in use")]
     AllocateGsi {
         what: &'static str,
+        count: u32,
         #[source]
         source: vm_allocator::Error,
     },
+    #[error("KVM allows only {max_routes} interrupt routes (KVM_CAP_IRQ_ROUTING): none left for MSI")]
+    NoMsiRoutes { max_routes: usize },
 }
 
 /// Something taken from [`Resources`] for one device, given back when it detaches.
@@ -58,12 +67,15 @@ pub struct Resources {
     mmio64: AddressAllocator,
     io: AddressAllocator,
     msi_gsi: IdAllocator,
+    msi_gsi_count: u32,
 }
 
 impl Resources {
-    /// `mmio64`: the 64-bit MMIO window ([`layout::RamLayout::mmio64_window`]).
-    pub fn new(mmio64: pci::bridge::Window) -> Result<Self, ResourceError> {
+    /// `mmio64`: the 64-bit MMIO window ([`layout::RamLayout::mmio64_window`]); `max_routes`:
+    /// the interrupt routes KVM allows ([`crate::vstate::vm::Vm::max_irq_routes`]).
+    pub fn new(mmio64: pci::bridge::Window, max_routes: usize) -> Result<Self, ResourceError> {
         let create = |what| move |source| ResourceError::Create { what, source };
+        let msi_last = msi_gsi_last(max_routes).ok_or(ResourceError::NoMsiRoutes { max_routes })?;
         Ok(Self {
             mmio32: AddressAllocator::new(layout::PCI_MMIO32_START, layout::PCI_MMIO32_SIZE)
                 .map_err(create("32-bit MMIO"))?,
@@ -73,7 +85,8 @@ impl Resources {
                 u64::from(layout::PCI_IO_END - layout::PCI_IO_START) + 1,
             )
             .map_err(create("I/O port"))?,
-            msi_gsi: IdAllocator::new(MSI_GSI_FIRST, MSI_GSI_LAST).map_err(create("MSI GSI"))?,
+            msi_gsi: IdAllocator::new(MSI_GSI_FIRST, msi_last).map_err(create("MSI GSI"))?,
+            msi_gsi_count: msi_last - MSI_GSI_FIRST + 1,
         })
     }
 
@@ -104,7 +117,8 @@ impl Resources {
     }
 
     pub fn allocate_msi_gsi(&mut self) -> Result<u32, ResourceError> {
-        self.msi_gsi.allocate_id().map_err(|source| ResourceError::AllocateGsi { what: "MSI", source })
+        let count = self.msi_gsi_count;
+        self.msi_gsi.allocate_id().map_err(|source| ResourceError::AllocateGsi { what: "MSI", count, source })
     }
 
     /// Gives `a` back (a device detached); a failure means it was not allocated here.
@@ -187,17 +201,19 @@ mod tests {
 
     #[test]
     fn windows_and_gsis() {
-        let mut r = Resources::new(layout::RamLayout::direct(256 << 20).mmio64_window(40)).unwrap();
+        let mut r = Resources::new(layout::RamLayout::direct(256 << 20).mmio64_window(40), 4096).unwrap();
         let a = r.allocate_mmio32(0x4000, 0x4000).unwrap();
         assert_eq!(a.start(), layout::PCI_MMIO32_START);
         let b = r.allocate_mmio64(1 << 30, 1 << 30).unwrap();
         assert_eq!(b.start(), 4 << 30);
         assert_eq!(r.allocate_msi_gsi().unwrap(), MSI_GSI_FIRST);
         assert_eq!(r.allocate_msi_gsi().unwrap(), MSI_GSI_FIRST + 1);
-        for _ in MSI_GSI_FIRST + 2..=MSI_GSI_LAST {
+        // KVM's 4096 routes: 40 default ones, so 4056 MSI GSIs (24..=4079).
+        for _ in MSI_GSI_FIRST + 2..=4079 {
             r.allocate_msi_gsi().unwrap();
         }
-        assert!(r.allocate_msi_gsi().is_err());
+        let e = r.allocate_msi_gsi().unwrap_err();
+        assert!(e.to_string().contains("all 4056"), "{e}");
         assert!(r.allocate_mmio32(layout::PCI_MMIO32_SIZE, 4096).is_err());
         // What a detached device gives back is handed out again.
         r.free(&Allocation::MsiGsi(MSI_GSI_FIRST + 1)).unwrap();
@@ -205,5 +221,20 @@ mod tests {
         r.free(&Allocation::Mmio32(a)).unwrap();
         assert_eq!(r.allocate_mmio32(0x4000, 0x4000).unwrap(), a);
         assert!(r.free(&Allocation::Mmio64(a)).is_err(), "not from that window");
+    }
+
+    #[test]
+    fn the_msi_range_follows_kvms_route_limit() {
+        assert_eq!(msi_gsi_last(4096), Some(4079));
+        assert_eq!(msi_gsi_last(1024), Some(1007));
+        assert_eq!(msi_gsi_last(41), Some(24));
+        assert_eq!(msi_gsi_last(40), None);
+        assert_eq!(msi_gsi_last(0), None);
+        let w = layout::RamLayout::direct(256 << 20).mmio64_window(40);
+        assert!(matches!(Resources::new(w, 40), Err(ResourceError::NoMsiRoutes { max_routes: 40 })));
+        let mut r = Resources::new(w, 42).unwrap();
+        assert_eq!(r.allocate_msi_gsi().unwrap(), 24);
+        assert_eq!(r.allocate_msi_gsi().unwrap(), 25);
+        assert!(r.allocate_msi_gsi().is_err());
     }
 }

@@ -488,6 +488,7 @@ fn boot_once(
         console: sink.writer()?,
         cmos: Arc::clone(cmos),
         chipset,
+        max_irq_routes: vm.max_irq_routes(),
     })?;
     // Reading the kernel and initramfs into guest RAM needs nothing from the devices, and
     // attaching passed-through devices mostly waits on the host (open, reset): done side

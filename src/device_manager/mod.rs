@@ -188,6 +188,8 @@ pub struct DeviceManagerConfig {
     pub cmos: Arc<Mutex<Cmos>>,
     /// The q35 chipset firmware boots on; `None`: direct kernel boot's platform.
     pub chipset: Option<q35::Q35Chipset>,
+    /// Interrupt routes KVM accepts ([`crate::vstate::vm::Vm::max_irq_routes`]).
+    pub max_irq_routes: usize,
 }
 
 /// Field order is drop order, after [`Drop`] detached every device: the VFIO container
@@ -230,10 +232,10 @@ impl DeviceManager {
             vfio: None,
             waits: Vec::new(),
             pci,
-            routing: Arc::new(Mutex::new(GsiRouting::new(cfg.seams.irq.clone()))),
+            routing: Arc::new(Mutex::new(GsiRouting::new(cfg.seams.irq.clone(), cfg.max_irq_routes))),
             seams: cfg.seams,
             buses,
-            resources: Mutex::new(Resources::new(cfg.mmio64)?),
+            resources: Mutex::new(Resources::new(cfg.mmio64, cfg.max_irq_routes)?),
             serial: None,
             ged: Weak::new(),
             stop: cfg.stop.clone(),

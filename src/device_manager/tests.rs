@@ -25,6 +25,7 @@ pub(crate) fn test_dm() -> (DeviceManager, FakeVm) {
         console: Some(Box::new(std::io::sink())),
         cmos: Arc::new(Mutex::new(Cmos::new())),
         chipset: None,
+        max_irq_routes: 4096,
     })
     .unwrap();
     (dm, vm)
@@ -303,6 +304,7 @@ fn q35_dm() -> (DeviceManager, FakeVm, Arc<StopNotifier>) {
         console: Some(Box::new(std::io::sink())),
         cmos: Arc::new(Mutex::new(Cmos::new())),
         chipset: Some(super::q35::Q35Chipset::new(&stop)),
+        max_irq_routes: 4096,
     })
     .unwrap();
     (dm, vm, stop)

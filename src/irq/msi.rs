@@ -115,7 +115,7 @@ mod tests {
     #[test]
     fn mask_unmask_ordering() {
         let chip = Arc::new(FakeChip::default());
-        let routing = Arc::new(Mutex::new(GsiRouting::new(chip.clone())));
+        let routing = Arc::new(Mutex::new(GsiRouting::new(chip.clone(), 4096)));
         let mut v = KvmMsiVectors::new(routing, &[30, 31]).unwrap();
         let m = MsiMessage { address: 0xfee0_0000, data: 0x41 };
         v.set_route(VectorIndex(0), Some(m)).unwrap();

@@ -68,6 +68,15 @@ impl Vm {
         Ok(Self { fd, used_slots: Mutex::new(vec![false; max_slots as usize]) })
     }
 
+    /// How many entries KVM accepts in the GSI routing table (KVM_CAP_IRQ_ROUTING reports
+    /// KVM_MAX_IRQ_ROUTES); 1024, the oldest kernels' limit, if it says nothing.
+    pub fn max_irq_routes(&self) -> usize {
+        usize::try_from(self.fd.check_extension_int(kvm_ioctls::Cap::IrqRouting))
+            .ok()
+            .filter(|&n| n > 0)
+            .unwrap_or(1024)
+    }
+
     /// Registers every guest RAM region as a KVM memory slot.
     pub fn map_guest_memory(&self, mem: &GuestMemory) -> Result<Vec<MemSlot>, VmError> {
         mem.iter()
