@@ -52,12 +52,11 @@ pub enum VfioManagerError {
     Dma(#[from] DmaError),
     #[error("creating the KVM-VFIO device failed")]
     CreateKvmVfio(#[source] kvm_ioctls::Error),
-    #[error("{id}: reading romfile {path}")]
-    ReadRomFile {
+    #[error("device {id}")]
+    RomFile {
         id: String,
-        path: String,
         #[source]
-        source: std::io::Error,
+        source: vfio::rom::RomFileError,
     },
     #[error("{id}: allocating {what}")]
     Allocate {
@@ -294,11 +293,9 @@ fn build_one(
 ) -> Result<(DeviceId, NewPciFunction), VfioManagerError> {
     let id = spec.id.clone();
     let romfile = match &spec.romfile {
-        Some(p) => Some(std::fs::read(p).map_err(|source| VfioManagerError::ReadRomFile {
-            id: id.clone(),
-            path: p.display().to_string(),
-            source,
-        })?),
+        Some(p) => {
+            Some(vfio::rom::read_romfile(p).map_err(|source| VfioManagerError::RomFile { id: id.clone(), source })?)
+        }
         None => None,
     };
     let alloc_err = |what| {

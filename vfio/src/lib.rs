@@ -15,4 +15,5 @@ pub mod host;
 pub mod interrupts;
 pub mod regions;
 pub mod reset;
+pub mod rom;
 pub mod spec;
