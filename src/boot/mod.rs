@@ -2,6 +2,7 @@
 //! tables and the boot vCPU's initial state.
 
 pub mod acpi;
+mod cache_dir;
 pub mod cpu;
 pub mod e820;
 pub mod firmware;

@@ -8,11 +8,21 @@
 //! KASLR from the decompressor), as with every VMM that boots a vmlinux; `--kernel-cache off`
 //! keeps the bzImage path. Only xz payloads are handled (Debian's and Ubuntu's default); any
 //! other bzImage boots as is.
+//!
+//! Entries are keyed by the SHA-256 of the bzImage's content (`vmlinux-HASH`). So that a
+//! warm boot does not read and hash the whole bzImage, an `id-` record named after the
+//! file's identity (device, inode, size, modification and change times) holds that hash and
+//! the entry's size, or that the bzImage cannot be extracted (booted as is): a file that changes gets a new identity and is hashed again; the same kernel under
+//! another name or touched is found by its hash and not extracted again. The cache
+//! directory and every file in it are trusted only under the rules of `cache_dir`.
 
 use std::fs;
-use std::hash::Hasher as _;
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use super::cache_dir::{CacheDir, CacheDirError};
 
 /// bzImage header fields (Documentation/arch/x86/boot.rst).
 const SETUP_SECTS: usize = 0x1f1;
@@ -52,6 +62,8 @@ pub enum VmlinuxCacheError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    CacheDir(#[from] CacheDirError),
 }
 
 /// The xz stream of a bzImage's payload and the vmlinux size appended after it, if `image`
@@ -166,18 +178,51 @@ fn extract_to(
     Ok(found)
 }
 
-/// Cache key from the bzImage's identity (device, inode, size, modification time), so a warm
-/// boot never reads or hashes the image: a rebuilt or replaced kernel gets a new mtime or
-/// inode and with it a new extraction.
-fn cache_key(meta: &fs::Metadata) -> String {
+/// How a cache entry is found without reading the bzImage: the file's identity (device,
+/// inode, size, modification and change times; the change time cannot be set back by hand)
+/// names an `id-` file holding the SHA-256 of the bzImage's content and what it led to.
+fn identity(meta: &fs::Metadata) -> String {
     use std::os::unix::fs::MetadataExt;
-    let mut h = std::hash::DefaultHasher::new();
+    let mut h = Sha256::new();
     for v in [meta.dev(), meta.ino(), meta.size()] {
-        h.write_u64(v);
+        h.update(v.to_le_bytes());
     }
-    h.write_i64(meta.mtime());
-    h.write_i64(meta.mtime_nsec());
-    format!("{}-{:016x}", meta.size(), h.finish())
+    for v in [meta.mtime(), meta.mtime_nsec(), meta.ctime(), meta.ctime_nsec()] {
+        h.update(v.to_le_bytes());
+    }
+    hex(&h.finalize()[..16])
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What an `id-` file says about the bzImage with that identity.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Known {
+    /// Extracted to `vmlinux-HASH`, this many bytes long.
+    Extracted { hash: String, size: u64 },
+    /// Not extractable (`vmlinux-HASH.no-pvh`): boot the bzImage.
+    NoPvh { hash: String },
+}
+
+impl Known {
+    fn parse(text: &str) -> Option<Self> {
+        let mut words = text.split_whitespace();
+        let hash = words.next().filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))?.to_string();
+        let known = match words.next()? {
+            "no-pvh" => Self::NoPvh { hash },
+            size => Self::Extracted { hash, size: size.parse().ok()? },
+        };
+        words.next().is_none().then_some(known)
+    }
+
+    fn text(&self) -> String {
+        match self {
+            Self::Extracted { hash, size } => format!("{hash} {size}\n"),
+            Self::NoPvh { hash } => format!("{hash} no-pvh\n"),
+        }
+    }
 }
 
 /// The default cache: /var/cache/viaduct for root, else $XDG_CACHE_HOME/viaduct or
@@ -194,20 +239,26 @@ pub fn default_dir() -> Option<PathBuf> {
 }
 
 /// The kernel to boot for `kernel`: a cached PVH vmlinux extracted from it when it is an xz
-/// bzImage whose kernel has a PVH entry, else `kernel` itself.
+/// bzImage whose kernel has a PVH entry, else `kernel` itself. The cache directory must be
+/// trusted (see `cache_dir`): an untrusted one is an error, for the caller to report or to
+/// boot the bzImage instead.
 pub fn resolve(kernel: &Path, cache_dir: &Path) -> Result<PathBuf, VmlinuxCacheError> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let cache = CacheDir::open(cache_dir, unsafe { libc::geteuid() })?;
     let read_err = |source| VmlinuxCacheError::Read { path: kernel.into(), source };
     let meta = fs::metadata(kernel).map_err(read_err)?;
-    let key = cache_key(&meta);
-    let cached = cache_dir.join(format!("vmlinux-{key}"));
-    // Marks a bzImage that cannot be extracted (not xz, or no PVH entry): boot it as is.
-    let no_pvh = cache_dir.join(format!("vmlinux-{key}.no-pvh"));
-    if cached.is_file() {
-        log::info!("booting {} through PVH from the extracted kernel {}", kernel.display(), cached.display());
-        return Ok(cached);
-    }
-    if no_pvh.exists() {
-        return Ok(kernel.to_path_buf());
+    let id_name = format!("id-{}", identity(&meta));
+    // Warm path: the identity leads to a known result without reading the bzImage.
+    if let Some(known) = read_known(&cache, &id_name) {
+        match &known {
+            Known::NoPvh { .. } => return Ok(kernel.to_path_buf()),
+            Known::Extracted { hash, size } => {
+                if let Some(path) = trusted_entry(&cache, hash, *size) {
+                    log::info!("booting {} through PVH from the extracted kernel {}", kernel.display(), path.display());
+                    return Ok(path);
+                }
+            }
+        }
     }
     // Only the header first: an ELF vmlinux (tens of MiB) is not read for nothing.
     let mut header = [0u8; PAYLOAD_LENGTH + 4];
@@ -217,45 +268,94 @@ pub fn resolve(kernel: &Path, cache_dir: &Path) -> Result<PathBuf, VmlinuxCacheE
         log::debug!("{}: not a bzImage, booting it as is", kernel.display());
         return Ok(kernel.to_path_buf());
     }
-    let write_err = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| VmlinuxCacheError::Write { path, source }
-    };
     let image = fs::read(kernel).map_err(read_err)?;
+    let hash = hex(&Sha256::digest(&image));
+    let remember = |known: Known| {
+        if let Err(e) = cache.write_file(&id_name, known.text().as_bytes()) {
+            log::warn!("{:#}", anyhow::Error::from(e));
+        }
+    };
     let Some((payload, size)) = xz_payload(&image) else {
         log::info!("{}: not an xz-compressed bzImage, booting it as is", kernel.display());
-        fs::create_dir_all(cache_dir).map_err(write_err(cache_dir))?;
-        fs::write(&no_pvh, b"").map_err(write_err(&no_pvh))?;
+        remember(Known::NoPvh { hash });
         return Ok(kernel.to_path_buf());
     };
-    fs::create_dir_all(cache_dir).map_err(write_err(cache_dir))?;
-    // Write then rename: a concurrent viaduct never sees a partial file.
-    let tmp = cache_dir.join(format!(".vmlinux-{key}.{}", std::process::id()));
-    let mut f = std::io::BufWriter::new(fs::File::create(&tmp).map_err(write_err(&tmp))?);
-    let extracted = extract_to(kernel, payload, size, &mut f, &tmp).and_then(|found| {
-        f.flush().map_err(write_err(&tmp))?;
+    // The same kernel under another name, or touched: its extraction is there already.
+    if let Some(path) = trusted_entry(&cache, &hash, size as u64) {
+        remember(Known::Extracted { hash, size: size as u64 });
+        log::info!("booting {} through PVH from the extracted kernel {}", kernel.display(), path.display());
+        return Ok(path);
+    }
+    let (file, temp) = cache.create_temp(&format!("vmlinux-{hash}"))?;
+    let temp_path = cache.path().join(&temp);
+    let write_err = |source| VmlinuxCacheError::Write { path: temp_path.clone(), source };
+    let mut f = std::io::BufWriter::new(file);
+    let extracted = extract_to(kernel, payload, size, &mut f, &temp_path).and_then(|found| {
+        f.flush().map_err(write_err)?;
         // A vmlinux ending in zero blocks ends in a hole that was never written.
-        f.get_ref().set_len(size as u64).map_err(write_err(&tmp))?;
+        f.get_ref().set_len(size as u64).map_err(write_err)?;
         Ok(found)
     });
     drop(f);
     let found = match extracted {
         Ok(found) => found,
         Err(e) => {
-            let _ = fs::remove_file(&tmp);
+            cache.remove(&temp);
             return Err(e);
         }
     };
     if !(found.elf64 && found.pvh) {
-        let _ = fs::remove_file(&tmp);
+        cache.remove(&temp);
         // Remember it, so later boots skip the decompression and boot the bzImage at once.
         log::info!("{}: the kernel has no PVH entry, booting the bzImage", kernel.display());
-        fs::write(&no_pvh, b"").map_err(write_err(&no_pvh))?;
+        remember(Known::NoPvh { hash });
         return Ok(kernel.to_path_buf());
     }
-    fs::rename(&tmp, &cached).map_err(write_err(&cached))?;
-    log::info!("extracted the kernel of {} to {}; booting it through PVH", kernel.display(), cached.display());
-    Ok(cached)
+    let name = format!("vmlinux-{hash}");
+    cache.publish(&temp, &name).inspect_err(|_| cache.remove(&temp))?;
+    remember(Known::Extracted { hash, size: size as u64 });
+    let path = cache.path().join(name);
+    log::info!("extracted the kernel of {} to {}; booting it through PVH", kernel.display(), path.display());
+    Ok(path)
+}
+
+/// The `id-` file's word, if it is there, trusted and well-formed (else logged and ignored:
+/// the bzImage is read and hashed again).
+fn read_known(cache: &CacheDir, id_name: &str) -> Option<Known> {
+    let mut text = String::new();
+    match cache.open_trusted(id_name) {
+        Ok(Some(f)) => {
+            std::io::Read::read_to_string(&mut std::io::Read::take(f, 256), &mut text).ok()?;
+        }
+        Ok(None) => return None,
+        Err(why) => {
+            log::warn!("kernel cache {}: ignoring {why}", cache.path().display());
+            return None;
+        }
+    }
+    let known = Known::parse(&text);
+    if known.is_none() {
+        log::warn!("kernel cache {}: ignoring {id_name}: not a cache record", cache.path().display());
+    }
+    known
+}
+
+/// The extracted kernel `vmlinux-HASH` if it is a trusted file of the expected size (a
+/// truncated, replaced or linked entry is ignored and extracted again).
+fn trusted_entry(cache: &CacheDir, hash: &str, size: u64) -> Option<PathBuf> {
+    let name = format!("vmlinux-{hash}");
+    match cache.open_trusted(&name) {
+        Ok(Some(f)) if f.metadata().is_ok_and(|m| m.len() == size) => Some(cache.path().join(name)),
+        Ok(Some(_)) => {
+            log::warn!("kernel cache {}: {name} has the wrong size; extracting it again", cache.path().display());
+            None
+        }
+        Ok(None) => None,
+        Err(why) => {
+            log::warn!("kernel cache {}: ignoring {why}; extracting it again", cache.path().display());
+            None
+        }
+    }
 }
 
 #[cfg(test)]
@@ -309,9 +409,111 @@ mod tests {
         let got = resolve(&kernel, &cache).unwrap();
         assert_ne!(got, kernel);
         assert_eq!(fs::read(&got).unwrap(), vmlinux);
-        // A second resolve finds the same file (no temp files left behind).
+        // A second resolve finds the same file (no temp files left behind): the entry and
+        // the identity record leading to it.
         assert_eq!(resolve(&kernel, &cache).unwrap(), got);
-        assert_eq!(fs::read_dir(&cache).unwrap().count(), 1);
+        let mut names: Vec<String> =
+            fs::read_dir(&cache).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        names.sort();
+        assert_eq!(names.len(), 2, "{names:?}");
+        assert!(names[0].starts_with("id-") && names[1].starts_with("vmlinux-"), "{names:?}");
+    }
+
+    /// The entry's inode, to tell a reuse from a new extraction.
+    fn inode(p: &Path) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        fs::metadata(p).unwrap().ino()
+    }
+
+    #[test]
+    fn entries_are_keyed_by_content() {
+        let dir = temp_dir("content");
+        let cache = dir.join("cache");
+        let image = bzimage(&xz_with_size(&fake_vmlinux(true)));
+        let a = dir.join("a");
+        fs::write(&a, &image).unwrap();
+        let first = resolve(&a, &cache).unwrap();
+        let ino = inode(&first);
+        // A copy elsewhere, and the same file rewritten (new mtime): no new extraction.
+        let b = dir.join("b");
+        fs::write(&b, &image).unwrap();
+        assert_eq!(resolve(&b, &cache).unwrap(), first);
+        fs::write(&a, &image).unwrap();
+        assert_eq!(resolve(&a, &cache).unwrap(), first);
+        assert_eq!(inode(&first), ino, "the entry was extracted again");
+        assert_eq!(
+            fs::read_dir(&cache)
+                .unwrap()
+                .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("vmlinux-"))
+                .count(),
+            1
+        );
+    }
+
+    #[test]
+    fn tampered_entries_are_not_booted() {
+        let dir = temp_dir("tampered");
+        let cache = dir.join("cache");
+        let vmlinux = fake_vmlinux(true);
+        let kernel = dir.join("bzImage");
+        fs::write(&kernel, bzimage(&xz_with_size(&vmlinux))).unwrap();
+        let entry = resolve(&kernel, &cache).unwrap();
+        // Truncated: extracted again.
+        fs::write(&entry, b"\x7fELF").unwrap();
+        assert_eq!(resolve(&kernel, &cache).unwrap(), entry);
+        assert_eq!(fs::read(&entry).unwrap(), vmlinux);
+        // Replaced by a link to another file: the link is not followed, and is replaced.
+        let other = dir.join("other");
+        fs::write(&other, vec![0x90; vmlinux.len()]).unwrap();
+        fs::remove_file(&entry).unwrap();
+        std::os::unix::fs::symlink(&other, &entry).unwrap();
+        assert_eq!(resolve(&kernel, &cache).unwrap(), entry);
+        assert_eq!(fs::read(&entry).unwrap(), vmlinux);
+        assert!(fs::symlink_metadata(&entry).unwrap().is_file());
+        assert_eq!(fs::read(&other).unwrap(), vec![0x90; vmlinux.len()], "written through the link");
+        // Writable by others: not trusted, extracted again.
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&entry, fs::Permissions::from_mode(0o666)).unwrap();
+        assert_eq!(resolve(&kernel, &cache).unwrap(), entry);
+        assert_eq!(fs::metadata(&entry).unwrap().permissions().mode() & 0o022, 0);
+        // A garbled identity record: ignored, the kernel is hashed again.
+        for e in fs::read_dir(&cache).unwrap() {
+            let p = e.unwrap().path();
+            if p.file_name().unwrap().to_string_lossy().starts_with("id-") {
+                fs::write(&p, b"../../etc/passwd 1\n").unwrap();
+            }
+        }
+        assert_eq!(resolve(&kernel, &cache).unwrap(), entry);
+    }
+
+    #[test]
+    fn an_untrusted_cache_directory_is_an_error() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = temp_dir("untrusted");
+        let kernel = dir.join("bzImage");
+        fs::write(&kernel, bzimage(&xz_with_size(&fake_vmlinux(true)))).unwrap();
+        let open = dir.join("open");
+        fs::create_dir(&open).unwrap();
+        fs::set_permissions(&open, fs::Permissions::from_mode(0o777)).unwrap();
+        let e = resolve(&kernel, &open).unwrap_err();
+        assert!(matches!(e, VmlinuxCacheError::CacheDir(_)), "{e}");
+        assert_eq!(fs::read_dir(&open).unwrap().count(), 0, "nothing written into it");
+        let link = dir.join("link");
+        let private = dir.join("private");
+        fs::create_dir(&private).unwrap();
+        std::os::unix::fs::symlink(&private, &link).unwrap();
+        assert!(resolve(&kernel, &link).is_err());
+    }
+
+    #[test]
+    fn known_records_parse_strictly() {
+        let h = "ab".repeat(32);
+        assert_eq!(Known::parse(&format!("{h} 123\n")), Some(Known::Extracted { hash: h.clone(), size: 123 }));
+        assert_eq!(Known::parse(&format!("{h} no-pvh")), Some(Known::NoPvh { hash: h.clone() }));
+        for bad in ["", "abc 1", h.as_str(), &format!("{h} -1"), &format!("{h} 1 2"), &format!("{}/ 1", &h[..63])]
+        {
+            assert_eq!(Known::parse(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

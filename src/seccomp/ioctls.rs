@@ -136,37 +136,34 @@ pub mod iommufd {
     pub const DESTROY: u64 = io(IOMMUFD_TYPE, 0x80);
     pub const IOAS_ALLOC: u64 = io(IOMMUFD_TYPE, 0x81);
     pub const IOAS_ALLOW_IOVAS: u64 = io(IOMMUFD_TYPE, 0x82);
-    pub const IOAS_COPY: u64 = io(IOMMUFD_TYPE, 0x83);
     pub const IOAS_IOVA_RANGES: u64 = io(IOMMUFD_TYPE, 0x84);
     pub const IOAS_MAP: u64 = io(IOMMUFD_TYPE, 0x85);
     pub const IOAS_UNMAP: u64 = io(IOMMUFD_TYPE, 0x86);
     pub const OPTION: u64 = io(IOMMUFD_TYPE, 0x87);
-    pub const VFIO_IOAS: u64 = io(IOMMUFD_TYPE, 0x88);
-    pub const HWPT_ALLOC: u64 = io(IOMMUFD_TYPE, 0x89);
     pub const GET_HW_INFO: u64 = io(IOMMUFD_TYPE, 0x8a);
 }
 
 /// tap devices (include/uapi/linux/if_tun.h) and the interface flags of sockets.
 pub mod net {
-    pub const TUNSETIFF: u64 = libc::TUNSETIFF as u64;
-    pub const TUNGETIFF: u64 = libc::TUNGETIFF as u64;
-    pub const TUNGETFEATURES: u64 = libc::TUNGETFEATURES as u64;
-    pub const TUNSETOFFLOAD: u64 = libc::TUNSETOFFLOAD as u64;
-    pub const TUNSETVNETHDRSZ: u64 = libc::TUNSETVNETHDRSZ as u64;
-    pub const TUNGETVNETHDRSZ: u64 = libc::TUNGETVNETHDRSZ as u64;
-    pub const SIOCGIFFLAGS: u64 = libc::SIOCGIFFLAGS as u64;
-    pub const SIOCSIFFLAGS: u64 = libc::SIOCSIFFLAGS as u64;
+    pub const TUNSETIFF: u64 = libc::TUNSETIFF;
+    pub const TUNGETIFF: u64 = libc::TUNGETIFF;
+    pub const TUNGETFEATURES: u64 = libc::TUNGETFEATURES;
+    pub const TUNSETOFFLOAD: u64 = libc::TUNSETOFFLOAD;
+    pub const TUNSETVNETHDRSZ: u64 = libc::TUNSETVNETHDRSZ;
+    pub const TUNGETVNETHDRSZ: u64 = libc::TUNGETVNETHDRSZ;
+    pub const SIOCGIFFLAGS: u64 = libc::SIOCGIFFLAGS;
+    pub const SIOCSIFFLAGS: u64 = libc::SIOCSIFFLAGS;
 }
 
 /// Terminals and files.
 pub mod tty {
-    pub const TCGETS: u64 = libc::TCGETS as u64;
-    pub const TCSETS: u64 = libc::TCSETS as u64;
-    pub const TCSETSW: u64 = libc::TCSETSW as u64;
-    pub const TCSETSF: u64 = libc::TCSETSF as u64;
-    pub const TIOCGWINSZ: u64 = libc::TIOCGWINSZ as u64;
-    pub const FIONBIO: u64 = libc::FIONBIO as u64;
-    pub const FIOCLEX: u64 = libc::FIOCLEX as u64;
+    pub const TCGETS: u64 = libc::TCGETS;
+    pub const TCSETS: u64 = libc::TCSETS;
+    pub const TCSETSW: u64 = libc::TCSETSW;
+    pub const TCSETSF: u64 = libc::TCSETSF;
+    pub const TIOCGWINSZ: u64 = libc::TIOCGWINSZ;
+    pub const FIONBIO: u64 = libc::FIONBIO;
+    pub const FIOCLEX: u64 = libc::FIOCLEX;
 }
 
 /// Block devices given as disks.

@@ -356,7 +356,13 @@ mod tests {
             .unwrap();
         t.join().unwrap();
         // And a thread created on behalf of a filtered thread gets its own filter only.
-        let spawned = on_spawner(|| std::thread::spawn(|| unsafe { libc::prctl(libc::PR_GET_SECCOMP) })).unwrap();
+        let spawned = on_spawner(|| {
+            std::thread::spawn(|| {
+                // SAFETY: PR_GET_SECCOMP only reads this thread's seccomp mode.
+                unsafe { libc::prctl(libc::PR_GET_SECCOMP) }
+            })
+        })
+        .unwrap();
         assert_eq!(spawned.join().unwrap(), 2, "the spawner's thread is filtered");
         std::process::exit(7);
     }

@@ -140,7 +140,8 @@ pub(super) fn install_handler() -> io::Result<()> {
     // SAFETY: a zeroed sigaction is a valid starting point; the fields set below are the
     // handler, its flags and an empty mask.
     let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
-    action.sa_sigaction = on_sigsys as usize;
+    let handler: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) = on_sigsys;
+    action.sa_sigaction = handler as usize;
     action.sa_flags = libc::SA_SIGINFO;
     // SAFETY: sa_mask is a sigset_t owned by `action`.
     unsafe { libc::sigemptyset(&mut action.sa_mask) };
