@@ -282,6 +282,7 @@ fn preflight(cfg: &VmConfig) -> anyhow::Result<Preflight> {
     }
     crate::device_manager::vfio::parse_cli(&cfg.devices)?;
     crate::device_manager::virtio::parse_disks(&cfg.disks)?;
+    crate::device_manager::virtio::parse_nets(&cfg.nets)?;
     let Some(spec) = &cfg.firmware else {
         let kernel = cfg.kernel.clone().ok_or_else(|| anyhow!("nothing to boot"))?;
         return Ok(Preflight::Kernel(kernel));

@@ -510,8 +510,7 @@ mod tests {
         let h = "ab".repeat(32);
         assert_eq!(Known::parse(&format!("{h} 123\n")), Some(Known::Extracted { hash: h.clone(), size: 123 }));
         assert_eq!(Known::parse(&format!("{h} no-pvh")), Some(Known::NoPvh { hash: h.clone() }));
-        for bad in ["", "abc 1", h.as_str(), &format!("{h} -1"), &format!("{h} 1 2"), &format!("{}/ 1", &h[..63])]
-        {
+        for bad in ["", "abc 1", h.as_str(), &format!("{h} -1"), &format!("{h} 1 2"), &format!("{}/ 1", &h[..63])] {
             assert_eq!(Known::parse(bad), None, "{bad:?}");
         }
     }

@@ -35,6 +35,16 @@ pub enum VirtioManagerError {
     BadMac(String),
     #[error("--net tap={0}: not a valid interface name (1-15 characters, no '/', ':' or spaces)")]
     BadTapName(String),
+    #[error("--net: give tap=NAME or fd=N, not both")]
+    TapAndFd,
+    #[error("--net fd={0}: not a file descriptor number")]
+    BadFd(String),
+    #[error("--net fd={fd}")]
+    PassedTap {
+        fd: i32,
+        #[source]
+        source: Box<VirtioError>,
+    },
     #[error("{id}: {what}")]
     Device {
         id: String,
@@ -88,7 +98,7 @@ pub struct NetSpec {
     pub config: NetConfig,
 }
 
-const NET_KEYS: &str = "tap,mac,id";
+const NET_KEYS: &str = "tap,fd,mac,id";
 
 fn parse_mac(s: &str) -> Option<[u8; 6]> {
     let mut mac = [0u8; 6];
@@ -112,15 +122,29 @@ fn default_mac(tap: &str) -> [u8; 6] {
     [0x52, 0x54, 0x00, a, b, c]
 }
 
-/// `--net tap=NAME[,mac=M][,id=NAME]`: the id defaults to `netN`.
+/// `--net tap=NAME|fd=N[,mac=M][,id=NAME]`: the id defaults to `netN`; `fd=` is a tap another
+/// process opened and passed (checked here, before viaduct opens anything).
 pub fn parse_nets(specs: &[DeviceSpec]) -> Result<Vec<NetSpec>, VirtioManagerError> {
     let mut out: Vec<NetSpec> = Vec::new();
     for (i, spec) in specs.iter().enumerate() {
         spec.check_keys(NET_KEYS)?;
-        let tap = spec.require("tap")?.to_string();
-        if !crate::devices::virtio::net::tap::valid_name(&tap) {
-            return Err(VirtioManagerError::BadTapName(tap));
-        }
+        let (tap, fd) = match (spec.get("tap"), spec.get("fd")) {
+            (Some(_), Some(_)) => return Err(VirtioManagerError::TapAndFd),
+            (_, Some(n)) => {
+                let fd: i32 = n.parse().map_err(|_| VirtioManagerError::BadFd(n.to_string()))?;
+                // Checked now, before viaduct opens anything that could take that number.
+                let (name, _) = crate::devices::virtio::net::tap::passed_tap(fd)
+                    .map_err(|source| VirtioManagerError::PassedTap { fd, source: Box::new(source) })?;
+                (name, Some(fd))
+            }
+            _ => {
+                let tap = spec.require("tap")?.to_string();
+                if !crate::devices::virtio::net::tap::valid_name(&tap) {
+                    return Err(VirtioManagerError::BadTapName(tap));
+                }
+                (tap, None)
+            }
+        };
         let mac = match spec.get("mac") {
             Some(m) => parse_mac(m).ok_or_else(|| VirtioManagerError::BadMac(m.to_string()))?,
             None => default_mac(&tap),
@@ -132,7 +156,7 @@ pub fn parse_nets(specs: &[DeviceSpec]) -> Result<Vec<NetSpec>, VirtioManagerErr
         if out.iter().any(|n| n.config.tap == tap) {
             return Err(VirtioManagerError::DuplicateTap(tap));
         }
-        out.push(NetSpec { id, config: NetConfig { tap, mac } });
+        out.push(NetSpec { id, config: NetConfig { tap, fd, mac } });
     }
     Ok(out)
 }
@@ -277,7 +301,10 @@ mod tests {
         assert_ne!(default_mac("tap0"), default_mac("tap1"));
         assert_eq!(
             n[1],
-            NetSpec { id: "mgmt".into(), config: NetConfig { tap: "vt1".into(), mac: [2, 0, 0, 0xaa, 0xbb, 0xcc] } }
+            NetSpec {
+                id: "mgmt".into(),
+                config: NetConfig { tap: "vt1".into(), fd: None, mac: [2, 0, 0, 0xaa, 0xbb, 0xcc] }
+            }
         );
         for bad in [
             "tap=t,mac=01:00:00:00:00:01",
@@ -288,6 +315,10 @@ mod tests {
             assert!(matches!(parse_nets(&[net_spec(bad)]), Err(VirtioManagerError::BadMac(_))), "{bad}");
         }
         assert!(matches!(parse_nets(&[net_spec("tap=a/b")]), Err(VirtioManagerError::BadTapName(_))));
+        assert!(matches!(parse_nets(&[net_spec("tap=a,fd=3")]), Err(VirtioManagerError::TapAndFd)));
+        assert!(matches!(parse_nets(&[net_spec("fd=three")]), Err(VirtioManagerError::BadFd(_))));
+        let e = parse_nets(&[net_spec("fd=2")]).unwrap_err();
+        assert!(matches!(e, VirtioManagerError::PassedTap { fd: 2, .. }), "{e}");
         assert!(parse_nets(&[net_spec("tap=t,queues=2")]).is_err());
         assert!(matches!(parse_nets(&[net_spec("t"), net_spec("t")]), Err(VirtioManagerError::DuplicateTap(_))));
         assert!(matches!(

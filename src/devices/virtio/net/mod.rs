@@ -58,7 +58,10 @@ impl FrameBackend for Tap {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NetConfig {
+    /// The tap's name (for a passed fd, the name it is attached to).
     pub tap: String,
+    /// A tap passed as an open fd (`--net fd=N`) instead of opened by name.
+    pub fd: Option<std::os::fd::RawFd>,
     pub mac: [u8; 6],
 }
 
@@ -94,7 +97,10 @@ pub fn tap_offload_flags(acked: u64) -> libc::c_uint {
 
 impl Net {
     pub fn open(config: &NetConfig) -> Result<Self, VirtioError> {
-        let tap = Tap::open(&config.tap)?;
+        let tap = match config.fd {
+            Some(fd) => Tap::from_fd(fd)?,
+            None => Tap::open(&config.tap)?,
+        };
         // struct virtio_net_config: mac[6] @0, status @6 (spec 5.1.4).
         let mut config_space = [0u8; 8];
         config_space[..6].copy_from_slice(&config.mac);

@@ -56,6 +56,39 @@ pub fn valid_name(name: &str) -> bool {
         && !name.bytes().any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b == 0)
 }
 
+/// The interface name and flags of a tap passed as `fd`, or why it cannot be used.
+pub fn passed_tap(fd: RawFd) -> Result<(String, libc::c_short), VirtioError> {
+    let label = format!("fd {fd}");
+    let err = |op: &'static str, errno: i32| VirtioError::Tap {
+        name: label.clone(),
+        op,
+        source: std::io::Error::from_raw_os_error(errno),
+    };
+    if fd < 3 {
+        return Err(err("a passed tap fd (0, 1 and 2 are stdin, stdout and stderr)", libc::EBADF));
+    }
+    // SAFETY: F_GETFD only reads the descriptor's flags.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(last_error(&label, "a passed tap fd (is it open in viaduct's process?)"));
+    }
+    let mut req = IfReq::new("");
+    // SAFETY: TUNGETIFF fills a struct ifreq, which `req` is; on another kind of fd it fails.
+    if unsafe { libc::ioctl(fd, libc::TUNGETIFF, &mut req) } < 0 {
+        return Err(last_error(&label, "TUNGETIFF (is it a /dev/net/tun fd attached to a tap?)"));
+    }
+    if req.flags & libc::IFF_TAP as libc::c_short == 0 {
+        return Err(err("checking its kind: a tun (IP packets), not a tap (Ethernet frames)", libc::EINVAL));
+    }
+    if req.flags & libc::IFF_NO_PI as libc::c_short == 0 {
+        return Err(err(
+            "checking its flags: attached without IFF_NO_PI (frames would carry packet information)",
+            libc::EINVAL,
+        ));
+    }
+    let len = req.name.iter().position(|&b| b == 0).unwrap_or(IFNAMSIZ);
+    Ok((String::from_utf8_lossy(&req.name[..len]).into_owned(), req.flags))
+}
+
 impl Tap {
     /// Opens tap `name`, creating it (and setting it up) when it does not exist yet. A
     /// created tap disappears when viaduct exits; an existing one is left as it was.
@@ -105,6 +138,47 @@ impl Tap {
             "tap {name}: {} (virtio-net header {})",
             if tap.created { "created" } else { "attached" },
             if vnet_hdr { "on: offloads possible" } else { "off: no offloads" }
+        );
+        Ok(tap)
+    }
+
+    /// A tap someone else opened and passed to viaduct as fd `fd` (`--net fd=N`, as
+    /// orchestrators pass them): checked to be an attached tap without packet information
+    /// headers, duplicated (each boot gets its own copy; `fd` stays open), made non-blocking.
+    /// Its virtio-net header is used when the tap was attached with IFF_VNET_HDR (it cannot
+    /// be turned on once attached).
+    pub fn from_fd(fd: RawFd) -> Result<Self, VirtioError> {
+        let (name, flags) = passed_tap(fd)?;
+        let label = format!("fd {fd} ({name})");
+        // SAFETY: F_DUPFD_CLOEXEC creates a new descriptor (checked below) and changes nothing else.
+        let raw = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
+        if raw < 0 {
+            return Err(last_error(&label, "duplicating the passed fd"));
+        }
+        // SAFETY: `raw` is a fresh descriptor nobody else owns.
+        let file = File::from(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) });
+        // SAFETY: F_GETFL/F_SETFL on our descriptor; only O_NONBLOCK is added.
+        let nonblocking = unsafe {
+            let fl = libc::fcntl(raw, libc::F_GETFL);
+            fl >= 0 && libc::fcntl(raw, libc::F_SETFL, fl | libc::O_NONBLOCK) == 0
+        };
+        if !nonblocking {
+            return Err(last_error(&label, "making it non-blocking"));
+        }
+        let vnet_hdr = flags & libc::IFF_VNET_HDR as libc::c_short != 0;
+        let tap = Self { file, name, vnet_hdr, created: false };
+        if vnet_hdr {
+            let len = VNET_HDR_LEN as libc::c_int;
+            // SAFETY: TUNSETVNETHDRSZ reads one int from the pointer, which is valid.
+            if unsafe { libc::ioctl(raw, libc::TUNSETVNETHDRSZ, &len) } < 0 {
+                return Err(last_error(&label, "TUNSETVNETHDRSZ"));
+            }
+            tap.set_offload(0)?;
+        }
+        log::info!(
+            "tap {}: passed as fd {fd} (virtio-net header {})",
+            tap.name,
+            if vnet_hdr { "on: offloads possible" } else { "off: attached without IFF_VNET_HDR, no offloads" }
         );
         Ok(tap)
     }
@@ -187,6 +261,54 @@ mod tests {
         assert!(!valid_name("a/b"));
         assert!(!valid_name("a b"));
         assert!(!valid_name(".."));
+    }
+
+    #[test]
+    fn passed_fds_that_are_not_taps_are_refused() {
+        let e = passed_tap(1).unwrap_err().to_string();
+        assert!(e.contains("fd 1") && e.contains("stdin, stdout and stderr"), "{e}");
+        let f = File::open("/dev/null").unwrap();
+        let e = passed_tap(f.as_raw_fd()).unwrap_err().to_string();
+        assert!(e.contains("TUNGETIFF"), "{e}");
+        let closed = f.as_raw_fd();
+        drop(f);
+        assert!(passed_tap(closed).unwrap_err().to_string().contains("is it open"));
+        assert!(Tap::from_fd(closed).is_err());
+    }
+
+    /// A tap opened the way an orchestrator does and handed over as an fd number.
+    #[test]
+    fn a_passed_tap_fd_is_used_as_it_was_attached() {
+        if OpenOptions::new().read(true).write(true).open(TUN_DEVICE).is_err() {
+            eprintln!("skipped: no {TUN_DEVICE} here");
+            return;
+        }
+        let name = format!("vdt{}", std::process::id() % 100_000);
+        for (flags, vnet) in
+            [(libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR, true), (libc::IFF_TAP | libc::IFF_NO_PI, false)]
+        {
+            let fresh = OpenOptions::new().read(true).write(true).open(TUN_DEVICE).unwrap();
+            let mut req = IfReq::new(&name);
+            req.flags = flags as libc::c_short;
+            // SAFETY: TUNSETIFF with a struct ifreq; the result is checked.
+            if unsafe { libc::ioctl(fresh.as_raw_fd(), libc::TUNSETIFF, &mut req) } < 0 {
+                eprintln!("skipped: TUNSETIFF: {} (no CAP_NET_ADMIN?)", std::io::Error::last_os_error());
+                return;
+            }
+            assert_eq!(passed_tap(fresh.as_raw_fd()).unwrap().0, name);
+            let tap = Tap::from_fd(fresh.as_raw_fd()).unwrap();
+            assert_eq!((tap.name(), tap.has_vnet_hdr()), (name.as_str(), vnet));
+            assert_ne!(tap.raw_fd(), fresh.as_raw_fd(), "a duplicate, the passed fd stays");
+            // SAFETY: F_GETFL reads the status flags of our duplicate.
+            assert_ne!(unsafe { libc::fcntl(tap.raw_fd(), libc::F_GETFL) } & libc::O_NONBLOCK, 0);
+        }
+        // A tun (IP packets) is refused.
+        let fresh = OpenOptions::new().read(true).write(true).open(TUN_DEVICE).unwrap();
+        let mut req = IfReq::new(&name);
+        req.flags = (libc::IFF_TUN | libc::IFF_NO_PI) as libc::c_short;
+        // SAFETY: TUNSETIFF with a struct ifreq; the result is checked.
+        assert!(unsafe { libc::ioctl(fresh.as_raw_fd(), libc::TUNSETIFF, &mut req) } >= 0);
+        assert!(passed_tap(fresh.as_raw_fd()).unwrap_err().to_string().contains("a tun"));
     }
 
     #[test]
