@@ -103,6 +103,18 @@ pub struct Cli {
     #[arg(long, value_name = "PATH")]
     pub api_socket: Option<String>,
 
+    /// seccomp filters on every thread: true (a call outside a thread's filter ends viaduct
+    /// with an error), false (no filters), log (allowed, logged by the kernel).
+    /// Example: --seccomp log
+    #[arg(long, value_enum, value_name = "true|false|log", default_value = "true")]
+    pub seccomp: crate::seccomp::SeccompMode,
+
+    /// Started as root: become this user (name, UID or UID:GID) once devices, disks, taps
+    /// and /dev/kvm are open, before the guest runs; no capabilities are kept.
+    /// Example: --user viaduct
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
+
     /// Log level for messages on stderr: off, error, warn, info, debug, trace.
     /// Example: --log-level info
     #[arg(long, value_name = "LEVEL", default_value = "warn")]
@@ -169,6 +181,8 @@ pub enum ConfigError {
     KernelCacheWithFirmware,
     #[error("--firmware: give PATH, or code=PATH,vars=PATH[,vars-template=PATH]")]
     FirmwareSpec,
+    #[error("--user {0}: no such user")]
+    UnknownUser(String),
 }
 
 /// What a VM boots from, on the command line and in the API's `payload`: a kernel, firmware,
@@ -374,6 +388,10 @@ pub struct RunConfig {
     /// None: the VM comes from the API (`vm.create`).
     pub vm: Option<VmConfig>,
     pub api_socket: Option<PathBuf>,
+    /// `--seccomp`, for every thread of the process.
+    pub seccomp: crate::seccomp::SeccompMode,
+    /// `--user`: who viaduct becomes once the first VM is set up.
+    pub user: Option<crate::privilege::SwitchUser>,
 }
 
 /// The VM options a command line without --kernel must not have: they would be ignored.
@@ -415,7 +433,11 @@ impl TryFrom<&Cli> for RunConfig {
         } else {
             None
         };
-        Ok(Self { vm, api_socket })
+        let user = match &cli.user {
+            Some(u) => Some(crate::privilege::SwitchUser::lookup(u).map_err(|_| ConfigError::UnknownUser(u.clone()))?),
+            None => None,
+        };
+        Ok(Self { vm, api_socket, seccomp: cli.seccomp, user })
     }
 }
 
@@ -510,6 +532,26 @@ mod tests {
         assert_eq!(cli(&["--kernel-cache", "off"]).unwrap().kernel_cache, KernelCache::Off);
         assert_eq!(cli(&["--kernel-cache", "/c"]).unwrap().kernel_cache, KernelCache::Dir("/c".into()));
         assert!(cli(&["--kernel-cache", ""]).is_err());
+    }
+
+    fn run_cli(args: &[&str]) -> Result<RunConfig, String> {
+        let cli = Cli::try_parse_from(args).map_err(|e| e.to_string())?;
+        RunConfig::try_from(&cli).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn process_options_go_with_or_without_a_vm() {
+        let r = run_cli(&["viaduct", "--kernel", "k"]).unwrap();
+        assert_eq!((r.seccomp, r.user), (crate::seccomp::SeccompMode::True, None));
+        let r = run_cli(&["viaduct", "--api-socket", "/s", "--seccomp", "log", "--user", "0:0"]).unwrap();
+        assert_eq!(r.seccomp, crate::seccomp::SeccompMode::Log);
+        assert_eq!(r.user.map(|u| (u.uid, u.gid)), Some((0, 0)));
+        assert_eq!(
+            run_cli(&["viaduct", "--kernel", "k", "--seccomp", "false"]).unwrap().seccomp,
+            crate::seccomp::SeccompMode::False
+        );
+        assert!(run_cli(&["viaduct", "--kernel", "k", "--seccomp", "off"]).is_err());
+        assert!(run_cli(&["viaduct", "--kernel", "k", "--user", "no-such-user-here"]).is_err());
     }
 
     #[test]

@@ -8,6 +8,7 @@ mod device_manager;
 mod devices;
 mod irq;
 mod layout;
+mod privilege;
 mod resources;
 mod seccomp;
 mod signals;
