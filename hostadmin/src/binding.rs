@@ -7,7 +7,7 @@
 
 use pci::Bdf;
 
-use super::state::{BindingRecord, StateError, StateFile, StateLock};
+use super::state::{BindingRecord, Grant, NodeOwner, StateError, StateFile, StateLock};
 use super::{Owner, PciHost, VfioDriver};
 
 /// The VFIO PCI driver's name in sysfs.
@@ -36,6 +36,16 @@ pub enum BindError {
     },
     #[error("{bdf}: expected driver {expected} after probing, found {}", found.as_deref().unwrap_or("none"))]
     Probe { bdf: Bdf, expected: String, found: Option<String> },
+    #[error("{bdf}: handing {node} to uid {uid}")]
+    Grant {
+        bdf: Bdf,
+        node: String,
+        uid: u32,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{bdf}: no VFIO device node to hand over (is it bound to vfio-pci?)")]
+    NoVfioNode { bdf: Bdf },
     #[error("{bdf}: binding state")]
     State {
         bdf: Bdf,
@@ -170,6 +180,7 @@ impl Binder {
             driver: previous.clone(),
             driver_override: self.host.driver_override(bdf),
             owner: self.owner,
+            grant: None,
         };
         self.state.add(rec, lock).map_err(Self::state_err(bdf))?;
         let dir = self.host.device_dir(bdf);
@@ -239,6 +250,63 @@ impl Binder {
         Ok(done)
     }
 
+    /// Hands the device's VFIO nodes (its group's `/dev/vfio/N`, its cdev
+    /// `/dev/vfio/devices/vfioN`) to user `uid`/`gid`, read-write for that user only, and
+    /// records what they were, so `restore` puts them back. A device bound without a record
+    /// (already on a VFIO driver) gets one that keeps it on that driver.
+    pub fn grant(&self, bdf: Bdf, uid: u32, gid: u32) -> Result<Grant, BindError> {
+        let lock = self.state.lock().map_err(Self::state_err(bdf))?;
+        let nodes = self.host.vfio_nodes(bdf);
+        if nodes.is_empty() {
+            return Err(BindError::NoVfioNode { bdf });
+        }
+        let rec = self.state.record(bdf).map_err(Self::state_err(bdf))?;
+        let mut grant = rec.as_ref().and_then(|r| r.grant.clone()).unwrap_or(Grant { uid, nodes: Vec::new() });
+        grant.uid = uid;
+        for node in &nodes {
+            let shown = self.host.display_path(node.path());
+            let fail = |source| BindError::Grant { bdf, node: shown.clone(), uid, source };
+            let before = node_owner(node.path(), self.host.root() != std::path::Path::new("/")).map_err(fail)?;
+            // A node handed over before (a group shared with another device, a second
+            // grant) keeps its first record.
+            let first = grant.nodes.iter().any(|n| n.path == shown);
+            if !first && before.0 != uid {
+                grant.nodes.push(NodeOwner { path: shown.clone(), uid: before.0, gid: before.1, mode: before.2 });
+            }
+            chown_node(node.path(), uid, gid, 0o600).map_err(fail)?;
+            log::info!("{bdf}: {shown} now belongs to uid {uid}");
+        }
+        if rec.is_none() {
+            let now = BindingRecord {
+                bdf,
+                driver: self.host.driver(bdf),
+                driver_override: self.host.driver_override(bdf),
+                owner: self.owner,
+                grant: None,
+            };
+            self.state.add(now, &lock).map_err(Self::state_err(bdf))?;
+        }
+        self.state.set_grant(bdf, Some(grant.clone()), &lock).map_err(Self::state_err(bdf))?;
+        Ok(grant)
+    }
+
+    /// Puts back the owner and mode of the nodes a grant changed, where they still exist and
+    /// still belong to the user they were handed to.
+    fn ungrant(&self, bdf: Bdf, grant: &Grant) {
+        let fake = self.host.root() != std::path::Path::new("/");
+        for n in &grant.nodes {
+            let path = self.host.path(n.path.trim_start_matches('/'));
+            match node_owner(&path, fake) {
+                Ok((uid, ..)) if uid == grant.uid => match chown_node(&path, n.uid, n.gid, n.mode) {
+                    Ok(()) => log::info!("{bdf}: {} belongs to uid {} again", n.path, n.uid),
+                    Err(e) => log::warn!("{bdf}: giving {} back to uid {}: {e}", n.path, n.uid),
+                },
+                // Gone with the binding, or changed by someone since: left alone.
+                _ => {}
+            }
+        }
+    }
+
     /// Gives a recorded device back to its original driver and drops the record. Without a
     /// record nothing is changed. Idempotent.
     pub fn restore(&self, bdf: Bdf) -> Result<RestoreOutcome, BindError> {
@@ -254,6 +322,9 @@ impl Binder {
             log::info!("{bdf}: gone; dropping its binding record");
             self.state.remove(bdf, lock).map_err(Self::state_err(bdf))?;
             return Ok(RestoreOutcome::Gone);
+        }
+        if let Some(grant) = &rec.grant {
+            self.ungrant(bdf, grant);
         }
         let dir = self.host.device_dir(bdf);
         let recorded_override = rec.driver_override.as_deref().unwrap_or("\n");
@@ -395,6 +466,35 @@ impl Binder {
         }
         Ok(RestoreOutcome::Released { driver: self.host.driver(bdf) })
     }
+}
+
+/// A VFIO node's owner, group and permission bits, read without following a link. Only a
+/// character device is accepted (a fake tree's nodes are plain files: `fake_tree`).
+fn node_owner(path: &std::path::Path, fake_tree: bool) -> std::io::Result<(u32, u32, u32)> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let meta = std::fs::symlink_metadata(path)?;
+    let ok = meta.file_type().is_char_device() || (fake_tree && meta.file_type().is_file());
+    if !ok {
+        return Err(std::io::Error::other("not a device node"));
+    }
+    Ok((meta.uid(), meta.gid(), meta.mode() & 0o7777))
+}
+
+/// chown + chmod of a node, never through a link.
+fn chown_node(path: &std::path::Path, uid: u32, gid: u32, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: a NUL-terminated path; AT_SYMLINK_NOFOLLOW changes a link itself, never its target.
+    if unsafe { libc::fchownat(libc::AT_FDCWD, c.as_ptr(), uid, gid, libc::AT_SYMLINK_NOFOLLOW) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // The node was just checked not to be a link (and fchmodat cannot refuse one on Linux).
+    // SAFETY: as above.
+    if unsafe { libc::fchmodat(libc::AT_FDCWD, c.as_ptr(), mode as libc::mode_t, 0) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -640,5 +740,56 @@ mod tests {
         assert_eq!(b.host().driver(NVME).as_deref(), Some("vfio-pci"));
         assert!(std::fs::read_to_string(&state).unwrap().contains("tmp/evil"), "the line is kept for the admin");
         std::fs::remove_dir_all(f.root()).unwrap();
+    }
+
+    fn owner_of(p: &std::path::Path) -> (u32, u32, u32) {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(p).unwrap();
+        (m.uid(), m.gid(), m.mode() & 0o7777)
+    }
+
+    /// `bind --user`: the group node and the cdev go to the user, and come back on restore,
+    /// also for a device that was on vfio-pci before (it stays there).
+    #[test]
+    fn grant_hands_the_nodes_over_and_restore_takes_them_back() {
+        // SAFETY: geteuid cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: chown to another user needs root");
+            return;
+        }
+        let (f, b) = setup("grant");
+        f.set_vfio_kernel(crate::fake::FakeVfioKernel { vfio_dev_dirs: true, cdev: true, groups: true }).unwrap();
+        assert!(matches!(b.grant(NVME, 4242, 4343), Err(BindError::NoVfioNode { .. })));
+        b.bind(NVME).unwrap();
+        let nodes: Vec<std::path::PathBuf> = b.host().vfio_nodes(NVME).iter().map(|n| n.path().to_path_buf()).collect();
+        assert_eq!(nodes.len(), 2, "{nodes:?}");
+        for n in &nodes {
+            std::fs::set_permissions(n, std::os::unix::fs::PermissionsExt::from_mode(0o640)).unwrap();
+        }
+        let g = b.grant(NVME, 4242, 4343).unwrap();
+        assert_eq!(g.nodes.len(), 2);
+        for n in &nodes {
+            assert_eq!(owner_of(n), (4242, 4343, 0o600));
+        }
+        // Granting again keeps the first record of what the nodes were.
+        assert_eq!(b.grant(NVME, 4242, 4343).unwrap(), g);
+        assert_eq!(b.state().record(NVME).unwrap().unwrap().grant, Some(g.clone()));
+        // Restore: the grant is undone first, then the device goes back to nvme (its
+        // nodes go with it).
+        b.restore(NVME).unwrap();
+        assert_eq!(b.host().driver(NVME).as_deref(), Some("nvme"));
+        assert!(b.state().record(NVME).unwrap().is_none());
+
+        // Already on vfio-pci (bound by hand): a record is made so restore can undo the
+        // grant, and restore leaves it on vfio-pci.
+        b.bind(NVME).unwrap();
+        b.state().remove(NVME, &b.state().lock().unwrap()).unwrap();
+        let nodes: Vec<std::path::PathBuf> = b.host().vfio_nodes(NVME).iter().map(|n| n.path().to_path_buf()).collect();
+        let before: Vec<_> = nodes.iter().map(|n| owner_of(n)).collect();
+        b.grant(NVME, 4242, 4343).unwrap();
+        assert_eq!(b.restore(NVME).unwrap(), RestoreOutcome::Restored { driver: Some("vfio-pci".into()) });
+        assert_eq!(b.host().driver(NVME).as_deref(), Some("vfio-pci"));
+        let after: Vec<_> = nodes.iter().map(|n| owner_of(n)).collect();
+        assert_eq!(after, before, "ownership put back");
     }
 }

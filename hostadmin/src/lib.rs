@@ -18,7 +18,9 @@ mod owner;
 pub mod preflight;
 mod sriov;
 mod state;
+mod unprivileged;
 mod usage;
+mod user;
 mod vf;
 mod vfio_driver;
 
@@ -29,7 +31,9 @@ pub use inventory::{class_names, HostBar, InventoryError, PciFunction, SriovInfo
 pub use managed::ManagedDevices;
 pub use owner::Owner;
 pub use sriov::{SriovError, SriovOptions};
-pub use state::{BindingRecord, StateError, StateFile, StateLock};
+pub use state::{BindingRecord, Grant, NodeOwner, StateError, StateFile, StateLock};
+pub use unprivileged::{unprivileged_steps, MEMLOCK_MARGIN};
 pub use usage::HostUse;
+pub use user::HostUser;
 pub use vf::{MacAddr, PfNetdev, Rtnetlink, VfError, VfLinkState, VfSettings, VfStatus};
 pub use vfio_driver::{VfioDriver, VfioNode};

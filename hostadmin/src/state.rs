@@ -59,6 +59,58 @@ pub struct BindingRecord {
     pub driver_override: Option<String>,
     /// Who bound it.
     pub owner: Owner,
+    /// Its VFIO nodes handed to a user (`viaductctl bind --user`), undone by restore.
+    pub grant: Option<Grant>,
+}
+
+/// VFIO device nodes handed to a user, with what they were before.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    pub uid: u32,
+    pub nodes: Vec<NodeOwner>,
+}
+
+/// A device node's owner and mode before a grant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeOwner {
+    /// As the host names it: `/dev/vfio/<group>` or `/dev/vfio/devices/vfio<N>`.
+    pub path: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub mode: u32,
+}
+
+/// Only VFIO nodes are ever recorded, so a record (acted upon as root) cannot name any
+/// other file to chown.
+pub fn valid_vfio_node_path(path: &str) -> bool {
+    let digits = |s: &str| !s.is_empty() && s.len() <= 10 && s.bytes().all(|b| b.is_ascii_digit());
+    match path.strip_prefix("/dev/vfio/") {
+        Some(rest) => digits(rest) || rest.strip_prefix("devices/vfio").is_some_and(digits),
+        None => false,
+    }
+}
+
+impl NodeOwner {
+    fn to_field(&self) -> String {
+        format!("{}@{}.{}.{:o}", self.path, self.uid, self.gid, self.mode)
+    }
+
+    fn parse(field: &str) -> Result<Self, String> {
+        let bad = || format!("'{field}' is not NODE@UID.GID.MODE");
+        let (path, ids) = field.split_once('@').ok_or_else(bad)?;
+        if !valid_vfio_node_path(path) {
+            return Err(format!("{path} is not a VFIO device node"));
+        }
+        let mut parts = ids.split('.');
+        let uid = parts.next().and_then(|v| v.parse().ok()).ok_or_else(bad)?;
+        let gid = parts.next().and_then(|v| v.parse().ok()).ok_or_else(bad)?;
+        let mode =
+            parts.next().and_then(|v| u32::from_str_radix(v, 8).ok()).filter(|m| *m <= 0o7777).ok_or_else(bad)?;
+        if parts.next().is_some() {
+            return Err(bad());
+        }
+        Ok(Self { path: path.to_string(), uid, gid, mode })
+    }
 }
 
 fn field(v: &Option<String>) -> &str {
@@ -88,8 +140,16 @@ fn shown(line: &str) -> String {
 
 impl BindingRecord {
     fn to_line(&self) -> String {
+        let grant = match &self.grant {
+            None => String::new(),
+            Some(g) if g.nodes.is_empty() => format!(" granted={} nodes=-", g.uid),
+            Some(g) => {
+                let nodes: Vec<String> = g.nodes.iter().map(NodeOwner::to_field).collect();
+                format!(" granted={} nodes={}", g.uid, nodes.join(","))
+            }
+        };
         format!(
-            "{} driver={} override={} owner={}\n",
+            "{} driver={} override={} owner={}{grant}\n",
             self.bdf,
             field(&self.driver),
             field(&self.driver_override),
@@ -101,13 +161,15 @@ impl BindingRecord {
     fn parse(line: &str) -> Result<Self, String> {
         let mut words = line.split_whitespace();
         let bdf: Bdf = words.next().ok_or("empty")?.parse().map_err(|e: pci::BdfError| e.to_string())?;
-        let (mut driver, mut driver_override, mut owner) = (None, None, None);
+        let (mut driver, mut driver_override, mut owner, mut granted, mut nodes) = (None, None, None, None, None);
         for w in words {
             let (k, v) = w.split_once('=').ok_or_else(|| format!("'{w}' is not key=value"))?;
             let slot = match k {
                 "driver" => &mut driver,
                 "override" => &mut driver_override,
                 "owner" => &mut owner,
+                "granted" => &mut granted,
+                "nodes" => &mut nodes,
                 // Unknown keys come from newer versions: keep going, they only add detail.
                 _ => {
                     log::debug!("state file: ignoring unknown key '{k}'");
@@ -126,11 +188,23 @@ impl BindingRecord {
                 Some(n) => Err(format!("{key}={n} is not a driver name")),
             }
         };
+        let grant = match (granted, nodes) {
+            (None, None) => None,
+            (Some(uid), Some(nodes)) => Some(Grant {
+                uid: uid.parse().map_err(|_| format!("granted={uid} is not a uid"))?,
+                nodes: match nodes {
+                    "-" => Vec::new(),
+                    list => list.split(',').map(NodeOwner::parse).collect::<Result<_, _>>()?,
+                },
+            }),
+            _ => return Err("granted= and nodes= go together".into()),
+        };
         Ok(Self {
             bdf,
             driver: name("driver", driver)?,
             driver_override: name("override", driver_override)?,
             owner: owner.ok_or("no owner=")?.parse()?,
+            grant,
         })
     }
 }
@@ -368,6 +442,15 @@ impl StateFile {
         Ok(true)
     }
 
+    /// Replaces the grant of `bdf`'s record; false when it has no record.
+    pub fn set_grant(&self, bdf: Bdf, grant: Option<Grant>, lock: &StateLock) -> Result<bool, StateError> {
+        let mut all = self.read()?;
+        let Some(rec) = all.records.iter_mut().find(|r| r.bdf == bdf) else { return Ok(false) };
+        rec.grant = grant;
+        self.write_content(&all, lock)?;
+        Ok(true)
+    }
+
     pub fn remove(&self, bdf: Bdf, lock: &StateLock) -> Result<(), StateError> {
         let mut all = self.read()?;
         let before = all.records.len();
@@ -385,7 +468,13 @@ mod tests {
     use crate::fake::temp_root;
 
     fn rec(bdf: &str, driver: Option<&str>, owner: Owner) -> BindingRecord {
-        BindingRecord { bdf: bdf.parse().unwrap(), driver: driver.map(String::from), driver_override: None, owner }
+        BindingRecord {
+            bdf: bdf.parse().unwrap(),
+            driver: driver.map(String::from),
+            driver_override: None,
+            owner,
+            grant: None,
+        }
     }
 
     #[test]
@@ -483,5 +572,49 @@ mod tests {
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
         assert!(matches!(u.records(), Err(StateError::NotRegular { .. })));
         fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn grants_round_trip_and_only_name_vfio_nodes() {
+        let root = temp_root("state-grant").unwrap();
+        let f = StateFile::new(root.join("bindings"));
+        let lock = f.lock().unwrap();
+        let mut r = rec("0000:02:00.0", Some("nvme"), Owner::Viaductctl);
+        r.grant = Some(Grant {
+            uid: 1000,
+            nodes: vec![
+                NodeOwner { path: "/dev/vfio/12".into(), uid: 0, gid: 0, mode: 0o600 },
+                NodeOwner { path: "/dev/vfio/devices/vfio0".into(), uid: 0, gid: 44, mode: 0o660 },
+            ],
+        });
+        f.add(rec("0000:02:00.0", Some("nvme"), Owner::Viaductctl), &lock).unwrap();
+        assert!(f.set_grant(r.bdf, r.grant.clone(), &lock).unwrap());
+        assert_eq!(f.record(r.bdf).unwrap(), Some(r.clone()));
+        assert!(!f.set_grant("0000:03:00.0".parse().unwrap(), None, &lock).unwrap());
+        for path in ["/dev/vfio/12", "/dev/vfio/devices/vfio3"] {
+            assert!(valid_vfio_node_path(path), "{path}");
+        }
+        for path in [
+            "/etc/shadow",
+            "/dev/vfio/vfio",
+            "/dev/vfio/../../etc/shadow",
+            "/dev/vfio/",
+            "/dev/vfio/devices/vfio",
+            "/dev/vfio/1/2",
+        ] {
+            assert!(!valid_vfio_node_path(path), "{path}");
+        }
+        // A record naming another file, or a half grant, is not acted upon.
+        for line in [
+            "0000:02:00.0 driver=nvme override=- owner=viaductctl granted=1000 nodes=/etc/shadow@0.0.600",
+            "0000:02:00.0 driver=nvme override=- owner=viaductctl granted=1000",
+            "0000:02:00.0 driver=nvme override=- owner=viaductctl granted=x nodes=-",
+            "0000:02:00.0 driver=nvme override=- owner=viaductctl granted=1 nodes=/dev/vfio/1@0.0.99999",
+        ] {
+            assert!(BindingRecord::parse(line).is_err(), "{line}");
+        }
+        let ok =
+            BindingRecord::parse("0000:02:00.0 driver=nvme override=- owner=viaductctl granted=7 nodes=-").unwrap();
+        assert_eq!(ok.grant, Some(Grant { uid: 7, nodes: vec![] }));
     }
 }

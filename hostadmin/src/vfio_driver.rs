@@ -128,6 +128,24 @@ impl PciHost {
         cdev.exists().then_some(VfioNode::Cdev(cdev))
     }
 
+    /// Every VFIO node of the device that exists: its group's node and its cdev.
+    pub fn vfio_nodes(&self, bdf: Bdf) -> Vec<VfioNode> {
+        let mut out = Vec::new();
+        if let Some(group) = self.iommu_group(bdf) {
+            let node = self.path("dev/vfio").join(group.to_string());
+            if node.exists() {
+                out.push(VfioNode::Group(node));
+            }
+        }
+        if let Some(name) = self.vfio_dev_name(bdf) {
+            let cdev = self.path("dev/vfio/devices").join(name);
+            if cdev.exists() {
+                out.push(VfioNode::Cdev(cdev));
+            }
+        }
+        out
+    }
+
     /// The device's VFIO driver when a VMM can open it now: on a VFIO driver and with a VFIO
     /// device node.
     pub fn vfio_ready(&self, bdf: Bdf) -> Option<VfioDriver> {

@@ -18,6 +18,14 @@ pub struct BindArgs {
     /// Bind even if the host uses the device (an interface up, a filesystem mounted).
     #[arg(long)]
     force: bool,
+    /// Also hand the device's VFIO nodes (/dev/vfio/GROUP, /dev/vfio/devices/vfioN) to this
+    /// user (name, UID or UID:GID), so viaduct can run as that user; `restore` undoes it.
+    /// Says what else the user needs.
+    #[arg(long, value_name = "USER")]
+    user: Option<String>,
+    /// With --user: the guest RAM viaduct will get, for the memlock limit it needs.
+    #[arg(long, value_name = "SIZE", requires = "user")]
+    memory: Option<String>,
     /// One JSON document on stdout.
     #[arg(long)]
     pub json: bool,
@@ -62,6 +70,26 @@ struct ResultDoc {
 #[derive(Serialize)]
 struct ResultsDoc {
     results: Vec<ResultDoc>,
+    /// `bind --user`: the user the nodes went to, and the nodes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    grant: Option<GrantDoc>,
+    /// `bind --user`: what else the user needs to run viaduct, one step each.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    steps: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct GrantDoc {
+    user: String,
+    uid: u32,
+    gid: u32,
+    nodes: Vec<String>,
+}
+
+impl ResultsDoc {
+    fn plain(results: Vec<ResultDoc>) -> Self {
+        Self { results, grant: None, steps: Vec::new() }
+    }
 }
 
 fn text(results: &[ResultDoc]) -> String {
@@ -160,14 +188,48 @@ pub fn run_bind(binder: &Binder, args: &BindArgs) -> anyhow::Result<()> {
         }
         vec![bind_doc(binder, bdf, &o)]
     };
-    let doc = ResultsDoc { results };
-    emit(args.json, &doc, || text(&doc.results))
+    let mut doc = ResultsDoc::plain(results);
+    if let Some(spec) = &args.user {
+        let user = hostadmin::HostUser::lookup(spec).with_context(|| format!("--user {spec}: no such user"))?;
+        let ram = match &args.memory {
+            Some(m) => Some(hostadmin::parse_size(m).with_context(|| format!("--memory {m}: not a size"))?),
+            None => None,
+        };
+        let mut nodes = Vec::new();
+        for r in &doc.results {
+            let b: Bdf = r.bdf.parse()?;
+            binder.grant(b, user.uid, user.gid).with_context(|| {
+                format!("handing the VFIO nodes of {b} to {spec} (`viaductctl restore {b}` undoes what was done)")
+            })?;
+            nodes.extend(binder.host().vfio_nodes(b).iter().map(|n| binder.host().display_path(n.path())));
+        }
+        nodes.sort();
+        nodes.dedup();
+        doc.steps = hostadmin::unprivileged_steps(binder.host(), &user, ram);
+        doc.grant = Some(GrantDoc { user: user.name.clone(), uid: user.uid, gid: user.gid, nodes });
+    }
+    emit(args.json, &doc, || {
+        let mut out = text(&doc.results);
+        if let Some(g) = &doc.grant {
+            out.push_str(&format!(
+                "\n{} now belong to {} (uid {}); `viaductctl restore` gives them back.\n",
+                g.nodes.join(", "),
+                g.user,
+                g.uid
+            ));
+            out.push_str(&format!("For {} to run viaduct:\n", g.user));
+            for s in &doc.steps {
+                out.push_str(&format!("  - {s}\n"));
+            }
+        }
+        out
+    })
 }
 
 pub fn run_unbind(binder: &Binder, args: &UnbindArgs) -> anyhow::Result<()> {
     let bdf = resolve(binder, &args.device)?;
     let r = binder.unbind(bdf);
-    let doc = ResultsDoc { results: vec![restore_doc(binder, bdf, &r)] };
+    let doc = ResultsDoc::plain(vec![restore_doc(binder, bdf, &r)]);
     r.with_context(|| format!("unbinding {bdf}"))?;
     emit(args.json, &doc, || text(&doc.results))
 }
@@ -191,7 +253,7 @@ pub fn run_restore(binder: &Binder, args: &RestoreArgs) -> anyhow::Result<()> {
         v
     };
     let failed: Vec<String> = results.iter().filter(|(_, r)| r.is_err()).map(|(b, _)| b.to_string()).collect();
-    let doc = ResultsDoc { results: results.iter().map(|(b, r)| restore_doc(binder, *b, r)).collect() };
+    let doc = ResultsDoc::plain(results.iter().map(|(b, r)| restore_doc(binder, *b, r)).collect());
     let in_use: Vec<String> = results
         .iter()
         .filter_map(|(b, r)| match r {
