@@ -10,6 +10,7 @@
 use std::sync::{Arc, Mutex, Once};
 use std::thread::JoinHandle;
 
+use crate::seccomp::{self, ThreadKind};
 use crate::stop::{StopNotifier, StopReason};
 
 /// Where a panic is reported: the running VM's stop notifier, and the first panic's text.
@@ -25,13 +26,34 @@ fn reporter() -> std::sync::MutexGuard<'static, Reporter> {
     REPORTER.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Starts a named VMM thread.
-pub fn spawn<F, T>(name: impl Into<String>, f: F) -> std::io::Result<JoinHandle<T>>
+/// Starts a named VMM thread of kind `kind`, whose seccomp filter is installed before `f`
+/// runs. A thread whose own filter is narrower than the new thread's (a vCPU starting a
+/// virtio I/O thread) has the spawner create it, so the new thread is bound by its own
+/// filter only (see `seccomp`).
+pub fn spawn<F, T>(kind: ThreadKind, name: impl Into<String>, f: F) -> std::io::Result<JoinHandle<T>>
 where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
 {
-    std::thread::Builder::new().name(name.into()).spawn(f)
+    let builder = std::thread::Builder::new().name(name.into());
+    let body = move || {
+        install_filter(kind);
+        f()
+    };
+    if seccomp::may_spawn_directly(seccomp::current()) {
+        builder.spawn(body)
+    } else {
+        seccomp::on_spawner(move || builder.spawn(body)).map_err(std::io::Error::other)?
+    }
+}
+
+/// Installs the calling (new) thread's seccomp filter. A thread never runs without the
+/// filter it should have: a failure is a panic, which stops the VM with the error (the
+/// panic hook below), before the thread touches guest input.
+pub fn install_filter(kind: ThreadKind) {
+    if let Err(e) = seccomp::install(kind) {
+        panic!("{e}");
+    }
 }
 
 /// The one line a panic becomes: which thread, where, and the panic's message.
@@ -100,7 +122,7 @@ mod tests {
         install_panic_hook();
         let stop = StopNotifier::new().unwrap();
         report_panics_to(&stop);
-        let worker = spawn("virtio-test0", || -> u32 { panic!("queue 3\nis broken") }).unwrap();
+        let worker = spawn(ThreadKind::VirtioRng, "virtio-test0", || -> u32 { panic!("queue 3\nis broken") }).unwrap();
         assert!(worker.join().is_err());
         let reason = stop.reason().expect("the panic requested a stop");
         let StopReason::Error(line) = reason else { panic!("not an error: {reason:?}") };

@@ -24,6 +24,8 @@ use crate::device_manager::{DeviceManager, DeviceManagerConfig};
 use crate::devices::cmos::Cmos;
 use crate::devices::serial::{self, ConsoleOut, FlushingWriter, SerialDevice};
 use crate::layout::RamLayout;
+use crate::privilege::SwitchUser;
+use crate::seccomp::ThreadKind;
 use crate::signals;
 use crate::stop::{StopNotifier, StopReason};
 use crate::terminal::RawModeGuard;
@@ -81,8 +83,19 @@ impl Vmm {
             Some(cfg) => Some((cfg.clone(), preflight(cfg)?)),
             None => None,
         };
+        if let Some(user) = &run.user {
+            user.check_startable()?;
+            if let Some(cfg) = &run.vm {
+                check_user_devices(cfg, user)?;
+            }
+        }
         // Before any thread is spawned (the API's too): every thread inherits the mask.
         let signal_fd = signals::setup()?;
+        // Every thread from here on runs under a filter, this one included: the filters are
+        // built and the spawner started now, before the API thread and the first device.
+        let policy = crate::seccomp::Policy { mode: run.seccomp, switch_to: run.user.as_ref().map(|u| (u.uid, u.gid)) };
+        crate::seccomp::init(&policy)?;
+        crate::seccomp::install(ThreadKind::Main)?;
         let api = run.api_socket.as_deref().map(ApiServer::start).transpose()?;
         let kvm = KvmSystem::open()?;
         let cpuid = kvm.supported_cpuid()?;
@@ -126,8 +139,13 @@ impl Vmm {
                 spawn_stdin_forwarder(console_input.clone())?;
             }
             let platform = Platform { sink: &p.sink, console_input: &console_input, cmos: &cmos };
-            let ctx = BootContext { kvm: &kvm, cpuid: &cpuid, signal_fd: &signal_fd, first_boot };
-            let booted = boot_once(&ctx, &cfg, &p.plan, &platform, &mut control);
+            let ctx =
+                BootContext { kvm: &kvm, cpuid: &cpuid, signal_fd: &signal_fd, first_boot, user: run.user.as_ref() };
+            // A VM from the API is checked here (the command line's was checked at start).
+            let booted = match run.user.as_ref().map(|u| check_user_devices(&cfg, u)).transpose() {
+                Ok(_) => boot_once(&ctx, &cfg, &p.plan, &platform, &mut control),
+                Err(e) => Err(e),
+            };
             // Whatever ended the VM, a panic on any thread (also during the teardown) is the
             // error the user sees.
             if let Some(panic) = crate::threads::first_panic() {
@@ -316,6 +334,21 @@ fn preflight(cfg: &VmConfig) -> anyhow::Result<Preflight> {
     Ok(Preflight::Firmware(Box::new(FirmwarePlan { files, kernel, linuxboot_rom, uuid })))
 }
 
+/// With `--user`, `managed=on` is refused: giving a device back to its driver at exit writes
+/// to sysfs, which the user cannot.
+fn check_user_devices(cfg: &VmConfig, user: &SwitchUser) -> anyhow::Result<()> {
+    let devices = crate::device_manager::vfio::parse_cli(&cfg.devices)?;
+    if let Some(d) = devices.iter().find(|d| d.managed) {
+        bail!(
+            "--device {}: managed=on needs root at exit, which --user gives up; bind it first (`viaductctl bind {} --user {}`)",
+            d.bdf,
+            d.bdf,
+            user.name
+        );
+    }
+    Ok(())
+}
+
 /// Loads the kernel (the cached vmlinux when there is one) and the initramfs into guest RAM.
 fn load_boot_images(
     mem: &GuestMemory,
@@ -449,6 +482,8 @@ struct BootContext<'a> {
     cpuid: &'a CpuId,
     signal_fd: &'a OwnedFd,
     first_boot: bool,
+    /// `--user`: become that user once this boot's set-up is done (the first boot only).
+    user: Option<&'a SwitchUser>,
 }
 
 /// Builds one VM, runs it to a stop reason and tears it down.
@@ -459,7 +494,7 @@ fn boot_once(
     platform: &Platform,
     control: &mut Control,
 ) -> anyhow::Result<StopReason> {
-    let BootContext { kvm, cpuid, signal_fd, first_boot } = *ctx;
+    let BootContext { kvm, cpuid, signal_fd, first_boot, user } = *ctx;
     let Platform { sink, console_input, cmos } = platform;
     let mut timing = StartupTiming::new();
     let ram_layout = match plan {
@@ -503,7 +538,12 @@ fn boot_once(
         (images, t.elapsed())
     };
     let (attached, devices_time, (images, kernel_time)) = std::thread::scope(|s| {
-        let loader = std::thread::Builder::new().name("kernel-loader".into()).spawn_scoped(s, timed_load);
+        // Scoped (it borrows guest RAM and the config), so not through `threads::spawn`:
+        // the main thread's filter covers the loader's, which it installs first.
+        let loader = std::thread::Builder::new().name("kernel-loader".into()).spawn_scoped(s, || {
+            crate::threads::install_filter(ThreadKind::KernelLoader);
+            timed_load()
+        });
         let t = Instant::now();
         let attached = dm.attach_cli_devices(&vm, mem, cfg);
         let devices_time = t.elapsed();
@@ -572,6 +612,11 @@ fn boot_once(
         cfg.memory.size >> 20,
         timing
     );
+    // Set-up is done (devices, disks, taps and the kernel are open): from here on viaduct
+    // runs as --user, before the DMA mapping and the guest start.
+    if let (true, Some(user)) = (first_boot, user) {
+        user.apply(cfg.memory.size.saturating_add(hostadmin::MEMLOCK_MARGIN))?;
+    }
     dm.start_background_work()?;
     let gate = VcpuGate::new();
     let mut threads = Vec::with_capacity(vcpus.len());
@@ -579,7 +624,9 @@ fn boot_once(
         let buses = dm.buses().clone();
         let vcpu_stop = stop.clone();
         let vcpu_gate = gate.clone();
-        match crate::threads::spawn(format!("vcpu{}", vcpu.id), move || vcpu.run(&buses, &vcpu_stop, &vcpu_gate)) {
+        match crate::threads::spawn(ThreadKind::Vcpu, format!("vcpu{}", vcpu.id), move || {
+            vcpu.run(&buses, &vcpu_stop, &vcpu_gate)
+        }) {
             Ok(h) => threads.push(h),
             Err(e) => {
                 stop.request(StopReason::Error(format!("starting a vCPU thread failed: {e}")));
@@ -780,8 +827,12 @@ pub fn seccomp_rules(r: &mut crate::seccomp::Rules) {
         // Kicking vCPUs out of KVM_RUN; signal handlers set at start.
         libc::SYS_tgkill,
         libc::SYS_rt_sigaction,
-        // Bringing a tap up (an AF_INET datagram socket for SIOCSIFFLAGS).
+        // Bringing a tap up (an AF_INET datagram socket for SIOCSIFFLAGS); the API socket
+        // (connect tells a live socket from a stale one).
         libc::SYS_socket,
+        libc::SYS_bind,
+        libc::SYS_listen,
+        libc::SYS_connect,
         // Threads: creation, and what a new thread does before its own filter is in place.
         libc::SYS_clone,
         libc::SYS_clone3,
@@ -915,7 +966,7 @@ mod tests {
         assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
         // SAFETY: both fds are fresh and owned here only.
         let (quiet, _writer) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        let vcpu = crate::threads::spawn("vcpu7", || {
+        let vcpu = crate::threads::spawn(ThreadKind::Vcpu, "vcpu7", || {
             std::thread::sleep(Duration::from_millis(20));
             panic!("emulation bug");
         })

@@ -14,6 +14,7 @@ pub mod routes;
 pub mod socket;
 pub mod types;
 
+use crate::seccomp::ThreadKind;
 use std::io::{Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -79,7 +80,7 @@ impl ApiServer {
         let thread_evt = evt.clone();
         let live = Arc::new(AtomicUsize::new(0));
         let thread_live = live.clone();
-        crate::threads::spawn("api", move || accept_loop(listener, tx, thread_evt, thread_live))
+        crate::threads::spawn(ThreadKind::Api, "api", move || accept_loop(listener, tx, thread_evt, thread_live))
             .map_err(ApiServerError::Thread)?;
         log::info!("API listening on {}", path.display());
         Ok(Self { path: path.to_path_buf(), inode: (meta.dev(), meta.ino()), calls, evt, live })
@@ -147,7 +148,7 @@ fn accept_loop(listener: UnixListener, tx: Sender<ApiCall>, evt: Arc<EventFd>, l
         }
         let slot = Slot(live.clone());
         let (tx, evt) = (tx.clone(), evt.clone());
-        let spawned = crate::threads::spawn("api-conn", move || {
+        let spawned = crate::threads::spawn(ThreadKind::Api, "api-conn", move || {
             let _slot = slot;
             serve_connection(stream, &tx, &evt);
         });
@@ -244,6 +245,26 @@ mod fuzz_replay {
             }
         }
     }
+}
+
+/// The seccomp filter of the API threads: accept connections on the socket the main thread
+/// bound, read requests and write answers (with timeouts), close them lingering; hand each
+/// request to the control loop (a channel and an eventfd). Connection threads are created by
+/// the spawner. No files, no devices, no KVM.
+pub fn seccomp_rules(r: &mut crate::seccomp::Rules) {
+    r.allow(&[
+        libc::SYS_accept4,
+        libc::SYS_accept,
+        libc::SYS_read,
+        libc::SYS_recvfrom,
+        libc::SYS_writev,
+        libc::SYS_sendto,
+        libc::SYS_setsockopt,
+        libc::SYS_getsockopt,
+        libc::SYS_shutdown,
+        libc::SYS_poll,
+        libc::SYS_ppoll,
+    ]);
 }
 
 #[cfg(test)]

@@ -209,7 +209,10 @@ fn a_stop_releases_a_bus_master_enable_waiting_for_a_dma_map_that_never_ends() {
     let vcpu = {
         let addr = ecam(bdf, 4);
         let buses = buses.clone();
-        crate::threads::spawn("vcpu-test", move || buses.mmio.write(addr, &[0x06, 0x00])).unwrap()
+        crate::threads::spawn(crate::seccomp::ThreadKind::Vcpu, "vcpu-test", move || {
+            buses.mmio.write(addr, &[0x06, 0x00])
+        })
+        .unwrap()
     };
     std::thread::sleep(Duration::from_millis(30));
     assert!(!vcpu.is_finished(), "waiting for the DMA mapping");

@@ -197,9 +197,10 @@ impl VfioContainer {
     /// done and right before the vCPUs run (the devices' Bus Master enables wait for it).
     pub fn start_dma_mapping(&mut self) -> Result<(), VfioManagerError> {
         if let Some((container, ranges)) = self.unmapped.take() {
+            let filter = Box::new(|| crate::threads::install_filter(crate::seccomp::ThreadKind::DmaMap));
             // SAFETY: the ranges are guest RAM, which `self.memory` keeps mapped until after
             // this thread is joined and the container (which unmaps these IOVAs) dropped.
-            self.dma = Some(unsafe { self.mapping.spawn(container, ranges) }?);
+            self.dma = Some(unsafe { self.mapping.spawn(container, ranges, filter) }?);
         }
         Ok(())
     }

@@ -97,7 +97,7 @@ pub fn spawn_input_forwarder<R: Read + Send + 'static>(
     mut input: R,
     mut sink: impl InputSink,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
-    crate::threads::spawn("serial-input", move || {
+    crate::threads::spawn(crate::seccomp::ThreadKind::SerialInput, "serial-input", move || {
         let mut buf = [0u8; 64];
         loop {
             let n = match input.read(&mut buf) {

@@ -54,6 +54,8 @@ pub enum ThreadKind {
     DmaMap,
     /// Forwards the terminal's input to the guest's serial port.
     SerialInput,
+    /// The API socket's accept thread and its connection threads.
+    Api,
     /// I/O threads of virtio devices.
     VirtioBlock,
     VirtioNet,
@@ -61,13 +63,14 @@ pub enum ThreadKind {
 }
 
 impl ThreadKind {
-    pub const ALL: [ThreadKind; 9] = [
+    pub const ALL: [ThreadKind; 10] = [
         Self::Main,
         Self::Spawner,
         Self::Vcpu,
         Self::KernelLoader,
         Self::DmaMap,
         Self::SerialInput,
+        Self::Api,
         Self::VirtioBlock,
         Self::VirtioNet,
         Self::VirtioRng,
@@ -81,6 +84,7 @@ impl ThreadKind {
             Self::KernelLoader => "kernel-loader",
             Self::DmaMap => "dma-map",
             Self::SerialInput => "serial-input",
+            Self::Api => "api",
             Self::VirtioBlock => "virtio-blk",
             Self::VirtioNet => "virtio-net",
             Self::VirtioRng => "virtio-rng",
@@ -98,6 +102,7 @@ impl ThreadKind {
             Self::KernelLoader => crate::boot::seccomp_rules(r),
             Self::DmaMap => crate::device_manager::vfio::dma_seccomp_rules(r),
             Self::SerialInput => crate::devices::serial::seccomp_rules(r),
+            Self::Api => crate::api::seccomp_rules(r),
             Self::VirtioBlock => crate::devices::virtio::block::seccomp_rules(r),
             Self::VirtioNet => crate::devices::virtio::net::seccomp_rules(r),
             Self::VirtioRng => crate::devices::virtio::rng::seccomp_rules(r),

@@ -60,6 +60,7 @@ impl Rules {
     }
 
     /// Everything `other` allows, too.
+    #[cfg(test)]
     pub fn merge(&mut self, other: &Rules) -> &mut Self {
         self.any.extend(&other.any);
         for (nr, lists) in &other.when {
@@ -69,11 +70,13 @@ impl Rules {
     }
 
     /// Whether `syscall` is allowed in some form (any arguments or some).
+    #[cfg(test)]
     pub fn mentions(&self, syscall: c_long) -> bool {
         self.any.contains(&syscall) || self.when.contains_key(&syscall)
     }
 
     /// Whether `ioctl(_, request)` is allowed.
+    #[cfg(test)]
     pub fn allows_ioctl(&self, request: u64) -> bool {
         self.any.contains(&libc::SYS_ioctl)
             || self.when.get(&libc::SYS_ioctl).is_some_and(|l| l.contains(&vec![ArgEq::int(1, request)]))

@@ -51,7 +51,9 @@ impl DmaMapping {
     }
 
     /// Maps `ranges` into `container` on a new thread, finishing `self`; the thread gives
-    /// the container back. On a spawn failure `self` is marked failed (nobody waits forever).
+    /// the container back. `prologue` runs first on that thread (the VMM installs the
+    /// thread's seccomp filter there). On a spawn failure `self` is marked failed (nobody
+    /// waits forever).
     ///
     /// # Safety
     /// As [`Container::map_ram`]: every range is live guest RAM that stays mapped until the
@@ -60,11 +62,13 @@ impl DmaMapping {
         self: &Arc<Self>,
         mut container: Container,
         ranges: Vec<RamRange>,
+        prologue: Box<dyn FnOnce() + Send>,
     ) -> Result<JoinHandle<Container>, DmaError> {
         let m = self.clone();
         std::thread::Builder::new()
             .name("dma-map".into())
             .spawn(move || {
+                prologue();
                 // SAFETY: the caller's contract, passed on.
                 let r = unsafe { container.map_ram(&ranges) };
                 m.finish(r);

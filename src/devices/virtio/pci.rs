@@ -231,6 +231,7 @@ impl VirtioPciDevice {
         };
         let regs = self.function.backend_mut();
         let acked = regs.driver_features();
+        let kind = super::worker::thread_kind(regs.device_mut().device_type());
         let handler = regs.device_mut().activate(acked)?;
         let regs = self.function.backend();
         let mut queues = Vec::new();
@@ -246,7 +247,8 @@ impl VirtioPciDevice {
             queues.push(ActiveQueue { index: i, queue, notify, interrupt });
         }
         log::info!("{}: driver ready (features {acked:#x}, {} queue(s))", self.name, queues.len());
-        self.worker = Some(Worker::spawn(self.name.clone(), self.mem.clone(), queues, handler, self.counters.clone())?);
+        self.worker =
+            Some(Worker::spawn(kind, self.name.clone(), self.mem.clone(), queues, handler, self.counters.clone())?);
         self.register_notifications();
         Ok(())
     }
