@@ -798,6 +798,7 @@ pub fn seccomp_rules(r: &mut crate::seccomp::Rules) {
         libc::SYS_access,
         libc::SYS_faccessat,
         libc::SYS_faccessat2,
+        libc::SYS_mkdir,
         libc::SYS_mkdirat,
         libc::SYS_unlinkat,
         libc::SYS_renameat,
