@@ -122,6 +122,14 @@ fn bad_device_specs() {
     assert_refused(&with_kernel(&["--device", "0000:01:10.0,rombar=maybe"]), "rombar");
     assert_refused(&with_kernel(&["--disk", "readonly=on"]), "--disk: missing required key 'path'");
     assert_refused(&with_kernel(&["--disk", "path=a.img,speed=fast"]), "speed");
+    assert_refused(&with_kernel(&["--seccomp", "maybe"]), "--seccomp");
+    assert_refused(&with_kernel(&["--user", "no-such-user-here"]), "--user no-such-user-here: no such user");
+    assert_refused(&with_kernel(&["--net", "fd=1"]), "--net fd=1");
+    assert_refused(&with_kernel(&["--net", "tap=t0,fd=5"]), "give tap=NAME or fd=N, not both");
+    assert_refused(
+        &with_kernel(&["--user", "0:0", "--device", "0000:01:10.0,managed=on"]),
+        "--device 0000:01:10.0: managed=on needs root at exit, which --user gives up",
+    );
 }
 
 /// A directory of stand-in firmware files for the checks made before anything starts.
@@ -228,6 +236,8 @@ fn help_documents_every_option_with_an_example() {
         "--log-level",
         "--kernel-cache",
         "--firmware",
+        "--seccomp",
+        "--user",
     ] {
         assert!(documented.contains(&want), "{want} missing from --help: {documented:?}");
     }

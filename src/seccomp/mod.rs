@@ -29,13 +29,13 @@ pub use rules::{ArgEq, Rules};
 /// `--seccomp`: the cloud-hypervisor spelling.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum SeccompMode {
-    /// Filters on; a call outside a thread's filter ends viaduct with an error.
+    // Filters on; a call outside a thread's filter ends viaduct with an error.
     #[default]
     True,
-    /// No filters.
+    // No filters.
     False,
-    /// Filters on, but a call outside a thread's filter is allowed and logged by the kernel
-    /// (the audit log, `dmesg`): for finding what a new code path needs.
+    // Filters on, but a call outside a thread's filter is allowed and logged by the kernel
+    // (the audit log, `dmesg`): for finding what a new code path needs.
     Log,
 }
 
