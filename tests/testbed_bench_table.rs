@@ -35,6 +35,8 @@ fn fake_bench_run(dir: &Path, status_line: &str) {
 @@TB value boot-bench bench/overhead_kb/viaduct 20000\r
 @@TB value boot-bench bench/overhead_kb/qemu 100000\r
 @@TB value boot-bench bench/extra_mbps/viaduct 50\r
+@@TB value boot-bench bench/boot_ms/viaduct-noseccomp 1800\r
+@@TB value boot-bench bench/boot_ms/viaduct-noseccomp 2000\r
 @@TB value boot-bench bench/bogus/kvmtool 1\r
 @@TB value boot-bench viaduct-r1/init_ms 999\r
 @@TB end boot-bench rc=0 ms=5000\r
@@ -84,6 +86,12 @@ fn bench_table_takes_medians_ratios_and_judges_targets() {
     assert!(extra.contains("50 (n=1)") && !extra.contains("met"), "{extra}");
     assert!(!all.contains("bogus"), "{all}");
     assert!(all.contains("BENCH: 3 metrics, 1 targets met, 1 NOT MET, 0 no data"), "{all}");
+    // --seccomp-cost's rounds: viaduct (filters on) against viaduct --seccomp false, after
+    // the table: 2000 vs 1900.
+    let cost = all.split("=== seccomp's cost").nth(1).unwrap_or_else(|| panic!("no seccomp table in:\n{all}"));
+    let boot = row(cost, "boot_ms");
+    assert!(boot.contains("2000 (n=2)") && boot.contains("1900 (n=2)") && boot.ends_with("1.05"), "{boot}");
+    assert!(!cost.contains("overhead_kb"), "only metrics with both: {cost}");
     let tsv = std::fs::read_to_string(dir.join("bench.tsv")).expect("bench.tsv");
     assert!(tsv.lines().any(|l| l == "boot-bench\tboot_ms\t2000\t5000\t2\t2\t0.40\t<= 0.5\tmet"), "{tsv}");
 

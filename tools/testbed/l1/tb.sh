@@ -103,9 +103,25 @@ tb_value() {
 # failed check rather than a silently missing table row.
 tb_bench() {
     case "$1" in ''|*[!a-z0-9_]*) tb_emit_check "bench-$1" fail "tb_bench: bad metric name '$1'"; return 1 ;; esac
-    case "$2" in viaduct|qemu) ;; *) tb_emit_check "bench-$1" fail "tb_bench: VMM must be viaduct or qemu, got '$2'"; return 1 ;; esac
+    case "$2" in viaduct|viaduct-noseccomp|qemu) ;; *) tb_emit_check "bench-$1" fail "tb_bench: VMM must be viaduct, viaduct-noseccomp or qemu, got '$2'"; return 1 ;; esac
     case "${3#-}" in ''|*[!0-9.]*|*.*.*|.) tb_emit_check "bench-$1-$2" fail "tb_bench: value '$3' is not a number"; return 1 ;; esac
     tb_value "bench/$1/$2" "$3"
+}
+
+# tb_viaduct_args VMM: viaduct's extra arguments for a bench VMM label: viaduct-noseccomp is
+# viaduct with --seccomp false, run beside viaduct when TB_BENCH_SECCOMP is set (tools/bench
+# --seccomp-cost) for seccomp's cost.
+tb_viaduct_args() {
+    [ "$1" = viaduct-noseccomp ] && echo "--seccomp false"
+    true
+}
+
+# tb_bench_vmms: the viaduct labels a bench round runs (viaduct, and viaduct-noseccomp when
+# TB_BENCH_SECCOMP is set).
+tb_bench_vmms() {
+    echo viaduct
+    [ -n "$TB_BENCH_SECCOMP" ] && echo viaduct-noseccomp
+    true
 }
 
 # tb_skip REASON...: the scenario could not run here. Reported loudly as SKIPPED, never as

@@ -5,6 +5,8 @@
 # Variables: want (the bench scenarios, space separated, in table order), tsv (a file the
 # machine-readable rows are appended to).
 # Prints the table; the last line is "BENCH: N metrics, M targets met, K NOT MET, J no data".
+# Samples of viaduct-noseccomp (viaduct with --seccomp false, tools/bench --seccomp-cost) go
+# into a second table before that line: viaduct (filters on) against them.
 function median(s, m,   n, i, j, v, a) {
     n = cnt[s, m]
     for (i = 1; i <= n; i++) a[i] = sample[s, m, i]
@@ -18,8 +20,8 @@ FILENAME == ARGV[2] { status[$1] = $2; next }
 { sub(/\r$/, "") }
 $1 == "@@TB" && $2 == "value" && $4 ~ /^bench\// {
     split($4, k, "/")
-    if (k[3] != "viaduct" && k[3] != "qemu") next
-    addmetric($3, k[2])
+    if (k[3] != "viaduct" && k[3] != "qemu" && k[3] != "viaduct-noseccomp") next
+    if (k[3] != "viaduct-noseccomp") addmetric($3, k[2])
     c = ++cnt[$3 "/" k[3], k[2]]
     sample[$3 "/" k[3], k[2], c] = $5 + 0
 }
@@ -57,5 +59,23 @@ END {
         if (status[s] != "" && status[s] != "pass")
             printf "%-16s !!! scenario status %s: these numbers are suspect (see its log)\n", s, toupper(status[s])
     }
+    nsec = 0
+    for (i = 1; i <= ns; i++) {
+        s = sorder[i]
+        nk = split(metrics[s], ms, " ")
+        for (j = 1; j <= nk; j++) {
+            m = ms[j]
+            if (!cnt[s "/viaduct-noseccomp", m] || !cnt[s "/viaduct", m]) continue
+            if (!nsec++) {
+                print ""
+                print "=== seccomp's cost: viaduct with --seccomp true (default) vs false, same level-1 boot (ratio = on/off, medians)"
+                printf "%-16s %-22s %14s %14s %7s\n", "scenario", "metric", "seccomp on", "seccomp off", "ratio"
+            }
+            v = median(s "/viaduct", m); q = median(s "/viaduct-noseccomp", m)
+            printf "%-16s %-22s %14s %14s %7s\n", s, m, num(v) " (n=" cnt[s "/viaduct", m] ")",
+                num(q) " (n=" cnt[s "/viaduct-noseccomp", m] ")", (q != 0 ? sprintf("%.2f", v / q) : "-")
+        }
+    }
+    if (nsec) print ""
     printf "BENCH: %d metrics, %d targets met, %d NOT MET, %d no data\n", nm, nmet, nnot, nnod
 }

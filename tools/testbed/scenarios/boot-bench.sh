@@ -60,8 +60,8 @@ sample_rss() {
     echo "$max" >"$2"
 }
 
-# bench VMM RUN BOOT_METRIC: one boot with VMM (viaduct or qemu); emits BOOT_METRIC and
-# overhead_kb for VMM when the guest reached init.
+# bench VMM RUN BOOT_METRIC: one boot with VMM (viaduct, viaduct-noseccomp or qemu); emits
+# BOOT_METRIC and overhead_kb for VMM when the guest reached init.
 bench() {
     local vmm=$1 run=$2 metric=$3 proc=viaduct rss up
     rm -f /tmp/bench-stop
@@ -69,9 +69,10 @@ bench() {
     [ "$vmm" = qemu ] && proc=qemu-system-x86_64
     sample_rss "$proc" "/tmp/bench-$run.rss" &
     local sampler=$!
-    if [ "$vmm" = viaduct ]; then
+    if [ "$vmm" != qemu ]; then
+        # shellcheck disable=SC2046 # tb_viaduct_args gives whole words
         tb_run_l2 "$run" 150 /tmp/bench-guest.sh -- viaduct --kernel @KERNEL@ --initramfs @INITRD@ \
-            --cmdline "@CMDLINE@" --cpus 1 --memory "${mem_mib}M" --log-level info
+            --cmdline "@CMDLINE@" --cpus 1 --memory "${mem_mib}M" --log-level info $(tb_viaduct_args "$vmm")
     else
         mkdir -p "/tmp/l2/$run"
         tb_qemu_l2 "$run" 150 /tmp/bench-guest.sh -- -d cpu_reset,guest_errors -D "/tmp/l2/$run/qemu-debug.log"
@@ -106,7 +107,7 @@ tb_value viaduct/kernel_cache "$(ls /var/cache/viaduct 2>/dev/null | tr '\n' ' '
 # five is what the 0.5x target is judged on. BOOT_BENCH_ROUNDS overrides it.
 round=1
 while [ "$round" -le "${BOOT_BENCH_ROUNDS:-5}" ]; do
-    bench viaduct "viaduct-r$round" boot_ms
+    for vmm in $(tb_bench_vmms); do bench "$vmm" "$vmm-r$round" boot_ms; done
     bench qemu "qemu-r$round" boot_ms
     round=$((round + 1))
 done

@@ -108,8 +108,8 @@ bench_round() { # bench_round VMM RUN: one guest, then its numbers
     tb_settle_memory
     watch_phases "$log" "$phases" &
     local watcher=$!
-    if [ "$vmm" = viaduct ]; then
-        dev_args=""; for b in $devs; do dev_args="$dev_args --device $b"; done
+    if [ "$vmm" != qemu ]; then
+        dev_args="$(tb_viaduct_args "$vmm")"; for b in $devs; do dev_args="$dev_args --device $b"; done
         tb_run_l2 "$run" 240 /tmp/bench-vfio-guest.sh -- viaduct --kernel @KERNEL@ --initramfs @INITRD@ \
             --cmdline "@CMDLINE@" --cpus 1 --memory ${mem_mib}M --log-level info $dev_args
     else
@@ -136,15 +136,15 @@ bench_round() { # bench_round VMM RUN: one guest, then its numbers
     fi
     r=$(tr -d '\r' <"$log" | sed -n 's/.*@@G value read_ms \([0-9]*\).*/\1/p' | head -n1)
     [ -n "$r" ] && [ "$r" -gt 0 ] && tb_bench read_mbps "$vmm" "$(awk -v ms="$r" 'BEGIN {printf "%.1f", 64 * 1.048576 * 1000 / ms}')"
-    if [ "$vmm" = viaduct ]; then
+    if [ "$vmm" != qemu ]; then
         # "BDF: trapped guest accesses: BAR0=.. ... total=T msix=M", one line per device.
         r=$(sed -n 's/.*trapped guest accesses:.* total=\([0-9]*\) msix=\([0-9]*\).*/\1 \2/p' "$log" |
             awk '{s += $1 - $2; n++} END {if (n) print s}')
         grep -e 'trapped guest accesses' -e 'DMA-mapped guest RAM' -e 'waited .* for the DMA mapping' "$log"
         # How long the guest's first Bus Master enable waited for the background DMA mapping.
         r2=$(sed -n 's/.*waited \([0-9]*\) ms for the DMA mapping.*/\1/p' "$log" | awk '{s += $1} END {print s + 0}')
-        tb_bench bus_master_wait_ms viaduct "$r2"
-        [ -n "$r" ] && tb_bench data_traps_count viaduct "$r" ||
+        tb_bench bus_master_wait_ms "$vmm" "$r2"
+        [ -n "$r" ] && tb_bench data_traps_count "$vmm" "$r" ||
             tb_check "$run/trap-counters" fail "no 'trapped guest accesses' line in viaduct's log"
     fi
 }
@@ -160,7 +160,7 @@ fi
 
 round=1
 while [ "$round" -le "${VFIO_BENCH_ROUNDS:-5}" ]; do
-    bench_round viaduct "viaduct-r$round"
+    for vmm in $(tb_bench_vmms); do bench_round "$vmm" "$vmm-r$round"; done
     bench_round qemu "qemu-r$round"
     round=$((round + 1))
 done

@@ -118,7 +118,7 @@ guest_numbers() {
 
 r=1
 while [ $r -le $rounds ]; do
-    for vmm in qemu viaduct; do
+    for vmm in qemu $(tb_bench_vmms); do
         run=bench-$vmm-$r
         rm -f $www/done $img $ended
         dd if=/dev/zero of=$img bs=1M count=$blk_mb 2>/dev/null
@@ -131,8 +131,9 @@ while [ $r -le $rounds ]; do
                 -netdev tap,id=vn0,ifname=$tap,script=no,downscript=no,vhost=off \
                 -device virtio-net-pci,netdev=vn0,mac=$mac,romfile=
         else
+            # shellcheck disable=SC2046 # tb_viaduct_args gives whole words
             tb_run_l2 $run 300 /tmp/virtio-bench-guest.sh -- viaduct --kernel @KERNEL@ --initramfs @INITRD@ \
-                --cmdline "@CMDLINE@" --memory 256M --disk path=$img --net tap=$tap,mac=$mac
+                --cmdline "@CMDLINE@" --memory 256M --disk path=$img --net tap=$tap,mac=$mac $(tb_viaduct_args $vmm)
         fi
         touch $ended
         wait $side
