@@ -847,6 +847,8 @@ pub fn seccomp_rules(r: &mut crate::seccomp::Rules) {
         libc::SYS_getegid,
         libc::SYS_prlimit64,
         libc::SYS_uname,
+        // --user: checking no capability is left after the switch.
+        libc::SYS_capget,
     ]);
     // New threads name themselves and install their own filter.
     r.allow_when(libc::SYS_prctl, &[ArgEq::int(0, libc::PR_SET_NAME as u64)]);
