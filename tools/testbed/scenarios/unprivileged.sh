@@ -2,6 +2,13 @@
 # tb-timeout: 600
 # tb-cargo: --release -p viaduct --example tap_fd
 # tb-bin: release/examples/tap_fd:/usr/bin/tap-fd
+# tb-run: unpriv-user unpriv-drop
+# tb-check: bind-user bind-user-steps restore unpriv-user/disk-image-written
+# tb-check: unpriv-user/vmm-unprivileged unpriv-user/vmm-seccomp unpriv-user/nvme-bound
+# tb-check: unpriv-user/nvme-read-signature unpriv-user/nvme-write unpriv-user/disk-read-signature
+# tb-check: unpriv-user/disk-write unpriv-drop/bind unpriv-drop/vmm-unprivileged
+# tb-check: unpriv-drop/vmm-seccomp unpriv-drop/nvme-bound unpriv-drop/nvme-read-signature
+# tb-check: unpriv-drop/nvme-write unpriv-drop/ping-l1 unpriv-drop/tap-gone
 # Part 1, "root prepares": a user vd (uid 1000), viaductctl bind --user vd hands it the
 # NVMe's /dev/vfio nodes, /dev/kvm gets vd's group, a disk image and a memlock limit for
 # 256M of guest RAM; viaduct then runs as vd (su) with the NVMe and the image as a virtio
