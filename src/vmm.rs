@@ -933,6 +933,7 @@ pub fn seccomp_rules(r: &mut crate::seccomp::Rules) {
         iommufd::IOAS_ALLOW_IOVAS,
         iommufd::IOAS_IOVA_RANGES,
         iommufd::IOAS_MAP,
+        iommufd::IOAS_MAP_FILE,
         iommufd::IOAS_UNMAP,
         iommufd::OPTION,
         iommufd::GET_HW_INFO,

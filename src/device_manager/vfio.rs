@@ -386,7 +386,7 @@ fn stop_on_error(stop: &Arc<StopNotifier>, id: &str, bdf: &str) -> vfio::faults:
 /// (legacy container or iommufd), pinning it.
 pub fn dma_seccomp_rules(r: &mut crate::seccomp::Rules) {
     use crate::seccomp::{iommufd, vfio};
-    r.allow_ioctls(&[vfio::IOMMU_MAP_DMA, iommufd::IOAS_MAP]);
+    r.allow_ioctls(&[vfio::IOMMU_MAP_DMA, iommufd::IOAS_MAP, iommufd::IOAS_MAP_FILE]);
 }
 
 #[cfg(test)]

@@ -141,6 +141,7 @@ pub mod iommufd {
     pub const IOAS_UNMAP: u64 = io(IOMMUFD_TYPE, 0x86);
     pub const OPTION: u64 = io(IOMMUFD_TYPE, 0x87);
     pub const GET_HW_INFO: u64 = io(IOMMUFD_TYPE, 0x8a);
+    pub const IOAS_MAP_FILE: u64 = io(IOMMUFD_TYPE, 0x8f);
 }
 
 /// tap devices (include/uapi/linux/if_tun.h) and the interface flags of sockets.
