@@ -23,6 +23,10 @@ fn can_read_write(host: &PciHost, rel: &str, user: &HostUser) -> Option<bool> {
     })
 }
 
+fn group_read_write(host: &PciHost, rel: &str) -> bool {
+    std::fs::metadata(host.path(rel)).is_ok_and(|m| m.mode() & 0o060 == 0o060)
+}
+
 fn describe(host: &PciHost, rel: &str) -> String {
     match std::fs::metadata(host.path(rel)) {
         Ok(m) => format!("mode {:o}, uid {} gid {}", m.mode() & 0o7777, m.uid(), m.gid()),
@@ -37,8 +41,12 @@ pub fn unprivileged_steps(host: &PciHost, user: &HostUser, ram: Option<u64>) -> 
     let mut steps = Vec::new();
     match can_read_write(host, "dev/kvm", user) {
         Some(true) => {}
-        Some(false) => steps.push(format!(
+        Some(false) if group_read_write(host, "dev/kvm") => steps.push(format!(
             "/dev/kvm ({}) is not read-write for {name}: add {name} to its group (usermod -aG kvm {name}), or start viaduct as root with --user {name}",
+            describe(host, "dev/kvm")
+        )),
+        Some(false) => steps.push(format!(
+            "/dev/kvm ({}) is not read-write for {name}: make it read-write for a group of {name} (chgrp kvm /dev/kvm && chmod 660 /dev/kvm, usermod -aG kvm {name}; a udev rule keeps it), or start viaduct as root with --user {name}",
             describe(host, "dev/kvm")
         )),
         None => steps.push("/dev/kvm is missing: load kvm_intel or kvm_amd".to_string()),
@@ -82,7 +90,10 @@ mod tests {
         };
         std::fs::set_permissions(root.join("dev/kvm"), std::fs::Permissions::from_mode(0o660)).unwrap();
         let steps = unprivileged_steps(&host, &me, Some(1 << 30));
-        assert!(steps[0].starts_with("/dev/kvm (mode 660"), "{steps:?}");
+        assert!(steps[0].starts_with("/dev/kvm (mode 660") && steps[0].contains("usermod -aG kvm u"), "{steps:?}");
+        std::fs::set_permissions(root.join("dev/kvm"), std::fs::Permissions::from_mode(0o600)).unwrap();
+        let steps = unprivileged_steps(&host, &me, None);
+        assert!(steps[0].contains("chmod 660 /dev/kvm"), "{steps:?}");
         assert!(steps.iter().any(|s| s.contains(&format!("{} KiB", (1u64 << 20) + (64 << 10)))), "{steps:?}");
         std::fs::set_permissions(root.join("dev/kvm"), std::fs::Permissions::from_mode(0o666)).unwrap();
         let steps = unprivileged_steps(&host, &me, None);
