@@ -211,8 +211,9 @@ pub fn run_bind(binder: &Binder, args: &BindArgs) -> anyhow::Result<()> {
     emit(args.json, &doc, || {
         let mut out = text(&doc.results);
         if let Some(g) = &doc.grant {
+            let (verb, them) = if g.nodes.len() == 1 { ("belongs", "it") } else { ("belong", "them") };
             out.push_str(&format!(
-                "\n{} now belong to {} (uid {}); `viaductctl restore` gives them back.\n",
+                "\n{} now {verb} to {} (uid {}); `viaductctl restore` gives {them} back.\n",
                 g.nodes.join(", "),
                 g.user,
                 g.uid
