@@ -328,6 +328,8 @@ pub fn seccomp_rules(r: &mut crate::seccomp::Rules) {
         kvm::RUN,
         kvm::GET_REGS,
         kvm::GET_SREGS,
+        // Telling the guest's kvmclock about a pause (vm.pause).
+        kvm::KVMCLOCK_CTRL,
         kvm::SET_GSI_ROUTING,
         kvm::IRQFD,
         kvm::IRQ_LINE,
