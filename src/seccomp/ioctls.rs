@@ -196,6 +196,11 @@ mod tests {
         assert_eq!(vfio::DEVICE_SET_IRQS, 0x3b6e);
         assert_eq!(vfio::IOMMU_MAP_DMA, 0x3b71);
         assert_eq!(iommufd::IOAS_MAP, 0x3b85);
+        assert_eq!(iommufd::IOAS_ALLOC, 0x3b81);
+        assert_eq!(iommufd::IOAS_UNMAP, 0x3b86);
+        assert_eq!(iommufd::DESTROY, 0x3b80);
+        assert_eq!(vfio::DEVICE_BIND_IOMMUFD, 0x3b76);
+        assert_eq!(vfio::DEVICE_ATTACH_IOMMUFD_PT, 0x3b77);
         assert_eq!(net::TUNSETIFF, 0x4004_54ca);
         assert_eq!(block::BLKGETSIZE64, 0x8008_1272);
     }

@@ -300,6 +300,30 @@ mod tests {
         }
     }
 
+    /// The iommufd back-end (a VFIO cdev bound to /dev/iommu or to a passed iommufd): set up
+    /// and torn down by the main thread, guest RAM mapped by the DMA-mapping thread.
+    #[test]
+    fn the_iommufd_backend_is_allowed_where_it_runs() {
+        let main = rules_for(ThreadKind::Main, &Policy::default());
+        for request in [
+            iommufd::IOAS_ALLOC,
+            iommufd::IOAS_MAP,
+            iommufd::IOAS_MAP_FILE,
+            iommufd::IOAS_UNMAP,
+            iommufd::DESTROY,
+            vfio::DEVICE_BIND_IOMMUFD,
+            vfio::DEVICE_ATTACH_IOMMUFD_PT,
+            vfio::DEVICE_DETACH_IOMMUFD_PT,
+        ] {
+            assert!(main.allows_ioctl(request), "{request:#x}");
+        }
+        let dma = rules_for(ThreadKind::DmaMap, &Policy::default());
+        assert!(dma.allows_ioctl(iommufd::IOAS_MAP) && dma.allows_ioctl(vfio::IOMMU_MAP_DMA));
+        assert!(!dma.allows_ioctl(vfio::DEVICE_BIND_IOMMUFD));
+        let vcpu = rules_for(ThreadKind::Vcpu, &Policy::default());
+        assert!(!vcpu.allows_ioctl(iommufd::IOAS_MAP) && !vcpu.allows_ioctl(iommufd::IOAS_UNMAP));
+    }
+
     #[test]
     fn no_thread_may_exec_trace_or_mount() {
         let policy = Policy { mode: SeccompMode::True, switch_to: Some((1, 1)) };
