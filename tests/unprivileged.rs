@@ -61,6 +61,9 @@ fn the_users_vmm_has_no_privileges_and_every_thread_filtered() {
     let threads = s.value_u64(&format!("{USER_RUN}/vmm_threads")).unwrap();
     assert!(threads >= 2, "{threads} threads");
     assert_eq!(s.value_u64(&format!("{USER_RUN}/vmm_threads_filtered")).unwrap(), threads);
+    // Seen after the guest used its disk: the disk's I/O thread is among the filtered ones.
+    let names = s.value(&format!("{USER_RUN}/vmm_thread_names")).unwrap_or_default();
+    assert!(names.split_whitespace().any(|n| n == "virtio-disk0"), "threads: {names}");
 }
 
 #[test]
@@ -73,6 +76,12 @@ fn started_as_root_it_drops_to_the_user_and_uses_the_passed_tap() {
     }
     assert_eq!(s.value(&format!("{DROP_RUN}/vmm_uid")), Some("1000 1000 1000"));
     assert_eq!(s.value(&format!("{DROP_RUN}/vmm_capprm")), Some("0000000000000000"));
+    // Threads started before the drop (vCPU) and after it (the tap's I/O thread, when the
+    // guest driver starts the device) are all filtered.
+    let threads = s.value_u64(&format!("{DROP_RUN}/vmm_threads")).unwrap();
+    assert_eq!(s.value_u64(&format!("{DROP_RUN}/vmm_threads_filtered")).unwrap(), threads);
+    let names = s.value(&format!("{DROP_RUN}/vmm_thread_names")).unwrap_or_default();
+    assert!(names.split_whitespace().any(|n| n == "virtio-net0"), "threads: {names}");
     let (_, tok) = tokens(&s);
     assert_eq!(s.sector_line("disk.img", 3008).unwrap(), tok, "LBA 3008 of disk.img: the NVMe write after the drop");
 }
