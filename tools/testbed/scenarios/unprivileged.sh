@@ -21,6 +21,7 @@
 # raises the memlock limit, then drops). The guest pings level 1 over the passed tap and
 # writes its NVMe token; level 1 sees the VMM as uid 1000 without capabilities, every
 # thread filtered (the tap's I/O thread, started after the drop, among them).
+# shellcheck shell=dash  # busybox ash in level 1/2: dash plus the few extensions marked below
 
 command -v viaduct >/dev/null || { tb_skip "viaduct is not in level 1 (build failed?)"; exit 0; }
 command -v viaductctl >/dev/null || { tb_skip "viaductctl is not in level 1 (build failed?)"; exit 0; }
