@@ -322,6 +322,8 @@ pub fn seccomp_rules(r: &mut crate::seccomp::Rules) {
         libc::SYS_epoll_create1,
         libc::SYS_epoll_ctl,
         libc::SYS_dup,
+        // Firmware's writes to its flash: the mapped vars file is written back (`VarsStore`).
+        libc::SYS_msync,
     ]);
     r.allow_when(libc::SYS_fcntl, &[ArgEq::int(1, libc::F_DUPFD_CLOEXEC as u64)]);
     r.allow_ioctls(&[
