@@ -52,7 +52,7 @@ pub struct Scenario {
     pub reason: String,
     /// This scenario's slice of the level-1 console.
     pub log: PathBuf,
-    /// The run's output dir: console.log, markers.log, results.json, disk images.
+    /// The output dir of the level-1 boot it ran in: console.log, markers.log, disk images.
     pub out_dir: PathBuf,
     pub checks: Vec<Check>,
     pub values: BTreeMap<String, String>,
@@ -250,7 +250,8 @@ pub fn load_results(dir: &Path) -> Result<HashMap<String, Scenario>> {
                 status: text_of(&s["status"]),
                 reason: text_of(&s["reason"]),
                 log: s["log"].as_str().map(PathBuf::from).unwrap_or_else(|| out_dir.join("console.log")),
-                out_dir: out_dir.clone(),
+                // A scenario run on another level-1 kernel (NAME@K) has its own dir.
+                out_dir: s["out_dir"].as_str().map_or_else(|| out_dir.clone(), PathBuf::from),
                 checks,
                 values,
                 declared: Declarations::for_scenario(name),

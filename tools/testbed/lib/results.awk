@@ -1,8 +1,10 @@
 # Turns the L1 marker log into results.json. Variables: out (output dir), want (space
 # separated scenario names expected in this run), global_timeout (seconds, set when the L0
 # QEMU was killed by run's global timeout), flakes (the known-flake list, KIND WHERE WHY
-# lines: retries, and skipped checks as KIND skip), budget (retries allowed in one run);
-# booted/finished are derived here. fmt=text: the human summary instead.
+# lines: retries, and skipped checks as KIND skip), budget (retries allowed in one run),
+# kernel (this run's level-1 kernel: a scenario NAME@K for another kernel K ran in out/l1-K,
+# which holds its log and disk images); booted/finished are derived here. fmt=text: the
+# human summary instead.
 # Input lines: "@@TB KIND ..." (see tools/testbed/README.md); anything else is ignored.
 # known_flake(KIND, WHERE): the WHY of the first known-flake line that allows it, or "".
 function known_flake(kind, where,   i) {
@@ -72,6 +74,10 @@ $2 == "retry" {
     next
 }
 $2 == "value" { s = $3; k = $4; if (!((s, k) in val)) vkeys[s] = vkeys[s] SUBSEP k; val[s, k] = rest(5); next }
+function sdir(s,   k) {
+    k = s; if (!sub(/^[^@]*@/, "", k) || k == kernel) return out
+    return out "/l1-" k
+}
 function inwant(n,   i) { for (i = 1; i <= nscen; i++) if (order[i] == n) return 1; return 0 }
 function status(s) {
     if (!(s in began)) return "missing"
@@ -114,7 +120,8 @@ END {
         printf "%s\n    \"%s\": {\n", (i > 1 ? "," : ""), esc(s)
         printf "      \"status\": \"%s\",\n      \"reason\": \"%s\",\n", status(s), esc(reason(s))
         printf "      \"rc\": %s,\n      \"ms\": %s,\n", (s in rc ? rc[s] + 0 : "null"), (s in ms ? ms[s] + 0 : "null")
-        printf "      \"log\": \"%s/scenarios/%s.log\",\n      \"checks\": [", esc(out), esc(s)
+        printf "      \"out_dir\": \"%s\",\n", esc(sdir(s))
+        printf "      \"log\": \"%s/scenarios/%s.log\",\n      \"checks\": [", esc(sdir(s)), esc(s)
         for (n = 1; n <= nchecks[s]; n++)
             printf "%s\n        {\"name\": \"%s\", \"status\": \"%s\", \"detail\": \"%s\"%s}", (n > 1 ? "," : ""), esc(cname[s, n]), esc(cstat[s, n]), esc(cdet[s, n]), \
                 (cstat[s, n] != "skip" ? "" : ", \"known\": " (cknown[s, n] == "" ? "null" : "\"" esc(cknown[s, n]) "\""))
@@ -149,7 +156,7 @@ function text(   i, s, st, n, line, fails) {
         }
         if (st == "skipped") { nsk++; printf "  SKIPPED  %-26s %s\n", s, skipped[s]; skipped_checks(s); continue }
         nf++
-        printf "  %-8s %-26s %s%s; log: %s/scenarios/%s.log\n", toupper(st), s, reason(s), (s in ms ? sprintf(" (%.1f s)", ms[s] / 1000) : ""), out, s
+        printf "  %-8s %-26s %s%s; log: %s/scenarios/%s.log\n", toupper(st), s, reason(s), (s in ms ? sprintf(" (%.1f s)", ms[s] / 1000) : ""), sdir(s), s
         for (n = 1; n <= nchecks[s]; n++)
             if (cstat[s, n] == "fail") printf "           failed check %s/%s: %s\n", s, cname[s, n], cdet[s, n]
     }
