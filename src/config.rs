@@ -68,10 +68,17 @@ pub struct Cli {
     #[arg(long, value_name = "SPEC", default_value = "stdio")]
     pub serial: String,
 
-    /// A host PCI device to pass through (repeatable). Example:
-    /// --device path=/sys/bus/pci/devices/0000:01:10.0
+    /// A host PCI device to pass through (repeatable):
+    /// path=/sys/bus/pci/devices/BDF (or a bare BDF), or fd=N (a VFIO device cdev opened by
+    /// the parent); iommu=iommufd|legacy|auto picks the IOMMU backend (auto: iommufd when
+    /// the host has it). Example: --device path=/sys/bus/pci/devices/0000:01:10.0
     #[arg(long, value_name = "SPEC")]
     pub device: Vec<String>,
+
+    /// An iommufd (/dev/iommu) opened by the parent, for devices passed with --device fd=N
+    /// (otherwise viaduct opens /dev/iommu itself). Example: --iommufd fd=4
+    #[arg(long, value_name = "SPEC")]
+    pub iommufd: Option<String>,
 
     /// A virtio block disk (repeatable). Example: --disk path=disk.img
     #[arg(long, value_name = "SPEC")]
@@ -470,6 +477,8 @@ pub struct VmConfig {
     pub vcpus: u8,
     pub serial: SerialConfig,
     pub devices: Vec<DeviceSpec>,
+    /// `--iommufd fd=N`, checked by device_manager::vfio.
+    pub iommufd: Option<DeviceSpec>,
     pub disks: Vec<DeviceSpec>,
     pub nets: Vec<DeviceSpec>,
     pub rng: bool,
@@ -501,6 +510,7 @@ impl TryFrom<&Cli> for VmConfig {
             vcpus: parse_cpus(&cli.cpus)?,
             serial: SerialConfig::parse(&cli.serial)?,
             devices: list("device", &cli.device, "path")?,
+            iommufd: cli.iommufd.as_deref().map(|s| OptionList::parse("iommufd", s, Some("fd"))).transpose()?,
             disks: list("disk", &cli.disk, "path")?,
             nets: list("net", &cli.net, "tap")?,
             rng: cli.rng,

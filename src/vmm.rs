@@ -299,6 +299,7 @@ fn preflight(cfg: &VmConfig) -> anyhow::Result<Preflight> {
         boot::kernel::check_readable(kernel, cfg.initramfs.as_deref())?;
     }
     crate::device_manager::vfio::parse_cli(&cfg.devices)?;
+    crate::device_manager::vfio::parse_iommufd_cli(cfg.iommufd.as_ref())?;
     crate::device_manager::virtio::parse_disks(&cfg.disks)?;
     crate::device_manager::virtio::parse_nets(&cfg.nets)?;
     let Some(spec) = &cfg.firmware else {

@@ -110,7 +110,9 @@ mod host {
 
 mod fake_host {
     use hostadmin::fake::{temp_root, FakeDevice, FakeSysfs};
-    use hostadmin::preflight::{check_device, check_interrupt_remapping, check_memlock, preflight, PreflightError};
+    use hostadmin::preflight::{
+        check_device, check_interrupt_remapping, check_memlock, preflight, IommuInterface, PreflightError,
+    };
     use pci::Bdf;
     use vfio::spec::parse_devices;
 
@@ -137,7 +139,10 @@ mod fake_host {
         // The whole pre-flight stops there, before looking for /dev/vfio.
         let specs = parse_devices(&["0000:02:00.0"]).unwrap();
         let bdfs: Vec<Bdf> = specs.iter().map(|s| s.bdf).collect();
-        assert!(matches!(preflight(&f.host(), &bdfs, 64 << 20), Err(PreflightError::NoIommu { .. })));
+        assert!(matches!(
+            preflight(&f.host(), &bdfs, 64 << 20, IommuInterface::Container),
+            Err(PreflightError::NoIommu { .. })
+        ));
         std::fs::remove_dir_all(f.root()).unwrap();
     }
 
@@ -146,7 +151,7 @@ mod fake_host {
         let (f, _) = nvme_without_iommu("vfio-err-ir");
         std::fs::create_dir_all(f.path("proc")).unwrap();
         std::fs::write(f.path("proc/interrupts"), "  24:  0  PCI-MSI 1-edge  nvme0q0\n").unwrap();
-        let e = check_interrupt_remapping(&f.host()).unwrap_err();
+        let e = check_interrupt_remapping(&f.host(), IommuInterface::Container).unwrap_err();
         let msg = e.to_string();
         for w in ["no interrupt remapping", "forge MSIs", "allow_unsafe_interrupts=1"] {
             assert!(msg.contains(w), "{msg}");
@@ -155,12 +160,12 @@ mod fake_host {
         let p = f.path("sys/module/vfio_iommu_type1/parameters");
         std::fs::create_dir_all(&p).unwrap();
         std::fs::write(p.join("allow_unsafe_interrupts"), "Y\n").unwrap();
-        assert!(check_interrupt_remapping(&f.host()).is_ok());
+        assert!(check_interrupt_remapping(&f.host(), IommuInterface::Container).is_ok());
         std::fs::write(p.join("allow_unsafe_interrupts"), "N\n").unwrap();
-        assert!(check_interrupt_remapping(&f.host()).is_err());
+        assert!(check_interrupt_remapping(&f.host(), IommuInterface::Container).is_err());
         // Remapped interrupt chips (IR-PCI-MSI) pass without the opt-out.
         std::fs::write(f.path("proc/interrupts"), "  24:  0  IR-PCI-MSI 1-edge  nvme0q0\n").unwrap();
-        assert!(check_interrupt_remapping(&f.host()).is_ok());
+        assert!(check_interrupt_remapping(&f.host(), IommuInterface::Container).is_ok());
         std::fs::remove_dir_all(f.root()).unwrap();
     }
 

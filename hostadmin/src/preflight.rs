@@ -30,8 +30,8 @@ pub enum PreflightError {
     GroupNotViable { bdf: Bdf, group: u32, members: String },
     #[error("the vfio-pci driver is not loaded and /dev/vfio/vfio is missing: run `modprobe vfio-pci`")]
     NoVfio,
-    #[error("no interrupt remapping on this host: a device could forge MSIs to any interrupt of the host (a DMA attack on the host kernel), so VFIO refuses; enable it (intel_iommu=on with intremap, or AMD-Vi) or, accepting that risk, load vfio_iommu_type1 with allow_unsafe_interrupts=1")]
-    NoInterruptRemapping,
+    #[error("no interrupt remapping on this host: a device could forge MSIs to any interrupt of the host (a DMA attack on the host kernel), so VFIO refuses; enable it (intel_iommu=on with intremap, or AMD-Vi) or, accepting that risk, load {module} with allow_unsafe_interrupts=1")]
+    NoInterruptRemapping { module: &'static str },
     #[error("memlock limit {limit} bytes is below the {needed} bytes of guest RAM VFIO must pin: raise it (`ulimit -l {needed_kib}` or prlimit --memlock) or run with CAP_IPC_LOCK")]
     MemlockTooLow { limit: u64, needed: u64, needed_kib: u64 },
 }
@@ -71,9 +71,32 @@ pub fn check_device(sysfs: &PciHost, bdf: Bdf, assigned: &[Bdf]) -> Result<u32, 
     Ok(group)
 }
 
-/// Whether the host remaps interrupts (or the admin allowed unsafe interrupts).
-pub fn check_interrupt_remapping(sysfs: &PciHost) -> Result<(), PreflightError> {
-    let allow = std::fs::read_to_string(sysfs.path("sys/module/vfio_iommu_type1/parameters/allow_unsafe_interrupts"))
+/// How the VMM will reach the IOMMU (the `vfio` crate chooses, see its `iommufd` module):
+/// the checks that depend on it differ.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IommuInterface {
+    /// The legacy VFIO container `/dev/vfio/vfio` with vfio_iommu_type1.
+    Container,
+    /// iommufd (`/dev/iommu`, device cdevs).
+    Iommufd,
+}
+
+impl IommuInterface {
+    /// The module whose `allow_unsafe_interrupts` parameter lets it work without interrupt
+    /// remapping.
+    pub fn module(self) -> &'static str {
+        match self {
+            Self::Container => "vfio_iommu_type1",
+            Self::Iommufd => "iommufd",
+        }
+    }
+}
+
+/// Whether the host remaps interrupts (or the admin allowed unsafe interrupts, a parameter of
+/// the module behind `interface`).
+pub fn check_interrupt_remapping(sysfs: &PciHost, interface: IommuInterface) -> Result<(), PreflightError> {
+    let module = interface.module();
+    let allow = std::fs::read_to_string(sysfs.path(&format!("sys/module/{module}/parameters/allow_unsafe_interrupts")))
         .map(|s| s.trim() == "Y" || s.trim() == "1")
         .unwrap_or(false);
     if allow {
@@ -85,12 +108,12 @@ pub fn check_interrupt_remapping(sysfs: &PciHost) -> Result<(), PreflightError> 
     if remapped {
         Ok(())
     } else {
-        Err(PreflightError::NoInterruptRemapping)
+        Err(PreflightError::NoInterruptRemapping { module })
     }
 }
 
 /// Bytes VFIO will pin against RLIMIT_MEMLOCK (type1 accounts every mapped page once per
-/// container): all guest RAM. `cap_ipc_lock` exempts the process.
+/// container, iommufd once per IOAS, to the user): all guest RAM. `cap_ipc_lock` exempts the process.
 pub fn check_memlock(limit: u64, needed: u64, cap_ipc_lock: bool) -> Result<(), PreflightError> {
     if cap_ipc_lock || limit == u64::MAX || limit >= needed {
         return Ok(());
@@ -112,18 +135,23 @@ pub fn memlock_of_self() -> (u64, bool) {
 }
 
 /// Runs every check for the VM's devices before anything is opened. `ram_bytes` is the
-/// guest RAM to pin.
-pub fn preflight(sysfs: &PciHost, devices: &[Bdf], ram_bytes: u64) -> Result<(), PreflightError> {
+/// guest RAM to pin. (iommufd's own nodes are the `vfio` crate's to check as it chooses it.)
+pub fn preflight(
+    sysfs: &PciHost,
+    devices: &[Bdf],
+    ram_bytes: u64,
+    interface: IommuInterface,
+) -> Result<(), PreflightError> {
     if devices.is_empty() {
         return Ok(());
     }
     for bdf in devices {
         check_device(sysfs, *bdf, devices)?;
     }
-    if !sysfs.path("dev/vfio/vfio").exists() {
+    if interface == IommuInterface::Container && !sysfs.path("dev/vfio/vfio").exists() {
         return Err(PreflightError::NoVfio);
     }
-    check_interrupt_remapping(sysfs)?;
+    check_interrupt_remapping(sysfs, interface)?;
     let (limit, cap) = memlock_of_self();
     check_memlock(limit, ram_bytes, cap)
 }
@@ -213,8 +241,36 @@ mod tests {
         let h = f.host();
         std::fs::create_dir_all(f.path("proc")).unwrap();
         std::fs::write(f.path("proc/interrupts"), " 24: 0 PCI-MSI 1-edge nvme0q0\n").unwrap();
-        assert!(matches!(check_interrupt_remapping(&h), Err(PreflightError::NoInterruptRemapping)));
+        for interface in [IommuInterface::Container, IommuInterface::Iommufd] {
+            let module = interface.module();
+            let e = check_interrupt_remapping(&h, interface).unwrap_err();
+            assert!(matches!(e, PreflightError::NoInterruptRemapping { .. }), "{e}");
+            assert!(e.to_string().contains(&format!("load {module} with allow_unsafe_interrupts=1")), "{e}");
+            // Each interface's own opt-out.
+            let p = f.path(&format!("sys/module/{module}/parameters"));
+            std::fs::create_dir_all(&p).unwrap();
+            std::fs::write(p.join("allow_unsafe_interrupts"), "Y\n").unwrap();
+            assert!(check_interrupt_remapping(&h, interface).is_ok());
+            std::fs::write(p.join("allow_unsafe_interrupts"), "N\n").unwrap();
+        }
         std::fs::write(f.path("proc/interrupts"), " 24: 0 IR-PCI-MSI 1-edge nvme0q0\n").unwrap();
-        assert!(check_interrupt_remapping(&h).is_ok());
+        assert!(check_interrupt_remapping(&h, IommuInterface::Container).is_ok());
+        assert!(check_interrupt_remapping(&h, IommuInterface::Iommufd).is_ok());
+    }
+
+    /// The legacy container's node is needed only by the legacy interface.
+    #[test]
+    fn dev_vfio_vfio_only_for_the_container() {
+        let f = testbed_like(temp_root("vfio-preflight-iface").unwrap()).unwrap();
+        let h = f.host();
+        let nvme = Bdf::new(0, 2, 0, 0).unwrap();
+        f.unbind(nvme).unwrap();
+        f.bind(nvme, "vfio-pci").unwrap();
+        std::fs::create_dir_all(f.path("proc")).unwrap();
+        std::fs::write(f.path("proc/interrupts"), " 24: 0 IR-PCI-MSI 1-edge nvme0q0\n").unwrap();
+        let _ = std::fs::remove_file(f.path("dev/vfio/vfio"));
+        let e = preflight(&h, &[nvme], 0, IommuInterface::Container).unwrap_err();
+        assert!(matches!(e, PreflightError::NoVfio), "{e}");
+        preflight(&h, &[nvme], 0, IommuInterface::Iommufd).unwrap();
     }
 }

@@ -100,6 +100,8 @@ pub fn vm_config(body: &VmConfigBody) -> Result<VmConfig, ApiError> {
         vcpus,
         serial: body.serial.as_ref().map_or(Ok(SerialConfig::Stdio), serial)?,
         devices: body.devices.iter().map(device_spec).collect::<Result<_, _>>().map_err(bad)?,
+        // fds cannot travel in a JSON body: API-created VMs open /dev/iommu themselves.
+        iommufd: None,
         disks: body.disks.iter().map(disk_spec).collect::<Result<_, _>>().map_err(bad)?,
         nets: body.net.iter().map(net_spec).collect::<Result<_, _>>().map_err(bad)?,
         rng: body.rng.is_some(),

@@ -458,6 +458,7 @@ impl DeviceManager {
         let disks = virtio::parse_disks(&cfg.disks)?;
         let nets = virtio::parse_nets(&cfg.nets)?;
         let specs = vfio::parse_cli(&cfg.devices)?;
+        let iommufd = vfio::parse_iommufd_cli(cfg.iommufd.as_ref())?;
         let vctx =
             virtio::AttachContext { seams: &self.seams, memory, resources: &self.resources, routing: &self.routing };
         for (id, new) in virtio::create_devices(&vctx, &disks, &nets, cfg.rng)? {
@@ -478,6 +479,7 @@ impl DeviceManager {
             resources: &self.resources,
             routing: &self.routing,
             stop: &self.stop,
+            iommufd,
         };
         let (container, functions) = vfio::VfioContainer::open(&ctx, &specs)?;
         self.waits.push(container.mapping());

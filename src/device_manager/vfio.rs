@@ -3,17 +3,19 @@
 //! addresses (the memory slots over its BAR mmaps are the relocator's). The device logic
 //! itself lives in the `vfio` crate; the device manager owns the functions built here.
 
+use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use hostadmin::preflight::{preflight, PreflightError};
+use hostadmin::preflight::{preflight, IommuInterface, PreflightError};
 use hostadmin::{BindError, ManagedDevices, PciHost};
 use kvm_bindings::{kvm_create_device, kvm_device_type_KVM_DEV_TYPE_VFIO};
 use pci::{BarKind, PciDevice as _};
-use vfio::container::{Container, ContainerError, RamRange};
+use vfio::container::{Container, ContainerError, DeviceSource, RamRange};
 use vfio::device::{DeviceParts, VfioPciDevice};
 use vfio::dma::{DmaError, DmaMapping};
 use vfio::host::{HostDevice, HostError, IrqIndex, RegionInfo, RegionMapping, SparseArea, VfioHost};
+use vfio::iommufd::{check_cdevs, choose_backend, Backend, BackendError, BackendRequest, FdError, IommufdHost};
 use vfio::spec::{parse_devices, DeviceSpec, SpecError};
 use vm_memory::{GuestMemoryBackend as _, GuestMemoryRegion as _};
 
@@ -48,6 +50,12 @@ pub enum VfioManagerError {
     Preflight(#[from] PreflightError),
     #[error(transparent)]
     Container(#[from] ContainerError),
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error("--iommufd")]
+    IommufdFd(#[source] FdError),
+    #[error("--iommufd fd={0}: give a file descriptor number")]
+    IommufdFdNumber(String),
     #[error(transparent)]
     Dma(#[from] DmaError),
     #[error("creating the KVM-VFIO device failed")]
@@ -89,12 +97,22 @@ pub fn parse_cli(specs: &[CliDeviceSpec]) -> Result<Vec<DeviceSpec>, VfioManager
                 parts.push(format!("{key}={v}"));
             }
         }
-        if let Err(e) = s.check_keys("path,id,rombar,romfile,managed") {
+        if let Err(e) = s.check_keys("path,bdf,fd,id,rombar,romfile,managed,iommu") {
             return Err(VfioManagerError::UnknownKey(e));
         }
         texts.push(parts.join(","));
     }
     Ok(parse_devices(&texts)?)
+}
+
+/// `--iommufd fd=N`: an `/dev/iommu` fd passed by the parent, checked (not taken over).
+pub fn parse_iommufd_cli(spec: Option<&CliDeviceSpec>) -> Result<Option<RawFd>, VfioManagerError> {
+    let Some(s) = spec else { return Ok(None) };
+    s.check_keys("fd").map_err(VfioManagerError::UnknownKey)?;
+    let text = s.require("fd").map_err(VfioManagerError::UnknownKey)?;
+    let fd = text.parse::<RawFd>().map_err(|_| VfioManagerError::IommufdFdNumber(text.to_string()))?;
+    vfio::iommufd::check_iommufd_fd(&IommufdHost::system(), fd).map_err(VfioManagerError::IommufdFd)?;
+    Ok(Some(fd))
 }
 
 /// Everything VFIO the assigned devices share: the container (DMA mappings of guest RAM,
@@ -138,6 +156,8 @@ pub struct AttachContext<'a> {
     pub routing: &'a Arc<Mutex<GsiRouting>>,
     /// Where a device's AER error stops the VM.
     pub stop: &'a Arc<StopNotifier>,
+    /// `--iommufd fd=N`.
+    pub iommufd: Option<RawFd>,
 }
 
 impl VfioContainer {
@@ -160,16 +180,31 @@ impl VfioContainer {
         };
         this.managed = bind_managed(specs)?;
         let ram: u64 = ctx.memory.iter().map(|r| r.len()).sum();
-        preflight(&PciHost::system(), &specs.iter().map(|s| s.bdf).collect::<Vec<_>>(), ram)?;
+        let requests: Vec<BackendRequest> =
+            specs.iter().map(|s| BackendRequest { bdf: s.bdf, mode: s.iommu, passed_fd: s.fd.is_some() }).collect();
+        let iommufd_host = IommufdHost::system();
+        let backend = choose_backend(&iommufd_host, &requests, ctx.iommufd.is_some())?;
+        let interface = match backend {
+            Backend::Legacy => IommuInterface::Container,
+            Backend::Iommufd => IommuInterface::Iommufd,
+        };
+        preflight(&PciHost::system(), &specs.iter().map(|s| s.bdf).collect::<Vec<_>>(), ram, interface)?;
+        if backend == Backend::Iommufd {
+            check_cdevs(&iommufd_host, &requests)?;
+        }
 
         let mut kvm_dev = kvm_create_device { type_: kvm_device_type_KVM_DEV_TYPE_VFIO, fd: 0, flags: 0 };
         let kvm_vfio = ctx.vm.fd.create_device(&mut kvm_dev).map_err(VfioManagerError::CreateKvmVfio)?;
         let handle = Arc::new(vfio_ioctls::VfioDeviceFd::new_from_kvm(kvm_vfio));
-        let container = Container::open(Some(handle))?;
+        let container = Container::open(backend, ctx.iommufd, Some(handle))?;
         let hosts = specs
             .iter()
             .map(|s| {
-                let host = container.open_device(s.bdf, &s.path)?;
+                let source = match s.fd {
+                    Some(fd) => DeviceSource::PassedCdev(fd),
+                    None => DeviceSource::Sysfs(&s.path),
+                };
+                let host = container.open_device(s.bdf, source)?;
                 Ok(match &this.managed {
                     Some(m) => Arc::new(ManagedHost { host, _managed: m.clone() }) as Arc<dyn HostDevice>,
                     None => Arc::new(host) as Arc<dyn HostDevice>,

@@ -17,14 +17,15 @@ use std::os::unix::io::AsRawFd;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hostadmin::preflight::preflight;
+use hostadmin::preflight::{preflight, IommuInterface};
 use hostadmin::PciHost;
 use pci::{
     BarIndex, BarMemslots, ConfigEffects, InterruptError, MemorySlots, MsiMessage, MsiVectors, PciDevice, VectorIndex,
 };
-use vfio::container::{Container, RamRange};
+use vfio::container::{Container, DeviceSource, RamRange};
 use vfio::device::{DeviceParts, VfioPciDevice};
 use vfio::host::HostDevice;
+use vfio::iommufd::{choose_backend, Backend, BackendRequest, IommufdHost};
 use vfio::spec::parse_devices;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -212,16 +213,33 @@ fn submit(dev: &mut VfioPciDevice, ram: &Ram, vec: &EventFd, q: &mut Queue, cmd:
     Ok(dw3 >> 17)
 }
 
+/// The backend the VMM would pick for these devices (iommufd when the host has it).
+fn interface_of(backend: Backend) -> IommuInterface {
+    match backend {
+        Backend::Legacy => IommuInterface::Container,
+        Backend::Iommufd => IommuInterface::Iommufd,
+    }
+}
+
+fn backend_of(specs: &[vfio::spec::DeviceSpec]) -> Result<Backend, String> {
+    let reqs: Vec<BackendRequest> =
+        specs.iter().map(|s| BackendRequest { bdf: s.bdf, mode: s.iommu, passed_fd: false }).collect();
+    choose_backend(&IommufdHost::system(), &reqs, false).map_err(|e| e.to_string())
+}
+
 fn run(bdf_arg: &str, expect: Option<&str>) -> Result<bool, String> {
     let specs = parse_devices(&[bdf_arg]).map_err(|e| e.to_string())?;
     let sysfs = PciHost::system();
     let t = Instant::now();
-    preflight(&sysfs, &bdfs(&specs), RAM_SIZE as u64).map_err(|e| e.to_string())?;
+    let backend = backend_of(&specs)?;
+    preflight(&sysfs, &bdfs(&specs), RAM_SIZE as u64, interface_of(backend)).map_err(|e| e.to_string())?;
     let spec = &specs[0];
-    let mut container = Container::open(None).map_err(|e| format!("{e}: {:?}", std::error::Error::source(&e)))?;
-    let host =
-        container.open_device(spec.bdf, &spec.path).map_err(|e| format!("{e}: {:?}", std::error::Error::source(&e)))?;
-    value("open-device", format!("{} in {:?}", spec.bdf, t.elapsed()));
+    let mut container =
+        Container::open(backend, None, None).map_err(|e| format!("{e}: {:?}", std::error::Error::source(&e)))?;
+    let host = container
+        .open_device(spec.bdf, DeviceSource::Sysfs(&spec.path))
+        .map_err(|e| format!("{e}: {:?}", std::error::Error::source(&e)))?;
+    value("open-device", format!("{} in {:?} ({backend})", spec.bdf, t.elapsed()));
     let ram = Ram::new();
     let t = Instant::now();
     // SAFETY: ram stays mapped for the whole process; the container unmaps on drop.
@@ -450,10 +468,12 @@ struct Plain {
 /// Opens any device without driving it: what `--bar` and `--info` share.
 fn open_plain(bdf_arg: &str) -> Result<Plain, String> {
     let specs = parse_devices(&[bdf_arg]).map_err(|e| e.to_string())?;
-    preflight(&PciHost::system(), &bdfs(&specs), RAM_SIZE as u64).map_err(|e| e.to_string())?;
-    let container = Container::open(None).map_err(|e| format!("{e}: {:?}", std::error::Error::source(&e)))?;
+    let backend = backend_of(&specs)?;
+    preflight(&PciHost::system(), &bdfs(&specs), RAM_SIZE as u64, interface_of(backend)).map_err(|e| e.to_string())?;
+    let container =
+        Container::open(backend, None, None).map_err(|e| format!("{e}: {:?}", std::error::Error::source(&e)))?;
     let host = container
-        .open_device(specs[0].bdf, &specs[0].path)
+        .open_device(specs[0].bdf, DeviceSource::Sysfs(&specs[0].path))
         .map_err(|e| format!("{e}: {:?}", std::error::Error::source(&e)))?;
     let host: Arc<dyn HostDevice> = Arc::new(host);
     let n = host.irq_count(vfio::host::IrqIndex::Msix).max(host.irq_count(vfio::host::IrqIndex::Msi)).max(1);
@@ -551,7 +571,8 @@ fn dma_bench(args: &[String]) -> Result<bool, String> {
         let mib: u64 = mib.parse().map_err(|_| "sizes are MiB numbers")?;
         let size = mib << 20;
         for (pages, flags) in [("4k", 0), ("2m", libc::MAP_HUGETLB)] {
-            preflight(&sysfs, &bdfs(&specs), size).map_err(|e| e.to_string())?;
+            let backend = backend_of(&specs)?;
+            preflight(&sysfs, &bdfs(&specs), size, interface_of(backend)).map_err(|e| e.to_string())?;
             // SAFETY: a fresh anonymous mapping, checked, unmapped below after the container.
             let ptr = unsafe {
                 libc::mmap(
@@ -572,8 +593,9 @@ fn dma_bench(args: &[String]) -> Result<bool, String> {
                 ok &= pages == "2m";
                 continue;
             }
-            let mut container = Container::open(None).map_err(|e| e.to_string())?;
-            let _host = container.open_device(specs[0].bdf, &specs[0].path).map_err(|e| e.to_string())?;
+            let mut container = Container::open(backend, None, None).map_err(|e| e.to_string())?;
+            let _host =
+                container.open_device(specs[0].bdf, DeviceSource::Sysfs(&specs[0].path)).map_err(|e| e.to_string())?;
             let t = Instant::now();
             // SAFETY: ptr..ptr+size stays mapped until after the container is dropped.
             let r = unsafe { container.map_ram(&[RamRange { gpa: 0, size, host_addr: ptr as u64 }]) };

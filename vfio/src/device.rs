@@ -619,7 +619,7 @@ mod tests {
 
         let (host, mut dev, _, _) = device();
         let failed = DmaMapping::pending();
-        failed.finish(Err(crate::container::ContainerError::NoInterruptRemapping));
+        failed.finish(Err(crate::container::ContainerError::NoInterruptRemapping { module: "vfio_iommu_type1" }));
         dev.gate_bus_master(failed);
         dev.write_config(1, 0, &[0x06, 0x00, 0x00, 0x00]);
         assert_eq!(host.region_bytes(CONFIG_REGION)[4] & 0x04, 0, "failed mapping: Bus Master stays off");

@@ -180,7 +180,7 @@ mod tests {
         assert!(m.is_done());
 
         let f = Arc::new(DmaMapping { state: Mutex::new(State::Mapping), done: Condvar::new() });
-        f.finish(Err(ContainerError::NoInterruptRemapping));
+        f.finish(Err(ContainerError::NoInterruptRemapping { module: "vfio_iommu_type1" }));
         assert!(matches!(f.wait(), Err(DmaError::Map(_))));
         assert!(DmaMapping::mapped().wait().is_ok());
     }

@@ -13,6 +13,7 @@ pub mod faults;
 pub mod fuzz_support;
 pub mod host;
 pub mod interrupts;
+pub mod iommufd;
 pub mod regions;
 pub mod reset;
 pub mod rom;
