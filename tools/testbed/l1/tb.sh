@@ -298,6 +298,33 @@ tb_l2_initrd() {
     rm -rf "$d" "$d.cpio"
 }
 
+# tb_vfio_fds FILE: the VFIO and iommufd nodes in FILE (`ls -l /proc/PID/fd`), sorted, on one
+# line.
+tb_vfio_fds() {
+    sed -n -E 's@.* -> (/dev/vfio/.*|/dev/iommu)$@\1@p' "$1" 2>/dev/null | sort -u | tr '\n' ' '
+}
+
+# tb_check_iommu_backend RUN FDS: check RUN/iommu-backend, that a VMM with assigned devices
+# holds what its backend needs and nothing of the other: iommufd (level 1's iommufd kernel)
+# is /dev/iommu plus /dev/vfio/devices/vfioN, never /dev/vfio/vfio or a group; legacy (the
+# Debian kernel) is /dev/vfio/vfio plus /dev/vfio/GROUP. TB_L2_IOMMU overrides the backend
+# expected (e.g. for a run with iommu=legacy on the iommufd kernel).
+tb_check_iommu_backend() {
+    local run=$1 fds=" $2 " want=${TB_L2_IOMMU:-legacy} groups=no
+    [ -z "${TB_L2_IOMMU:-}" ] && [ "${TB_L1_KERNEL:-debian}" = iommufd ] && want=iommufd
+    case "$fds" in *" /dev/vfio/"[0-9]*) groups=yes ;; esac
+    tb_value "$run/vfio_fds" "$2"
+    case "$want:$fds:$groups" in
+    iommufd:*" /dev/iommu "*" /dev/vfio/devices/vfio"*:no)
+        case "$fds" in *" /dev/vfio/vfio "*) ;; *) tb_check "$run/iommu-backend" pass "iommufd: $2"; return 0 ;; esac ;;
+    legacy:*" /dev/vfio/"[0-9]*:yes)
+        case "$fds" in *" /dev/vfio/vfio "*) case "$fds" in *" /dev/iommu "* | *" /dev/vfio/devices/"*) ;; *)
+            tb_check "$run/iommu-backend" pass "legacy container: $2"; return 0 ;; esac ;; esac ;;
+    esac
+    tb_check "$run/iommu-backend" fail "want $want, the VMM holds: ${2:-no VFIO node}"
+    return 1
+}
+
 tb_running() {
     tb_proc "$1"
     [ -n "$TB_PROC_STATE" ] && [ "$TB_PROC_STATE" != Z ]
@@ -337,9 +364,10 @@ tb_settle_memory() {
 # Returns 0 when the guest script finished with rc 0. Also sets TB_L2_INIT_MS (empty when the
 # guest's init never showed), TB_L2_WALL_MS and TB_L2_PEAK_RSS_KB for `tb_bench`.
 tb_run_l2() {
-    local run=$1 timeout=$2 script=$3 dir a log pid t0 now init_ms="" done_ms="" rss=0 r rc early="" kind=""
+    local run=$1 timeout=$2 script=$3 dir a log pid t0 now init_ms="" done_ms="" rss=0 r rc early="" kind="" vfio_fds
     shift 3; [ "$1" = "--" ] && shift
     dir=/tmp/l2/$run; mkdir -p "$dir"; log=$dir/console.log
+    rm -f "$dir/vmm-fds" "$dir/vmm-status"
     tb_l2_initrd "$script" "$dir/initrd.cpio" || { tb_check "$run/boot" fail "cannot build the guest initramfs"; return 1; }
     # Rebuild the argument list with the placeholders replaced (positional params are the
     # only array busybox sh has).
@@ -363,7 +391,12 @@ tb_run_l2() {
     while tb_running "$pid"; do
         tb_now; now=$TB_NOW_MS
         r=$TB_PROC_HWM; [ -n "$r" ] && [ "$r" -gt "$rss" ] && rss=$r
-        if [ -z "$init_ms" ] && grep -q '@@G init' "$log"; then init_ms=$((now - t0)); fi
+        if [ -z "$init_ms" ] && grep -q '@@G init' "$log"; then
+            init_ms=$((now - t0))
+            # The VMM's fds and status while its guest runs, for checks after the run.
+            ls -l "/proc/$pid/fd" >"$dir/vmm-fds" 2>/dev/null
+            cat "/proc/$pid/status" >"$dir/vmm-status" 2>/dev/null
+        fi
         if [ -z "$done_ms" ] && grep -q '@@G done' "$log"; then done_ms=$now; fi
         # The guest said it is done: give the VMM a moment to exit on its own.
         if [ -n "$done_ms" ] && [ $((now - done_ms)) -gt 5000 ]; then
@@ -416,6 +449,13 @@ tb_run_l2() {
     tb_value "$run/vmm_rc" "$rc"
     tb_value "$run/wall_ms" "$((now - t0))"
     tb_value "$run/peak_rss_kb" "$rss"
+    # viaduct with assigned devices (also when started through a wrapper): the IOMMU backend
+    # it used (QEMU's depends on its own options). Files of an earlier try are gone.
+    case " $* " in *" --device "*)
+        case "$*" in *viaduct*) if [ -n "$init_ms" ]; then
+            vfio_fds=$(tb_vfio_fds "$dir/vmm-fds"); tb_check_iommu_backend "$run" "${vfio_fds% }"
+        fi ;; esac ;;
+    esac
     if [ -n "$init_ms" ]; then
         tb_check "$run/boot" pass "guest init after ${init_ms} ms"
         tb_value "$run/init_ms" "$init_ms"

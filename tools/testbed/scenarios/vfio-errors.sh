@@ -1,5 +1,6 @@
 # tb-description: viaduct's --device errors on a real host: missing device, not on vfio-pci, the same device twice, IOMMU group not viable, memlock too low (non-root); one line, exit 1, devices untouched; then good runs (root, and non-root with the ulimit the error asked for)
 # tb-timeout: 600
+# tb-l1-kernels: debian iommufd
 # tb-devices: pci-bridge
 # tb-run: good good-user
 # tb-check: setup-vf0-vfio
@@ -72,11 +73,19 @@ ctrl=$(tb_nvme_ctrl "$NVME") && [ -e "/dev/${ctrl}n1" ] && tb_check not-bound/nv
     tb_check not-bound/nvme-still-in-l1 fail "no nvme block device in level 1"
 # 3. The same device twice (by BDF and by path).
 run_err twice "already assigned" "$VF0" -- $VIADUCT --device "$VF0" --device "path=/sys/bus/pci/devices/$VF0"
+# 3b. IOMMU backends: two devices asking for different ones; iommufd asked for on a kernel
+#     without it (Debian's).
+run_err mixed-backends "one VM uses one IOMMU backend" "$VF0" -- $VIADUCT --device "$VF0,iommu=legacy" \
+    --device "$NVME,iommu=iommufd"
+if [ ! -e /dev/iommu ]; then
+    run_err no-iommufd "CONFIG_IOMMUFD" "$VF0" -- $VIADUCT --device "$VF0,iommu=iommufd"
+fi
 # 4. A group with one member on vfio-pci and another on a host driver that does DMA. The
 #    bridge group holds two edu devices; pci-pf-stub binds anything given by
 #    driver_override and, unlike pci-stub, claims the group's DMA (the kernel then refuses
 #    the group to VFIO too).
-if modprobe pci-pf-stub 2>/tmp/modprobe.err; then
+# (Built into level 1's iommufd kernel: then there is no module to load.)
+if modprobe pci-pf-stub 2>/tmp/modprobe.err || [ -d /sys/bus/pci/drivers/pci-pf-stub ]; then
     tb_bind_vfio "$EDU1" >/dev/null
     tb_bind pci-pf-stub "$EDU2"
     tb_value bridge_driver "$(tb_driver "$TB_BRIDGE")"
@@ -93,6 +102,10 @@ grep -q '^tbuser:' /etc/passwd 2>/dev/null || echo 'tbuser:x:4242:4242:tb:/tmp:/
 kvm_mode=$(stat -c %a /dev/kvm)
 chmod 666 /dev/kvm
 chown 4242 "/dev/vfio/$G_VF0"
+# With iommufd (level 1's iommufd kernel) the user gets the device's cdev and /dev/iommu, the
+# nodes viaduct then opens instead of the group.
+CDEV_VF0=$(ls "/sys/bus/pci/devices/$VF0/vfio-dev" 2>/dev/null)
+[ -n "$CDEV_VF0" ] && chown 4242 "/dev/vfio/devices/$CDEV_VF0" /dev/iommu
 cat >/tmp/as-user.sh <<EOF
 #!/bin/sh
 # as-user.sh KIB ARGS...: ARGS as tbuser with RLIMIT_MEMLOCK = KIB KiB.
@@ -131,6 +144,7 @@ tb_run_l2 good-user 240 /tmp/vfio-errors-guest.sh -- /tmp/as-user.sh 262144 \
 
 chmod "$kvm_mode" /dev/kvm
 chown 0 "/dev/vfio/$G_VF0"
+[ -n "$CDEV_VF0" ] && chown 0 "/dev/vfio/devices/$CDEV_VF0" /dev/iommu
 tb_unbind "$VF0"
 tb_create_vfs "$TB_IGB_PF" 0 >/dev/null
 true

@@ -13,6 +13,7 @@
 # tb-check: viaduct-reboot/boot2-found-token viaduct-reboot/boot2-nvme-reset-state
 # tb-check: viaduct-reboot/boot2-nvme-bound viaduct-reboot/boot2-read-signature
 # tb-check: viaduct-reboot/boot2-interrupts viaduct-reboot/boot2-no-timeouts viaduct-reboot/restarted
+# tb-l1-kernels: debian iommufd
 # The "done when" for passthrough with viaduct as the L2 VMM:
 # 1. viaduct-msix: the guest reads the NVMe's controller registers before its driver loads
 #    (CC and CSTS at their reset values), binds igbvf and nvme, reads disk.img's signature
