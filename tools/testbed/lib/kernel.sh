@@ -4,10 +4,13 @@
 #   debian    Debian's packaged kernel ($TB_KDIR, from tools/testbed/setup): modules, no iommufd.
 #   iommufd   built here from Debian's linux-source-6.12 with l1/kernel-iommufd.config on top of
 #             `allnoconfig`: everything built in, with IOMMUFD and VFIO_DEVICE_CDEV. Cached in
-#             $TB_CACHE/l1-kernel/iommufd-KEY/, KEY a hash of the config fragment, this file and
-#             the source package's version, so a change to any of them builds a new one.
+#             $TB_CACHE/l1-kernel/iommufd-KEY/, KEY a hash of the config fragment, the recipe
+#             version below and the source package's version: a change to any of them builds a
+#             new one.
 
 L1_KERNELS="debian iommufd"
+# Raise it when l1_kernel_build changes what it makes.
+L1_KBUILD_RECIPE=1
 L1_KSRC_PKG=linux-source-6.12
 L1_KSRC_TARBALL=/usr/src/linux-source-6.12.tar.xz
 # What building needs besides the compiler (setup installs these).
@@ -22,8 +25,8 @@ l1_kernel_key() {
     local v
     v=$(dpkg-query -W -f='${Version}' "$L1_KSRC_PKG" 2>/dev/null) || return 0
     [ -n "$v" ] && [ -f "$L1_KSRC_TARBALL" ] || return 0
-    { sha256sum "$TB_ROOT/l1/kernel-iommufd.config" "$TB_ROOT/lib/kernel.sh" | cut -d' ' -f1
-      echo "$L1_KSRC_PKG=$v"; } | sha256sum | cut -c1-16
+    { sha256sum <"$TB_ROOT/l1/kernel-iommufd.config"
+      echo "recipe $L1_KBUILD_RECIPE $L1_KSRC_PKG=$v"; } | sha256sum | cut -c1-16
 }
 
 # l1_kernel_image NAME: prints the bzImage of level-1 kernel NAME, building the iommufd one
