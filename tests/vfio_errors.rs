@@ -16,14 +16,22 @@ use std::process::Command;
 
 const VIADUCT: &str = env!("CARGO_BIN_EXE_viaduct");
 
-/// Runs viaduct with a dummy kernel (device errors come before the kernel is loaded).
-fn viaduct(extra: &[&str]) -> (i32, String, String) {
+/// Runs viaduct with a dummy kernel (device errors come before the kernel is loaded), from
+/// `sh -c` with the redirections `redirs` (fds to pass) when they are not empty.
+fn viaduct_with_fds(redirs: &str, extra: &[&str]) -> (i32, String, String) {
     assert!(Path::new("/dev/kvm").exists(), "these tests create a VM on /dev/kvm, which this machine does not have");
     let dir = std::env::temp_dir().join(format!("viaduct-vfio-errors-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let kernel = dir.join("kernel");
     std::fs::write(&kernel, b"not a kernel: the device errors come first").unwrap();
-    let out = Command::new(VIADUCT)
+    let mut cmd = if redirs.is_empty() {
+        Command::new(VIADUCT)
+    } else {
+        let mut sh = Command::new("sh");
+        sh.arg("-c").arg(format!("exec {redirs}; exec \"$0\" \"$@\"")).arg(VIADUCT);
+        sh
+    };
+    let out = cmd
         .arg("--kernel")
         .arg(&kernel)
         .args(["--memory", "64M", "--serial", "off"])
@@ -40,7 +48,14 @@ fn viaduct(extra: &[&str]) -> (i32, String, String) {
 /// Exit 1 and exactly one line, `viaduct: error: ...`, holding every one of `want`.
 #[track_caller]
 fn assert_one_line_error(extra: &[&str], want: &[&str]) -> String {
-    let (rc, stdout, stderr) = viaduct(extra);
+    assert_one_line_error_with_fds("", extra, want)
+}
+
+/// [`assert_one_line_error`] for a viaduct started by a shell that first opens `redirs`
+/// (e.g. `5<>/dev/null`), as a parent passing fds does.
+#[track_caller]
+fn assert_one_line_error_with_fds(redirs: &str, extra: &[&str], want: &[&str]) -> String {
+    let (rc, stdout, stderr) = viaduct_with_fds(redirs, extra);
     assert_eq!(rc, 1, "viaduct {extra:?}: status {rc}, stderr: {stderr}");
     assert_eq!(stdout, "", "viaduct {extra:?}: nothing on stdout");
     let lines: Vec<&str> = stderr.lines().collect();
@@ -99,6 +114,42 @@ mod host {
             &["--device", "0000:00:00.0", "--device", "path=/sys/bus/pci/devices/0000:00:00.0,id=again"],
             &["0000:00:00.0 is already assigned by --device vfio-0000_00_00.0"],
         );
+    }
+
+    #[test]
+    fn bad_passed_fds() {
+        assert_one_line_error(&["--device", "fd=9"], &["--device 'fd=9'", "fd 9 is not open in viaduct"]);
+        assert_one_line_error(&["--device", "fd=1"], &["0, 1 and 2 are the console's"]);
+        assert_one_line_error_with_fds(
+            "5<>/dev/null",
+            &["--device", "fd=5"],
+            &["fd 5 (/dev/null) is not a VFIO device cdev (/dev/vfio/devices/vfioN)"],
+        );
+        assert_one_line_error_with_fds("5</dev/null", &["--device", "fd=5"], &["not open for reading and writing"]);
+        assert_one_line_error_with_fds(
+            "5<>/dev/null",
+            &["--iommufd", "fd=5"],
+            &["--iommufd: fd 5 (/dev/null) is not a /dev/iommu"],
+        );
+        assert_one_line_error(&["--iommufd", "fd=x"], &["--iommufd fd=x: give a file descriptor number"]);
+        assert_one_line_error(&["--iommufd", "fd=5,path=/x"], &["--iommufd: unknown key 'path'"]);
+    }
+
+    #[test]
+    fn iommu_backend_choices() {
+        assert_one_line_error(&["--device", "0000:00:00.0,iommu=fast"], &["iommu=fast: use iommufd, legacy or auto"]);
+        let Some((bdf, _)) = some_host_device() else { panic!("no PCI device on this machine") };
+        assert_one_line_error(
+            &["--device", &format!("{bdf},iommu=legacy"), "--iommufd", "fd=9"],
+            &["--iommufd: fd 9 is not open"],
+        );
+        if !Path::new("/dev/iommu").exists() {
+            // A kernel without iommufd, like this machine's.
+            assert_one_line_error(
+                &["--device", &format!("{bdf},iommu=iommufd")],
+                &[&bdf, "/dev/iommu is missing", "CONFIG_IOMMUFD", "use iommu=legacy"],
+            );
+        }
     }
 
     #[test]

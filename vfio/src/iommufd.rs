@@ -198,7 +198,7 @@ pub fn check_cdevs(host: &IommufdHost, requests: &[BackendRequest]) -> Result<()
 
 /// What a passed fd turned out to be.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum PassedFd {
+enum PassedFd {
     /// A VFIO device cdev (`/dev/vfio/devices/NAME`) of the PCI function `bdf`.
     DeviceCdev { bdf: Bdf, name: String },
     /// `/dev/iommu`.
@@ -224,9 +224,13 @@ fn fd_name(fd: RawFd) -> String {
     std::fs::read_link(format!("/proc/self/fd/{fd}")).map_or_else(|_| "?".into(), |p| p.display().to_string())
 }
 
+const WANT_CDEV: &str = "VFIO device cdev (/dev/vfio/devices/vfioN)";
+const WANT_IOMMU: &str = "/dev/iommu";
+
 /// Inspects a passed fd without taking it over: open, read-write, and a VFIO device cdev or
-/// `/dev/iommu` according to the kernel (see the module docs).
-pub fn inspect_fd(host: &IommufdHost, fd: RawFd) -> Result<PassedFd, FdError> {
+/// `/dev/iommu` according to the kernel (see the module docs). `want` names what the caller
+/// needs, for the error.
+fn inspect_fd(host: &IommufdHost, fd: RawFd, want: &'static str) -> Result<PassedFd, FdError> {
     if (0..=2).contains(&fd) {
         return Err(FdError::Stdio { fd });
     }
@@ -239,7 +243,6 @@ pub fn inspect_fd(host: &IommufdHost, fd: RawFd) -> Result<PassedFd, FdError> {
     if flags & libc::O_ACCMODE != libc::O_RDWR {
         return Err(FdError::NotReadWrite { fd, what });
     }
-    let want = "VFIO device cdev (/dev/vfio/devices/vfioN) or /dev/iommu";
     let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
     // SAFETY: fstat writes a stat into the buffer we own; the fd was just seen to be open.
     if unsafe { libc::fstat(fd, st.as_mut_ptr()) } != 0 {
@@ -273,19 +276,17 @@ fn classify_device_link(target: &Path) -> Option<PassedFd> {
 
 /// Checks that `fd` is a VFIO device cdev and returns its PCI function.
 pub fn device_fd_bdf(host: &IommufdHost, fd: RawFd) -> Result<Bdf, FdError> {
-    match inspect_fd(host, fd)? {
+    match inspect_fd(host, fd, WANT_CDEV)? {
         PassedFd::DeviceCdev { bdf, .. } => Ok(bdf),
-        PassedFd::Iommufd => {
-            Err(FdError::Wrong { fd, what: fd_name(fd), want: "VFIO device cdev (/dev/vfio/devices/vfioN)" })
-        }
+        PassedFd::Iommufd => Err(FdError::Wrong { fd, what: fd_name(fd), want: WANT_CDEV }),
     }
 }
 
 /// Checks that `fd` is `/dev/iommu`.
 pub fn check_iommufd_fd(host: &IommufdHost, fd: RawFd) -> Result<(), FdError> {
-    match inspect_fd(host, fd)? {
+    match inspect_fd(host, fd, WANT_IOMMU)? {
         PassedFd::Iommufd => Ok(()),
-        PassedFd::DeviceCdev { .. } => Err(FdError::Wrong { fd, what: fd_name(fd), want: "/dev/iommu" }),
+        PassedFd::DeviceCdev { .. } => Err(FdError::Wrong { fd, what: fd_name(fd), want: WANT_IOMMU }),
     }
 }
 
@@ -492,15 +493,15 @@ mod tests {
 
         // Read-only, a regular file, closed, the console.
         let ro = File::open("/dev/null").unwrap();
-        assert!(matches!(inspect_fd(&h, ro.as_raw_fd()), Err(FdError::NotReadWrite { .. })));
+        assert!(matches!(inspect_fd(&h, ro.as_raw_fd(), WANT_CDEV), Err(FdError::NotReadWrite { .. })));
         let regular_path = root.join("regular");
         std::fs::write(&regular_path, "x").unwrap();
         let regular = std::fs::OpenOptions::new().read(true).write(true).open(&regular_path).unwrap();
-        let e = inspect_fd(&h, regular.as_raw_fd()).unwrap_err();
+        let e = inspect_fd(&h, regular.as_raw_fd(), WANT_CDEV).unwrap_err();
         assert!(matches!(e, FdError::Wrong { .. }) && e.to_string().contains("regular"), "{e}");
         // (A number far above any open fd: one just closed could be reused by another test.)
-        assert_eq!(inspect_fd(&h, 1 << 20), Err(FdError::Closed { fd: 1 << 20 }));
-        assert_eq!(inspect_fd(&h, 2), Err(FdError::Stdio { fd: 2 }));
+        assert_eq!(inspect_fd(&h, 1 << 20, WANT_CDEV), Err(FdError::Closed { fd: 1 << 20 }));
+        assert_eq!(inspect_fd(&h, 2, WANT_IOMMU), Err(FdError::Stdio { fd: 2 }));
         let _ = std::fs::remove_dir_all(root);
     }
 
