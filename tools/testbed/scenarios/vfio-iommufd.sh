@@ -6,9 +6,11 @@
 # asserts on the checks and on the bytes the guests wrote into the NVMe's image:
 # 1. passed: the level-1 shell (root) opens /dev/vfio/devices/vfioN and /dev/iommu as fds 5
 #    and 6, then starts viaduct as tbuser (no capabilities; the device nodes stay root's
-#    0600, so the fds are its only way in) with --device fd=5 --iommufd fd=6. The guest reads
-#    the signature sector and writes a token; viaduct held the passed cdev and /dev/iommu and
-#    nothing of the legacy container.
+#    0600, so the fds are its only way in) with --device fd=5 --iommufd fd=6 and
+#    --on-reboot restart. The guest reads the signature sector, writes a token and reboots;
+#    the next guest of the same viaduct (the passed cdev attached to a new VM) finds the
+#    token and uses the NVMe again. viaduct held the passed cdev and /dev/iommu and nothing
+#    of the legacy container.
 # 2. legacy: the same NVMe with iommu=legacy: the group and /dev/vfio/vfio, no iommufd.
 # 3. errors: fds that are closed, read-only, not a VFIO cdev, the cdev given as --iommufd, a
 #    path= naming another device, iommu=legacy with a passed cdev.
@@ -26,20 +28,38 @@ node=/dev/vfio/devices/$cdev
 tb_value cdev_mode "$(stat -c '%a %U' "$node" /dev/iommu | tr '\n' ' ')"
 VIADUCT="viaduct --kernel $TB_L2_KERNEL --memory 256M"
 
+# guest_script TOKEN LBA REBOOT: read the signature, write TOKEN at LBA. With REBOOT=1 the
+# guest then reboots (viaduct runs with --on-reboot restart) and its second boot, finding
+# TOKEN, uses the NVMe again: checks boot2-*.
 guest_script() {
     cat <<GUEST
 SIG_NVME='$TB_SIG_NVME'
 TOKEN='$1'
 LBA=$2
+REBOOT=$3
 GUEST
     cat <<'GUEST'
 nv=$(g_find_devs 1b36 0010)
-[ -n "$nv" ] && [ "$(g_driver $nv)" = nvme ] && g_check nvme-bound pass "$nv" || g_check nvme-bound fail "nvme '$nv' driver=$(g_driver $nv)"
 g_wait_for /dev/nvme0n1 30
+if [ "$REBOOT" = 1 ] && [ "$(g_read_sector /dev/nvme0n1 "$LBA")" = "$TOKEN" ]; then
+    g_check boot2-found-token pass "$TOKEN"
+    [ "$(g_driver $nv)" = nvme ] && g_check boot2-nvme-bound pass "$nv" || g_check boot2-nvme-bound fail "driver=$(g_driver $nv)"
+    sig=$(g_read_sector /dev/nvme0n1 0)
+    [ "$sig" = "$SIG_NVME" ] && g_check boot2-read-signature pass "$sig" || g_check boot2-read-signature fail "read '$sig'"
+    c=$(g_dev_irq_count $nv)
+    [ "${c:-0}" -gt 0 ] && g_check boot2-interrupts pass "$c MSI-X interrupts" || g_check boot2-interrupts fail "none"
+    exit 0
+fi
+[ -n "$nv" ] && [ "$(g_driver $nv)" = nvme ] && g_check nvme-bound pass "$nv" || g_check nvme-bound fail "nvme '$nv' driver=$(g_driver $nv)"
 sig=$(g_read_sector /dev/nvme0n1 0)
 [ "$sig" = "$SIG_NVME" ] && g_check nvme-read-signature pass "$sig" || g_check nvme-read-signature fail "read '$sig'"
 g_write_check nvme-write /dev/nvme0n1 "$LBA" "$TOKEN"
 g_value nvme_irqs "$(g_dev_irq_count $nv)"
+if [ "$REBOOT" = 1 ]; then
+    sync
+    reboot -f
+    sleep 3600
+fi
 GUEST
 }
 
@@ -50,7 +70,7 @@ kvm_mode=$(stat -c %a /dev/kvm)
 chmod 666 /dev/kvm
 token="VIADUCT-IOMMUFD-PASSED run=$TB_RUN_ID"
 tb_value passed/token "$token"
-guest_script "$token" 3072 >/tmp/vfio-iommufd-passed.sh
+guest_script "$token" 3072 1 >/tmp/vfio-iommufd-passed.sh
 cat >/tmp/passed-parent.sh <<EOF
 #!/bin/sh
 # The privileged parent: opens the device cdev and the iommufd, then runs viaduct as tbuser
@@ -61,7 +81,10 @@ exec su -s /bin/sh tbuser -c "exec \$*"
 EOF
 chmod 755 /tmp/passed-parent.sh
 tb_run_l2 passed 240 /tmp/vfio-iommufd-passed.sh -- /tmp/passed-parent.sh \
-    "$VIADUCT --initramfs @INITRD@ --cmdline '@CMDLINE@' --device fd=5 --iommufd fd=6"
+    "$VIADUCT --initramfs @INITRD@ --cmdline '@CMDLINE@' --on-reboot restart --device fd=5 --iommufd fd=6"
+inits=$(grep -c '@@G init' /tmp/l2/passed/console.log)
+[ "$inits" = 2 ] && tb_check passed/restarted pass "2 guest boots in one viaduct run, the passed cdev reused" ||
+    tb_check passed/restarted fail "$inits guest boots"
 # What the running viaduct was (tb_run_l2 saved its /proc status and fds at the guest's init).
 st=/tmp/l2/passed/vmm-status
 uid=$(awk '/^Uid:/ {print $2}' "$st" 2>/dev/null) cap=$(awk '/^CapEff:/ {print $2}' "$st" 2>/dev/null)
@@ -78,7 +101,7 @@ chmod "$kvm_mode" /dev/kvm
 # 2. iommu=legacy on the iommufd kernel: the group and the container, no iommufd.
 token="VIADUCT-IOMMUFD-LEGACY run=$TB_RUN_ID"
 tb_value legacy/token "$token"
-guest_script "$token" 3080 >/tmp/vfio-iommufd-legacy.sh
+guest_script "$token" 3080 0 >/tmp/vfio-iommufd-legacy.sh
 TB_L2_IOMMU=legacy tb_run_l2 legacy 240 /tmp/vfio-iommufd-legacy.sh -- $VIADUCT --initramfs @INITRD@ \
     --cmdline "@CMDLINE@" --device "$NVME,iommu=legacy"
 
