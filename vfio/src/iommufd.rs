@@ -10,6 +10,10 @@
 //! A passed fd is recognised by what it is, not by a path someone claims: `fstat` gives the
 //! character device number, and `/sys/dev/char/MAJ:MIN` links to the kernel device behind it:
 //! `.../BDF/vfio-dev/vfioN` for a VFIO device cdev, `.../misc/iommu` for `/dev/iommu`.
+//!
+//! These few lookups decide which nodes this process opens, the same ones vfio-ioctls makes
+//! when it opens a device (it reads `iommu_group` and `vfio-dev/` itself), so they live with
+//! the opening code rather than in `hostadmin`, whose inventory answers the admin's questions.
 
 use std::collections::HashSet;
 use std::fs::File;
