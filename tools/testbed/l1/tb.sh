@@ -310,16 +310,18 @@ tb_vfio_fds() {
 # Debian kernel) is /dev/vfio/vfio plus /dev/vfio/GROUP. TB_L2_IOMMU overrides the backend
 # expected (e.g. for a run with iommu=legacy on the iommufd kernel).
 tb_check_iommu_backend() {
-    local run=$1 fds=" $2 " want=${TB_L2_IOMMU:-legacy} groups=no
+    local run=$1 fds=" $2 " want=${TB_L2_IOMMU:-legacy} has=""
     [ -z "${TB_L2_IOMMU:-}" ] && [ "${TB_L1_KERNEL:-debian}" = iommufd ] && want=iommufd
-    case "$fds" in *" /dev/vfio/"[0-9]*) groups=yes ;; esac
+    # What it holds, as words: iommu cdev container group.
+    case "$fds" in *" /dev/iommu "*) has="$has iommu" ;; esac
+    case "$fds" in *" /dev/vfio/devices/vfio"*) has="$has cdev" ;; esac
+    case "$fds" in *" /dev/vfio/vfio "*) has="$has container" ;; esac
+    case "$fds" in *" /dev/vfio/"[0-9]*) has="$has group" ;; esac
     tb_value "$run/vfio_fds" "$2"
-    case "$want:$fds:$groups" in
-    iommufd:*" /dev/iommu "*" /dev/vfio/devices/vfio"*:no)
-        case "$fds" in *" /dev/vfio/vfio "*) ;; *) tb_check "$run/iommu-backend" pass "iommufd: $2"; return 0 ;; esac ;;
-    legacy:*" /dev/vfio/"[0-9]*:yes)
-        case "$fds" in *" /dev/vfio/vfio "*) case "$fds" in *" /dev/iommu "* | *" /dev/vfio/devices/"*) ;; *)
-            tb_check "$run/iommu-backend" pass "legacy container: $2"; return 0 ;; esac ;; esac ;;
+    case "$want:$has" in
+    "iommufd: iommu cdev" | "legacy: container group")
+        tb_check "$run/iommu-backend" pass "$want: $2"
+        return 0 ;;
     esac
     tb_check "$run/iommu-backend" fail "want $want, the VMM holds: ${2:-no VFIO node}"
     return 1
