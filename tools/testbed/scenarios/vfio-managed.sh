@@ -128,6 +128,12 @@ wait_ready() {
     done
     grep -q '@@G check ready pass' "$LOG" && tb_check "$1/guest-ready" pass "after $((i / 4)) s" ||
         tb_check "$1/guest-ready" fail "no ready marker within $2 s (viaduct $(tb_running "$PID" && echo running || echo ended))"
+    # The IOMMU backend of the running viaduct (as tb_run_l2 checks it).
+    if tb_running "$PID"; then
+        ls -l "/proc/$PID/fd" >"/tmp/l2/$1/vmm-fds" 2>/dev/null
+        local fds; fds=$(tb_vfio_fds "/tmp/l2/$1/vmm-fds")
+        tb_check_iommu_backend "$1" "${fds% }"
+    fi
 }
 
 # wait_exit RUN SECS: until viaduct exits by itself (SIGKILL and a failed check after SECS).
