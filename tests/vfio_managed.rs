@@ -3,14 +3,15 @@
 //! tools/testbed/scenarios/vfio-managed.sh): viaduct binds devices that were on no driver, on
 //! igbvf and on nvme to vfio-pci itself, the guest drives them, and each goes back where it
 //! was when the guest powers off, when viaduct gets SIGTERM, and (through the state file and
-//! `viaductctl restore`) after a SIGKILL.
+//! `viaductctl restore`) after a SIGKILL. It runs on level 1's iommufd kernel
+//! (`vfio-managed@iommufd`), where viaduct must also find the VFIO cdev that binding made.
 
 mod common;
 
 use serde_json::Value;
 
 fn scenario() -> common::Scenario {
-    common::scenario("vfio-managed").expect("vfio-managed scenario results")
+    common::scenario("vfio-managed@iommufd").expect("vfio-managed@iommufd scenario results")
 }
 
 #[track_caller]

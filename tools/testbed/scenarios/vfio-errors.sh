@@ -1,6 +1,5 @@
 # tb-description: viaduct's --device errors on a real host: missing device, not on vfio-pci, the same device twice, IOMMU group not viable, memlock too low (non-root); one line, exit 1, devices untouched; then good runs (root, and non-root with the ulimit the error asked for)
 # tb-timeout: 600
-# tb-l1-kernels: debian iommufd
 # tb-devices: pci-bridge
 # tb-run: good good-user
 # tb-check: setup-vf0-vfio

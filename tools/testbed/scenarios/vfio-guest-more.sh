@@ -1,6 +1,5 @@
 # tb-description: viaduct passthrough, more devices: e1000e NIC pings L1 with MSI-X, MSI and INTx, NVMe SR-IOV VF read/write, 4 GiB ivshmem BAR read in the guest, the NVMe again after a SIGKILLed viaduct
 # tb-timeout: 600
-# tb-l1-kernels: debian iommufd
 # tb-devices: nic-pair ivshmem
 # tb-run: vnvmevf vnic vnic-msi vnic-intx vivshmem vafterkill
 # tb-check: nvmevf-bind vnvmevf/nvme-bound vnvmevf/read-signature vnvmevf/write vnvmevf/msix vnvmevf/no-timeouts

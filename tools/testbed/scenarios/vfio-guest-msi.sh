@@ -1,6 +1,5 @@
 # tb-description: viaduct passes an AHCI controller (MSI, no MSI-X, and INTx) to a guest twice: with MSI and with pci=nomsi; each guest reads level 0's disk signature by DMA and writes a token, its driver really uses that interrupt mode, and level 1 sees vfio-msi / vfio-intx interrupts
 # tb-timeout: 360
-# tb-l1-kernels: debian iommufd
 # tb-devices: ahci
 # tb-run: vahci-msi vahci-intx
 # tb-check: ahci-present ahci-vfio-bind

@@ -6,7 +6,6 @@
 # tb-check: trio/reset-method-igbvf trio/reset-method-nvme trio/reset-method-nvmevf
 # tb-check: trio/vmm-alive-during-remove trio/api-during-remove
 # tb-check: trio/reads-during-remove trio/remove-completed trio/rescan
-# tb-l1-kernels: debian iommufd
 # Three assigned functions from three IOMMU groups in one guest, two of them SR-IOV VFs.
 # Why it is a test of its own: the NVMe VF's admin completions were lost whenever MSI-X was
 # enabled on the host only at the guest's first vector unmask (QEMU's NVMe marks a completion

@@ -12,7 +12,7 @@
 # tb-check: sigkill/guest-ready sigkill/vfs-on-igbvf sigkill/nvme-bound sigkill/nvme-read-signature
 # tb-check: sigkill/ready sigkill/records-survive sigkill/viaductctl-restore sigkill/vf1-restored
 # tb-check: sigkill/nvme-restored sigkill/nvme-works-in-l1
-# tb-l1-kernels: debian iommufd
+# tb-l1-kernels: iommufd
 #
 # Devices: the igb VFs VF0 (created with autoprobe off: no driver) and VF1 (bound to igbvf),
 # and the NVMe (nvme). Runs:

@@ -5,7 +5,6 @@
 # tb-check: viaduct-virtio-vfio/nvme-read viaduct-virtio-vfio/virtio-read viaduct-virtio-vfio/copy-nvme-to-virtio
 # tb-check: viaduct-virtio-vfio/nvme-write viaduct-virtio-vfio/virtio-write viaduct-virtio-vfio/hwrng
 # tb-check: viaduct-virtio-vfio/msix-both viaduct-virtio-vfio/l1-sees-virtio-write viaduct-virtio-vfio/nvme-restored
-# tb-l1-kernels: debian iommufd
 # The NVMe 0000:02:00.0 goes to vfio-pci and into the guest next to a virtio-blk disk (a raw
 # image in level 1) and virtio-rng, all on the guest's bus 0. The guest finds both drivers,
 # reads disk.img's signature through nvme and the image's signature through virtio-blk,
