@@ -1,6 +1,6 @@
 //! The check names a testbed scenario declares in its header (tools/testbed/README.md,
 //! "Declaring checks"): `# tb-check: NAME...` lines and `# tb-run: RUN...` lines (a level-2
-//! run, which brings RUN/boot, RUN/done and RUN/timeout). `*` is the one wildcard and matches
+//! run, which brings RUN/boot, RUN/done, RUN/timeout and RUN/iommu-backend). `*` is the one wildcard and matches
 //! any text. The shell helpers in level 1 refuse to record an undeclared check; the Rust
 //! harness refuses to look one up; tests/testbed_declarations.rs cross-checks both sources
 //! without a testbed.
@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 
 /// The checks `tb_run_l2` (and the scenarios' own VMM runners) report for every run RUN.
-pub const RUN_CHECKS: [&str; 3] = ["boot", "done", "timeout"];
+pub const RUN_CHECKS: [&str; 4] = ["boot", "done", "timeout", "iommu-backend"];
 
 /// One scenario file's declarations.
 #[derive(Debug, Clone)]
@@ -62,8 +62,10 @@ impl Declarations {
     }
 }
 
-/// tools/testbed/scenarios/NAME.sh in this repository.
+/// tools/testbed/scenarios/NAME.sh in this repository, for a scenario NAME or NAME@K (NAME
+/// run on level-1 kernel K).
 pub fn scenario_file(name: &str) -> PathBuf {
+    let name = name.split_once('@').map_or(name, |(n, _)| n);
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tools/testbed/scenarios").join(format!("{name}.sh"))
 }
 

@@ -37,13 +37,14 @@ tb_oneline() { printf '%s' "$*" | tr '\n\r\t' '   '; }
 
 # --- Declared checks (README "Declaring checks") ---
 # TB_DECLARED: the check-name patterns in the header of TB_SCENARIO_FILE: every name of its
-# `# tb-check:` lines and, for each name RUN of its `# tb-run:` lines, RUN/boot, RUN/done and
-# RUN/timeout (what tb_run_l2 reports). `*` matches any text. Loaded on first use.
+# `# tb-check:` lines and, for each name RUN of its `# tb-run:` lines, RUN/boot, RUN/done,
+# RUN/timeout and RUN/iommu-backend (what tb_run_l2 reports). `*` matches any text. Loaded on
+# first use.
 tb_declared_load() {
     local r
     TB_DECLARED=$(sed -n 's/^# tb-check:[[:space:]]*//p' "$TB_SCENARIO_FILE" | tr '\n' ' ')
     for r in $(sed -n 's/^# tb-run:[[:space:]]*//p' "$TB_SCENARIO_FILE"); do
-        TB_DECLARED="$TB_DECLARED $r/boot $r/done $r/timeout"
+        TB_DECLARED="$TB_DECLARED $r/boot $r/done $r/timeout $r/iommu-backend"
     done
     TB_DECLARED_LOADED=1
 }

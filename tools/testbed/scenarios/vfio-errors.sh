@@ -7,6 +7,8 @@
 # tb-check: not-bound/one-line-exit-1 not-bound/message not-bound/devices-unchanged
 # tb-check: not-bound/says-how-to-bind not-bound/nvme-still-in-l1
 # tb-check: twice/one-line-exit-1 twice/message twice/devices-unchanged
+# tb-check: mixed-backends/one-line-exit-1 mixed-backends/message mixed-backends/devices-unchanged
+# tb-check: no-iommufd/one-line-exit-1 no-iommufd/message no-iommufd/devices-unchanged
 # tb-check: group/one-line-exit-1 group/message group/devices-unchanged group/says-not-viable
 # tb-check: memlock/one-line-exit-1 memlock/message memlock/devices-unchanged
 # tb-check: good/bind-nvme good/vf-on-igbvf good/nvme-bound good/nvme-read-signature good/nvme-back-on-nvme

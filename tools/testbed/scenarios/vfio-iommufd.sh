@@ -1,6 +1,14 @@
 # tb-description: iommufd: a root parent opens the NVMe's VFIO cdev and /dev/iommu and passes them to viaduct running as a user without capabilities (--device fd=5 --iommufd fd=6): the guest reads and writes the NVMe; iommu=legacy on the same kernel; bad passed fds get one-line errors
 # tb-timeout: 480
 # tb-l1-kernels: iommufd
+# tb-run: passed legacy
+# tb-check: iommufd-kernel bind cdev
+# tb-check: passed/nvme-bound passed/nvme-read-signature passed/nvme-write passed/boot2-found-token
+# tb-check: passed/boot2-nvme-bound passed/boot2-read-signature passed/boot2-interrupts
+# tb-check: passed/restarted passed/unprivileged passed/holds-passed-fds
+# tb-check: legacy/nvme-bound legacy/nvme-read-signature legacy/nvme-write
+# tb-check: errors/closed errors/not-a-cdev errors/read-only errors/cdev-as-iommufd errors/other-path
+# tb-check: errors/legacy-with-fd errors/nvme-still-on-vfio-pci
 #
 # Runs on level 1's iommufd kernel only (tools/testbed/run builds it). tests/vfio_iommufd.rs
 # asserts on the checks and on the bytes the guests wrote into the NVMe's image:
@@ -14,6 +22,7 @@
 # 2. legacy: the same NVMe with iommu=legacy: the group and /dev/vfio/vfio, no iommufd.
 # 3. errors: fds that are closed, read-only, not a VFIO cdev, the cdev given as --iommufd, a
 #    path= naming another device, iommu=legacy with a passed cdev.
+# shellcheck shell=dash  # busybox ash in level 1/2: dash plus the few extensions marked below
 
 command -v viaduct >/dev/null || { tb_skip "viaduct is not in level 1 (build failed?)"; exit 0; }
 if [ ! -c /dev/iommu ]; then
