@@ -3,15 +3,14 @@
 //! and the NVMe SR-IOV VF. Every driver binds, both NVMes read their level-0 image's signature
 //! and write a token that is then found in that image on this machine, both count MSI-X
 //! interrupts, and no nvme command times out (the VF's admin completions were once lost when
-//! host MSI-X was enabled only at the first vector unmask). It runs on level 1's iommufd
-//! kernel (`vfio-guest-trio@iommufd`): three groups' devices attached to one iommufd IOAS.
+//! host MSI-X was enabled only at the first vector unmask).
 
 mod common;
 
 const RUN: &str = "trio";
 
 fn results() -> common::Scenario {
-    common::scenario("vfio-guest-trio@iommufd").expect("vfio-guest-trio@iommufd results")
+    common::scenario("vfio-guest-trio").expect("vfio-guest-trio results")
 }
 
 #[test]

@@ -14,12 +14,13 @@
 mod common;
 
 /// The VFIO scenarios with guests that run on the iommufd kernel (as `NAME@iommufd`): the
-/// basic guest (MSI-X, INTx, a reboot), three groups in one IOAS, and `managed=on` (the cdev
+/// basic guest (two groups in one IOAS; MSI-X, INTx, a reboot) and `managed=on` (the cdev
 /// appears only once viaduct has bound the device).
-const ON_IOMMUFD: &[&str] = &["vfio-guest", "vfio-guest-trio", "vfio-managed"];
+const ON_IOMMUFD: &[&str] = &["vfio-guest", "vfio-managed"];
 
 /// The VFIO scenarios with guests that run on Debian's kernel (plain `NAME`).
-const ON_DEBIAN: &[&str] = &["vfio-guest", "vfio-guest-more", "vfio-guest-msi", "virtio-vfio", "vfio-errors"];
+const ON_DEBIAN: &[&str] =
+    &["vfio-guest", "vfio-guest-more", "vfio-guest-msi", "vfio-guest-trio", "virtio-vfio", "vfio-errors"];
 
 fn results(name: &str) -> common::Scenario {
     common::scenario(name).unwrap_or_else(|e| panic!("{name}: {e:#}"))
