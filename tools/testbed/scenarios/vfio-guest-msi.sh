@@ -66,7 +66,8 @@ GUEST
     while :; do
         awk -v dev="($ahci)" 'NR == 1 {ncpu = NF; next}
             index($NF, dev) {s = 0; for (i = 2; i <= ncpu + 1; i++) if ($i ~ /^[0-9]+$/) s += $i; print $NF, s}' /proc/interrupts
-        sleep 0.5
+        # Short enough to see the counts of a guest that does its I/O just before it ends.
+        sleep 0.1
     done >>/tmp/vgm-irqs-$run &
     local sampler=$!
     tb_run_l2 "$run" 150 /tmp/vgm-$run.sh -- viaduct --kernel @KERNEL@ --initramfs @INITRD@ \
