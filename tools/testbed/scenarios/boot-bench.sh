@@ -4,7 +4,7 @@
 # tb-suite: bench
 # tb-bench-target: boot_ms <= 0.5
 # tb-bench-target: overhead_kb <= 0.25
-# tb-run: viaduct-cold qemu-cold viaduct-r* qemu-r*
+# tb-run: viaduct-cold qemu-cold viaduct-r* viaduct-noseccomp-r* qemu-r*
 # Both VMMs boot the same kernel (Debian's bzImage) and initramfs with 1 vCPU and 256 MiB; the
 # guest powers off at once. Metrics (tb_bench, medians over the rounds in tools/bench):
 #   boot_ms       VMM start to the guest's first init line (L1 clock), rounds 1-5

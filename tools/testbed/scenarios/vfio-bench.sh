@@ -4,8 +4,9 @@
 # tb-suite: bench
 # tb-bench-target: start_to_bound_ms <= 0.5
 # tb-bench-target: overhead_kb <= 0.25
-# tb-run: warmup viaduct-r* qemu-r*
-# tb-check: kvm-exit-counters vfio-bind-* viaduct-r*/drivers-bound qemu-r*/drivers-bound viaduct-r*/trap-counters
+# tb-run: warmup viaduct-r* viaduct-noseccomp-r* qemu-r*
+# tb-check: kvm-exit-counters vfio-bind-* viaduct-r*/drivers-bound viaduct-noseccomp-r*/drivers-bound qemu-r*/drivers-bound
+# tb-check: viaduct-r*/trap-counters viaduct-noseccomp-r*/trap-counters
 # tb-check: dma-map-*
 # Per VMM and round, the same guest (1 vCPU, 256 MiB, the igb VF and the NVMe passed through):
 # - start_to_bound_ms: VMM start to the guest having igbvf and nvme bound and /dev/nvme0n1
