@@ -14,7 +14,8 @@ use crate::config::{AssignedConfig, RomOptions};
 use crate::device::{DeviceParts, VfioPciDevice};
 use crate::host::{FakeHost, CONFIG_REGION};
 
-struct NullVectors(Vec<EventFd>);
+/// MSI vectors that route nowhere: the fuzz harnesses' interrupt sink.
+pub struct NullVectors(pub Vec<EventFd>);
 
 impl MsiVectors for NullVectors {
     fn len(&self) -> usize {

@@ -17,12 +17,9 @@
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
-use pci::{
-    BarIndex, BarKind, Bdf, Bus, BusRelocator, ConfigEffectsHandler, InterruptError, MemorySlots, MsiMessage,
-    MsiVectors, PciDevice, SharedPciDevice, VectorIndex,
-};
+use pci::{BarIndex, BarKind, Bdf, Bus, BusRelocator, ConfigEffectsHandler, MemorySlots, PciDevice, SharedPciDevice};
 use vfio::device::{DeviceParts, VfioPciDevice};
-use vfio::fuzz_support::{sample_config, SAMPLE_SIZES};
+use vfio::fuzz_support::{sample_config, NullVectors, SAMPLE_SIZES};
 use vfio::host::{FakeHost, CONFIG_REGION};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -50,26 +47,6 @@ const BAR0_MAPPABLE: (u64, u64) = (0, 0x2000);
 /// the VMM may only ever put both bits on (the guest's own bits are emulated).
 const COMMAND_DECODE: u8 = 0x03;
 const DEVICE_DECODE: u8 = 0x03;
-
-struct NullVectors(Vec<EventFd>);
-
-impl MsiVectors for NullVectors {
-    fn len(&self) -> usize {
-        self.0.len()
-    }
-    fn irqfd(&self, v: VectorIndex) -> Option<&EventFd> {
-        self.0.get(v.0 as usize)
-    }
-    fn set_route(&mut self, v: VectorIndex, _msg: Option<MsiMessage>) -> Result<(), InterruptError> {
-        if v.0 as usize >= self.0.len() {
-            return Err(InterruptError::NoSuchVector(v));
-        }
-        Ok(())
-    }
-    fn commit(&mut self) -> Result<(), InterruptError> {
-        Ok(())
-    }
-}
 
 /// The last slot id, and the live slots: (id, guest address, size).
 type SlotTable = (u32, Vec<(u32, u64, u64)>);
